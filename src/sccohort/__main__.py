@@ -1,0 +1,5 @@
+"""``python -m sccohort`` runs the command-line interface."""
+
+from sccohort.cli import main
+
+main()

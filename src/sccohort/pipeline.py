@@ -1,0 +1,396 @@
+"""The named stages of a run: inputs, outputs, checkpoints, resume and ``run.json``.
+
+A run is a list of :class:`Stage` objects executed in order on one :class:`RunState`.
+After each stage the pipeline writes a checkpoint (``checkpoints/<n>_<stage>.json``,
+plus ``checkpoints/<n>_<stage>.h5mu`` when the stage changed the cohort object) and
+rewrites ``run.json``. ``resume=True`` re-validates the checkpoints (same config and
+inputs, every output file present with its recorded checksum) and starts after the
+last good one. Stage functions are the only code that writes files, and they write
+through :mod:`sccohort.io.atomic`, so a crash never leaves a half file that looks whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+import psutil
+
+from sccohort.cohort import ClinicalTable, SampleSheet
+from sccohort.config import Config, load_inputs
+from sccohort.errors import InputError
+from sccohort.io.atomic import write_csv, write_h5mu, write_json
+from sccohort.io.read import read_samples
+from sccohort.pp.summary import sample_summary
+
+#: Files and folders a run owns inside OUT; nothing else there is ever touched.
+OWNED = ("run.json", "cohort.h5mu", "report.html", "checkpoints", "tables", "figures")
+VERSIONED_PACKAGES = (
+    "sccohort", "numpy", "scipy", "pandas", "anndata", "mudata", "scanpy", "h5py", "dask",
+    "distributed", "scikit-learn", "statsmodels", "harmonypy", "leidenalg", "igraph",
+    "umap-learn", "pynndescent", "numba",
+)  # fmt: skip
+
+
+class Progress(Protocol):
+    """What the pipeline tells a progress display (the CLI draws it with rich)."""
+
+    def stage_started(self, name: str, description: str, index: int, total: int) -> None:
+        """A stage begins (``index`` is 1-based)."""
+
+    def advance(self, done: int, total: int) -> None:
+        """``done`` of ``total`` units of the current stage are finished."""
+
+    def stage_finished(self, name: str, seconds: float, resumed: bool) -> None:
+        """A stage ended, or was taken from its checkpoint when ``resumed``."""
+
+
+class _Silent:
+    def stage_started(self, name: str, description: str, index: int, total: int) -> None:
+        pass
+
+    def advance(self, done: int, total: int) -> None:
+        pass
+
+    def stage_finished(self, name: str, seconds: float, resumed: bool) -> None:
+        pass
+
+
+@dataclass
+class RunState:
+    """Everything the stages share: validated inputs, the cohort object, the output folder."""
+
+    config: Config
+    out: Path
+    samples: SampleSheet
+    clinical: ClinicalTable | None
+    progress: Progress
+    mdata: Any = None
+    scheduler: Any = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A named step: ``run(state)`` does the work and returns the files it wrote.
+
+    ``changes_cohort`` marks stages that modify ``state.mdata``; their checkpoint keeps
+    a copy of the cohort object so that a resumed run can start after them.
+    """
+
+    name: str
+    description: str
+    run: Callable[[RunState], list[Path]]
+    changes_cohort: bool = False
+    outputs: tuple[str, ...] = field(default=())
+
+
+def _stage_ingest(state: RunState) -> list[Path]:
+    """Read every sample of the sample sheet into one MuData (one Dask task per sample)."""
+    state.mdata = read_samples(
+        state.samples.table, scheduler=state.scheduler, progress=state.progress.advance
+    )
+    state.mdata.uns["sccohort"] = {"stage": "ingest"}
+    return []
+
+
+def _stage_summary(state: RunState) -> list[Path]:
+    """Per-sample cells, median genes and UMIs, proteins detected -> ``tables/samples.csv``."""
+    table = sample_summary(state.mdata, state.samples.table)
+    return [write_csv(table, state.out / "tables" / "samples.csv")]
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("ingest", "Reading samples", _stage_ingest, changes_cohort=True),
+    Stage("summary", "Summarising samples", _stage_summary, outputs=("tables/samples.csv",)),
+)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def input_checksums(config: Config, samples: SampleSheet) -> dict[str, str]:
+    """SHA-256 of the config, both tables and every sample's files (folders: each file)."""
+    files: list[Path] = [config.path, config.samples]
+    if config.clinical is not None:
+        files.append(config.clinical)
+    for column in ("path", "raw_path"):
+        if column not in samples.table:
+            continue
+        for value in samples.table[column].dropna():
+            path = Path(value)
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
+    return {str(p): sha256_file(p) for p in files if p.is_file()}
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": sys.version.split()[0]}
+    for name in VERSIONED_PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+class PeakMemory:
+    """Context manager sampling the resident memory of this process and its children.
+
+    ``peak_gb`` holds the largest sum seen (sampled every ``interval`` seconds, plus at
+    entry and exit).
+    """
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.peak_gb = 0.0
+        self._stop = threading.Event()
+        self._proc = psutil.Process()
+
+    def _sample(self) -> None:
+        total = self._proc.memory_info().rss
+        for child in self._proc.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                continue
+        self.peak_gb = max(self.peak_gb, total / 2**30)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> PeakMemory:
+        self._sample()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def _fingerprint(config: Config, checksums: dict[str, str]) -> str:
+    text = json.dumps({"config": config.to_dict(), "inputs": checksums}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _checkpoint_name(index: int, stage: Stage) -> str:
+    return f"{index + 1:02d}_{stage.name}"
+
+
+def _good_checkpoints(out: Path, fingerprint: str) -> list[dict[str, Any]]:
+    """Checkpoints of the leading stages that are complete and match this run."""
+    good: list[dict[str, Any]] = []
+    for index, stage in enumerate(STAGES):
+        path = out / "checkpoints" / f"{_checkpoint_name(index, stage)}.json"
+        if not path.is_file():
+            break
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            break
+        if record.get("fingerprint") != fingerprint:
+            break
+        files = dict(record.get("outputs", {}))
+        if record.get("cohort"):
+            files[record["cohort"]] = record["cohort_sha256"]
+        if not all(
+            (out / rel).is_file() and sha256_file(out / rel) == digest for rel, digest in files.items()
+        ):
+            break
+        good.append(record)
+    return good
+
+
+def _prepare_out(out: Path, resume: bool) -> None:
+    """Create OUT; on a fresh run, remove what an earlier run left (only names we own)."""
+    if out.exists() and not out.is_dir():
+        raise InputError("the output path exists and is not a folder", file=out)
+    out.mkdir(parents=True, exist_ok=True)
+    has_ours = [name for name in OWNED if (out / name).exists()]
+    if has_ours and not (out / "run.json").is_file():
+        raise InputError(
+            f"the output folder holds {', '.join(has_ours)} but no run.json, so it is not an "
+            "sccohort run folder and nothing in it will be overwritten",
+            file=out,
+            hint="choose an empty or new folder for --out",
+        )
+    if resume:
+        return
+    for name in OWNED:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def run_pipeline(
+    config: Config,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    progress: Progress | None = None,
+    scheduler: Any = None,
+    command: Iterable[str] | None = None,
+) -> dict[str, Any]:
+    """Run every stage of ``STAGES`` on the cohort that ``config`` describes.
+
+    Parameters
+    ----------
+    config
+        A loaded config (:func:`sccohort.config.load_config`).
+    out
+        The output folder (created; only the names in ``OWNED`` are ever written or removed).
+    resume
+        Start after the last checkpoint that matches this config and these inputs.
+    progress
+        Receives stage and within-stage progress; silent when ``None``.
+    scheduler
+        Passed to the per-sample readers: ``None`` (local threads), a ``distributed.Client``
+        or a scheduler address.
+    command
+        The command line, recorded in ``run.json``.
+
+    Returns
+    -------
+    The ``run.json`` record (also written to ``OUT/run.json``).
+
+    Raises
+    ------
+    InputError
+        For any problem with the config or the inputs, before anything is written.
+    """
+    out = Path(out).resolve()
+    progress = progress or _Silent()
+    samples, clinical = load_inputs(config)  # validates everything before writing anything
+    checksums = input_checksums(config, samples)
+    fingerprint = _fingerprint(config, checksums)
+    _prepare_out(out, resume)
+
+    good = _good_checkpoints(out, fingerprint) if resume else []
+    if resume and (out / "checkpoints").is_dir():
+        # drop checkpoints after the last good one so they can never be trusted later
+        keep = {f"{_checkpoint_name(i, s)}" for i, s in enumerate(STAGES[: len(good)])}
+        for path in (out / "checkpoints").iterdir():
+            if path.name.split(".")[0] not in keep:
+                path.unlink()
+
+    state = RunState(config, out, samples, clinical, progress, scheduler=scheduler)
+    cohort_checkpoint = next((r["cohort"] for r in reversed(good) if r.get("cohort")), None)
+    if cohort_checkpoint is not None:
+        import mudata
+
+        state.mdata = mudata.read_h5mu(out / cohort_checkpoint)
+
+    record: dict[str, Any] = {
+        "sccohort_run": 1,
+        "status": "running",
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "finished": None,
+        "command": list(command) if command is not None else None,
+        "config": config.to_dict(),
+        "seeds": {"run": config.seed},
+        "fingerprint": fingerprint,
+        "versions": _versions(),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        },
+        "inputs": checksums,
+        "stages": [],
+    }
+    for index, stage in enumerate(STAGES):
+        progress.stage_started(stage.name, stage.description, index + 1, len(STAGES))
+        if index < len(good):
+            record["stages"].append({**good[index]["timing"], "resumed": True})
+            progress.stage_finished(stage.name, 0.0, resumed=True)
+            continue
+        write_json(record, out / "run.json")
+        start = time.perf_counter()
+        try:
+            with PeakMemory() as memory:
+                written = stage.run(state)
+        except Exception as exc:
+            record.update(status="failed", failed_stage=stage.name, error=f"{type(exc).__name__}: {exc}")
+            write_json(record, out / "run.json")
+            raise
+        timing = {
+            "stage": stage.name,
+            "wall_s": round(time.perf_counter() - start, 3),
+            "peak_rss_gb": round(memory.peak_gb, 3),
+        }
+        _write_checkpoint(state, index, stage, written, fingerprint, timing)
+        record["stages"].append({**timing, "resumed": False})
+        progress.stage_finished(stage.name, timing["wall_s"], resumed=False)
+
+    _publish_cohort(out)
+    record.update(status="finished", finished=datetime.now(UTC).isoformat(timespec="seconds"))
+    write_json(record, out / "run.json")
+    return record
+
+
+def _write_checkpoint(
+    state: RunState,
+    index: int,
+    stage: Stage,
+    written: list[Path],
+    fingerprint: str,
+    timing: dict[str, Any],
+) -> None:
+    name = _checkpoint_name(index, stage)
+    out = state.out
+    entry: dict[str, Any] = {
+        "stage": stage.name,
+        "fingerprint": fingerprint,
+        "timing": timing,
+        "outputs": {str(p.relative_to(out)): sha256_file(p) for p in written},
+        "cohort": None,
+    }
+    if stage.changes_cohort:
+        rel = f"checkpoints/{name}.h5mu"
+        write_h5mu(state.mdata, out / rel)
+        entry.update(cohort=rel, cohort_sha256=sha256_file(out / rel))
+    write_json(entry, out / "checkpoints" / f"{name}.json")
+
+
+def _publish_cohort(out: Path) -> None:
+    """Make the newest cohort checkpoint available as ``OUT/cohort.h5mu`` (hard link or copy)."""
+    latest = sorted((out / "checkpoints").glob("*.h5mu"))
+    if not latest:
+        return
+    target = out / "cohort.h5mu"
+    tmp = out / ".cohort.h5mu.tmp"
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(latest[-1], tmp)
+    except OSError:
+        shutil.copy2(latest[-1], tmp)
+    os.replace(tmp, target)
+
+
+def summary_frame(record: dict[str, Any]) -> pd.DataFrame:
+    """The per-stage timings of a ``run.json`` record as a table (for printing)."""
+    return pd.DataFrame(record["stages"])

@@ -1,0 +1,1 @@
+"""Per-sample work: summaries, QC, doublets, normalisation."""

@@ -1,0 +1,201 @@
+"""The pipeline skeleton: outputs, run.json, checkpoints, resume, atomicity, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mudata
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from typer.testing import CliRunner
+
+from sccohort import pipeline
+from sccohort.cli import app
+from sccohort.config import load_config
+from sccohort.errors import InputError
+from sccohort.io.tenx import write_10x_h5
+
+GENES = [f"GENE{i}" for i in range(40)] + ["MT-CO1", "MT-ND1"]
+PROTEINS = ["CD3", "CD4", "CD14", "CD19", "Mouse IgG1"]
+DONORS = {"D1": ("case", 50), "D2": ("control", 60), "D3": ("case", 70), "D4": ("control", 55)}
+
+
+def _features() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "id": [f"ENSG{i:011d}" for i in range(len(GENES))] + PROTEINS,
+            "name": GENES + PROTEINS,
+            "feature_type": ["Gene Expression"] * len(GENES) + ["Antibody Capture"] * len(PROTEINS),
+        }
+    )
+
+
+@pytest.fixture
+def cohort_dir(tmp_path: Path) -> Path:
+    """Four donors, one sample each, small random counts, a config with one contrast."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for i, donor in enumerate(DONORS):
+        n_cells = 30 + 5 * i
+        counts = sp.random(n_cells, len(GENES) + len(PROTEINS), density=0.4, random_state=rng)
+        counts.data = rng.integers(1, 20, counts.nnz).astype(float)
+        barcodes = [f"{''.join(rng.choice(list('ACGT'), 16))}-1" for _ in range(n_cells)]
+        (tmp_path / donor).mkdir()
+        write_10x_h5(tmp_path / donor / "filtered_feature_bc_matrix.h5", counts, barcodes, _features())
+        rows.append((f"S_{donor}", donor, f"{donor}/filtered_feature_bc_matrix.h5", f"lane{i % 2}"))
+    pd.DataFrame(rows, columns=["sample_id", "donor_id", "path", "batch"]).to_csv(
+        tmp_path / "samples.csv", index=False
+    )
+    pd.DataFrame(
+        [(d, g, a) for d, (g, a) in DONORS.items()], columns=["donor_id", "status", "age"]
+    ).to_csv(tmp_path / "clinical.csv", index=False)
+    (tmp_path / "sccohort.toml").write_text(
+        '[inputs]\nsamples = "samples.csv"\nclinical = "clinical.csv"\n\n'
+        "[run]\nseed = 3\n\n"
+        '[contrasts.status]\nvariable = "status"\ncase = "case"\ncontrol = "control"\n'
+    )
+    return tmp_path
+
+
+def test_run_writes_tables_cohort_and_run_json(cohort_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    record = pipeline.run_pipeline(load_config(cohort_dir / "sccohort.toml"), out)
+
+    table = pd.read_csv(out / "tables" / "samples.csv")
+    assert list(table["sample_id"]) == [f"S_{d}" for d in DONORS]
+    assert list(table["n_cells"]) == [30, 35, 40, 45]
+    assert (table["n_proteins"] == len(PROTEINS)).all()
+    assert (table["median_genes"] > 0).all() and (table["median_umis"] > table["median_genes"]).all()
+
+    cohort = mudata.read_h5mu(out / "cohort.h5mu")
+    assert cohort.n_obs == 150
+    assert cohort.obs_names[0].startswith("S_D1:")
+    assert set(cohort.mod) >= {"rna", "prot"}
+
+    saved = json.loads((out / "run.json").read_text())
+    assert saved == json.loads(json.dumps(record, default=str))
+    assert saved["status"] == "finished"
+    assert [s["stage"] for s in saved["stages"]] == [s.name for s in pipeline.STAGES]
+    assert all(s["wall_s"] >= 0 and s["peak_rss_gb"] > 0 for s in saved["stages"])
+    assert saved["seeds"]["run"] == 3
+    assert saved["versions"]["anndata"] and saved["versions"]["python"]
+    assert str(cohort_dir / "samples.csv") in saved["inputs"]
+    assert str(cohort_dir / "D1" / "filtered_feature_bc_matrix.h5") in saved["inputs"]
+    assert saved["config"]["contrasts"]["status"]["case"] == "case"
+    # no temporary files left behind
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+
+def test_resume_after_interrupted_run_gives_identical_tables(
+    cohort_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(cohort_dir / "sccohort.toml")
+    pipeline.run_pipeline(config, tmp_path / "whole")
+
+    def crash(state: pipeline.RunState) -> list[Path]:
+        raise RuntimeError("simulated crash")
+
+    stages = list(pipeline.STAGES)
+    broken = pipeline.Stage("summary", "Summarising samples", crash)
+    monkeypatch.setattr(pipeline, "STAGES", (stages[0], broken))
+    with pytest.raises(RuntimeError):
+        pipeline.run_pipeline(config, tmp_path / "broken")
+    record = json.loads((tmp_path / "broken" / "run.json").read_text())
+    assert record["status"] == "failed" and record["failed_stage"] == "summary"
+    assert not (tmp_path / "broken" / "tables" / "samples.csv").exists()
+
+    monkeypatch.setattr(pipeline, "STAGES", tuple(stages))
+    resumed = pipeline.run_pipeline(config, tmp_path / "broken", resume=True)
+    assert [s["resumed"] for s in resumed["stages"]] == [True, False]
+    whole = (tmp_path / "whole" / "tables" / "samples.csv").read_bytes()
+    assert (tmp_path / "broken" / "tables" / "samples.csv").read_bytes() == whole
+
+
+def test_resume_ignores_checkpoints_of_another_config(cohort_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    pipeline.run_pipeline(load_config(cohort_dir / "sccohort.toml"), out)
+    again = pipeline.run_pipeline(load_config(cohort_dir / "sccohort.toml"), out, resume=True)
+    assert all(s["resumed"] for s in again["stages"])
+
+    toml = cohort_dir / "sccohort.toml"
+    toml.write_text(toml.read_text().replace("seed = 3", "seed = 4"))
+    changed = pipeline.run_pipeline(load_config(toml), out, resume=True)
+    assert not any(s["resumed"] for s in changed["stages"])
+
+
+def test_resume_reruns_a_stage_whose_output_was_damaged(cohort_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    config = load_config(cohort_dir / "sccohort.toml")
+    pipeline.run_pipeline(config, out)
+    good = (out / "tables" / "samples.csv").read_bytes()
+    (out / "tables" / "samples.csv").write_text("damaged\n")
+    again = pipeline.run_pipeline(config, out, resume=True)
+    assert [s["resumed"] for s in again["stages"]] == [True, False]
+    assert (out / "tables" / "samples.csv").read_bytes() == good
+
+
+def test_bad_input_fails_before_writing_anything(cohort_dir: Path, tmp_path: Path) -> None:
+    (cohort_dir / "D2" / "filtered_feature_bc_matrix.h5").unlink()
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="D2"):
+        pipeline.run_pipeline(load_config(cohort_dir / "sccohort.toml"), out)
+    assert not out.exists()
+
+
+def test_refuses_a_folder_that_is_not_a_run_folder(cohort_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "tables").mkdir(parents=True)
+    (out / "tables" / "mine.csv").write_text("precious\n")
+    with pytest.raises(InputError, match="not an sccohort run folder"):
+        pipeline.run_pipeline(load_config(cohort_dir / "sccohort.toml"), out)
+    assert (out / "tables" / "mine.csv").read_text() == "precious\n"
+
+
+def test_a_new_run_keeps_files_it_does_not_own(cohort_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    pipeline.run_pipeline(load_config(cohort_dir / "sccohort.toml"), out)
+    (out / "notes.txt").write_text("mine\n")
+    pipeline.run_pipeline(load_config(cohort_dir / "sccohort.toml"), out)
+    assert (out / "notes.txt").read_text() == "mine\n"
+
+
+def test_cli_validate_and_run(cohort_dir: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["validate", str(cohort_dir / "sccohort.toml")])
+    assert result.exit_code == 0, result.output
+    assert "2 case vs 2 control" in result.output
+    result = runner.invoke(app, ["run", str(cohort_dir / "sccohort.toml"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "o" / "tables" / "samples.csv").is_file()
+
+
+def test_cli_input_errors_exit_2_without_traceback(cohort_dir: Path, tmp_path: Path) -> None:
+    clinical = cohort_dir / "clinical.csv"
+    clinical.write_text(clinical.read_text().replace("D3,", "D9,"))
+    runner = CliRunner()
+    for args in (
+        ["validate", str(cohort_dir / "sccohort.toml")],
+        ["run", str(cohort_dir / "sccohort.toml"), "--out", str(tmp_path / "o")],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        assert "D3" in result.output and "samples.csv" in result.output
+    assert not (tmp_path / "o").exists()
+
+    result = runner.invoke(app, ["validate", str(tmp_path / "nope.toml")])
+    assert result.exit_code == 2 and "nope.toml" in result.output
+
+
+def test_python_dash_m_and_help_on_every_command() -> None:
+    for command in ([], ["run"], ["validate"], ["simulate"], ["demo"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "sccohort", *command, "--help"], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        assert "Usage" in done.stdout
