@@ -46,7 +46,9 @@ def cohort_dir(tmp_path: Path) -> Path:
         counts.data = rng.integers(1, 20, counts.nnz).astype(float)
         barcodes = [f"{''.join(rng.choice(list('ACGT'), 16))}-1" for _ in range(n_cells)]
         (tmp_path / donor).mkdir()
-        write_10x_h5(tmp_path / donor / "filtered_feature_bc_matrix.h5", counts, barcodes, _features())
+        write_10x_h5(
+            tmp_path / donor / "filtered_feature_bc_matrix.h5", counts, barcodes, _features()
+        )
         rows.append((f"S_{donor}", donor, f"{donor}/filtered_feature_bc_matrix.h5", f"lane{i % 2}"))
     pd.DataFrame(rows, columns=["sample_id", "donor_id", "path", "batch"]).to_csv(
         tmp_path / "samples.csv", index=False
@@ -70,7 +72,9 @@ def test_run_writes_tables_cohort_and_run_json(cohort_dir: Path, tmp_path: Path)
     assert list(table["sample_id"]) == [f"S_{d}" for d in DONORS]
     assert list(table["n_cells"]) == [30, 35, 40, 45]
     assert (table["n_proteins"] == len(PROTEINS)).all()
-    assert (table["median_genes"] > 0).all() and (table["median_umis"] > table["median_genes"]).all()
+    assert (table["median_genes"] > 0).all() and (
+        table["median_umis"] > table["median_genes"]
+    ).all()
 
     cohort = mudata.read_h5mu(out / "cohort.h5mu")
     assert cohort.n_obs == 150
@@ -168,8 +172,10 @@ def test_cli_validate_and_run(cohort_dir: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["validate", str(cohort_dir / "sccohort.toml")])
     assert result.exit_code == 0, result.output
-    assert "2 case vs 2 control" in result.output
-    result = runner.invoke(app, ["run", str(cohort_dir / "sccohort.toml"), "--out", str(tmp_path / "o")])
+    assert "case (n=2) vs control (n=2)" in result.output
+    result = runner.invoke(
+        app, ["run", str(cohort_dir / "sccohort.toml"), "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "o" / "tables" / "samples.csv").is_file()
 
@@ -193,9 +199,20 @@ def test_cli_input_errors_exit_2_without_traceback(cohort_dir: Path, tmp_path: P
 
 
 def test_python_dash_m_and_help_on_every_command() -> None:
-    for command in ([], ["run"], ["validate"], ["simulate"], ["demo"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "sccohort", *command, "--help"], capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stderr
-        assert "Usage" in done.stdout
+    done = subprocess.run(
+        [sys.executable, "-m", "sccohort", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Usage" in done.stdout and "simulate" in done.stdout
+    for command in ("run", "validate", "simulate", "demo"):
+        result = CliRunner().invoke(app, [command, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "Usage" in result.output
+
+
+def test_input_error_survives_pickling() -> None:
+    import pickle
+
+    error = InputError("bad", file="a.csv", row=3, column="age", sample="S1", hint="fix it")
+    again = pickle.loads(pickle.dumps(error))
+    assert str(again) == str(error) and again.row == 3 and again.sample == "S1"

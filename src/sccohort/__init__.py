@@ -5,12 +5,20 @@ The main entry points are the ``sccohort`` command and, in Python,
 """
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 try:
     __version__ = version("sccohort")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0+unknown"
 
-from sccohort.io.read_cohort import read_cohort  # noqa: E402
-
 __all__ = ["__version__", "read_cohort"]
+
+
+def __getattr__(name: str) -> Any:
+    # imported on first use so that ``sccohort --help`` does not pay for anndata's import
+    if name == "read_cohort":
+        from sccohort.io.read_cohort import read_cohort
+
+        return read_cohort
+    raise AttributeError(f"module 'sccohort' has no attribute '{name}'")

@@ -48,12 +48,15 @@ class RichProgress:
         self._task: Any = None
 
     def stage_started(self, name: str, description: str, index: int, total: int) -> None:
+        """Add a line for the stage."""
         self._task = self._progress.add_task(f"[{index}/{total}] {description}", total=None)
 
     def advance(self, done: int, total: int) -> None:
+        """Move the stage's bar."""
         self._progress.update(self._task, completed=done, total=total)
 
     def stage_finished(self, name: str, seconds: float, resumed: bool) -> None:
+        """Fill the stage's bar and note its time."""
         task = self._progress.tasks[-1]
         note = "from checkpoint" if resumed else f"{seconds:.1f} s"
         self._progress.update(
@@ -118,7 +121,7 @@ def run(
 @app.command()
 def validate(config: Annotated[Path, typer.Argument(help="The run's TOML config.")]) -> None:
     """Check the config, the sample sheet, the clinical table and the contrasts; write nothing."""
-    from sccohort.config import load_config, load_inputs
+    from sccohort.config import build_designs, load_config, load_inputs
 
     def check() -> None:
         cfg = load_config(config)
@@ -129,13 +132,10 @@ def validate(config: Annotated[Path, typer.Argument(help="The run's TOML config.
         table.add_row("samples", str(len(samples.table)))
         table.add_row("donors", str(samples.table["donor_id"].nunique()))
         if clinical is not None:
-            table.add_row("clinical variables", ", ".join(clinical.types))
-            for name, contrast in cfg.contrasts.items():
-                design = contrast.design(clinical, donors=samples.table["donor_id"].unique())
-                table.add_row(
-                    f"contrast {name}",
-                    f"{design.n_case} case vs {design.n_control} control; term {design.term}",
-                )
+            types = ", ".join(f"{k} ({v})" for k, v in clinical.types.items())
+            table.add_row("clinical variables", types)
+            for name, design in build_designs(cfg, samples, clinical).items():
+                table.add_row(f"contrast {name}", design.describe())
         console.print(table)
 
     _guard(check)

@@ -46,6 +46,11 @@ class InputError(SccohortError):
         self.hint = hint
         super().__init__(self._format())
 
+    def __reduce__(self) -> tuple:
+        # keep the keyword-only fields when pickled (errors raised on Dask workers)
+        fields = ("file", "row", "column", "sample", "key", "hint")
+        return (_rebuild_input_error, (self.problem, {f: getattr(self, f) for f in fields}))
+
     def _format(self) -> str:
         where = []
         if self.file is not None:
@@ -62,3 +67,7 @@ class InputError(SccohortError):
         if self.hint:
             text += " " + self.hint.rstrip(".") + "."
         return text
+
+
+def _rebuild_input_error(problem: str, fields: dict) -> InputError:
+    return InputError(problem, **fields)

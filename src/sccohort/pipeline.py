@@ -137,7 +137,9 @@ def input_checksums(config: Config, samples: SampleSheet) -> dict[str, str]:
             continue
         for value in samples.table[column].dropna():
             path = Path(value)
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
+            files.extend(
+                sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+            )
     return {str(p): sha256_file(p) for p in files if p.is_file()}
 
 
@@ -190,7 +192,9 @@ class PeakMemory:
 
 
 def _fingerprint(config: Config, checksums: dict[str, str]) -> str:
-    text = json.dumps({"config": config.to_dict(), "inputs": checksums}, sort_keys=True, default=str)
+    text = json.dumps(
+        {"config": config.to_dict(), "inputs": checksums}, sort_keys=True, default=str
+    )
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -215,7 +219,8 @@ def _good_checkpoints(out: Path, fingerprint: str) -> list[dict[str, Any]]:
         if record.get("cohort"):
             files[record["cohort"]] = record["cohort_sha256"]
         if not all(
-            (out / rel).is_file() and sha256_file(out / rel) == digest for rel, digest in files.items()
+            (out / rel).is_file() and sha256_file(out / rel) == digest
+            for rel, digest in files.items()
         ):
             break
         good.append(record)
@@ -333,7 +338,9 @@ def run_pipeline(
             with PeakMemory() as memory:
                 written = stage.run(state)
         except Exception as exc:
-            record.update(status="failed", failed_stage=stage.name, error=f"{type(exc).__name__}: {exc}")
+            record.update(
+                status="failed", failed_stage=stage.name, error=f"{type(exc).__name__}: {exc}"
+            )
             write_json(record, out / "run.json")
             raise
         timing = {

@@ -1,0 +1,1087 @@
+"""Validated donor-level facts: the sample sheet, the clinical table and contrast designs.
+
+A cohort is described by two CSV files. The **sample sheet** lists one row per sample (a
+donor at a timepoint in a tissue) and where its counts are; the **clinical table** lists one
+row per donor with any clinical variables. A :class:`Contrast` names a clinical comparison
+(SRC yes vs no within SSc, say) and :meth:`Contrast.design` turns it into the donor-level
+design matrix that every statistics module fits.
+
+Every problem with these inputs raises :class:`~sccohort.errors.InputError` naming the file,
+the line as an editor shows it (header = line 1), the column and a hint. Row-level problems
+of one file are collected and raised together (:func:`raise_all`), so a user fixes a sheet in
+one pass.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import re
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from sccohort.errors import InputError
+
+FORMATS = ("10x_h5", "10x_mtx", "h5ad", "h5mu", "rhapsody_csv")
+SAMPLE_REQUIRED = ("sample_id", "donor_id", "path")
+SAMPLE_OPTIONAL = ("raw_path", "batch", "timepoint", "tissue", "format")
+DEFAULT_TIMEPOINT = "baseline"
+DEFAULT_TISSUE = "blood"
+VARIABLE_TYPES = ("binary", "categorical", "continuous")
+#: Cell texts read as a missing value in the clinical table (after stripping spaces).
+MISSING_TOKENS = frozenset({"", "NA", "N/A", "na", "n/a", "NaN", "nan", "null", "NULL", "None"})
+INTERCEPT = "intercept"
+
+VariableType = Literal["binary", "categorical", "continuous"]
+Level = str | int | float | bool
+
+
+def raise_all(problems: Sequence[InputError], what: str = "the inputs") -> None:
+    """Raise the problems found, if any, as one :class:`InputError`.
+
+    One problem is raised as it is; several are joined, one per line, into an ``InputError``
+    whose ``problems`` attribute lists them.
+
+    Parameters
+    ----------
+    problems
+        The problems found, in the order a user should read them.
+    what
+        What was checked, for the joined message (``"<n> problems in <what>"``).
+    """
+    if not problems:
+        return
+    if len(problems) == 1:
+        raise problems[0]
+    lines = "\n".join(f"  {i}. {p}" for i, p in enumerate(problems, start=1))
+    err = InputError(f"{len(problems)} problems in {what}:\n{lines}")
+    err.problems = list(problems)
+    raise err
+
+
+# ---------------------------------------------------------------------------------------
+# CSV reading with line numbers
+
+
+@dataclass
+class _Csv:
+    path: Path
+    header: list[str]
+    rows: list[list[str]]
+    lines: list[int]  # editor line where each row starts
+
+    def column(self, name: str) -> list[str]:
+        j = self.header.index(name)
+        return [row[j] for row in self.rows]
+
+
+def _read_csv(path: str | Path, what: str) -> _Csv:
+    """Read a comma-separated file into stripped strings, keeping each row's line number."""
+    path = Path(path)
+    if not path.is_file():
+        hint = "It is a folder; give the CSV file inside it" if path.is_dir() else None
+        raise InputError(f"{what} not found", file=path, hint=hint or "Check the path")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise InputError(
+            f"{what} is not UTF-8 text (byte {exc.object[exc.start]:#04x})",
+            file=path,
+            row=line,
+            hint="Save it as UTF-8 CSV (in Excel: 'CSV UTF-8')",
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    last = 0
+    try:
+        for record in reader:
+            start, last = last + 1, reader.line_num
+            if not record or all(not c.strip() for c in record):
+                continue
+            cells = [c.strip() for c in record]
+            if header is None:
+                header, header_line = cells, start
+                continue
+            if len(cells) != len(header):
+                raise InputError(
+                    f"this row has {len(cells)} fields but the header (line {header_line}) has "
+                    f"{len(header)}",
+                    file=path,
+                    row=start,
+                    hint="Quote fields that contain commas and give every row the same columns",
+                )
+            rows.append(cells)
+            lines.append(start)
+    except csv.Error as exc:
+        raise InputError(
+            f"{what} is not valid CSV ({exc})", file=path, row=reader.line_num
+        ) from None
+    if header is None:
+        raise InputError(f"{what} is empty", file=path, hint="Add a header line and rows")
+    for j, name in enumerate(header):
+        if not name:
+            raise InputError(
+                f"header field {j + 1} is empty", file=path, row=header_line, hint="Name it"
+            )
+        if header.index(name) != j:
+            raise InputError(
+                f"column '{name}' appears twice in the header", file=path, row=header_line
+            )
+    if len(header) == 1 and any(sep in header[0] for sep in (";", "\t")):
+        raise InputError(
+            f"the header has a single column '{header[0]}'",
+            file=path,
+            row=header_line,
+            hint="Separate columns with commas, not semicolons or tabs",
+        )
+    return _Csv(path, header, rows, lines)
+
+
+def _require_columns(data: _Csv, required: Iterable[str], what: str) -> None:
+    missing = [c for c in required if c not in data.header]
+    if missing:
+        raise InputError(
+            f"{what} lacks required column(s) {', '.join(repr(c) for c in missing)}; "
+            f"columns found: {', '.join(repr(c) for c in data.header)}",
+            file=data.path,
+            row=1,
+            hint=f"The header must name {', '.join(required)}",
+        )
+
+
+def _absolute(value: str, base: Path) -> Path:
+    p = Path(value).expanduser()
+    return Path(os.path.abspath(p if p.is_absolute() else base / p))
+
+
+# ---------------------------------------------------------------------------------------
+# Sample sheet
+
+
+class SampleSheet:
+    """The validated sample sheet: one row per sample.
+
+    Attributes
+    ----------
+    table
+        ``DataFrame`` indexed by ``sample_id`` in file order, columns ``donor_id``, ``path``
+        (absolute ``Path``), ``raw_path`` (absolute ``Path`` or ``None``), ``batch`` (default:
+        the sample id, i.e. one batch per sample), ``timepoint`` (default ``"baseline"``),
+        ``tissue`` (default ``"blood"``), ``format`` (one of :data:`FORMATS`, or ``""`` to
+        detect it from the path).
+    path
+        The CSV file it was read from (absolute), or ``None``.
+    lines
+        ``Series`` sample_id -> line of the CSV the sample is on.
+    """
+
+    def __init__(self, table: pd.DataFrame, path: Path | None, lines: pd.Series) -> None:
+        self.table = table
+        self.path = path
+        self.lines = lines
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __repr__(self) -> str:
+        return (
+            f"SampleSheet({len(self)} samples, {self.table['donor_id'].nunique()} donors, "
+            f"timepoints {self.timepoints}, file={self.path})"
+        )
+
+    @classmethod
+    def from_csv(cls, path: str | Path) -> SampleSheet:
+        """Read and validate a sample sheet CSV.
+
+        Parameters
+        ----------
+        path
+            CSV with columns ``sample_id, donor_id, path`` and optionally ``raw_path, batch,
+            timepoint, tissue, format``. Relative paths are relative to the CSV's folder.
+
+        Returns
+        -------
+        SampleSheet
+            One row per CSV row, in file order.
+        """
+        path = Path(os.path.abspath(Path(path).expanduser()))
+        data = _read_csv(path, "sample sheet")
+        _require_columns(data, SAMPLE_REQUIRED, "the sample sheet")
+        allowed = SAMPLE_REQUIRED + SAMPLE_OPTIONAL
+        unknown = [c for c in data.header if c not in allowed]
+        if unknown:
+            raise InputError(
+                f"unknown column(s) {', '.join(repr(c) for c in unknown)}",
+                file=path,
+                row=1,
+                column=unknown[0],
+                hint=f"Allowed columns: {', '.join(allowed)}; clinical variables belong in "
+                "the clinical table",
+            )
+        if not data.rows:
+            raise InputError(
+                "the sample sheet has a header but no samples",
+                file=path,
+                hint="Add one row per sample",
+            )
+        base = path.parent
+        problems: list[InputError] = []
+        records: list[dict] = []
+        first_line: dict[str, int] = {}
+        seen_visit: dict[tuple[str, str, str], tuple[str, int]] = {}
+        get = {c: (data.header.index(c) if c in data.header else None) for c in allowed}
+        for row, line in zip(data.rows, data.lines, strict=True):
+
+            def cell(name: str, row: list[str] = row) -> str:
+                j = get[name]
+                return "" if j is None else row[j]
+
+            sid, donor = cell("sample_id"), cell("donor_id")
+            where = {"file": path, "row": line}
+            if not sid:
+                problems.append(InputError("empty sample_id", column="sample_id", **where))
+                continue
+            if ":" in sid or "/" in sid:
+                problems.append(
+                    InputError(
+                        f"sample_id '{sid}' contains ':' or '/'",
+                        column="sample_id",
+                        sample=sid,
+                        hint="Cell ids are '<sample_id>:<barcode>' and sample ids name files; "
+                        "use letters, digits, '_', '-' or '.'",
+                        **where,
+                    )
+                )
+            if sid in first_line:
+                problems.append(
+                    InputError(
+                        f"duplicate sample_id '{sid}' (also on line {first_line[sid]})",
+                        column="sample_id",
+                        sample=sid,
+                        hint="Give every sample a unique id",
+                        **where,
+                    )
+                )
+                continue
+            first_line[sid] = line
+            if not donor:
+                problems.append(
+                    InputError("empty donor_id", column="donor_id", sample=sid, **where)
+                )
+            fmt = cell("format").lower()
+            if fmt and fmt not in FORMATS:
+                problems.append(
+                    InputError(
+                        f"unknown format '{cell('format')}'",
+                        column="format",
+                        sample=sid,
+                        hint=f"Use one of {', '.join(FORMATS)}, or leave it empty to detect it",
+                        **where,
+                    )
+                )
+            paths: dict[str, Path | None] = {}
+            for col in ("path", "raw_path"):
+                value = cell(col)
+                if not value:
+                    paths[col] = None
+                    if col == "path":
+                        problems.append(
+                            InputError(
+                                "empty path",
+                                column=col,
+                                sample=sid,
+                                hint="Give the counts file or folder of this sample",
+                                **where,
+                            )
+                        )
+                    continue
+                p = _absolute(value, base)
+                paths[col] = p
+                if not p.exists():
+                    problems.append(
+                        InputError(
+                            f"{col} '{value}' does not exist (looked for {p})",
+                            column=col,
+                            sample=sid,
+                            hint="Relative paths are relative to the sample sheet's folder",
+                            **where,
+                        )
+                    )
+                elif col == "path" and fmt in FORMATS and p.is_dir() != (fmt == "10x_mtx"):
+                    kind = "a folder" if p.is_dir() else "a file"
+                    problems.append(
+                        InputError(
+                            f"path {p} is {kind}, which does not fit format '{fmt}'",
+                            column=col,
+                            sample=sid,
+                            hint="10x_mtx is a folder, the other formats are files",
+                            **where,
+                        )
+                    )
+            timepoint = cell("timepoint") or DEFAULT_TIMEPOINT
+            tissue = cell("tissue") or DEFAULT_TISSUE
+            if donor:
+                visit = (donor, timepoint, tissue)
+                if visit in seen_visit:
+                    other, other_line = seen_visit[visit]
+                    problems.append(
+                        InputError(
+                            f"donor '{donor}' has two samples at timepoint '{timepoint}' in "
+                            f"tissue '{tissue}': '{other}' (line {other_line}) and '{sid}'",
+                            column="timepoint",
+                            sample=sid,
+                            hint="Give each visit its own timepoint, or drop the repeat sample",
+                            **where,
+                        )
+                    )
+                else:
+                    seen_visit[visit] = (sid, line)
+            records.append(
+                {
+                    "sample_id": sid,
+                    "donor_id": donor,
+                    "path": paths["path"],
+                    "raw_path": paths["raw_path"],
+                    "batch": cell("batch") or sid,
+                    "timepoint": timepoint,
+                    "tissue": tissue,
+                    "format": fmt,
+                    "line": line,
+                }
+            )
+        raise_all(problems)
+        table = pd.DataFrame.from_records(records).set_index("sample_id")
+        lines = table.pop("line").astype(int)
+        table = table[["donor_id", "path", "raw_path", "batch", "timepoint", "tissue", "format"]]
+        return cls(table, path, lines)
+
+    @property
+    def sample_ids(self) -> pd.Index:
+        """Sample ids in file order."""
+        return self.table.index
+
+    @property
+    def donors(self) -> pd.Index:
+        """Distinct donor ids in order of first appearance."""
+        return pd.Index(self.table["donor_id"].unique(), name="donor_id")
+
+    @property
+    def timepoints(self) -> list[str]:
+        """Distinct timepoints in order of first appearance."""
+        return list(self.table["timepoint"].unique())
+
+    def line_of(self, sample_id: str) -> int | None:
+        """Line of the sample sheet that a sample is on (``None`` if built in memory)."""
+        return int(self.lines[sample_id]) if sample_id in self.lines.index else None
+
+    def samples_at(self, timepoint: str, tissue: str | None = None) -> pd.DataFrame:
+        """Rows of :attr:`table` at one timepoint (and tissue, when given), in file order."""
+        mask = self.table["timepoint"] == timepoint
+        if tissue is not None:
+            mask &= self.table["tissue"] == tissue
+        return self.table[mask]
+
+    def primary_samples(
+        self, timepoint: str = DEFAULT_TIMEPOINT, tissue: str = DEFAULT_TISSUE
+    ) -> pd.DataFrame:
+        """The samples used for the cross-sectional analyses: one per donor.
+
+        Parameters
+        ----------
+        timepoint, tissue
+            The visit that represents each donor (the study: untreated blood at baseline).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Rows of :attr:`table`, one per donor that has a sample at that visit.
+        """
+        rows = self.samples_at(timepoint, tissue)
+        if rows.empty:
+            visits = sorted(set(zip(self.table["timepoint"], self.table["tissue"], strict=True)))
+            raise InputError(
+                f"no sample has timepoint '{timepoint}' and tissue '{tissue}'",
+                file=self.path,
+                column="timepoint",
+                key="run.primary_timepoint",
+                hint="Set run.primary_timepoint / run.primary_tissue to one of the visits in "
+                "the sheet: " + ", ".join(f"{t}/{s}" for t, s in visits),
+            )
+        return rows
+
+
+# ---------------------------------------------------------------------------------------
+# Clinical table
+
+
+def _parse_float(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _level_sort_key(level: str) -> tuple[int, float, str]:
+    number = _parse_float(level)
+    return (0, number, "") if number is not None else (1, 0.0, level)
+
+
+class ClinicalTable:
+    """The validated clinical table: one row per donor.
+
+    Attributes
+    ----------
+    table
+        ``DataFrame`` indexed by ``donor_id`` in file order, one column per variable.
+        Continuous variables are ``float64``; binary and categorical ones keep their text
+        (``object``), missing values are ``NaN``.
+    types
+        Variable -> ``"binary"``, ``"categorical"`` or ``"continuous"``.
+    path
+        The CSV file it was read from, or ``None``.
+    lines
+        ``Series`` donor_id -> line of the CSV.
+    """
+
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        types: dict[str, VariableType],
+        path: Path | None = None,
+        lines: pd.Series | None = None,
+    ) -> None:
+        self.table = table
+        self.types = types
+        self.path = path
+        self.lines = lines if lines is not None else pd.Series(dtype=int)
+
+    def __repr__(self) -> str:
+        return f"ClinicalTable({len(self.table)} donors, types={self.types}, file={self.path})"
+
+    @classmethod
+    def from_csv(cls, path: str | Path, types: Mapping[str, str] | None = None) -> ClinicalTable:
+        """Read and validate a clinical table CSV.
+
+        Parameters
+        ----------
+        path
+            CSV with a ``donor_id`` column and one column per clinical variable. Empty cells
+            and ``NA``-like texts (:data:`MISSING_TOKENS`) are missing values.
+        types
+            Overrides of the inferred variable types (config ``[clinical.types]``), e.g.
+            ``{"age": "continuous"}``. Inference: numeric with more than two distinct values
+            -> continuous; two distinct values -> binary; otherwise categorical.
+
+        Returns
+        -------
+        ClinicalTable
+            One row per donor, in file order.
+        """
+        path = Path(os.path.abspath(Path(path).expanduser()))
+        data = _read_csv(path, "clinical table")
+        _require_columns(data, ("donor_id",), "the clinical table")
+        if not data.rows:
+            raise InputError("the clinical table has a header but no donors", file=path)
+        problems: list[InputError] = []
+        first_line: dict[str, int] = {}
+        keep: list[int] = []
+        for i, (donor, line) in enumerate(zip(data.column("donor_id"), data.lines, strict=True)):
+            if not donor:
+                problems.append(
+                    InputError("empty donor_id", file=path, row=line, column="donor_id")
+                )
+            elif donor in first_line:
+                problems.append(
+                    InputError(
+                        f"duplicate donor_id '{donor}' (also on line {first_line[donor]})",
+                        file=path,
+                        row=line,
+                        column="donor_id",
+                        hint="One row per donor; per-sample facts belong in the sample sheet",
+                    )
+                )
+            else:
+                first_line[donor] = line
+                keep.append(i)
+        overrides = dict(types or {})
+        for name, kind in overrides.items():
+            key = f"clinical.types.{name}"
+            if name not in data.header or name == "donor_id":
+                variables = [c for c in data.header if c != "donor_id"]
+                problems.append(
+                    InputError(
+                        f"type override for '{name}', which is not a variable of the table",
+                        file=path,
+                        key=key,
+                        hint=f"Variables: {', '.join(variables)}",
+                    )
+                )
+            elif kind not in VARIABLE_TYPES:
+                problems.append(
+                    InputError(
+                        f"unknown variable type '{kind}'",
+                        file=path,
+                        column=name,
+                        key=key,
+                        hint=f"Use one of {', '.join(VARIABLE_TYPES)}",
+                    )
+                )
+        raise_all(problems)
+
+        lines = [data.lines[i] for i in keep]
+        donors = pd.Index([data.rows[i][data.header.index("donor_id")] for i in keep])
+        donors.name = "donor_id"
+        columns: dict[str, pd.Series] = {}
+        inferred: dict[str, VariableType] = {}
+        for name in data.header:
+            if name == "donor_id":
+                continue
+            raw = [data.rows[i][data.header.index(name)] for i in keep]
+            values, kind, problem = _typed_column(raw, lines, overrides.get(name))
+            if problem is not None:
+                problems.append(
+                    InputError(
+                        problem[0],
+                        file=path,
+                        row=problem[1],
+                        column=name,
+                        key=f"clinical.types.{name}",
+                        hint=problem[2],
+                    )
+                )
+                continue
+            columns[name] = pd.Series(values, index=donors, name=name)
+            inferred[name] = kind
+        raise_all(problems)
+        table = pd.DataFrame(columns, index=donors)
+        return cls(table, inferred, path, pd.Series(lines, index=donors, dtype=int))
+
+    @property
+    def donors(self) -> pd.Index:
+        """Donor ids in file order."""
+        return self.table.index
+
+    def levels(self, variable: str, donors: Iterable[str] | None = None) -> list[str]:
+        """Distinct non-missing levels of a binary or categorical variable, sorted.
+
+        Numbers sort numerically before texts; texts sort alphabetically (the first level
+        is the reference level of a categorical covariate).
+        """
+        values = self.table[variable]
+        if donors is not None:
+            values = values.loc[list(donors)]
+        return sorted((str(v) for v in values.dropna().unique()), key=_level_sort_key)
+
+    def line_of(self, donor: str) -> int | None:
+        """Line of the clinical CSV that a donor is on (``None`` if built in memory)."""
+        return int(self.lines[donor]) if donor in self.lines.index else None
+
+
+def _typed_column(
+    raw: list[str], lines: list[int], override: str | None
+) -> tuple[list, VariableType, tuple[str, int | None, str] | None]:
+    """Parse one clinical column; return (values, type, problem or None)."""
+    present = [
+        (text, line) for text, line in zip(raw, lines, strict=True) if text not in MISSING_TOKENS
+    ]
+    numbers = [_parse_float(text) for text, _ in present]
+    numeric = all(n is not None for n in numbers)
+    distinct = list(dict.fromkeys(text for text, _ in present))
+    if override is None:
+        if numeric and len(set(numbers)) > 2:
+            kind: VariableType = "continuous"
+        elif len(distinct) == 2:
+            kind = "binary"
+        else:
+            kind = "categorical"
+    else:
+        kind = override  # type: ignore[assignment]
+    if kind == "continuous":
+        for (text, line), number in zip(present, numbers, strict=True):
+            if number is None:
+                return (
+                    [],
+                    kind,
+                    (
+                        f"declared continuous but holds the non-numeric value '{text}'",
+                        line,
+                        "Fix the value, leave it empty if unknown, or declare the variable "
+                        "categorical",
+                    ),
+                )
+        it = iter(numbers)
+        values = [np.nan if text in MISSING_TOKENS else next(it) for text in raw]
+        return values, kind, None
+    if kind == "binary" and len(distinct) > 2:
+        third = next(line for text, line in present if text == distinct[2])
+        return (
+            [],
+            kind,
+            (
+                f"declared binary but has {len(distinct)} levels: {', '.join(distinct)}",
+                third,
+                "Declare it categorical, or recode it to two levels",
+            ),
+        )
+    values = [np.nan if text in MISSING_TOKENS else text for text in raw]
+    return values, kind, None
+
+
+def check_donors(sample_sheet: SampleSheet, clinical: ClinicalTable) -> list[str]:
+    """Check that every donor of the sample sheet has a row in the clinical table.
+
+    Parameters
+    ----------
+    sample_sheet, clinical
+        The validated tables.
+
+    Returns
+    -------
+    list of str
+        Donors of the clinical table without any sample (a ``UserWarning`` names them).
+
+    Raises
+    ------
+    InputError
+        One problem per sample whose donor is not in the clinical table.
+    """
+    known = set(clinical.donors)
+    problems = [
+        InputError(
+            f"donor '{donor}' is not in the clinical table {clinical.path}",
+            file=sample_sheet.path,
+            row=sample_sheet.line_of(sid),
+            column="donor_id",
+            sample=sid,
+            hint="Add a row for this donor to the clinical table, or fix the donor id",
+        )
+        for sid, donor in sample_sheet.table["donor_id"].items()
+        if donor not in known
+    ]
+    raise_all(problems)
+    with_samples = set(sample_sheet.table["donor_id"])
+    orphans = [d for d in clinical.donors if d not in with_samples]
+    if orphans:
+        warnings.warn(
+            f"{len(orphans)} donor(s) of the clinical table {clinical.path} have no sample and "
+            f"are ignored: {', '.join(orphans)}",
+            UserWarning,
+            stacklevel=2,
+        )
+    return orphans
+
+
+# ---------------------------------------------------------------------------------------
+# Contrasts
+
+
+def _match_level(value: Level, levels: Sequence[str]) -> str | None:
+    """The level of ``levels`` that a config value means: exact text, number, or any case."""
+    text = str(value)
+    if text in levels:
+        return text
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        hits = [lv for lv in levels if _parse_float(lv) == float(value)]
+        if len(hits) == 1:
+            return hits[0]
+    hits = [lv for lv in levels if lv.lower() == text.lower()]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _as_list(value: Level | Sequence[Level] | None) -> list[Level]:
+    if value is None:
+        return []
+    if isinstance(value, str | int | float | bool):
+        return [value]
+    return list(value)
+
+
+@dataclass
+class ContrastDesign:
+    """The donor-level design of one contrast.
+
+    Attributes
+    ----------
+    contrast
+        The :class:`Contrast` it was built from.
+    kind
+        Type of the tested variable: ``"binary"``, ``"categorical"`` or ``"continuous"``.
+    donors
+        The donors in the design (``Index``, length n).
+    group
+        ``Series`` (n,): ``"case"`` / ``"control"``, or the continuous value (``float``).
+    matrix
+        ``DataFrame`` (n x p): ``intercept``, the tested column :attr:`term` (0/1 indicator
+        of the case group, or the continuous value), then the covariates (continuous as
+        float; categorical one-hot as ``"<covariate>[<level>]"`` without the reference level,
+        the first of :meth:`ClinicalTable.levels`).
+    n_case, n_control
+        Donors per group; for a continuous variable ``n_case`` is the number of donors and
+        ``n_control`` 0.
+    term
+        Column of :attr:`matrix` whose coefficient is tested: ``"<variable>[<case>]"``, or
+        ``"<variable>"`` (effect per unit) for a continuous variable.
+    case_levels, control_levels
+        The levels in each group (empty for a continuous variable).
+    dropped
+        Donor -> why it left the design after the ``within`` restriction (missing phenotype,
+        or a level in neither group).
+    """
+
+    contrast: Contrast
+    kind: VariableType
+    donors: pd.Index
+    group: pd.Series
+    matrix: pd.DataFrame
+    n_case: int
+    n_control: int
+    term: str
+    case_levels: list[str] = field(default_factory=list)
+    control_levels: list[str] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_continuous(self) -> bool:
+        """Whether the tested variable is continuous (effect per unit)."""
+        return self.kind == "continuous"
+
+    def describe(self) -> str:
+        """One line for logs and reports, e.g. ``SRC: yes (n=4) vs no (n=17) within ...``."""
+        c = self.contrast
+        within = "".join(f", within {k} = {v}" for k, v in c.within.items())
+        covs = f", adjusted for {', '.join(c.covariates)}" if c.covariates else ""
+        if self.is_continuous:
+            head = f"{c.name}: {c.variable} per unit (n={self.n_case})"
+        else:
+            head = (
+                f"{c.name}: {c.variable} {'/'.join(self.case_levels)} (n={self.n_case}) vs "
+                f"{'/'.join(self.control_levels)} (n={self.n_control})"
+            )
+        dropped = f", {len(self.dropped)} donor(s) dropped" if self.dropped else ""
+        return head + within + covs + dropped
+
+
+@dataclass
+class Contrast:
+    """A declared clinical comparison (one ``[contrasts.<name>]`` table of the config).
+
+    Parameters
+    ----------
+    name
+        The contrast's name, used in tables and file names.
+    variable
+        Clinical variable tested.
+    case
+        Binary/categorical variable: the case level. Continuous variable: ``None``.
+    control
+        The control level(s); ``None`` = every other level. ``None`` for a continuous one.
+    within
+        Restriction to donors with these levels, e.g. ``{"group": "SSc"}``; a list value
+        keeps donors with any of the levels.
+    covariates
+        Clinical variables adjusted for (categorical ones are one-hot encoded).
+    """
+
+    name: str
+    variable: str
+    case: Level | None = None
+    control: Level | list[Level] | None = None
+    within: dict[str, Level | list[Level]] = field(default_factory=dict)
+    covariates: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """The contrast as plain data (config / ``run.json`` form, without the name)."""
+        control = self.control if not isinstance(self.control, tuple) else list(self.control)
+        return {
+            "variable": self.variable,
+            "case": self.case,
+            "control": control,
+            "within": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.within.items()},
+            "covariates": list(self.covariates),
+        }
+
+    def design(
+        self, clinical: ClinicalTable, donors: Iterable[str] | None = None
+    ) -> ContrastDesign:
+        """Build and validate the donor-level design of this contrast.
+
+        Parameters
+        ----------
+        clinical
+            The clinical table.
+        donors
+            The donors to use (those with a sample); ``None`` = every donor of the table.
+
+        Returns
+        -------
+        ContrastDesign
+            Donors, groups and an n x p design matrix of full column rank.
+        """
+        prefix = f"contrasts.{self.name}"
+        table = clinical.table
+
+        def fail(problem: str, field_: str, column: str | None = None, hint: str | None = None):
+            return InputError(
+                problem, file=clinical.path, column=column, key=f"{prefix}.{field_}", hint=hint
+            )
+
+        variables = list(table.columns)
+        if self.variable not in table.columns:
+            raise fail(
+                f"unknown variable '{self.variable}'",
+                "variable",
+                hint=f"Variables of the clinical table: {', '.join(variables)}",
+            )
+        kind = clinical.types[self.variable]
+
+        # Which donors: those given, then the `within` restriction.
+        if donors is None:
+            chosen = list(table.index)
+            restriction = [f"all {len(chosen)} donors of the clinical table"]
+        else:
+            chosen = list(dict.fromkeys(donors))
+            unknown = [d for d in chosen if d not in table.index]
+            if unknown:
+                raise fail(
+                    f"donor(s) {', '.join(unknown)} are not in the clinical table",
+                    "variable",
+                    hint="Add them to the clinical table",
+                )
+            restriction = [f"{len(chosen)} donors with samples"]
+        for col, wanted in self.within.items():
+            if col not in table.columns:
+                raise fail(
+                    f"unknown within column '{col}'",
+                    "within",
+                    column=col,
+                    hint=f"Variables of the clinical table: {', '.join(variables)}",
+                )
+            if clinical.types[col] == "continuous":
+                raise fail(
+                    f"within column '{col}' is continuous; within needs levels",
+                    "within",
+                    column=col,
+                    hint="Restrict on a binary or categorical variable",
+                )
+            levels = clinical.levels(col)
+            keep_levels = []
+            for value in _as_list(wanted):
+                level = _match_level(value, levels)
+                if level is None:
+                    raise fail(
+                        f"within level '{value}' does not occur in column '{col}'",
+                        "within",
+                        column=col,
+                        hint=f"Levels: {', '.join(levels)}",
+                    )
+                keep_levels.append(level)
+            chosen = [d for d in chosen if table.at[d, col] in keep_levels]
+            restriction.append(f"within {col} = {'/'.join(keep_levels)}: {len(chosen)} left")
+
+        values = table.loc[chosen, self.variable]
+        dropped = {d: f"missing {self.variable}" for d in values.index[values.isna()]}
+        case_levels: list[str] = []
+        control_levels: list[str] = []
+        if kind == "continuous":
+            for name in ("case", "control"):
+                if getattr(self, name) is not None:
+                    raise fail(
+                        f"'{self.variable}' is continuous, so {name} must not be set",
+                        name,
+                        column=self.variable,
+                        hint="Remove case and control: the effect is per unit of the variable",
+                    )
+        else:
+            levels = clinical.levels(self.variable)
+            if self.case is None:
+                raise fail(
+                    f"'{self.variable}' is {kind}; the contrast needs a case level",
+                    "case",
+                    column=self.variable,
+                    hint=f"Set case to one of {', '.join(levels)}",
+                )
+            case = _match_level(self.case, levels)
+            if case is None:
+                raise fail(
+                    f"case level '{self.case}' does not occur in column '{self.variable}'",
+                    "case",
+                    column=self.variable,
+                    hint=f"Levels: {', '.join(levels)}",
+                )
+            case_levels = [case]
+            if self.control is None:
+                control_levels = [lv for lv in levels if lv != case]
+            else:
+                for value in _as_list(self.control):
+                    level = _match_level(value, levels)
+                    if level is None:
+                        raise fail(
+                            f"control level '{value}' does not occur in column '{self.variable}'",
+                            "control",
+                            column=self.variable,
+                            hint=f"Levels: {', '.join(levels)}",
+                        )
+                    if level == case:
+                        raise fail(
+                            f"level '{level}' is both case and control",
+                            "control",
+                            column=self.variable,
+                            hint="The control must be other level(s) than the case",
+                        )
+                    control_levels.append(level)
+            for d, v in values.items():
+                if d not in dropped and v not in case_levels and v not in control_levels:
+                    dropped[d] = f"{self.variable} = {v}, in neither group"
+        kept = [d for d in chosen if d not in dropped]
+        index = pd.Index(kept, name="donor_id")
+        missing = [d for d, why in dropped.items() if why.startswith("missing")]
+        missing_note = (
+            f"; dropped for missing {self.variable}: {', '.join(missing)}" if missing else ""
+        )
+        how = "; ".join(restriction) + missing_note
+
+        if kind == "continuous":
+            group = table.loc[kept, self.variable].astype(float).rename(self.variable)
+            n_case, n_control = len(kept), 0
+            term = self.variable
+            if len(kept) < 3 or group.nunique() < 2:
+                raise fail(
+                    f"only {len(kept)} donor(s) with {group.nunique()} distinct value(s) of "
+                    f"'{self.variable}' after restriction ({how})",
+                    "variable",
+                    column=self.variable,
+                    hint="A continuous contrast needs at least 3 donors with 2 distinct values",
+                )
+            tested = group.to_numpy(dtype=float)
+        else:
+            is_case = table.loc[kept, self.variable].isin(case_levels)
+            group = pd.Series(np.where(is_case, "case", "control"), index=index, name="group")
+            n_case, n_control = int(is_case.sum()), int((~is_case).sum())
+            term = f"{self.variable}[{case_levels[0]}]"
+            if n_case < 2 or n_control < 2:
+                small = "case" if n_case < 2 else "control"
+                raise fail(
+                    f"after restriction ({how}) the case group "
+                    f"({'/'.join(case_levels)}) has {n_case} donor(s) and the control group "
+                    f"({'/'.join(control_levels) or 'none'}) has {n_control}",
+                    small,
+                    column=self.variable,
+                    hint="Each group needs at least 2 donors; check the levels, the within "
+                    "restriction and the samples",
+                )
+            tested = is_case.to_numpy(dtype=float)
+        if dropped:
+            warnings.warn(
+                f"contrast '{self.name}': {len(dropped)} donor(s) left out: "
+                + ", ".join(f"{d} ({why})" for d, why in dropped.items()),
+                UserWarning,
+                stacklevel=2,
+            )
+
+        columns: dict[str, np.ndarray] = {
+            INTERCEPT: np.ones(len(kept)),
+            term: tested,
+        }
+        for cov in self.covariates:
+            if cov not in table.columns:
+                raise fail(
+                    f"unknown covariate '{cov}'",
+                    "covariates",
+                    column=cov,
+                    hint=f"Variables of the clinical table: {', '.join(variables)}",
+                )
+            if cov == self.variable:
+                raise fail(
+                    f"covariate '{cov}' is the tested variable",
+                    "covariates",
+                    column=cov,
+                    hint="Remove it from covariates",
+                )
+            cov_values = table.loc[kept, cov]
+            if cov_values.isna().any():
+                missing = list(cov_values.index[cov_values.isna()])
+                raise fail(
+                    f"covariate '{cov}' is missing for donor(s) {', '.join(missing)}",
+                    "covariates",
+                    column=cov,
+                    hint=f"Fill in '{cov}' for them in the clinical table, or remove '{cov}' "
+                    "from covariates",
+                )
+            if clinical.types[cov] == "continuous":
+                columns[cov] = cov_values.to_numpy(dtype=float)
+            else:
+                cov_levels = clinical.levels(cov, kept)
+                for level in cov_levels[1:]:
+                    columns[f"{cov}[{level}]"] = (cov_values == level).to_numpy(dtype=float)
+                if len(cov_levels) == 1:
+                    raise fail(
+                        f"covariate '{cov}' has the single level '{cov_levels[0]}' among the "
+                        f"{len(kept)} donors of this contrast ({how}), so it is collinear with "
+                        "the intercept",
+                        "covariates",
+                        column=cov,
+                        hint="Remove it from covariates",
+                    )
+        matrix = pd.DataFrame(columns, index=index)
+        _check_rank(matrix, term, fail)
+        return ContrastDesign(
+            contrast=self,
+            kind=kind,
+            donors=index,
+            group=group,
+            matrix=matrix,
+            n_case=n_case,
+            n_control=n_control,
+            term=term,
+            case_levels=case_levels,
+            control_levels=control_levels,
+            dropped=dropped,
+        )
+
+
+def _check_rank(matrix: pd.DataFrame, term: str, fail) -> None:
+    """Raise, naming the culprit column, if the design matrix is not of full column rank."""
+    n, p = matrix.shape
+    x = matrix.to_numpy(dtype=float)
+    if n <= p:
+        raise fail(
+            f"the design has {p} columns ({', '.join(matrix.columns)}) but only {n} donors",
+            "covariates",
+            hint="Use fewer covariates: a model needs more donors than columns",
+        )
+
+    def rank(cols: list[int]) -> int:
+        return int(np.linalg.matrix_rank(x[:, cols]))
+
+    for j in range(2, p):
+        if rank(list(range(j + 1))) == j + 1:
+            continue
+        col = matrix.columns[j]
+        cov = re.sub(r"\[.*\]$", "", col)
+        if rank([0, j]) < 2:
+            partner = "the intercept (it is constant)"
+        elif rank([0, 1, j]) < 3:
+            partner = f"the tested group column '{term}'"
+        else:
+            partner = "the columns before it: " + ", ".join(matrix.columns[:j])
+        raise fail(
+            f"design column '{col}' is collinear with {partner}; the design matrix is rank "
+            "deficient",
+            "covariates",
+            column=cov,
+            hint=f"Remove '{cov}' from covariates",
+        )
+    if rank(list(range(p))) < p:  # pragma: no cover - the loop above finds every case
+        raise fail("the design matrix is rank deficient", "covariates")

@@ -1,0 +1,540 @@
+"""The run configuration: one TOML file, validated into typed sections with the study's defaults.
+
+Each ``[section]`` of the TOML file is a small dataclass registered with
+:func:`config_section`; its field defaults are the study's choices, its type hints say what a
+key accepts. Adding a stage's settings is one such dataclass::
+
+    @config_section("qc")
+    @dataclass
+    class QcSection:
+        max_mito_pct: float = 20.0
+        min_genes: int = 200
+
+after which ``config.qc.max_mito_pct`` works, ``to_dict()`` lists it, and a typo such as
+``max_mito_pc`` or a wrong type such as ``min_genes = "200"`` is an :class:`InputError` naming
+the key and what it accepts. Relative paths (fields typed ``Path``) are relative to the TOML
+file's folder. ``[contrasts.<name>]`` tables become :class:`~sccohort.cohort.Contrast` objects.
+
+:func:`load_inputs` then reads both tables and builds every contrast's design, collecting
+every problem it finds into one error, so ``sccohort validate`` reports them all at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sccohort.cohort import (
+    DEFAULT_TIMEPOINT,
+    DEFAULT_TISSUE,
+    ClinicalTable,
+    Contrast,
+    ContrastDesign,
+    SampleSheet,
+    check_donors,
+    raise_all,
+)
+from sccohort.errors import InputError
+
+_SECTIONS: dict[str, type] = {}
+_CONTRAST_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def config_section(name: str):
+    """Register a dataclass as the schema of the TOML section ``[name]``.
+
+    Parameters
+    ----------
+    name
+        The section's name in the TOML file and the attribute of :class:`Config`.
+    """
+
+    def register(cls: type) -> type:
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"{cls.__name__} must be a dataclass")
+        if name in _SECTIONS or name == "contrasts":
+            raise ValueError(f"config section '{name}' is already defined")
+        _SECTIONS[name] = cls
+        return cls
+
+    return register
+
+
+@config_section("inputs")
+@dataclass
+class InputsSection:
+    """``[inputs]``: the sample sheet and the clinical table (CSV files)."""
+
+    samples: Path
+    clinical: Path | None = None
+
+
+@config_section("run")
+@dataclass
+class RunSection:
+    """``[run]``: seed and the visit that represents each donor in cross-sectional analyses."""
+
+    seed: int = 0
+    primary_timepoint: str = DEFAULT_TIMEPOINT
+    primary_tissue: str = DEFAULT_TISSUE
+
+
+@config_section("clinical")
+@dataclass
+class ClinicalSection:
+    """``[clinical]``: ``types`` overrides the inferred type of clinical variables."""
+
+    types: dict[str, Literal["binary", "categorical", "continuous"]] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    """A validated configuration.
+
+    Attributes
+    ----------
+    path
+        The TOML file (absolute).
+    sections
+        Section name -> its dataclass instance (also reachable as ``config.<name>``).
+    contrasts
+        Contrast name -> :class:`~sccohort.cohort.Contrast`, in file order.
+    """
+
+    path: Path
+    sections: dict[str, Any]
+    contrasts: dict[str, Contrast]
+
+    def __getattr__(self, name: str) -> Any:
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"'Config' has no attribute or section '{name}'")
+
+    @property
+    def samples(self) -> Path:
+        """The sample sheet CSV (absolute)."""
+        return self.sections["inputs"].samples
+
+    @property
+    def clinical(self) -> Path | None:
+        """The clinical table CSV (absolute), or ``None``."""
+        return self.sections["inputs"].clinical
+
+    @property
+    def seed(self) -> int:
+        """Seed of every random step."""
+        return self.sections["run"].seed
+
+    @property
+    def primary_timepoint(self) -> str:
+        """Timepoint of the sample that represents each donor."""
+        return self.sections["run"].primary_timepoint
+
+    @property
+    def primary_tissue(self) -> str:
+        """Tissue of the sample that represents each donor."""
+        return self.sections["run"].primary_tissue
+
+    @property
+    def variable_types(self) -> dict[str, str]:
+        """Clinical variable -> type overrides."""
+        return dict(self.sections["clinical"].types)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fully resolved configuration as JSON-ready data (for ``run.json``).
+
+        Every section with every default filled in, paths absolute (strings), plus
+        ``"config"``: the TOML file it came from.
+        """
+        out: dict[str, Any] = {"config": str(self.path)}
+        for name, section in self.sections.items():
+            out[name] = _plain(section)
+        out["contrasts"] = {name: c.to_dict() for name, c in self.contrasts.items()}
+        return out
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------
+# Schema checking
+
+
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is type(None):
+        return "nothing"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args if a is not type(None))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is list:
+        return f"a list of ({_describe(args[0])})"
+    if origin is dict:
+        return f"a table of ({_describe(args[1])})"
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    names = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        Path: "a path (string)",
+    }
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _coerce(value: Any, tp: Any, key: str, ctx: _Context) -> Any:
+    """Check ``value`` against the type hint ``tp``; return it converted (paths resolved)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            try:
+                return _coerce(value, arg, key, ctx)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    if origin is Literal:
+        if value in args and all(type(value) is type(a) for a in args if a == value):
+            return value
+        raise _Mismatch
+    if origin is list:
+        if not isinstance(value, list):
+            raise _Mismatch
+        return [_coerce(v, args[0], key, ctx) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _Mismatch
+        return {k: _checked(v, args[1], f"{key}.{k}", ctx) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _Mismatch
+        return _build(tp, value, key, ctx)
+    if tp is type(None):
+        raise _Mismatch  # TOML has no null; None only ever comes from a default
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise _Mismatch
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    if tp is Path:
+        if isinstance(value, str) and value:
+            p = Path(value).expanduser()
+            return Path(os.path.abspath(p if p.is_absolute() else ctx.base / p))
+        raise _Mismatch
+    raise TypeError(f"config type {tp!r} of key '{key}' is not supported")  # a schema bug
+
+
+def _checked(value: Any, tp: Any, key: str, ctx: _Context) -> Any:
+    """:func:`_coerce`, raising an :class:`InputError` that names the key on a mismatch."""
+    try:
+        return _coerce(value, tp, key, ctx)
+    except _Mismatch:
+        raise InputError(
+            f"expected {_describe(tp)}, got {type(value).__name__} {value!r}",
+            file=ctx.path,
+            key=key,
+        ) from None
+
+
+@dataclass
+class _Context:
+    path: Path
+    base: Path
+
+
+def _build(cls: type, raw: dict, prefix: str, ctx: _Context, **given: Any) -> Any:
+    """Instantiate the dataclass ``cls`` from a TOML table, checking keys and types."""
+    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init and f.name not in given]
+    valid = [f.name for f in fields]
+    problems: list[InputError] = []
+    for key in raw:
+        if key not in valid:
+            close = [v for v in valid if _similar(key, v)]
+            problems.append(
+                InputError(
+                    f"unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
+                    file=ctx.path,
+                    key=f"{prefix}.{key}",
+                    hint=f"Valid keys of [{prefix}]: {', '.join(valid)}",
+                )
+            )
+    kwargs: dict[str, Any] = dict(given)
+    for f in fields:
+        key = f"{prefix}.{f.name}"
+        if f.name in raw:
+            try:
+                kwargs[f.name] = _checked(raw[f.name], hints[f.name], key, ctx)
+            except InputError as exc:
+                problems.extend(getattr(exc, "problems", [exc]))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            problems.append(
+                InputError(
+                    f"missing required key '{f.name}' ({_describe(hints[f.name])})",
+                    file=ctx.path,
+                    key=key,
+                    hint=f"Add it to [{prefix}]",
+                )
+            )
+    raise_all(problems, f"[{prefix}]")
+    return cls(**kwargs)
+
+
+def _similar(a: str, b: str) -> bool:
+    return difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio() >= 0.75
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise InputError("config file not found", file=path, hint="Check the path")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError("the config is not UTF-8 text", file=path) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        match = re.search(r"\(at line (\d+), column (\d+)\)", message)
+        row = int(match.group(1)) if match else None
+        problem = re.sub(r"\s*\(at [^)]*\)\s*$", "", message)
+        if match:
+            problem += f" (column {match.group(2)})"
+        raise InputError(
+            f"TOML syntax error: {problem}",
+            file=path,
+            row=row,
+            hint="See https://toml.io; strings need quotes, tables need [brackets]",
+        ) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML configuration.
+
+    Parameters
+    ----------
+    path
+        The TOML file. Relative paths inside it are relative to its folder.
+
+    Returns
+    -------
+    Config
+        Every registered section (defaults filled in) and the declared contrasts.
+
+    Raises
+    ------
+    InputError
+        Syntax errors (with the line), unknown keys (with the valid ones), wrong types (with
+        the expected type), missing required keys; all problems at once.
+    """
+    path = Path(os.path.abspath(Path(path).expanduser()))
+    raw = _read_toml(path)
+    ctx = _Context(path=path, base=path.parent)
+    problems: list[InputError] = []
+    known = [*_SECTIONS, "contrasts"]
+    for name in raw:
+        if name not in known:
+            problems.append(
+                InputError(
+                    f"unknown section or key '{name}'",
+                    file=path,
+                    key=name,
+                    hint=f"Valid sections: {', '.join(f'[{k}]' for k in known)}",
+                )
+            )
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            problems.append(InputError(f"expected a table [{name}]", file=path, key=name))
+            table = {}
+        try:
+            sections[name] = _build(cls, table, name, ctx)
+        except InputError as exc:
+            problems.extend(getattr(exc, "problems", [exc]))
+    contrasts: dict[str, Contrast] = {}
+    declared = raw.get("contrasts", {})
+    if not isinstance(declared, dict):
+        problems.append(
+            InputError("expected tables [contrasts.<name>]", file=path, key="contrasts")
+        )
+        declared = {}
+    for name, table in declared.items():
+        key = f"contrasts.{name}"
+        if not _CONTRAST_NAME.match(name):
+            problems.append(
+                InputError(
+                    f"contrast name '{name}' has characters other than letters, digits, "
+                    "'_', '-', '.'",
+                    file=path,
+                    key=key,
+                    hint="Names appear in file names; e.g. SSc_vs_HD",
+                )
+            )
+        if not isinstance(table, dict):
+            problems.append(InputError("expected a table", file=path, key=key))
+            continue
+        try:
+            contrasts[name] = _build(Contrast, table, key, ctx, name=name)
+        except InputError as exc:
+            problems.extend(getattr(exc, "problems", [exc]))
+    raise_all(problems, f"the config {path}")
+    return Config(path=path, sections=sections, contrasts=contrasts)
+
+
+def build_designs(
+    config: Config, sample_sheet: SampleSheet, clinical: ClinicalTable
+) -> dict[str, ContrastDesign]:
+    """Build every contrast's design on the donors of the primary samples.
+
+    Parameters
+    ----------
+    config
+        The configuration (contrasts, primary timepoint and tissue).
+    sample_sheet, clinical
+        The validated tables.
+
+    Returns
+    -------
+    dict
+        Contrast name -> :class:`~sccohort.cohort.ContrastDesign`, in config order.
+
+    Raises
+    ------
+    InputError
+        Every contrast's problem, together.
+    """
+    primary = sample_sheet.primary_samples(config.primary_timepoint, config.primary_tissue)
+    donors = [d for d in primary["donor_id"].unique() if d in clinical.table.index]
+    designs: dict[str, ContrastDesign] = {}
+    problems: list[InputError] = []
+    for name, contrast in config.contrasts.items():
+        try:
+            designs[name] = contrast.design(clinical, donors)
+        except InputError as exc:
+            problems.append(exc)
+    raise_all(problems)
+    return designs
+
+
+def load_inputs(config: Config) -> tuple[SampleSheet, ClinicalTable | None]:
+    """Read the sample sheet and clinical table, cross-check them, and check every contrast.
+
+    Every problem found (in either table, between them, or in any contrast's design on the
+    primary samples' donors) is collected and raised as one :class:`InputError`, so a user
+    sees them all in one ``sccohort validate``. Clinical donors without samples only warn.
+
+    Parameters
+    ----------
+    config
+        A loaded :class:`Config`.
+
+    Returns
+    -------
+    tuple
+        ``(SampleSheet, ClinicalTable or None)``; the clinical table is ``None`` when
+        ``inputs.clinical`` is not set (allowed only without contrasts).
+    """
+    problems: list[InputError] = []
+
+    def collect(exc: InputError) -> None:
+        problems.extend(getattr(exc, "problems", [exc]))
+
+    sheet: SampleSheet | None = None
+    clinical: ClinicalTable | None = None
+    if not config.samples.is_file():
+        collect(
+            InputError(
+                f"sample sheet {config.samples} not found",
+                file=config.path,
+                key="inputs.samples",
+                hint="Relative paths are relative to the config file's folder",
+            )
+        )
+    else:
+        try:
+            sheet = SampleSheet.from_csv(config.samples)
+        except InputError as exc:
+            collect(exc)
+    if config.clinical is None:
+        for name in config.contrasts:
+            collect(
+                InputError(
+                    "contrasts need a clinical table, but inputs.clinical is not set",
+                    file=config.path,
+                    key=f"contrasts.{name}",
+                    hint='Set clinical = "<file>.csv" in [inputs]',
+                )
+            )
+    elif not config.clinical.is_file():
+        collect(
+            InputError(
+                f"clinical table {config.clinical} not found",
+                file=config.path,
+                key="inputs.clinical",
+                hint="Relative paths are relative to the config file's folder",
+            )
+        )
+    else:
+        try:
+            clinical = ClinicalTable.from_csv(config.clinical, types=config.variable_types)
+        except InputError as exc:
+            collect(exc)
+    if sheet is not None:
+        try:
+            sheet.primary_samples(config.primary_timepoint, config.primary_tissue)
+        except InputError as exc:
+            collect(exc)
+            sheet_ok = False
+        else:
+            sheet_ok = True
+        if clinical is not None:
+            try:
+                check_donors(sheet, clinical)
+            except InputError as exc:
+                collect(exc)
+            if sheet_ok:
+                try:
+                    build_designs(config, sheet, clinical)
+                except InputError as exc:
+                    collect(exc)
+    raise_all(problems)
+    return sheet, clinical  # type: ignore[return-value]

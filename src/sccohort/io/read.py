@@ -1,0 +1,686 @@
+"""Read samples into MuData: one sample, its empty droplets, or a whole sample sheet.
+
+Conventions of every object returned here:
+
+- modalities ``rna``, ``prot`` (if the sample has antibodies), ``hto`` (if it has hashtags);
+  an h5ad/h5mu input may be protein-only (no ``rna``, e.g. an ADT-only experiment);
+- ``layers["counts"]``: the raw counts, CSR, **int32**; ``.X``: the same counts as float32 CSR
+  (later stages overwrite ``.X``, never ``layers["counts"]``);
+- cell ids (``obs_names``) are ``<sample_id>:<barcode>``; all modalities of a sample hold the
+  same cells in the same order. When modalities list different cells (the per-modality MTX
+  layout, or an h5mu), only the cells present in every modality are kept, in the order of
+  the first modality (rna, then prot, then hto) and a warning says how many were dropped;
+- ``mdata.obs`` has ``sample_id`` and ``barcode`` (and, from `read_samples`, ``donor_id,
+  batch, timepoint, tissue``, all categorical).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import dask
+import mudata as md
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from dask.callbacks import Callback
+from mudata import MuData
+
+from sccohort.errors import InputError
+from sccohort.io.h5 import read_h5ad_modalities, read_h5mu_modalities
+from sccohort.io.rhapsody import read_rhapsody_csv
+from sccohort.io.tenx import _find, read_10x_h5, read_10x_h5_droplets, read_10x_mtx
+
+FORMATS = ("10x_h5", "10x_mtx", "h5ad", "h5mu", "rhapsody_csv")
+MODALITY_ORDER = ("rna", "prot", "hto")
+SHEET_CATEGORIES = ("sample_id", "donor_id", "batch", "timepoint", "tissue")
+
+_FILTERED_H5 = (
+    "filtered_feature_bc_matrix.h5",
+    "sample_filtered_feature_bc_matrix.h5",
+    "filtered_gene_bc_matrices_h5.h5",
+)
+_RAW_H5 = ("raw_feature_bc_matrix.h5", "raw_gene_bc_matrices_h5.h5")
+_FORMAT_HINT = (
+    "Give a Cell Ranger outs/ folder, a *_feature_bc_matrix.h5, an MTX folder, an .h5ad, an "
+    ".h5mu or a BD Rhapsody *_MolsPerCell.csv, or set the sample sheet's format column to "
+    "one of " + ", ".join(FORMATS)
+)
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+# ----------------------------------------------------------------------------- formats
+
+
+def _mtx_folder(folder: Path) -> Path | None:
+    """The folder itself or its single genome subfolder (Cell Ranger 2), if it holds MTX."""
+    if (
+        _find(folder, "matrix.mtx") is not None
+        or any(folder.glob("*.mtx"))
+        or any(folder.glob("*.mtx.gz"))
+    ):
+        return folder
+    subs = [d for d in folder.iterdir() if d.is_dir() and _find(d, "matrix.mtx") is not None]
+    return subs[0] if len(subs) == 1 else None
+
+
+def _from_folder(folder: Path, h5_names: Sequence[str], mtx_names: Sequence[str]):
+    for base in (folder, folder / "outs"):
+        for name in h5_names:
+            if (base / name).is_file():
+                return "10x_h5", base / name
+        for name in mtx_names:
+            if (base / name).is_dir() and _mtx_folder(base / name) is not None:
+                return "10x_mtx", _mtx_folder(base / name)
+    return None
+
+
+def detect_format(path: str | Path, *, raw: bool = False) -> tuple[str, Path]:
+    """Which reader a path needs, and the file or folder to give it.
+
+    Parameters
+    ----------
+    path
+        A Cell Ranger run or ``outs/`` folder (its filtered h5, else its filtered MTX folder;
+        the raw ones if ``raw``), an MTX folder (Cell Ranger's or one ``<MOD>.mtx.gz`` per
+        modality), a ``.h5``, ``.h5ad``, ``.h5mu``, a BD Rhapsody ``*_MolsPerCell.csv(.gz)``
+        or a folder holding one (DBEC preferred over RSEC).
+    raw
+        Look for the raw (all droplets) matrix in Cell Ranger folders.
+
+    Returns
+    -------
+    ``(format, resolved_path)`` with format one of `FORMATS`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(
+            "file or folder not found", file=path, hint="Check the path in the sample sheet"
+        )
+    if path.is_dir():
+        if raw:
+            found = _from_folder(path, _RAW_H5, ("raw_feature_bc_matrix", "raw_gene_bc_matrices"))
+        else:
+            found = _from_folder(
+                path, _FILTERED_H5, ("filtered_feature_bc_matrix", "filtered_gene_bc_matrices")
+            )
+        if found is not None:
+            return found
+        mtx = _mtx_folder(path)
+        if mtx is not None:
+            return "10x_mtx", mtx
+        csvs = sorted(path.glob("*_DBEC_MolsPerCell.csv*")) or sorted(
+            path.glob("*_MolsPerCell.csv*")
+        )
+        if len(csvs) == 1:
+            return "rhapsody_csv", csvs[0]
+        raise InputError("no count matrix recognised in this folder", file=path, hint=_FORMAT_HINT)
+    name = path.name.lower()
+    if name.endswith(".h5"):
+        return "10x_h5", path
+    if name.endswith(".h5ad"):
+        return "h5ad", path
+    if name.endswith(".h5mu"):
+        return "h5mu", path
+    if name.endswith((".csv", ".csv.gz")):
+        return "rhapsody_csv", path
+    if name.endswith((".mtx", ".mtx.gz")):
+        return "10x_mtx", path.parent
+    raise InputError("unrecognised file type", file=path, hint=_FORMAT_HINT)
+
+
+def _resolve(path: str | Path, fmt: str | None, *, raw: bool = False) -> tuple[str, Path]:
+    if fmt is None or (isinstance(fmt, float) and np.isnan(fmt)) or fmt == "":
+        return detect_format(path, raw=raw)
+    if fmt not in FORMATS:
+        raise InputError(
+            f"unknown format '{fmt}'",
+            file=path,
+            column="format",
+            hint="Use one of " + ", ".join(FORMATS) + ", or leave it empty to detect it",
+        )
+    path = Path(path)
+    if not path.exists():
+        raise InputError(
+            "file or folder not found", file=path, hint="Check the path in the sample sheet"
+        )
+    if path.is_dir() and fmt in ("10x_h5", "10x_mtx"):
+        detected, resolved = detect_format(path, raw=raw)
+        if detected == fmt:
+            return fmt, resolved
+    if path.is_file() and fmt == "10x_mtx":
+        return fmt, path.parent
+    return fmt, path
+
+
+_READERS: dict[str, Callable[[Path], dict[str, ad.AnnData]]] = {
+    "10x_h5": read_10x_h5,
+    "10x_mtx": read_10x_mtx,
+    "h5ad": read_h5ad_modalities,
+    "h5mu": read_h5mu_modalities,
+    "rhapsody_csv": read_rhapsody_csv,
+}
+
+
+# ----------------------------------------------------------------------------- one sample
+
+
+def _with_sample(err: InputError, sample_id: str) -> InputError:
+    if err.sample is not None:
+        return err
+    return InputError(
+        err.problem,
+        file=err.file,
+        row=err.row,
+        column=err.column,
+        sample=sample_id,
+        key=err.key,
+        hint=err.hint,
+    )
+
+
+def _call_reader(reader: Callable, path: Path, sample_id: str, *args, **kwargs):
+    """Run a reader; every failure becomes an InputError naming the file and the sample."""
+    try:
+        return reader(path, *args, **kwargs)
+    except InputError as err:
+        raise _with_sample(err, sample_id) from err
+    except MemoryError:
+        raise
+    except Exception as err:  # a corrupt file can fail in any library underneath
+        raise InputError(
+            f"cannot read this file ({type(err).__name__}: {err})",
+            file=path,
+            sample=sample_id,
+            hint="Check that the file is complete and in the format it claims to be",
+        ) from err
+
+
+def _int32_counts(matrix: sp.spmatrix, file: Path, sample_id: str, modality: str) -> sp.csr_matrix:
+    csr = sp.csr_matrix(matrix)
+    data = csr.data
+    if data.size and not np.issubdtype(data.dtype, np.integer):
+        if not (np.isfinite(data).all() and (data == np.round(data)).all()):
+            raise InputError(
+                f"modality '{modality}' has non-integer values; sccohort needs raw counts",
+                file=file,
+                sample=sample_id,
+                hint="Give the raw UMI counts, not normalised values",
+            )
+    if data.size and (data.min() < 0 or data.max() > _INT32_MAX):
+        raise InputError(
+            f"modality '{modality}' has counts outside 0..{_INT32_MAX}",
+            file=file,
+            sample=sample_id,
+            hint="Give the raw UMI counts",
+        )
+    out = sp.csr_matrix(
+        (data.astype(np.int32, copy=False), csr.indices, csr.indptr),
+        shape=csr.shape,
+        dtype=np.int32,
+    )
+    out.sum_duplicates()
+    out.eliminate_zeros()
+    return out
+
+
+def _finalise(
+    mods: dict[str, ad.AnnData], sample_id: str, file: Path, *, align: bool = True
+) -> dict[str, ad.AnnData]:
+    """Validate counts, align cells across modalities, prefix cell ids, set counts/X."""
+    ordered = {m: mods[m] for m in MODALITY_ORDER if m in mods}
+    if not ordered:
+        raise InputError(
+            "no Gene Expression, Antibody Capture or Multiplexing Capture data",
+            file=file,
+            sample=sample_id,
+            hint="Give a file with Gene Expression (RNA) features",
+        )
+    for modality, adata in ordered.items():
+        dup = adata.obs_names[adata.obs_names.duplicated()]
+        if len(dup):
+            raise InputError(
+                f"modality '{modality}' lists barcode '{dup[0]}' more than once",
+                file=file,
+                sample=sample_id,
+                hint="Each barcode must appear once per sample",
+            )
+    if align:
+        first = next(iter(ordered.values())).obs_names
+        common = first
+        for adata in ordered.values():
+            common = common[common.isin(adata.obs_names)]
+        if len(common) == 0:
+            raise InputError(
+                "the modalities share no barcode",
+                file=file,
+                sample=sample_id,
+                hint="The RNA, ADT and HTO matrices must come from the same cells",
+            )
+        dropped = {m: a.n_obs - len(common) for m, a in ordered.items() if a.n_obs > len(common)}
+        if dropped:
+            warnings.warn(
+                f"sample '{sample_id}' ({file}): kept the {len(common)} cells present in every "
+                f"modality; dropped {dropped} cells found only in some",
+                stacklevel=3,
+            )
+        ordered = {m: a if a.obs_names.equals(common) else a[common] for m, a in ordered.items()}
+    out = {}
+    for modality, adata in ordered.items():
+        counts = _int32_counts(adata.X, file, sample_id, modality)
+        obs = adata.obs.copy()
+        obs.index = pd.Index([f"{sample_id}:{bc}" for bc in adata.obs_names])
+        new = ad.AnnData(X=counts.astype(np.float32), obs=obs, var=adata.var.copy())
+        new.layers["counts"] = counts
+        out[modality] = new
+    return out
+
+
+def _to_mudata(mods: dict[str, ad.AnnData], obs_columns: pd.DataFrame) -> MuData:
+    with md.set_options(pull_on_update=False), warnings.catch_warnings():
+        # a gene and an antibody may share a name (CD4); that is expected across modalities
+        warnings.filterwarnings("ignore", message="var_names are not unique")
+        mdata = MuData(mods)
+        for column in obs_columns.columns:
+            mdata.obs[column] = obs_columns.loc[mdata.obs_names, column].to_numpy()
+            if isinstance(obs_columns[column].dtype, pd.CategoricalDtype):
+                mdata.obs[column] = pd.Categorical(
+                    mdata.obs[column], categories=obs_columns[column].cat.categories
+                )
+    return mdata
+
+
+def _check_sample_id(sample_id: str) -> str:
+    sample_id = str(sample_id)
+    if not sample_id or ":" in sample_id:
+        raise InputError(
+            "a sample id must be non-empty and must not contain ':'",
+            column="sample_id",
+            sample=sample_id,
+            hint="Cell ids are <sample_id>:<barcode>; rename the sample",
+        )
+    return sample_id
+
+
+def _read_modalities(path: str | Path, sample_id: str, fmt: str | None) -> dict[str, ad.AnnData]:
+    """Read and finalise one sample (the Dask task of `read_samples`)."""
+    sample_id = _check_sample_id(sample_id)
+    try:
+        fmt, resolved = _resolve(path, fmt)
+    except InputError as err:
+        raise _with_sample(err, sample_id) from err
+    mods = _call_reader(_READERS[fmt], resolved, sample_id)
+    if fmt in ("10x_h5", "10x_mtx", "rhapsody_csv") and "rna" not in mods:
+        raise InputError(
+            "no Gene Expression (RNA) features",
+            file=resolved,
+            sample=sample_id,
+            hint=(
+                "Give the Cell Ranger output of the Gene Expression library (with its "
+                "Antibody Capture features); protein-only samples are accepted as .h5ad/.h5mu"
+            ),
+        )
+    return _finalise(mods, sample_id, resolved)
+
+
+def _sample_obs(mods: dict[str, ad.AnnData], sample_id: str) -> pd.DataFrame:
+    names = next(iter(mods.values())).obs_names
+    prefix = len(sample_id) + 1
+    return pd.DataFrame(
+        {
+            "sample_id": pd.Categorical([sample_id] * len(names)),
+            "barcode": [n[prefix:] for n in names],
+        },
+        index=names,
+    )
+
+
+def read_sample(path: str | Path, sample_id: str, *, format: str | None = None) -> MuData:
+    """Read one sample's counts into a MuData.
+
+    Parameters
+    ----------
+    path
+        Where the counts are (see `detect_format`).
+    sample_id
+        Prefix of the cell ids (``<sample_id>:<barcode>``).
+    format
+        One of ``"10x_h5"``, ``"10x_mtx"``, ``"h5ad"``, ``"h5mu"``, ``"rhapsody_csv"``, or None
+        to detect it from the path.
+
+    Returns
+    -------
+    MuData (n_cells x features) with ``rna`` (absent only for protein-only h5ad/h5mu
+    inputs), ``prot`` and ``hto`` when present; raw counts in ``layers["counts"]`` (int32
+    CSR) and ``.X`` (float32 CSR); ``obs``: ``sample_id``, ``barcode``.
+
+    Raises
+    ------
+    InputError
+        Missing, unreadable or corrupt files, non-integer counts, a 10x/Rhapsody file
+        without Gene Expression features; the message names the file and the sample.
+    """
+    sample_id = str(sample_id)
+    mods = _read_modalities(path, sample_id, format)
+    return _to_mudata(mods, _sample_obs(mods, sample_id))
+
+
+def read_raw_droplets(
+    path: str | Path,
+    filtered_barcodes: Sequence[str],
+    sample_id: str,
+    *,
+    modalities: Sequence[str] = ("prot",),
+    min_counts: int = 1,
+    format: str | None = None,
+) -> MuData | ad.AnnData:
+    """Read the empty droplets of a sample: raw barcodes not among its cells (for dsb).
+
+    Parameters
+    ----------
+    path
+        Cell Ranger ``raw_feature_bc_matrix.h5``, a run/``outs/`` folder (its raw h5 or raw MTX
+        folder is used), a raw MTX folder, or an h5ad/h5mu of droplets.
+    filtered_barcodes
+        The sample's cells: barcodes, or cell ids ``<sample_id>:<barcode>``.
+    sample_id
+        Prefix of the droplet ids.
+    modalities
+        Modalities to return (default protein only, which is what dsb needs).
+    min_counts
+        Keep droplets with at least this many counts summed over ``modalities`` (Cell Ranger's
+        raw matrix lists hundreds of thousands of barcodes with nothing in them).
+    format
+        As in `read_sample`; None detects it.
+
+    Returns
+    -------
+    AnnData (droplets x features) if one modality is asked for, else MuData; counts as in
+    `read_sample`, ids ``<sample_id>:<barcode>``.
+    """
+    sample_id = _check_sample_id(sample_id)
+    prefix = f"{sample_id}:"
+    exclude = [b[len(prefix) :] if b.startswith(prefix) else b for b in map(str, filtered_barcodes)]
+    try:
+        fmt, resolved = _resolve(path, format, raw=True)
+    except InputError as err:
+        raise _with_sample(err, sample_id) from err
+    if fmt == "10x_h5":
+        mods = _call_reader(
+            read_10x_h5_droplets,
+            resolved,
+            sample_id,
+            exclude,
+            modalities=tuple(modalities),
+            min_counts=min_counts,
+        )
+    else:
+        mods = _call_reader(_READERS[fmt], resolved, sample_id)
+        mods = {m: a for m, a in mods.items() if m in modalities}
+        if mods:
+            names = next(iter(mods.values())).obs_names
+            keep = ~names.isin(exclude)
+            total = np.zeros(len(names))
+            for adata in mods.values():
+                adata = adata[names]
+                total += np.asarray(adata.X.sum(axis=1)).ravel()
+            keep &= total >= min_counts
+            mods = {m: a[names[keep]] for m, a in mods.items()}
+    missing = [m for m in modalities if m not in mods]
+    if missing:
+        raise InputError(
+            f"no {', '.join(missing)} data among the raw droplets",
+            file=resolved,
+            sample=sample_id,
+            hint="dsb needs the Antibody Capture features of the raw (unfiltered) matrix",
+        )
+    mods = _finalise(mods, sample_id, resolved)
+    if len(mods) == 1:
+        adata = next(iter(mods.values()))
+        adata.obs["sample_id"] = pd.Categorical([sample_id] * adata.n_obs)
+        adata.obs["barcode"] = [n[len(prefix) :] for n in adata.obs_names]
+        return adata
+    return _to_mudata(mods, _sample_obs(mods, sample_id))
+
+
+# ----------------------------------------------------------------------------- many samples
+
+
+def _sheet(samples: pd.DataFrame) -> pd.DataFrame:
+    table = samples.copy()
+    if "sample_id" in table.columns:
+        table = table.set_index("sample_id")
+    table.index = table.index.astype(str)
+    table.index.name = "sample_id"
+    missing = [c for c in ("donor_id", "path") if c not in table.columns]
+    if missing:
+        raise InputError(
+            f"the sample sheet lacks column(s) {', '.join(missing)}",
+            column=missing[0],
+            hint="The sample sheet needs sample_id, donor_id and path",
+        )
+    if len(table) == 0:
+        raise InputError("the sample sheet has no samples", hint="Add one row per sample")
+    for sample_id in table.index:
+        _check_sample_id(sample_id)
+    dup = table.index[table.index.duplicated()]
+    if len(dup):
+        raise InputError(
+            "sample id listed more than once",
+            column="sample_id",
+            sample=str(dup[0]),
+            hint="Each sample_id must be unique",
+        )
+    return table
+
+
+class _Progress(Callback):
+    """Counts finished sample tasks of a local Dask computation."""
+
+    def __init__(self, keys: set, progress: Callable[[int, int], None]) -> None:
+        super().__init__()
+        self._keys = keys
+        self._progress = progress
+        self._done = 0
+
+    def _posttask(self, key, result, dsk, state, worker_id) -> None:
+        if key in self._keys:
+            self._done += 1
+            self._progress(self._done, len(self._keys))
+
+
+def _compute(tasks: list, scheduler: Any, progress: Callable[[int, int], None] | None) -> list:
+    """Compute delayed tasks locally (threads/sync) or on a distributed cluster."""
+    if scheduler is None or scheduler in ("threads", "threading", "sync", "synchronous"):
+        name = "threads" if scheduler is None else scheduler
+        if progress is None:
+            return list(dask.compute(*tasks, scheduler=name))
+        keys = {t.key for t in tasks}
+        with _Progress(keys, progress):
+            return list(dask.compute(*tasks, scheduler=name))
+    from distributed import Client, as_completed
+
+    client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+    try:
+        futures = client.compute(tasks)
+        for done, future in enumerate(as_completed(futures), start=1):
+            if future.status == "error":
+                future.result()  # re-raises the task's error
+            if progress is not None:
+                progress(done, len(futures))
+        return client.gather(futures)
+    finally:
+        if client is not scheduler:
+            client.close()
+
+
+def _check_presence(results: dict[str, dict[str, ad.AnnData]], modality: str, what: str) -> bool:
+    have = [s for s, mods in results.items() if modality in mods]
+    lacking = [s for s in results if s not in have]
+    if have and lacking:
+        raise InputError(
+            f"this sample has no {what} while sample '{have[0]}' has",
+            sample=lacking[0],
+            hint=(
+                f"Give every sample with its {what}, or leave out the samples without "
+                f"(samples lacking it: {', '.join(lacking)})"
+            ),
+        )
+    return bool(have)
+
+
+def _concat_rna(results: dict[str, dict[str, ad.AnnData]], paths: pd.Series) -> ad.AnnData:
+    samples = list(results)
+    reference = results[samples[0]]["rna"].var_names
+    ref_set = set(reference)
+    parts = []
+    for sample in samples:
+        adata = results[sample]["rna"]
+        if set(adata.var_names) != ref_set:
+            only_here = [g for g in adata.var_names if g not in ref_set][:5]
+            here = set(adata.var_names)
+            only_ref = [g for g in reference if g not in here][:5]
+            raise InputError(
+                f"its genes differ from sample '{samples[0]}' (only in '{sample}': "
+                f"{', '.join(only_here) or 'none'}; only in '{samples[0]}': "
+                f"{', '.join(only_ref) or 'none'})",
+                file=paths[sample],
+                sample=sample,
+                hint=(
+                    "Quantify every sample against the same reference transcriptome "
+                    "(same Cell Ranger reference and version)"
+                ),
+            )
+        parts.append(adata if adata.var_names.equals(reference) else adata[:, reference])
+    return ad.concat(parts, join="inner", merge="first")
+
+
+def _concat_prot(results: dict[str, dict[str, ad.AnnData]]) -> ad.AnnData:
+    samples = list(results)
+    reference = results[samples[0]]["prot"].var_names
+    common = reference
+    for sample in samples:
+        common = common[common.isin(results[sample]["prot"].var_names)]
+    if len(common) == 0:
+        raise InputError(
+            "the samples share no antibody",
+            sample=samples[0],
+            hint="Name the antibodies the same way in every sample",
+        )
+    dropped = {
+        s: [p for p in results[s]["prot"].var_names if p not in set(common)] for s in samples
+    }
+    dropped = {s: d for s, d in dropped.items() if d}
+    if dropped:
+        detail = "; ".join(f"'{s}': {', '.join(d)}" for s, d in dropped.items())
+        warnings.warn(
+            f"antibody panels differ between samples; kept the {len(common)} antibodies "
+            f"common to all and dropped {detail}",
+            stacklevel=3,
+        )
+    parts = [results[s]["prot"][:, common] for s in samples]
+    return ad.concat(parts, join="inner", merge="first")
+
+
+def _concat_hto(results: dict[str, dict[str, ad.AnnData]]) -> ad.AnnData | None:
+    lacking = [s for s, mods in results.items() if "hto" not in mods]
+    if len(lacking) == len(results):
+        return None
+    if lacking:
+        warnings.warn(
+            f"samples {', '.join(lacking)} have no hashtags (HTO); the hto modality is left out",
+            stacklevel=3,
+        )
+        return None
+    parts = [mods["hto"] for mods in results.values()]
+    joined = ad.concat(parts, join="outer", merge="first", fill_value=0)
+    for key in ("counts",):
+        joined.layers[key] = sp.csr_matrix(joined.layers[key], dtype=np.int32)
+    joined.X = sp.csr_matrix(joined.X, dtype=np.float32)
+    return joined
+
+
+def read_samples(
+    samples: pd.DataFrame,
+    *,
+    scheduler: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> MuData:
+    """Read every sample of a sample sheet (one Dask task each) into one MuData.
+
+    Parameters
+    ----------
+    samples
+        Indexed by ``sample_id`` (or with a ``sample_id`` column); columns ``donor_id``,
+        ``path`` and optional ``format``, ``batch``, ``timepoint``, ``tissue``.
+    scheduler
+        None (local threads), ``"threads"`` / ``"sync"``, a ``distributed.Client``, or the
+        address of a Dask scheduler. Each task returns only its own sample.
+    progress
+        Called as ``progress(done, total)`` after each sample.
+
+    Returns
+    -------
+    MuData with every cell of every sample, samples in sheet order; modalities as in
+    `read_sample`. ``obs``: ``sample_id, donor_id, batch, timepoint, tissue`` (categorical;
+    ``batch`` defaults to the sample id, missing ``timepoint``/``tissue`` are NaN) and
+    ``barcode``. Proteins: the antibodies common to all samples (a warning names the
+    dropped ones). Hashtags: kept only if every sample has them (tags absent from a sample
+    count 0 there).
+
+    Raises
+    ------
+    InputError
+        A sample cannot be read; RNA gene sets differ between samples; some samples have
+        protein (or RNA) data and others none.
+    """
+    table = _sheet(samples)
+    formats = table["format"] if "format" in table.columns else pd.Series(None, index=table.index)
+    tasks = [
+        dask.delayed(_read_modalities, pure=False)(
+            str(table.at[s, "path"]),
+            s,
+            None if pd.isna(formats[s]) else str(formats[s]),
+            dask_key_name=f"read-sample-{i}-{s}",
+        )
+        for i, s in enumerate(table.index)
+    ]
+    results = dict(zip(table.index, _compute(tasks, scheduler, progress), strict=True))
+    mods: dict[str, ad.AnnData] = {}
+    if _check_presence(results, "rna", "RNA (Gene Expression) data"):
+        mods["rna"] = _concat_rna(results, table["path"].astype(str))
+    if _check_presence(results, "prot", "protein (Antibody Capture) data"):
+        mods["prot"] = _concat_prot(results)
+    hto = _concat_hto(results)
+    if hto is not None:
+        mods["hto"] = hto
+    del results
+    obs = _cohort_obs(next(iter(mods.values())).obs_names, table)
+    return _to_mudata(mods, obs)
+
+
+def _cohort_obs(cell_ids: pd.Index, table: pd.DataFrame) -> pd.DataFrame:
+    sample_of_cell = np.array([c.split(":", 1)[0] for c in cell_ids], dtype=object)
+    barcodes = [c.split(":", 1)[1] for c in cell_ids]
+    rows = table.reindex(sample_of_cell)
+    obs = pd.DataFrame(index=cell_ids)
+    order = list(table.index)
+    obs["sample_id"] = pd.Categorical(sample_of_cell, categories=order)
+    for column in ("donor_id", "batch", "timepoint", "tissue"):
+        if column in table.columns:
+            values = rows[column].to_numpy()
+            source = table[column]
+        elif column == "batch":
+            values, source = sample_of_cell, pd.Series(order)
+        else:
+            values, source = np.full(len(cell_ids), np.nan, dtype=object), pd.Series([], dtype=str)
+        categories = pd.unique(source.dropna().astype(str))
+        obs[column] = pd.Categorical(
+            [None if pd.isna(v) else str(v) for v in values], categories=categories
+        )
+    obs["barcode"] = barcodes
+    return obs

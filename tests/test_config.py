@@ -1,0 +1,315 @@
+"""The TOML config: sections, defaults, key/type errors, round trip, and load_inputs."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from sccohort import config as config_mod
+from sccohort.cohort import ClinicalTable, Contrast, SampleSheet
+from sccohort.config import Config, build_designs, config_section, load_config, load_inputs
+from sccohort.errors import InputError
+
+SSC_AGES = [67, 56, 82, 72, 64, 60, 80, 58, 47, 76, 81, 57, 46, 61, 50, 62, 77, 67, 53, 74, 73]
+HD_AGES = [64, 62, 70, 67, 59, 84]
+SRC = {1, 4, 19, 20}
+ILD = {1, 3, 4, 6, 7, 8, 10, 11, 13, 14, 16, 17}
+
+STUDY_TOML = """
+[inputs]
+samples = "samples.csv"
+clinical = "clinical.csv"
+
+[run]
+seed = 0
+primary_timepoint = "baseline"
+
+[clinical.types]        # optional overrides
+age = "continuous"
+
+[contrasts.SSc_vs_HD]
+variable = "group"
+case = "SSc"
+control = "HD"
+covariates = ["age"]
+
+[contrasts.SRC]
+variable = "SRC"
+case = "yes"
+control = "no"
+within = { group = "SSc" }
+covariates = ["age"]
+
+[contrasts.ILD]
+variable = "ILD"
+case = "yes"
+within = { group = ["SSc"] }
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.lstrip("\n"), encoding="utf-8")
+    return path
+
+
+def study_cohort(folder: Path, toml: str = STUDY_TOML) -> Path:
+    """The study's 27 donors; SSc1 also sampled at SRC onset. Returns the TOML path."""
+    clinical = ["donor_id,group,age,SRC,ILD"]
+    sheet = ["sample_id,donor_id,path,timepoint"]
+    (folder / "counts").mkdir(parents=True, exist_ok=True)
+    donors = [(f"SSc{i}", "SSc", age) for i, age in enumerate(SSC_AGES, start=1)]
+    donors += [(f"HD{i}", "HD", age) for i, age in enumerate(HD_AGES, start=1)]
+    for donor, group, age in donors:
+        i = int(donor[3:]) if group == "SSc" else 0
+        src = ("yes" if i in SRC else "no") if i else ""
+        ild = ("yes" if i in ILD else "no") if i else ""
+        clinical.append(f"{donor},{group},{age},{src},{ild}")
+        (folder / "counts" / f"{donor}.h5").write_bytes(b"")
+        sheet.append(f"{donor}_0,{donor},counts/{donor}.h5,baseline")
+    (folder / "counts" / "SSc1_onset.h5").write_bytes(b"")
+    sheet.append("SSc1_1,SSc1,counts/SSc1_onset.h5,SRC_onset")
+    write(folder / "clinical.csv", "\n".join(clinical) + "\n")
+    write(folder / "samples.csv", "\n".join(sheet) + "\n")
+    return write(folder / "sccohort.toml", toml)
+
+
+def messages(exc: InputError) -> list[str]:
+    return [str(p) for p in getattr(exc, "problems", [exc])]
+
+
+# ---------------------------------------------------------------------------------------
+# load_config
+
+
+def test_load_study_config(tmp_path: Path) -> None:
+    cfg = load_config(study_cohort(tmp_path))
+    assert cfg.path == tmp_path / "sccohort.toml"
+    assert cfg.samples == tmp_path / "samples.csv" and cfg.samples.is_absolute()
+    assert cfg.clinical == tmp_path / "clinical.csv"
+    assert cfg.seed == 0 and cfg.primary_timepoint == "baseline"
+    assert cfg.primary_tissue == "blood"
+    assert cfg.variable_types == {"age": "continuous"}
+    assert list(cfg.contrasts) == ["SSc_vs_HD", "SRC", "ILD"]
+    assert cfg.contrasts["SRC"] == Contrast(
+        "SRC", "SRC", case="yes", control="no", within={"group": "SSc"}, covariates=["age"]
+    )
+    assert cfg.contrasts["ILD"].control is None and cfg.contrasts["ILD"].covariates == []
+    assert cfg.run.seed == 0  # sections are attributes too
+
+
+def test_defaults_filled_in_and_paths_relative_to_toml(tmp_path: Path) -> None:
+    toml = write(tmp_path / "conf" / "c.toml", '[inputs]\nsamples = "../data/s.csv"\n')
+    cfg = load_config(toml)
+    assert cfg.samples == tmp_path / "data" / "s.csv"
+    assert cfg.clinical is None
+    d = cfg.to_dict()
+    assert d == {
+        "config": str(toml),
+        "inputs": {"samples": str(tmp_path / "data" / "s.csv"), "clinical": None},
+        "run": {"seed": 0, "primary_timepoint": "baseline", "primary_tissue": "blood"},
+        "clinical": {"types": {}},
+        "contrasts": {},
+    }
+
+
+def test_to_dict_round_trip(tmp_path: Path) -> None:
+    cfg = load_config(study_cohort(tmp_path))
+    d = cfg.to_dict()
+    json.dumps(d)  # run.json ready
+    for section in ("inputs", "run", "clinical"):
+        assert set(d[section]) == {f for f in cfg.sections[section].__dataclass_fields__}
+    assert d["contrasts"]["ILD"] == {
+        "variable": "ILD",
+        "case": "yes",
+        "control": None,
+        "within": {"group": ["SSc"]},
+        "covariates": [],
+    }
+
+    def drop_none(x):
+        if isinstance(x, dict):
+            return {k: drop_none(v) for k, v in x.items() if v is not None}
+        return x
+
+    again = write(
+        tmp_path / "elsewhere" / "again.toml",
+        tomli_w.dumps(drop_none({k: v for k, v in d.items() if k != "config"})),
+    )
+    d2 = load_config(again).to_dict()
+    assert d2.pop("config") == str(again)
+    d.pop("config")
+    assert d2 == d  # absolute paths survive a move of the TOML file
+
+
+def test_unknown_keys_name_the_key_and_valid_keys(tmp_path: Path) -> None:
+    toml = write(
+        tmp_path / "c.toml",
+        '[inputs]\nsamples = "s.csv"\nclinicl = "c.csv"\n\n[run]\nsed = 1\n\n'
+        '[contrasts.A]\nvariable = "x"\ncovariate = ["age"]\n\n[qcc]\nmax = 1\n',
+    )
+    with pytest.raises(InputError, match="4 problems") as info:
+        load_config(toml)
+    msgs = messages(info.value)
+    assert all(str(toml) in m for m in msgs)
+    assert "key 'qcc'" in msgs[0] and "Valid sections: [inputs], [run]" in msgs[0]
+    assert "key 'inputs.clinicl'" in msgs[1] and "did you mean 'clinical'?" in msgs[1]
+    assert "Valid keys of [inputs]: samples, clinical" in msgs[1]
+    assert "key 'run.sed'" in msgs[2] and "did you mean 'seed'?" in msgs[2]
+    assert "key 'contrasts.A.covariate'" in msgs[3]
+    assert "variable, case, control, within, covariates" in msgs[3]
+
+
+INPUTS = '[inputs]\nsamples = "s.csv"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        (INPUTS + '[run]\nseed = "0"', "run.seed", "expected an integer, got str '0'"),
+        (INPUTS + "[run]\nseed = 1.5", "run.seed", "expected an integer, got float 1.5"),
+        (INPUTS + "[run]\nseed = true", "run.seed", "expected an integer, got bool True"),
+        (INPUTS + "[run]\nprimary_timepoint = 0", "run.primary_timepoint", "expected a string"),
+        (INPUTS + '[clinical.types]\nage = "number"', "clinical.types.age",
+         "expected one of 'binary'"),
+        (INPUTS + '[contrasts.A]\nvariable = "x"\ncovariates = "age"', "contrasts.A.covariates",
+         "expected a list of (a string)"),
+        (INPUTS + '[contrasts.A]\nvariable = "x"\ncase = [1]', "contrasts.A.case",
+         "expected a string"),
+        (INPUTS + '[contrasts.A]\nvariable = "x"\nwithin = "SSc"', "contrasts.A.within",
+         "expected a table of"),
+        (INPUTS + '[contrasts.A]\ncase = "yes"', "contrasts.A.variable", "missing required key"),
+        ("[inputs]\nclinical = 'c.csv'", "inputs.samples", "missing required key"),
+        ('inputs = "s.csv"', "inputs", "expected a table [inputs]"),
+        (INPUTS + '[contrasts."SSc vs HD"]\nvariable = "g"', "contrasts.SSc vs HD",
+         "has characters other than"),
+    ],
+)  # fmt: skip
+def test_wrong_types_name_key_and_expected_type(
+    tmp_path: Path, text: str, key: str, expected: str
+) -> None:
+    toml = write(tmp_path / "c.toml", text + "\n")
+    with pytest.raises(InputError) as info:
+        load_config(toml)
+    msg = str(info.value)
+    assert f"key '{key}'" in msg and expected in msg and str(toml) in msg
+
+
+def test_toml_syntax_error_names_line(tmp_path: Path) -> None:
+    toml = write(tmp_path / "c.toml", '[inputs]\nsamples = "s.csv"\n[run]\nseed = \n')
+    with pytest.raises(InputError, match="TOML syntax error") as info:
+        load_config(toml)
+    assert info.value.row == 4 and f"{toml}, line 4:" in str(info.value)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="config file not found"):
+        load_config(tmp_path / "none.toml")
+
+
+@dataclass
+class Gates:
+    low: float = 0.1
+
+
+@dataclass
+class QcDemo:
+    max_mito_pct: float = 20.0
+    min_genes: int = 200
+    gates: Gates | None = None
+
+
+def test_new_section_is_one_dataclass(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(config_mod, "_SECTIONS", dict(config_mod._SECTIONS))
+    config_section("qc_demo")(QcDemo)
+    toml = write(
+        tmp_path / "c.toml",
+        '[inputs]\nsamples = "s.csv"\n[qc_demo]\nmax_mito_pct = 40\n[qc_demo.gates]\nlow = 1\n',
+    )
+    cfg = load_config(toml)
+    assert cfg.qc_demo == QcDemo(max_mito_pct=40.0, min_genes=200, gates=Gates(low=1.0))
+    assert isinstance(cfg.qc_demo.max_mito_pct, float)
+    assert cfg.to_dict()["qc_demo"] == {
+        "max_mito_pct": 40.0,
+        "min_genes": 200,
+        "gates": {"low": 1.0},
+    }
+    write(toml, '[inputs]\nsamples = "s.csv"\n[qc_demo]\nmin_genes = "200"\n')
+    with pytest.raises(InputError, match=re.escape("key 'qc_demo.min_genes'")):
+        load_config(toml)
+    write(toml, '[inputs]\nsamples = "s.csv"\n[qc_demo.gates]\nhigh = 1\n')
+    with pytest.raises(InputError, match=re.escape("key 'qc_demo.gates.high'")):
+        load_config(toml)
+
+
+# ---------------------------------------------------------------------------------------
+# load_inputs
+
+
+def test_load_inputs_study(tmp_path: Path) -> None:
+    cfg = load_config(study_cohort(tmp_path))
+    sheet, clinical = load_inputs(cfg)
+    assert isinstance(sheet, SampleSheet) and isinstance(clinical, ClinicalTable)
+    assert len(sheet) == 28 and clinical.types["age"] == "continuous"
+    designs = build_designs(cfg, sheet, clinical)
+    assert (designs["SSc_vs_HD"].n_case, designs["SSc_vs_HD"].n_control) == (21, 6)
+    assert (designs["SRC"].n_case, designs["SRC"].n_control) == (4, 17)
+    assert (designs["ILD"].n_case, designs["ILD"].n_control) == (12, 9)
+    # the onset sample is not a primary sample: one row per donor
+    assert designs["SRC"].matrix.index.is_unique and len(designs["SSc_vs_HD"].donors) == 27
+
+
+def test_load_inputs_collects_every_problem(tmp_path: Path) -> None:
+    toml = STUDY_TOML.replace('covariates = ["age"]\n\n[contrasts.SRC]', 'covariates = ["sex"]'
+                              '\n\n[contrasts.SRC]').replace('case = "yes"\ncontrol', 'case = '
+                              '"Y"\ncontrol')  # fmt: skip
+    path = study_cohort(tmp_path, toml)
+    with open(tmp_path / "samples.csv", "a") as fh:
+        fh.write("X_0,SSc99,counts/SSc1.h5,baseline\n")
+    cfg = load_config(path)
+    with pytest.raises(InputError, match="3 problems") as info:
+        load_inputs(cfg)
+    msgs = messages(info.value)
+    assert "line 30" in msgs[0] and "donor 'SSc99' is not in the clinical table" in msgs[0]
+    assert "contrasts.SSc_vs_HD.covariates" in msgs[1] and "unknown covariate 'sex'" in msgs[1]
+    assert "contrasts.SRC.case" in msgs[2] and "Levels: no, yes" in msgs[2]
+
+
+def test_load_inputs_missing_files_name_config_key(tmp_path: Path) -> None:
+    toml = write(tmp_path / "c.toml", '[inputs]\nsamples = "s.csv"\nclinical = "c.csv"\n')
+    with pytest.raises(InputError, match="2 problems") as info:
+        load_inputs(load_config(toml))
+    msgs = messages(info.value)
+    assert f"{toml}, key 'inputs.samples'" in msgs[0] and "s.csv not found" in msgs[0]
+    assert "key 'inputs.clinical'" in msgs[1]
+
+
+def test_load_inputs_contrasts_need_clinical_and_primary_visit(tmp_path: Path) -> None:
+    path = study_cohort(tmp_path)
+    text = path.read_text().replace('clinical = "clinical.csv"\n', "")
+    text = text.replace('primary_timepoint = "baseline"', 'primary_timepoint = "week0"')
+    cfg = load_config(write(path, text))
+    with pytest.raises(InputError) as info:
+        load_inputs(cfg)
+    msgs = messages(info.value)
+    assert sum("contrasts need a clinical table" in m for m in msgs) == 3
+    assert any("no sample has timepoint 'week0'" in m and "baseline/blood" in m for m in msgs)
+
+
+def test_load_inputs_without_clinical(tmp_path: Path) -> None:
+    study_cohort(tmp_path)
+    toml = write(tmp_path / "c.toml", '[inputs]\nsamples = "samples.csv"\n')
+    sheet, clinical = load_inputs(load_config(toml))
+    assert clinical is None and len(sheet) == 28
+
+
+def test_config_is_a_dataclass_with_sections(tmp_path: Path) -> None:
+    cfg = load_config(study_cohort(tmp_path))
+    assert isinstance(cfg, Config)
+    with pytest.raises(AttributeError, match="no attribute or section 'qcx'"):
+        _ = cfg.qcx
