@@ -6,6 +6,7 @@ traceback, and exit with code 2.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -147,12 +148,13 @@ def simulate(
     design: Annotated[str, typer.Option(help="Cohort design: 'paper' or 'null'.")] = "paper",
     cells_per_donor: Annotated[int, typer.Option(help="Cells per sample (before QC).")] = 2000,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
+    jobs: Annotated[int, typer.Option(help="Worker processes (0: one per core).")] = 0,
 ) -> None:
     """Simulate a CITE-seq cohort with known truth (Cell Ranger h5 files, tables, config)."""
-    _guard(lambda: _simulate(out, design, cells_per_donor, seed))
+    _guard(lambda: _simulate(out, design, cells_per_donor, seed, jobs))
 
 
-def _simulate(out: Path, design: str, cells_per_donor: int, seed: int) -> Path:
+def _simulate(out: Path, design: str, cells_per_donor: int, seed: int, jobs: int = 0) -> Path:
     from sccohort.errors import InputError
     from sccohort.simulate import DESIGNS, simulate_cohort
 
@@ -171,6 +173,7 @@ def _simulate(out: Path, design: str, cells_per_donor: int, seed: int) -> Path:
             design=design,
             cells_per_donor=cells_per_donor,
             seed=seed,
+            n_jobs=jobs or os.cpu_count() or 1,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     console.print(f"cohort written to {path}; run it with: sccohort run {path / 'sccohort.toml'}")

@@ -28,6 +28,7 @@ def write_10x_h5(
     *,
     genome: str = "GRCh38",
     library_id: str = "sample",
+    compression_level: int = 4,
 ) -> None:
     """Write a Cell Ranger v3 ``feature_bc_matrix.h5`` (the layout ``cellranger count`` writes).
 
@@ -46,6 +47,9 @@ def write_10x_h5(
         Genome name stored for every feature without its own.
     library_id
         Stored in the file's ``library_ids`` attribute.
+    compression_level
+        gzip level of the arrays (Cell Ranger's files are gzip; 1 writes ~3x faster than 4
+        for a few percent more bytes).
     """
     path = Path(path)
     csr = sp.csr_matrix(counts)  # cells x features == features x cells in CSC
@@ -63,7 +67,7 @@ def write_10x_h5(
         fh.attrs["library_ids"] = np.array([library_id], dtype="S")
         fh.attrs["original_gem_groups"] = np.array([1], dtype=np.int64)
         grp = fh.create_group("matrix")
-        opts = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+        opts = {"compression": "gzip", "compression_opts": compression_level, "shuffle": True}
         grp.create_dataset("barcodes", data=np.asarray(barcodes, dtype="S"), **opts)
         grp.create_dataset("data", data=csr.data.astype(np.int32), **opts)
         grp.create_dataset("indices", data=csr.indices.astype(np.int64), **opts)

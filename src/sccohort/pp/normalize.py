@@ -1,0 +1,762 @@
+"""RNA and protein normalisation: log-normalisation, Pearson residuals, CLR and dsb.
+
+Every function reads raw counts from a named layer (``layers["counts"]`` by default; never
+modified), writes normalised values into ``.X`` (or ``layers[key_added]``) and returns None.
+
+- RNA ``log1p``: total-count scaling to ``target_sum`` then ``log1p``; ``.X`` stays sparse
+  (float32 CSR), computed in blocks of cells so no cells x genes array is ever dense.
+- RNA ``pearson_residuals``: analytic Pearson residuals of a negative binomial with fixed
+  overdispersion (Lause et al. 2021; scanpy's ``sc.experimental.pp.normalize_pearson_residuals``).
+  The result is dense, so it is only allowed on a gene subset (e.g. highly variable genes).
+- Protein ``clr``: Seurat's centred log-ratio, per cell (default) or per feature.
+- Protein ``dsb``: Mulè, Martins & Tsang (Nat Commun 2022), R package ``dsb``
+  ``DSBNormalizeProtein``: ambient correction from empty droplets, then removal of each cell's
+  technical component.
+
+Protein outputs are dense float32 (panels are ~100-200 antibodies) and never contain NaN.
+Defined edge cases for proteins: an antibody with zero counts in every cell is kept with value 0
+and named in a warning (``var["zero_in_all_cells"]``); a cell with zero protein counts is
+flagged in ``obs["zero_protein_counts"]`` and named by count in a warning (its CLR values are
+all 0).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from sccohort.errors import InputError
+
+#: Fewer empty droplets than this cannot estimate the ambient distribution of every antibody.
+MIN_EMPTY_DROPLETS = 100
+#: Largest dense residual matrix ``normalize_rna(method="pearson_residuals")`` will build
+#: (values; 4 bytes each as float32, so 2 GB).
+MAX_DENSE_VALUES = 500_000_000
+#: Protein functions densify cells x features; panels beyond this size are not protein panels.
+MAX_PROTEIN_FEATURES = 1_000
+#: Rows processed at a time by the blocked computations (bounds temporary memory).
+BLOCK_CELLS = 20_000
+
+# Isotype controls by name: "isotype" anywhere; "IgG" anywhere (IgG1, IgG2a, MouseIgG1kappa...);
+# IgM / IgA / IgE only after a host species ("Mouse IgM", "RatIgM"): a bare "IgM" or "IgA" is the
+# anti-human immunoglobulin antibody that marks B cells, not a control.
+_ISOTYPE_NAME = re.compile(r"isotype|igg|(mouse|rat|hamster)[ _.-]*ig[mae]", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------------------------
+# shared helpers
+
+
+def _sample_of(adata: AnnData) -> str | None:
+    """The sample id of a one-sample object (for error messages), else None."""
+    if "sample_id" in adata.obs.columns:
+        ids = pd.unique(adata.obs["sample_id"].astype(str))
+        if len(ids) == 1:
+            return str(ids[0])
+    return None
+
+
+def _counts(adata: AnnData, layer: str | None, what: str) -> np.ndarray | sp.spmatrix:
+    """Raw counts of ``adata`` from ``layers[layer]`` (or ``.X`` when ``layer`` is None)."""
+    if layer is None:
+        mat = adata.X
+    elif layer in adata.layers:
+        mat = adata.layers[layer]
+    else:
+        raise InputError(
+            f"the {what} data has no layers['{layer}'] (layers present: {list(adata.layers)})",
+            key=layer,
+            sample=_sample_of(adata),
+            hint="keep raw integer counts in layers['counts'] (the pipeline's convention), "
+            "or pass layer=None to read raw counts from .X",
+        )
+    if mat is None:
+        raise InputError(f"the {what} data has no count matrix", sample=_sample_of(adata))
+    values = mat.data if sp.issparse(mat) else np.asarray(mat)
+    if values.size and (not np.all(np.isfinite(values)) or values.min() < 0):
+        raise InputError(
+            f"the {what} counts contain negative, NaN or infinite values",
+            key=layer,
+            sample=_sample_of(adata),
+            hint="pass raw UMI counts (non-negative integers), not normalised values",
+        )
+    return mat
+
+
+def _dense(mat: np.ndarray | sp.spmatrix) -> np.ndarray:
+    """Dense float64 copy of a (protein-sized) matrix."""
+    if sp.issparse(mat):
+        return mat.toarray().astype(np.float64, copy=False)
+    return np.array(mat, dtype=np.float64)
+
+
+def _check_protein_panel(adata: AnnData, what: str) -> None:
+    if adata.n_vars > MAX_PROTEIN_FEATURES:
+        raise InputError(
+            f"the {what} data has {adata.n_vars:,} features; protein normalisation densifies "
+            f"cells x features and accepts at most {MAX_PROTEIN_FEATURES:,}",
+            sample=_sample_of(adata),
+            hint="pass the protein modality (mdata.mod['prot']), not the RNA",
+        )
+    if adata.var_names.has_duplicates:
+        dup = sorted(set(adata.var_names[adata.var_names.duplicated()]))
+        raise InputError(
+            f"the {what} data has duplicated feature names: {', '.join(dup[:10])}",
+            sample=_sample_of(adata),
+            hint="make antibody names unique (e.g. adata.var_names_make_unique())",
+        )
+
+
+def _flag_zeros(adata: AnnData, x: np.ndarray, method: str) -> np.ndarray:
+    """Flag all-zero proteins and cells in ``var`` / ``obs``; warn; return the protein mask."""
+    zero_prot = ~np.any(x > 0, axis=0)
+    zero_cell = ~np.any(x > 0, axis=1)
+    adata.var["zero_in_all_cells"] = zero_prot
+    adata.obs["zero_protein_counts"] = zero_cell
+    if zero_prot.any():
+        names = list(adata.var_names[zero_prot])
+        warnings.warn(
+            f"{method}: {len(names)} antibodies have zero counts in every cell and are set to 0: "
+            + ", ".join(names[:20])
+            + (" ..." if len(names) > 20 else ""),
+            UserWarning,
+            stacklevel=3,
+        )
+    if zero_cell.any():
+        warnings.warn(
+            f"{method}: {int(zero_cell.sum())} of {x.shape[0]} cells have zero protein counts "
+            "(flagged in obs['zero_protein_counts']; remove them in QC)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return zero_prot
+
+
+def _store(adata: AnnData, values: np.ndarray | sp.spmatrix, key_added: str | None) -> None:
+    if key_added is None:
+        adata.X = values
+    else:
+        adata.layers[key_added] = values
+
+
+# --------------------------------------------------------------------------------------------
+# RNA
+
+
+def normalize_rna(
+    adata: AnnData,
+    *,
+    target_sum: float = 1e4,
+    method: Literal["log1p", "pearson_residuals"] = "log1p",
+    layer: str | None = "counts",
+    theta: float = 100.0,
+    clip: float | None = None,
+    max_dense_values: int = MAX_DENSE_VALUES,
+) -> None:
+    """Normalise RNA counts into ``.X``.
+
+    Parameters
+    ----------
+    adata
+        RNA modality, ``n_cells x n_genes``; raw counts in ``layers[layer]`` (sparse or
+        dense; read only).
+    target_sum
+        ``log1p``: every cell's counts are scaled to sum to this before ``log1p``.
+    method
+        ``"log1p"``: ``.X = log1p(counts / total * target_sum)`` as float32 CSR
+        (``n_cells x n_genes``, same sparsity as the counts; cells with zero counts stay 0).
+        ``"pearson_residuals"``: ``.X = (counts - mu) / sqrt(mu + mu**2 / theta)`` with
+        ``mu = cell_total * gene_total / grand_total``, clipped to ``[-clip, clip]`` -- the
+        semantics of scanpy's ``sc.experimental.pp.normalize_pearson_residuals`` -- as a dense
+        float32 array. Residuals are dense, so this method refuses objects with more than
+        ``max_dense_values`` entries: select genes first, e.g.
+        ``normalize_rna(adata[:, adata.var["highly_variable"]].copy(), method=...)``.
+        Genes or cells with zero counts get residual 0 (scanpy gives NaN).
+    layer
+        Layer holding the raw counts; None reads ``.X``.
+    theta
+        Negative binomial overdispersion of the residuals (scanpy's default 100).
+    clip
+        Residual clipping bound; None means ``sqrt(n_cells)`` (scanpy's default).
+    max_dense_values
+        Size limit (cells x genes) for the dense residual matrix.
+
+    Returns
+    -------
+    None. Writes ``.X`` and ``uns["normalize_rna"]`` (method and parameters).
+    """
+    if method not in ("log1p", "pearson_residuals"):
+        raise InputError(
+            f"unknown RNA normalisation method {method!r}",
+            key="method",
+            hint="use 'log1p' or 'pearson_residuals'",
+        )
+    counts = _counts(adata, layer, "RNA")
+    if method == "log1p":
+        if not target_sum > 0:
+            raise InputError(f"target_sum must be > 0, got {target_sum}", key="target_sum")
+        adata.X = _log_normalize(counts, float(target_sum))
+        adata.uns["normalize_rna"] = {"method": method, "target_sum": float(target_sum)}
+        return
+    if not theta > 0:
+        raise InputError(f"theta must be > 0, got {theta}", key="theta")
+    n_cells, n_genes = adata.shape
+    if n_cells * n_genes > max_dense_values:
+        raise InputError(
+            f"Pearson residuals are a dense matrix: {n_cells:,} cells x {n_genes:,} genes = "
+            f"{n_cells * n_genes:,} values exceeds max_dense_values={max_dense_values:,}",
+            key="method",
+            sample=_sample_of(adata),
+            hint="compute them on a gene subset, e.g. normalize_rna(adata[:, "
+            "adata.var['highly_variable']].copy(), method='pearson_residuals'), or raise "
+            "max_dense_values if memory allows (4 bytes per value)",
+        )
+    clip_at = float(np.sqrt(n_cells)) if clip is None else float(clip)
+    if clip_at < 0:
+        raise InputError(f"clip must be >= 0 or None, got {clip}", key="clip")
+    adata.X = _pearson_residuals(counts, float(theta), clip_at)
+    adata.uns["normalize_rna"] = {"method": method, "theta": float(theta), "clip": clip_at}
+
+
+def _log_normalize(counts: np.ndarray | sp.spmatrix, target_sum: float) -> sp.csr_matrix:
+    """``log1p(counts / total * target_sum)`` as float32 CSR, block by block."""
+    csr = sp.csr_matrix(counts)  # no copy when already a CSR matrix
+    if not csr.has_canonical_format:
+        csr = csr.copy()
+        csr.sum_duplicates()
+    totals = np.asarray(csr.sum(axis=1), dtype=np.float64).ravel()
+    with np.errstate(divide="ignore"):
+        scale = np.where(totals > 0, target_sum / totals, 0.0)
+    indptr = csr.indptr
+    data = np.empty(csr.nnz, dtype=np.float32)
+    for start in range(0, csr.shape[0], BLOCK_CELLS):
+        stop = min(start + BLOCK_CELLS, csr.shape[0])
+        lo, hi = indptr[start], indptr[stop]
+        per_entry = np.repeat(scale[start:stop], np.diff(indptr[start : stop + 1]))
+        data[lo:hi] = np.log1p(csr.data[lo:hi] * per_entry)
+    return sp.csr_matrix(
+        (data, csr.indices.copy(), indptr.copy()), shape=csr.shape, dtype=np.float32
+    )
+
+
+def _pearson_residuals(counts: np.ndarray | sp.spmatrix, theta: float, clip: float) -> np.ndarray:
+    """Dense float32 analytic Pearson residuals, computed in blocks of cells."""
+    mat = sp.csr_matrix(counts) if sp.issparse(counts) else np.asarray(counts)
+    cell_sums = np.asarray(mat.sum(axis=1), dtype=np.float64).ravel()
+    gene_sums = np.asarray(mat.sum(axis=0), dtype=np.float64).ravel()
+    total = cell_sums.sum()
+    out = np.empty(mat.shape, dtype=np.float32)
+    for start in range(0, mat.shape[0], BLOCK_CELLS):
+        stop = min(start + BLOCK_CELLS, mat.shape[0])
+        block = mat[start:stop]
+        block = block.toarray() if sp.issparse(block) else block
+        mu = np.outer(cell_sums[start:stop], gene_sums / total) if total > 0 else 0 * block
+        with np.errstate(divide="ignore", invalid="ignore"):
+            res = (block - mu) / np.sqrt(mu + mu**2 / theta)
+        res[mu == 0] = 0.0  # zero-count gene or cell: counts are 0 there too
+        out[start:stop] = np.clip(res, -clip, clip)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# protein: CLR
+
+
+def clr(
+    adata: AnnData,
+    *,
+    margin: Literal["cell", "feature"] = "cell",
+    layer: str | None = "counts",
+    key_added: str | None = None,
+) -> None:
+    """Centred log-ratio normalisation of protein counts, Seurat's formula.
+
+    Seurat's CLR (``NormalizeData(normalization.method = "CLR")``, verified in
+    satijalab/seurat ``R/preprocessing.R``) applies to each vector ``x`` it normalises::
+
+        log1p(x / exp(sum(log1p(x[x > 0])) / length(x)))
+
+    i.e. ``log1p(x / g)`` with ``g = exp(mean(log1p(x)))`` over all entries of ``x``
+    (zeros count in ``length(x)``; ``log1p(0) = 0``). Which vectors ``x`` are:
+
+    - ``margin="cell"`` (default; Seurat ``margin = 2``, the study's and the Seurat WNN
+      vignette's choice): ``x`` is one cell's counts across all antibodies.
+    - ``margin="feature"`` (Seurat ``margin = 1``; muon's ``mu.prot.pp.clr`` default): ``x``
+      is one antibody's counts across all cells of ``adata``.
+
+    Parameters
+    ----------
+    adata
+        Protein modality, ``n_cells x n_proteins``; raw counts in ``layers[layer]``.
+    margin
+        ``"cell"`` or ``"feature"``, see above.
+    layer
+        Layer holding the raw counts; None reads ``.X``.
+    key_added
+        Write into ``layers[key_added]`` instead of ``.X``.
+
+    Returns
+    -------
+    None. Writes a dense float32 ``n_cells x n_proteins`` array into ``.X`` (or the layer),
+    ``obs["zero_protein_counts"]`` (cells with no counts: their CLR values are all 0),
+    ``var["zero_in_all_cells"]`` (antibodies never detected: value 0; they still count in
+    ``length(x)`` as in Seurat) and ``uns["clr"]``.
+    """
+    if margin not in ("cell", "feature"):
+        raise InputError(
+            f"unknown CLR margin {margin!r}",
+            key="margin",
+            hint="use 'cell' (Seurat margin = 2) or 'feature' (Seurat margin = 1)",
+        )
+    _check_protein_panel(adata, "protein")
+    x = _dense(_counts(adata, layer, "protein"))
+    _flag_zeros(adata, x, "clr")
+    axis = 1 if margin == "cell" else 0
+    geo = np.exp(np.log1p(x).sum(axis=axis, keepdims=True) / x.shape[axis])
+    _store(adata, np.log1p(x / geo).astype(np.float32), key_added)
+    adata.uns["clr"] = {"margin": margin}
+
+
+# --------------------------------------------------------------------------------------------
+# protein: dsb
+
+
+def isotype_controls(adata: AnnData) -> list[str]:
+    """Names of the isotype-control antibodies of a protein modality.
+
+    Uses the boolean ``var["isotype"]`` column when present; otherwise the names: those
+    containing "isotype" or "IgG" (case-insensitive), or a host species followed by IgM / IgA /
+    IgE ("Mouse IgM", "RatIgM"). A bare "IgM", "IgA" or "IgD" is not taken: in CITE-seq panels
+    it is the anti-human immunoglobulin antibody marking B cells.
+
+    Parameters
+    ----------
+    adata
+        Protein modality (``n_cells x n_proteins``).
+
+    Returns
+    -------
+    Isotype-control names in ``var_names`` order (possibly empty).
+    """
+    if "isotype" in adata.var.columns:
+        mask = adata.var["isotype"].fillna(False).astype(bool).to_numpy()
+    else:
+        mask = np.array([bool(_ISOTYPE_NAME.search(str(n))) for n in adata.var_names])
+    return list(adata.var_names[mask])
+
+
+def dsb(
+    adata: AnnData,
+    empty: AnnData,
+    *,
+    isotypes: Sequence[str] | None = None,
+    pseudocount: float = 10.0,
+    denoise_counts: bool = True,
+    use_isotype_control: bool = True,
+    layer: str | None = "counts",
+    empty_layer: str | None = "counts",
+    key_added: str | None = None,
+    max_iter: int = 500,
+) -> None:
+    """Normalise protein counts with dsb (Mulè, Martins & Tsang, Nat Commun 2022).
+
+    Matches ``dsb::DSBNormalizeProtein`` (R package dsb 1.0.x, ``R/dsb.r``):
+
+    1. ``c = log(counts + pseudocount)`` for cells and ``e`` likewise for empty droplets.
+    2. Ambient correction, per protein ``j``: ``z_cj = (c_cj - mean_j(e)) / sd_j(e)``
+       (``sd`` with ``n - 1``, as R's ``sd``).
+    3. ``denoise_counts``: per cell, a two-component 1-D Gaussian mixture over that cell's ``z``
+       of all proteins (``mclust::Mclust(x, G = 2)``: equal- and unequal-variance models, the
+       better BIC wins; initial split at the cell's median as mclust's ``qclass`` does; EM
+       vectorised over all cells). The mean of the lower ("background") component is the
+       cell's background mean ``mu1``.
+    4. Technical component ``t``: with isotype controls, PC1 scores of the cells x
+       ``[isotype z values..., mu1]`` matrix, each column centred and scaled to unit SD
+       (``prcomp(scale = TRUE)``); without, ``t = mu1``.
+    5. Per protein, least squares ``z_j ~ a_j + b_j t`` across cells; the output is the
+       residual plus the intercept, ``z_j - b_j t``: what ``limma::removeBatchEffect(z,
+       covariates = t)`` returns in limma 3.54 (Debian 12; checked). PC1 scores have mean 0,
+       so with isotypes this is also ``z_j - b_j (t - mean(t))`` (each protein's mean kept).
+       Newer limma releases centre covariates first, which changes only the ``mu1``-only
+       variant (``use_isotype_control=False``), by the constant ``b_j mean(mu1)`` per protein.
+
+    The sign of PC1 is arbitrary in R; here it is chosen to correlate positively with ``mu1``
+    (the output does not depend on it). Quantile clipping (an R option, off by default) is not
+    offered. dsb is deterministic: no random seed is involved.
+
+    Parameters
+    ----------
+    adata
+        Protein modality of one sample (cells that passed QC), ``n_cells x n_proteins``; raw
+        counts in ``layers[layer]``.
+    empty
+        Empty droplets of the same sample/lane from the raw (unfiltered) matrix,
+        ``n_empty x n_proteins`` raw counts in ``empty.layers[empty_layer]`` (or ``.X`` when that
+        layer is absent); same antibodies as ``adata`` (any order). At least
+        ``MIN_EMPTY_DROPLETS`` droplets.
+    isotypes
+        Isotype-control names; None finds them with :func:`isotype_controls`.
+    pseudocount
+        Added to counts before the log (dsb's default 10).
+    denoise_counts
+        Run step 3-5 (remove each cell's technical component); False stops after step 2.
+    use_isotype_control
+        Build the technical component from isotypes and ``mu1`` (recommended); False uses
+        ``mu1`` alone.
+    layer, empty_layer
+        Layers holding raw counts; None reads ``.X``.
+    key_added
+        Write into ``layers[key_added]`` instead of ``.X``.
+    max_iter
+        EM iterations per mixture at most (relative log-likelihood tolerance 1e-5, as
+        mclust).
+
+    Returns
+    -------
+    None. Writes a dense float32 ``n_cells x n_proteins`` array into ``.X`` (or the layer);
+    ``obs``: ``dsb_background_mean`` (``mu1``), ``dsb_technical_component`` (``t``),
+    ``zero_protein_counts``; ``var``: ``dsb_ambient_mean``, ``dsb_ambient_sd``,
+    ``zero_in_all_cells``, ``dsb_normalised``; ``uns["dsb"]`` (parameters, isotypes used,
+    number of empty droplets). Antibodies with zero counts in every cell, or with no spread
+    in the empty droplets (SD 0: ambient scaling undefined), are left out of steps 3-5, set to
+    0 and named in a warning (``var["dsb_normalised"]`` is False for them).
+
+    Raises
+    ------
+    InputError
+        No or fewer than ``MIN_EMPTY_DROPLETS`` empty droplets; antibody panels of cells and
+        empty droplets differ (the missing ones are named); isotypes named but absent, or
+        requested but none found; ``pseudocount <= 0``.
+    """
+    sample = _sample_of(adata)
+    if not pseudocount > 0:
+        raise InputError(f"pseudocount must be > 0, got {pseudocount}", key="pseudocount")
+    _check_protein_panel(adata, "protein")
+    empty = _checked_empty(adata, empty, sample)
+    x = _dense(_counts(adata, layer, "protein"))
+    e_layer = empty_layer if empty_layer in empty.layers else None
+    e = _dense(_counts(empty, e_layer, "empty-droplet protein"))[:, _order(adata, empty)]
+
+    iso_names = _resolve_isotypes(adata, isotypes, denoise_counts and use_isotype_control, sample)
+
+    zero_prot = _flag_zeros(adata, x, "dsb")
+    log_e = np.log(e + pseudocount)
+    mu_u = log_e.mean(axis=0)
+    sd_u = log_e.std(axis=0, ddof=1)
+    flat = (sd_u == 0) & ~zero_prot
+    if flat.any():
+        names = list(adata.var_names[flat])
+        warnings.warn(
+            f"dsb: {len(names)} antibodies have identical counts in all {e.shape[0]} empty "
+            "droplets, so their ambient scaling is undefined; they are set to 0: "
+            + ", ".join(names[:20]),
+            UserWarning,
+            stacklevel=2,
+        )
+    use = ~zero_prot & ~flat
+    if not use.any():
+        raise InputError(
+            "no antibody can be dsb-normalised (all have zero counts in cells or no spread in "
+            "empty droplets)",
+            sample=sample,
+            hint="check that the cells and empty droplets hold raw protein counts",
+        )
+    z = (np.log(x[:, use] + pseudocount) - mu_u[use]) / sd_u[use]
+
+    background = np.full(x.shape[0], np.nan)
+    technical = np.full(x.shape[0], np.nan)
+    iso_used: list[str] = []
+    if denoise_counts:
+        background = gmm2_background_mean(z, max_iter=max_iter)
+        covariate = background
+        if use_isotype_control:
+            used_names = adata.var_names[use]
+            iso_used = [n for n in iso_names if n in set(used_names)]
+            dropped = [n for n in iso_names if n not in set(iso_used)]
+            if dropped:
+                warnings.warn(
+                    f"dsb: isotype controls {', '.join(dropped)} have zero counts in every cell "
+                    "or no spread in empty droplets and are not used",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            if not iso_used:
+                raise InputError(
+                    "isotype controls were requested but none is usable "
+                    f"({', '.join(iso_names)} have zero counts in every cell)",
+                    sample=sample,
+                    hint="pass use_isotype_control=False",
+                )
+            iso_cols = np.flatnonzero(np.isin(used_names, iso_used))
+            covariate = _pc1(np.column_stack([z[:, iso_cols], background]), background)
+        technical = covariate
+        centred = covariate - covariate.mean()
+        ss = float(centred @ centred)
+        if ss > 0:
+            slopes = (centred @ z) / ss  # least-squares slopes with an intercept
+            z = z - np.outer(covariate, slopes)  # residual + intercept
+
+    out = np.zeros(x.shape, dtype=np.float32)
+    out[:, use] = z
+    _store(adata, out, key_added)
+    adata.obs["dsb_background_mean"] = background
+    adata.obs["dsb_technical_component"] = technical
+    adata.var["dsb_ambient_mean"] = mu_u
+    adata.var["dsb_ambient_sd"] = sd_u
+    adata.var["dsb_normalised"] = use
+    adata.uns["dsb"] = {
+        "pseudocount": float(pseudocount),
+        "denoise_counts": bool(denoise_counts),
+        "use_isotype_control": bool(denoise_counts and use_isotype_control),
+        "isotypes": iso_used,
+        "n_empty_droplets": int(e.shape[0]),
+    }
+
+
+def _checked_empty(adata: AnnData, empty: AnnData | None, sample: str | None) -> AnnData:
+    """Validate the empty-droplet object: present, enough droplets, same antibody panel."""
+    if empty is None or empty.n_obs == 0:
+        raise InputError(
+            "dsb needs empty droplets, and none were given",
+            sample=sample,
+            hint="pass the empty droplets of the raw (unfiltered) Cell Ranger matrix, or use "
+            "clr() when the raw matrix is not available",
+        )
+    if empty.n_obs < MIN_EMPTY_DROPLETS:
+        raise InputError(
+            f"only {empty.n_obs} empty droplets; dsb needs at least {MIN_EMPTY_DROPLETS} to "
+            "estimate each antibody's ambient distribution",
+            sample=sample,
+            hint="widen the empty-droplet selection in the raw matrix, or use clr() for this "
+            "sample",
+        )
+    cells, drops = list(adata.var_names), set(empty.var_names)
+    missing = [n for n in cells if n not in drops]
+    extra = sorted(drops - set(cells))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append("missing from the empty droplets: " + ", ".join(missing))
+        if extra:
+            parts.append("only in the empty droplets: " + ", ".join(extra))
+        raise InputError(
+            "the antibody panels of cells and empty droplets differ (" + "; ".join(parts) + ")",
+            sample=sample,
+            hint="take cells and empty droplets from the same sample's raw matrix",
+        )
+    if empty.var_names.has_duplicates:
+        raise InputError("the empty droplets have duplicated antibody names", sample=sample)
+    return empty
+
+
+def _order(adata: AnnData, empty: AnnData) -> np.ndarray:
+    """Column indices of ``empty`` in the order of ``adata.var_names``."""
+    return empty.var_names.get_indexer(adata.var_names)
+
+
+def _resolve_isotypes(
+    adata: AnnData, isotypes: Sequence[str] | None, needed: bool, sample: str | None
+) -> list[str]:
+    if isotypes is not None:
+        isotypes = [isotypes] if isinstance(isotypes, str) else list(isotypes)
+        absent = [n for n in isotypes if n not in set(adata.var_names)]
+        if absent:
+            raise InputError(
+                f"isotype controls not in the protein panel: {', '.join(absent)}",
+                key="isotypes",
+                sample=sample,
+                hint="use names exactly as in adata.var_names",
+            )
+        names = isotypes
+    else:
+        names = isotype_controls(adata)
+    if needed and not names:
+        raise InputError(
+            "isotype controls were requested (use_isotype_control=True) but none was found "
+            "(no var['isotype'] column and no name containing 'isotype', 'IgG', or a species "
+            "followed by IgM/IgA/IgE)",
+            key="isotypes",
+            sample=sample,
+            hint="pass isotypes=[...] with their names, or use_isotype_control=False",
+        )
+    return names
+
+
+def _pc1(noise: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """PC1 scores of column-standardised ``noise`` (cells x k), signed to follow ``reference``."""
+    sd = noise.std(axis=0, ddof=1)
+    keep = sd > 0
+    if not keep.any():  # nothing varies across cells: no technical component to remove
+        return np.zeros(noise.shape[0])
+    scaled = (noise[:, keep] - noise[:, keep].mean(axis=0)) / sd[keep]
+    _, _, vt = np.linalg.svd(scaled, full_matrices=False)
+    scores = scaled @ vt[0]
+    if np.corrcoef(scores, reference)[0, 1] < 0:
+        scores = -scores
+    return scores
+
+
+# --------------------------------------------------------------------------------------------
+# vectorised two-component 1-D Gaussian mixtures (one per row)
+
+_LOG_2PI = float(np.log(2 * np.pi))
+
+
+def gmm2_background_mean(
+    values: np.ndarray,
+    *,
+    models: Sequence[Literal["E", "V"]] = ("E", "V"),
+    max_iter: int = 500,
+    tol: float = 1e-5,
+) -> np.ndarray:
+    """Mean of the lower component of a 2-component Gaussian mixture fitted to each row.
+
+    One independent 1-D mixture per row (cell) over that row's values (proteins), fitted by
+    EM for all rows at once in blocks of rows. As ``mclust::Mclust(x, G = 2)``: models ``"E"``
+    (equal variances) and ``"V"`` (unequal), each initialised by splitting the row at its median
+    (mclust's ``qclass``), the model with the larger BIC ``2 loglik - n_par log(n)`` is kept.
+    EM stops per row when the relative log-likelihood change is below ``tol``. Variances are
+    floored at ``1e-6`` times the row's variance (mclust would fail on a collapsed component).
+
+    Parameters
+    ----------
+    values
+        ``n_rows x n_values`` finite floats.
+    models
+        Mixture models to fit and compare by BIC.
+    max_iter
+        EM iterations at most.
+    tol
+        Relative log-likelihood tolerance.
+
+    Returns
+    -------
+    ``n_rows`` lower-component means.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    out = np.empty(values.shape[0])
+    for start in range(0, values.shape[0], BLOCK_CELLS):
+        block = values[start : start + BLOCK_CELLS]
+        best_bic = np.full(block.shape[0], -np.inf)
+        best_mean = np.full(block.shape[0], np.nan)
+        for model in models:
+            low, bic = _em_block(block, equal_var=model == "E", max_iter=max_iter, tol=tol)
+            better = bic > best_bic
+            best_bic[better] = bic[better]
+            best_mean[better] = low[better]
+        out[start : start + BLOCK_CELLS] = best_mean
+    constant = values.min(axis=1) == values.max(axis=1)  # no mixture to fit: the value itself
+    out[constant] = values[constant, 0]
+    return out
+
+
+def _em_block(
+    x: np.ndarray, *, equal_var: bool, max_iter: int, tol: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """EM of a 2-component 1-D mixture per row of ``x``; (lower mean, BIC) per row."""
+    n_rows, n = x.shape
+    data = _RowData(x)
+    floor = 1e-6 * x.var(axis=1) + 1e-12
+    r2 = (x > np.median(x, axis=1, keepdims=True)).astype(np.float64)  # P(component 2)
+    ties = r2.sum(axis=1) == 0  # rows with at most one value above the median
+    if ties.any():
+        r2[ties] = (x[ties] >= np.max(x[ties], axis=1, keepdims=True)).astype(np.float64)
+    params = _m_step(data, r2, equal_var, floor)
+    loglik = np.full(n_rows, -np.inf)
+    active = np.arange(n_rows)
+    for _ in range(max_iter):
+        sub = data if active.size == n_rows else data.take(active)
+        ll_rows, r2 = _e_step(sub, *(p[active] for p in params))
+        done = np.abs(ll_rows - loglik[active]) <= tol * np.abs(ll_rows)
+        loglik[active] = ll_rows
+        for p, new in zip(params, _m_step(sub, r2, equal_var, floor[active]), strict=True):
+            p[active] = new
+        active = active[~done]
+        if active.size == 0:
+            break
+    loglik, _ = _e_step(data, *params)
+    n_par = 4 if equal_var else 5  # 2 means, 1 or 2 variances, 1 mixing proportion
+    bic = 2 * loglik - n_par * np.log(n)
+    return np.minimum(params[1], params[2]), bic
+
+
+class _RowData:
+    """Rows of values with their squares and row sums (reused by every EM iteration)."""
+
+    def __init__(self, x: np.ndarray, xx: np.ndarray | None = None) -> None:
+        self.x = x
+        self.xx = x * x if xx is None else xx
+        self.sum_x = x.sum(axis=1)
+        self.sum_xx = self.xx.sum(axis=1)
+
+    def take(self, rows: np.ndarray) -> _RowData:
+        return _RowData(self.x[rows], self.xx[rows])
+
+
+def _m_step(
+    d: _RowData, r2: np.ndarray, equal_var: bool, floor: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """Mixture parameters per row from the responsibilities ``r2`` of component 2.
+
+    Returns ``(w2, m1, m2, v1, v2)``, each of length ``n_rows``.
+    """
+    n = d.x.shape[1]
+    n2 = r2.sum(axis=1, dtype=np.float64)
+    n1 = n - n2
+    s2 = np.einsum("ij,ij->i", r2, d.x)
+    ss2 = np.einsum("ij,ij->i", r2, d.xx)
+    m1 = (d.sum_x - s2) / np.maximum(n1, 1e-12)
+    m2 = s2 / np.maximum(n2, 1e-12)
+    sq1 = np.maximum(d.sum_xx - ss2 - n1 * m1**2, 0.0)
+    sq2 = np.maximum(ss2 - n2 * m2**2, 0.0)
+    if equal_var:
+        v1 = v2 = (sq1 + sq2) / n
+    else:
+        v1 = sq1 / np.maximum(n1, 1e-12)
+        v2 = sq2 / np.maximum(n2, 1e-12)
+    v1 = np.maximum(v1, floor)
+    v2 = np.maximum(v2, floor)
+    w2 = np.clip(n2 / n, 1e-12, 1 - 1e-12)
+    return w2, m1, m2, v1, v2
+
+
+def _e_step(
+    d: _RowData, w2: np.ndarray, m1: np.ndarray, m2: np.ndarray, v1: np.ndarray, v2: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row log-likelihood and responsibilities of component 2.
+
+    With ``l_k = log(w_k) - log(2 pi v_k) / 2 - (x - m_k)^2 / (2 v_k)``, ``l2 - l1`` is a
+    quadratic in ``x`` with per-row coefficients, and ``sum(l1)`` follows from row sums.
+    """
+    n = d.x.shape[1]
+    a1 = np.log1p(-w2) - 0.5 * (_LOG_2PI + np.log(v1))
+    a2 = np.log(w2) - 0.5 * (_LOG_2PI + np.log(v2))
+    b1, b2 = 0.5 / v1, 0.5 / v2
+    c2 = b1 - b2
+    c1 = 2 * (b2 * m2 - b1 * m1)
+    c0 = a2 - a1 - b2 * m2**2 + b1 * m1**2
+    diff = c2[:, None] * d.xx  # l2 - l1, built in place
+    diff += c1[:, None] * d.x
+    diff += c0[:, None]
+    sum_l1 = n * a1 - b1 * (d.sum_xx - 2 * m1 * d.sum_x + n * m1**2)
+    # One exp gives both log(e^l1 + e^l2) and P(component 2). The exp/log run in float32
+    # (3-7x faster; e is in (0, 1], its absolute error ~1e-7 is far below the EM tolerance)
+    # and are clipped at -80 so that no float32 subnormal (slow) appears.
+    e = np.abs(diff).astype(np.float32)
+    np.negative(e, out=e)
+    np.maximum(e, np.float32(-80.0), out=e)
+    np.exp(e, out=e)
+    one_plus = 1.0 + e
+    pos = diff > 0
+    loglik = (
+        sum_l1 + np.maximum(diff, 0.0).sum(axis=1) + np.log(one_plus).sum(axis=1, dtype=np.float64)
+    )
+    r2 = np.where(pos, np.float32(1.0), e) / one_plus
+    return loglik, r2

@@ -1,0 +1,374 @@
+"""Cohort designs: donors, samples, lanes, planted clinical effects and compositions.
+
+Design ``paper`` reproduces the reference study's 27 donors (MISSION.md) with CD14_EGR1
+expanded in SRC donors, CD8_TEM_T2ISG expanded in ILD donors and one SRC donor (SSc4)
+sampled before, at and after SRC onset. Design ``null`` has the same donors and clinical
+table but no clinical effect. Both keep the age effect (fewer naive CD8 T cells with age),
+which is biology, not a clinical effect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import pandas as pd
+
+from sccohort.errors import InputError
+from sccohort.simulate.biology import EGR1_PROGRAM, SUBSETS
+
+DESIGNS = ("paper", "null")
+
+_SRC = {1, 4, 19, 20}
+_ILD = {1, 3, 4, 6, 7, 8, 10, 11, 13, 14, 16, 17}
+_ARA_NO_SRC = {3, 7, 10, 15, 18}  # 5 ARA-positive SSc donors without SRC (fixed choice)
+_SSC_AGES = (67, 56, 82, 72, 64, 60, 80, 58, 47, 76, 81, 57, 46, 61, 50, 62, 77, 67, 53, 74, 73)
+_HD_AGES = (64, 62, 70, 67, 59, 84)
+_MALE = {"SSc3", "SSc10", "SSc17", "SSc20", "HD2", "HD5"}
+#: The longitudinal donor and its samples: (sample_id, timepoint), in time order.
+LONGITUDINAL_DONOR = "SSc4"
+TIMEPOINTS = (("SSc4_pre", "pre_onset"), ("SSc4", "baseline"), ("SSc4_post", "post_treatment"))
+#: Age at which the age effect is zero.
+REFERENCE_AGE = 60.0
+
+
+@dataclass(frozen=True)
+class SimParams:
+    """Tunable parameters of a simulated cohort (all have the documented defaults).
+
+    Attributes
+    ----------
+    egr1_fold, egr1_base_share
+        Fold expansion of CD14_EGR1 (share of all cells) in SRC donors and its share in
+        everyone else.
+    t2isg_fold, t2isg_base_share
+        The same for CD8_TEM_T2ISG in ILD donors.
+    timecourse_expression
+        Fold of the EGR1 program in SSc4's monocytes before onset, at onset, after treatment.
+    timecourse_share
+        Fold of SSc4's CD14_EGR1 share at the three timepoints (``None`` at onset = egr1_fold).
+    age_slope
+        Change of log(share) of CD8_Naive per year of age (around age 60).
+    dirichlet_concentration
+        Concentration of the per-donor Dirichlet around the expected composition.
+    doublet_rate, low_quality_rate
+        Fraction of barcodes that are heterotypic doublets / low-quality cells.
+    ambient_fraction
+        Fraction of a cell's RNA UMIs that come from the ambient profile.
+    n_empty
+        Empty droplets per sample in the raw matrix.
+    n_batches
+        Number of lanes; samples are assigned to lanes in turn.
+    donor_noise, batch_noise
+        SD of the per-donor and per-lane log multiplicative gene (and protein) noise.
+    library_scale
+        Multiplies every cell's expected RNA library size.
+    """
+
+    egr1_fold: float = 3.0
+    egr1_base_share: float = 0.02
+    t2isg_fold: float = 3.0
+    t2isg_base_share: float = 0.015
+    timecourse_expression: tuple[float, float, float] = (1.0, 3.0, 1.3)
+    timecourse_share: tuple[float, float | None, float] = (1.0, None, 1.5)
+    age_slope: float = -0.03
+    dirichlet_concentration: float = 300.0
+    doublet_rate: float = 0.05
+    low_quality_rate: float = 0.03
+    ambient_fraction: float = 0.03
+    n_empty: int = 3000
+    n_batches: int = 4
+    donor_noise: float = 0.1
+    batch_noise: float = 0.15
+    library_scale: float = 1.0
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: object) -> SimParams:
+        """Validated parameters; unknown names or bad values raise `InputError`."""
+        known = {f.name: f for f in fields(cls)}
+        for key in kwargs:
+            if key not in known:
+                raise InputError(
+                    "unknown simulation parameter",
+                    key=key,
+                    hint=f"use one of: {', '.join(sorted(known))}",
+                )
+        p = cls(**kwargs)  # type: ignore[arg-type]
+        positive = ("egr1_fold", "t2isg_fold", "dirichlet_concentration", "library_scale")
+        for key in positive:
+            if not float(getattr(p, key)) > 0:
+                raise InputError("must be > 0", key=key, hint=f"got {getattr(p, key)!r}")
+        rates = (
+            "egr1_base_share",
+            "t2isg_base_share",
+            "doublet_rate",
+            "low_quality_rate",
+            "ambient_fraction",
+        )
+        for key in rates:
+            if not 0 <= float(getattr(p, key)) < 0.5:
+                raise InputError(
+                    "must be a fraction in [0, 0.5)", key=key, hint=f"got {getattr(p, key)!r}"
+                )
+        if p.egr1_base_share * p.egr1_fold + p.t2isg_base_share * p.t2isg_fold >= 0.5:
+            raise InputError(
+                "planted subsets would take half of all cells",
+                key="egr1_fold",
+                hint="lower the folds or the base shares",
+            )
+        if int(p.n_empty) < 0 or int(p.n_batches) < 1:
+            raise InputError(
+                "n_empty must be >= 0 and n_batches >= 1",
+                key="n_empty" if int(p.n_empty) < 0 else "n_batches",
+            )
+        for key in ("timecourse_expression", "timecourse_share"):
+            vals = getattr(p, key)
+            if len(vals) != 3 or any(v is not None and not float(v) > 0 for v in vals):
+                raise InputError(
+                    "needs three positive folds (pre_onset, baseline, post_treatment)", key=key
+                )
+        return p
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """One simulated sample (a donor at a timepoint, run on one lane)."""
+
+    index: int
+    sample_id: str
+    donor_id: str
+    timepoint: str
+    batch: str
+
+
+def clinical_table() -> pd.DataFrame:
+    """The 27 donors of the reference study.
+
+    Returns
+    -------
+    DataFrame with columns ``donor_id, group, age, sex, SRC, ILD, ARA`` (27 rows); SRC/ILD
+    are yes/no and ARA positive/negative for SSc donors, empty strings for HD.
+    """
+    rows = []
+    for i, age in enumerate(_SSC_AGES, start=1):
+        did = f"SSc{i}"
+        ara = "positive" if i in _SRC or i in _ARA_NO_SRC else "negative"
+        rows.append(
+            (
+                did,
+                "SSc",
+                age,
+                "M" if did in _MALE else "F",
+                "yes" if i in _SRC else "no",
+                "yes" if i in _ILD else "no",
+                ara,
+            )
+        )
+    for i, age in enumerate(_HD_AGES, start=1):
+        did = f"HD{i}"
+        rows.append((did, "HD", age, "M" if did in _MALE else "F", "", "", ""))
+    return pd.DataFrame(rows, columns=["donor_id", "group", "age", "sex", "SRC", "ILD", "ARA"])
+
+
+def sample_specs(n_batches: int) -> list[SampleSpec]:
+    """All samples of the cohort in a fixed order, lanes assigned in turn (L1, L2, ...)."""
+    specs: list[SampleSpec] = []
+    for did in clinical_table()["donor_id"]:
+        pairs = TIMEPOINTS if did == LONGITUDINAL_DONOR else ((did, "baseline"),)
+        for sid, tp in pairs:
+            i = len(specs)
+            specs.append(SampleSpec(i, sid, did, tp, f"L{i % n_batches + 1}"))
+    return specs
+
+
+def _timepoint_pos(timepoint: str) -> int:
+    return [tp for _, tp in TIMEPOINTS].index(timepoint)
+
+
+def share_folds(design: str, params: SimParams, spec: SampleSpec, donor: pd.Series) -> dict:
+    """Planted fold of each effect subset's share for one sample (subset -> fold)."""
+    folds: dict[str, float] = {}
+    if design == "null":
+        return folds
+    if donor["SRC"] == "yes":
+        folds["CD14_EGR1"] = params.egr1_fold
+    if donor["ILD"] == "yes":
+        folds["CD8_TEM_T2ISG"] = params.t2isg_fold
+    if spec.donor_id == LONGITUDINAL_DONOR:
+        f = params.timecourse_share[_timepoint_pos(spec.timepoint)]
+        folds["CD14_EGR1"] = params.egr1_fold if f is None else float(f)
+    return folds
+
+
+def program_fold(design: str, params: SimParams, spec: SampleSpec) -> float:
+    """Fold of the EGR1 program in monocytes of one sample (1 = unchanged)."""
+    if design == "null" or spec.donor_id != LONGITUDINAL_DONOR:
+        return 1.0
+    return float(params.timecourse_expression[_timepoint_pos(spec.timepoint)])
+
+
+def base_shares(params: SimParams) -> np.ndarray:
+    """Expected share of every subset in a 60-year-old donor without effects (sums to 1)."""
+    share = np.array([s.share for s in SUBSETS], dtype=float)
+    names = [s.name for s in SUBSETS]
+    fixed = {"CD14_EGR1": params.egr1_base_share, "CD8_TEM_T2ISG": params.t2isg_base_share}
+    return _set_shares(share, names, fixed)
+
+
+def _set_shares(share: np.ndarray, names: list[str], fixed: dict[str, float]) -> np.ndarray:
+    """Set some subsets' shares exactly and rescale the others to make the total 1."""
+    out = share.copy()
+    idx = [names.index(k) for k in fixed]
+    rest = np.ones(len(out), bool)
+    rest[idx] = False
+    out[rest] *= (1.0 - sum(fixed.values())) / out[rest].sum()
+    out[idx] = list(fixed.values())
+    return out
+
+
+def expected_shares(params: SimParams, age: float, folds: dict[str, float]) -> np.ndarray:
+    """Expected (design-level) composition of a sample, before donor variation.
+
+    Parameters
+    ----------
+    params
+        Simulation parameters (base shares, age slope).
+    age
+        Donor age in years.
+    folds
+        Planted share folds (subset -> fold).
+
+    Returns
+    -------
+    Array (n_subsets,) summing to 1.
+    """
+    names = [s.name for s in SUBSETS]
+    share = base_shares(params)
+    naive = names.index("CD8_Naive")
+    share[naive] *= np.exp(params.age_slope * (age - REFERENCE_AGE))
+    fixed = {
+        "CD14_EGR1": params.egr1_base_share * folds.get("CD14_EGR1", 1.0),
+        "CD8_TEM_T2ISG": params.t2isg_base_share * folds.get("CD8_TEM_T2ISG", 1.0),
+    }
+    return _set_shares(share, names, fixed)
+
+
+def donor_shares(
+    params: SimParams, age: float, folds: dict[str, float], rng: np.random.Generator
+) -> np.ndarray:
+    """Realised composition of a donor's sample.
+
+    A Dirichlet draw around the no-effect expectation, then the planted folds applied to
+    the effect subsets (the others rescaled).
+
+    ``rng`` must be the donor's generator, so a donor's timepoints share their variation.
+    Returns an array (n_subsets,) summing to 1.
+    """
+    names = [s.name for s in SUBSETS]
+    expected = expected_shares(params, age, {})
+    draw = rng.dirichlet(params.dirichlet_concentration * expected)
+    draw = np.maximum(draw, 1e-12)
+    fixed = {k: draw[names.index(k)] * f for k, f in folds.items()}
+    return _set_shares(draw / draw.sum(), names, fixed) if fixed else draw / draw.sum()
+
+
+def effects_table(design: str, params: SimParams) -> pd.DataFrame:
+    """One row per planted effect.
+
+    Returns
+    -------
+    DataFrame with columns ``kind, subset, variable, case, control, within, fold,
+    base_share, donor, timepoints, program``; ``kind`` is ``composition`` (share fold of a
+    subset between clinical groups), ``age_slope`` (log-share change per year),
+    ``composition_timecourse`` or ``program_timecourse`` (SSc4's three samples; folds per
+    timepoint in ``timepoints`` as ``tp:fold;...``).
+    """
+    cols = [
+        "kind",
+        "subset",
+        "variable",
+        "case",
+        "control",
+        "within",
+        "fold",
+        "base_share",
+        "donor",
+        "timepoints",
+        "program",
+    ]
+    naive_share = base_shares(params)[[s.name for s in SUBSETS].index("CD8_Naive")]
+    rows = [
+        (
+            "age_slope",
+            "CD8_Naive",
+            "age",
+            "",
+            "",
+            "",
+            float(np.exp(params.age_slope)),
+            naive_share,
+            "",
+            "",
+            "",
+        ),
+    ]
+    if design == "paper":
+        shares = [f if f is not None else params.egr1_fold for f in params.timecourse_share]
+        tps = [tp for _, tp in TIMEPOINTS]
+        rows += [
+            (
+                "composition",
+                "CD14_EGR1",
+                "SRC",
+                "yes",
+                "no",
+                "group=SSc",
+                params.egr1_fold,
+                params.egr1_base_share,
+                "",
+                "",
+                "",
+            ),
+            (
+                "composition",
+                "CD8_TEM_T2ISG",
+                "ILD",
+                "yes",
+                "no",
+                "group=SSc",
+                params.t2isg_fold,
+                params.t2isg_base_share,
+                "",
+                "",
+                "",
+            ),
+            (
+                "composition_timecourse",
+                "CD14_EGR1",
+                "timepoint",
+                "",
+                "",
+                "",
+                params.egr1_fold,
+                params.egr1_base_share,
+                LONGITUDINAL_DONOR,
+                ";".join(f"{t}:{f:g}" for t, f in zip(tps, shares, strict=True)),
+                "",
+            ),
+            (
+                "program_timecourse",
+                "Mono",
+                "timepoint",
+                "",
+                "",
+                "",
+                max(params.timecourse_expression),
+                float("nan"),
+                LONGITUDINAL_DONOR,
+                ";".join(
+                    f"{t}:{f:g}" for t, f in zip(tps, params.timecourse_expression, strict=True)
+                ),
+                ";".join(EGR1_PROGRAM),
+            ),
+        ]
+    return pd.DataFrame(rows, columns=cols)

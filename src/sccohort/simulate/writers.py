@@ -1,0 +1,259 @@
+"""Write a simulated cohort: Cell Ranger h5 files, tables, config and truth.
+
+Every file is written to a temporary name and renamed, so a crash never leaves a half file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from sccohort.errors import InputError
+from sccohort.io.tenx import write_10x_h5
+from sccohort.simulate.biology import load_genes
+from sccohort.simulate.counts import SampleCounts, simulate_sample
+from sccohort.simulate.design import (
+    DESIGNS,
+    SampleSpec,
+    SimParams,
+    clinical_table,
+    effects_table,
+    sample_specs,
+)
+from sccohort.simulate.proteins import protein_panel
+
+CONFIG_TEMPLATE = """\
+[inputs]
+samples = "samples.csv"
+clinical = "clinical.csv"
+
+[run]
+seed = {seed}
+primary_timepoint = "baseline"
+
+[contrasts.SSc_vs_HD]
+variable = "group"
+case = "SSc"
+control = "HD"
+covariates = ["age"]
+
+[contrasts.SRC]
+variable = "SRC"
+case = "yes"
+control = "no"
+within = {{ group = "SSc" }}
+covariates = ["age"]
+
+[contrasts.ILD]
+variable = "ILD"
+case = "yes"
+control = "no"
+within = {{ group = "SSc" }}
+covariates = ["age"]
+"""
+
+TRUTH_DOUBLET_NOTE = (
+    "A doublet's l1, l2 and subset are those of its first cell; its second cell is of another l1."
+)
+
+
+def features_table() -> pd.DataFrame:
+    """Features of every simulated matrix: genes, then antibodies.
+
+    Returns
+    -------
+    DataFrame with ``id, name, feature_type, genome`` (n_genes + n_antibodies rows).
+    """
+    genes = load_genes()
+    panel = protein_panel()
+    return pd.DataFrame(
+        {
+            "id": np.concatenate([genes["gene_id"], panel["id"]]),
+            "name": np.concatenate([genes["symbol"], panel["name"]]),
+            "feature_type": ["Gene Expression"] * len(genes) + ["Antibody Capture"] * len(panel),
+            "genome": "GRCh38",
+        }
+    )
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _atomic_csv(path: Path, df: pd.DataFrame) -> None:
+    _atomic_text(path, df.to_csv(index=False, lineterminator="\n"))
+
+
+def _write_sample_files(out: Path, sample_id: str, sc: SampleCounts) -> None:
+    """Filtered (cells) and raw (cells + empty droplets, barcode order) h5 of one sample."""
+    features = features_table()
+    folder = out / sample_id
+    folder.mkdir(parents=True, exist_ok=True)
+    cells = sp.hstack([sc.rna, sp.csr_matrix(sc.adt)], format="csr")
+    write_10x_h5(
+        folder / "filtered_feature_bc_matrix.h5",
+        cells,
+        sc.barcodes,
+        features,
+        library_id=sample_id,
+        compression_level=1,
+    )
+    empties = sp.hstack([sc.empty_rna, sp.csr_matrix(sc.empty_adt)], format="csr")
+    barcodes = np.concatenate([sc.barcodes, sc.empty_barcodes])
+    order = np.argsort(barcodes, kind="stable")
+    raw = sp.vstack([cells, empties], format="csr")[order]
+    write_10x_h5(
+        folder / "raw_feature_bc_matrix.h5",
+        raw,
+        barcodes[order],
+        features,
+        library_id=sample_id,
+        compression_level=1,
+    )
+
+
+def _run_sample(
+    job: tuple[Path, SampleSpec, dict, str, SimParams, int, int, int, int],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    out, spec, donor, design, params, n_cells, seed, donor_idx, batch_idx = job
+    sc = simulate_sample(
+        spec, pd.Series(donor), design, params, n_cells, seed, donor_idx, batch_idx
+    )
+    _write_sample_files(out, spec.sample_id, sc)
+    comp = sc.composition.assign(sample_id=spec.sample_id, donor_id=spec.donor_id)
+    return sc.truth, comp[["sample_id", "donor_id", "subset", "expected_share", "donor_share"]]
+
+
+def _results(jobs: list, n_jobs: int) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    if n_jobs <= 1:
+        yield from map(_run_sample, jobs)
+        return
+    ctx = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as pool:
+        yield from pool.map(_run_sample, jobs)
+
+
+def write_cohort(
+    out_dir: str | Path,
+    design: str = "paper",
+    cells_per_donor: int = 2000,
+    seed: int = 0,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    n_jobs: int = 1,
+    donors: Sequence[str] | None = None,
+    **params: object,
+) -> Path:
+    """Simulate a CITE-seq cohort and write it as Cell Ranger outputs plus truth tables.
+
+    Parameters
+    ----------
+    out_dir
+        Output folder (created). Receives ``<sample_id>/filtered_feature_bc_matrix.h5``,
+        ``<sample_id>/raw_feature_bc_matrix.h5``, ``samples.csv``, ``clinical.csv``,
+        ``sccohort.toml`` and ``truth/{cells.csv.gz, effects.csv, donor_composition.csv}``.
+        In ``truth/cells.csv.gz`` a doublet's l1, l2 and subset are those of its first cell
+        (its second cell has another l1); ``donor_composition.csv`` gives, per sample and
+        subset, the design's ``expected_share`` and the donor's realised ``donor_share``
+        from which the sample's cells were drawn.
+    design
+        One of `DESIGNS`: ``"paper"`` (planted clinical effects) or ``"null"`` (none).
+    cells_per_donor
+        Cell barcodes per sample (the longitudinal donor has three samples).
+    seed
+        Seed of all random draws; the same seed gives byte-identical files.
+    progress
+        Optional ``progress(done_samples, total_samples)`` callback.
+    n_jobs
+        Samples simulated in parallel (processes); memory grows with it.
+    donors
+        Simulate only these donors (all their samples); ``None`` = all 27. A donor's
+        samples are identical whichever other donors are simulated.
+    **params
+        Any field of `SimParams` (e.g. ``egr1_fold=5``, ``doublet_rate=0.08``).
+
+    Returns
+    -------
+    Path
+        The output folder.
+    """
+    if design not in DESIGNS:
+        raise InputError(
+            f"unknown design {design!r}", key="design", hint=f"use one of {', '.join(DESIGNS)}"
+        )
+    if int(cells_per_donor) < 10:
+        raise InputError("too few cells per donor", key="cells_per_donor", hint="use at least 10")
+    p = SimParams.from_kwargs(**params)
+    out = Path(out_dir)
+    (out / "truth").mkdir(parents=True, exist_ok=True)
+    clinical = clinical_table()
+    specs = sample_specs(int(p.n_batches))
+    donor_ids = list(clinical["donor_id"])
+    if donors is not None:
+        unknown = sorted(set(donors) - set(donor_ids))
+        if unknown or not donors:
+            raise InputError(
+                f"unknown donors {unknown}" if unknown else "no donors selected",
+                key="donors",
+                hint=f"use donor ids of the design: {', '.join(donor_ids)}",
+            )
+        specs = [s for s in specs if s.donor_id in set(donors)]
+    by_donor = clinical.set_index("donor_id")
+    jobs = [
+        (
+            out,
+            s,
+            by_donor.loc[s.donor_id].to_dict() | {"donor_id": s.donor_id},
+            design,
+            p,
+            int(cells_per_donor),
+            int(seed),
+            donor_ids.index(s.donor_id),
+            int(s.batch[1:]) - 1,
+        )
+        for s in specs
+    ]
+
+    cells_path = out / "truth" / "cells.csv.gz"
+    tmp = cells_path.with_name(cells_path.name + ".tmp")
+    compositions = []
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        text = io.TextIOWrapper(gz, encoding="utf-8", newline="\n")
+        for done, (truth, comp) in enumerate(_results(jobs, n_jobs), start=1):
+            truth.to_csv(text, index=False, header=done == 1, lineterminator="\n")
+            compositions.append(comp)
+            if progress is not None:
+                progress(done, len(jobs))
+        text.flush()
+        text.detach()
+    os.replace(tmp, cells_path)
+
+    _atomic_csv(out / "truth" / "donor_composition.csv", pd.concat(compositions))
+    _atomic_csv(out / "truth" / "effects.csv", effects_table(design, p))
+    samples = pd.DataFrame(
+        {
+            "sample_id": [s.sample_id for s in specs],
+            "donor_id": [s.donor_id for s in specs],
+            "path": [f"{s.sample_id}/filtered_feature_bc_matrix.h5" for s in specs],
+            "raw_path": [f"{s.sample_id}/raw_feature_bc_matrix.h5" for s in specs],
+            "batch": [s.batch for s in specs],
+            "timepoint": [s.timepoint for s in specs],
+            "tissue": "blood",
+            "format": "10x_h5",
+        }
+    )
+    _atomic_csv(out / "samples.csv", samples)
+    _atomic_csv(out / "clinical.csv", clinical[clinical["donor_id"].isin(samples["donor_id"])])
+    _atomic_text(out / "sccohort.toml", CONFIG_TEMPLATE.format(seed=int(seed)))
+    return out
