@@ -1,0 +1,302 @@
+"""Doublet scores of one sample: scrublet-style simulated doublets in RNA + protein space.
+
+Method ``"cite"`` (default) follows scrublet (Wolock et al. 2019) but embeds cells with both
+modalities: it sums the raw counts of random pairs of observed cells (RNA *and* antibodies),
+embeds observed and simulated droplets together (log-normalised highly variable genes ->
+PCA, plus antibody CLR -> PCA, each block scaled to unit total variance), and scores each
+observed cell by the share of simulated doublets among its nearest neighbours. Cells whose
+share exceeds a threshold set by Otsu's method on the simulated doublets' own shares (the
+valley between homotypic and heterotypic simulated doublets, as scrublet does) are called
+doublets. Two lineages' surface markers (CD3 with CD14 or CD19 ...) make heterotypic
+doublets stand out more in protein space than in RNA space. Method ``"scrublet"`` is
+scanpy's `scanpy.pp.scrublet` on RNA only, with the same Otsu threshold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import anndata as ad
+import numpy as np
+import scanpy as sc
+import scipy.sparse as sp
+from sklearn.decomposition import PCA
+from threadpoolctl import threadpool_limits
+
+METHODS = ("cite", "scrublet", "none")
+#: Fewer cells than this and doublet calling is skipped (scores NaN, nobody called).
+MIN_CELLS_DOUBLETS = 100
+
+
+@dataclass(frozen=True)
+class DoubletResult:
+    """Doublet evidence of one sample's cells.
+
+    Attributes
+    ----------
+    score
+        (n_cells,) share of simulated doublets among each cell's neighbours (``"cite"``)
+        or scrublet's score (``"scrublet"``); NaN when calling was skipped.
+    called
+        (n_cells,) bool, the cells called doublets.
+    threshold
+        Score threshold used (NaN when skipped).
+    method
+        The method that ran, or ``"none"`` when skipped.
+    note
+        Why calling was skipped or degraded (empty when it ran as asked).
+    """
+
+    score: np.ndarray
+    called: np.ndarray
+    threshold: float
+    method: str
+    note: str = ""
+
+
+def _skipped(n: int, note: str) -> DoubletResult:
+    return DoubletResult(np.full(n, np.nan), np.zeros(n, bool), float("nan"), "none", note)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
+    """Otsu's threshold of a 1-D sample (the cut maximising between-class variance).
+
+    Parameters
+    ----------
+    values
+        (n,) finite values.
+    bins
+        Histogram bins.
+
+    Returns
+    -------
+    The threshold (a bin edge); the midpoint of the range when all values are equal.
+    """
+    values = np.asarray(values, dtype=float)
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return lo
+    hist, edges = np.histogram(values, bins=bins, range=(lo, hi))
+    w = hist.astype(float) / hist.sum()
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(w)
+    m0 = np.cumsum(w * centres)
+    total = m0[-1]
+    w1 = 1.0 - w0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (total * w0 - m0) ** 2 / (w0 * w1)
+    between[~np.isfinite(between)] = -1.0
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def _standardise(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    mu = ref.mean(axis=0)
+    sd = ref.std(axis=0)
+    sd[sd == 0] = 1.0
+    return np.clip((x - mu) / sd, -10.0, 10.0)
+
+
+def _block(obs: np.ndarray, sim: np.ndarray, n_comps: int, seed: int) -> np.ndarray:
+    """PCA of the observed droplets, applied to both; scaled to unit total variance."""
+    zo = _standardise(obs, obs)
+    zs = _standardise(sim, obs)
+    n_comps = max(1, min(n_comps, zo.shape[1] - 1 if zo.shape[1] > 1 else 1, zo.shape[0] - 1))
+    pca = PCA(n_comps, random_state=seed, svd_solver="randomized").fit(zo)
+    scale = np.sqrt(max(float(pca.explained_variance_.sum()), 1e-12))
+    return np.vstack([pca.transform(zo), pca.transform(zs)]) / scale
+
+
+def highly_variable(norm: sp.csr_matrix, n_top: int) -> np.ndarray:
+    """Indices of the most variable genes (Seurat v2 dispersion, z-scored in 20 mean bins).
+
+    Parameters
+    ----------
+    norm
+        (n_cells, n_genes) depth-normalised counts (not log).
+    n_top
+        Number of genes to return (fewer if fewer genes are expressed).
+
+    Returns
+    -------
+    Sorted gene indices.
+    """
+    n = norm.shape[0]
+    mean = np.asarray(norm.sum(axis=0)).ravel() / n
+    sq = np.asarray(norm.multiply(norm).sum(axis=0)).ravel() / n
+    var = np.maximum(sq - mean**2, 0.0) * n / max(n - 1, 1)
+    expressed = np.flatnonzero(mean > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        disp = np.log(np.maximum(var[expressed], 1e-12) / mean[expressed])
+    logmean = np.log1p(mean[expressed])
+    edges = np.linspace(logmean.min(), logmean.max() + 1e-9, 21)
+    bins = np.digitize(logmean, edges)
+    z = np.zeros(expressed.size)
+    for b in np.unique(bins):
+        sel = bins == b
+        sd = disp[sel].std(ddof=1) if sel.sum() > 1 else 0.0
+        z[sel] = (disp[sel] - disp[sel].mean()) / sd if sd > 0 else 0.0
+    top = expressed[np.argsort(-z, kind="stable")[: min(n_top, expressed.size)]]
+    return np.sort(top)
+
+
+def _rna_features(
+    counts: sp.csr_matrix, pairs: tuple[np.ndarray, np.ndarray], n_hvg: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Log-normalised highly variable genes of observed (n, g) and simulated (m, g) droplets."""
+    totals = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
+    size = 1e4 / np.maximum(totals, 1.0)
+    hvg = highly_variable(sp.diags(size.astype(np.float32)) @ counts, n_hvg)
+    dense = counts[:, hvg].toarray()
+    i, j = pairs
+    sim = dense[i]
+    sim += dense[j]
+    sim_size = (1e4 / np.maximum(totals[i] + totals[j], 1.0)).astype(np.float32)
+    dense *= size.astype(np.float32)[:, None]
+    sim *= sim_size[:, None]
+    return np.log1p(dense, out=dense), np.log1p(sim, out=sim)
+
+
+def _neighbour_share(
+    emb: np.ndarray, n_obs: int, queries: np.ndarray, k: int, chunk: int = 1024
+) -> np.ndarray:
+    """Share of simulated droplets among each query's ``k`` nearest neighbours.
+
+    Rows ``>= n_obs`` of ``emb`` are simulated; distances are exact Euclidean and a query
+    is not its own neighbour.
+    """
+    sq = np.einsum("ij,ij->i", emb, emb)
+    out = np.empty(queries.size)
+    for start in range(0, queries.size, chunk):
+        q = queries[start : start + chunk]
+        d = sq[None, :] - 2.0 * (emb[q] @ emb.T)
+        d[np.arange(q.size), q] = np.inf
+        nearest = np.argpartition(d, k - 1, axis=1)[:, :k]
+        out[start : start + q.size] = (nearest >= n_obs).mean(axis=1)
+    return out
+
+
+def _clr(x: np.ndarray) -> np.ndarray:
+    logx = np.log1p(x)
+    return logx - logx.mean(axis=1, keepdims=True)
+
+
+def _cite_scores(
+    rna: sp.csr_matrix,
+    prot: np.ndarray | None,
+    *,
+    sim_ratio: float,
+    n_hvg: int,
+    n_pcs_rna: int,
+    n_pcs_prot: int,
+    library_weight: float,
+    seed: int,
+    max_sim_queries: int = 3000,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shares of simulated neighbours of observed (n,) and simulated (m,) droplets."""
+    n = rna.shape[0]
+    rng = np.random.default_rng(seed)
+    m = int(round(sim_ratio * n))
+    i = rng.integers(0, n, m)
+    j = (i + rng.integers(1, n, m)) % n  # never a cell with itself
+    blocks = []
+    obs, sim = _rna_features(rna, (i, j), n_hvg)
+    blocks.append(_block(obs, sim, n_pcs_rna, seed))
+    if prot is not None and prot.shape[1] >= 2:
+        blocks.append(_block(_clr(prot), _clr(prot[i] + prot[j]), n_pcs_prot, seed))
+    if library_weight > 0:
+        libs = [np.asarray(rna.sum(axis=1)).ravel()]
+        if prot is not None:
+            libs.append(prot.sum(axis=1))
+        lib_obs = np.log1p(np.column_stack(libs))
+        lib_sim = np.log1p(np.column_stack([x[i] + x[j] for x in libs]))
+        z = np.vstack([_standardise(lib_obs, lib_obs), _standardise(lib_sim, lib_obs)])
+        blocks.append(library_weight * z / np.sqrt(z.shape[1]))
+    emb = np.hstack(blocks).astype(np.float32)
+    k = max(5, int(round(np.sqrt(n))))
+    sim_queries = n + np.sort(rng.choice(m, size=min(m, max_sim_queries), replace=False))
+    share = _neighbour_share(emb, n, np.concatenate([np.arange(n), sim_queries]), k)
+    return share[:n], share[n:]
+
+
+def call_doublets(
+    rna_counts: sp.spmatrix,
+    prot_counts: np.ndarray | sp.spmatrix | None = None,
+    *,
+    method: str = "cite",
+    sim_ratio: float = 2.0,
+    n_hvg: int = 2000,
+    n_pcs_rna: int = 30,
+    n_pcs_prot: int = 15,
+    library_weight: float = 0.0,
+    min_cells: int = MIN_CELLS_DOUBLETS,
+    seed: int = 0,
+) -> DoubletResult:
+    """Score and call doublets among one sample's cells.
+
+    Parameters
+    ----------
+    rna_counts
+        (n_cells, n_genes) raw RNA counts of one sample.
+    prot_counts
+        (n_cells, n_antibodies) raw antibody counts (isotype controls and all-zero columns
+        already removed) or None; method ``"cite"`` then uses RNA only.
+    method
+        ``"cite"`` (RNA + protein simulated doublets), ``"scrublet"`` (scanpy, RNA only)
+        or ``"none"`` (no calling: scores NaN).
+    sim_ratio
+        Simulated doublets per observed cell.
+    n_hvg, n_pcs_rna, n_pcs_prot
+        Highly variable genes and principal components of each modality.
+    library_weight
+        Weight of a third block, the standardised log RNA and antibody library sizes
+        (doublets hold two cells' molecules); 0 leaves it out. On the simulated paper
+        cohort a weight of 0.5 or 1 did not improve precision or recall, hence 0.
+    min_cells
+        Fewer cells than this: calling is skipped (scores NaN, nobody called, ``note`` says
+        why); the caller warns.
+    seed
+        Seed of the doublet simulation and PCA (same inputs + seed -> same result).
+
+    Returns
+    -------
+    DoubletResult
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown doublet method {method!r}; use one of {METHODS}")
+    rna = sp.csr_matrix(rna_counts, dtype=np.float32)
+    n = rna.shape[0]
+    if method == "none":
+        return _skipped(n, "doublet calling switched off")
+    if n < min_cells:
+        return _skipped(n, f"{n} cells, fewer than the {min_cells} doublet calling needs")
+    if method == "scrublet":
+        adata = ad.AnnData(rna)
+        sc.pp.scrublet(
+            adata,
+            sim_doublet_ratio=sim_ratio,
+            random_state=seed,
+            threshold=1.0,
+            n_prin_comps=n_pcs_rna,
+            verbose=False,
+        )
+        score = adata.obs["doublet_score"].to_numpy(dtype=float)
+        sim_score = np.asarray(adata.uns["scrublet"]["doublet_scores_sim"], dtype=float)
+    else:
+        prot = None
+        if prot_counts is not None:
+            prot = (
+                prot_counts.toarray() if sp.issparse(prot_counts) else np.asarray(prot_counts)
+            ).astype(np.float32)
+        with threadpool_limits(1):
+            score, sim_score = _cite_scores(
+                rna,
+                prot,
+                sim_ratio=sim_ratio,
+                n_hvg=n_hvg,
+                n_pcs_rna=n_pcs_rna,
+                n_pcs_prot=n_pcs_prot,
+                library_weight=library_weight,
+                seed=seed,
+            )
+    threshold = otsu_threshold(sim_score)
+    return DoubletResult(score, score > threshold, threshold, method)

@@ -1,0 +1,529 @@
+"""Per-sample quality control: low-quality cells, red cells, platelets, doublets, protein QC.
+
+Everything is computed on one sample's cells at a time (`qc_sample`, pure, cheap to ship to
+a Dask worker); `run_qc` loops over the samples of a cohort and writes the results into
+``mdata.obs``.
+
+Reasons, in the fixed order in which they are tested (a removed cell carries the first
+that applies, see `REASONS`):
+
+1. ``red_cell``: haemoglobin genes (HBB, HBA1, HBA2) >= ``hb_max_pct`` % of RNA UMIs.
+2. ``platelet``: PPBP + PF4 >= ``platelet_max_pct`` % of RNA UMIs. Contaminants come first
+   because their identity is certain; their tiny libraries would otherwise hide them under
+   ``low_quality`` and the table would not count what the study removed by hand.
+3. ``low_quality``: too few genes or UMIs, or too high a mitochondrial share.
+4. ``large_library``: too many genes or UMIs (study: genes >= 5,000).
+5. ``doublet``: called by `sccohort.pp.doublets.call_doublets` among the cells that pass
+   1-4 (the others get a NaN ``doublet_score``).
+6. ``no_protein``: total antibody counts (isotypes excluded) below
+   ``max(min_prot_umis, exp(median - k MAD))`` of the sample (log scale).
+7. ``isotype_high``: isotype controls' share of antibody counts above
+   ``max(isotype_min_pct, expm1(median + k MAD))`` (log1p scale).
+
+RNA thresholds by ``mode``:
+
+- ``"study"`` (the reference study): pass when mito < 20 % (< 40 % when the sample's
+  ``tissue`` is not ``"blood"``) and 200 < genes < 5,000 (strict inequalities).
+- ``"adaptive"`` (default): per sample, median +/- ``nmads`` MADs (MAD scaled by 1.4826,
+  as R's ``mad`` used by scater's ``isOutlier``) of log UMIs and log genes (both sides) and
+  of the mito share (upper side only). Hard limits on top: genes >= ``min_genes`` (100)
+  always required; the mito cut is clipped to [``mito_floor_pct``, ``mito_ceiling_pct``]
+  = [10 %, 25 %] for blood ([10 %, 50 %] for other tissues), so a very tight sample never
+  loses healthy cells at 6 % mito and a bad one never keeps cells at 40 %.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from mudata import MuData
+
+from sccohort.errors import InputError
+from sccohort.pp.doublets import METHODS, MIN_CELLS_DOUBLETS, call_doublets
+
+#: Reasons a cell is removed, in the order they are tested.
+REASONS = (
+    "red_cell",
+    "platelet",
+    "low_quality",
+    "large_library",
+    "doublet",
+    "no_protein",
+    "isotype_high",
+)
+MODES = ("adaptive", "study")
+HB_GENES = ("HBB", "HBA1", "HBA2")
+PLATELET_GENES = ("PPBP", "PF4")
+#: Per-cell metrics written to obs.
+METRICS = (
+    "n_umis",
+    "n_genes",
+    "pct_mito",
+    "pct_ribo",
+    "pct_hb",
+    "pct_platelet",
+    "prot_umis",
+    "prot_n",
+    "pct_isotype",
+)
+MAD_SCALE = 1.4826
+#: Names of all-zero antibodies listed in a warning before it says "and N more".
+_MAX_NAMED = 10
+
+
+class QCWarning(UserWarning):
+    """A sample-level QC event: no cells left, no protein data, skipped doublet calling."""
+
+
+DEFAULTS: dict[str, Any] = {
+    "mode": "adaptive",
+    "nmads": 5.0,
+    "min_genes": 100,
+    "mito_floor_pct": 10.0,
+    "mito_ceiling_pct": 25.0,
+    "mito_ceiling_tissue_pct": 50.0,
+    "study_mito_max_pct": 20.0,
+    "study_mito_max_tissue_pct": 40.0,
+    "study_genes_min": 200,
+    "study_genes_max": 5000,
+    "hb_max_pct": 10.0,
+    "platelet_max_pct": 5.0,
+    "min_prot_umis": 10.0,
+    "isotype_min_pct": 2.0,
+    "doublet_method": "cite",
+    "doublet_min_cells": MIN_CELLS_DOUBLETS,
+    "seed": 0,
+}
+
+
+def _check_params(params: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(params) - set(DEFAULTS))
+    if unknown:
+        raise InputError(
+            "unknown QC parameter",
+            key=unknown[0],
+            hint=f"use one of: {', '.join(sorted(DEFAULTS))}",
+        )
+    p = DEFAULTS | params
+    if p["mode"] not in MODES:
+        raise InputError(
+            f"unknown QC mode {p['mode']!r}", key="mode", hint=f"use one of {', '.join(MODES)}"
+        )
+    if p["doublet_method"] not in METHODS:
+        raise InputError(
+            f"unknown doublet method {p['doublet_method']!r}",
+            key="doublet_method",
+            hint=f"use one of {', '.join(METHODS)}",
+        )
+    for key in DEFAULTS:
+        if key in ("mode", "doublet_method", "seed"):
+            continue
+        value = p[key]
+        if not isinstance(value, int | float) or not np.isfinite(value) or value < 0:
+            raise InputError("must be a number >= 0", key=key, hint=f"got {value!r}")
+    if p["nmads"] <= 0:
+        raise InputError("must be > 0", key="nmads", hint=f"got {p['nmads']!r}")
+    return p
+
+
+def _mad(x: np.ndarray) -> tuple[float, float]:
+    """Median and scaled MAD of the finite values (NaN, NaN when there are none)."""
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return float("nan"), float("nan")
+    med = float(np.median(x))
+    return med, MAD_SCALE * float(np.median(np.abs(x - med)))
+
+
+def _share(counts: sp.csr_matrix, columns: np.ndarray, totals: np.ndarray) -> np.ndarray:
+    """Percentage of each row's total in the given columns (0 where the total is 0)."""
+    if columns.size == 0:
+        return np.zeros(counts.shape[0])
+    part = np.asarray(counts[:, columns].sum(axis=1)).ravel()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(totals > 0, 100.0 * part / totals, 0.0)
+
+
+def rna_metrics(counts: sp.spmatrix, gene_names: pd.Index) -> pd.DataFrame:
+    """RNA QC metrics of each cell.
+
+    Parameters
+    ----------
+    counts
+        (n_cells, n_genes) raw counts.
+    gene_names
+        (n_genes,) gene symbols (``MT-`` prefix for mitochondrial genes, any case).
+
+    Returns
+    -------
+    DataFrame (n_cells rows): ``n_umis, n_genes, pct_mito, pct_ribo, pct_hb, pct_platelet``
+    (percentages of the cell's UMIs).
+    """
+    csr = sp.csr_matrix(counts)
+    names = pd.Index(gene_names).astype(str)
+    upper = names.str.upper()
+    totals = np.asarray(csr.sum(axis=1)).ravel().astype(np.float64)
+    rows = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
+    out = pd.DataFrame(
+        {
+            "n_umis": totals,
+            "n_genes": np.bincount(rows[csr.data > 0], minlength=csr.shape[0]),
+        }
+    )
+    out["pct_mito"] = _share(csr, np.flatnonzero(upper.str.startswith("MT-")), totals)
+    out["pct_ribo"] = _share(csr, np.flatnonzero(upper.str.match(r"^RP[SL]\d")), totals)
+    out["pct_hb"] = _share(csr, np.flatnonzero(upper.isin(HB_GENES)), totals)
+    out["pct_platelet"] = _share(csr, np.flatnonzero(upper.isin(PLATELET_GENES)), totals)
+    return out
+
+
+def protein_metrics(
+    counts: sp.spmatrix | np.ndarray, isotype: np.ndarray
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Antibody QC metrics of each cell, ignoring antibodies with no counts at all.
+
+    Parameters
+    ----------
+    counts
+        (n_cells, n_antibodies) raw antibody counts of one sample.
+    isotype
+        (n_antibodies,) bool, isotype controls.
+
+    Returns
+    -------
+    metrics
+        DataFrame (n_cells rows): ``prot_umis`` (counts of non-isotype antibodies),
+        ``prot_n`` (non-isotype antibodies detected), ``pct_isotype`` (isotype controls'
+        percentage of all antibody counts; NaN when the panel has no isotype control).
+    zero
+        (n_antibodies,) bool, the all-zero antibodies (left out of the metrics).
+    """
+    csc = sp.csc_matrix(counts)
+    isotype = np.asarray(isotype, dtype=bool)
+    zero = np.asarray(csc.sum(axis=0)).ravel() == 0
+    specific = csc[:, np.flatnonzero(~isotype & ~zero)].tocsr()
+    iso = np.asarray(csc[:, np.flatnonzero(isotype & ~zero)].sum(axis=1)).ravel()
+    prot_umis = np.asarray(specific.sum(axis=1)).ravel().astype(np.float64)
+    total = prot_umis + iso
+    if isotype.any():
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pct_iso = np.where(total > 0, 100.0 * iso / total, 0.0)
+    else:
+        pct_iso = np.full(csc.shape[0], np.nan)
+    metrics = pd.DataFrame(
+        {
+            "prot_umis": prot_umis,
+            "prot_n": np.diff(specific.indptr),
+            "pct_isotype": pct_iso,
+        }
+    )
+    return metrics, zero
+
+
+def _rna_flags(
+    m: pd.DataFrame, p: dict[str, Any], blood: bool
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Low-quality and large-library flags and thresholds of one sample.
+
+    Study mode: a cell passes when ``genes_min < genes < genes_max`` and ``mito <
+    mito_max``. Adaptive mode: when ``genes_min <= genes <= genes_max``, ``umis_min <= umis
+    <= umis_max`` and ``mito <= mito_max`` (compared on the log scale of the MAD cuts).
+    """
+    genes = m["n_genes"].to_numpy(float)
+    umis = m["n_umis"].to_numpy(float)
+    mito = m["pct_mito"].to_numpy(float)
+    if p["mode"] == "study":
+        cuts = {
+            "mito_max": float(p["study_mito_max_pct"] if blood else p["study_mito_max_tissue_pct"]),
+            "genes_min": float(p["study_genes_min"]),
+            "genes_max": float(p["study_genes_max"]),
+            "umis_min": float("nan"),
+            "umis_max": float("nan"),
+        }
+        low = (mito >= cuts["mito_max"]) | (genes <= cuts["genes_min"])
+        return low, genes >= cuts["genes_max"], cuts
+    k = p["nmads"]
+    log_u = np.log(np.maximum(umis, 1.0))
+    log_g = np.log(np.maximum(genes, 1.0))
+    med_u, mad_u = _mad(log_u)
+    med_g, mad_g = _mad(log_g)
+    med_m, mad_m = _mad(mito)
+    ceiling = p["mito_ceiling_pct"] if blood else p["mito_ceiling_tissue_pct"]
+    mito_max = float(np.clip(med_m + k * mad_m, p["mito_floor_pct"], ceiling))
+    genes_lo = max(med_g - k * mad_g, np.log(max(p["min_genes"], 1.0)))
+    low = (
+        (mito > mito_max)
+        | (genes < p["min_genes"])
+        | (log_g < genes_lo)
+        | (log_u < med_u - k * mad_u)
+    )
+    large = (log_g > med_g + k * mad_g) | (log_u > med_u + k * mad_u)
+    cuts = {
+        "mito_max": mito_max,
+        "genes_min": float(np.exp(genes_lo)),
+        "genes_max": float(np.exp(med_g + k * mad_g)),
+        "umis_min": float(np.exp(med_u - k * mad_u)),
+        "umis_max": float(np.exp(med_u + k * mad_u)),
+    }
+    return low, large, cuts
+
+
+def _protein_flags(
+    m: pd.DataFrame, p: dict[str, Any], rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """No-protein and isotype-high flags and thresholds of one sample.
+
+    The norm (median, MAD) comes from the cells in ``rows``, the cells that passed the RNA
+    checks, so that dead cells and contaminants do not widen it. Comparisons are made on
+    the log scale on which the cuts are computed.
+    """
+    k = p["nmads"]
+    log_prot = np.log1p(m["prot_umis"].to_numpy(float))
+    log_iso = np.log1p(m["pct_isotype"].to_numpy(float))
+    med_p, mad_p = _mad(log_prot[rows])
+    med_i, mad_i = _mad(log_iso[rows])
+    prot_cut = np.log1p(p["min_prot_umis"])
+    if np.isfinite(med_p):
+        prot_cut = max(prot_cut, med_p - k * mad_p)
+    no_protein = log_prot < prot_cut
+    iso_cut = float("nan")
+    isotype_high = np.zeros(len(m), bool)
+    if np.isfinite(med_i):
+        iso_cut = max(np.log1p(p["isotype_min_pct"]), med_i + k * mad_i)
+        isotype_high = np.isfinite(log_iso) & (log_iso > iso_cut)
+    cuts = {"prot_umis_min": float(np.expm1(prot_cut)), "isotype_max": float(np.expm1(iso_cut))}
+    return no_protein, isotype_high, cuts
+
+
+def _first_reason(flags: dict[str, np.ndarray], n: int) -> np.ndarray:
+    reason = np.full(n, "", dtype=object)
+    for name in reversed(REASONS):
+        reason[flags[name]] = name
+    return reason
+
+
+def _sample_values(obs: pd.DataFrame, column: str, default: str) -> str:
+    if column not in obs or len(obs) == 0:
+        return default
+    values = obs[column].astype(str).unique()
+    return str(values[0]) if len(values) else default
+
+
+def qc_sample(mdata: MuData, **params: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Quality control of one sample's cells (pure: reads ``mdata``, changes nothing).
+
+    Parameters
+    ----------
+    mdata
+        One sample's cells: modality ``rna`` (gene symbols as ``var_names``) and optionally
+        ``prot`` (``var["isotype"]`` bool; without it no antibody counts as an isotype),
+        raw counts in each modality's ``layers["counts"]`` (``.X`` if there is no such
+        layer); ``obs`` with ``sample_id`` and ``tissue`` (missing tissue = ``"blood"``).
+    **params
+        Any key of `DEFAULTS`: ``mode`` (``"adaptive"`` or ``"study"``), ``nmads``, the
+        hard limits (see the module docstring), ``hb_max_pct``, ``platelet_max_pct``,
+        ``min_prot_umis``, ``isotype_min_pct``, ``doublet_method`` (``"cite"``,
+        ``"scrublet"``, ``"none"``), ``doublet_min_cells``, ``seed``.
+
+    Returns
+    -------
+    obs
+        DataFrame indexed like ``mdata.obs_names``: the `METRICS`, ``doublet_score``
+        (float, NaN where not scored), ``qc_pass`` (bool), ``qc_reason`` (str, ``""`` for
+        passing cells, else the first of `REASONS` that applies).
+    row
+        The sample's line of the QC table: ``sample_id, tissue, mode, cells_in,
+        removed_<reason>`` for each reason, ``cells_out``, the thresholds used
+        (``mito_max, genes_min, genes_max, umis_min, umis_max, hb_max, platelet_max,
+        prot_umis_min, isotype_max, doublet_threshold``), ``doublet_method`` (what ran)
+        and ``notes`` (skipped steps, ``;``-separated).
+
+    Warns
+    -----
+    QCWarning
+        Naming the sample when no cell passes (the row then shows ``cells_out = 0``), when
+        protein QC is skipped (no ``prot`` modality), when antibodies with no counts are
+        ignored (named), or when doublet calling is skipped (too few cells: scores NaN,
+        nobody removed as a doublet).
+
+    Raises
+    ------
+    InputError
+        Unknown or negative parameters, or a sample without an ``rna`` modality.
+    """
+    p = _check_params(params)
+    sample = _sample_values(mdata.obs, "sample_id", "?")
+    tissue = _sample_values(mdata.obs, "tissue", "blood")
+    blood = tissue.lower() == "blood"
+    if "rna" not in mdata.mod:
+        raise InputError(
+            "no RNA modality; QC needs gene expression counts",
+            sample=sample,
+            hint="read the sample with its Gene Expression library",
+        )
+    cells = mdata.obs_names
+    n = len(cells)
+    notes: list[str] = []
+
+    rna = mdata.mod["rna"]
+    pos = rna.obs_names.get_indexer(cells)
+    if (pos < 0).any():
+        raise InputError(
+            f"{int((pos < 0).sum())} cells have no RNA counts",
+            sample=sample,
+            hint="keep only cells present in the rna modality",
+        )
+    rna_counts = sp.csr_matrix(rna.layers["counts"] if "counts" in rna.layers else rna.X)[pos]
+    m = rna_metrics(rna_counts, rna.var_names)
+    m.index = cells
+
+    prot_counts = None
+    if "prot" in mdata.mod:
+        prot = mdata.mod["prot"]
+        ppos = prot.obs_names.get_indexer(cells)
+        if (ppos < 0).any():
+            notes.append(f"protein QC skipped: {int((ppos < 0).sum())} cells lack antibodies")
+        else:
+            pc = sp.csr_matrix(prot.layers["counts"] if "counts" in prot.layers else prot.X)
+            pc = pc[ppos]
+            isotype = (
+                prot.var["isotype"].to_numpy(bool)
+                if "isotype" in prot.var
+                else np.zeros(prot.n_vars, bool)
+            )
+            pm, zero = protein_metrics(pc, isotype)
+            if zero.all():
+                notes.append("protein QC skipped: every antibody has zero counts")
+            else:
+                if zero.any():
+                    names = list(prot.var_names[zero])
+                    shown = ", ".join(names[:_MAX_NAMED])
+                    more = f" and {len(names) - _MAX_NAMED} more" if len(names) > _MAX_NAMED else ""
+                    warnings.warn(
+                        f"sample '{sample}': {len(names)} antibodies with no counts ignored "
+                        f"by protein QC: {shown}{more}",
+                        QCWarning,
+                        stacklevel=2,
+                    )
+                    notes.append(f"{len(names)} all-zero antibodies ignored")
+                m[pm.columns] = pm.to_numpy()
+                prot_counts = pc[:, np.flatnonzero(~isotype & ~zero)]
+    else:
+        notes.append("protein QC skipped: no protein data")
+    if prot_counts is None:
+        for column in ("prot_umis", "prot_n", "pct_isotype"):
+            m[column] = np.nan
+        if "no protein data" in " ".join(notes):
+            warnings.warn(
+                f"sample '{sample}': no protein data, protein QC skipped", QCWarning, stacklevel=2
+            )
+
+    flags: dict[str, np.ndarray] = {}
+    flags["red_cell"] = m["pct_hb"].to_numpy() >= p["hb_max_pct"]
+    flags["platelet"] = m["pct_platelet"].to_numpy() >= p["platelet_max_pct"]
+    flags["low_quality"], flags["large_library"], cuts = _rna_flags(m, p, blood)
+    before = ~(
+        flags["red_cell"] | flags["platelet"] | flags["low_quality"] | flags["large_library"]
+    )
+
+    score = np.full(n, np.nan)
+    flags["doublet"] = np.zeros(n, bool)
+    rows = np.flatnonzero(before)
+    result = call_doublets(
+        rna_counts[rows],
+        None if prot_counts is None else prot_counts[rows],
+        method=p["doublet_method"],
+        min_cells=int(p["doublet_min_cells"]),
+        seed=int(p["seed"]),
+    )
+    score[rows] = result.score
+    flags["doublet"][rows] = result.called
+    if result.note:
+        notes.append(f"doublets: {result.note}")
+        if p["doublet_method"] != "none":
+            warnings.warn(
+                f"sample '{sample}': doublet calling skipped ({result.note}); "
+                "doublet_score is NaN and no cell is removed as a doublet",
+                QCWarning,
+                stacklevel=2,
+            )
+
+    if prot_counts is not None:
+        flags["no_protein"], flags["isotype_high"], pcuts = _protein_flags(m, p, rows)
+    else:
+        pcuts = {"prot_umis_min": float("nan"), "isotype_max": float("nan")}
+        flags["no_protein"] = np.zeros(n, bool)
+        flags["isotype_high"] = np.zeros(n, bool)
+
+    reason = _first_reason(flags, n)
+    m["doublet_score"] = score
+    m["qc_pass"] = reason == ""
+    m["qc_reason"] = reason.astype(str)
+    cells_out = int(m["qc_pass"].sum())
+    if cells_out == 0:
+        warnings.warn(
+            f"sample '{sample}': no cell passes QC ({n} cells in)", QCWarning, stacklevel=2
+        )
+    row: dict[str, Any] = {
+        "sample_id": sample,
+        "tissue": tissue,
+        "mode": p["mode"],
+        "cells_in": n,
+    }
+    counts = pd.Series(reason).value_counts()
+    for name in REASONS:
+        row[f"removed_{name}"] = int(counts.get(name, 0))
+    row["cells_out"] = cells_out
+    row |= cuts
+    row |= {"hb_max": float(p["hb_max_pct"]), "platelet_max": float(p["platelet_max_pct"])}
+    row |= pcuts
+    row["doublet_threshold"] = result.threshold
+    row["doublet_method"] = result.method
+    row["notes"] = "; ".join(notes)
+    return m, row
+
+
+def run_qc(mdata: MuData, **params: Any) -> pd.DataFrame:
+    """Quality control of every sample of a cohort, one sample at a time.
+
+    Parameters
+    ----------
+    mdata
+        Cohort object with ``obs["sample_id"]`` (and ``tissue``), modalities ``rna`` and
+        optionally ``prot`` (see `qc_sample`). Changed in place: ``obs`` receives the
+        `METRICS`, ``doublet_score``, ``qc_pass`` and ``qc_reason`` of every cell.
+    **params
+        Passed to `qc_sample` (same for every sample; ``seed`` too).
+
+    Returns
+    -------
+    The QC table: one row per sample (`qc_sample`'s row), in the order samples first
+    appear in ``obs``; the pipeline writes it to ``tables/qc.csv``.
+
+    Raises
+    ------
+    InputError
+        No ``sample_id`` column in ``obs``, or as in `qc_sample`.
+    """
+    _check_params(params)
+    if "sample_id" not in mdata.obs:
+        raise InputError(
+            "obs has no 'sample_id' column",
+            column="sample_id",
+            hint="read the cohort with sccohort.read_cohort or add obs['sample_id']",
+        )
+    sample_ids = mdata.obs["sample_id"].astype(str)
+    frames, rows = [], []
+    for sample in pd.unique(sample_ids):
+        mask = (sample_ids == sample).to_numpy()
+        frame, row = qc_sample(mdata[mask], **params)
+        frames.append(frame)
+        rows.append(row)
+    result = pd.concat(frames).reindex(mdata.obs_names)
+    for column in result.columns:
+        mdata.obs[column] = result[column].to_numpy()
+    return pd.DataFrame(rows)
