@@ -328,3 +328,25 @@ def test_protein_evidence_helps_doublet_calls(simulated):
 
     assert f1(both.called) >= f1(rna_only.called) - 0.02
     assert f1(both.called) > 0.75
+
+
+def test_doublet_calls_on_real_cells_stay_near_the_expected_rate():
+    from pathlib import Path
+
+    from sccohort.io.read import read_sample
+    from sccohort.pp.doublets import expected_max_rate
+
+    path = Path(__file__).resolve().parents[2] / "shared/data/eccite_pbmc/eccite_control_500.h5mu"
+    if not path.is_file():
+        pytest.skip(f"real ECCITE data not found at {path}")
+    mdata = read_sample(path, "ctrl")
+    prot = mdata.mod["prot"]
+    result = call_doublets(
+        mdata.mod["rna"].layers["counts"], prot.layers["counts"][:, ~prot.var["isotype"].to_numpy()]
+    )
+    assert 0 < result.called.mean() <= expected_max_rate(500)
+    # hashtag doublets (two hashtags of one cell) are the only truth on real cells
+    hto = mdata.mod["hto"].layers["counts"].toarray().astype(float)
+    hashtag_doublet = np.sort(hto, axis=1)[:, -2] / hto.sum(axis=1).clip(1) > 0.2
+    precision = (result.called & hashtag_doublet).sum() / result.called.sum()
+    assert precision >= 4 * hashtag_doublet.mean()  # >= 4x enrichment over the base rate
