@@ -1,0 +1,1 @@
+"""Cohort-level cell tools: neighbourhood graphs, clustering and embeddings."""
