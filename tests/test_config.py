@@ -114,7 +114,21 @@ def test_defaults_filled_in_and_paths_relative_to_toml(tmp_path: Path) -> None:
         "inputs": {"samples": str(tmp_path / "data" / "s.csv"), "clinical": None},
         "run": {"seed": 0, "primary_timepoint": "baseline", "primary_tissue": "blood"},
         "clinical": {"types": {}},
+        "qc": d["qc"],
+        "normalize": {"target_sum": 1e4, "protein": "auto"},
+        "embedding": d["embedding"],
         "contrasts": {},
+    }
+    assert d["qc"]["mode"] == "adaptive" and d["embedding"]["n_neighbors"] == 20
+
+
+def test_qc_section_defaults_are_the_qc_functions_defaults() -> None:
+    from sccohort.config import QcSection
+    from sccohort.pp.qc import DEFAULTS
+
+    section = QcSection()
+    assert {k: getattr(section, k) for k in vars(section)} == {
+        k: DEFAULTS[k] for k in vars(section)
     }
 
 

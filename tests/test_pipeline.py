@@ -35,6 +35,12 @@ def _features() -> pd.DataFrame:
     )
 
 
+@pytest.fixture(autouse=True)
+def light_stages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mechanics are tested on the first two stages (tiny data cannot be embedded)."""
+    monkeypatch.setattr(pipeline, "STAGES", pipeline.STAGES[:2])
+
+
 @pytest.fixture
 def cohort_dir(tmp_path: Path) -> Path:
     """Four donors, one sample each, small random counts, a config with one contrast."""

@@ -95,6 +95,61 @@ class ClinicalSection:
     types: dict[str, Literal["binary", "categorical", "continuous"]] = field(default_factory=dict)
 
 
+@config_section("qc")
+@dataclass
+class QcSection:
+    """``[qc]``: per-sample quality control (:mod:`sccohort.pp.qc` documents each key).
+
+    ``mode = "study"`` applies the reference study's fixed thresholds (mito < 20 %, < 40 %
+    in tissue; 200 < genes < 5,000); ``"adaptive"`` (default) uses per-sample MAD bounds.
+    """
+
+    mode: Literal["adaptive", "study"] = "adaptive"
+    nmads: float = 5.0
+    min_genes: int = 100
+    mito_floor_pct: float = 10.0
+    mito_ceiling_pct: float = 25.0
+    mito_ceiling_tissue_pct: float = 50.0
+    hb_max_pct: float = 10.0
+    platelet_max_pct: float = 5.0
+    min_prot_umis: float = 10.0
+    isotype_min_pct: float = 2.0
+    doublet_method: Literal["cite", "scrublet", "none"] = "cite"
+
+
+@config_section("normalize")
+@dataclass
+class NormalizeSection:
+    """``[normalize]``: RNA total-count + log1p; protein CLR (Seurat margin 2) or dsb.
+
+    ``protein = "auto"`` uses dsb when every sample sheet row has a ``raw_path`` (the
+    empty droplets dsb needs), else CLR.
+    """
+
+    target_sum: float = 1e4
+    protein: Literal["auto", "clr", "dsb"] = "auto"
+
+
+@config_section("embedding")
+@dataclass
+class EmbeddingSection:
+    """``[embedding]``: HVGs, PCA, Harmony, the WNN graph, Leiden and UMAP.
+
+    Defaults follow Seurat's WNN workflow (20 neighbours, 30 RNA PCs) and the study's
+    clustering resolution (0.5); ``n_pcs_prot = 0`` means min(antibodies - 1, 30).
+    ``harmony_key`` names the ``obs`` column Harmony corrects (``"sample_id"`` or
+    ``"batch"``; ``""`` switches Harmony off).
+    """
+
+    n_top_genes: int = 2000
+    n_pcs: int = 30
+    n_pcs_prot: int = 0
+    harmony_key: str = "sample_id"
+    n_neighbors: int = 20
+    resolution: float = 0.5
+    umap_max_cells: int = 200_000
+
+
 @dataclass
 class Config:
     """A validated configuration.

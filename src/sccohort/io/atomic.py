@@ -32,9 +32,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def write_csv(frame: pd.DataFrame, path: str | Path, *, index: bool = False) -> Path:
-    """Write a DataFrame as CSV atomically; returns ``path``."""
+    """Write a DataFrame as CSV atomically (gzip when ``path`` ends in .gz); returns ``path``.
+
+    Gzip output carries no timestamp, so equal tables give byte-identical files.
+    """
+    compression = {"method": "gzip", "mtime": 0} if str(path).endswith(".gz") else None
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=index, lineterminator="\n")
+        frame.to_csv(tmp, index=index, lineterminator="\n", compression=compression)
     return Path(path)
 
 

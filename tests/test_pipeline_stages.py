@@ -1,0 +1,81 @@
+"""The whole pipeline on a small simulated cohort: QC, normalisation, WNN embedding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mudata
+import numpy as np
+import pandas as pd
+import pytest
+
+from sccohort import pipeline
+from sccohort.config import load_config
+from sccohort.simulate import simulate_cohort
+from sccohort.tl.metrics import ari, ilisi
+
+DONORS = ["SSc1", "SSc2", "SSc3", "SSc5", "HD1", "HD2", "HD3", "HD4"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("stages")
+    cohort = simulate_cohort(
+        root / "cohort", design="paper", cells_per_donor=400, seed=11, donors=DONORS, n_empty=300
+    )
+    (cohort / "sccohort.toml").write_text(
+        '[inputs]\nsamples = "samples.csv"\nclinical = "clinical.csv"\n\n[run]\nseed = 5\n\n'
+        '[contrasts.SSc_vs_HD]\nvariable = "group"\ncase = "SSc"\ncontrol = "HD"\n'
+    )
+    with pytest.warns(UserWarning):  # clinical donors without samples
+        pipeline.run_pipeline(load_config(cohort / "sccohort.toml"), root / "out")
+    return root
+
+
+def test_qc_tables_and_removed_cells_match_the_truth(run_dir: Path) -> None:
+    out = run_dir / "out"
+    table = pd.read_csv(out / "tables" / "qc.csv")
+    cells = pd.read_csv(out / "tables" / "qc_cells.csv.gz", index_col="cell_id")
+    truth = pd.read_csv(run_dir / "cohort" / "truth" / "cells.csv.gz", index_col="cell_id")
+    assert len(table) == len(DONORS)
+    assert (table["cells_in"] - table["cells_out"]).sum() == (~cells["qc_pass"]).sum()
+    assert sorted(cells.index) == sorted(truth.index)
+    truth = truth.loc[cells.index]
+    bad = truth["doublet"] | truth["low_quality"] | truth["contaminant"].fillna("").ne("")
+    assert (~cells.loc[truth["low_quality"], "qc_pass"]).mean() >= 0.9
+    assert cells.loc[~bad, "qc_pass"].mean() >= 0.98
+
+    cohort = mudata.read_h5mu(out / "cohort.h5mu")
+    assert cohort.obs["qc_pass"].all()
+    assert cohort.n_obs == int(table["cells_out"].sum())
+
+
+def test_cohort_object_carries_the_embedding(run_dir: Path) -> None:
+    cohort = mudata.read_h5mu(run_dir / "out" / "cohort.h5mu")
+    n = cohort.n_obs
+    for key, dims in (("X_pca", 30), ("X_harmony", 30), ("X_umap", 2)):
+        assert cohort.obsm[key].shape == (n, dims) and np.isfinite(cohort.obsm[key]).all()
+    assert cohort.obsm["X_pca_prot"].shape[0] == n
+    assert cohort.obsm["X_harmony_prot"].shape == cohort.obsm["X_pca_prot"].shape
+    graph = cohort.obsp["wnn_connectivities"]
+    assert graph.shape == (n, n) and graph.nnz > 0
+    weights = cohort.obs[["rna_weight", "prot_weight"]].to_numpy()
+    assert np.allclose(weights.sum(axis=1), 1.0) and ((weights >= 0) & (weights <= 1)).all()
+    assert 0.1 < weights[:, 0].mean() < 0.9
+    assert cohort.obs["leiden"].nunique() >= 5
+    assert cohort.mod["prot"].uns["normalization"]["method"] == "dsb"  # raw droplets exist
+    rna = cohort.mod["rna"]
+    assert rna.layers["counts"].dtype.kind in "iu"
+    sums = np.expm1(rna.X[:20].toarray()).sum(axis=1)
+    assert np.allclose(sums, 1e4, rtol=1e-3)
+
+
+def test_harmony_mixes_samples_and_wnn_clusters_find_cell_types(run_dir: Path) -> None:
+    cohort = mudata.read_h5mu(run_dir / "out" / "cohort.h5mu")
+    truth = pd.read_csv(run_dir / "cohort" / "truth" / "cells.csv.gz", index_col="cell_id")
+    truth = truth.loc[cohort.obs_names]
+    batch = cohort.obs["batch"].astype(str).to_numpy()
+    before = ilisi(cohort.obsm["X_pca"], batch)
+    after = ilisi(cohort.obsm["X_harmony"], batch)
+    assert after > before
+    assert ari(cohort.obs["leiden"].to_numpy(), truth["l2"].to_numpy()) >= 0.8
