@@ -1,0 +1,725 @@
+"""Weighted nearest neighbours (WNN) of Hao et al. 2021, with Seurat 4.3 defaults.
+
+The algorithm follows the STAR Methods of Hao et al., Cell 2021 ("Weighted nearest neighbor
+analysis") as Seurat 4.3 ``FindMultiModalNeighbors`` runs it:
+
+1. L2-normalise each modality's embedding per cell.
+2. Per modality, find each cell's ``n_neighbors`` nearest neighbours (the cell itself first).
+3. Predict each cell from the mean of its neighbours (self excluded) found in the same modality
+   ("within") and in each other modality ("cross"); distance of the cell to each prediction,
+   minus the distance to its nearest other cell, clipped at 0.
+4. Per-cell kernel width: mean distance to the ``n_neighbors`` farthest cells among those with
+   the smallest non-zero Jaccard overlap of neighbour sets (Seurat's SNN width).
+5. Score = exp(-within/width) / (exp(-cross/width) + cross_constant), clipped to [0, 200];
+   modality weights = softmax of the scores over modalities.
+6. Candidates = union of each modality's ``knn_range`` nearest neighbours (self excluded);
+   affinity = sum over modalities of weight * exp(-(distance - nearest) / width); the
+   ``n_neighbors`` candidates of highest affinity are the WNN neighbours, at distance
+   sqrt((1 - affinity) / 2).
+7. The shared-nearest-neighbour graph (Jaccard, pruned below ``prune_snn``) and a UMAP fuzzy
+   connectivity graph are built from the WNN neighbours.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numba
+import numpy as np
+from scipy import sparse
+
+from sccohort.errors import InputError
+
+__all__ = ["WNNInputError", "WNNResult", "wnn", "wnn_graph"]
+
+_EXACT_MAX_CELLS = 20_000
+
+
+class WNNInputError(InputError, ValueError):
+    """Bad embeddings given to WNN (also a ``ValueError``)."""
+
+
+@dataclass(frozen=True)
+class WNNResult:
+    """Output of :func:`wnn_graph` for ``n`` cells and ``M`` modalities.
+
+    Attributes
+    ----------
+    modalities
+        Modality names, in the column order of ``weights`` and ``bandwidths``.
+    weights
+        ``(n, M)`` per-cell modality weights; each row sums to 1.
+    knn_indices
+        ``(n, k)`` WNN neighbours of each cell (itself excluded), highest affinity first.
+    knn_distances
+        ``(n, k)`` WNN distances ``sqrt((1 - affinity) / 2)``, ascending.
+    connectivities
+        ``(n, n)`` CSR, symmetric UMAP fuzzy-set weights of the WNN neighbours (scanpy's
+        ``connectivities``: for Leiden and UMAP).
+    distances
+        ``(n, n)`` CSR, the WNN distances of each cell's ``k`` neighbours (scanpy's ``distances``).
+    snn
+        ``(n, n)`` CSR, Seurat's ``wsnn`` graph: Jaccard overlap of WNN neighbour sets, entries
+        below ``prune_snn`` removed, diagonal 1.
+    bandwidths
+        ``(n, M)`` per-cell kernel widths of each modality.
+    params
+        The parameters used.
+    """
+
+    modalities: tuple[str, ...]
+    weights: np.ndarray
+    knn_indices: np.ndarray
+    knn_distances: np.ndarray
+    connectivities: sparse.csr_matrix
+    distances: sparse.csr_matrix
+    snn: sparse.csr_matrix
+    bandwidths: np.ndarray
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# nearest neighbours within one modality
+# ---------------------------------------------------------------------------------------------
+
+
+def _knn_exact(x: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
+    """Exact ``k`` nearest other cells of each row of L2-normalised ``x``; ``(n, k)`` int64."""
+    n = x.shape[0]
+    out = np.empty((n, k), dtype=np.int64)
+    xt = np.ascontiguousarray(x.T)
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        d = -(x[start:stop] @ xt)  # rank by -cosine == rank by euclidean on the unit sphere
+        d[np.arange(stop - start), np.arange(start, stop)] = np.inf
+        part = np.argpartition(d, k - 1, axis=1)[:, :k]
+        order = np.argsort(np.take_along_axis(d, part, axis=1), axis=1, kind="stable")
+        out[start:stop] = np.take_along_axis(part, order, axis=1)
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _ivf_search(x, order, starts, probes, k):  # pragma: no cover - numba
+    n = x.shape[0]
+    d = x.shape[1]
+    out = np.empty((n, k), dtype=np.int64)
+    n_probe = probes.shape[1]
+    for i in numba.prange(n):
+        total = 0
+        for p in range(n_probe):
+            c = probes[i, p]
+            total += starts[c + 1] - starts[c]
+        cand = np.empty(total, dtype=np.int64)
+        dist = np.empty(total, dtype=np.float32)
+        m = 0
+        for p in range(n_probe):
+            c = probes[i, p]
+            for t in range(starts[c], starts[c + 1]):
+                j = order[t]
+                s = np.float32(0.0)
+                for q in range(d):
+                    s += x[i, q] * x[j, q]
+                cand[m] = j
+                dist[m] = np.inf if j == i else -s
+                m += 1
+        kk = min(k, total)
+        sel = np.argsort(dist, kind="mergesort")[:kk]
+        for t in range(kk):
+            out[i, t] = cand[sel[t]]
+        for t in range(kk, k):
+            out[i, t] = out[i, kk - 1] if kk > 0 else i
+    return out
+
+
+def _kmeans_centroids(x: np.ndarray, n_lists: int, rng: np.random.Generator) -> np.ndarray:
+    """Spherical k-means centroids (Lloyd, 10 rounds) of a sample of ``x``."""
+    n = x.shape[0]
+    sample = x[rng.choice(n, size=min(n, 40 * n_lists), replace=False)]
+    cent = sample[rng.choice(sample.shape[0], size=n_lists, replace=False)].copy()
+    for _ in range(10):
+        label = np.argmax(sample @ cent.T, axis=1)
+        sums = np.zeros_like(cent)
+        np.add.at(sums, label, sample)
+        counts = np.bincount(label, minlength=n_lists)
+        empty = counts == 0
+        sums[empty] = sample[rng.choice(sample.shape[0], size=int(empty.sum()), replace=False)]
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        cent = (sums / np.maximum(norms, 1e-12)).astype(x.dtype)
+    return cent
+
+
+def _knn_ivf(x: np.ndarray, k: int, rng: np.random.Generator, n_probe: int = 12) -> np.ndarray:
+    """Approximate ``k`` nearest other cells (inverted file over spherical k-means lists)."""
+    n = x.shape[0]
+    n_lists = int(np.clip(round(2 * np.sqrt(n)), 16, 4096))
+    cent = _kmeans_centroids(x, n_lists, rng)
+    n_probe = min(n_probe, n_lists)
+    probes = np.empty((n, n_probe), dtype=np.int64)
+    label = np.empty(n, dtype=np.int64)
+    for start in range(0, n, 8192):
+        sim = x[start : start + 8192] @ cent.T
+        probes[start : start + 8192] = np.argpartition(-sim, n_probe - 1, axis=1)[:, :n_probe]
+        label[start : start + 8192] = np.argmax(sim, axis=1)
+    order = np.argsort(label, kind="stable").astype(np.int64)
+    starts = np.zeros(n_lists + 1, dtype=np.int64)
+    np.cumsum(np.bincount(label, minlength=n_lists), out=starts[1:])
+    return _ivf_search(x, order, starts, probes, k)
+
+
+def _knn(x: np.ndarray, k: int, method: str, rng: np.random.Generator) -> np.ndarray:
+    if method == "exact" or (method == "auto" and x.shape[0] <= _EXACT_MAX_CELLS):
+        return _knn_exact(x, k)
+    return _knn_ivf(x, k, rng)
+
+
+# ---------------------------------------------------------------------------------------------
+# per-cell kernels (numba)
+# ---------------------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, inline="always")
+def _dist(x, i, j, lo, hi):  # pragma: no cover - numba
+    s = 0.0
+    for q in range(lo, hi):
+        t = x[i, q] - x[j, q]
+        s += t * t
+    return np.sqrt(s)
+
+
+@numba.njit(parallel=True, cache=True)
+def _nearest_dist(x, lo, hi, first):  # pragma: no cover - numba
+    n = x.shape[0]
+    out = np.empty(n)
+    for i in numba.prange(n):
+        out[i] = _dist(x, i, first[i], lo, hi)
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _impute_dist(x, lo, hi, nbrs, nearest):  # pragma: no cover - numba
+    """Distance of each cell to the mean of ``nbrs`` rows, minus ``nearest``, clipped at 0."""
+    n = x.shape[0]
+    kk = nbrs.shape[1]
+    out = np.empty(n)
+    for i in numba.prange(n):
+        s = 0.0
+        for q in range(lo, hi):
+            m = 0.0
+            for t in range(kk):
+                m += x[nbrs[i, t], q]
+            t2 = x[i, q] - m / kk
+            s += t2 * t2
+        out[i] = max(np.sqrt(s) - nearest[i], 0.0)
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _snn_width(x, lo, hi, nn, rev_ptr, rev_idx, nearest, n_far):  # pragma: no cover - numba
+    """Seurat's SNN kernel width of each cell.
+
+    ``nn`` (n, k) holds each cell's neighbours, itself included. Among the cells sharing at least
+    one neighbour with cell i, take those with the ``n_far`` smallest Jaccard overlaps (all ties
+    of the last one included) and average the ``n_far`` largest of their distances to cell i.
+    """
+    n, k = nn.shape
+    out = np.empty(n)
+    n_chunks = min(n, 64)
+    for ch in numba.prange(n_chunks):
+        count = np.zeros(n, dtype=np.int32)
+        for i in range(ch, n, n_chunks):
+            size = 0
+            for a in range(k):
+                c = nn[i, a]
+                size += rev_ptr[c + 1] - rev_ptr[c]
+            touched = np.empty(size, dtype=np.int64)
+            m = 0
+            for a in range(k):
+                c = nn[i, a]
+                for t in range(rev_ptr[c], rev_ptr[c + 1]):
+                    j = rev_idx[t]
+                    if count[j] == 0:
+                        touched[m] = j
+                        m += 1
+                    count[j] += 1
+            vals = np.empty(m)
+            for t in range(m):
+                s = count[touched[t]]
+                vals[t] = s / (k + (k - s))
+            n_i = min(n_far, m)
+            srt = np.sort(vals)
+            cut = srt[n_i - 1]
+            dists = np.empty(m)
+            nd = 0
+            for t in range(m):
+                if vals[t] <= cut:
+                    dists[nd] = max(_dist(x, i, touched[t], lo, hi) - nearest[i], 0.0)
+                    nd += 1
+            dsel = np.sort(dists[:nd])
+            total = 0.0
+            for t in range(nd - n_i, nd):
+                total += dsel[t]
+            out[i] = total / n_i
+            for t in range(m):
+                count[touched[t]] = 0
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _weighted_select(x, bounds, cand, weights, sigma, nearest, k):  # pragma: no cover - numba
+    """WNN neighbours of each cell among its candidates: ``(indices, affinities)``, (n, k)."""
+    n = x.shape[0]
+    n_mod = bounds.shape[0] - 1
+    out_idx = np.empty((n, k), dtype=np.int64)
+    out_aff = np.empty((n, k))
+    for i in numba.prange(n):
+        row = cand[i]
+        srt = np.argsort(row, kind="mergesort")
+        keep = np.ones(row.shape[0], dtype=np.bool_)
+        for t in range(1, row.shape[0]):
+            if row[srt[t]] == row[srt[t - 1]]:
+                keep[srt[t]] = False  # stable sort: the first occurrence is kept
+        uniq = row[keep]
+        aff = np.zeros(uniq.shape[0])
+        for t in range(uniq.shape[0]):
+            j = uniq[t]
+            for r in range(n_mod):
+                dd = max(_dist(x, i, j, bounds[r], bounds[r + 1]) - nearest[i, r], 0.0)
+                aff[t] += weights[i, r] * np.exp(-dd / sigma[i, r])
+        order = np.argsort(-aff, kind="mergesort")
+        for t in range(k):
+            out_idx[i, t] = uniq[order[t]]
+            out_aff[i, t] = aff[order[t]]
+    return out_idx, out_aff
+
+
+@numba.njit(parallel=True, cache=True)
+def _snn_rows(nn, rev_ptr, rev_idx, prune, fill, indptr, indices, data):  # pragma: no cover
+    """Jaccard SNN of neighbour lists ``nn``: row nnz counts (``fill=False``) or CSR entries."""
+    n, k = nn.shape
+    nnz = np.zeros(n, dtype=np.int64)
+    n_chunks = min(n, 64)
+    for ch in numba.prange(n_chunks):
+        count = np.zeros(n, dtype=np.int32)
+        for i in range(ch, n, n_chunks):
+            size = 0
+            for a in range(k):
+                c = nn[i, a]
+                size += rev_ptr[c + 1] - rev_ptr[c]
+            touched = np.empty(size, dtype=np.int64)
+            m = 0
+            for a in range(k):
+                c = nn[i, a]
+                for t in range(rev_ptr[c], rev_ptr[c + 1]):
+                    j = rev_idx[t]
+                    if count[j] == 0:
+                        touched[m] = j
+                        m += 1
+                    count[j] += 1
+            kept = 0
+            touched_sorted = np.sort(touched[:m])
+            for t in range(m):
+                j = touched_sorted[t]
+                s = count[j]
+                v = s / (k + (k - s))
+                if v >= prune:
+                    if fill:
+                        indices[indptr[i] + kept] = j
+                        data[indptr[i] + kept] = v
+                    kept += 1
+            nnz[i] = kept
+            for t in range(m):
+                count[touched[t]] = 0
+    return nnz
+
+
+def _reverse_lists(nn: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each cell c, the rows whose neighbour list holds c (CSR pointer, indices)."""
+    flat = nn.ravel()
+    order = np.argsort(flat, kind="stable")
+    rev_idx = (order // nn.shape[1]).astype(np.int64)
+    rev_ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(flat, minlength=n), out=rev_ptr[1:])
+    return rev_ptr, rev_idx
+
+
+def _snn_graph(nn: np.ndarray, prune: float) -> sparse.csr_matrix:
+    """Seurat ``ComputeSNN``: Jaccard overlap s / (2k - s) of neighbour rows, pruned."""
+    n = nn.shape[0]
+    rev_ptr, rev_idx = _reverse_lists(nn, n)
+    dummy_i = np.zeros(1, dtype=np.int64)
+    dummy_f = np.zeros(1)
+    nnz = _snn_rows(nn, rev_ptr, rev_idx, prune, False, dummy_i, dummy_i, dummy_f)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(nnz, out=indptr[1:])
+    indices = np.empty(indptr[-1], dtype=np.int64)
+    data = np.empty(indptr[-1])
+    _snn_rows(nn, rev_ptr, rev_idx, prune, True, indptr, indices, data)
+    return sparse.csr_matrix((data, indices.astype(np.int32), indptr), shape=(n, n))
+
+
+@numba.njit(cache=True)
+def _fuzzy_weights(dist):  # pragma: no cover - numba
+    """UMAP membership strengths of kNN rows ``dist`` (n, k+1), the cell itself in column 0.
+
+    As ``umap.umap_.smooth_knn_dist`` with ``local_connectivity=1``: rho is the nearest non-zero
+    distance, sigma solves sum_j exp(-(d_j - rho) / sigma) = log2(k + 1) by bisection.
+    """
+    n, k1 = dist.shape
+    target = np.log2(k1)
+    mean_all = dist.mean()
+    out = np.zeros((n, k1))
+    for i in range(n):
+        rho = 0.0
+        for j in range(k1):
+            if dist[i, j] > 0.0:
+                rho = dist[i, j]
+                break
+        lo, hi, mid = 0.0, np.inf, 1.0
+        for _ in range(64):
+            psum = 0.0
+            for j in range(1, k1):
+                d = dist[i, j] - rho
+                psum += np.exp(-(d / mid)) if d > 0 else 1.0
+            if abs(psum - target) < 1e-5:
+                break
+            if psum > target:
+                hi = mid
+                mid = (lo + hi) / 2.0
+            else:
+                lo = mid
+                mid = mid * 2 if hi == np.inf else (lo + hi) / 2.0
+        row_mean = dist[i].mean()
+        floor = 1e-3 * (row_mean if rho > 0.0 else mean_all)
+        sigma = max(mid, floor)
+        for j in range(1, k1):
+            d = dist[i, j] - rho
+            out[i, j] = 1.0 if d <= 0.0 or sigma == 0.0 else np.exp(-(d / sigma))
+    return out
+
+
+def _umap_connectivities(knn_indices: np.ndarray, knn_distances: np.ndarray) -> sparse.csr_matrix:
+    """UMAP fuzzy-union graph of a kNN graph, as scanpy ``neighbors`` computes it.
+
+    ``knn_indices`` / ``knn_distances`` are ``(n, k)`` without the cell itself; the result is
+    the ``(n, n)`` CSR matrix P + P.T - P * P.T of UMAP's membership strengths P.
+    """
+    n, k = knn_indices.shape
+    dist = np.hstack([np.zeros((n, 1)), knn_distances.astype(np.float64)])
+    strength = _fuzzy_weights(np.ascontiguousarray(dist))[:, 1:]
+    rows = np.repeat(np.arange(n), k)
+    p = sparse.csr_matrix((strength.ravel(), (rows, knn_indices.ravel())), shape=(n, n))
+    pt = p.T.tocsr()
+    graph = (p + pt - p.multiply(pt)).tocsr()
+    graph.eliminate_zeros()
+    graph.sort_indices()
+    return graph
+
+
+def _distance_matrix(knn_indices: np.ndarray, knn_distances: np.ndarray) -> sparse.csr_matrix:
+    n, k = knn_indices.shape
+    indptr = np.arange(0, n * k + 1, k, dtype=np.int64)
+    mat = sparse.csr_matrix(
+        (knn_distances.ravel().astype(np.float64), knn_indices.ravel(), indptr), shape=(n, n)
+    )
+    mat.sort_indices()
+    return mat
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_embeddings(embeddings: Mapping[str, Any], n_neighbors: int) -> dict[str, np.ndarray]:
+    if not isinstance(embeddings, Mapping) or len(embeddings) < 2:
+        raise WNNInputError(
+            "WNN needs embeddings of at least two modalities",
+            hint="pass a dict such as {'rna': rna_pcs, 'prot': prot_pcs}",
+        )
+    out: dict[str, np.ndarray] = {}
+    n_cells = None
+    for name, emb in embeddings.items():
+        arr = np.asarray(emb)
+        if arr.ndim != 2 or arr.shape[1] < 1 or not np.issubdtype(arr.dtype, np.number):
+            raise WNNInputError(
+                f"the embedding must be a numeric cells x dimensions matrix, got shape "
+                f"{arr.shape} of {arr.dtype}",
+                key=str(name),
+            )
+        if n_cells is None:
+            n_cells, first = arr.shape[0], name
+        elif arr.shape[0] != n_cells:
+            raise WNNInputError(
+                f"the embedding has {arr.shape[0]} cells but '{first}' has {n_cells}",
+                key=str(name),
+                hint="give every modality the same cells in the same order",
+            )
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            row = int(np.argwhere(bad.any(axis=1))[0, 0])
+            raise WNNInputError(
+                f"the embedding has {int(bad.sum())} NaN or infinite values (first in cell {row})",
+                key=str(name),
+                hint="remove those cells or recompute the embedding",
+            )
+        arr = arr.astype(np.float64)
+        norms = np.linalg.norm(arr, axis=1)
+        if (norms == 0).any():
+            row = int(np.flatnonzero(norms == 0)[0])
+            raise WNNInputError(
+                f"{int((norms == 0).sum())} cells have an all-zero embedding (first: cell {row}), "
+                "which cannot be L2-normalised",
+                key=str(name),
+                hint="remove cells without signal in this modality",
+            )
+        out[str(name)] = arr / norms[:, None]
+    if n_cells <= n_neighbors:
+        raise WNNInputError(
+            f"WNN with n_neighbors={n_neighbors} needs more than {n_neighbors} cells, "
+            f"got {n_cells}",
+            hint="lower n_neighbors",
+        )
+    return out
+
+
+def wnn_graph(
+    embeddings: Mapping[str, np.ndarray],
+    *,
+    n_neighbors: int = 20,
+    knn_range: int = 200,
+    prune_snn: float = 1 / 15,
+    cross_constant: float = 1e-4,
+    sd_scale: float = 1.0,
+    knn_method: str = "auto",
+    random_state: int = 0,
+    n_jobs: int | None = None,
+) -> WNNResult:
+    """Weighted nearest-neighbour graph of several modalities (Hao et al. 2021; Seurat 4.3).
+
+    Parameters
+    ----------
+    embeddings
+        Modality name -> ``(n_cells, d_m)`` embedding (e.g. PCs), the same cells in the same
+        order in every modality; at least two modalities.
+    n_neighbors
+        Neighbours per cell, in each modality and in the WNN graph (Seurat ``k.nn``).
+    knn_range
+        Nearest neighbours per modality whose union are the WNN candidates (``knn.range``).
+    prune_snn
+        SNN edges with a Jaccard overlap below this are removed (``prune.SNN``).
+    cross_constant
+        Added to the cross-modality kernel to avoid dividing by zero (``cross.contant.list``).
+    sd_scale
+        Scale of the kernel widths (``sd.scale``).
+    knn_method
+        ``"exact"`` (blocked brute force), ``"ivf"`` (approximate: k-means inverted lists,
+        for many cells) or ``"auto"`` (exact up to 20,000 cells).
+    random_state
+        Seed of the approximate search's k-means; the result is deterministic for a seed.
+    n_jobs
+        Threads for the per-cell work; default: all numba threads.
+
+    Returns
+    -------
+    WNNResult
+        Weights ``(n, M)``, WNN neighbours and distances ``(n, n_neighbors)``, and ``(n, n)``
+        connectivity, distance and SNN graphs.
+    """
+    if n_neighbors < 2:
+        raise WNNInputError(f"n_neighbors must be at least 2, got {n_neighbors}")
+    if knn_method not in {"auto", "exact", "ivf"}:
+        raise WNNInputError(
+            f"unknown knn_method '{knn_method}'", hint="use 'auto', 'exact' or 'ivf'"
+        )
+    if not 0 <= prune_snn < 1:
+        raise WNNInputError(f"prune_snn must be in [0, 1), got {prune_snn}")
+    normed = _check_embeddings(embeddings, n_neighbors)
+    names = tuple(normed)
+    n = next(iter(normed.values())).shape[0]
+    n_mod = len(names)
+    rng = np.random.default_rng(random_state)
+    range_k = int(min(max(knn_range, n_neighbors), n - 1))
+
+    old_threads = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(n_jobs or old_threads, os.cpu_count() or 1, old_threads)))
+    try:
+        x_all = np.ascontiguousarray(np.hstack([normed[m] for m in names]))
+        bounds = np.cumsum([0] + [normed[m].shape[1] for m in names]).astype(np.int64)
+
+        # neighbours per modality, the cell itself in column 0 (as Annoy returns it in Seurat)
+        self_col = np.arange(n, dtype=np.int64)[:, None]
+        knn_self = {}
+        for m in names:
+            others = _knn(normed[m].astype(np.float32), range_k, knn_method, rng)
+            knn_self[m] = np.hstack([self_col, others])
+        nearest = np.column_stack(
+            [
+                _nearest_dist(x_all, bounds[r], bounds[r + 1], knn_self[m][:, 1])
+                for r, m in enumerate(names)
+            ]
+        )
+
+        # within- and cross-modality prediction distances, kernel widths, scores, weights
+        small = {m: np.ascontiguousarray(knn_self[m][:, :n_neighbors]) for m in names}
+        sigma = np.empty((n, n_mod))
+        for r, m in enumerate(names):
+            rev_ptr, rev_idx = _reverse_lists(small[m], n)
+            sigma[:, r] = sd_scale * _snn_width(
+                x_all, bounds[r], bounds[r + 1], small[m], rev_ptr, rev_idx, nearest[:, r],
+                n_neighbors,
+            )  # fmt: skip
+        exp_score_sum = np.zeros((n, n_mod))
+        for r, m in enumerate(names):
+            lo, hi = bounds[r], bounds[r + 1]
+            within = _impute_dist(x_all, lo, hi, small[m][:, 1:], nearest[:, r])
+            k_within = np.exp(-within / sigma[:, r])
+            for m2 in names:
+                if m2 == m:
+                    continue
+                cross = _impute_dist(x_all, lo, hi, small[m2][:, 1:], nearest[:, r])
+                k_cross = np.exp(-cross / sigma[:, r])
+                score = np.clip(k_within / (k_cross + cross_constant), 0.0, 200.0)
+                exp_score_sum[:, r] += np.exp(score)
+        weights = exp_score_sum / exp_score_sum.sum(axis=1, keepdims=True)
+
+        # WNN neighbours among the union of each modality's knn_range neighbours
+        cand = np.ascontiguousarray(np.hstack([knn_self[m][:, 1:] for m in names]))
+        knn_idx, aff = _weighted_select(
+            x_all, bounds, cand, weights, sigma, nearest, int(n_neighbors)
+        )
+        knn_dist = np.sqrt(np.clip((1.0 - aff) / 2.0, 0.0, 1.0))
+
+        snn = _snn_graph(knn_idx, float(prune_snn))
+    finally:
+        numba.set_num_threads(old_threads)
+    conn = _umap_connectivities(knn_idx, knn_dist)
+    params = {
+        "method": "wnn",
+        "modalities": list(names),
+        "n_neighbors": int(n_neighbors),
+        "knn_range": int(knn_range),
+        "prune_snn": float(prune_snn),
+        "cross_constant": float(cross_constant),
+        "sd_scale": float(sd_scale),
+        "knn_method": knn_method,
+        "random_state": int(random_state),
+    }
+    return WNNResult(
+        modalities=names,
+        weights=weights,
+        knn_indices=knn_idx,
+        knn_distances=knn_dist,
+        connectivities=conn,
+        distances=_distance_matrix(knn_idx, knn_dist),
+        snn=snn,
+        bandwidths=sigma,
+        params=params,
+    )
+
+
+def _get_embedding(data: Any, modality: str, key: str) -> np.ndarray:
+    """``obsm[key]`` of a MuData (global, or of ``mod[modality]``) or of an AnnData."""
+    if key in data.obsm:
+        return np.asarray(data.obsm[key])
+    mods = getattr(data, "mod", None)
+    if mods is not None and modality in mods and key in mods[modality].obsm:
+        sub = mods[modality]
+        if sub.n_obs != data.n_obs or not sub.obs_names.equals(data.obs_names):
+            raise WNNInputError(
+                f"modality '{modality}' holds {sub.n_obs} cells, not the {data.n_obs} cells of "
+                "the MuData in the same order",
+                key=f"mod['{modality}'].obsm['{key}']",
+                hint="intersect the modalities first (mudata.pp.intersect_obs)",
+            )
+        return np.asarray(sub.obsm[key])
+    raise WNNInputError(
+        f"no embedding '{key}' for modality '{modality}'",
+        key=f"obsm['{key}']",
+        hint=f"compute it first (e.g. PCA) into obsm['{key}'] or mod['{modality}'].obsm",
+    )
+
+
+def wnn(
+    data: Any,
+    reps: Mapping[str, str] | None = None,
+    *,
+    n_dims: Mapping[str, int] | None = None,
+    n_neighbors: int = 20,
+    knn_range: int = 200,
+    prune_snn: float = 1 / 15,
+    cross_constant: float = 1e-4,
+    knn_method: str = "auto",
+    random_state: int = 0,
+    key_added: str = "wnn",
+    copy: bool = False,
+) -> Any:
+    """WNN graph of a MuData/AnnData, written as scanpy ``neighbors`` writes its graph.
+
+    Parameters
+    ----------
+    data
+        MuData (embeddings in global ``obsm`` or in ``mod[name].obsm``) or AnnData.
+    reps
+        Modality name -> ``obsm`` key of its ``(n_cells, d)`` embedding; default
+        ``{"rna": "X_pca", "prot": "X_pca_prot"}``.
+    n_dims
+        Modality name -> number of leading dimensions to use (default: all).
+    n_neighbors, knn_range, prune_snn, cross_constant, knn_method, random_state
+        As in :func:`wnn_graph`.
+    key_added
+        Writes ``obsp[f"{key_added}_connectivities"]``, ``obsp[f"{key_added}_distances"]``,
+        ``obsp[f"{key_added}_snn"]``, ``obsm[f"{key_added}_weights"]``, ``obs[f"{m}_weight"]``
+        per modality and ``uns[key_added]`` (so ``sc.tl.leiden(..., neighbors_key=key_added)``
+        and ``sc.tl.umap(..., neighbors_key=key_added)`` use it).
+    copy
+        Work on and return a copy instead of writing into ``data``.
+
+    Returns
+    -------
+    The copy if ``copy`` is true, else ``None``.
+    """
+    reps = dict(reps or {"rna": "X_pca", "prot": "X_pca_prot"})
+    data = data.copy() if copy else data
+    embeddings = {}
+    for modality, key in reps.items():
+        emb = _get_embedding(data, modality, key)
+        if n_dims and modality in n_dims:
+            if n_dims[modality] > emb.shape[1]:
+                raise WNNInputError(
+                    f"n_dims asks for {n_dims[modality]} dimensions but the embedding has "
+                    f"{emb.shape[1]}",
+                    key=f"obsm['{key}']",
+                )
+            emb = emb[:, : n_dims[modality]]
+        embeddings[modality] = emb
+    res = wnn_graph(
+        embeddings,
+        n_neighbors=n_neighbors,
+        knn_range=knn_range,
+        prune_snn=prune_snn,
+        cross_constant=cross_constant,
+        knn_method=knn_method,
+        random_state=random_state,
+    )
+    conn_key = f"{key_added}_connectivities"
+    dist_key = f"{key_added}_distances"
+    data.obsp[conn_key] = res.connectivities
+    data.obsp[dist_key] = res.distances
+    data.obsp[f"{key_added}_snn"] = res.snn
+    data.obsm[f"{key_added}_weights"] = res.weights
+    for r, modality in enumerate(res.modalities):
+        data.obs[f"{modality}_weight"] = res.weights[:, r]
+    params = dict(res.params)
+    # scanpy's name for how connectivities were made (UMAP fuzzy union), so sc.tl.umap accepts it
+    params.update(
+        reps={k: str(v) for k, v in reps.items()}, metric="euclidean", method="umap", graph="wnn"
+    )
+    data.uns[key_added] = {
+        "connectivities_key": conn_key,
+        "distances_key": dist_key,
+        "params": params,
+    }
+    return data if copy else None

@@ -1,0 +1,139 @@
+import anndata as ad
+import mudata as md
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+from sklearn.metrics import adjusted_rand_score
+from sklearn.neighbors import kneighbors_graph
+
+from sccohort.errors import InputError
+from sccohort.tl.wnn import WNNInputError, wnn, wnn_graph
+
+
+def two_modalities(n_per: int = 120, seed: int = 0):
+    """Four clusters: A separates 0 from 1 but not 2 from 3; B the reverse."""
+    rng = np.random.default_rng(seed)
+    truth = np.repeat(np.arange(4), n_per)
+    centre_a = rng.normal(size=(4, 10)) * 4
+    centre_a[3] = centre_a[2]
+    centre_b = rng.normal(size=(4, 8)) * 4
+    centre_b[1] = centre_b[0]
+    a = centre_a[truth] + rng.normal(size=(truth.size, 10))
+    b = centre_b[truth] + rng.normal(size=(truth.size, 8))
+    return a, b, truth
+
+
+@pytest.fixture(scope="module")
+def data():
+    a, b, truth = two_modalities()
+    return a, b, truth, wnn_graph({"a": a, "b": b})
+
+
+def leiden_labels(graph, resolution=0.5):
+    adata = ad.AnnData(np.zeros((graph.shape[0], 1), dtype=np.float32))
+    sc.tl.leiden(
+        adata, adjacency=graph, resolution=resolution, flavor="igraph", n_iterations=-1,
+        random_state=0,
+    )  # fmt: skip
+    return adata.obs["leiden"].to_numpy()
+
+
+def test_weights_favour_the_informative_modality(data):
+    _, _, truth, res = data
+    assert res.modalities == ("a", "b")
+    w_a = res.weights[:, 0]
+    assert np.median(w_a[truth <= 1]) > 0.9  # A alone separates clusters 0 and 1
+    assert np.median(w_a[truth >= 2]) < 0.1  # B alone separates clusters 2 and 3
+
+
+def test_weights_are_a_partition_of_one(data):
+    _, _, _, res = data
+    np.testing.assert_allclose(res.weights.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    # in (0, 1) mathematically; a weight of 1 - 1e-87 rounds to 1.0 in float64
+    assert (res.weights > 0).all() and (res.weights <= 1).all()
+    assert 0.05 < res.weights[:, 0].mean() < 0.95
+    assert (res.bandwidths > 0).all()
+
+
+def test_neighbours_graphs_are_consistent(data):
+    _, _, truth, res = data
+    n = truth.size
+    assert res.knn_indices.shape == (n, 20)
+    assert (res.knn_indices != np.arange(n)[:, None]).all()  # no cell is its own neighbour
+    assert (np.diff(res.knn_distances, axis=1) >= -1e-12).all()
+    # WNN neighbours stay within the true cluster although each modality merges two clusters
+    assert (truth[res.knn_indices] == truth[:, None]).mean() > 0.98
+    conn = res.connectivities
+    assert abs(conn - conn.T).max() < 1e-12 and conn.diagonal().max() == 0
+    assert conn.data.min() > 0 and conn.data.max() <= 1
+    snn = res.snn
+    np.testing.assert_allclose(snn.diagonal(), 1.0)
+    assert abs(snn - snn.T).max() < 1e-12 and snn.data.min() >= 1 / 15
+
+
+def test_leiden_on_wnn_recovers_clusters_no_single_modality_resolves(data):
+    a, b, truth, res = data
+    assert adjusted_rand_score(truth, leiden_labels(res.connectivities)) >= 0.9
+    assert adjusted_rand_score(truth, leiden_labels(res.snn)) >= 0.9
+    for single in (a, b):  # one modality alone: two of the four clusters stay merged
+        knn = kneighbors_graph(single, n_neighbors=20)
+        labels = leiden_labels(((knn + knn.T) > 0).astype(float).tocsr())
+        assert adjusted_rand_score(truth, labels) < 0.8
+
+
+def test_deterministic_for_a_seed_also_with_the_approximate_search():
+    a, b, _ = two_modalities(n_per=80, seed=3)
+    for method in ("exact", "ivf"):
+        r1 = wnn_graph({"a": a, "b": b}, knn_method=method, random_state=7)
+        r2 = wnn_graph({"a": a, "b": b}, knn_method=method, random_state=7)
+        np.testing.assert_array_equal(r1.weights, r2.weights)
+        np.testing.assert_array_equal(r1.knn_indices, r2.knn_indices)
+        assert (r1.snn != r2.snn).nnz == 0
+
+
+def test_approximate_search_agrees_with_exact():
+    a, b, _ = two_modalities(n_per=150, seed=5)
+    exact = wnn_graph({"a": a, "b": b}, knn_method="exact")
+    ivf = wnn_graph({"a": a, "b": b}, knn_method="ivf")
+    assert np.corrcoef(exact.weights[:, 0], ivf.weights[:, 0])[0, 1] > 0.98
+    pairs = zip(exact.knn_indices, ivf.knn_indices, strict=True)
+    same = [len(set(x) & set(y)) / 20 for x, y in pairs]
+    assert np.mean(same) > 0.9
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"a": np.ones((50, 3)), "b": np.ones((49, 3))}, "49 cells but 'a' has 50"),
+        ({"a": np.full((50, 3), np.nan), "b": np.ones((50, 3))}, "NaN or infinite"),
+        ({"a": np.ones((50, 3))}, "at least two modalities"),
+        ({"a": np.zeros((50, 3)), "b": np.ones((50, 3))}, "all-zero embedding"),
+        ({"a": np.ones((10, 3)), "b": np.ones((10, 3))}, "needs more than 20 cells"),
+    ],
+)
+def test_bad_input_raises_a_clear_error(bad, message):
+    with pytest.raises(ValueError, match=message) as err:
+        wnn_graph(bad)
+    assert isinstance(err.value, InputError) and err.type is WNNInputError
+
+
+def test_wrapper_writes_scanpy_neighbours_that_leiden_uses(data):
+    a, b, truth, res = data
+    obs = pd.DataFrame(index=[f"c{i}" for i in range(truth.size)])
+    rna = ad.AnnData(np.zeros((truth.size, 1), dtype=np.float32), obs=obs)
+    prot = ad.AnnData(np.zeros((truth.size, 1), dtype=np.float32), obs=obs.copy())
+    rna.obsm["X_pca"] = a
+    prot.obsm["X_pca_prot"] = b
+    mdata = md.MuData({"rna": rna, "prot": prot})
+    wnn(mdata)
+    np.testing.assert_allclose(mdata.obs["rna_weight"], res.weights[:, 0])
+    np.testing.assert_allclose(mdata.obsm["wnn_weights"].sum(axis=1), 1.0)
+    assert mdata.uns["wnn"]["connectivities_key"] == "wnn_connectivities"
+    assert mdata.uns["wnn"]["params"]["n_neighbors"] == 20
+    assert (mdata.obsp["wnn_distances"] != res.distances).nnz == 0
+    sc.tl.leiden(mdata, neighbors_key="wnn", resolution=0.5, flavor="igraph", n_iterations=-1)
+    assert adjusted_rand_score(truth, mdata.obs["leiden"]) >= 0.9
+
+    with pytest.raises(InputError, match="no embedding 'X_missing'"):
+        wnn(mdata, {"rna": "X_pca", "prot": "X_missing"})
