@@ -79,3 +79,23 @@ def test_harmony_mixes_samples_and_wnn_clusters_find_cell_types(run_dir: Path) -
     after = ilisi(cohort.obsm["X_harmony"], batch)
     assert after > before
     assert ari(cohort.obs["leiden"].to_numpy(), truth["l2"].to_numpy()) >= 0.8
+
+
+def test_resume_restarts_from_the_last_saved_cohort(run_dir: Path) -> None:
+    out = run_dir / "out"
+    config = load_config(run_dir / "cohort" / "sccohort.toml")
+    tables = {p.name: p.read_bytes() for p in (out / "tables").iterdir()}
+    labels = mudata.read_h5mu(out / "cohort.h5mu").obs["leiden"].to_numpy()
+
+    with pytest.warns(UserWarning):
+        again = pipeline.run_pipeline(config, out, resume=True)
+    assert all(stage["resumed"] for stage in again["stages"])
+
+    # an interrupted run: the embedding never finished
+    for path in (out / "checkpoints").glob("05_embed.*"):
+        path.unlink()
+    with pytest.warns(UserWarning):
+        resumed = pipeline.run_pipeline(config, out, resume=True)
+    assert [s["resumed"] for s in resumed["stages"]] == [True, True, False, False, False]
+    assert {p.name: p.read_bytes() for p in (out / "tables").iterdir()} == tables
+    assert (mudata.read_h5mu(out / "cohort.h5mu").obs["leiden"].to_numpy() == labels).all()
