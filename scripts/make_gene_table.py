@@ -7,7 +7,8 @@ with an Ensembl id, the 13 mitochondrial protein-coding genes under their HGNC
 single-cell data are known to express. Run once by a developer:
 
     apt-get download r-bioc-org.hs.eg.db && dpkg -x r-bioc-org.hs.eg.db*.deb /tmp/orghs
-    python scripts/make_gene_table.py /tmp/orghs/usr/lib/R/site-library/org.Hs.eg.db/extdata/org.Hs.eg.sqlite
+    python scripts/make_gene_table.py \
+        /tmp/orghs/usr/lib/R/site-library/org.Hs.eg.db/extdata/org.Hs.eg.sqlite
 """
 
 import gzip
