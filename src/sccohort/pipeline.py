@@ -42,6 +42,7 @@ from sccohort.pp.normalize import clr, dsb, normalize_rna
 from sccohort.pp.qc import METRICS as QC_METRICS
 from sccohort.pp.qc import run_qc
 from sccohort.pp.summary import sample_summary
+from sccohort.tl.annotate import annotate
 from sccohort.tl.embed import harmony, highly_variable_genes, leiden, pca_prot, pca_rna, umap
 from sccohort.tl.wnn import wnn
 
@@ -251,6 +252,30 @@ def _stage_embed(state: RunState) -> list[Path]:
     return []
 
 
+def _stage_annotate(state: RunState) -> list[Path]:
+    """Cell types in the Azimuth vocabulary (l1, l2) from shipped RNA and protein markers.
+
+    Writes ``obs`` ``l1``, ``l2``, ``l1_confidence``, ``l2_confidence`` and
+    ``tables/cell_types.csv`` (per l2 label: its l1, cells, share, samples, median
+    confidence).
+    """
+    mdata = state.mdata
+    annotate(mdata, use=tuple(m for m in ("rna", "prot") if m in mdata.mod))
+    obs = mdata.obs
+    table = (
+        obs.groupby(["l1", "l2"], observed=True)
+        .agg(
+            n_cells=("l2", "size"),
+            n_samples=("sample_id", "nunique"),
+            median_confidence=("l2_confidence", "median"),
+        )
+        .reset_index()
+    )
+    table.insert(3, "share", table["n_cells"] / len(obs))
+    table = table.sort_values(["l1", "n_cells"], ascending=[True, False], kind="stable")
+    return [write_csv(table, state.out / "tables" / "cell_types.csv")]
+
+
 STAGES: tuple[Stage, ...] = (
     Stage("ingest", "Reading samples", _stage_ingest, changes_cohort=True, saves_cohort=True),
     Stage("summary", "Summarising samples", _stage_summary),
@@ -262,7 +287,8 @@ STAGES: tuple[Stage, ...] = (
         _stage_embed,
         changes_cohort=True,
         saves_cohort=True,
-    ),  # fmt: skip
+    ),
+    Stage("annotate", "Annotating cell types", _stage_annotate, changes_cohort=True),
 )
 
 
