@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -216,4 +217,6 @@ def _main(
 
 def main() -> None:
     """Console entry point."""
+    # mudata 0.3 announces a change of MuData.update() on every update; it does not concern us
+    warnings.filterwarnings("ignore", message=r"From 0\.4 \.update\(\)", category=FutureWarning)
     app()
