@@ -319,6 +319,14 @@ def test_clinical_override_that_cannot_hold(tmp_path: Path) -> None:
         ClinicalTable.from_csv(csv, types={"weight": "continuous"})
 
 
+def test_clinical_numeric_column_with_a_stray_word(tmp_path: Path) -> None:
+    rows = "".join(f"D{i},{40 + i}\n" for i in range(8))
+    csv = write(tmp_path / "c.csv", "donor_id,age\n" + rows + "D9,eighty\n")
+    with raises("is numeric except the value 'eighty'", str(csv), "line 10", "column 'age'"):
+        ClinicalTable.from_csv(csv)
+    assert ClinicalTable.from_csv(csv, types={"age": "categorical"}).types == {"age": "categorical"}
+
+
 def test_clinical_duplicate_and_empty_donor(tmp_path: Path) -> None:
     csv = write(tmp_path / "c.csv", "donor_id,age\nA,50\nB,60\nA,61\n")
     with raises("duplicate donor_id 'A'", str(csv), "line 4", "also on line 2"):

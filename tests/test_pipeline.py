@@ -222,3 +222,11 @@ def test_input_error_survives_pickling() -> None:
     error = InputError("bad", file="a.csv", row=3, column="age", sample="S1", hint="fix it")
     again = pickle.loads(pickle.dumps(error))
     assert str(again) == str(error) and again.row == 3 and again.sample == "S1"
+
+
+def test_cli_error_messages_keep_brackets(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text('[inputs]\nsamples = "s.csv"\n[qc]\nmode = "[study]"\n')
+    result = CliRunner().invoke(app, ["validate", str(toml)])
+    assert result.exit_code == 2
+    assert "[study]" in result.output  # user text is not taken for rich markup

@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -38,7 +39,7 @@ def _guard(call: Callable[[], T]) -> T:
     try:
         return call()
     except SccohortError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
 
 
@@ -92,7 +93,7 @@ def _run(config_path: Path, out: Path, resume: bool, scheduler: str | None) -> d
             scheduler=scheduler,
             command=sys.argv,
         )
-    table = Table(title=f"sccohort run finished: {out}")
+    table = Table(title=escape(f"sccohort run finished: {out}"))
     for column in ("stage", "seconds", "peak RSS (GB)", "from checkpoint"):
         table.add_column(column)
     for stage in record["stages"]:
@@ -128,16 +129,16 @@ def validate(config: Annotated[Path, typer.Argument(help="The run's TOML config.
     def check() -> None:
         cfg = load_config(config)
         samples, clinical = load_inputs(cfg)
-        table = Table(title=f"{config}: valid")
+        table = Table(title=escape(f"{config}: valid"))
         table.add_column("what")
         table.add_column("count / design")
         table.add_row("samples", str(len(samples.table)))
         table.add_row("donors", str(samples.table["donor_id"].nunique()))
         if clinical is not None:
             types = ", ".join(f"{k} ({v})" for k, v in clinical.types.items())
-            table.add_row("clinical variables", types)
+            table.add_row("clinical variables", escape(types))
             for name, design in build_designs(cfg, samples, clinical).items():
-                table.add_row(f"contrast {name}", design.describe())
+                table.add_row(escape(f"contrast {name}"), escape(design.describe()))
         console.print(table)
 
     _guard(check)
@@ -177,7 +178,8 @@ def _simulate(out: Path, design: str, cells_per_donor: int, seed: int, jobs: int
             n_jobs=jobs or os.cpu_count() or 1,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
-    console.print(f"cohort written to {path}; run it with: sccohort run {path / 'sccohort.toml'}")
+    toml = escape(str(path / "sccohort.toml"))
+    console.print(f"cohort written to {escape(str(path))}; run it with: sccohort run {toml}")
     return path
 
 
@@ -194,7 +196,7 @@ def demo(
     def go() -> None:
         cohort = _simulate(out / "input", "paper", cells_per_donor, seed)
         _run(cohort / "sccohort.toml", out, resume=False, scheduler=None)
-        console.print(f"demo finished: results in {out}")
+        console.print(escape(f"demo finished: results in {out}"))
 
     _guard(go)
 

@@ -599,6 +599,25 @@ def _typed_column(
     numbers = [_parse_float(text) for text, _ in present]
     numeric = all(n is not None for n in numbers)
     distinct = list(dict.fromkeys(text for text, _ in present))
+    parsed = [n for n in numbers if n is not None]
+    if (
+        override is None
+        and not numeric
+        and len(set(parsed)) > 2
+        and len(parsed) >= 0.8 * len(numbers)
+    ):
+        # a numeric column with a stray word ('eighty', 'n/a ', '>80') is a typo, not categories
+        text, line = next(p for p, n in zip(present, numbers, strict=True) if n is None)
+        return (
+            [],
+            "continuous",
+            (
+                f"is numeric except the value '{text}'",
+                line,
+                "Fix the value, leave it empty if unknown, or declare the variable categorical "
+                "in the config's [clinical.types]",
+            ),
+        )
     if override is None:
         if numeric and len(set(numbers)) > 2:
             kind: VariableType = "continuous"
