@@ -24,18 +24,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numba
 import numpy as np
 from scipy import sparse
+from threadpoolctl import threadpool_limits
 
 from sccohort.errors import InputError
 
 __all__ = ["WNNInputError", "WNNResult", "wnn", "wnn_graph"]
 
 _EXACT_MAX_CELLS = 20_000
+_N_PROBE = 16
 
 
 class WNNInputError(InputError, ValueError):
@@ -101,37 +104,71 @@ def _knn_exact(x: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
     return out
 
 
-@numba.njit(parallel=True, cache=True)
-def _ivf_search(x, order, starts, probes, k):  # pragma: no cover - numba
-    n = x.shape[0]
-    d = x.shape[1]
-    out = np.empty((n, k), dtype=np.int64)
-    n_probe = probes.shape[1]
-    for i in numba.prange(n):
-        total = 0
-        for p in range(n_probe):
-            c = probes[i, p]
-            total += starts[c + 1] - starts[c]
-        cand = np.empty(total, dtype=np.int64)
-        dist = np.empty(total, dtype=np.float32)
-        m = 0
-        for p in range(n_probe):
-            c = probes[i, p]
-            for t in range(starts[c], starts[c + 1]):
-                j = order[t]
-                s = np.float32(0.0)
-                for q in range(d):
-                    s += x[i, q] * x[j, q]
-                cand[m] = j
-                dist[m] = np.inf if j == i else -s
-                m += 1
-        kk = min(k, total)
-        sel = np.argsort(dist, kind="mergesort")[:kk]
-        for t in range(kk):
-            out[i, t] = cand[sel[t]]
-        for t in range(kk, k):
-            out[i, t] = out[i, kk - 1] if kk > 0 else i
-    return out
+@numba.njit(cache=True, inline="always")
+def _heap_sift_down(hs, hi, size, pos):  # pragma: no cover - numba
+    """Restore the min-heap order of ``hs`` (keys) / ``hi`` (payload) below ``pos``."""
+    while True:
+        left = 2 * pos + 1
+        if left >= size:
+            return
+        child = left
+        if left + 1 < size and hs[left + 1] < hs[left]:
+            child = left + 1
+        if hs[child] >= hs[pos]:
+            return
+        hs[pos], hs[child] = hs[child], hs[pos]
+        hi[pos], hi[child] = hi[child], hi[pos]
+        pos = child
+
+
+@numba.njit(cache=True, inline="always")
+def _heap_push(hs, hi, size, key, val):  # pragma: no cover - numba
+    """Add ``key`` / ``val`` to the min-heap of ``size`` entries (room assumed)."""
+    pos = size
+    hs[pos] = key
+    hi[pos] = val
+    while pos > 0:
+        parent = (pos - 1) // 2
+        if hs[parent] <= hs[pos]:
+            return
+        hs[pos], hs[parent] = hs[parent], hs[pos]
+        hi[pos], hi[parent] = hi[parent], hi[pos]
+        pos = parent
+
+
+@numba.njit(cache=True, nogil=True)
+def _top_k_rows(sims, self_col, k, cand_ids, out_rows, out):  # pragma: no cover - numba
+    """Write the ``k`` most similar candidates of each row of ``sims`` into ``out``.
+
+    ``sims`` (q, m) holds the inner products of q queries with m candidates (original ids
+    ``cand_ids``); column ``self_col[r]`` is query r itself and is skipped. Row r of the result,
+    most similar first, goes to ``out[out_rows[r]]``. A bounded min-heap of size ``k`` makes
+    each candidate cost one comparison, mostly.
+    """
+    n_q, m = sims.shape
+    hs = np.empty(k, dtype=sims.dtype)
+    hi = np.empty(k, dtype=np.int64)
+    for r in range(n_q):
+        size = 0
+        skip = self_col[r]
+        for t in range(m):
+            if t == skip:
+                continue
+            v = sims[r, t]
+            if size < k:
+                _heap_push(hs, hi, size, v, t)
+                size += 1
+            elif v > hs[0]:
+                hs[0] = v
+                hi[0] = t
+                _heap_sift_down(hs, hi, size, 0)
+        row = out_rows[r]
+        while size > 0:  # pop the least similar first: fill the row from the back
+            size -= 1
+            out[row, size] = cand_ids[hi[0]]
+            hs[0] = hs[size]
+            hi[0] = hi[size]
+            _heap_sift_down(hs, hi, size, 0)
 
 
 def _kmeans_centroids(x: np.ndarray, n_lists: int, rng: np.random.Generator) -> np.ndarray:
@@ -151,28 +188,76 @@ def _kmeans_centroids(x: np.ndarray, n_lists: int, rng: np.random.Generator) -> 
     return cent
 
 
-def _knn_ivf(x: np.ndarray, k: int, rng: np.random.Generator, n_probe: int = 12) -> np.ndarray:
-    """Approximate ``k`` nearest other cells (inverted file over spherical k-means lists)."""
+def _knn_ivf(
+    x: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    n_probe: int | None = None,
+    n_lists: int | None = None,
+    return_order: bool = False,
+) -> Any:
+    """Approximate ``k`` nearest other cells (inverted file over spherical k-means lists).
+
+    ``x`` (n, d) is L2-normalised; returns (n, k) int64 indices, nearest first. Points are
+    grouped by k-means list; the queries of one list are compared (one BLAS product) with all
+    points of the ``n_probe`` lists whose centroids are nearest to their list's centroid (more
+    lists where those hold fewer than ``4 (k + 1)`` points), and a bounded heap keeps each
+    query's ``k`` best.
+    """
     n = x.shape[0]
-    n_lists = int(np.clip(round(2 * np.sqrt(n)), 16, 4096))
+    if n_lists is None:
+        n_lists = int(np.clip(round(np.sqrt(n)), 16, 4096))
+    n_lists = min(n_lists, n)
+    n_probe = min(_N_PROBE if n_probe is None else n_probe, n_lists)
+    x = np.ascontiguousarray(x, dtype=np.float32)
     cent = _kmeans_centroids(x, n_lists, rng)
-    n_probe = min(n_probe, n_lists)
-    probes = np.empty((n, n_probe), dtype=np.int64)
     label = np.empty(n, dtype=np.int64)
     for start in range(0, n, 8192):
-        sim = x[start : start + 8192] @ cent.T
-        probes[start : start + 8192] = np.argpartition(-sim, n_probe - 1, axis=1)[:, :n_probe]
-        label[start : start + 8192] = np.argmax(sim, axis=1)
+        label[start : start + 8192] = np.argmax(x[start : start + 8192] @ cent.T, axis=1)
     order = np.argsort(label, kind="stable").astype(np.int64)
+    xs = np.ascontiguousarray(x[order])
+    sizes = np.bincount(label, minlength=n_lists)
     starts = np.zeros(n_lists + 1, dtype=np.int64)
-    np.cumsum(np.bincount(label, minlength=n_lists), out=starts[1:])
-    return _ivf_search(x, order, starts, probes, k)
+    np.cumsum(sizes, out=starts[1:])
+    near = np.argsort(-(cent @ cent.T), axis=1, kind="stable")
+    out = np.empty((n, k), dtype=np.int64)
+
+    def search_list(c: int) -> None:
+        if sizes[c] == 0:
+            return
+        lists = near[c]
+        if lists[0] != c:  # duplicate centroids: keep the query's own list first
+            lists = np.concatenate([[c], lists[lists != c]])
+        enough = int(np.searchsorted(np.cumsum(sizes[lists]), 4 * (k + 1))) + 1
+        lists = lists[: max(n_probe, enough)]
+        rows = np.concatenate([np.arange(starts[j], starts[j + 1]) for j in lists])
+        cand = xs[rows]
+        cand_ids = order[rows]
+        for q0 in range(starts[c], starts[c + 1], 2048):
+            q1 = min(q0 + 2048, starts[c + 1])
+            sims = xs[q0:q1] @ cand.T
+            self_col = np.arange(q0 - starts[c], q1 - starts[c], dtype=np.int64)
+            _top_k_rows(sims, self_col, k, cand_ids, order[q0:q1], out)
+
+    # one list per task on a few threads (BLAS and the numba kernel release the GIL; a pool
+    # avoids waking numba's workers once per list); single-threaded BLAS inside each task, as
+    # nested BLAS threads on a busy machine cost 10x
+    with (
+        threadpool_limits(1, user_api="blas"),
+        ThreadPoolExecutor(max_workers=numba.get_num_threads()) as pool,
+    ):
+        for _ in pool.map(search_list, range(n_lists)):
+            pass
+    return (out, order) if return_order else out
 
 
-def _knn(x: np.ndarray, k: int, method: str, rng: np.random.Generator) -> np.ndarray:
+def _knn(
+    x: np.ndarray, k: int, method: str, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(n, k)`` neighbours of each row and, for the IVF search, its cells grouped by list."""
     if method == "exact" or (method == "auto" and x.shape[0] <= _EXACT_MAX_CELLS):
-        return _knn_exact(x, k)
-    return _knn_ivf(x, k, rng)
+        return _knn_exact(x, k), None
+    return _knn_ivf(x, k, rng, return_order=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,24 +302,26 @@ def _impute_dist(x, lo, hi, nbrs, nearest):  # pragma: no cover - numba
 
 
 @numba.njit(parallel=True, cache=True)
-def _snn_width(x, lo, hi, nn, rev_ptr, rev_idx, nearest, n_far):  # pragma: no cover - numba
+def _snn_width(x, lo, hi, nn, rev_ptr, rev_idx, nearest, n_far, max_touch):  # pragma: no cover
     """Seurat's SNN kernel width of each cell.
 
     ``nn`` (n, k) holds each cell's neighbours, itself included. Among the cells sharing at least
     one neighbour with cell i, take those with the ``n_far`` smallest Jaccard overlaps (all ties
     of the last one included) and average the ``n_far`` largest of their distances to cell i.
+    The Jaccard overlap s / (2k - s) grows with the shared count s, so the cut is found from a
+    histogram of s and the largest distances with a bounded heap (summed in ascending order,
+    as a full sort would). ``max_touch`` bounds the cells reached from one row.
     """
     n, k = nn.shape
     out = np.empty(n)
     n_chunks = min(n, 64)
     for ch in numba.prange(n_chunks):
         count = np.zeros(n, dtype=np.int32)
+        touched = np.empty(max_touch, dtype=np.int64)
+        hist = np.zeros(k + 1, dtype=np.int64)
+        heap = np.empty(n_far)
+        payload = np.empty(n_far, dtype=np.int64)
         for i in range(ch, n, n_chunks):
-            size = 0
-            for a in range(k):
-                c = nn[i, a]
-                size += rev_ptr[c + 1] - rev_ptr[c]
-            touched = np.empty(size, dtype=np.int64)
             m = 0
             for a in range(k):
                 c = nn[i, a]
@@ -244,23 +331,36 @@ def _snn_width(x, lo, hi, nn, rev_ptr, rev_idx, nearest, n_far):  # pragma: no c
                         touched[m] = j
                         m += 1
                     count[j] += 1
-            vals = np.empty(m)
+            hist[:] = 0
             for t in range(m):
-                s = count[touched[t]]
-                vals[t] = s / (k + (k - s))
+                hist[min(count[touched[t]], k)] += 1
             n_i = min(n_far, m)
-            srt = np.sort(vals)
-            cut = srt[n_i - 1]
-            dists = np.empty(m)
-            nd = 0
+            s_cut = k
+            cum = 0
+            for sh in range(1, k + 1):
+                cum += hist[sh]
+                if cum >= n_i:
+                    s_cut = sh
+                    break
+            size = 0
             for t in range(m):
-                if vals[t] <= cut:
-                    dists[nd] = max(_dist(x, i, touched[t], lo, hi) - nearest[i], 0.0)
-                    nd += 1
-            dsel = np.sort(dists[:nd])
+                j = touched[t]
+                if count[j] <= s_cut:
+                    dv = max(_dist(x, i, j, lo, hi) - nearest[i], 0.0)
+                    if size < n_i:
+                        _heap_push(heap, payload, size, dv, j)
+                        size += 1
+                    elif dv > heap[0]:
+                        heap[0] = dv
+                        payload[0] = j
+                        _heap_sift_down(heap, payload, size, 0)
             total = 0.0
-            for t in range(nd - n_i, nd):
-                total += dsel[t]
+            while size > 0:  # smallest first: the order of summing a sorted array
+                total += heap[0]
+                size -= 1
+                heap[0] = heap[size]
+                payload[0] = payload[size]
+                _heap_sift_down(heap, payload, size, 0)
             out[i] = total / n_i
             for t in range(m):
                 count[touched[t]] = 0
@@ -269,46 +369,63 @@ def _snn_width(x, lo, hi, nn, rev_ptr, rev_idx, nearest, n_far):  # pragma: no c
 
 @numba.njit(parallel=True, cache=True)
 def _weighted_select(x, bounds, cand, weights, sigma, nearest, k):  # pragma: no cover - numba
-    """WNN neighbours of each cell among its candidates: ``(indices, affinities)``, (n, k)."""
+    """WNN neighbours of each cell among its candidates: ``(indices, affinities)``, (n, k).
+
+    Duplicate candidates count once (the first occurrence); the ``k`` highest affinities are
+    kept by insertion into a sorted list, ties in the order of first occurrence (as a stable
+    sort of all candidates would).
+    """
     n = x.shape[0]
     n_mod = bounds.shape[0] - 1
+    n_cand = cand.shape[1]
     out_idx = np.empty((n, k), dtype=np.int64)
     out_aff = np.empty((n, k))
-    for i in numba.prange(n):
-        row = cand[i]
-        srt = np.argsort(row, kind="mergesort")
-        keep = np.ones(row.shape[0], dtype=np.bool_)
-        for t in range(1, row.shape[0]):
-            if row[srt[t]] == row[srt[t - 1]]:
-                keep[srt[t]] = False  # stable sort: the first occurrence is kept
-        uniq = row[keep]
-        aff = np.zeros(uniq.shape[0])
-        for t in range(uniq.shape[0]):
-            j = uniq[t]
-            for r in range(n_mod):
-                dd = max(_dist(x, i, j, bounds[r], bounds[r + 1]) - nearest[i, r], 0.0)
-                aff[t] += weights[i, r] * np.exp(-dd / sigma[i, r])
-        order = np.argsort(-aff, kind="mergesort")
-        for t in range(k):
-            out_idx[i, t] = uniq[order[t]]
-            out_aff[i, t] = aff[order[t]]
+    n_chunks = min(n, 64)
+    for ch in numba.prange(n_chunks):
+        stamp = np.full(n, -1, dtype=np.int64)
+        best_aff = np.empty(k)
+        best_idx = np.empty(k, dtype=np.int64)
+        for i in range(ch, n, n_chunks):
+            filled = 0
+            for t in range(n_cand):
+                j = cand[i, t]
+                if stamp[j] == i:
+                    continue
+                stamp[j] = i
+                aff = 0.0
+                for r in range(n_mod):
+                    dd = max(_dist(x, i, j, bounds[r], bounds[r + 1]) - nearest[i, r], 0.0)
+                    aff += weights[i, r] * np.exp(-dd / sigma[i, r])
+                if filled == k and aff <= best_aff[k - 1]:
+                    continue
+                pos = filled if filled < k else k - 1
+                while pos > 0 and best_aff[pos - 1] < aff:
+                    if pos < k:
+                        best_aff[pos] = best_aff[pos - 1]
+                        best_idx[pos] = best_idx[pos - 1]
+                    pos -= 1
+                best_aff[pos] = aff
+                best_idx[pos] = j
+                if filled < k:
+                    filled += 1
+            for t in range(k):
+                out_idx[i, t] = best_idx[t]
+                out_aff[i, t] = best_aff[t]
     return out_idx, out_aff
 
 
 @numba.njit(parallel=True, cache=True)
-def _snn_rows(nn, rev_ptr, rev_idx, prune, fill, indptr, indices, data):  # pragma: no cover
+def _snn_rows(
+    nn, rev_ptr, rev_idx, prune, fill, indptr, indices, data, max_touch
+):  # pragma: no cover - numba
     """Jaccard SNN of neighbour lists ``nn``: row nnz counts (``fill=False``) or CSR entries."""
     n, k = nn.shape
     nnz = np.zeros(n, dtype=np.int64)
     n_chunks = min(n, 64)
     for ch in numba.prange(n_chunks):
         count = np.zeros(n, dtype=np.int32)
+        touched = np.empty(max_touch, dtype=np.int64)
         for i in range(ch, n, n_chunks):
-            size = 0
-            for a in range(k):
-                c = nn[i, a]
-                size += rev_ptr[c + 1] - rev_ptr[c]
-            touched = np.empty(size, dtype=np.int64)
             m = 0
             for a in range(k):
                 c = nn[i, a]
@@ -319,9 +436,10 @@ def _snn_rows(nn, rev_ptr, rev_idx, prune, fill, indptr, indices, data):  # prag
                         m += 1
                     count[j] += 1
             kept = 0
-            touched_sorted = np.sort(touched[:m])
+            if fill:
+                touched[:m].sort()
             for t in range(m):
-                j = touched_sorted[t]
+                j = touched[t]
                 s = count[j]
                 v = s / (k + (k - s))
                 if v >= prune:
@@ -333,6 +451,11 @@ def _snn_rows(nn, rev_ptr, rev_idx, prune, fill, indptr, indices, data):  # prag
             for t in range(m):
                 count[touched[t]] = 0
     return nnz
+
+
+def _max_touch(nn: np.ndarray, rev_ptr: np.ndarray) -> int:
+    """Most cells one row of ``nn`` reaches through the reverse lists (with repeats)."""
+    return int(np.diff(rev_ptr)[nn].sum(axis=1).max())
 
 
 def _reverse_lists(nn: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -351,12 +474,13 @@ def _snn_graph(nn: np.ndarray, prune: float) -> sparse.csr_matrix:
     rev_ptr, rev_idx = _reverse_lists(nn, n)
     dummy_i = np.zeros(1, dtype=np.int64)
     dummy_f = np.zeros(1)
-    nnz = _snn_rows(nn, rev_ptr, rev_idx, prune, False, dummy_i, dummy_i, dummy_f)
+    max_touch = _max_touch(nn, rev_ptr)
+    nnz = _snn_rows(nn, rev_ptr, rev_idx, prune, False, dummy_i, dummy_i, dummy_f, max_touch)
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(nnz, out=indptr[1:])
     indices = np.empty(indptr[-1], dtype=np.int64)
     data = np.empty(indptr[-1])
-    _snn_rows(nn, rev_ptr, rev_idx, prune, True, indptr, indices, data)
+    _snn_rows(nn, rev_ptr, rev_idx, prune, True, indptr, indices, data, max_touch)
     return sparse.csr_matrix((data, indices.astype(np.int32), indptr), shape=(n, n))
 
 
@@ -485,6 +609,59 @@ def _check_embeddings(embeddings: Mapping[str, Any], n_neighbors: int) -> dict[s
     return out
 
 
+def _wnn_steps(
+    x_all: np.ndarray,
+    bounds: np.ndarray,
+    names: tuple[str, ...],
+    knn_self: dict[str, np.ndarray],
+    n_neighbors: int,
+    sd_scale: float,
+    cross_constant: float,
+    prune_snn: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, sparse.csr_matrix]:
+    """Steps 3-7 from ``(n, knn_range + 1)`` neighbours per modality (self in column 0).
+
+    Returns weights and widths ``(n, M)``, WNN neighbours and affinities ``(n, k)`` and the SNN.
+    """
+    n = x_all.shape[0]
+    n_mod = len(names)
+    nearest = np.column_stack(
+        [
+            _nearest_dist(x_all, bounds[r], bounds[r + 1], knn_self[m][:, 1])
+            for r, m in enumerate(names)
+        ]
+    )
+
+    # within- and cross-modality prediction distances, kernel widths, scores, weights
+    small = {m: np.ascontiguousarray(knn_self[m][:, :n_neighbors]) for m in names}
+    sigma = np.empty((n, n_mod))
+    for r, m in enumerate(names):
+        rev_ptr, rev_idx = _reverse_lists(small[m], n)
+        sigma[:, r] = sd_scale * _snn_width(
+            x_all, bounds[r], bounds[r + 1], small[m], rev_ptr, rev_idx, nearest[:, r],
+            n_neighbors, _max_touch(small[m], rev_ptr),
+        )  # fmt: skip
+    exp_score_sum = np.zeros((n, n_mod))
+    for r, m in enumerate(names):
+        lo, hi = bounds[r], bounds[r + 1]
+        within = _impute_dist(x_all, lo, hi, small[m][:, 1:], nearest[:, r])
+        k_within = np.exp(-within / sigma[:, r])
+        for m2 in names:
+            if m2 == m:
+                continue
+            cross = _impute_dist(x_all, lo, hi, small[m2][:, 1:], nearest[:, r])
+            k_cross = np.exp(-cross / sigma[:, r])
+            score = np.clip(k_within / (k_cross + cross_constant), 0.0, 200.0)
+            exp_score_sum[:, r] += np.exp(score)
+    weights = exp_score_sum / exp_score_sum.sum(axis=1, keepdims=True)
+
+    # WNN neighbours among the union of each modality's knn_range neighbours
+    cand = np.ascontiguousarray(np.hstack([knn_self[m][:, 1:] for m in names]))
+    knn_idx, aff = _weighted_select(x_all, bounds, cand, weights, sigma, nearest, int(n_neighbors))
+    snn = _snn_graph(knn_idx, float(prune_snn))
+    return weights, sigma, knn_idx, aff, snn
+
+
 def wnn_graph(
     embeddings: Mapping[str, np.ndarray],
     *,
@@ -539,60 +716,38 @@ def wnn_graph(
     normed = _check_embeddings(embeddings, n_neighbors)
     names = tuple(normed)
     n = next(iter(normed.values())).shape[0]
-    n_mod = len(names)
     rng = np.random.default_rng(random_state)
     range_k = int(min(max(knn_range, n_neighbors), n - 1))
 
     old_threads = numba.get_num_threads()
     numba.set_num_threads(max(1, min(n_jobs or old_threads, os.cpu_count() or 1, old_threads)))
     try:
-        x_all = np.ascontiguousarray(np.hstack([normed[m] for m in names]))
-        bounds = np.cumsum([0] + [normed[m].shape[1] for m in names]).astype(np.int64)
-
         # neighbours per modality, the cell itself in column 0 (as Annoy returns it in Seurat)
-        self_col = np.arange(n, dtype=np.int64)[:, None]
         knn_self = {}
+        perm = None
         for m in names:
-            others = _knn(normed[m].astype(np.float32), range_k, knn_method, rng)
-            knn_self[m] = np.hstack([self_col, others])
-        nearest = np.column_stack(
-            [
-                _nearest_dist(x_all, bounds[r], bounds[r + 1], knn_self[m][:, 1])
-                for r, m in enumerate(names)
-            ]
+            others, order = _knn(normed[m].astype(np.float32), range_k, knn_method, rng)
+            knn_self[m] = others
+            perm = order if perm is None else perm
+        # The per-cell steps below read the rows of neighbours: renumber the cells so that
+        # neighbours lie close in memory (IVF list order). Every per-cell result is unchanged.
+        if perm is None:
+            perm = np.arange(n, dtype=np.int64)
+        inv = np.empty(n, dtype=np.int64)
+        inv[perm] = np.arange(n, dtype=np.int64)
+        x_all = np.ascontiguousarray(np.hstack([normed[m] for m in names])[perm])
+        bounds = np.cumsum([0] + [normed[m].shape[1] for m in names]).astype(np.int64)
+        self_col = np.arange(n, dtype=np.int64)[:, None]
+        for m in names:
+            knn_self[m] = np.hstack([self_col, inv[knn_self[m][perm]]])
+        weights, sigma, knn_idx, aff, snn = _wnn_steps(
+            x_all, bounds, names, knn_self, n_neighbors, sd_scale, cross_constant, prune_snn
         )
-
-        # within- and cross-modality prediction distances, kernel widths, scores, weights
-        small = {m: np.ascontiguousarray(knn_self[m][:, :n_neighbors]) for m in names}
-        sigma = np.empty((n, n_mod))
-        for r, m in enumerate(names):
-            rev_ptr, rev_idx = _reverse_lists(small[m], n)
-            sigma[:, r] = sd_scale * _snn_width(
-                x_all, bounds[r], bounds[r + 1], small[m], rev_ptr, rev_idx, nearest[:, r],
-                n_neighbors,
-            )  # fmt: skip
-        exp_score_sum = np.zeros((n, n_mod))
-        for r, m in enumerate(names):
-            lo, hi = bounds[r], bounds[r + 1]
-            within = _impute_dist(x_all, lo, hi, small[m][:, 1:], nearest[:, r])
-            k_within = np.exp(-within / sigma[:, r])
-            for m2 in names:
-                if m2 == m:
-                    continue
-                cross = _impute_dist(x_all, lo, hi, small[m2][:, 1:], nearest[:, r])
-                k_cross = np.exp(-cross / sigma[:, r])
-                score = np.clip(k_within / (k_cross + cross_constant), 0.0, 200.0)
-                exp_score_sum[:, r] += np.exp(score)
-        weights = exp_score_sum / exp_score_sum.sum(axis=1, keepdims=True)
-
-        # WNN neighbours among the union of each modality's knn_range neighbours
-        cand = np.ascontiguousarray(np.hstack([knn_self[m][:, 1:] for m in names]))
-        knn_idx, aff = _weighted_select(
-            x_all, bounds, cand, weights, sigma, nearest, int(n_neighbors)
-        )
+        weights, sigma, aff = weights[inv], sigma[inv], aff[inv]
+        knn_idx = perm[knn_idx[inv]]
+        snn = snn[inv][:, inv].tocsr()
+        snn.sort_indices()
         knn_dist = np.sqrt(np.clip((1.0 - aff) / 2.0, 0.0, 1.0))
-
-        snn = _snn_graph(knn_idx, float(prune_snn))
     finally:
         numba.set_num_threads(old_threads)
     conn = _umap_connectivities(knn_idx, knn_dist)
