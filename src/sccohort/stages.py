@@ -29,6 +29,7 @@ from sccohort.pp.qc import run_qc
 from sccohort.pp.summary import sample_summary
 from sccohort.tl.annotate import annotate
 from sccohort.tl.embed import harmony, highly_variable_genes, leiden, pca_prot, pca_rna, umap
+from sccohort.tl.subsets import subsets
 from sccohort.tl.wnn import wnn
 
 
@@ -255,6 +256,15 @@ def _stage_annotate(state: RunState) -> list[Path]:
     return [write_csv(table, state.out / "tables" / "cell_types.csv")]
 
 
+def _stage_subsets(state: RunState) -> list[Path]:
+    """Subcluster each lineage and name subsets as the study did (CD14_EGR1).
+
+    Writes ``obs["subset"]`` and ``tables/subsets.csv``.
+    """
+    table = subsets(state.mdata, seed=state.config.seed)
+    return [write_csv(table, state.out / "tables" / "subsets.csv")]
+
+
 STAGES: tuple[Stage, ...] = (
     Stage("ingest", "Reading samples", _stage_ingest, changes_cohort=True, saves_cohort=True),
     Stage("summary", "Summarising samples", _stage_summary),
@@ -268,4 +278,5 @@ STAGES: tuple[Stage, ...] = (
         saves_cohort=True,
     ),
     Stage("annotate", "Annotating cell types", _stage_annotate, changes_cohort=True),
+    Stage("subsets", "Finding and naming subsets", _stage_subsets, changes_cohort=True),
 )

@@ -1,0 +1,103 @@
+"""Automatic subsets per lineage on the session's simulated run (8 donors x 400 cells)."""
+
+from __future__ import annotations
+
+import warnings
+
+import mudata as md
+import numpy as np
+import pandas as pd
+import pytest
+
+from sccohort.errors import InputError
+from sccohort.tl.subsets import EGR1_GENES, T2ISG_GENES, subsets
+
+
+@pytest.fixture(scope="module")
+def run(simulated_run):
+    """The run's cohort object, its subsets table and the simulation's true subsets."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mdata = md.read_h5mu(simulated_run / "out" / "cohort.h5mu")
+    table = subsets(mdata, seed=0)
+    truth = pd.read_csv(simulated_run / "cohort" / "truth" / "cells.csv.gz", index_col="cell_id")
+    return mdata, table, truth["subset"].reindex(mdata.obs_names)
+
+
+def _best_f1(found: pd.Series, truth: pd.Series, name: str) -> tuple[str, float]:
+    """The found subset that best matches truth subset ``name`` and its F1."""
+    is_true = (truth == name).to_numpy()
+    best = ("", 0.0)
+    for subset in pd.unique(found[is_true]):
+        pred = (found == subset).to_numpy()
+        f1 = 2 * (pred & is_true).sum() / (pred.sum() + is_true.sum())
+        best = max(best, (subset, float(f1)), key=lambda b: b[1])
+    return best
+
+
+def test_every_cell_has_one_named_subset_and_the_table_adds_up(run):
+    mdata, table, _ = run
+    found = mdata.obs["subset"]
+    assert isinstance(found.dtype, pd.CategoricalDtype)
+    assert found.notna().all()
+    assert table["subset"].is_unique
+    assert set(table["subset"]) == set(found.unique())
+    counts = found.value_counts()
+    assert (table.set_index("subset")["n_cells"] == counts.reindex(table["subset"])).all()
+    assert table["n_cells"].sum() == mdata.n_obs
+    donors = mdata.obs.groupby("subset", observed=True)["donor_id"].nunique()
+    assert (table.set_index("subset")["n_donors"] == donors.reindex(table["subset"])).all()
+    # lineage subsets are named after their l2 and carry markers; other cells keep their l2
+    sub = table[table["lineage"] != ""]
+    assert len(sub) > len(table[table["lineage"] == ""]) // 2
+    assert all(s.startswith(("CD14", "CD16", "CD4", "CD8", "B", "NK", "cDC", "pDC", "ASDC", "Treg",
+                             "Plasmablast")) for s in sub["subset"])  # fmt: skip
+    assert (sub["rna_markers"].str.count(";") <= 4).all() and (sub["rna_markers"] != "").any()
+    assert (sub["protein_markers"].str.count(";") <= 2).all()
+    assert ((sub["stability"] >= 0.8) | (sub["resolution"] == 0.2)).all()
+    other = table[table["lineage"] == ""]
+    assert (other["subset"] == other["l2"]).all()
+
+
+def test_planted_egr1_monocytes_are_one_subset_named_by_their_program(run):
+    mdata, table, truth = run
+    name, f1 = _best_f1(mdata.obs["subset"].astype(str), truth, "CD14_EGR1")
+    assert f1 >= 0.8, (name, f1)
+    assert name.startswith("CD14_")
+    assert "EGR1" in name or any(g.replace("-", "") in name for g in EGR1_GENES), name
+    markers = table.set_index("subset").loc[name, "rna_markers"].split(";")
+    assert len(set(markers) & EGR1_GENES) >= 3, markers
+
+
+def test_planted_type2_interferon_cd8_tem_are_one_subset_named_by_their_program(run):
+    mdata, table, truth = run
+    name, f1 = _best_f1(mdata.obs["subset"].astype(str), truth, "CD8_TEM_T2ISG")
+    assert f1 >= 0.8, (name, f1)
+    assert name.startswith("CD8_TEM_")
+    assert "T2ISG" in name or any(g.replace("-", "") in name for g in T2ISG_GENES), name
+    # expanded in SSc1 (ILD) relative to the healthy donors
+    share = pd.crosstab(mdata.obs["donor_id"], mdata.obs["subset"] == name, normalize="index")
+    healthy = share.loc[share.index.str.startswith("HD"), True].mean()
+    assert share.loc["SSc1", True] > healthy
+
+
+def test_same_seed_same_subsets(run):
+    mdata, table, _ = run
+    again = mdata.copy()
+    table2 = subsets(again, seed=0, key_added="subset_again")
+    pd.testing.assert_frame_equal(table, table2)
+    np.testing.assert_array_equal(
+        mdata.obs["subset"].astype(str), again.obs["subset_again"].astype(str)
+    )
+
+
+def test_missing_annotation_is_an_input_error(run):
+    mdata, _, _ = run
+    bare = mdata.copy()
+    del bare.obs["l2"]
+    with pytest.raises(InputError, match="l2"):
+        subsets(bare)
+    with pytest.raises(InputError, match="resolution"):
+        subsets(mdata, resolution="high")
+    with pytest.raises(InputError, match="two lineages|lineages"):
+        subsets(mdata, lineages={"a": ["CD14 Mono"], "b": ["CD14 Mono", "NK"]})
