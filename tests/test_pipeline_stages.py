@@ -83,7 +83,7 @@ def test_resume_restarts_from_the_last_saved_cohort(run_dir: Path) -> None:
         path.unlink()
     with pytest.warns(UserWarning):
         resumed = pipeline.run_pipeline(config, out, resume=True)
-    assert [s["resumed"] for s in resumed["stages"]] == [True, True] + [False] * 5
+    assert [s["resumed"] for s in resumed["stages"]] == [True, True] + [False] * 6
     assert {p.name: p.read_bytes() for p in (out / "tables").iterdir()} == tables
     assert (mudata.read_h5mu(out / "cohort.h5mu").obs["leiden"].to_numpy() == labels).all()
 
@@ -106,3 +106,14 @@ def test_subsets_are_found_and_named(run_dir: Path) -> None:
     assert table["n_cells"].sum() == cohort.n_obs and table["subset"].is_unique
     assert set(cohort.obs["subset"].astype(str)) == set(table["subset"])
     assert any("EGR1" in name for name in table["subset"])
+
+
+def test_marker_tables_rank_planted_program_genes_first(run_dir: Path) -> None:
+    rna = pd.read_csv(run_dir / "out" / "tables" / "markers_rna.csv")
+    prot = pd.read_csv(run_dir / "out" / "tables" / "markers_prot.csv")
+    subsets = set(pd.read_csv(run_dir / "out" / "tables" / "subsets.csv")["subset"])
+    assert set(rna["subset"]) <= subsets and set(prot["subset"]) <= subsets
+    egr1 = next(name for name in subsets if "EGR1" in name)
+    top = rna[rna["subset"] == egr1].head(10)["feature"]
+    assert {"EGR1", "NFKBIA", "IER2"} & set(top)
+    assert (rna.groupby("subset")["statistic"].apply(lambda x: x.is_monotonic_decreasing)).all()

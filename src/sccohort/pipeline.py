@@ -315,7 +315,8 @@ def _write_checkpoint(
         "outputs": {str(p.relative_to(out)): sha256_file(p) for p in written},
         "cohort": None,
     }
-    if stage.saves_cohort or (stage.changes_cohort and index == len(STAGES) - 1):
+    last_change = max(i for i, s in enumerate(STAGES) if s.changes_cohort)
+    if stage.saves_cohort or index == last_change:  # the final object is always saved
         rel = f"checkpoints/{name}.h5mu"
         write_h5mu(state.mdata, out / rel)
         entry.update(cohort=rel, cohort_sha256=sha256_file(out / rel))

@@ -29,6 +29,7 @@ from sccohort.pp.qc import run_qc
 from sccohort.pp.summary import sample_summary
 from sccohort.tl.annotate import annotate
 from sccohort.tl.embed import harmony, highly_variable_genes, leiden, pca_prot, pca_rna, umap
+from sccohort.tl.markers import rank_markers
 from sccohort.tl.subsets import subsets
 from sccohort.tl.wnn import wnn
 
@@ -265,6 +266,30 @@ def _stage_subsets(state: RunState) -> list[Path]:
     return [write_csv(table, state.out / "tables" / "subsets.csv")]
 
 
+#: Markers kept per subset in ``tables/markers_<modality>.csv`` (by statistic).
+MARKERS_PER_SUBSET = 100
+
+
+def _stage_markers(state: RunState) -> list[Path]:
+    """One-vs-rest markers of every subset, RNA and protein -> ``tables/markers_<mod>.csv``.
+
+    Keeps the ``MARKERS_PER_SUBSET`` features with the largest Wilcoxon statistic per subset
+    (all antibodies for protein).
+    """
+    written = []
+    for modality in ("rna", "prot"):
+        if modality not in state.mdata.mod:
+            continue
+        adata = state.mdata.mod[modality]
+        adata.obs["subset"] = state.mdata.obs.loc[adata.obs_names, "subset"].to_numpy()
+        table = rank_markers(adata, "subset")
+        if modality == "rna":
+            table = table.groupby("group", observed=True, sort=False).head(MARKERS_PER_SUBSET)
+        table = table.rename(columns={"group": "subset"})
+        written.append(write_csv(table, state.out / "tables" / f"markers_{modality}.csv"))
+    return written
+
+
 STAGES: tuple[Stage, ...] = (
     Stage("ingest", "Reading samples", _stage_ingest, changes_cohort=True, saves_cohort=True),
     Stage("summary", "Summarising samples", _stage_summary),
@@ -279,4 +304,5 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage("annotate", "Annotating cell types", _stage_annotate, changes_cohort=True),
     Stage("subsets", "Finding and naming subsets", _stage_subsets, changes_cohort=True),
+    Stage("markers", "Ranking subset markers", _stage_markers),
 )
