@@ -230,3 +230,11 @@ def test_cli_error_messages_keep_brackets(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["validate", str(toml)])
     assert result.exit_code == 2
     assert "[study]" in result.output  # user text is not taken for rich markup
+
+
+def test_dsb_without_raw_droplets_fails_before_writing(cohort_dir: Path, tmp_path: Path) -> None:
+    toml = cohort_dir / "sccohort.toml"
+    toml.write_text(toml.read_text() + '\n[normalize]\nprotein = "dsb"\n')
+    with pytest.raises(InputError, match="raw_path"):
+        pipeline.run_pipeline(load_config(toml), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -31,7 +31,7 @@ from sccohort.cohort import SampleSheet
 from sccohort.config import Config, load_inputs
 from sccohort.errors import InputError
 from sccohort.io.atomic import write_h5mu, write_json
-from sccohort.stages import STAGES, Progress, RunState, Silent, Stage
+from sccohort.stages import STAGES, Progress, RunState, Silent, Stage, check_inputs
 
 __all__ = ["STAGES", "Progress", "RunState", "Stage", "run_pipeline"]
 
@@ -229,6 +229,7 @@ def run_pipeline(
     out = Path(out).resolve()
     progress = progress or Silent()
     samples, clinical = load_inputs(config)  # validates everything before writing anything
+    check_inputs(config, samples)
     checksums = input_checksums(config, samples)
     fingerprint = _fingerprint(config, checksums)
     _prepare_out(out, resume)

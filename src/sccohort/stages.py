@@ -143,6 +143,29 @@ def _protein_method(state: RunState) -> str:
     return "dsb" if raw is not None and raw.notna().all() else "clr"
 
 
+def check_inputs(config: Config, samples: SampleSheet) -> None:
+    """Stage-specific input checks, run before anything is written.
+
+    Raises
+    ------
+    InputError
+        ``[normalize] protein = "dsb"`` while a sample has no ``raw_path``.
+    """
+    if config.normalize.protein != "dsb":
+        return
+    raw = samples.table.get("raw_path")
+    missing = samples.table.index if raw is None else samples.table.index[raw.isna()]
+    if len(missing):
+        raise InputError(
+            "dsb needs each sample's raw droplets but raw_path is empty",
+            file=config.samples,
+            sample=str(missing[0]),
+            column="raw_path",
+            hint=f"{len(missing)} sample(s) lack it; add the raw_feature_bc_matrix paths or set "
+            "[normalize] protein = 'clr'",
+        )
+
+
 def _stage_normalize(state: RunState) -> list[Path]:
     """RNA total-count + log1p into ``.X``; protein CLR or dsb (per sample, its own droplets)."""
     mdata = state.mdata
@@ -159,15 +182,7 @@ def _stage_normalize(state: RunState) -> list[Path]:
         for sample_id in pd.unique(samples):
             rows = np.flatnonzero(samples == sample_id)
             part = prot[rows].copy()
-            raw = state.samples.table.loc[sample_id, "raw_path"]
-            if raw is None or pd.isna(raw) or not str(raw):
-                raise InputError(
-                    "dsb needs the sample's raw droplets but raw_path is empty",
-                    file=state.config.samples,
-                    sample=sample_id,
-                    column="raw_path",
-                    hint="add the raw_feature_bc_matrix path or set [normalize] protein = 'clr'",
-                )
+            raw = state.samples.table.loc[sample_id, "raw_path"]  # present: check_inputs
             barcodes = [name.split(":", 1)[1] for name in part.obs_names]
             empty = read_raw_droplets(raw, barcodes, sample_id, modalities=("prot",))
             dsb(part, empty[:, part.var_names].copy())
