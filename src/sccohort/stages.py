@@ -8,6 +8,7 @@ Each stage is a function of the :class:`RunState` that returns the files it wrot
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,13 +284,16 @@ def _stage_subsets(state: RunState) -> list[Path]:
 
 #: Markers kept per subset in ``tables/markers_<modality>.csv`` (by statistic).
 MARKERS_PER_SUBSET = 100
+#: Subsets with fewer cells get no marker table rows (a warning names them).
+MIN_MARKER_CELLS = 3
 
 
 def _stage_markers(state: RunState) -> list[Path]:
     """One-vs-rest markers of every subset, RNA and protein -> ``tables/markers_<mod>.csv``.
 
     Keeps the ``MARKERS_PER_SUBSET`` features with the largest Wilcoxon statistic per subset
-    (all antibodies for protein).
+    (all antibodies for protein); subsets of fewer than ``MIN_MARKER_CELLS`` cells (e.g. a
+    stray red cell) are left out with a warning.
     """
     written = []
     for modality in ("rna", "prot"):
@@ -297,7 +301,18 @@ def _stage_markers(state: RunState) -> list[Path]:
             continue
         adata = state.mdata.mod[modality]
         adata.obs["subset"] = state.mdata.obs.loc[adata.obs_names, "subset"].to_numpy()
-        table = rank_markers(adata, "subset")
+        sizes = adata.obs["subset"].value_counts()
+        groups = [str(g) for g in sizes.index[sizes >= MIN_MARKER_CELLS]]
+        if len(sizes) > len(groups):
+            warnings.warn(
+                f"no markers for subsets with fewer than {MIN_MARKER_CELLS} cells: "
+                + ", ".join(map(str, sizes.index[sizes < MIN_MARKER_CELLS])),
+                UserWarning,
+                stacklevel=2,
+            )
+        if len(groups) < 2:
+            continue
+        table = rank_markers(adata, "subset", groups=groups)
         if modality == "rna":
             table = table.groupby("group", observed=True, sort=False).head(MARKERS_PER_SUBSET)
         table = table.rename(columns={"group": "subset"})
