@@ -38,8 +38,8 @@ class PeakRSS:
             for p in [me, *me.children(recursive=True)]:
                 try:
                     total += p.memory_info().rss
-                except psutil.Error:
-                    pass
+                except psutil.Error:  # the process ended while we looked
+                    continue
             self.peak = max(self.peak, total)
             time.sleep(0.1)
 

@@ -258,7 +258,7 @@ def _describe(tp: Any) -> str:
 
 
 class _Mismatch(Exception):
-    pass
+    """A config value that does not fit its declared type."""
 
 
 def _coerce(value: Any, tp: Any, key: str, ctx: _Context) -> Any:

@@ -246,8 +246,7 @@ def _knn_ivf(
         threadpool_limits(1, user_api="blas"),
         ThreadPoolExecutor(max_workers=numba.get_num_threads()) as pool,
     ):
-        for _ in pool.map(search_list, range(n_lists)):
-            pass
+        list(pool.map(search_list, range(n_lists)))
     return (out, order) if return_order else out
 
 
