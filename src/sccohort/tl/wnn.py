@@ -300,6 +300,24 @@ def _impute_dist(x, lo, hi, nbrs, nearest):  # pragma: no cover - numba
     return out
 
 
+@numba.njit(cache=True, inline="always")
+def _count_shared(i, nn, rev_ptr, rev_idx, count, touched):  # pragma: no cover - numba
+    """Count, for every cell j, the neighbours of i that list j (``count[j]``).
+
+    The cells touched go to ``touched[:m]``; returns ``m``. The caller resets ``count``.
+    """
+    m = 0
+    for a in range(nn.shape[1]):
+        c = nn[i, a]
+        for t in range(rev_ptr[c], rev_ptr[c + 1]):
+            j = rev_idx[t]
+            if count[j] == 0:
+                touched[m] = j
+                m += 1
+            count[j] += 1
+    return m
+
+
 @numba.njit(parallel=True, cache=True)
 def _snn_width(x, lo, hi, nn, rev_ptr, rev_idx, nearest, n_far, max_touch):  # pragma: no cover
     """Seurat's SNN kernel width of each cell.
@@ -321,15 +339,7 @@ def _snn_width(x, lo, hi, nn, rev_ptr, rev_idx, nearest, n_far, max_touch):  # p
         heap = np.empty(n_far)
         payload = np.empty(n_far, dtype=np.int64)
         for i in range(ch, n, n_chunks):
-            m = 0
-            for a in range(k):
-                c = nn[i, a]
-                for t in range(rev_ptr[c], rev_ptr[c + 1]):
-                    j = rev_idx[t]
-                    if count[j] == 0:
-                        touched[m] = j
-                        m += 1
-                    count[j] += 1
+            m = _count_shared(i, nn, rev_ptr, rev_idx, count, touched)
             hist[:] = 0
             for t in range(m):
                 hist[min(count[touched[t]], k)] += 1
@@ -425,15 +435,7 @@ def _snn_rows(
         count = np.zeros(n, dtype=np.int32)
         touched = np.empty(max_touch, dtype=np.int64)
         for i in range(ch, n, n_chunks):
-            m = 0
-            for a in range(k):
-                c = nn[i, a]
-                for t in range(rev_ptr[c], rev_ptr[c + 1]):
-                    j = rev_idx[t]
-                    if count[j] == 0:
-                        touched[m] = j
-                        m += 1
-                    count[j] += 1
+            m = _count_shared(i, nn, rev_ptr, rev_idx, count, touched)
             kept = 0
             if fill:
                 touched[:m].sort()
