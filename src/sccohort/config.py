@@ -150,6 +150,26 @@ class EmbeddingSection:
     umap_max_cells: int = 200_000
 
 
+@config_section("annotation")
+@dataclass
+class AnnotationSection:
+    """``[annotation]``: optional label transfer from a labelled reference.
+
+    ``reference`` names an ``.h5ad`` (or ``.h5mu``, its RNA) with labelled cells; its
+    ``reference_keys`` columns are transferred to ``obs`` ``ref_<key>`` by neighbours in a
+    shared embedding (see :mod:`sccohort.tl.transfer`). ``labels = "reference"`` makes the
+    transferred ``l1`` / ``l2`` the cohort's labels (they must use the Azimuth PBMC
+    vocabulary, which subsets and the report expect); the default keeps the marker-based
+    labels and reports the agreement.
+    """
+
+    reference: Path | None = None
+    reference_keys: list[str] = field(default_factory=lambda: ["l1", "l2"])
+    labels: Literal["markers", "reference"] = "markers"
+    min_confidence: float = 0.5
+    transfer_neighbors: int = 20
+
+
 @dataclass
 class Config:
     """A validated configuration.

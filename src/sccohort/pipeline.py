@@ -54,10 +54,12 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def input_checksums(config: Config, samples: SampleSheet) -> dict[str, str]:
-    """SHA-256 of the config, both tables and every sample's files (folders: each file)."""
+    """SHA-256 of the config, both tables, each sample's files and the annotation reference."""
     files: list[Path] = [config.path, config.samples]
     if config.clinical is not None:
         files.append(config.clinical)
+    if config.annotation.reference is not None:
+        files.append(config.annotation.reference)
     for column in ("path", "raw_path"):
         if column not in samples.table:
             continue

@@ -32,6 +32,7 @@ from sccohort.tl.annotate import annotate
 from sccohort.tl.embed import harmony, highly_variable_genes, leiden, pca_prot, pca_rna, umap
 from sccohort.tl.markers import rank_markers
 from sccohort.tl.subsets import subsets
+from sccohort.tl.transfer import load_reference, transfer_labels
 from sccohort.tl.wnn import wnn
 
 
@@ -150,8 +151,11 @@ def check_inputs(config: Config, samples: SampleSheet) -> None:
     Raises
     ------
     InputError
-        ``[normalize] protein = "dsb"`` while a sample has no ``raw_path``.
+        ``[normalize] protein = "dsb"`` while a sample has no ``raw_path``; an
+        ``[annotation]`` reference that is missing, or ``labels = "reference"`` without one
+        (or without ``l1`` and ``l2`` among its keys).
     """
+    _check_annotation(config)
     if config.normalize.protein != "dsb":
         return
     raw = samples.table.get("raw_path")
@@ -164,6 +168,36 @@ def check_inputs(config: Config, samples: SampleSheet) -> None:
             column="raw_path",
             hint=f"{len(missing)} sample(s) lack it; add the raw_feature_bc_matrix paths or set "
             "[normalize] protein = 'clr'",
+        )
+
+
+def _check_annotation(config: Config) -> None:
+    section = config.annotation
+    if section.reference is None:
+        if section.labels == "reference":
+            raise InputError(
+                'labels = "reference" but no reference is given',
+                file=config.path,
+                key="annotation.labels",
+                hint='Set annotation.reference to a labelled .h5ad / .h5mu, or labels = "markers"',
+            )
+        return
+    if not section.reference.is_file() or section.reference.suffix.lower() not in (
+        ".h5ad",
+        ".h5mu",
+    ):
+        raise InputError(
+            f"reference '{section.reference}' is not an existing .h5ad or .h5mu file",
+            file=config.path,
+            key="annotation.reference",
+            hint="Give the path (relative to the config) of a labelled .h5ad or .h5mu",
+        )
+    if section.labels == "reference" and not {"l1", "l2"} <= set(section.reference_keys):
+        raise InputError(
+            'labels = "reference" needs reference_keys to include "l1" and "l2"',
+            file=config.path,
+            key="annotation.reference_keys",
+            hint="Subsets and the report use Azimuth l1 / l2 labels",
         )
 
 
@@ -254,10 +288,39 @@ def _stage_annotate(state: RunState) -> list[Path]:
 
     Writes ``obs`` ``l1``, ``l2``, ``l1_confidence``, ``l2_confidence`` and
     ``tables/cell_types.csv`` (per l2 label: its l1, cells, share, samples, median
-    confidence).
+    confidence). With an ``[annotation] reference``, also ``obs`` ``ref_<key>`` (+
+    ``_confidence``) transferred from it and ``tables/label_transfer.csv`` (per key and
+    label: cells, share, median confidence, agreement with the marker labels); with
+    ``labels = "reference"`` the transferred l1 / l2 replace the marker labels.
     """
-    mdata = state.mdata
-    annotate(mdata, use=tuple(m for m in ("rna", "prot") if m in mdata.mod))
+    mdata, section = state.mdata, state.config.annotation
+    annotate(
+        mdata,
+        use=tuple(m for m in ("rna", "prot") if m in mdata.mod),
+        min_confidence=section.min_confidence,
+    )
+    written = []
+    if section.reference is not None:
+        rna = mdata.mod["rna"]
+        rna.obs = rna.obs.drop(columns=[c for c in rna.obs if c.startswith("ref_")])
+        for key in ("sample_id", *section.reference_keys):
+            if key in mdata.obs:
+                rna.obs[key] = mdata.obs.loc[rna.obs_names, key].to_numpy()
+        transferred = transfer_labels(
+            rna,
+            load_reference(section.reference, section.reference_keys),
+            keys=section.reference_keys,
+            n_neighbors=section.transfer_neighbors,
+            min_confidence=section.min_confidence,
+            seed=state.config.seed,
+        )
+        for column in [c for c in rna.obs if c.startswith("ref_")]:
+            mdata.obs[column] = rna.obs.loc[mdata.obs_names, column].to_numpy()
+        if section.labels == "reference":
+            for key in ("l1", "l2"):
+                mdata.obs[key] = pd.Categorical(mdata.obs[f"ref_{key}"].astype(str))
+                mdata.obs[f"{key}_confidence"] = mdata.obs[f"ref_{key}_confidence"]
+        written.append(write_csv(transferred, state.out / "tables" / "label_transfer.csv"))
     obs = mdata.obs
     table = (
         obs.groupby(["l1", "l2"], observed=True)
@@ -270,7 +333,7 @@ def _stage_annotate(state: RunState) -> list[Path]:
     )
     table.insert(3, "share", table["n_cells"] / len(obs))
     table = table.sort_values(["l1", "n_cells"], ascending=[True, False], kind="stable")
-    return [write_csv(table, state.out / "tables" / "cell_types.csv")]
+    return [*written, write_csv(table, state.out / "tables" / "cell_types.csv")]
 
 
 def _stage_subsets(state: RunState) -> list[Path]:
