@@ -83,7 +83,9 @@ def test_resume_restarts_from_the_last_saved_cohort(run_dir: Path) -> None:
         path.unlink()
     with pytest.warns(UserWarning):
         resumed = pipeline.run_pipeline(config, out, resume=True)
-    assert [s["resumed"] for s in resumed["stages"]] == [True, True] + [False] * 6
+    assert [s["resumed"] for s in resumed["stages"]] == [True, True] + [False] * (
+        len(pipeline.STAGES) - 2
+    )
     assert {p.name: p.read_bytes() for p in (out / "tables").iterdir()} == tables
     assert (mudata.read_h5mu(out / "cohort.h5mu").obs["leiden"].to_numpy() == labels).all()
 
@@ -117,3 +119,31 @@ def test_marker_tables_rank_planted_program_genes_first(run_dir: Path) -> None:
     top = rna[rna["subset"] == egr1].head(10)["feature"]
     assert {"EGR1", "NFKBIA", "IER2"} & set(top)
     assert (rna.groupby("subset")["statistic"].apply(lambda x: x.is_monotonic_decreasing)).all()
+
+
+CORE = ["contrast", "level", "subset", "effect", "ci_low", "ci_high", "pvalue", "padj", "method"]
+
+
+def test_composition_and_association_tables(run_dir: Path) -> None:
+    tables = run_dir / "out" / "tables"
+    comp = pd.read_csv(tables / "composition.csv")
+    assert {"l1", "l2", "subset", "subset_in_l1"} <= set(comp["level"])
+    sums = comp[comp["parent"] == "all"].groupby(["sample_id", "level"])["share"].sum()
+    assert np.allclose(sums, 1.0)
+
+    assoc = pd.read_csv(tables / "association.csv")
+    assert list(assoc.columns[: len(CORE)]) == CORE
+    assert set(assoc["method"]) == {"perm_lm_log2share", "ks_bonferroni"}
+    assert set(assoc["level"]) == {"l1", "l2", "subset", "subset_in_l1"}
+    tested = assoc.dropna(subset=["pvalue"])
+    assert tested["pvalue"].between(0, 1).all()
+    assert (tested["padj"] >= tested["pvalue"] - 1e-12).all()
+    default = tested[tested["method"] == "perm_lm_log2share"]
+    # 4 SSc vs 4 HD without covariates: all C(8, 4) = 70 relabellings are enumerated
+    assert (default["scheme"] == "exact").all() and (default["n_perm"] == 70).all()
+    assert (default[["n_case", "n_control"]] == [4, 4]).all().all()
+
+    nhoods = pd.read_csv(tables / "neighbourhoods.csv")
+    assert list(nhoods.columns[: len(CORE)]) == CORE
+    assert nhoods["nhood"].is_unique and len(nhoods) > 20
+    assert nhoods["padj"].between(0, 1).all()

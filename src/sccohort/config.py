@@ -170,6 +170,58 @@ class AnnotationSection:
     transfer_neighbors: int = 20
 
 
+@config_section("association")
+@dataclass
+class AssociationSection:
+    """``[association]``: donor-level tests of subset abundance for every contrast.
+
+    ``levels``: composition levels tested (``l1``, ``l2``, ``subset``, and shares within the
+    parent l1 lineage, ``subset_in_l1`` / ``l2_in_l1``). The default test permutes clinical
+    labels among donors (``n_perm`` random permutations, or all when there are at most
+    ``max_exact``); ``classic`` adds the study's KS + Bonferroni for binary contrasts.
+    ``groupings``: variables (``"ARA"``) or crossings (``"ARA*SRC"``) compared across their
+    levels with Kruskal-Wallis + Dunn (``dunn_adjust``); donors missing a value are left
+    out. ``neighbourhoods``: Milo-style neighbourhood DA on ``milo_embedding`` with the
+    ``milo_preset`` parameters (``"default"``, or the study's ``"study"`` /
+    ``"study_lineage"``).
+    """
+
+    levels: list[str] = field(default_factory=lambda: ["l1", "l2", "subset", "subset_in_l1"])
+    n_perm: int = 10_000
+    max_exact: int = 20_000
+    classic: bool = True
+    groupings: list[str] = field(default_factory=list)
+    dunn_adjust: Literal["bonferroni", "holm"] = "bonferroni"
+    neighbourhoods: bool = True
+    milo_preset: Literal["default", "study", "study_lineage"] = "default"
+    milo_embedding: str = "X_harmony"
+
+
+@config_section("characterise")
+@dataclass
+class CharacteriseSection:
+    """``[characterise]``: what the run works out about each associated subset.
+
+    A subset is *associated* when the default test gives it ``padj < alpha`` (level
+    ``subset`` or ``subset_in_l1``) in some contrast; at most ``max_subsets`` of them, by
+    ``padj``, are characterised: enrichment of their markers (MSigDB Hallmark, plus
+    ``gene_sets`` GMT and ``tf_targets`` TRRUST-style TSV files when given), a protein gating
+    strategy (``gating_max_gates`` thresholds, ``gating_test_fraction`` of donors held out)
+    and time courses (shares, and the subset's named gene plus ``timecourse_genes`` in its
+    parent lineage). Every binary contrast gets a donor-level prediction from subset shares
+    (``prediction_perm`` permutations) and donor-level signature scores.
+    """
+
+    alpha: float = 0.05
+    max_subsets: int = 6
+    gene_sets: Path | None = None
+    tf_targets: Path | None = None
+    gating_max_gates: int = 3
+    gating_test_fraction: float = 0.3
+    prediction_perm: int = 200
+    timecourse_genes: list[str] = field(default_factory=list)
+
+
 @dataclass
 class Config:
     """A validated configuration.

@@ -19,21 +19,46 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 
-from sccohort.cohort import ClinicalTable, SampleSheet
-from sccohort.config import Config
+from sccohort.cohort import ClinicalTable, ContrastDesign, SampleSheet
+from sccohort.config import Config, build_designs
 from sccohort.errors import InputError
 from sccohort.io.atomic import write_csv
+from sccohort.io.genesets import hallmark, read_gmt, read_tf_targets
 from sccohort.io.read import read_raw_droplets, read_samples
 from sccohort.pp.normalize import clr, dsb, normalize_rna
 from sccohort.pp.qc import METRICS as QC_METRICS
 from sccohort.pp.qc import run_qc
 from sccohort.pp.summary import sample_summary
+from sccohort.stats.abundance import test_abundance
+from sccohort.stats.composition import composition, donor_counts, donor_shares
+from sccohort.stats.enrichment import enrich_markers
+from sccohort.stats.gating import gating_strategy, protein_markers
+from sccohort.stats.longitudinal import expression_trajectory, trajectories
+from sccohort.stats.neighbourhoods import neighbourhoods
+from sccohort.stats.predict import predict_phenotype
+from sccohort.stats.signatures import donor_scores, score_cells, signature_sets
+from sccohort.stats.tests import kruskal_dunn, ks_test
 from sccohort.tl.annotate import annotate
 from sccohort.tl.embed import harmony, highly_variable_genes, leiden, pca_prot, pca_rna, umap
 from sccohort.tl.markers import rank_markers
 from sccohort.tl.subsets import subsets
 from sccohort.tl.transfer import load_reference, transfer_labels
 from sccohort.tl.wnn import wnn
+
+#: The columns every statistics table starts with (DESIGN.md).
+CORE_COLUMNS = (
+    "contrast",
+    "level",
+    "subset",
+    "effect",
+    "ci_low",
+    "ci_high",
+    "pvalue",
+    "padj",
+    "method",
+    "n_case",
+    "n_control",
+)
 
 
 class Progress(Protocol):
@@ -383,6 +408,333 @@ def _stage_markers(state: RunState) -> list[Path]:
     return written
 
 
+def _designs(state: RunState) -> dict[str, ContrastDesign]:
+    """Every contrast's design on the donors of the primary samples ({} without contrasts)."""
+    if state.clinical is None or not state.config.contrasts:
+        return {}
+    return build_designs(state.config, state.samples, state.clinical)
+
+
+def _primary_sample_of(state: RunState) -> pd.Series:
+    """Donor -> its primary sample (the configured timepoint and tissue)."""
+    primary = state.samples.primary_samples(
+        state.config.primary_timepoint, state.config.primary_tissue
+    )
+    return pd.Series(primary.index.astype(str), index=primary["donor_id"].astype(str).to_numpy())
+
+
+def _composition(state: RunState) -> pd.DataFrame:
+    levels = tuple(c for c in ("l1", "l2", "subset") if c in state.mdata.obs)
+    return composition(state.mdata.obs, levels=levels)
+
+
+def _check_levels(state: RunState, table: pd.DataFrame) -> list[str]:
+    levels = list(state.config.association.levels)
+    known = list(pd.unique(table["level"]))
+    unknown = [lv for lv in levels if lv not in known]
+    if unknown:
+        raise InputError(
+            f"unknown composition level(s) {', '.join(unknown)}",
+            file=state.config.path,
+            key="association.levels",
+            hint=f"Levels of this cohort: {', '.join(known)}",
+        )
+    return levels
+
+
+def _core_first(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate tidy result frames with the DESIGN core columns first."""
+    table = pd.concat([f for f in frames if len(f)], ignore_index=True)
+    core = [c for c in CORE_COLUMNS if c in table.columns]
+    return table[core + [c for c in table.columns if c not in core]]
+
+
+def _stage_composition(state: RunState) -> list[Path]:
+    """Counts and shares per sample at every level and within parents -> composition.csv."""
+    table = _composition(state)
+    return [write_csv(table, state.out / "tables" / "composition.csv")]
+
+
+def _stage_association(state: RunState) -> list[Path]:
+    """Every contrast at every level: the default permutation test, and the study's KS.
+
+    Writes ``tables/association.csv`` (one row per contrast x level x subset x method, the
+    DESIGN core columns first) and, for ``[association] groupings``, ``tables/subgroups.csv``
+    (Kruskal-Wallis per subset, then Dunn's pairs).
+    """
+    cfg, seed = state.config.association, state.config.seed
+    table = _composition(state)
+    levels = _check_levels(state, table)
+    designs = _designs(state)
+    sample_of = _primary_sample_of(state)
+    written = []
+    frames = []
+    steps, done = len(designs) * len(levels), 0
+    for design in designs.values():
+        samples = list(sample_of.loc[design.donors.astype(str)])
+        for level in levels:
+            counts, totals = donor_counts(table, level, samples)
+            frames.append(
+                test_abundance(
+                    counts,
+                    totals,
+                    design,
+                    level=level,
+                    n_perm=cfg.n_perm,
+                    max_exact=cfg.max_exact,
+                    seed=seed,
+                )
+            )
+            if cfg.classic and not design.is_continuous:
+                shares = counts / totals.where(totals > 0)
+                frames.append(ks_test(shares, design, level, seed=seed))
+            done += 1
+            state.progress.advance(done, steps)
+    if frames:
+        written.append(write_csv(_core_first(frames), state.out / "tables" / "association.csv"))
+    subgroups = _subgroups(state, table, levels, sample_of)
+    if subgroups is not None:
+        written.append(write_csv(subgroups, state.out / "tables" / "subgroups.csv"))
+    return written
+
+
+def _subgroups(
+    state: RunState, table: pd.DataFrame, levels: list[str], sample_of: pd.Series
+) -> pd.DataFrame | None:
+    """Kruskal-Wallis + Dunn across the levels of each configured grouping."""
+    cfg = state.config.association
+    if not cfg.groupings:
+        return None
+    if state.clinical is None:
+        raise InputError(
+            "groupings need a clinical table",
+            file=state.config.path,
+            key="association.groupings",
+            hint="Add [inputs] clinical, or remove the groupings",
+        )
+    clinical = state.clinical.table
+    donors = [d for d in sample_of.index if d in clinical.index]
+    frames = []
+    for grouping in cfg.groupings:
+        variables = [v.strip() for v in grouping.split("*")]
+        unknown = [v for v in variables if v not in clinical.columns]
+        if unknown:
+            raise InputError(
+                f"grouping '{grouping}' names unknown variable(s) {', '.join(unknown)}",
+                file=state.config.path,
+                key="association.groupings",
+                hint=f"Variables of the clinical table: {', '.join(clinical.columns)}",
+            )
+        values = clinical.loc[donors, variables]
+        values = values[values.notna().all(axis=1)]
+        groups = pd.Series(
+            ["/".join(map(str, row)) for row in values.itertuples(index=False)],
+            index=pd.Index(values.index, name="donor_id"),
+            name=grouping,
+        )
+        if groups.nunique() < 3:
+            raise InputError(
+                f"grouping '{grouping}' has {groups.nunique()} level(s) among the donors with "
+                f"samples ({', '.join(sorted(groups.unique()))}); Kruskal-Wallis + Dunn needs 3 "
+                "or more",
+                file=state.config.path,
+                key="association.groupings",
+                hint="Cross it with another variable (e.g. 'ARA*SRC'); two groups are compared "
+                "by a contrast",
+            )
+        samples = list(sample_of.loc[groups.index])
+        for level in levels:
+            shares = donor_shares(table, level, samples)
+            omnibus, pairs = kruskal_dunn(
+                shares, groups, level, adjust=cfg.dunn_adjust, seed=state.config.seed
+            )
+            frames += [omnibus, pairs]
+    return _core_first(frames)
+
+
+def _stage_neighbourhoods(state: RunState) -> list[Path]:
+    """Milo-style neighbourhood DA of every contrast -> ``tables/neighbourhoods.csv``."""
+    cfg = state.config.association
+    designs = _designs(state)
+    if not cfg.neighbourhoods or not designs:
+        return []
+    mdata = state.mdata
+    if cfg.milo_embedding not in mdata.obsm:
+        raise InputError(
+            f"the cohort has no embedding '{cfg.milo_embedding}'",
+            file=state.config.path,
+            key="association.milo_embedding",
+            hint=f"Embeddings: {', '.join(mdata.obsm)}",
+        )
+    embedding = np.asarray(mdata.obsm[cfg.milo_embedding])
+    sample_of = _primary_sample_of(state)
+    frames = []
+    for i, design in enumerate(designs.values(), start=1):
+        frames.append(
+            neighbourhoods(
+                embedding,
+                mdata.obs,
+                design,
+                samples=list(sample_of.loc[design.donors.astype(str)]),
+                preset=cfg.milo_preset,
+                seed=state.config.seed,
+            )
+        )
+        state.progress.advance(i, len(designs))
+    return [write_csv(_core_first(frames), state.out / "tables" / "neighbourhoods.csv")]
+
+
+#: Levels whose default-test results mark a subset as associated.
+ASSOCIATED_LEVELS = ("subset", "subset_in_l1")
+
+
+def associated_subsets(association: pd.DataFrame, alpha: float, limit: int) -> pd.DataFrame:
+    """The best (lowest padj) contrast of each subset significant in the default test.
+
+    Parameters
+    ----------
+    association
+        ``tables/association.csv``.
+    alpha, limit
+        Significance threshold on ``padj``; at most ``limit`` subsets, by ``padj``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Rows of ``association`` (``subset`` unique), sorted by ``padj``.
+    """
+    rows = association[
+        (association["method"] == "perm_lm_log2share")
+        & association["level"].isin(ASSOCIATED_LEVELS)
+        & (association["padj"] < alpha)
+    ]
+    rows = rows.sort_values(["padj", "pvalue", "subset"], kind="stable")
+    return rows.drop_duplicates("subset").head(limit).reset_index(drop=True)
+
+
+def _parent_l1(obs: pd.DataFrame, subset: str) -> str:
+    """The l1 lineage most cells of a subset belong to."""
+    return str(obs.loc[obs["subset"] == subset, "l1"].astype(str).value_counts().index[0])
+
+
+def _read_table(state: RunState, name: str) -> pd.DataFrame:
+    path = state.out / "tables" / name
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+
+
+def _stage_characterise(state: RunState) -> list[Path]:
+    """Enrichment, gating, prediction, signatures and time courses of associated subsets.
+
+    Writes (under ``tables/``) ``enrichment.csv`` (marker ORA per associated subset),
+    ``gating.csv`` + ``protein_markers.csv``, ``prediction.csv`` + ``prediction_donors.csv``
+    (binary contrasts), ``signatures.csv`` (donor x subset mean scores of the NF-kB /
+    TNF-alpha, IFN-gamma and IFN-alpha Hallmark sets), and ``timecourse.csv`` +
+    ``timecourse_expression.csv`` when donors have several timepoints. Tables with nothing
+    to report are not written.
+    """
+    cfg, seed, mdata = state.config.characterise, state.config.seed, state.mdata
+    tables = state.out / "tables"
+    association = _read_table(state, "association.csv")
+    chosen = (
+        associated_subsets(association, cfg.alpha, cfg.max_subsets)
+        if len(association)
+        else pd.DataFrame(columns=["subset", "contrast"])
+    )
+    subsets_ = list(chosen["subset"])
+    obs = mdata.obs
+    written = []
+    steps = 5
+
+    # 1. enrichment of the markers of each associated subset
+    markers = _read_table(state, "markers_rna.csv")
+    if subsets_ and len(markers):
+        gene_sets = dict(hallmark())
+        if cfg.gene_sets is not None:
+            gene_sets |= read_gmt(cfg.gene_sets)
+        if cfg.tf_targets is not None:
+            gene_sets |= {f"TF_{k}": v for k, v in read_tf_targets(cfg.tf_targets).items()}
+        universe = list(mdata.mod["rna"].var_names)
+        enrichment = enrich_markers(markers[markers["subset"].isin(subsets_)], gene_sets, universe)
+        written.append(write_csv(enrichment, tables / "enrichment.csv"))
+    state.progress.advance(1, steps)
+
+    # 2. protein gating of each associated subset
+    if subsets_ and "prot" in mdata.mod:
+        prot = mdata.mod["prot"]
+        cell_obs = obs.loc[prot.obs_names]
+        gates, protein_tables = [], []
+        for subset in subsets_:
+            target = (cell_obs["subset"] == subset).to_numpy()
+            parent = (cell_obs["l1"].astype(str) == _parent_l1(obs, subset)).to_numpy()
+            result = gating_strategy(
+                prot,
+                target,
+                parent,
+                cell_obs["donor_id"].astype(str).to_numpy(),
+                subset=subset,
+                max_gates=cfg.gating_max_gates,
+                test_donors=cfg.gating_test_fraction,
+                seed=seed,
+            )
+            gates.append(result.to_frame())
+            protein_tables.append(protein_markers(prot, target, parent, subset=subset))
+        written.append(write_csv(pd.concat(gates, ignore_index=True), tables / "gating.csv"))
+        written.append(
+            write_csv(pd.concat(protein_tables, ignore_index=True), tables / "protein_markers.csv")
+        )
+    state.progress.advance(2, steps)
+
+    # 3. donor-level prediction of each binary contrast from subset shares
+    designs = _designs(state)
+    sample_of = _primary_sample_of(state)
+    table = _composition(state)
+    summaries, predictions = [], []
+    for design in designs.values():
+        if design.is_continuous:
+            continue
+        shares = donor_shares(table, "subset", list(sample_of.loc[design.donors.astype(str)]))
+        shares = shares.loc[:, shares.notna().all() & (shares.sum() > 0)]
+        pseudo = 0.5 / max(float(np.median(table["total"][table["total"] > 0])), 1.0)
+        logit = np.log((shares + pseudo) / (1 - shares + pseudo))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the report flags small groups
+            result = predict_phenotype(logit, design, n_perm=cfg.prediction_perm, seed=seed)
+        summaries.append(result.to_frame("summary").assign(level="subset"))
+        predictions.append(result.to_frame("predictions"))
+    if summaries:
+        written.append(write_csv(_core_first(summaries), tables / "prediction.csv"))
+        written.append(
+            write_csv(pd.concat(predictions, ignore_index=True), tables / "prediction_donors.csv")
+        )
+    state.progress.advance(3, steps)
+
+    # 4. signature scores per donor and subset (primary samples)
+    rna = mdata.mod["rna"]
+    scores = score_cells(rna, signature_sets(), seed=seed)
+    donor = donor_scores(scores, obs.loc[rna.obs_names], samples=list(sample_of))
+    written.append(write_csv(donor, tables / "signatures.csv"))
+    state.progress.advance(4, steps)
+
+    # 5. time courses of the associated subsets and their named genes
+    longitudinal = state.samples.table.groupby("donor_id")["timepoint"].nunique()
+    if subsets_ and (longitudinal >= 2).any():
+        traj = trajectories(table, state.samples.table, "subset_in_l1", subsets_)
+        written.append(write_csv(traj, tables / "timecourse.csv"))
+        frames = []
+        for subset in subsets_:
+            named = subset.rsplit("_", 1)[-1]
+            genes = [g for g in dict.fromkeys([named, *cfg.timecourse_genes]) if g in rna.var_names]
+            if genes:
+                lineage = _parent_l1(obs, subset)
+                expression = expression_trajectory(mdata, genes, {"l1": lineage})
+                frames.append(expression.assign(subset=subset, cells=lineage))
+        if frames:
+            expression = pd.concat(frames, ignore_index=True)
+            written.append(write_csv(expression, tables / "timecourse_expression.csv"))
+    state.progress.advance(5, steps)
+    return written
+
+
 STAGES: tuple[Stage, ...] = (
     Stage("ingest", "Reading samples", _stage_ingest, changes_cohort=True, saves_cohort=True),
     Stage("summary", "Summarising samples", _stage_summary),
@@ -398,4 +750,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("annotate", "Annotating cell types", _stage_annotate, changes_cohort=True),
     Stage("subsets", "Finding and naming subsets", _stage_subsets, changes_cohort=True),
     Stage("markers", "Ranking subset markers", _stage_markers),
+    Stage("composition", "Counting cells per donor and subset", _stage_composition),
+    Stage("association", "Testing subsets against each contrast", _stage_association),
+    Stage("neighbourhoods", "Neighbourhood differential abundance", _stage_neighbourhoods),
+    Stage("characterise", "Characterising associated subsets", _stage_characterise),
 )

@@ -59,6 +59,9 @@ case = "yes"
 control = "no"
 within = {{ group = "SSc" }}
 covariates = ["age"]
+
+[association]
+groupings = ["ARA*SRC"]
 """
 
 TRUTH_DOUBLET_NOTE = (

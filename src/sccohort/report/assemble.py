@@ -1,0 +1,276 @@
+"""The whole report in one call: summary, cohort, QC, cells, statistics, methods.
+
+:func:`assemble_report` builds every section from the run folder, the cohort object, the
+clinical table, the contrasts and ``run.json``, and writes ``OUT/report.html`` plus
+``OUT/figures/``. A section whose inputs are missing or broken is replaced by a one-line
+warning naming the problem, so a partial run still gets a report.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..cohort import ClinicalTable
+from .build import Items, Note, Paragraph, Section, build_report
+from .sections import (
+    SMALL_GROUP,
+    _clinical_frame,
+    _contrast_sizes,
+    cell_types_section,
+    cohort_section,
+    methods_section,
+    qc_section,
+    umap_section,
+)
+from .stats_sections import (
+    associated_summary,
+    association_section,
+    characterisation_section,
+    composition_section,
+    read_table,
+)
+
+__all__ = ["TEST_DESCRIPTIONS", "assemble_report"]
+
+log = logging.getLogger(__name__)
+
+#: What each ``method`` value of the statistics tables means, for the methods section.
+TEST_DESCRIPTIONS = {
+    "perm_lm_log2share": "default test of subset shares: linear model of log2 share on the "
+    "contrast plus covariates, permutation p-value (Freedman-Lane), Benjamini-Hochberg within "
+    "contrast x level",
+    "ks_bonferroni": "the study's test: two-sample Kolmogorov-Smirnov of shares, Bonferroni "
+    "over the subsets of a level",
+    "kruskal_wallis_bonferroni": "Kruskal-Wallis across the levels of a grouping, Bonferroni",
+    "dunn_bonferroni": "Dunn's post-hoc pairs, Bonferroni",
+    "dunn_holm": "Dunn's post-hoc pairs, Holm",
+    "milo_nb_qlf": "neighbourhood differential abundance: negative binomial quasi-likelihood "
+    "F-test per neighbourhood, spatial FDR (weighted BH)",
+}
+
+
+def _contrast_specs(config_or_designs: Any, run_json: Mapping[str, Any]) -> dict[str, Any]:
+    """Contrast name -> design / Contrast / dict, from a Config, a mapping or run.json."""
+    if config_or_designs is not None and hasattr(config_or_designs, "contrasts"):
+        return dict(config_or_designs.contrasts)
+    if isinstance(config_or_designs, Mapping):
+        return dict(config_or_designs)
+    return dict((run_json.get("config") or {}).get("contrasts") or {})
+
+
+def _spec_dicts(contrasts: Mapping[str, Any]) -> dict[str, dict]:
+    """Plain dict form of each contrast (for the cohort overview's table)."""
+    out: dict[str, dict] = {}
+    for name, item in contrasts.items():
+        if isinstance(item, Mapping):
+            out[name] = dict(item)
+        elif hasattr(item, "to_dict"):
+            out[name] = item.to_dict()
+        elif hasattr(item, "contrast") and hasattr(item.contrast, "to_dict"):  # a design
+            out[name] = item.contrast.to_dict()
+    return out
+
+
+def _safely(title: str, anchor: str, build: Callable[[], Section]) -> Section:
+    try:
+        return build()
+    except Exception as exc:  # a report with a gap beats no report at the end of a run
+        log.warning("report section %r failed: %s", title, exc, exc_info=True)
+        return Section(
+            title,
+            anchor,
+            [Note(f"This section could not be built: {type(exc).__name__}: {exc}", "warning")],
+        )
+
+
+def _summary(out: Path, mdata: Any, clinical: pd.DataFrame | None, alpha: float) -> Section:
+    samples = read_table(out, "samples.csv")
+    obs = getattr(mdata, "obs", None)
+    n_donors = (
+        samples["donor_id"].nunique()
+        if samples is not None and "donor_id" in samples
+        else obs["donor_id"].nunique()
+        if obs is not None and "donor_id" in obs
+        else None
+    )
+    n_samples = len(samples) if samples is not None else None
+    n_cells = None
+    if obs is not None:
+        n_cells = (
+            int(obs["qc_pass"].fillna(False).astype(bool).sum()) if "qc_pass" in obs else len(obs)
+        )
+    parts = []
+    if n_donors is not None:
+        parts.append(f"{n_donors} donors")
+    if n_samples is not None:
+        parts.append(f"{n_samples} samples")
+    if n_cells is not None:
+        parts.append(f"{n_cells:,} cells after quality control")
+    blocks: list[Any] = []
+    if parts:
+        text = "This run analysed " + ", ".join(parts) + "."
+        if clinical is not None and "group" in clinical:
+            counts = clinical["group"].value_counts()
+            text += " Groups: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + "."
+        blocks.append(Paragraph(text))
+    blocks.extend(associated_summary(out, alpha=alpha))
+    return Section("Summary", "summary", blocks)
+
+
+def _tests_used(out: Path) -> list[str]:
+    methods: dict[str, str] = {}
+    for name in ("association.csv", "neighbourhoods.csv", "subgroups.csv", "signature_tests.csv",
+                 "prediction.csv"):  # fmt: skip
+        table = read_table(out, name)
+        if table is not None and "method" in table:
+            for method in pd.unique(table["method"].dropna().astype(str)):
+                methods.setdefault(method, name)
+    for path in sorted((out / "tables").glob("de_*.csv")) if (out / "tables").is_dir() else []:
+        table = read_table(out, path.name)
+        if table is not None and "method" in table:
+            for method in pd.unique(table["method"].dropna().astype(str)):
+                methods.setdefault(method, "de_<contrast>.csv")
+    return [
+        f"{method} (tables/{source}): {TEST_DESCRIPTIONS.get(method, 'see the table')}"
+        for method, source in methods.items()
+    ]
+
+
+def _limitations(
+    contrasts: Mapping[str, dict], clinical: pd.DataFrame | None, out: Path
+) -> list[str]:
+    notes: list[str] = []
+    samples = read_table(out, "samples.csv")
+    if clinical is None or not contrasts:
+        return notes
+    donors = (
+        list(pd.unique(samples["donor_id"].astype(str)))
+        if samples is not None and "donor_id" in samples
+        else list(clinical.index)
+    )
+    sizes = _contrast_sizes(contrasts, clinical, donors)
+    for row in sizes.itertuples(index=False):
+        for arm, n in (("case", row.n_case), ("control", row.n_control)):
+            if pd.notna(n) and n < SMALL_GROUP:
+                notes.append(
+                    f"{row.contrast}: {int(n)} {arm} donor(s). With so few donors a test has "
+                    "little power, effect estimates are wide and one donor can drive a result; "
+                    "the permutation p-value cannot go below 1 / (number of distinct "
+                    "arrangements)."
+                )
+    return notes
+
+
+def assemble_report(
+    out: str | Path,
+    mdata: Any,
+    clinical: ClinicalTable | pd.DataFrame | None,
+    config_or_designs: Any,
+    run_json: Mapping[str, Any],
+    *,
+    alpha: float = 0.05,
+    max_subsets: int = 6,
+    title: str = "sccohort report",
+) -> Path:
+    """Build ``OUT/report.html`` (and ``OUT/figures/``) from a finished (or partial) run.
+
+    Order: summary (cohort size, the associated-subsets table), cohort overview, quality
+    control, UMAPs, cell types, composition, association, characterisation, methods.
+
+    Parameters
+    ----------
+    out
+        The run folder (``tables/*.csv`` inside); the report is written there.
+    mdata
+        The processed cohort (MuData with ``obs``, ``obsm["X_umap"]``, ``mod["rna"]``,
+        ``mod["prot"]``), or ``None`` to leave out the figures that need cells.
+    clinical
+        The clinical table, or ``None``.
+    config_or_designs
+        A :class:`~sccohort.config.Config`, or contrast name -> ``ContrastDesign`` /
+        ``Contrast`` / dict; ``None`` reads ``run_json["config"]["contrasts"]``.
+    run_json
+        The run record (``run.json``) for the methods section.
+    alpha
+        Significance threshold of the associated subsets.
+    max_subsets
+        Most subsets characterised.
+    title
+        Page title.
+
+    Returns
+    -------
+    Path
+        ``OUT/report.html``.
+    """
+    out = Path(out)
+    run_json = dict(run_json or {})
+    contrasts = _contrast_specs(config_or_designs, run_json)
+    specs = _spec_dicts(contrasts)
+    frame = _clinical_frame(clinical)
+    run_cfg = (run_json.get("config") or {}).get("run") or {}
+    timepoint = getattr(config_or_designs, "primary_timepoint", None) or run_cfg.get(
+        "primary_timepoint"
+    )
+    tissue = getattr(config_or_designs, "primary_tissue", None) or run_cfg.get("primary_tissue")
+    has_cells = mdata is not None and hasattr(mdata, "obsm")
+
+    def methods() -> Section:
+        section = methods_section(run_json)
+        tests = _tests_used(out)
+        extra: list[Any] = []
+        if tests:
+            extra.append(Paragraph("Statistical tests and multiple-testing corrections used:"))
+            extra.append(Items(tests))
+        extra.extend(Note(text, "warning") for text in _limitations(specs, frame, out))
+        section.blocks[1:1] = extra
+        return section
+
+    builders: list[tuple[str, str, Callable[[], Section]]] = [
+        ("Summary", "summary", lambda: _summary(out, mdata, frame, alpha)),
+        ("Cohort overview", "cohort", lambda: cohort_section(out, clinical, contrasts=specs)),
+        ("Quality control", "qc", lambda: qc_section(out)),
+    ]
+    if has_cells:
+        builders.append(("Cells at a glance (UMAP)", "umap", lambda: umap_section(mdata)))
+    builders += [
+        ("Cell types", "cell-types", lambda: cell_types_section(out)),
+        (
+            "Composition",
+            "composition",
+            lambda: composition_section(
+                out,
+                mdata,
+                clinical,
+                contrasts,
+                primary_timepoint=timepoint,
+                primary_tissue=tissue,
+                alpha=alpha,
+            ),  # fmt: skip
+        ),
+        (
+            "Association with clinical contrasts",
+            "association",
+            lambda: association_section(out, alpha=alpha),
+        ),  # fmt: skip
+        (
+            "Characterisation of associated subsets",
+            "characterisation",
+            lambda: characterisation_section(
+                out, mdata, clinical, contrasts, alpha=alpha, max_subsets=max_subsets
+            ),
+        ),
+        ("Methods", "methods", methods),
+    ]
+    sections = [_safely(t, a, build) for t, a, build in builders]
+    meta: dict[str, Any] = {"title": title}
+    if run_json.get("finished"):
+        meta["run finished"] = run_json["finished"]
+    if run_json.get("status"):
+        meta["status"] = run_json["status"]
+    return build_report(out, sections, meta)

@@ -1,0 +1,614 @@
+"""Section builders for what every run has: cohort, QC, UMAPs, cell types, methods.
+
+Each function reads a run's output folder (``tables/*.csv``), the cohort object or the
+``run.json`` record and returns a :class:`~sccohort.report.build.Section`; nothing here
+writes a file (:func:`~sccohort.report.build.build_report` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import pl
+from ..cohort import ClinicalTable
+from ..errors import InputError
+from ..pl.embedding import MAX_CELLS
+from .build import FigureBlock, Items, Note, Paragraph, Section, TableBlock
+
+__all__ = [
+    "SMALL_GROUP",
+    "cell_types_section",
+    "cohort_section",
+    "methods_section",
+    "qc_section",
+    "umap_section",
+]
+
+#: Groups with fewer donors than this get a limitations warning.
+SMALL_GROUP = 5
+#: obs columns drawn on the UMAP, with their legend names.
+UMAP_COLUMNS = {
+    "l1": "cell type (l1)",
+    "l2": "cell type (l2)",
+    "subset": "subset",
+    "sample_id": "sample",
+    "rna_weight": "WNN RNA weight",
+}
+
+
+def _read_table(out: Path, name: str) -> pd.DataFrame:
+    path = Path(out) / "tables" / name
+    if not path.is_file():
+        raise InputError(
+            f"the run has no tables/{name}",
+            file=path,
+            hint="Run the pipeline stage that writes it first (sccohort run)",
+        )
+    return pd.read_csv(path, keep_default_na=True)
+
+
+def _clinical_frame(clinical: ClinicalTable | pd.DataFrame | None) -> pd.DataFrame | None:
+    if clinical is None:
+        return None
+    frame = clinical.table if isinstance(clinical, ClinicalTable) else clinical
+    frame = frame.copy()
+    if "donor_id" in frame.columns:
+        frame = frame.set_index("donor_id")
+    frame.index = frame.index.astype(str)
+    frame.index.name = "donor_id"
+    return frame
+
+
+def _group_column(clinical: pd.DataFrame | None, group: str | None) -> str | None:
+    if clinical is None:
+        return None
+    if group is not None:
+        if group not in clinical.columns:
+            raise InputError(
+                f"the clinical table has no variable '{group}'",
+                column=group,
+                hint=f"Variables: {', '.join(map(str, clinical.columns))}",
+            )
+        return group
+    if "group" in clinical.columns:
+        return "group"
+    for column in clinical.columns:  # the first variable with few levels
+        values = clinical[column].dropna()
+        if not pd.api.types.is_numeric_dtype(values) and 1 < values.nunique() <= 6:
+            return str(column)
+    return None
+
+
+def _contrast_sizes(
+    contrasts: Mapping[str, Mapping[str, Any]], clinical: pd.DataFrame, donors: Sequence[str]
+) -> pd.DataFrame:
+    """Donors per arm of each declared contrast (only donors with a primary sample)."""
+    rows = []
+    table = clinical.loc[[d for d in donors if d in clinical.index]]
+    for name, spec in contrasts.items():
+        keep = pd.Series(True, index=table.index)
+        for variable, level in dict(spec.get("within") or {}).items():
+            levels = level if isinstance(level, list | tuple) else [level]
+            if variable in table:
+                keep &= table[variable].astype(str).isin([str(v) for v in levels])
+        variable = spec.get("variable")
+        values = table.loc[keep, variable] if variable in table else pd.Series(dtype=object)
+        case, control = spec.get("case"), spec.get("control")
+        if case is None:  # continuous
+            n_case, n_control = int(values.notna().sum()), np.nan
+        else:
+            text = values.dropna().astype(str)
+            n_case = int((text == str(case)).sum())
+            controls = (
+                [str(c) for c in control]
+                if isinstance(control, list | tuple)
+                else [str(control)]
+                if control is not None
+                else None
+            )
+            n_control = int(
+                text.isin(controls).sum() if controls is not None else (text != str(case)).sum()
+            )
+        within = ", ".join(f"{k} = {v}" for k, v in dict(spec.get("within") or {}).items())
+        rows.append(
+            {
+                "contrast": name,
+                "variable": variable,
+                "case": "per unit" if case is None else case,
+                "control": "" if case is None else control if control is not None else "others",
+                "within": within,
+                "covariates": ", ".join(spec.get("covariates") or []),
+                "n_case": n_case,
+                "n_control": n_control,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def cohort_section(
+    out: str | Path,
+    clinical: ClinicalTable | pd.DataFrame | None = None,
+    *,
+    group: str | None = None,
+    contrasts: Mapping[str, Mapping[str, Any]] | None = None,
+    small_group: int = SMALL_GROUP,
+) -> Section:
+    """Cohort overview: donors, groups, samples and cells; contrasts and their group sizes.
+
+    Parameters
+    ----------
+    out
+        Run folder with ``tables/samples.csv`` (and ``tables/qc.csv`` for cells after QC).
+    clinical
+        The clinical table (``ClinicalTable`` or a DataFrame indexed by / with ``donor_id``).
+    group
+        Clinical variable that defines the main groups (default ``"group"`` when present).
+    contrasts
+        ``run.json["config"]["contrasts"]``: a table of the contrasts with donors per arm.
+    small_group
+        Groups or contrast arms with fewer donors get a limitations warning.
+
+    Returns
+    -------
+    Section
+        Anchor ``cohort``.
+    """
+    out = Path(out)
+    samples = _read_table(out, "samples.csv")
+    samples["sample_id"] = samples["sample_id"].astype(str)
+    samples["donor_id"] = samples["donor_id"].astype(str)
+    qc_path = out / "tables" / "qc.csv"
+    if qc_path.is_file():
+        qc = pd.read_csv(qc_path)
+        after = qc.set_index(qc["sample_id"].astype(str))["cells_out"]
+        samples["cells_after_qc"] = samples["sample_id"].map(after)
+    table = _clinical_frame(clinical)
+    column = _group_column(table, group)
+    n_cells = int(samples["n_cells"].sum()) if "n_cells" in samples else 0
+    kept = int(samples["cells_after_qc"].sum()) if "cells_after_qc" in samples else None
+    donors = list(pd.unique(samples["donor_id"]))
+    text = f"{len(donors)} donors contributed {len(samples)} samples with {n_cells:,} cells" + (
+        f", of which {kept:,} passed quality control." if kept is not None else "."
+    )
+    blocks: list[Any] = [Paragraph(text)]
+    if "timepoint" in samples and samples["timepoint"].nunique() > 1:
+        per = samples.groupby("timepoint", sort=False)["sample_id"].size()
+        blocks.append(
+            Paragraph(
+                "Samples per timepoint: " + ", ".join(f"{k} {v}" for k, v in per.items()) + "."
+            )
+        )
+    warnings: list[str] = []
+    if table is not None:
+        no_clinical = [d for d in donors if d not in table.index]
+        if no_clinical:
+            warnings.append(
+                f"{len(no_clinical)} donor(s) with samples have no clinical row: "
+                + ", ".join(no_clinical)
+            )
+        if column is not None:
+            groups = table[column].reindex(donors).fillna("(missing)").astype(str)
+            per_donor = samples.groupby("donor_id")
+            summary = pd.DataFrame(
+                {
+                    column: groups.to_numpy(),
+                    "samples": per_donor.size().reindex(donors).to_numpy(),
+                    "cells": per_donor["n_cells"].sum().reindex(donors).to_numpy()
+                    if "n_cells" in samples
+                    else np.nan,
+                },
+                index=donors,
+            )
+            if "cells_after_qc" in samples:
+                summary["cells_after_qc"] = per_donor["cells_after_qc"].sum().reindex(donors)
+            by_group = summary.groupby(column, sort=True).agg(
+                donors=(column, "size"),
+                **{c: (c, "sum") for c in summary.columns if c != column},
+            )
+            blocks.append(
+                TableBlock(
+                    by_group.reset_index(),
+                    caption=f"Donors, samples and cells per {column}",
+                    csv="tables/report_cohort_groups.csv",
+                )
+            )
+            for level, n in by_group["donors"].items():
+                if n < small_group:
+                    warnings.append(
+                        f"{column} = {level} has only {n} donor(s): group-level estimates for it "
+                        "are imprecise and tests involving it have little power"
+                    )
+        donor_table = table.reindex(donors)
+        donor_table.insert(0, "samples", samples.groupby("donor_id").size().reindex(donors))
+        if "cells_after_qc" in samples:
+            donor_table.insert(
+                1, "cells_after_qc", samples.groupby("donor_id")["cells_after_qc"].sum()
+            )
+        blocks.append(
+            TableBlock(
+                donor_table,
+                caption="Donors and their clinical variables",
+                csv="tables/report_cohort_donors.csv",
+                index=True,
+                max_rows=200,
+            )
+        )
+        if contrasts:
+            sizes = _contrast_sizes(contrasts, table, donors)
+            blocks.append(
+                TableBlock(
+                    sizes,
+                    caption="Declared contrasts and the donors in each arm",
+                    csv="tables/report_contrasts.csv",
+                )
+            )
+            for row in sizes.itertuples(index=False):
+                arms = [("case", row.n_case), ("control", row.n_control)]
+                for arm, n in arms:
+                    if np.isfinite(n) and n < small_group:
+                        warnings.append(
+                            f"contrast {row.contrast}: only {int(n)} {arm} donor(s); effects are "
+                            "estimated with wide uncertainty and a single donor can drive them"
+                        )
+    blocks.extend(Note(w, "warning") for w in warnings)
+    blocks.append(
+        TableBlock(
+            samples,
+            caption="Samples (tables/samples.csv)",
+            csv="tables/samples.csv",
+            max_rows=200,
+        )
+    )
+    return Section("Cohort overview", "cohort", blocks)
+
+
+def qc_section(out: str | Path, *, min_kept: float = 0.7) -> Section:
+    """Quality control per sample: cells kept and removed by reason, thresholds used.
+
+    Parameters
+    ----------
+    out
+        Run folder with ``tables/qc.csv``.
+    min_kept
+        Samples keeping a smaller share of their cells get a warning.
+
+    Returns
+    -------
+    Section
+        Anchor ``qc``.
+    """
+    qc = _read_table(Path(out), "qc.csv")
+    qc["sample_id"] = qc["sample_id"].astype(str)
+    kept = qc["cells_out"] / qc["cells_in"].where(qc["cells_in"] > 0)
+    total_in, total_out = int(qc["cells_in"].sum()), int(qc["cells_out"].sum())
+    reasons = {
+        c.removeprefix("removed_").replace("_", " "): int(qc[c].sum())
+        for c in qc.columns
+        if c.startswith("removed_") and qc[c].sum() > 0
+    }
+    blocks: list[Any] = [
+        Paragraph(
+            f"Quality control kept {total_out:,} of {total_in:,} cells "
+            f"({100 * total_out / max(total_in, 1):.1f}%). Removed: "
+            + (", ".join(f"{k} {v:,}" for k, v in reasons.items()) or "none")
+            + ". Each cell is counted under the first reason that removed it."
+        ),
+        FigureBlock(
+            pl.qc_cells(qc),
+            "qc_cells_per_sample",
+            caption="Cells per sample kept (blue) and removed by reason; the label gives the "
+            "share kept.",
+        ),
+    ]
+    low = qc.loc[kept < min_kept, "sample_id"].tolist()
+    if low:
+        blocks.append(
+            Note(
+                f"{len(low)} sample(s) kept less than {100 * min_kept:.0f}% of their cells: "
+                + ", ".join(low)
+                + ". Check their QC metrics before trusting their composition.",
+                "warning",
+            )
+        )
+    columns = [
+        c for c in ("sample_id", "tissue", "mode", "cells_in", "cells_out") if c in qc.columns
+    ] + [c for c in qc.columns if c.startswith("removed_")]
+    thresholds = [
+        c
+        for c in (
+            "mito_max", "genes_min", "genes_max", "umis_min", "umis_max", "doublet_threshold"
+        )
+        if c in qc.columns
+    ]  # fmt: skip
+    blocks.append(
+        TableBlock(
+            qc,
+            caption="Cells removed per sample",
+            csv="tables/qc.csv",
+            columns=columns,
+            max_rows=200,
+        )  # fmt: skip
+    )
+    if thresholds:
+        blocks.append(
+            TableBlock(
+                qc,
+                caption="Thresholds applied per sample",
+                csv="tables/qc.csv",
+                columns=["sample_id", *thresholds],
+                max_rows=200,
+            )  # fmt: skip
+        )
+    return Section("Quality control", "qc", blocks)
+
+
+def umap_section(
+    mdata: Any,
+    *,
+    columns: Mapping[str, str] | None = None,
+    max_cells: int = MAX_CELLS,
+    seed: int = 0,
+    basis: str = "X_umap",
+) -> Section:
+    """UMAPs of a random subsample of cells coloured by cell type, subset, sample, WNN weight.
+
+    Parameters
+    ----------
+    mdata
+        The cohort (anything with ``.obs`` and ``.obsm[basis]``, e.g. a MuData).
+    columns
+        obs column -> legend name; default `UMAP_COLUMNS` (missing columns are skipped).
+    max_cells, seed
+        Cells drawn per UMAP (the same cells in every panel) and the seed of that draw.
+    basis
+        ``obsm`` key of the 2-D embedding.
+
+    Returns
+    -------
+    Section
+        Anchor ``umap``, one figure per column present.
+    """
+    if basis not in mdata.obsm:
+        raise InputError(
+            f"the cohort has no obsm['{basis}']",
+            key=basis,
+            hint="Run the embed stage (UMAP) before building this section",
+        )
+    coords = np.asarray(mdata.obsm[basis])
+    obs = mdata.obs
+    wanted = dict(columns or UMAP_COLUMNS)
+    present = {c: n for c, n in wanted.items() if c in obs.columns}
+    n = len(obs)
+    drawn = min(n, max_cells)
+    which = (
+        f"the same {drawn:,} of {n:,} cells, chosen at random (seed {seed})"
+        if n > drawn
+        else f"all {n:,} cells"
+    )
+    blocks: list[Any] = [
+        Paragraph(
+            f"UMAP of the weighted-nearest-neighbour graph (RNA and protein). Each panel draws "
+            f"{which}."
+        )
+    ]
+    for column, name in present.items():
+        values = obs[column]
+        fig = pl.embedding(coords, values.to_numpy(), name=name, max_cells=max_cells, seed=seed)
+        caption = f"UMAP coloured by {name}."
+        if column == "rna_weight":
+            caption += (
+                " The RNA weight is the share the RNA modality takes in each cell's WNN "
+                "neighbourhood (1 - protein weight); high values mean RNA separates the cell "
+                "from its neighbours better than protein."
+            )
+        blocks.append(FigureBlock(fig, f"umap_{column}", caption=caption))
+    missing = [c for c in wanted if c not in present]
+    if missing:
+        blocks.append(Note("Not available in this run: " + ", ".join(missing) + "."))
+    return Section("Cells at a glance (UMAP)", "umap", blocks)
+
+
+def cell_types_section(out: str | Path) -> Section:
+    """Cell types (l1/l2) and, when present, the subsets found within them.
+
+    Parameters
+    ----------
+    out
+        Run folder with ``tables/cell_types.csv`` (and optionally ``tables/subsets.csv``).
+
+    Returns
+    -------
+    Section
+        Anchor ``cell-types``.
+    """
+    out = Path(out)
+    types = _read_table(out, "cell_types.csv")
+    blocks: list[Any] = [
+        Paragraph(
+            f"{types['l2'].nunique()} cell types (Azimuth PBMC l2 vocabulary) in "
+            f"{types['l1'].nunique()} lineages (l1), labelled from RNA and protein markers."
+        ),
+        FigureBlock(
+            pl.label_shares(types),
+            "cell_types_shares",
+            caption="Share of all cells per cell type, coloured by lineage; numbers are cells.",
+        ),
+        TableBlock(types, caption="Cell types", csv="tables/cell_types.csv", max_rows=100),
+    ]
+    if "median_confidence" in types:
+        # "unassigned" is low-confidence by definition; flag real labels only
+        low = types[(types["median_confidence"] < 0.5) & (types["l2"].astype(str) != "unassigned")]
+        if len(low):
+            blocks.append(
+                Note(
+                    "Low median label confidence (< 0.5) for: "
+                    + ", ".join(f"{r.l2} ({r.l1})" for r in low.itertuples(index=False))
+                    + ". Check these labels against their markers.",
+                    "warning",
+                )
+            )
+    subsets_path = out / "tables" / "subsets.csv"
+    if subsets_path.is_file():
+        subsets = pd.read_csv(subsets_path)
+        blocks.append(
+            Section(
+                "Subsets",
+                "subsets",
+                [
+                    Paragraph(
+                        f"Each lineage was subclustered into {len(subsets)} subsets, named after "
+                        "their parent cell type and their most distinctive gene (as CD14_EGR1)."
+                    ),
+                    TableBlock(subsets, caption="Subsets", csv="tables/subsets.csv", max_rows=200),
+                ],
+            )
+        )
+    return Section("Cell types", "cell-types", blocks)
+
+
+_PROSE = {
+    "qc": "Quality control: {mode} thresholds ({nmads} MADs), at least {min_genes} genes, "
+    "mitochondrial share between {mito_floor_pct}% and {mito_ceiling_pct}% "
+    "({mito_ceiling_tissue_pct}% in tissue), red cells (haemoglobin > {hb_max_pct}%), "
+    "platelets (> {platelet_max_pct}%) and doublets ({doublet_method}) removed.",
+    "normalize": "RNA counts were scaled to {target_sum:g} per cell and log-transformed; "
+    "protein counts normalised by {protein} (auto: dsb when raw droplets are given, else CLR).",
+    "embedding": "{n_top_genes} highly variable genes, {n_pcs} principal components, Harmony "
+    "on {harmony_key}, a weighted-nearest-neighbour graph of RNA and protein "
+    "({n_neighbors} neighbours), Leiden clustering (resolution {resolution}) and UMAP.",
+}
+
+
+def _flatten(prefix: str, value: Any) -> list[tuple[str, str]]:
+    if isinstance(value, Mapping):
+        if not value:
+            return [(prefix, "(none)")]
+        rows: list[tuple[str, str]] = []
+        for key, sub in value.items():
+            rows.extend(_flatten(f"{prefix}.{key}" if prefix else str(key), sub))
+        return rows
+    if isinstance(value, list | tuple):
+        return [(prefix, ", ".join(map(str, value)) if value else "(none)")]
+    return [(prefix, "" if value is None else str(value))]
+
+
+def _describe(value: Any) -> str:
+    """A config value as one line: ``{"group": "SSc"}`` -> ``group = SSc``."""
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} = {_describe(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(map(_describe, value))
+    return "" if value is None else str(value)
+
+
+def methods_section(run_json: Mapping[str, Any]) -> Section:
+    """Methods generated from ``run.json``: tools and versions, parameters, seeds, timings.
+
+    Parameters
+    ----------
+    run_json
+        The record :func:`sccohort.pipeline.run_pipeline` writes (``config``, ``versions``,
+        ``seeds``, ``stages``, ``machine``, ``command``, ``started``/``finished``); any other
+        config table (e.g. statistics settings added by later stages) is listed too.
+
+    Returns
+    -------
+    Section
+        Anchor ``methods``.
+    """
+    if not isinstance(run_json, Mapping) or "config" not in run_json:
+        raise InputError(
+            "run.json has no 'config' record", key="config", hint="Pass the run's run.json"
+        )
+    config = run_json.get("config", {})
+    versions = run_json.get("versions", {})
+    blocks: list[Any] = []
+    sc_version = versions.get("sccohort", "unknown")
+    status = run_json.get("status", "unknown")
+    blocks.append(
+        Paragraph(
+            f"Analysed with sccohort {sc_version} (Python {versions.get('python', '?')}); run "
+            f"started {run_json.get('started', '?')}, finished {run_json.get('finished') or '-'}"
+            f" (status: {status})."
+        )
+    )
+    prose = []
+    for key, template in _PROSE.items():
+        params = config.get(key)
+        if isinstance(params, Mapping):
+            try:
+                prose.append(template.format(**params))
+            except (KeyError, ValueError, IndexError):
+                continue  # an older or newer config: the parameter table below lists it all
+    if prose:
+        blocks.append(Paragraph(" ".join(prose)))
+    for extra in ("tests", "multiple_testing"):
+        if extra in run_json:
+            blocks.append(Items([f"{k}: {v}" for k, v in _flatten(extra, run_json[extra])]))
+    seeds = run_json.get("seeds", {})
+    if seeds:
+        blocks.append(
+            Paragraph(
+                "Random seeds: " + ", ".join(f"{k} = {v}" for k, v in _flatten("", seeds)) + "."
+            )
+        )
+    if run_json.get("command"):
+        blocks.append(Paragraph("Command: " + " ".join(map(str, run_json["command"]))))
+    contrasts = config.get("contrasts", {})
+    if contrasts:
+        rows = [
+            {"contrast": name, **{key: _describe(value) for key, value in spec.items()}}
+            for name, spec in contrasts.items()
+        ]
+        blocks.append(TableBlock(pd.DataFrame(rows), caption="Contrasts as declared"))
+    params = [
+        {"section": key, "parameter": name, "value": value}
+        for key, val in config.items()
+        if key not in ("contrasts", "config")
+        for name, value in _flatten("", val)
+    ]
+    if params:
+        blocks.append(
+            TableBlock(
+                pd.DataFrame(params),
+                caption="Every parameter of the run (config as resolved)",
+                max_rows=500,
+            )  # fmt: skip
+        )
+    if versions:
+        blocks.append(
+            TableBlock(
+                pd.DataFrame({"package": list(versions), "version": list(versions.values())}),
+                caption="Software versions",
+                max_rows=200,
+            )
+        )
+    stages = run_json.get("stages", [])
+    if stages:
+        timing = pd.DataFrame(stages)
+        total = float(pd.to_numeric(timing.get("wall_s"), errors="coerce").sum())
+        blocks.append(
+            TableBlock(
+                timing,
+                caption=f"Stage timings (total {total:,.1f} s; peak memory per stage in GB)",
+            )
+        )
+    machine = run_json.get("machine")
+    if machine:
+        blocks.append(
+            Paragraph("Machine: " + ", ".join(f"{k} {v}" for k, v in _flatten("", machine)) + ".")
+        )
+    n_inputs = len(run_json.get("inputs", {}))
+    if n_inputs:
+        blocks.append(
+            Paragraph(
+                f"SHA-256 checksums of the {n_inputs} input files are recorded in run.json "
+                f"(fingerprint {str(run_json.get('fingerprint', ''))[:16]}...)."
+            )
+        )
+    return Section("Methods", "methods", blocks)

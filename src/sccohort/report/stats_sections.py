@@ -1,0 +1,1088 @@
+"""Section builders for the statistics of a run: composition, association, characterisation.
+
+Each function reads the run's ``tables/*.csv`` (and, where a figure needs cells, the cohort
+object) and returns a :class:`~sccohort.report.build.Section`; nothing here writes a file.
+A table that is missing or empty makes its part of the section say so in one line; it
+never raises. :func:`associated_subsets` is the report's headline table: the subset x
+contrast rows that the default test finds significant, sorted by adjusted p-value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .. import pl
+from ..cohort import ClinicalTable
+from ..errors import InputError
+from ..stats.composition import donor_shares
+from ..stats.tests import proportion_biplot
+from .build import FigureBlock, Note, Paragraph, Section, TableBlock
+from .sections import _clinical_frame, _group_column
+
+__all__ = [
+    "ASSOCIATION_LEVELS",
+    "CLASSIC_METHOD",
+    "DEFAULT_METHOD",
+    "associated_subsets",
+    "association_section",
+    "characterisation_section",
+    "characterised_subsets",
+    "composition_section",
+    "contrast_groups",
+    "read_table",
+]
+
+#: ``method`` of the default donor-level test of subset shares (tables/association.csv).
+DEFAULT_METHOD = "perm_lm_log2share"
+#: ``method`` of the study's classic test (two-sample KS, Bonferroni).
+CLASSIC_METHOD = "ks_bonferroni"
+#: Composition levels a subset is called associated on, in order of preference.
+ASSOCIATION_LEVELS = ("subset", "subset_in_l1")
+#: Most subsets characterised in detail (matplotlib figures are the report's slow part).
+MAX_CHARACTERISED = 6
+_LEVEL_WORDS = {
+    "subset": "share of all cells",
+    "subset_in_l1": "share of its lineage (l1)",
+    "l2": "share of all cells",
+    "l2_in_l1": "share of its lineage (l1)",
+    "l1": "share of all cells",
+}
+
+
+def read_table(out: str | Path, name: str) -> pd.DataFrame | None:
+    """``OUT/tables/<name>`` as a DataFrame, or ``None`` when it is missing or has no rows."""
+    path = Path(out) / "tables" / name
+    if not path.is_file():
+        return None
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
+        return None
+    return frame if len(frame) else None
+
+
+def _missing(name: str, what: str) -> Note:
+    return Note(f"No {what} in this run (tables/{name} is missing or empty).")
+
+
+# ---------------------------------------------------------------------------- contrasts
+
+
+def _levels(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
+
+
+def _spec_groups(spec: Mapping[str, Any], clinical: pd.DataFrame) -> pd.Series | None:
+    variable, case = spec.get("variable"), spec.get("case")
+    if variable not in clinical.columns or case is None:
+        return None
+    table = clinical
+    for var, level in dict(spec.get("within") or {}).items():
+        if var in table.columns:
+            table = table[table[var].astype(str).isin(_levels(level))]
+    values = table[variable].dropna().astype(str)
+    cases = _levels(case)
+    controls = _levels(spec.get("control"))
+    case_label = ", ".join(cases)
+    control_label = ", ".join(controls) if controls else f"not {case_label}"
+    keep = values.isin(cases) | (values.isin(controls) if controls else ~values.isin(cases))
+    values = values[keep]
+    labels = np.where(values.isin(cases), case_label, control_label)
+    group = pd.Series(labels, index=values.index.astype(str), name=str(variable))
+    group.attrs["control"] = control_label
+    return group
+
+
+def contrast_groups(
+    contrasts: Mapping[str, Any] | None, clinical: ClinicalTable | pd.DataFrame | None
+) -> dict[str, pd.Series]:
+    """Donor -> arm label (the case and control levels) of every binary/categorical contrast.
+
+    Parameters
+    ----------
+    contrasts
+        Name -> a :class:`~sccohort.cohort.ContrastDesign`, a
+        :class:`~sccohort.cohort.Contrast`, or its dict form (``run.json`` config:
+        ``variable, case, control, within``).
+    clinical
+        The clinical table (needed for contrasts not given as designs).
+
+    Returns
+    -------
+    dict
+        Contrast name -> Series indexed by donor_id (e.g. ``"yes"`` / ``"no"``); continuous
+        contrasts and contrasts whose variable is missing are left out.
+    """
+    frame = _clinical_frame(clinical)
+    out: dict[str, pd.Series] = {}
+    for name, item in dict(contrasts or {}).items():
+        if hasattr(item, "group") and hasattr(item, "kind"):  # a ContrastDesign
+            if item.kind == "continuous":
+                continue
+            case = ", ".join(map(str, getattr(item, "case_levels", []) or [])) or "case"
+            control = ", ".join(map(str, getattr(item, "control_levels", []) or [])) or "control"
+            group = item.group.astype(str).map({"case": case, "control": control})
+            group.index = group.index.astype(str)
+            group = group.dropna()
+            group.attrs["control"] = control
+            out[str(name)] = group
+            continue
+        spec = item.to_dict() if hasattr(item, "to_dict") else item
+        if frame is None or not isinstance(spec, Mapping):
+            continue
+        group = _spec_groups(spec, frame)
+        if group is not None and group.nunique() == 2:
+            out[str(name)] = group
+    return out
+
+
+# ---------------------------------------------------------------------- the headline table
+
+
+def _pick(association: pd.DataFrame, method: str, levels: Sequence[str]) -> pd.DataFrame:
+    data = association
+    if "method" in data.columns:
+        methods = data["method"].astype(str)
+        chosen = method if (methods == method).any() else methods.iloc[0]
+        data = data[methods == chosen]
+    if "level" in data.columns:
+        present = [lv for lv in levels if (data["level"].astype(str) == lv).any()]
+        if present:
+            data = data[data["level"].astype(str).isin(present)]
+            rank = {lv: i for i, lv in enumerate(present)}
+            data = data.assign(_rank=data["level"].astype(str).map(rank))
+    if "_rank" not in data.columns:
+        data = data.assign(_rank=0)
+    return data
+
+
+def associated_subsets(
+    association: pd.DataFrame | None,
+    *,
+    alpha: float = 0.05,
+    method: str = DEFAULT_METHOD,
+    levels: Sequence[str] = ASSOCIATION_LEVELS,
+    n_candidates: int = 5,
+) -> pd.DataFrame:
+    """Subset x contrast associations: the significant ones first, then the best candidates.
+
+    For every subset and contrast the row of the default test (``method``) with the smallest
+    padj among ``levels`` is taken (ties: the first level). Rows with ``padj < alpha`` come
+    first, by padj; then up to ``n_candidates`` rows with nominal ``pvalue < alpha`` that did
+    not survive the multiple-testing correction, marked ``significant = False``.
+
+    Parameters
+    ----------
+    association
+        ``tables/association.csv`` (core columns; ``method``, ``level``; optionally
+        ``mean_share_case``, ``mean_share_control``); ``None`` gives an empty table.
+    alpha
+        Significance threshold on padj (and on the nominal p of candidates).
+    method
+        The default test's ``method`` (falls back to the first method of the table).
+    levels
+        Composition levels considered, in order of preference.
+    n_candidates
+        Most non-significant rows listed after the significant ones.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``subset, contrast, level, significant, fold_change, fc_ci_low, fc_ci_high,
+        ci`` (text), ``effect`` (log2), ``pvalue, padj, ks_padj`` (the classic test, when
+        run), ``n_case, n_control, mean_share_case, mean_share_control, method``.
+    """
+    columns = [
+        "subset", "contrast", "level", "significant", "fold_change", "fc_ci_low", "fc_ci_high",
+        "ci", "effect", "pvalue", "padj", "ks_padj", "n_case", "n_control", "mean_share_case",
+        "mean_share_control", "method",
+    ]  # fmt: skip
+    need = ("contrast", "subset", "effect", "padj")
+    if association is None or association.empty or any(c not in association for c in need):
+        return pd.DataFrame(columns=columns)
+    data = _pick(association, method, levels).copy()
+    data = data.dropna(subset=["padj"])
+    if data.empty:
+        return pd.DataFrame(columns=columns)
+    for c in ("subset", "contrast"):
+        data[c] = data[c].astype(str)
+    if "level" not in data:
+        data["level"] = ""
+    data = data.sort_values(["padj", "_rank"], kind="stable")
+    best = data.drop_duplicates(["contrast", "subset"], keep="first").copy()
+    best["significant"] = best["padj"] < alpha
+    pvalue = best["pvalue"] if "pvalue" in best else best["padj"]
+    best["pvalue"] = pvalue
+    significant = best[best["significant"]].sort_values(["padj", "pvalue"], kind="stable")
+    rest = best[~best["significant"] & (best["pvalue"] < alpha)]
+    rest = rest.sort_values(["padj", "pvalue"], kind="stable").head(n_candidates)
+    table = pd.concat([significant, rest], ignore_index=True)
+    table["fold_change"] = np.exp2(table["effect"].astype(float))
+    for side in ("ci_low", "ci_high"):
+        values = table[side] if side in table else pd.Series(np.nan, index=table.index)
+        table[f"fc_{side}"] = np.exp2(values.astype(float))
+    table["ci"] = [
+        f"{lo:.2f} to {hi:.2f}" if np.isfinite(lo) and np.isfinite(hi) else ""
+        for lo, hi in zip(table["fc_ci_low"], table["fc_ci_high"], strict=True)
+    ]
+    table["ks_padj"] = np.nan
+    if "method" in association and (association["method"].astype(str) == CLASSIC_METHOD).any():
+        ks = association[association["method"].astype(str) == CLASSIC_METHOD]
+        key = ["contrast", "level", "subset"] if "level" in ks else ["contrast", "subset"]
+        ks = ks.assign(**{k: ks[k].astype(str) for k in key}).drop_duplicates(key)
+        lookup = ks.set_index(key)["padj"]
+        table["ks_padj"] = [
+            lookup.get(tuple(str(r[k]) for k in key) if len(key) > 1 else str(r[key[0]]))
+            for _, r in table.iterrows()
+        ]
+    for c in columns:
+        if c not in table:
+            table[c] = np.nan
+    return table[columns].reset_index(drop=True)
+
+
+def characterised_subsets(
+    associated: pd.DataFrame, *, max_subsets: int = MAX_CHARACTERISED
+) -> tuple[list[str], bool]:
+    """The subsets characterised in detail and whether they are significant.
+
+    Parameters
+    ----------
+    associated
+        From :func:`associated_subsets`.
+    max_subsets
+        Most subsets returned.
+
+    Returns
+    -------
+    subsets : list of str
+        Significant subsets by their smallest padj (at most ``max_subsets``); when none is
+        significant, the candidates (at most 3).
+    significant : bool
+        Whether the subsets are significant (False: exploratory candidates).
+    """
+    if associated.empty:
+        return [], False
+    sig = associated[associated["significant"].astype(bool)]
+    if len(sig):
+        return list(pd.unique(sig["subset"].astype(str)))[:max_subsets], True
+    return list(pd.unique(associated["subset"].astype(str)))[: min(3, max_subsets)], False
+
+
+def _count(value: Any) -> str:
+    return str(int(value)) if pd.notna(value) else "?"
+
+
+def _associated_block(table: pd.DataFrame, alpha: float) -> list[Any]:
+    n_sig = int(table["significant"].astype(bool).sum()) if len(table) else 0
+    shown = table.assign(
+        **{
+            "fold change": table["fold_change"].astype(float).round(2),
+            "donors (case / control)": [
+                f"{_count(a)} / {_count(b)}"
+                for a, b in zip(table["n_case"], table["n_control"], strict=True)
+            ],
+            "mean share % (case / control)": [
+                f"{100 * float(a):.2f} / {100 * float(b):.2f}"
+                if pd.notna(a) and pd.notna(b)
+                else ""
+                for a, b in zip(table["mean_share_case"], table["mean_share_control"], strict=True)
+            ],
+            "significant": table["significant"].astype(bool),
+        }
+    ).rename(columns={"ci": "95% CI", "ks_padj": "KS padj"})
+    columns = [
+        "subset", "contrast", "level", "fold change", "95% CI", "padj", "KS padj",
+        "donors (case / control)", "mean share % (case / control)",
+    ]  # fmt: skip
+    if shown["KS padj"].isna().all():
+        columns.remove("KS padj")
+    if shown["mean share % (case / control)"].eq("").all():
+        columns.remove("mean share % (case / control)")
+    if not shown["significant"].all():
+        columns.append("significant")
+    blocks: list[Any] = []
+    if n_sig:
+        pairs = "; ".join(
+            f"{r.subset} with {r.contrast} ({r.fold_change:.2f}-fold, padj {r.padj:.2g})"
+            for r in table[table["significant"].astype(bool)].itertuples(index=False)
+        )
+        blocks.append(
+            Paragraph(
+                f"{n_sig} subset x contrast association(s) with padj < {alpha:g} under the "
+                f"default donor-level test: {pairs}."
+            )
+        )
+    else:
+        blocks.append(
+            Note(
+                f"No subset reached padj < {alpha:g} under the default donor-level test"
+                + (
+                    "; the rows below are nominal (p < "
+                    f"{alpha:g}) candidates that did not survive the correction."
+                    if len(table)
+                    else "."
+                ),
+                "warning",
+            )
+        )
+    if len(table):
+        blocks.append(
+            TableBlock(
+                shown,
+                caption="Associated subsets: fold change of the mean share (case / control) "
+                "with its 95% bootstrap CI, adjusted p-value of the default test (permutation "
+                "of a linear model on log2 shares, BH within contrast and level) and of the "
+                "study's KS test (Bonferroni); significant rows first.",
+                csv="tables/report_associated_subsets.csv",
+                columns=columns,
+                overwrite=True,
+            )
+        )
+    return blocks
+
+
+def associated_summary(out: str | Path, *, alpha: float = 0.05) -> list[Any]:
+    """The headline blocks (text + "Associated subsets" table) for the report's summary."""
+    association = read_table(out, "association.csv")
+    if association is None:
+        return [_missing("association.csv", "association tests")]
+    return _associated_block(associated_subsets(association, alpha=alpha), alpha)
+
+
+# ----------------------------------------------------------------------------- composition
+
+
+def _arm_order(arms: pd.Series) -> list[str]:
+    """Control arm first, then the case arm (as the labels of `contrast_groups` come)."""
+    labels = list(pd.unique(arms.astype(str)))
+    return sorted(labels, key=lambda s: 0 if s == arms.attrs.get("control") else 1)
+
+
+def _primary_samples(comp: pd.DataFrame, timepoint: str | None, tissue: str | None) -> list[str]:
+    meta = comp.drop_duplicates("sample_id")[["sample_id", "donor_id", "timepoint", "tissue"]]
+    meta = meta.astype(str)
+    for column, value in (("timepoint", timepoint), ("tissue", tissue)):
+        if value is not None and (meta[column] == str(value)).any():
+            meta = meta[meta[column] == str(value)]
+    return list(meta.drop_duplicates("donor_id")["sample_id"])
+
+
+def _donor_group(clinical: pd.DataFrame | None, donors: Sequence[str]) -> tuple[pd.Series, str]:
+    column = _group_column(clinical, None)
+    if clinical is None or column is None:
+        return pd.Series("all donors", index=list(donors)), "group"
+    group = clinical[column].reindex(list(donors)).astype(object)
+    return group.where(group.notna(), "(no clinical row)").astype(str), column
+
+
+def composition_section(
+    out: str | Path,
+    mdata: Any = None,
+    clinical: ClinicalTable | pd.DataFrame | None = None,
+    contrasts: Mapping[str, Any] | None = None,
+    *,
+    primary_timepoint: str | None = None,
+    primary_tissue: str | None = None,
+    alpha: float = 0.05,
+    n_compare: int = 4,
+) -> Section:
+    """Composition per donor, the PCA biplot of subset shares, the top associated subsets.
+
+    Parameters
+    ----------
+    out
+        Run folder with ``tables/composition.csv`` (and ``tables/association.csv`` for the
+        group comparisons).
+    mdata
+        Unused except as a fallback source of ``obs`` when ``composition.csv`` is missing.
+    clinical
+        Clinical table (colours donors by its ``group``-like variable).
+    contrasts
+        Name -> design, Contrast or dict (see :func:`contrast_groups`).
+    primary_timepoint, primary_tissue
+        The sample representing each donor (default: each donor's first sample).
+    alpha
+        Significance threshold of the associated subsets.
+    n_compare
+        Most subsets drawn as group comparisons (strip plots).
+
+    Returns
+    -------
+    Section
+        Anchor ``composition``.
+    """
+    comp = read_table(out, "composition.csv")
+    if comp is None and mdata is not None and "subset" in getattr(mdata, "obs", {}):
+        from ..stats.composition import composition
+
+        comp = composition(mdata.obs, ("l1", "l2", "subset"))
+    if comp is None or not (comp["level"].astype(str) == "subset").any():
+        return Section("Composition", "composition", [_missing("composition.csv", "composition")])
+    samples = _primary_samples(comp, primary_timepoint, primary_tissue)
+    shares = donor_shares(comp, "subset", samples)
+    frame = _clinical_frame(clinical)
+    group, column = _donor_group(frame, list(shares.index))
+    blocks: list[Any] = [
+        Paragraph(
+            f"Subset shares of {len(shares)} donors (one sample each"
+            + (f", timepoint {primary_timepoint}" if primary_timepoint else "")
+            + f"), {shares.shape[1]} subsets."
+        ),
+        FigureBlock(
+            pl.composition_bars(shares, group),
+            "composition_bars",
+            caption=f"Share of each subset per donor, donors grouped by {column}; the 20 "
+            "largest subsets have their own colour.",
+        ),
+    ]
+    try:
+        pca = proportion_biplot(shares, group)
+        pcs = [c for c in pca["scores"].columns if str(c).startswith("PC")]
+        fig = pl.pca_biplot(
+            {
+                "scores": pca["scores"][pcs],
+                "loadings": pca["loadings"],
+                "explained": np.asarray(pca["variance_explained"], dtype=float),
+                "centroids": pca["centroids"],
+            },
+            group,
+        )
+        dropped = pca.get("dropped") or {}
+        blocks.append(
+            FigureBlock(
+                fig,
+                "composition_pca",
+                caption="PCA of the donor x subset shares (each subset scaled to unit variance, "
+                "as FactoMineR); arrows: the subsets most correlated with the two components."
+                + (f" Left out: {', '.join(dropped)}." if dropped else ""),
+            )
+        )
+    except InputError as exc:
+        blocks.append(Note(f"No PCA biplot: {exc}"))
+    association = read_table(out, "association.csv")
+    top = associated_subsets(association, alpha=alpha)
+    groups = contrast_groups(contrasts, clinical)
+    panels: list[dict[str, Any]] = []
+    described: list[str] = []
+    for row in top.itertuples(index=False):
+        if len(panels) >= n_compare:
+            break
+        if row.contrast not in groups:
+            continue
+        level = str(row.level) if str(row.level) in set(comp["level"].astype(str)) else "subset"
+        level_shares = donor_shares(comp, level, samples)
+        if row.subset not in level_shares.columns:
+            continue
+        arms = groups[row.contrast]
+        values = level_shares[row.subset].reindex(arms.index).dropna()
+        if values.empty:
+            continue
+        pvalues = [("default test, adj.", row.padj)]
+        if pd.notna(row.ks_padj):
+            pvalues.append(("KS, Bonferroni", row.ks_padj))
+        panels.append(
+            {
+                "values": values,
+                "group": arms.loc[values.index],
+                "title": f"{row.subset} by {row.contrast}",
+                "ylabel": f"{_LEVEL_WORDS.get(level, level)} (%)",
+                "order": _arm_order(arms),
+                "pvalues": pvalues,
+            }
+        )
+        described.append(
+            f"{row.subset} in {row.contrast}: {row.fold_change:.2f}-fold (95% CI {row.ci})"
+        )
+    if panels:
+        blocks.append(
+            FigureBlock(
+                pl.comparison_panels(panels),
+                "composition_top_subsets",
+                caption="The top associated subsets per donor in the two arms of their contrast, "
+                "with the adjusted p-values of the default test and of the study's KS test. "
+                + "; ".join(described)
+                + ".",
+            )
+        )
+    elif len(top):
+        blocks.append(Note("The associated subsets' contrasts have no two-arm grouping to draw."))
+    return Section("Composition", "composition", blocks)
+
+
+# ----------------------------------------------------------------------------- association
+
+
+def association_section(
+    out: str | Path, *, alpha: float = 0.05, nhood_alpha: float = 0.1, de_alpha: float = 0.05
+) -> Section:
+    """Associations of subsets with every contrast: the headline table, then the details.
+
+    Parameters
+    ----------
+    out
+        Run folder: ``tables/association.csv``, ``neighbourhoods.csv``, ``de_<contrast>.csv``,
+        ``subgroups.csv`` (each optional).
+    alpha
+        Significance threshold on padj of the subset tests.
+    nhood_alpha
+        Spatial FDR threshold of the neighbourhood plots.
+    de_alpha
+        padj threshold of the volcano plots.
+
+    Returns
+    -------
+    Section
+        Anchor ``association``; its first table is "Associated subsets".
+    """
+    out = Path(out)
+    association = read_table(out, "association.csv")
+    blocks: list[Any] = []
+    if association is None:
+        blocks.append(_missing("association.csv", "association tests"))
+    else:
+        table = associated_subsets(association, alpha=alpha)
+        blocks.extend(_associated_block(table, alpha))
+        default = _pick(association, DEFAULT_METHOD, ("subset",)).drop(columns="_rank")
+        if {"contrast", "subset", "effect", "padj"} <= set(default.columns):
+            default = default.drop_duplicates(["contrast", "subset"])
+            blocks.append(
+                FigureBlock(
+                    pl.association_heatmap(default, alpha=alpha),
+                    "association_heatmap",
+                    caption="Effect (log2 fold change of the mean share, case / control) of "
+                    "every subset in every contrast under the default test; stars mark padj.",
+                )
+            )
+        methods = (
+            sorted(association["method"].astype(str).unique()) if "method" in association else []
+        )
+        blocks.append(
+            Paragraph(
+                "Tests in tables/association.csv: "
+                + ", ".join(methods)
+                + f"; levels: {', '.join(pd.unique(association['level'].astype(str)))}."
+                if "level" in association
+                else "."
+            )
+        )
+    blocks.append(_neighbourhood_section(out, nhood_alpha))
+    blocks.append(_de_section(out, de_alpha))
+    blocks.append(_subgroup_section(out, alpha))
+    return Section("Association with clinical contrasts", "association", blocks)
+
+
+def _neighbourhood_section(out: Path, alpha: float) -> Section:
+    nh = read_table(out, "neighbourhoods.csv")
+    if nh is None or not {"contrast", "subset", "effect", "padj"} <= set(nh.columns):
+        return Section(
+            "Neighbourhoods", "neighbourhoods", [_missing("neighbourhoods.csv", "neighbourhoods")]
+        )
+    blocks: list[Any] = [
+        Paragraph(
+            "Differential abundance of overlapping k-nearest-neighbour neighbourhoods "
+            "(Milo-style: negative binomial per neighbourhood, spatial FDR), which finds "
+            "shifts within or across subsets without relying on the clustering."
+        )
+    ]
+    for k, (contrast, part) in enumerate(nh.groupby(nh["contrast"].astype(str), sort=False)):
+        n_sig = int((part["padj"] < alpha).sum())
+        blocks.append(
+            FigureBlock(
+                pl.nhood_beeswarm(
+                    part,
+                    logfc="effect",
+                    fdr="padj",
+                    alpha=alpha,
+                    title=f"{contrast}: {len(part):,} neighbourhoods",
+                ),  # fmt: skip
+                f"nhood_{k}_{contrast}",
+                caption=f"{contrast}: log fold change of each neighbourhood, grouped by its "
+                f"majority subset; {n_sig} with spatial FDR < {alpha:g}.",
+            )
+        )
+    return Section("Neighbourhoods", "neighbourhoods", blocks)
+
+
+def _de_section(out: Path, alpha: float) -> Section:
+    files = sorted((out / "tables").glob("de_*.csv")) if (out / "tables").is_dir() else []
+    blocks: list[Any] = []
+    for k, path in enumerate(files):
+        de = read_table(out, path.name)
+        if de is None or not {"effect", "pvalue", "padj"} <= set(de.columns):
+            continue
+        contrast = path.stem.removeprefix("de_")
+        if "contrast" in de and de["contrast"].notna().any():
+            contrast = str(de["contrast"].dropna().iloc[0])
+        gene = "gene" if "gene" in de else "feature" if "feature" in de else None
+        if gene is None:
+            continue
+        de = de.assign(
+            label=(de["subset"].astype(str) + ": " if "subset" in de else "") + de[gene].astype(str)
+        )
+        sig = de[de["padj"] < alpha]
+        blocks.append(
+            FigureBlock(
+                pl.volcano(de, label="label", alpha=alpha, title=f"Pseudobulk DE: {contrast}"),
+                f"volcano_{k}_{contrast}",
+                caption=f"{contrast}: pseudobulk differential expression per subset (every "
+                f"subset's genes together); {len(sig):,} subset x gene pairs with padj < "
+                f"{alpha:g} (named: the most significant).",
+            )
+        )
+        if len(sig):
+            columns = [c for c in ("subset", gene, "effect", "pvalue", "padj", "base_mean")
+                       if c in sig]  # fmt: skip
+            blocks.append(
+                TableBlock(
+                    sig.sort_values("padj"),
+                    caption=f"{contrast}: differentially expressed genes (padj < {alpha:g})",
+                    csv=f"tables/{path.name}",
+                    columns=columns,
+                    max_rows=25,
+                )
+            )
+    if not blocks:
+        blocks.append(Note("No pseudobulk differential expression in this run (tables/de_*.csv)."))
+    return Section("Differential expression (pseudobulk)", "de", blocks)
+
+
+def _subgroup_section(out: Path, alpha: float) -> Section:
+    sub = read_table(out, "subgroups.csv")
+    if sub is None or not {"contrast", "subset", "padj", "method"} <= set(sub.columns):
+        return Section(
+            "Subgroups", "subgroups", [_missing("subgroups.csv", "subgroup comparisons")]
+        )
+    method = sub["method"].astype(str)
+    kw = sub[method.str.startswith("kruskal")].sort_values("padj", kind="stable")
+    dunn = sub[method.str.startswith("dunn")]
+    hits = kw[kw["padj"] < alpha]
+    columns = [c for c in ("contrast", "level", "subset", "statistic", "pvalue", "padj",
+                           "n_case", "n_control") if c in sub]  # fmt: skip
+    blocks: list[Any] = [
+        Paragraph(
+            f"Kruskal-Wallis tests of each subset's share across the levels of "
+            f"{', '.join(pd.unique(kw['contrast'].astype(str))) or 'the groupings'} "
+            f"(Bonferroni); {len(hits)} with padj < {alpha:g}. Dunn's post-hoc pairs follow "
+            "for those."
+        ),
+        TableBlock(
+            kw,
+            caption="Kruskal-Wallis per subset",
+            csv="tables/subgroups.csv",
+            columns=columns,
+            max_rows=20,
+        ),  # fmt: skip
+    ]
+    if len(hits) and len(dunn):
+        keys = set(zip(hits["contrast"].astype(str), hits["subset"].astype(str), strict=True))
+        base = dunn["contrast"].astype(str).str.split(":").str[0]
+        keep = [(b, s) in keys for b, s in zip(base, dunn["subset"].astype(str), strict=True)]
+        pairs = dunn[keep].sort_values("padj", kind="stable")
+        if len(pairs):
+            blocks.append(
+                TableBlock(
+                    pairs,
+                    caption="Dunn's pairs of the significant subsets",
+                    columns=[
+                        c for c in ("contrast", "subset", "effect", "pvalue", "padj") if c in pairs
+                    ],
+                    max_rows=40,
+                )  # fmt: skip
+            )
+    return Section("Subgroups", "subgroups", blocks)
+
+
+# ------------------------------------------------------------------------ characterisation
+
+
+def _subset_lineage(
+    out: Path, obs: pd.DataFrame | None, subset: str
+) -> tuple[str | None, str | None]:
+    subsets = read_table(out, "subsets.csv")
+    if subsets is not None and "subset" in subsets:
+        row = subsets[subsets["subset"].astype(str) == subset]
+        if len(row):
+            first = row.iloc[0]
+            return (
+                str(first["l1"]) if "l1" in row else None,
+                str(first["l2"]) if "l2" in row else None,
+            )
+    if obs is not None and "subset" in obs:
+        cells = obs[obs["subset"].astype(str) == subset]
+        if len(cells):
+            l1 = str(cells["l1"].mode().iloc[0]) if "l1" in cells else None
+            l2 = str(cells["l2"].mode().iloc[0]) if "l2" in cells else None
+            return l1, l2
+    return None, None
+
+
+def _top_features(table: pd.DataFrame | None, subset: str, n: int, names: Any) -> list[str]:
+    if table is None or "subset" not in table:
+        return []
+    feature = "feature" if "feature" in table else "gene" if "gene" in table else "protein"
+    if feature not in table:
+        return []
+    rows = table[table["subset"].astype(str) == subset]
+    for column in ("statistic", "auroc", "auroc_parent"):
+        if column in rows:
+            rows = rows.sort_values(column, ascending=False, kind="stable")
+            break
+    known = set(map(str, names))
+    return [f for f in dict.fromkeys(rows[feature].astype(str)) if f in known][:n]
+
+
+def _passing(mdata: Any) -> np.ndarray:
+    obs = mdata.obs
+    if "qc_pass" in obs:
+        return obs["qc_pass"].fillna(False).astype(bool).to_numpy()
+    return np.ones(len(obs), dtype=bool)
+
+
+def _markers_figure(out: Path, mdata: Any, subset: str, l1: str | None, k: int) -> list[Any]:
+    obs = mdata.obs
+    mods = getattr(mdata, "mod", {})
+    rna, prot = mods.get("rna"), mods.get("prot")
+    panels: dict[str, tuple[Any, list[str]]] = {}
+    if rna is not None:
+        genes = _top_features(read_table(out, "markers_rna.csv"), subset, 8, rna.var_names)
+        if genes:
+            panels["RNA"] = (rna, genes)
+    if prot is not None:
+        proteins = _top_features(read_table(out, "markers_prot.csv"), subset, 5, prot.var_names)
+        if proteins:
+            panels["protein"] = (prot, proteins)
+    if not panels:
+        return [
+            Note(f"No marker table rows for {subset} (tables/markers_rna.csv, markers_prot.csv).")
+        ]
+    labels = obs["subset"].astype(str).where(_passing(mdata))
+    if l1 is not None and "l1" in obs:
+        labels = labels.where(obs["l1"].astype(str) == l1)
+    sizes = labels.value_counts()
+    rows = [subset] + [s for s in sizes.index if s != subset][:9]
+    labels = labels.where(labels.isin(rows))
+    fig = pl.marker_dotplot(
+        panels, labels, order=[r for r in rows if r in sizes.index],
+        thresholds={"protein": 1.0}, title=f"Markers of {subset}"
+        + (f" among {l1} subsets" if l1 else ""),
+    )  # fmt: skip
+    return [
+        FigureBlock(
+            fig,
+            f"markers_{k}_{subset}",
+            caption=f"Top RNA and protein markers of {subset} (tables/markers_*.csv) next to the "
+            "other subsets of its lineage: dot size = cells expressing (protein: normalised "
+            "value > 1), colour = mean scaled per marker.",
+        )
+    ]
+
+
+def _enrichment_blocks(out: Path, subset: str, k: int, alpha: float) -> list[Any]:
+    table = read_table(out, "enrichment.csv")
+    if table is None or "subset" not in table:
+        return [_missing("enrichment.csv", "gene-set enrichment")]
+    rows = table[table["subset"].astype(str) == subset]
+    if rows.empty:
+        return [Note(f"No gene-set enrichment rows for {subset}.")]
+    n_sig = int((rows["padj"] < alpha).sum())
+    return [
+        FigureBlock(
+            pl.enrichment_bars(rows, alpha=alpha, title=f"Hallmark enrichment of {subset} markers"),
+            f"enrichment_{k}_{subset}",
+            caption=f"Over-representation of {subset}'s marker genes in gene sets; {n_sig} set(s) "
+            f"with padj < {alpha:g}.",
+        )
+    ]
+
+
+def _signature_blocks(
+    out: Path, subset: str, contrast: str, groups: Mapping[str, pd.Series], k: int
+) -> list[Any]:
+    table = read_table(out, "signatures.csv")
+    if table is None or not {"donor_id", "subset", "set", "score"} <= set(table.columns):
+        return [_missing("signatures.csv", "signature scores")]
+    rows = table[table["subset"].astype(str) == subset]
+    if rows.empty:
+        return [Note(f"No signature scores for {subset}.")]
+    if contrast not in groups:
+        return [Note(f"Contrast {contrast} has no two arms to compare signature scores in.")]
+    arms = groups[contrast]
+    tests = read_table(out, "signature_tests.csv")
+    pvalues: dict[str, float] = {}
+    if tests is not None and {"contrast", "subset", "padj"} <= set(tests.columns):
+        part = tests[
+            (tests["contrast"].astype(str) == contrast) & (tests["subset"].astype(str) == subset)
+        ]
+        key = "set" if "set" in part else "level" if "level" in part else None
+        if key is not None:
+            pvalues = {str(s): float(p) for s, p in zip(part[key], part["padj"], strict=True)}
+    order = _arm_order(arms)
+    present = set(arms[arms.index.isin(rows["donor_id"].astype(str))])
+    fig = pl.signature_scores(
+        rows,
+        arms,
+        pvalues=pvalues or None,
+        order=[o for o in order if o in present],
+        title=f"Signature scores of {subset} by {contrast}",
+    )
+    return [
+        FigureBlock(
+            fig,
+            f"signatures_{k}_{subset}",
+            caption=f"Mean signature score of {subset}'s cells per donor, by {contrast}"
+            + (
+                "; adjusted p-value of the donor-level test (tables/signature_tests.csv)."
+                if pvalues
+                else "."
+            ),  # fmt: skip
+        )
+    ]
+
+
+def _gating_blocks(out: Path, mdata: Any, subset: str, l1: str | None, k: int) -> list[Any]:
+    table = read_table(out, "gating.csv")
+    need = {"subset", "step", "protein", "direction", "threshold", "split"}
+    if table is None or not need <= set(table.columns):
+        return [_missing("gating.csv", "gating strategy")]
+    rows = table[table["subset"].astype(str) == subset]
+    if rows.empty:
+        return [Note(f"No gating strategy for {subset}.")]
+    splits = rows["split"].astype(str)
+    first_split = "train" if (splits == "train").any() else splits.iloc[0]
+    gates = rows[(splits == first_split) & (rows["step"] >= 1)].sort_values("step")
+    blocks: list[Any] = []
+    prot = getattr(mdata, "mod", {}).get("prot") if mdata is not None else None
+    proteins = list(dict.fromkeys(str(p) for p in gates["protein"]))
+    if prot is not None and all(p in prot.var_names for p in proteins):
+        keep = _passing(mdata)
+        obs = mdata.obs[keep]
+        matrix = prot.X[np.flatnonzero(keep)][:, prot.var_names.get_indexer(proteins)]
+        matrix = matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
+        values = pd.DataFrame(matrix, columns=proteins)
+        start0 = rows[(rows["step"] == 0)]
+        start = None
+        if len(start0) and str(start0["gate"].iloc[0]) == "parent" and l1 is not None:
+            start = (obs["l1"].astype(str) == l1).to_numpy()
+        target = (obs["subset"].astype(str) == subset).to_numpy()
+        fig = pl.gating_plot(values, target, gates, start=start, metrics=rows, subset=subset)
+        blocks.append(
+            FigureBlock(
+                fig,
+                f"gating_{k}_{subset}",
+                caption=f"Gating {subset} from "
+                + (f"the {l1} lineage" if start is not None else "all cells")
+                + ": each panel shows the protein of one gate in the cells that passed the "
+                "previous gates (shaded: kept); the last panel gives purity and recall after "
+                "each gate on training and held-out donors.",
+            )
+        )
+    else:
+        blocks.append(Note("The protein data for the gating plot is not available."))
+    columns = [c for c in ("step", "gate", "split", "n_gated", "n_target", "purity", "recall",
+                           "f1", "quantile") if c in rows]  # fmt: skip
+    blocks.append(TableBlock(rows, caption=f"Gating steps for {subset}", csv="tables/gating.csv",
+                             columns=columns))  # fmt: skip
+    return blocks
+
+
+def _roc_blocks(out: Path, contrast: str, k: int) -> list[Any]:
+    donors = read_table(out, "prediction_donors.csv")
+    if donors is None or "contrast" not in donors:
+        return [_missing("prediction_donors.csv", "donor-level prediction")]
+    rows = donors[donors["contrast"].astype(str) == contrast]
+    truth = "y" if "y" in rows else "truth" if "truth" in rows else None
+    score = "score" if "score" in rows else "prob" if "prob" in rows else None
+    if rows.empty or truth is None or score is None or rows[truth].nunique() < 2:
+        return [Note(f"No donor-level prediction for {contrast}.")]
+    summary = read_table(out, "prediction.csv")
+    text = ""
+    if summary is not None and "contrast" in summary:
+        s = summary[summary["contrast"].astype(str) == contrast]
+        if len(s):
+            r = s.iloc[0]
+            text = (
+                f" Out-of-fold AUROC {float(r['effect']):.2f} (95% CI {float(r['ci_low']):.2f} "
+                f"to {float(r['ci_high']):.2f}), permutation p = {float(r['pvalue']):.3g}"
+                + (
+                    f"; chance level of this procedure {float(r['auroc_null_mean']):.2f}"
+                    if "auroc_null_mean" in s and np.isfinite(r["auroc_null_mean"])
+                    else ""
+                )
+                + "."
+            )
+    fig = pl.roc(rows, truth=truth, score=score, model=None, case=1,
+                 title=f"{contrast} from subset shares")  # fmt: skip
+    return [
+        FigureBlock(
+            fig,
+            f"roc_{k}_{contrast}",
+            caption=f"Predicting {contrast} from all subset shares (penalised logistic "
+            "regression, cross-validated: each donor scored by a model that never saw it)." + text,
+        )
+    ]
+
+
+def _population_column(expression: pd.DataFrame) -> str | None:
+    for column in ("subset", "cells", "population", "l2", "l1"):
+        if column in expression:
+            return column
+    return None
+
+
+def _timecourse_blocks(
+    out: Path, subset: str, l1: str | None, l2: str | None, k: int
+) -> tuple[list[Any], bool]:
+    shares = read_table(out, "timecourse.csv")
+    expression = read_table(out, "timecourse_expression.csv")
+    if shares is not None and "subset" in shares:
+        shares = shares[shares["subset"].astype(str) == subset]
+        if "level" in shares and shares["level"].nunique() > 1:
+            levels = shares["level"].astype(str)
+            shares = shares[levels == ("subset" if (levels == "subset").any() else levels.iloc[0])]
+    column = _population_column(expression) if expression is not None else None
+    mine = None
+    if expression is not None and column is not None:
+        names = {subset, l1, l2} - {None}
+        mine = expression[expression[column].astype(str).isin(names)]
+    have_shares = shares is not None and len(shares) > 0
+    have_expr = mine is not None and len(mine) > 0
+    if not have_shares and not have_expr:
+        return [], False
+    fig = pl.timecourse_panels(shares if have_shares else None, mine if have_expr else None,
+                               title=f"{subset}: donors sampled at several timepoints")  # fmt: skip
+    return [
+        FigureBlock(
+            fig,
+            f"timecourse_{k}_{subset}",
+            caption=f"{subset} share"
+            + (" and expression in its cells" if have_expr else "")
+            + " per timepoint, one line per donor with two or more timepoints.",
+        )
+    ], True
+
+
+def characterisation_section(
+    out: str | Path,
+    mdata: Any = None,
+    clinical: ClinicalTable | pd.DataFrame | None = None,
+    contrasts: Mapping[str, Any] | None = None,
+    *,
+    alpha: float = 0.05,
+    max_subsets: int = MAX_CHARACTERISED,
+) -> Section:
+    """One subsection per associated subset: its markers, enrichment, signatures and more.
+
+    Each subsection: marker dot plot (RNA + protein), enrichment bars, signature scores by
+    group, gating plot, ROC of the donor-level prediction of its contrast (once per
+    contrast) and time courses of donors with several timepoints.
+
+    Parameters
+    ----------
+    out
+        Run folder with the characterisation tables (``enrichment.csv``, ``signatures.csv``,
+        ``signature_tests.csv``, ``gating.csv``, ``prediction.csv``,
+        ``prediction_donors.csv``, ``timecourse.csv``, ``timecourse_expression.csv``,
+        ``markers_rna.csv``, ``markers_prot.csv``; each optional).
+    mdata
+        The cohort (``obs`` with ``subset``, ``l1``; ``mod["rna"]``, ``mod["prot"]``) for the
+        marker dot plots and gating plots; ``None`` leaves them out.
+    clinical, contrasts
+        For the group comparisons of signature scores (see :func:`contrast_groups`).
+    alpha
+        Significance threshold of the associated subsets and of the enrichment.
+    max_subsets
+        Most subsets characterised (by smallest padj).
+
+    Returns
+    -------
+    Section
+        Anchor ``characterisation``.
+    """
+    out = Path(out)
+    table = associated_subsets(read_table(out, "association.csv"), alpha=alpha)
+    subsets, significant = characterised_subsets(table, max_subsets=max_subsets)
+    if not subsets:
+        return Section(
+            "Characterisation of associated subsets",
+            "characterisation",
+            [Note("No subset to characterise: no association table or no candidate.")],
+        )
+    groups = contrast_groups(contrasts, clinical)
+    blocks: list[Any] = []
+    if not significant:
+        blocks.append(
+            Note(
+                "No subset is significantly associated; the strongest nominal candidates are "
+                "characterised below for exploration only.",
+                "warning",
+            )
+        )
+    obs = getattr(mdata, "obs", None)
+    roc_done: set[str] = set()
+    any_timecourse = False
+    for k, subset in enumerate(subsets):
+        rows = table[table["subset"].astype(str) == subset]
+        if significant:
+            rows = rows[rows["significant"].astype(bool)]
+        first = rows.iloc[0]
+        l1, l2 = _subset_lineage(out, obs, subset)
+        parts: list[Any] = [
+            Paragraph(
+                f"{subset}"
+                + (f" ({l2}, lineage {l1})" if l1 else "")
+                + ": "
+                + "; ".join(
+                    f"{r.fold_change:.2f}-fold in {r.contrast} cases (95% CI {r.ci}, padj "
+                    f"{r.padj:.2g})"
+                    for r in rows.itertuples(index=False)
+                )
+                + "."
+            )
+        ]
+        if mdata is not None and "subset" in mdata.obs:
+            parts.extend(_markers_figure(out, mdata, subset, l1, k))
+        parts.extend(_enrichment_blocks(out, subset, k, alpha))
+        parts.extend(_signature_blocks(out, subset, str(first.contrast), groups, k))
+        if mdata is not None:
+            parts.extend(_gating_blocks(out, mdata, subset, l1, k))
+        contrast = str(first.contrast)
+        if contrast in roc_done:
+            parts.append(Paragraph(f"Donor-level prediction of {contrast}: see above."))
+        else:
+            parts.extend(_roc_blocks(out, contrast, k))
+            roc_done.add(contrast)
+        time_blocks, drawn = _timecourse_blocks(out, subset, l1, l2, k)
+        parts.extend(time_blocks)
+        any_timecourse |= drawn
+        blocks.append(Section(subset, f"subset-{subset}", parts))
+    expression = read_table(out, "timecourse_expression.csv")
+    if expression is not None and _population_column(expression) is None:
+        blocks.append(
+            Section(
+                "Gene expression over time",
+                "timecourse-expression",
+                [
+                    FigureBlock(
+                        pl.timecourse_panels(None, expression),
+                        "timecourse_expression",
+                        caption="Mean expression per timepoint, one line per donor with two or "
+                        "more timepoints (tables/timecourse_expression.csv).",
+                    )
+                ],
+            )
+        )
+        any_timecourse = True
+    if not any_timecourse:
+        blocks.append(
+            Note("No donor has samples at two or more timepoints (tables/timecourse.csv).")
+        )
+    return Section("Characterisation of associated subsets", "characterisation", blocks)

@@ -1,0 +1,1 @@
+"""Donor-level statistics: composition, classic tests, longitudinal summaries, associations."""

@@ -1,0 +1,536 @@
+"""Gene-set enrichment: over-representation (Fisher exact + BH) and preranked GSEA.
+
+- :func:`ora`: one gene list against many sets, the Enrichr way: a one-sided Fisher exact test
+  (hypergeometric upper tail) of the overlap within a stated universe, Benjamini-Hochberg over
+  the tested sets.
+- :func:`enrich_markers`: :func:`ora` for every subset of a markers table (or any table with
+  one ranked gene list per group), BH within each subset.
+- :func:`gsea`: preranked GSEA (Subramanian et al. 2005) with gene-set permutation as in
+  fgsea's ``fgseaSimple`` (Korotkevich et al.): weighted running-sum enrichment score, null
+  enrichment scores of random gene sets of the same size drawn from the ranked list, NES by
+  the mean of the same-signed null, p-values ``(#{null as extreme} + 1) / (#{same sign} + 1)``.
+
+Written here rather than taken from decoupler 2.2: its ``mt.ora`` tests the top features of
+each observation rather than a given list against a given universe, and its ``mt.gsea`` gives
+p-values of exactly 0 (no +1), draws no permutation at all for ``seed=0`` (``if seed:``), and
+brings five more runtime dependencies (marsilea, adjusttext, docrep, requests, session-info2).
+The enrichment score computed here equals decoupler's (checked to 1e-12 on random data).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..errors import InputError
+
+__all__ = ["ORA_COLUMNS", "GSEA_COLUMNS", "ora", "gsea", "enrich_markers"]
+
+ORA_METHOD = "ora: one-sided Fisher exact, BH over sets; effect = log2 odds ratio"
+GSEA_METHOD = "gsea: preranked, gene-set permutation, BH over sets; effect = NES"
+
+ORA_COLUMNS = [
+    "set",
+    "overlap",
+    "set_size",
+    "query_size",
+    "universe_size",
+    "odds_ratio",
+    "effect",
+    "pvalue",
+    "padj",
+    "method",
+    "genes",
+]
+GSEA_COLUMNS = [
+    "set",
+    "set_size",
+    "es",
+    "nes",
+    "effect",
+    "pvalue",
+    "padj",
+    "method",
+    "leading_edge",
+]
+
+
+def _bh(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (NaN-free input)."""
+    if p.size == 0:
+        return p.astype(float)
+    return stats.false_discovery_control(p, method="bh")
+
+
+def _check_sets(gene_sets: Mapping[str, Sequence[str]]) -> None:
+    if not isinstance(gene_sets, Mapping) or len(gene_sets) == 0:
+        raise InputError(
+            "no gene sets given",
+            hint="Pass a dict {set name: [genes]}, e.g. sccohort.io.genesets.hallmark().",
+        )
+    for name, genes in gene_sets.items():
+        if isinstance(genes, str):
+            raise InputError(
+                f"gene set {name!r} is a string, not a list of genes",
+                key=str(name),
+                hint="Give each set as a list of gene symbols.",
+            )
+
+
+def _unique(genes: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(str(g) for g in genes))
+
+
+def ora(
+    genes: Sequence[str],
+    gene_sets: Mapping[str, Sequence[str]],
+    universe: Sequence[str],
+    *,
+    min_size: int = 5,
+    max_size: int = 500,
+) -> pd.DataFrame:
+    """Over-representation of one gene list in gene sets (one-sided Fisher exact + BH).
+
+    Every set and the query are first restricted to the universe; sets whose restricted size
+    lies outside ``[min_size, max_size]`` are not tested. For a set of size ``K`` in a universe
+    of ``N`` genes and a query of ``n`` genes with overlap ``a`` the p-value is
+    ``P(X >= a)``, ``X ~ Hypergeometric(N, K, n)`` (the one-sided Fisher exact test).
+
+    Parameters
+    ----------
+    genes
+        The query genes (e.g. a subset's markers); duplicates are ignored, genes outside the
+        universe dropped (with a warning).
+    gene_sets
+        ``{set name: [gene, ...]}``, e.g. from :func:`sccohort.io.genesets.read_gmt`.
+    universe
+        All genes that could have been in the query (e.g. every gene tested for markers).
+    min_size, max_size
+        Bounds on a set's size within the universe.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per tested set, sorted by p-value: ``set, overlap, set_size, query_size,
+        universe_size, odds_ratio`` (sample odds ratio with 0.5 added to each cell of the 2x2
+        table), ``effect`` (log2 of it), ``pvalue, padj`` (BH over the tested sets),
+        ``method``, ``genes`` (the overlap, ``;``-joined, in query order).
+
+    Raises
+    ------
+    InputError
+        No query gene in the universe, or no set within the size bounds.
+    """
+    return _ora(genes, _restrict(gene_sets, universe, min_size, max_size))
+
+
+@dataclass(frozen=True)
+class _Restricted:
+    """Gene sets restricted to a universe and filtered by size (shared by many queries)."""
+
+    universe: set[str]
+    n_universe: int
+    sets: list[tuple[str, set[str]]]
+
+
+def _restrict(
+    gene_sets: Mapping[str, Sequence[str]],
+    universe: Sequence[str],
+    min_size: int,
+    max_size: int,
+) -> _Restricted:
+    _check_sets(gene_sets)
+    uni = set(_unique(universe))
+    if not uni:
+        raise InputError("the gene universe is empty", hint="Pass every gene that was tested.")
+    kept = []
+    for name, members in gene_sets.items():
+        members_u = {str(g) for g in members} & uni
+        if min_size <= len(members_u) <= max_size:
+            kept.append((str(name), members_u))
+    if not kept:
+        raise InputError(
+            f"no gene set has between {min_size} and {max_size} genes in the universe "
+            f"({len(uni)} genes)",
+            hint="Check the gene identifiers (symbols?) or lower min_size.",
+        )
+    return _Restricted(uni, len(uni), kept)
+
+
+def _ora(genes: Sequence[str], sets: _Restricted) -> pd.DataFrame:
+    query_all = _unique(genes)
+    query = [g for g in query_all if g in sets.universe]
+    if len(query) < len(query_all):
+        missing = [g for g in query_all if g not in sets.universe]
+        warnings.warn(
+            f"{len(missing)} of {len(query_all)} query genes are not in the universe and are "
+            f"ignored (e.g. {', '.join(missing[:5])})",
+            UserWarning,
+            stacklevel=3,
+        )
+    if not query:
+        raise InputError(
+            "no query gene is in the gene universe",
+            hint="Check that the query and the universe use the same gene identifiers.",
+        )
+    n_uni, n_query = sets.n_universe, len(query)
+    rows = []
+    for name, members in sets.sets:
+        hits = [g for g in query if g in members]
+        rows.append((name, len(hits), len(members), ";".join(hits)))
+    names, overlap, size, hit_genes = (list(c) for c in zip(*rows, strict=True))
+    a = np.asarray(overlap, dtype=float)
+    k = np.asarray(size, dtype=float)
+    pvalue = stats.hypergeom.sf(a - 1, n_uni, k, n_query)
+    pvalue = np.clip(pvalue, 0.0, 1.0)
+    b = n_query - a  # query, not in set
+    c = k - a  # set, not in query
+    d = n_uni - n_query - c  # neither
+    odds = ((a + 0.5) * (d + 0.5)) / ((b + 0.5) * (c + 0.5))
+    out = pd.DataFrame(
+        {
+            "set": names,
+            "overlap": np.asarray(overlap, dtype=int),
+            "set_size": np.asarray(size, dtype=int),
+            "query_size": n_query,
+            "universe_size": n_uni,
+            "odds_ratio": odds,
+            "effect": np.log2(odds),
+            "pvalue": pvalue,
+            "padj": _bh(pvalue),
+            "method": ORA_METHOD,
+            "genes": hit_genes,
+        }
+    )
+    order = np.lexsort((out["set"].to_numpy(), out["pvalue"].to_numpy()))
+    return out.iloc[order].reset_index(drop=True)[ORA_COLUMNS]
+
+
+def _pick_column(table: pd.DataFrame, given: str | None, options: Sequence[str], what: str) -> str:
+    if given is not None:
+        if given not in table.columns:
+            raise InputError(
+                f"the table has no column {given!r} ({what})",
+                column=given,
+                hint=f"Columns present: {', '.join(map(str, table.columns))}.",
+            )
+        return given
+    for name in options:
+        if name in table.columns:
+            return name
+    raise InputError(
+        f"the table has none of the columns {', '.join(options)} ({what})",
+        hint=f"Columns present: {', '.join(map(str, table.columns))}.",
+    )
+
+
+def enrich_markers(
+    markers: pd.DataFrame,
+    gene_sets: Mapping[str, Sequence[str]],
+    universe: Sequence[str],
+    *,
+    top: int | None = 100,
+    padj_cutoff: float = 0.05,
+    min_logfc: float = 0.0,
+    direction: str = "up",
+    by: str | None = None,
+    gene: str | None = None,
+    rank_by: str | None = None,
+    min_size: int = 5,
+    max_size: int = 500,
+) -> pd.DataFrame:
+    """Over-representation of each subset's markers (or DE genes) in gene sets.
+
+    For every subset the genes with ``padj < padj_cutoff`` whose ``rank_by`` has the sign of
+    ``direction`` and whose log fold change (when the table has one) is beyond ``min_logfc``
+    are ranked by ``|rank_by|`` and the first ``top`` go to :func:`ora`; BH runs over the sets
+    within each subset (each subset's list is its own question).
+
+    Parameters
+    ----------
+    markers
+        Long table, one row per subset x gene, e.g. ``tables/markers_rna.csv`` (columns
+        ``subset, feature, statistic, logfoldchange, pvalue, padj, ...``) or a DE table.
+    gene_sets
+        ``{set name: [gene, ...]}``.
+    universe
+        Every gene that was tested (e.g. ``mdata.mod["rna"].var_names``); the markers table
+        of a run keeps only the top genes, so it cannot be its own universe.
+    top
+        Genes per subset after the filters (``None``: all).
+    padj_cutoff
+        Keep genes with ``padj`` below this.
+    min_logfc
+        Keep genes with ``|logfoldchange| >= min_logfc`` (needs a ``logfoldchange`` or
+        ``log2FoldChange`` column; ignored if none).
+    direction
+        ``"up"`` (``rank_by > 0``), ``"down"`` (``< 0``) or ``"both"``.
+    by, gene, rank_by
+        Column names; defaults: the first present of ``subset``/``group``, ``feature``/``gene``,
+        ``statistic``/``effect``/``logfoldchange``.
+    min_size, max_size
+        As for :func:`ora`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per subset x tested set: ``subset`` then the columns of :func:`ora`; sorted
+        by subset (table order) then p-value. Subsets without any gene passing the filters
+        are left out with a warning.
+    """
+    if direction not in ("up", "down", "both"):
+        raise InputError(f"unknown direction {direction!r}", hint="Use 'up', 'down' or 'both'.")
+    if not isinstance(markers, pd.DataFrame) or markers.empty:
+        raise InputError("the markers table is empty", hint="Run the markers stage first.")
+    by = _pick_column(markers, by, ("subset", "group"), "the subset of each row")
+    gene = _pick_column(markers, gene, ("feature", "gene", "names"), "the gene of each row")
+    rank_by = _pick_column(
+        markers, rank_by, ("statistic", "effect", "logfoldchange", "log2FoldChange"), "ranking"
+    )
+    padj_col = _pick_column(markers, None, ("padj", "pvals_adj", "padj_bh"), "adjusted p-values")
+    lfc_col = next((c for c in ("logfoldchange", "log2FoldChange") if c in markers.columns), None)
+
+    keep = markers[padj_col].to_numpy(dtype=float) < padj_cutoff
+    score = markers[rank_by].to_numpy(dtype=float)
+    if direction == "up":
+        keep &= score > 0
+    elif direction == "down":
+        keep &= score < 0
+    if lfc_col is not None and min_logfc > 0:
+        keep &= np.abs(markers[lfc_col].to_numpy(dtype=float)) >= min_logfc
+    restricted = _restrict(gene_sets, universe, min_size, max_size)
+    subsets = list(dict.fromkeys(markers[by].astype(str)))
+    chosen = markers.loc[keep].assign(
+        _abs=np.abs(score[keep]), _by=markers.loc[keep, by].astype(str)
+    )
+    frames, empty = [], []
+    for name in subsets:
+        rows = chosen[chosen["_by"] == name].sort_values("_abs", ascending=False, kind="stable")
+        genes = list(dict.fromkeys(rows[gene].astype(str)))
+        if top is not None:
+            genes = genes[:top]
+        if not genes:
+            empty.append(name)
+            continue
+        table = _ora(genes, restricted)
+        table.insert(0, "subset", name)
+        frames.append(table)
+    if empty:
+        warnings.warn(
+            f"no genes pass the filters (padj < {padj_cutoff}, direction {direction}) for "
+            f"subsets: {', '.join(empty)}",
+            UserWarning,
+            stacklevel=2,
+        )
+    if not frames:
+        return pd.DataFrame(columns=["subset", *ORA_COLUMNS])
+    return pd.concat(frames, ignore_index=True)
+
+
+@numba.njit(cache=True, nogil=True)
+def _es_sorted(pos, w, n_total):
+    """Running-sum ES of ``k`` hits at ascending positions ``pos`` (weights ``w``) among ``n``.
+
+    Each hit steps up by ``w / sum(w)`` (by ``1 / k`` if all weights are 0), each miss down by
+    ``1 / (n - k)``; the positive extreme is reached just after a hit, the negative one just
+    before a hit, so ``O(k)`` suffices. Returns ``(es, j)``: the deviation of larger absolute
+    value (the positive one on a tie) and the index in ``pos`` of the hit just at
+    (positive) or just after (negative) the extreme.
+    """
+    k = pos.shape[0]
+    n_miss = n_total - k
+    norm = 0.0
+    for j in range(k):
+        norm += w[j]
+    equal = norm <= 0.0
+    hit = 0.0
+    best_pos, best_neg = 0.0, 0.0
+    j_pos, j_neg = 0, 0
+    for j in range(k):
+        miss = (pos[j] - j) / n_miss
+        before = hit - miss
+        if before < best_neg:
+            best_neg = before
+            j_neg = j
+        hit += 1.0 / k if equal else w[j] / norm
+        after = hit - miss
+        if after > best_pos:
+            best_pos = after
+            j_pos = j
+    if best_pos >= -best_neg:
+        return best_pos, j_pos
+    return best_neg, j_neg
+
+
+@numba.njit(cache=True, nogil=True)
+def _bucket_sort(values, k, n, out, counts):
+    """Sort ``values[:k]`` (distinct integers in ``[0, n)``) into ``out`` in expected ``O(k)``.
+
+    Bucket ``b = v * k // n`` preserves order across buckets; an insertion sort finishes the
+    (on average one-element) buckets.
+    """
+    counts[:] = 0
+    for j in range(k):
+        counts[values[j] * k // n + 1] += 1
+    for b in range(k):
+        counts[b + 1] += counts[b]
+    for j in range(k):
+        b = values[j] * k // n
+        out[counts[b]] = values[j]
+        counts[b] += 1
+    for j in range(1, k):
+        v = out[j]
+        i = j - 1
+        while i >= 0 and out[i] > v:
+            out[i + 1] = out[i]
+            i -= 1
+        out[i + 1] = v
+
+
+@numba.njit(cache=True, nogil=True)
+def _null_es(weights, k, n_perm, seed):
+    """ES of ``n_perm`` random ``k``-gene sets of the ranked list, shape ``(n_perm,)``."""
+    np.random.seed(seed)
+    n = weights.shape[0]
+    work = np.arange(n)
+    out = np.empty(n_perm)
+    w = np.empty(k)
+    pos = np.empty(k, dtype=np.int64)
+    counts = np.empty(k + 1, dtype=np.int64)
+    for p in range(n_perm):
+        for j in range(k):  # partial Fisher-Yates: work[:k] is a uniform random k-subset
+            r = j + np.random.randint(0, n - j)
+            tmp = work[j]
+            work[j] = work[r]
+            work[r] = tmp
+        _bucket_sort(work, k, n, pos, counts)
+        for j in range(k):
+            w[j] = weights[pos[j]]
+        out[p] = _es_sorted(pos, w, n)[0]
+    return out
+
+
+def _size_seed(seed: int, k: int) -> int:
+    """Seed of the null of sets of size ``k``: independent of which other sets are tested."""
+    return int(np.random.default_rng([int(seed), int(k)]).integers(2**31 - 1))
+
+
+def gsea(
+    stats: pd.Series,
+    gene_sets: Mapping[str, Sequence[str]],
+    *,
+    n_perm: int = 10_000,
+    min_size: int = 15,
+    max_size: int = 500,
+    weight: float = 1.0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Preranked gene-set enrichment analysis with gene-set permutation (fgsea-simple).
+
+    Genes are ranked by ``stats`` (descending; ties keep the input order). A set's enrichment
+    score (ES) is the extreme deviation from 0 of a running sum that steps up at the set's
+    genes by ``|stat|**weight / sum over the set`` and down at other genes by
+    ``1 / (n - k)``. The null of a set of size ``k`` is the ES of ``n_perm`` random sets of
+    ``k`` genes of the same ranked list (shared by all sets of that size);
+    ``NES = ES / mean(null ES of the same sign)`` and the p-value is
+    ``(#{null >= ES} + 1) / (#{null >= 0} + 1)`` for ``ES >= 0`` (mirrored below 0), as in
+    fgsea's ``fgseaSimple``.
+
+    Parameters
+    ----------
+    stats
+        One statistic per gene (index: unique gene names), e.g. DE Wald statistics or signed
+        ``-log10 p``; shape ``(n_genes,)``, no missing values.
+    gene_sets
+        ``{set name: [gene, ...]}``; genes not in ``stats`` are ignored.
+    n_perm
+        Random sets per set size; the smallest possible p-value is ``1 / (n_perm + 1)``.
+    min_size, max_size
+        Bounds on a set's size among the ranked genes.
+    weight
+        Exponent of ``|stat|`` in the step of a hit (0: classic Kolmogorov-Smirnov walk).
+    seed
+        Seed of the random sets (the null of each size depends only on ``seed`` and the size).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per tested set, sorted by p-value: ``set, set_size, es, nes, effect`` (= NES),
+        ``pvalue, padj`` (BH over the tested sets), ``method, leading_edge`` (``;``-joined
+        genes of the set between the top (ES > 0) or bottom (ES < 0) and the extreme).
+
+    Raises
+    ------
+    InputError
+        Missing or duplicated genes or statistics, fewer than 100 permutations, or no set
+        within the size bounds.
+    """
+    _check_sets(gene_sets)
+    if not isinstance(stats, pd.Series):
+        raise InputError(
+            "stats must be a pandas Series (index: genes, values: statistics)",
+            hint="E.g. de.set_index('feature')['statistic'].",
+        )
+    values = pd.to_numeric(stats, errors="coerce").to_numpy(dtype=float)
+    genes = stats.index.astype(str)
+    if not np.isfinite(values).all():
+        bad = genes[~np.isfinite(values)]
+        raise InputError(
+            f"{len(bad)} gene(s) have a missing or infinite statistic (e.g. {', '.join(bad[:5])})",
+            hint="Drop them (stats.dropna()) or clip infinite values first.",
+        )
+    if genes.has_duplicates:
+        dup = genes[genes.duplicated()].unique()
+        raise InputError(
+            f"{len(dup)} gene(s) appear more than once (e.g. {', '.join(dup[:5])})",
+            hint="Keep one statistic per gene.",
+        )
+    if int(n_perm) < 100:
+        raise InputError(f"n_perm={n_perm} is too small", hint="Use at least 1,000.")
+    n = len(values)
+    order = np.argsort(-values, kind="stable")
+    ranked_genes = np.asarray(genes)[order]
+    weights = np.abs(values[order]) ** float(weight)
+    rank_of = pd.Series(np.arange(n), index=ranked_genes)
+    tested = []
+    for name, members in gene_sets.items():
+        pos = rank_of.reindex(_unique(members)).dropna().to_numpy(dtype=np.int64)
+        k = len(pos)
+        if min_size <= k <= max_size and k < n:
+            tested.append((str(name), np.sort(pos)))
+    if not tested:
+        raise InputError(
+            f"no gene set has between {min_size} and {max_size} genes among the {n} ranked genes",
+            hint="Check the gene identifiers (symbols?) or lower min_size.",
+        )
+    nulls: dict[int, np.ndarray] = {}
+    rows = []
+    for name, pos in tested:
+        k = len(pos)
+        if k not in nulls:
+            nulls[k] = _null_es(weights, k, int(n_perm), _size_seed(seed, k))
+        null = nulls[k]
+        es, j = _es_sorted(pos, weights[pos], n)
+        if es >= 0:
+            same = null[null >= 0]
+            pval = (np.sum(same >= es) + 1) / (same.size + 1)
+            nes = es / same.mean() if same.size and same.mean() > 0 else np.nan
+            edge = pos[: j + 1]
+        else:
+            same = null[null < 0]
+            pval = (np.sum(same <= es) + 1) / (same.size + 1)
+            nes = -es / same.mean() if same.size else np.nan
+            edge = pos[j:][::-1]
+        rows.append((name, k, es, nes, pval, ";".join(ranked_genes[edge])))
+    out = pd.DataFrame(rows, columns=["set", "set_size", "es", "nes", "pvalue", "leading_edge"])
+    out["effect"] = out["nes"]
+    out["padj"] = _bh(out["pvalue"].to_numpy())
+    out["method"] = GSEA_METHOD
+    order_rows = np.lexsort((out["set"].to_numpy(), out["pvalue"].to_numpy()))
+    return out.iloc[order_rows].reset_index(drop=True)[GSEA_COLUMNS]

@@ -1,0 +1,632 @@
+"""Surface-protein markers of a cell subset and a flow-cytometry gating strategy for it.
+
+:func:`protein_markers` ranks the antibodies of a panel by how well they separate a subset
+from the rest of its parent lineage and from all other cells (AUROC, the Mann-Whitney ``U``
+over ``n_target * n_other``, from one column-wise ranking of the normalised values).
+
+:func:`gating_strategy` finds a short sequence of one-protein thresholds ("CD191 > 1.8",
+then "HLA-DR < 3.1", ...), as a flow cytometrist gates, that recovers the subset with the
+best F1 score. Donors are split into training and held-out donors (one seeded split); the
+gates are searched on the training donors' cells only, by a small beam search over the
+best-separating proteins (AUROC on training cells), both directions and every threshold
+between two distinct values of the population being gated (an exact search by cumulative
+sums; each threshold is also reported as a quantile of that population). Purity
+(precision), recall and F1 are then measured on the held-out donors' cells, pooled and per
+donor. A further gate is kept only
+when it raises the training F1 by at least ``min_gain``. One split, not cross-validation:
+the gates reported are exactly the gates whose held-out figures are reported.
+
+Thresholds are in the units of ``prot.X`` (CLR or dsb). A cytometer needs its own
+calibration; the quantile of each threshold (where it lies in the gated population) is
+the part that transfers.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+from scipy.stats import rankdata
+
+from ..errors import InputError
+
+__all__ = ["Gate", "GatingResult", "gating_strategy", "protein_markers"]
+
+MARKER_COLUMNS = [
+    "subset",
+    "protein",
+    "rank",
+    "auroc_parent",
+    "auroc_all",
+    "direction",
+    "median_target",
+    "median_parent_rest",
+    "median_rest",
+    "n_target",
+    "n_parent_rest",
+    "n_rest",
+]
+GATING_COLUMNS = [
+    "subset",
+    "step",
+    "gate",
+    "protein",
+    "direction",
+    "threshold",
+    "quantile",
+    "split",
+    "n_gated",
+    "n_target",
+    "purity",
+    "recall",
+    "f1",
+]
+METHOD = "protein gating: beam search of thresholds on training donors, held-out donors"
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One threshold gate ``protein > threshold`` or ``protein < threshold``.
+
+    Attributes
+    ----------
+    protein
+        Antibody name (a ``var_name`` of the protein modality).
+    direction
+        ``">"`` keeps cells above the threshold, ``"<"`` cells below it.
+    threshold
+        In the normalised units of ``prot.X`` (CLR or dsb).
+    quantile
+        Where the threshold lies among the training cells of the population being gated
+        (the cells that passed the previous gates), in ``[0, 1]``.
+    """
+
+    protein: str
+    direction: Literal[">", "<"]
+    threshold: float
+    quantile: float
+
+    def keep(self, values: np.ndarray) -> np.ndarray:
+        """Boolean mask (n,) of the cells this gate keeps, given the protein's values (n,)."""
+        return values > self.threshold if self.direction == ">" else values < self.threshold
+
+    def __str__(self) -> str:
+        return f"{self.protein} {self.direction} {self.threshold:.3g}"
+
+
+@dataclass
+class GatingResult:
+    """A gating strategy for one subset and how well it recovers the subset.
+
+    Attributes
+    ----------
+    subset
+        The subset's name.
+    gates
+        The gates, applied in order (at most ``max_gates``; empty if no gate helps).
+    start
+        ``"all"`` (gating starts from every cell) or ``"parent"`` (from the parent lineage).
+    steps
+        Tidy table, one row per step (0 = the start population) and split (``"train"``,
+        ``"test"``); columns :data:`GATING_COLUMNS`.
+    per_donor
+        Held-out donors' results after the last gate: ``donor, n_cells, n_target, n_gated,
+        purity, recall, f1``.
+    markers
+        :func:`protein_markers` on the training cells (the candidates of the search).
+    train_donors, test_donors
+        The donor split.
+    """
+
+    subset: str
+    gates: list[Gate]
+    start: Literal["all", "parent"]
+    steps: pd.DataFrame
+    per_donor: pd.DataFrame
+    markers: pd.DataFrame
+    train_donors: list[str]
+    test_donors: list[str]
+    method: str = METHOD
+    params: dict = field(default_factory=dict)
+
+    def _final(self, column: str, split: str = "test") -> float:
+        rows = self.steps[self.steps["split"] == split]
+        return float(rows[column].iloc[-1])
+
+    @property
+    def f1(self) -> float:
+        """F1 of the full gating sequence on the held-out donors' cells (pooled)."""
+        return self._final("f1")
+
+    @property
+    def purity(self) -> float:
+        """Purity (precision) of the full sequence on the held-out donors' cells."""
+        return self._final("purity")
+
+    @property
+    def recall(self) -> float:
+        """Recall of the full sequence on the held-out donors' cells."""
+        return self._final("recall")
+
+    def to_frame(self) -> pd.DataFrame:
+        """The per-step table (``tables/gating.csv``): columns :data:`GATING_COLUMNS`."""
+        return self.steps.copy()
+
+    def step_masks(self, prot: AnnData, parent: np.ndarray | None = None) -> list[np.ndarray]:
+        """Cells in the population after each step, for plots and for applying the gates.
+
+        Parameters
+        ----------
+        prot
+            Cells x proteins with the same normalisation as the one the gates came from.
+        parent
+            Boolean (n_cells,) parent lineage; required when :attr:`start` is ``"parent"``.
+
+        Returns
+        -------
+        ``len(gates) + 1`` boolean arrays (n_cells,): the start population, then the cells
+        that passed gates 1..k. The population gated at step k is mask k - 1; the last mask
+        is the predicted subset.
+        """
+        values = _dense(prot)
+        names = list(map(str, prot.var_names))
+        if self.start == "parent":
+            if parent is None:
+                raise InputError(
+                    f"the gating of subset '{self.subset}' starts from the parent lineage",
+                    hint="Pass parent=, a boolean mask of the parent lineage's cells",
+                )
+            mask = _as_mask(parent, prot.n_obs, "parent", self.subset)
+        else:
+            mask = np.ones(prot.n_obs, dtype=bool)
+        masks = [mask]
+        for gate in self.gates:
+            if gate.protein not in names:
+                raise InputError(
+                    f"protein '{gate.protein}' of the gates of subset '{self.subset}' is not "
+                    "in the protein modality",
+                    hint="Apply the gates to data with the same antibody panel",
+                )
+            mask = mask & gate.keep(values[:, names.index(gate.protein)])
+            masks.append(mask)
+        return masks
+
+    def apply(self, prot: AnnData, parent: np.ndarray | None = None) -> np.ndarray:
+        """Boolean mask (n_cells,) of the cells the whole gating sequence keeps."""
+        return self.step_masks(prot, parent)[-1]
+
+
+def _dense(prot: AnnData) -> np.ndarray:
+    x = prot.X
+    x = x.toarray() if sp.issparse(x) else np.asarray(x)
+    return x.astype(np.float64, copy=False)
+
+
+def _as_mask(values, n: int, name: str, subset: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.shape != (n,):
+        raise InputError(
+            f"{name} has shape {arr.shape} but the protein modality has {n} cells",
+            key=name,
+            hint=f"Pass one boolean per cell of the protein modality (subset '{subset}')",
+        )
+    if arr.dtype != bool:
+        raise InputError(
+            f"{name} must be boolean, got dtype {arr.dtype}",
+            key=name,
+            hint="Pass e.g. (obs['subset'] == 'CD14_EGR1').to_numpy()",
+        )
+    return arr
+
+
+def _isotype_mask(prot: AnnData) -> np.ndarray:
+    if "isotype" in prot.var.columns:
+        flags = pd.array(prot.var["isotype"], dtype="boolean")
+        return flags.fillna(False).to_numpy(dtype=bool)
+    return np.asarray(prot.var_names.str.contains("isotype", case=False))
+
+
+def _auroc(x: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """Column-wise AUROC of ``x[pos]`` against ``x[neg]`` (ties count 1/2), shape (n_features,)."""
+    both = pos | neg
+    ranks = rankdata(x[both], axis=0)
+    is_pos = pos[both]
+    n1, n0 = int(is_pos.sum()), int((~is_pos).sum())
+    u = ranks[is_pos].sum(axis=0) - n1 * (n1 + 1) / 2.0
+    return u / (n1 * n0)
+
+
+def _markers(
+    x: np.ndarray, names: np.ndarray, target: np.ndarray, parent: np.ndarray, subset: str
+) -> pd.DataFrame:
+    rest_parent = parent & ~target
+    rest = ~target
+    auc_parent = _auroc(x, target, rest_parent)
+    auc_all = _auroc(x, target, rest)
+    table = pd.DataFrame(
+        {
+            "subset": subset,
+            "protein": names,
+            "auroc_parent": auc_parent,
+            "auroc_all": auc_all,
+            "direction": np.where(auc_parent >= 0.5, "up", "down"),
+            "median_target": np.median(x[target], axis=0),
+            "median_parent_rest": np.median(x[rest_parent], axis=0),
+            "median_rest": np.median(x[rest], axis=0),
+            "n_target": int(target.sum()),
+            "n_parent_rest": int(rest_parent.sum()),
+            "n_rest": int(rest.sum()),
+        }
+    )
+    order = np.lexsort((-np.abs(auc_all - 0.5), -np.abs(auc_parent - 0.5)))
+    table = table.iloc[order].reset_index(drop=True)
+    table["rank"] = np.arange(1, len(table) + 1)
+    return table[MARKER_COLUMNS]
+
+
+def _check_inputs(
+    prot: AnnData, target, parent, subset: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if not isinstance(prot, AnnData):
+        raise InputError(
+            f"prot must be an AnnData (cells x proteins), got {type(prot).__name__}",
+            hint="Pass mdata.mod['prot']",
+        )
+    target = _as_mask(target, prot.n_obs, "target", subset)
+    parent = _as_mask(parent, prot.n_obs, "parent", subset)
+    if not target.any():
+        raise InputError(
+            f"subset '{subset}' has no cells",
+            key="target",
+            hint="Check the subset name against obs['subset']",
+        )
+    if not (parent & ~target).any():
+        raise InputError(
+            f"the parent lineage of subset '{subset}' has no cells outside the subset",
+            key="parent",
+            hint="Pass the whole lineage, e.g. (obs['l1'] == 'Mono').to_numpy()",
+        )
+    keep = ~_isotype_mask(prot)
+    if not keep.any():
+        raise InputError(
+            "the protein modality has no antibody other than isotype controls",
+            hint="Check var['isotype'] of the protein modality",
+        )
+    x = _dense(prot)[:, keep]
+    if not np.isfinite(x).all():
+        raise InputError(
+            "the normalised protein values (prot.X) contain NaN or infinite values",
+            hint="Normalise the protein counts (CLR or dsb) before gating",
+        )
+    names = np.asarray(prot.var_names.astype(str))[keep]
+    return x, names, target, parent
+
+
+def protein_markers(
+    prot: AnnData, target: np.ndarray, parent: np.ndarray, *, subset: str = "subset"
+) -> pd.DataFrame:
+    """Rank surface proteins by how well they separate a subset (AUROC).
+
+    Parameters
+    ----------
+    prot
+        Cells x proteins (n_cells x n_proteins); ``.X`` holds normalised values (CLR or
+        dsb). Isotype controls (``var["isotype"]``, else names containing "isotype") are
+        left out.
+    target
+        Boolean (n_cells,): the subset's cells.
+    parent
+        Boolean (n_cells,): the parent lineage's cells (e.g. all monocytes); the subset's
+        own cells in it are ignored.
+    subset
+        Name written in the ``subset`` column.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per non-isotype protein, columns :data:`MARKER_COLUMNS`: ``auroc_parent``
+        (subset vs the rest of the parent lineage), ``auroc_all`` (vs every other cell),
+        ``direction`` (``"up"`` if ``auroc_parent >= 0.5``), medians of the subset, of the
+        parent's rest and of all other cells, and the cell counts. Sorted by
+        ``|auroc_parent - 0.5|`` then ``|auroc_all - 0.5|``, descending (``rank`` 1 = best).
+        AUROCs are cell-level effect sizes, not donor-level tests.
+    """
+    x, names, target, parent = _check_inputs(prot, target, parent, subset)
+    return _markers(x, names, target, parent, subset)
+
+
+def _split_donors(
+    donors: np.ndarray, test_donors: float | Sequence[str], seed: int, subset: str
+) -> tuple[list[str], list[str]]:
+    unique = sorted(set(donors.tolist()))
+    if len(unique) < 2:
+        raise InputError(
+            f"gating subset '{subset}' needs cells of at least 2 donors, got {len(unique)}",
+            key="donors",
+            hint="Held-out donors measure how well the gates transfer; pass the donor per cell",
+        )
+    if isinstance(test_donors, (float, int)) and not isinstance(test_donors, bool):
+        frac = float(test_donors)
+        if not 0.0 < frac < 1.0:
+            raise InputError(
+                f"test_donors = {test_donors} is not a fraction in (0, 1)",
+                key="test_donors",
+                hint="Use e.g. 0.3, or a list of donor ids",
+            )
+        n_test = min(max(1, round(frac * len(unique))), len(unique) - 1)
+        perm = np.random.default_rng(seed).permutation(len(unique))
+        test = sorted(unique[i] for i in perm[:n_test])
+    else:
+        test = sorted(dict.fromkeys(map(str, test_donors)))
+        unknown = [d for d in test if d not in unique]
+        if unknown:
+            raise InputError(
+                f"test donor(s) {', '.join(unknown)} have no cells",
+                key="test_donors",
+                hint=f"Donors: {', '.join(unique)}",
+            )
+        if not test or len(test) == len(unique):
+            raise InputError(
+                f"test_donors holds {len(test)} of {len(unique)} donors",
+                key="test_donors",
+                hint="Hold out at least one donor and train on at least one",
+            )
+    train = [d for d in unique if d not in set(test)]
+    return train, test
+
+
+def _metrics(gated: np.ndarray, target: np.ndarray) -> tuple[int, int, float, float, float]:
+    n_gated, n_target = int(gated.sum()), int(target.sum())
+    tp = int((gated & target).sum())
+    purity = tp / n_gated if n_gated else np.nan
+    recall = tp / n_target if n_target else np.nan
+    f1 = 2.0 * tp / (n_gated + n_target) if n_gated + n_target else np.nan
+    return n_gated, n_target, purity, recall, f1
+
+
+@dataclass
+class _State:
+    gates: tuple[Gate, ...]
+    mask: np.ndarray  # training cells in the population after the gates
+    f1: float
+
+
+def _best_thresholds(
+    values: np.ndarray, target: np.ndarray, n_target: int
+) -> list[tuple[str, float, float, float]]:
+    """Best threshold per direction for one protein on one population (exact search).
+
+    ``values`` and ``target`` (m,) are the population's cells. Every midpoint between two
+    consecutive distinct values is tried; returns ``[(direction, threshold, quantile, f1),
+    ...]`` for ``">"`` and ``"<"``, ``quantile`` being the fraction of the population below
+    the threshold.
+    """
+    order = np.argsort(values, kind="stable")
+    v = values[order]
+    cum_tp = np.concatenate([[0], np.cumsum(target[order])])
+    # cut k keeps cells [k:] above / [:k] below, for k at the starts of distinct values
+    cuts = np.flatnonzero(np.diff(v) > 0) + 1
+    if len(cuts) == 0:
+        return []
+    thresholds = (v[cuts - 1] + v[cuts]) / 2.0
+    out = []
+    for direction, n_kept, tp in (
+        (">", len(v) - cuts, cum_tp[-1] - cum_tp[cuts]),
+        ("<", cuts, cum_tp[cuts]),
+    ):
+        f1 = 2.0 * tp / (n_kept + n_target)
+        k = int(np.argmax(f1))
+        out.append((direction, float(thresholds[k]), float(cuts[k] / len(v)), float(f1[k])))
+    return out
+
+
+def gating_strategy(
+    prot: AnnData,
+    target: np.ndarray,
+    parent: np.ndarray,
+    donors: np.ndarray | Sequence[str],
+    *,
+    subset: str = "subset",
+    max_gates: int = 3,
+    test_donors: float | Sequence[str] = 0.3,
+    start: Literal["all", "parent"] = "all",
+    n_candidates: int = 12,
+    beam_width: int = 5,
+    min_gain: float = 0.01,
+    seed: int = 0,
+) -> GatingResult:
+    """Find a short sequence of protein thresholds that gates a subset, tested on new donors.
+
+    Donors are split once (seeded) into training and held-out donors. On the training
+    donors' cells, a beam search (width ``beam_width``) extends gating sequences one gate
+    at a time: every gate is ``protein > t`` or ``protein < t`` for one of the
+    ``n_candidates`` proteins that best separate the subset from its parent lineage and
+    from all cells (AUROC on training cells, isotype controls excluded), with ``t`` the
+    best of all midpoints between distinct values in the population being gated; sequences
+    are scored by F1 of the gated cells against the subset. A longer sequence replaces the best
+    shorter one only if it raises the training F1 by at least ``min_gain``. The chosen
+    gates are then applied, unchanged, to the held-out donors' cells.
+
+    Parameters
+    ----------
+    prot
+        Cells x proteins (n_cells x n_proteins), ``.X`` normalised (CLR or dsb).
+    target
+        Boolean (n_cells,): the subset's cells.
+    parent
+        Boolean (n_cells,): the parent lineage's cells (e.g. all monocytes).
+    donors
+        Donor id of each cell, (n_cells,).
+    subset
+        The subset's name, for tables and messages.
+    max_gates
+        At most this many gates (1-5).
+    test_donors
+        Fraction of donors held out (at least one donor each side), or the held-out donor
+        ids.
+    start
+        ``"all"``: gate from all cells (proteins only). ``"parent"``: start from the parent
+        lineage as given (e.g. a lineage gate the lab already uses).
+    n_candidates
+        Proteins considered: the top ``n_candidates`` by AUROC against the parent's rest and
+        the top ``n_candidates`` against all other cells.
+    beam_width
+        Sequences kept after each step.
+    min_gain
+        Smallest rise of training F1 that justifies one more gate.
+    seed
+        Seed of the donor split.
+
+    Returns
+    -------
+    GatingResult
+        Gates, per-step purity / recall / F1 on training and held-out cells
+        (:meth:`GatingResult.to_frame`), held-out per-donor results, the training markers.
+    """
+    x, names, target, parent = _check_inputs(prot, target, parent, subset)
+    donors = np.asarray(donors).astype(str)
+    if donors.shape != (prot.n_obs,):
+        raise InputError(
+            f"donors has shape {donors.shape} but the protein modality has {prot.n_obs} cells",
+            key="donors",
+            hint="Pass the donor id of each cell, e.g. mdata.obs['donor_id'].to_numpy()",
+        )
+    if not 1 <= int(max_gates) <= 5:
+        raise InputError(
+            f"max_gates = {max_gates} is outside 1-5",
+            key="max_gates",
+            hint="A gating strategy has a few gates; use 1 to 5",
+        )
+    if start not in ("all", "parent"):
+        raise InputError(
+            f"start = {start!r} is neither 'all' nor 'parent'", key="start", hint="Use 'all'"
+        )
+    train_donors, test_donors_ = _split_donors(donors, test_donors, seed, subset)
+    is_train = np.isin(donors, train_donors)
+    if not (target & is_train).any():
+        raise InputError(
+            f"subset '{subset}' has no cells in the training donors",
+            key="test_donors",
+            hint="Hold out other donors (test_donors=) or another seed",
+        )
+    if not (target & ~is_train).any():
+        warnings.warn(
+            f"subset '{subset}' has no cells in the held-out donors "
+            f"({', '.join(test_donors_)}); test recall and F1 are undefined",
+            UserWarning,
+            stacklevel=2,
+        )
+
+    markers = _markers(x[is_train], names, target[is_train], parent[is_train], subset)
+    by_parent = markers["protein"].tolist()[:n_candidates]
+    by_all = markers.sort_values("auroc_all", key=lambda s: -(s - 0.5).abs(), kind="stable")
+    candidates = list(dict.fromkeys(by_parent + by_all["protein"].tolist()[:n_candidates]))
+    col = {name: i for i, name in enumerate(names)}
+
+    xt, tt = x[is_train], target[is_train]
+    n_target_train = int(tt.sum())
+    start_train = parent[is_train] if start == "parent" else np.ones(len(tt), dtype=bool)
+    root = _State((), start_train, _metrics(start_train, tt)[4])
+    best, beam = root, [root]
+    for _ in range(int(max_gates)):
+        proposals: dict[frozenset, _State] = {}
+        for state in beam:
+            used = {(g.protein, g.direction) for g in state.gates}
+            cells = np.flatnonzero(state.mask)
+            if len(cells) == 0:
+                continue
+            for protein in candidates:
+                values = xt[cells, col[protein]]
+                for direction, thr, q, f1 in _best_thresholds(values, tt[cells], n_target_train):
+                    if (protein, direction) in used:
+                        continue
+                    gate = Gate(protein, direction, thr, q)  # type: ignore[arg-type]
+                    key = frozenset((g.protein, g.direction) for g in (*state.gates, gate))
+                    if key not in proposals or proposals[key].f1 < f1:
+                        proposals[key] = _State((*state.gates, gate), state.mask, f1)
+        if not proposals:
+            break
+        ranked = sorted(proposals.values(), key=lambda s: -s.f1)[:beam_width]
+        beam = []
+        for state in ranked:
+            gate = state.gates[-1]
+            mask = state.mask & gate.keep(xt[:, col[gate.protein]])
+            beam.append(_State(state.gates, mask, state.f1))
+        if beam[0].f1 > best.f1 + min_gain:
+            best = beam[0]
+
+    gates = list(best.gates)
+    rows = []
+    for split, in_split in (("train", is_train), ("test", ~is_train)):
+        mask = (parent if start == "parent" else np.ones(len(target), dtype=bool)) & in_split
+        label = "parent" if start == "parent" else "all cells"
+        for step in range(len(gates) + 1):
+            gate = gates[step - 1] if step else None
+            if gate is not None:
+                mask = mask & gate.keep(x[:, col[gate.protein]])
+            n_gated, n_target, purity, recall, f1 = _metrics(mask, target & in_split)
+            rows.append(
+                {
+                    "subset": subset,
+                    "step": step,
+                    "gate": str(gate) if gate else label,
+                    "protein": gate.protein if gate else "",
+                    "direction": gate.direction if gate else "",
+                    "threshold": gate.threshold if gate else np.nan,
+                    "quantile": gate.quantile if gate else np.nan,
+                    "split": split,
+                    "n_gated": n_gated,
+                    "n_target": n_target,
+                    "purity": purity,
+                    "recall": recall,
+                    "f1": f1,
+                }
+            )
+        if split == "test":
+            final = mask
+    steps = pd.DataFrame(rows, columns=GATING_COLUMNS)
+
+    donor_rows = []
+    for donor in test_donors_:
+        cells = donors == donor
+        n_gated, n_target, purity, recall, f1 = _metrics(final & cells, target & cells)
+        donor_rows.append(
+            {
+                "donor": donor,
+                "n_cells": int(cells.sum()),
+                "n_target": n_target,
+                "n_gated": n_gated,
+                "purity": purity,
+                "recall": recall,
+                "f1": f1,
+            }
+        )
+    per_donor = pd.DataFrame(
+        donor_rows, columns=["donor", "n_cells", "n_target", "n_gated", "purity", "recall", "f1"]
+    )
+    params = {
+        "max_gates": int(max_gates),
+        "test_donors": test_donors if isinstance(test_donors, float) else list(test_donors_),
+        "start": start,
+        "n_candidates": n_candidates,
+        "beam_width": beam_width,
+        "min_gain": min_gain,
+        "seed": seed,
+    }
+    return GatingResult(
+        subset=subset,
+        gates=gates,
+        start=start,
+        steps=steps,
+        per_donor=per_donor,
+        markers=markers,
+        train_donors=train_donors,
+        test_donors=test_donors_,
+        params=params,
+    )
