@@ -351,3 +351,26 @@ def test_group_with_one_donor_is_refused_by_the_design() -> None:
     counts, clinical = binary_cohort(np.random.default_rng(1), n=10, n_case=1)
     with pytest.raises(InputError, match="has 1 donor"):
         src_design(clinical)
+
+
+def test_compare_donor_values_finds_a_planted_score_shift() -> None:
+    from sccohort.stats.abundance import compare_donor_values
+
+    rng = np.random.default_rng(3)
+    _, clinical = binary_cohort(rng)
+    design = src_design(clinical)
+    values = pd.DataFrame(
+        rng.normal(0.1, 0.02, size=(len(design.donors), 12)),
+        index=design.donors,
+        columns=[f"s{i}" for i in range(12)],
+    )
+    is_case = (design.group == "case").to_numpy()
+    values.loc[is_case, "s0"] += 0.06
+    values.iloc[0, 5] = np.nan  # a donor without enough cells of s5
+    result = compare_donor_values(values, design, level="signature:X", n_perm=2000).set_index(
+        "subset"
+    )
+    assert result.loc["s0", "padj"] < 0.05
+    assert result.loc["s0", "ci_low"] < 0.06 < result.loc["s0", "ci_high"]
+    assert (result.drop(index=["s0", "s5"])["padj"] > 0.05).all()
+    assert np.isnan(result.loc["s5", "pvalue"]) and "no value" in result.loc["s5", "note"]

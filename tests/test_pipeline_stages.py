@@ -133,12 +133,12 @@ def test_composition_and_association_tables(run_dir: Path) -> None:
 
     assoc = pd.read_csv(tables / "association.csv")
     assert list(assoc.columns[: len(CORE)]) == CORE
-    assert set(assoc["method"]) == {"perm_lm_log2share", "ks_bonferroni"}
+    assert set(assoc["method"]) == {"perm_lm_asin_log2share", "ks_bonferroni"}
     assert set(assoc["level"]) == {"l1", "l2", "subset", "subset_in_l1"}
     tested = assoc.dropna(subset=["pvalue"])
     assert tested["pvalue"].between(0, 1).all()
     assert (tested["padj"] >= tested["pvalue"] - 1e-12).all()
-    default = tested[tested["method"] == "perm_lm_log2share"]
+    default = tested[tested["method"] == "perm_lm_asin_log2share"]
     # 4 SSc vs 4 HD without covariates: all C(8, 4) = 70 relabellings are enumerated
     assert (default["scheme"] == "exact").all() and (default["n_perm"] == 70).all()
     assert (default[["n_case", "n_control"]] == [4, 4]).all().all()
@@ -147,3 +147,34 @@ def test_composition_and_association_tables(run_dir: Path) -> None:
     assert list(nhoods.columns[: len(CORE)]) == CORE
     assert nhoods["nhood"].is_unique and len(nhoods) > 20
     assert nhoods["padj"].between(0, 1).all()
+
+
+def test_characterisation_tables(run_dir: Path) -> None:
+    tables = run_dir / "out" / "tables"
+    prediction = pd.read_csv(tables / "prediction.csv")
+    assert list(prediction["contrast"]) == ["SSc_vs_HD"]
+    assert prediction["effect"].between(0, 1).all()  # AUROC
+    signatures = pd.read_csv(tables / "signatures.csv")
+    assert {"donor_id", "subset", "set", "score", "n_cells"} <= set(signatures.columns)
+    assert signatures["donor_id"].nunique() == 8
+    tests = pd.read_csv(tables / "signature_tests.csv")
+    assert tests["level"].str.startswith("signature:HALLMARK_").all()
+    assert tests["pvalue"].dropna().between(0, 1).all()
+
+
+def test_associated_subsets_picks_the_best_contrast_per_subset() -> None:
+    from sccohort.stages import associated_subsets
+
+    method = "perm_lm_asin_log2share"
+    table = pd.DataFrame(
+        {
+            "contrast": ["A", "B", "A", "A", "B"],
+            "level": ["subset", "subset_in_l1", "subset", "l2", "subset"],
+            "subset": ["X", "X", "Y", "CD14 Mono", "Z"],
+            "padj": [0.01, 0.001, 0.2, 0.0001, 0.04],
+            "pvalue": [0.001, 0.0001, 0.1, 0.00001, 0.004],
+            "method": [method, method, method, method, "ks_bonferroni"],
+        }
+    )
+    chosen = associated_subsets(table, 0.05, 10)
+    assert list(chosen["subset"]) == ["X"] and list(chosen["contrast"]) == ["B"]

@@ -209,7 +209,10 @@ class CharacteriseSection:
     strategy (``gating_max_gates`` thresholds, ``gating_test_fraction`` of donors held out)
     and time courses (shares, and the subset's named gene plus ``timecourse_genes`` in its
     parent lineage). Every binary contrast gets a donor-level prediction from subset shares
-    (``prediction_perm`` permutations) and donor-level signature scores.
+    (``prediction_perm`` permutations) and donor-level signature scores. Pseudobulk DE
+    (samples x groups with at least ``de_min_cells`` cells) runs, per contrast, for its
+    associated subsets and their parent l2 (``de_groups = "associated"``) or for every subset
+    and l2 label (``"all"``: thorough, slower).
     """
 
     alpha: float = 0.05
@@ -220,6 +223,8 @@ class CharacteriseSection:
     gating_test_fraction: float = 0.3
     prediction_perm: int = 200
     timecourse_genes: list[str] = field(default_factory=list)
+    de_groups: Literal["associated", "all"] = "associated"
+    de_min_cells: int = 10
 
 
 @dataclass

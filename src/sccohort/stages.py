@@ -8,6 +8,7 @@ Each stage is a function of the :class:`RunState` that returns the files it wrot
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,13 +30,14 @@ from sccohort.pp.normalize import clr, dsb, normalize_rna
 from sccohort.pp.qc import METRICS as QC_METRICS
 from sccohort.pp.qc import run_qc
 from sccohort.pp.summary import sample_summary
-from sccohort.stats.abundance import test_abundance
+from sccohort.stats.abundance import DEFAULT_METHOD, compare_donor_values, test_abundance
 from sccohort.stats.composition import composition, donor_counts, donor_shares
-from sccohort.stats.enrichment import enrich_markers
+from sccohort.stats.enrichment import enrich_markers, gsea
 from sccohort.stats.gating import gating_strategy, protein_markers
 from sccohort.stats.longitudinal import expression_trajectory, trajectories
 from sccohort.stats.neighbourhoods import neighbourhoods
 from sccohort.stats.predict import predict_phenotype
+from sccohort.stats.pseudobulk import pseudobulk, pseudobulk_de_all
 from sccohort.stats.signatures import donor_scores, score_cells, signature_sets
 from sccohort.stats.tests import kruskal_dunn, ks_test
 from sccohort.tl.annotate import annotate
@@ -604,7 +606,7 @@ def associated_subsets(association: pd.DataFrame, alpha: float, limit: int) -> p
         Rows of ``association`` (``subset`` unique), sorted by ``padj``.
     """
     rows = association[
-        (association["method"] == "perm_lm_log2share")
+        (association["method"] == DEFAULT_METHOD)
         & association["level"].isin(ASSOCIATED_LEVELS)
         & (association["padj"] < alpha)
     ]
@@ -620,6 +622,79 @@ def _parent_l1(obs: pd.DataFrame, subset: str) -> str:
 def _read_table(state: RunState, name: str) -> pd.DataFrame:
     path = state.out / "tables" / name
     return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+
+
+def _file_name(name: str) -> str:
+    """A contrast name made safe for a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _stage_de(state: RunState) -> list[Path]:
+    """Pseudobulk DE (raw counts summed per donor) between the groups of each contrast.
+
+    Writes ``tables/de_<contrast>.csv`` (one row per group x gene: DESeq2-style Wald test,
+    log2 fold change with CI, BH per group), ``tables/de_skipped.csv`` (groups without
+    enough donors) and ``tables/enrichment_de.csv`` (preranked GSEA of each group's Wald
+    statistics against MSigDB Hallmark).
+    """
+    cfg, seed = state.config.characterise, state.config.seed
+    designs = _designs(state)
+    if not designs:
+        return []
+    association = _read_table(state, "association.csv")
+    obs = state.mdata.obs
+    sample_of = _primary_sample_of(state)
+    counts = {
+        level: pseudobulk(state.mdata, level, samples=list(sample_of), min_cells=cfg.de_min_cells)[
+            0
+        ]
+        for level in ("subset", "l2")
+    }
+    written, skipped, gsea_tables = [], [], []
+    gene_sets = hallmark()
+    for i, (name, design) in enumerate(designs.items(), start=1):
+        if cfg.de_groups == "all":
+            groups = {level: sorted(counts[level]) for level in counts}
+        else:
+            rows = association[association["contrast"] == name] if len(association) else None
+            chosen = (
+                associated_subsets(rows, cfg.alpha, cfg.max_subsets)["subset"].tolist()
+                if rows is not None and len(rows)
+                else []
+            )
+            parents = [
+                str(obs.loc[obs["subset"] == s, "l2"].astype(str).value_counts().index[0])
+                for s in chosen
+            ]
+            groups = {"subset": chosen, "l2": list(dict.fromkeys(parents))}
+        frames = []
+        for level, names in groups.items():
+            if not names:
+                continue
+            result, skips = pseudobulk_de_all(counts[level], design, level=level, groups=names)
+            frames.append(result)
+            skipped.append(skips)
+            for group, rows in result.groupby("subset", sort=False):
+                ranked = rows.dropna(subset=["stat"]).set_index("gene")["stat"]
+                if len(ranked) >= 50:
+                    table = gsea(ranked, gene_sets, n_perm=2000, seed=seed)
+                    gsea_tables.append(table.assign(contrast=name, level=level, subset=group))
+        if frames:
+            table = pd.concat(frames, ignore_index=True)
+            written.append(write_csv(table, state.out / "tables" / f"de_{_file_name(name)}.csv"))
+        state.progress.advance(i, len(designs))
+    skipped = [s for s in skipped if len(s)]
+    if skipped:
+        written.append(
+            write_csv(
+                pd.concat(skipped, ignore_index=True), state.out / "tables" / "de_skipped.csv"
+            )
+        )
+    if gsea_tables:
+        written.append(
+            write_csv(_core_first(gsea_tables), state.out / "tables" / "enrichment_de.csv")
+        )
+    return written
 
 
 def _stage_characterise(state: RunState) -> list[Path]:
@@ -713,6 +788,19 @@ def _stage_characterise(state: RunState) -> list[Path]:
     scores = score_cells(rna, signature_sets(), seed=seed)
     donor = donor_scores(scores, obs.loc[rna.obs_names], samples=list(sample_of))
     written.append(write_csv(donor, tables / "signatures.csv"))
+    tests = []
+    for design in designs.values():
+        for name, rows in donor.groupby("set", sort=False):
+            values = rows.pivot(index="donor_id", columns="subset", values="score")
+            values = values.reindex(design.donors.astype(str))
+            tests.append(
+                compare_donor_values(
+                    values, design, level=f"signature:{name}", n_perm=cfg.prediction_perm * 10,
+                    seed=seed,
+                )
+            )  # fmt: skip
+    if tests:
+        written.append(write_csv(_core_first(tests), tables / "signature_tests.csv"))
     state.progress.advance(4, steps)
 
     # 5. time courses of the associated subsets and their named genes
@@ -753,5 +841,6 @@ STAGES: tuple[Stage, ...] = (
     Stage("composition", "Counting cells per donor and subset", _stage_composition),
     Stage("association", "Testing subsets against each contrast", _stage_association),
     Stage("neighbourhoods", "Neighbourhood differential abundance", _stage_neighbourhoods),
+    Stage("de", "Pseudobulk differential expression", _stage_de),
     Stage("characterise", "Characterising associated subsets", _stage_characterise),
 )

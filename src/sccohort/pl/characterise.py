@@ -325,7 +325,7 @@ def gating_plot(
                      fontsize=FONT["label"])  # fmt: skip
         ax.set_xlabel(f"{gate.protein} (normalised)", fontsize=FONT["label"])
         ax.tick_params(labelsize=FONT["tick"])
-        ax.legend(fontsize=FONT["small"], frameon=False, loc="upper right")
+        ax.legend(fontsize=FONT["small"], frameon=False, loc="best")
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
         keep = x > thr if gate.direction == ">" else x < thr
@@ -414,7 +414,9 @@ def timecourse_panels(
         for g in genes if genes is not None else pd.unique(expression["gene"].astype(str)):
             part = expression[expression["gene"].astype(str) == str(g)]
             if len(part):
-                panels.append((f"{g} expression", part, "mean", "mean log-normalised expression"))
+                cells = f" in {part['cells'].iloc[0]} cells" if "cells" in part else ""
+                name = f"{g} expression{cells}"
+                panels.append((name, part, "mean", "mean log-normalised expression"))
     if not panels:
         raise InputError(
             "no time course to draw", hint="Pass per-donor shares or expression across timepoints"

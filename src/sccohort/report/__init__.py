@@ -1,5 +1,6 @@
 """The HTML report: sections of text, figures and tables assembled into one offline file."""
 
+from .assemble import assemble_report
 from .build import (
     FigureBlock,
     Items,
@@ -17,6 +18,12 @@ from .sections import (
     qc_section,
     umap_section,
 )
+from .stats_sections import (
+    associated_subsets,
+    association_section,
+    characterisation_section,
+    composition_section,
+)
 
 __all__ = [
     "FigureBlock",
@@ -25,9 +32,14 @@ __all__ = [
     "Paragraph",
     "Section",
     "TableBlock",
+    "assemble_report",
+    "associated_subsets",
+    "association_section",
     "build_report",
     "cell_types_section",
+    "characterisation_section",
     "cohort_section",
+    "composition_section",
     "format_value",
     "methods_section",
     "qc_section",

@@ -136,7 +136,8 @@ def _tests_used(out: Path) -> list[str]:
             for method in pd.unique(table["method"].dropna().astype(str)):
                 methods.setdefault(method, "de_<contrast>.csv")
     return [
-        f"{method} (tables/{source}): {TEST_DESCRIPTIONS.get(method, 'see the table')}"
+        f"{method} (tables/{source})"
+        + (f": {TEST_DESCRIPTIONS[method]}" if method in TEST_DESCRIPTIONS else "")
         for method, source in methods.items()
     ]
 

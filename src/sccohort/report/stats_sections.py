@@ -307,7 +307,7 @@ def _associated_block(table: pd.DataFrame, alpha: float) -> list[Any]:
         columns.remove("KS padj")
     if shown["mean share % (case / control)"].eq("").all():
         columns.remove("mean share % (case / control)")
-    if not shown["significant"].all():
+    if 0 < shown["significant"].sum() < len(shown):  # mixed: say which rows are which
         columns.append("significant")
     blocks: list[Any] = []
     if n_sig:
@@ -355,7 +355,10 @@ def associated_summary(out: str | Path, *, alpha: float = 0.05) -> list[Any]:
     association = read_table(out, "association.csv")
     if association is None:
         return [_missing("association.csv", "association tests")]
-    return _associated_block(associated_subsets(association, alpha=alpha), alpha)
+    table = associated_subsets(association, alpha=alpha)
+    if table["significant"].astype(bool).any():  # the headline: significant rows only
+        table = table[table["significant"].astype(bool)].reset_index(drop=True)
+    return _associated_block(table, alpha)
 
 
 # ----------------------------------------------------------------------------- composition
@@ -565,13 +568,17 @@ def association_section(
         methods = (
             sorted(association["method"].astype(str).unique()) if "method" in association else []
         )
+        levels = (
+            f"; composition levels: {', '.join(pd.unique(association['level'].astype(str)))}"
+            if "level" in association
+            else ""
+        )
         blocks.append(
             Paragraph(
                 "Tests in tables/association.csv: "
-                + ", ".join(methods)
-                + f"; levels: {', '.join(pd.unique(association['level'].astype(str)))}."
-                if "level" in association
-                else "."
+                + (", ".join(methods) or "(method not recorded)")
+                + levels
+                + ". The methods section explains each."
             )
         )
     blocks.append(_neighbourhood_section(out, nhood_alpha))
@@ -614,6 +621,7 @@ def _neighbourhood_section(out: Path, alpha: float) -> Section:
 
 def _de_section(out: Path, alpha: float) -> Section:
     files = sorted((out / "tables").glob("de_*.csv")) if (out / "tables").is_dir() else []
+    files = [f for f in files if f.name != "de_skipped.csv"]
     blocks: list[Any] = []
     for k, path in enumerate(files):
         de = read_table(out, path.name)
@@ -652,6 +660,16 @@ def _de_section(out: Path, alpha: float) -> Section:
             )
     if not blocks:
         blocks.append(Note("No pseudobulk differential expression in this run (tables/de_*.csv)."))
+    skipped = read_table(out, "de_skipped.csv")
+    if skipped is not None and {"contrast", "subset"} <= set(skipped.columns):
+        per = skipped.groupby(skipped["contrast"].astype(str))["subset"].size()
+        blocks.append(
+            Note(
+                "Subsets not tested for lack of donors with cells (tables/de_skipped.csv): "
+                + ", ".join(f"{c} {n}" for c, n in per.items())
+                + "."
+            )
+        )
     return Section("Differential expression (pseudobulk)", "de", blocks)
 
 
@@ -662,17 +680,17 @@ def _subgroup_section(out: Path, alpha: float) -> Section:
             "Subgroups", "subgroups", [_missing("subgroups.csv", "subgroup comparisons")]
         )
     method = sub["method"].astype(str)
-    kw = sub[method.str.startswith("kruskal")].sort_values("padj", kind="stable")
+    kw = sub[method.str.startswith("kruskal")].sort_values(["padj", "pvalue"], kind="stable")
     dunn = sub[method.str.startswith("dunn")]
     hits = kw[kw["padj"] < alpha]
-    columns = [c for c in ("contrast", "level", "subset", "statistic", "pvalue", "padj",
-                           "n_case", "n_control") if c in sub]  # fmt: skip
+    wanted = ("contrast", "level", "subset", "H", "statistic", "epsilon_sq", "pvalue", "padj")
+    columns = [c for c in wanted if c in sub]
     blocks: list[Any] = [
         Paragraph(
             f"Kruskal-Wallis tests of each subset's share across the levels of "
             f"{', '.join(pd.unique(kw['contrast'].astype(str))) or 'the groupings'} "
-            f"(Bonferroni); {len(hits)} with padj < {alpha:g}. Dunn's post-hoc pairs follow "
-            "for those."
+            f"(Bonferroni); {len(hits)} with padj < {alpha:g}"
+            + (". Dunn's post-hoc pairs of those follow." if len(hits) else ".")
         ),
         TableBlock(
             kw,
@@ -693,7 +711,19 @@ def _subgroup_section(out: Path, alpha: float) -> Section:
                     pairs,
                     caption="Dunn's pairs of the significant subsets",
                     columns=[
-                        c for c in ("contrast", "subset", "effect", "pvalue", "padj") if c in pairs
+                        c
+                        for c in (
+                            "contrast",
+                            "subset",
+                            "group1",
+                            "group2",
+                            "effect",
+                            "ci_low",
+                            "ci_high",
+                            "pvalue",
+                            "padj",
+                        )
+                        if c in pairs
                     ],
                     max_rows=40,
                 )  # fmt: skip
@@ -804,6 +834,28 @@ def _enrichment_blocks(out: Path, subset: str, k: int, alpha: float) -> list[Any
     ]
 
 
+def _gsea_blocks(out: Path, subset: str, contrast: str, n_rows: int = 8) -> list[Any]:
+    table = read_table(out, "enrichment_de.csv")
+    if table is None or not {"contrast", "subset", "set", "padj"} <= set(table.columns):
+        return []
+    rows = table[
+        (table["contrast"].astype(str) == contrast) & (table["subset"].astype(str) == subset)
+    ].sort_values(["padj", "pvalue"] if "pvalue" in table else ["padj"], kind="stable")
+    if rows.empty:
+        return []
+    columns = [c for c in ("set", "nes", "set_size", "pvalue", "padj") if c in rows]
+    return [
+        TableBlock(
+            rows,
+            caption=f"Gene-set enrichment (GSEA, preranked) of {subset}'s pseudobulk "
+            f"differential expression in {contrast}: positive NES = up in cases",
+            csv="tables/enrichment_de.csv",
+            columns=columns,
+            max_rows=n_rows,
+        )
+    ]
+
+
 def _signature_blocks(
     out: Path, subset: str, contrast: str, groups: Mapping[str, pd.Series], k: int
 ) -> list[Any]:
@@ -824,7 +876,11 @@ def _signature_blocks(
         ]
         key = "set" if "set" in part else "level" if "level" in part else None
         if key is not None:
-            pvalues = {str(s): float(p) for s, p in zip(part[key], part["padj"], strict=True)}
+            pvalues = {
+                str(s).removeprefix("signature:"): float(p)
+                for s, p in zip(part[key], part["padj"], strict=True)
+                if pd.notna(p)
+            }
     order = _arm_order(arms)
     present = set(arms[arms.index.isin(rows["donor_id"].astype(str))])
     fig = pl.signature_scores(
@@ -1051,6 +1107,7 @@ def characterisation_section(
         if mdata is not None and "subset" in mdata.obs:
             parts.extend(_markers_figure(out, mdata, subset, l1, k))
         parts.extend(_enrichment_blocks(out, subset, k, alpha))
+        parts.extend(_gsea_blocks(out, subset, str(first.contrast)))
         parts.extend(_signature_blocks(out, subset, str(first.contrast), groups, k))
         if mdata is not None:
             parts.extend(_gating_blocks(out, mdata, subset, l1, k))

@@ -41,10 +41,12 @@ from threadpoolctl import threadpool_limits
 from sccohort.cohort import ContrastDesign
 from sccohort.errors import InputError
 
-__all__ = ["PSEUDOCOUNT", "test_abundance"]
+__all__ = ["DEFAULT_METHOD", "PSEUDOCOUNT", "compare_donor_values", "test_abundance"]
 
 #: Added to every count (and twice to every total) before the log2 share.
 PSEUDOCOUNT = 0.5
+#: ``method`` of the default test's rows (moderated, arcsine-square-root scale).
+DEFAULT_METHOD = "perm_lm_asin_log2share"
 #: Permutations evaluated per matrix product (bounds memory to a few MB).
 _BATCH = 2048
 #: Relative tolerance when counting permuted statistics as extreme as the observed one.
@@ -237,6 +239,102 @@ def test_abundance(
 
 # pytest would otherwise collect the imported function as a test.
 test_abundance.__test__ = False  # type: ignore[attr-defined]
+
+#: ``method`` of `compare_donor_values` rows.
+VALUES_METHOD = "perm_lm_difference"
+
+
+def compare_donor_values(
+    values: pd.DataFrame,
+    design: ContrastDesign,
+    *,
+    level: str,
+    n_perm: int = 10_000,
+    max_exact: int = 20_000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The default test's model and permutations for donor-level values other than shares.
+
+    Each column (e.g. a signature score of one subset, averaged per donor) is tested with
+    the design's linear model, variances moderated across columns, and the permutation
+    scheme of `test_abundance` (exact relabellings, or Freedman-Lane with covariates).
+    Donors without a value in a column (too few cells) make that column untested, as do
+    constant columns.
+
+    Parameters
+    ----------
+    values
+        Donors x features (index ``donor_id``), floats; every donor of ``design`` is a row.
+    design
+        The contrast's design.
+    level
+        Copied into the ``level`` column (e.g. ``"signature:CD14_EGR1"``).
+    n_perm, max_exact, seed
+        As for `test_abundance`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per column of ``values``: the core columns (``subset`` = the column name;
+        ``effect`` = difference of means case - control, or per unit of a continuous
+        variable, with its moderated-t 95% CI; permutation ``pvalue``; ``padj`` BH over the
+        tested columns), plus ``statistic``, ``scheme``, ``n_perm``, ``mean_case``,
+        ``mean_control`` and ``note``.
+    """
+    name = design.contrast.name
+    missing = [d for d in design.donors if d not in values.index]
+    if missing:
+        raise InputError(
+            f"donor(s) {', '.join(map(str, missing))} of contrast '{name}' have no row in "
+            f"the values of '{level}'",
+            key=f"contrasts.{name}",
+        )
+    y = values.loc[design.donors].to_numpy(dtype=float)
+    notes = np.full(y.shape[1], "", dtype=object)
+    for g in np.flatnonzero(~np.isfinite(y).all(axis=0)):
+        lacking = list(design.donors[~np.isfinite(y[:, g])])
+        notes[g] = f"not tested: no value for donor(s) {', '.join(map(str, lacking))}"
+    finite = np.isfinite(y).all(axis=0)
+    constant = finite & (np.nanmax(y, axis=0) == np.nanmin(y, axis=0))
+    notes[constant] = "not tested: the same value in every donor"
+    tested = np.flatnonzero(notes == "")
+    x = design.matrix.loc[design.donors].to_numpy(dtype=float)
+    term = list(design.matrix.columns).index(design.term)
+    k = y.shape[1]
+    columns: dict[str, object] = {
+        "contrast": name,
+        "level": level,
+        "subset": list(values.columns),
+        "method": VALUES_METHOD,
+        "n_case": design.n_case,
+        "n_control": design.n_control,
+        "mean_case": np.full(k, np.nan),
+        "mean_control": np.full(k, np.nan),
+        "scheme": np.full(k, "", dtype=object),
+        "n_perm": np.zeros(k, dtype=int),
+        "note": notes,
+    }
+    for col in ("effect", "ci_low", "ci_high", "pvalue", "padj", "statistic"):
+        columns[col] = np.full(k, np.nan)
+    if not design.is_continuous:
+        is_case = (design.group.loc[design.donors] == "case").to_numpy()
+        columns["mean_case"] = np.nanmean(y[is_case], axis=0)
+        columns["mean_control"] = np.nanmean(y[~is_case], axis=0)
+    if tested.size:
+        fit = _permutation_test(
+            y[:, tested], y[:, tested], x, term, x.shape[1] > 2, n_perm, max_exact, seed, True
+        )
+        fit["padj"] = multipletests(fit["pvalue"], method="fdr_bh")[1]
+        for col in ("effect", "ci_low", "ci_high", "pvalue", "padj", "statistic"):
+            columns[col][tested] = fit[col]  # type: ignore[index]
+        columns["scheme"][tested] = fit["scheme"]  # type: ignore[index]
+        columns["n_perm"][tested] = fit["n_perm"]  # type: ignore[index]
+    order = [
+        "contrast", "level", "subset", "effect", "ci_low", "ci_high", "pvalue", "padj",
+        "method", "n_case", "n_control", "statistic", "scheme", "n_perm", "mean_case",
+        "mean_control", "note",
+    ]  # fmt: skip
+    return pd.DataFrame(columns)[order]
 
 
 def _validated(
