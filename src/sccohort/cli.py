@@ -156,7 +156,9 @@ def simulate(
     _guard(lambda: _simulate(out, design, cells_per_donor, seed, jobs))
 
 
-def _simulate(out: Path, design: str, cells_per_donor: int, seed: int, jobs: int = 0) -> Path:
+def _simulate(
+    out: Path, design: str, cells_per_donor: int, seed: int, jobs: int = 0, **params: float
+) -> Path:
     from sccohort.errors import InputError
     from sccohort.simulate import DESIGNS, simulate_cohort
 
@@ -177,10 +179,15 @@ def _simulate(out: Path, design: str, cells_per_donor: int, seed: int, jobs: int
             seed=seed,
             n_jobs=jobs or os.cpu_count() or 1,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
+            **params,
         )
     toml = escape(str(path / "sccohort.toml"))
     console.print(f"cohort written to {escape(str(path))}; run it with: sccohort run {toml}")
     return path
+
+
+#: Fold of the demo's planted expansions (see `demo`).
+DEMO_FOLD = 4.0
 
 
 @app.command()
@@ -191,10 +198,18 @@ def demo(
     cells_per_donor: Annotated[int, typer.Option(help="Cells per sample.")] = 2000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
-    """Simulate the reference study's cohort into OUT/input and run the whole pipeline on it."""
+    """Simulate the reference study's cohort into OUT/input and run the whole pipeline on it.
+
+    The demo plants 4-fold expansions of CD14_EGR1 (SRC) and CD8_TEM_T2ISG (ILD): with the
+    donors' own variation, 27 donors find both in 97 % of simulated cohorts at 4-fold and
+    57 % at the simulator's default 3-fold (tests/test_association_paper.py's model).
+    """
 
     def go() -> None:
-        cohort = _simulate(out / "input", "paper", cells_per_donor, seed)
+        cohort = _simulate(
+            out / "input", "paper", cells_per_donor, seed, egr1_fold=DEMO_FOLD,
+            t2isg_fold=DEMO_FOLD,
+        )  # fmt: skip
         _run(cohort / "sccohort.toml", out, resume=False, scheduler=None)
         console.print(escape(f"demo finished: results in {out}"))
 

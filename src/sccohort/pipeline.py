@@ -40,7 +40,7 @@ OWNED = ("run.json", "cohort.h5mu", "report.html", "checkpoints", "tables", "fig
 VERSIONED_PACKAGES = (
     "sccohort", "numpy", "scipy", "pandas", "anndata", "mudata", "scanpy", "h5py", "dask",
     "distributed", "scikit-learn", "statsmodels", "harmonypy", "leidenalg", "igraph",
-    "umap-learn", "pynndescent", "numba",
+    "umap-learn", "pynndescent", "numba", "edgepython", "matplotlib", "jinja2",
 )  # fmt: skip
 
 

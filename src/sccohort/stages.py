@@ -8,6 +8,7 @@ Each stage is a function of the :class:`RunState` that returns the files it wrot
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import warnings
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from sccohort.pp.normalize import clr, dsb, normalize_rna
 from sccohort.pp.qc import METRICS as QC_METRICS
 from sccohort.pp.qc import run_qc
 from sccohort.pp.summary import sample_summary
+from sccohort.report.assemble import assemble_report
 from sccohort.stats.abundance import DEFAULT_METHOD, compare_donor_values, test_abundance
 from sccohort.stats.composition import composition, donor_counts, donor_shares
 from sccohort.stats.enrichment import enrich_markers, gsea
@@ -823,6 +825,27 @@ def _stage_characterise(state: RunState) -> list[Path]:
     return written
 
 
+def _stage_report(state: RunState) -> list[Path]:
+    """``report.html`` (one self-contained file) and ``figures/`` (PNG + SVG of each figure).
+
+    The methods section reads ``run.json`` as the runner wrote it before this stage (config,
+    versions, seeds, the timings of every earlier stage).
+    """
+    run_json = json.loads((state.out / "run.json").read_text())
+    cfg = state.config.characterise
+    path = assemble_report(
+        state.out,
+        state.mdata,
+        state.clinical,
+        state.config,
+        run_json,
+        alpha=cfg.alpha,
+        max_subsets=cfg.max_subsets,
+    )
+    figures = sorted(p for p in (state.out / "figures").glob("*") if p.is_file())
+    return [path, *figures]
+
+
 STAGES: tuple[Stage, ...] = (
     Stage("ingest", "Reading samples", _stage_ingest, changes_cohort=True, saves_cohort=True),
     Stage("summary", "Summarising samples", _stage_summary),
@@ -843,4 +866,5 @@ STAGES: tuple[Stage, ...] = (
     Stage("neighbourhoods", "Neighbourhood differential abundance", _stage_neighbourhoods),
     Stage("de", "Pseudobulk differential expression", _stage_de),
     Stage("characterise", "Characterising associated subsets", _stage_characterise),
+    Stage("report", "Writing the report", _stage_report),
 )

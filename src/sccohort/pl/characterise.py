@@ -302,7 +302,7 @@ def gating_plot(
         )
     has_metrics = metrics is not None and not metrics.empty
     n_panels = len(gates) + int(has_metrics)
-    fig = new_figure(max(5.0, 3.6 * n_panels), 3.9)
+    fig = new_figure(max(5.0, 3.0 * n_panels), 3.9)
     axes = fig.subplots(1, max(n_panels, 1), squeeze=False)[0]
     for k, gate in enumerate(gates.itertuples(index=False)):
         ax = axes[k]

@@ -870,6 +870,7 @@ def _signature_blocks(
     arms = groups[contrast]
     tests = read_table(out, "signature_tests.csv")
     pvalues: dict[str, float] = {}
+    untested = ""
     if tests is not None and {"contrast", "subset", "padj"} <= set(tests.columns):
         part = tests[
             (tests["contrast"].astype(str) == contrast) & (tests["subset"].astype(str) == subset)
@@ -881,6 +882,9 @@ def _signature_blocks(
                 for s, p in zip(part[key], part["padj"], strict=True)
                 if pd.notna(p)
             }
+        notes = part.loc[part["padj"].isna(), "note"].dropna() if "note" in part else []
+        if len(notes):
+            untested = f" The donor-level test did not run: {notes.iloc[0]}."
     order = _arm_order(arms)
     present = set(arms[arms.index.isin(rows["donor_id"].astype(str))])
     fig = pl.signature_scores(
@@ -899,7 +903,8 @@ def _signature_blocks(
                 "; adjusted p-value of the donor-level test (tables/signature_tests.csv)."
                 if pvalues
                 else "."
-            ),  # fmt: skip
+            )
+            + untested,
         )
     ]
 
