@@ -373,4 +373,9 @@ def test_compare_donor_values_finds_a_planted_score_shift() -> None:
     assert result.loc["s0", "padj"] < 0.05
     assert result.loc["s0", "ci_low"] < 0.06 < result.loc["s0", "ci_high"]
     assert (result.drop(index=["s0", "s5"])["padj"] > 0.05).all()
-    assert np.isnan(result.loc["s5", "pvalue"]) and "no value" in result.loc["s5", "note"]
+    # s5 lacks one donor: tested on the others
+    assert np.isfinite(result.loc["s5", "pvalue"]) and "no value" in result.loc["s5", "note"]
+    assert result.loc["s5", ["n_case", "n_control"]].sum() == len(design.donors) - 1
+    values.iloc[:20, 7] = np.nan  # one donor left: not testable
+    again = compare_donor_values(values, design, level="x", n_perm=500).set_index("subset")
+    assert np.isnan(again.loc["s7", "pvalue"]) and "too few donors" in again.loc["s7", "note"]

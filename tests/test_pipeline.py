@@ -238,3 +238,15 @@ def test_dsb_without_raw_droplets_fails_before_writing(cohort_dir: Path, tmp_pat
     with pytest.raises(InputError, match="raw_path"):
         pipeline.run_pipeline(load_config(toml), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_broken_inputs_leave_an_earlier_report_untouched(cohort_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    pipeline.run_pipeline(load_config(cohort_dir / "sccohort.toml"), out)
+    (out / "report.html").write_text("<p>earlier report</p>")  # as an earlier full run left it
+    config = cohort_dir / "sccohort.toml"
+    config.write_text(config.read_text().replace('variable = "status"', 'variable = "statsu"'))
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "statsu" in result.output and "Traceback" not in result.output
+    assert (out / "report.html").read_text() == "<p>earlier report</p>"

@@ -89,7 +89,7 @@ def _mdata(seed: int = 0) -> md.MuData:
 def _association() -> pd.DataFrame:
     rows = []
 
-    def add(subset, level, effect, p, padj, method="perm_lm_log2share"):
+    def add(subset, level, effect, p, padj, method="perm_lm_asin_log2share"):
         rows.append(
             [
                 EVIL_CONTRAST,
@@ -429,7 +429,7 @@ def test_assemble_report_order_escaping_and_limitations(tmp_path: Path, cohort: 
         re.search(r"<h2[^>]*>Association with clinical contrasts</h2>", html).start() :
     ]
     assert association.index("T_A") < association.index("Mono_B")  # then the candidates
-    assert "perm_lm_log2share" in html and "ks_bonferroni" in html  # tests used
+    assert "perm_lm_asin_log2share" in html and "ks_bonferroni" in html  # tests used
     assert "4 case donor(s)" in html  # the limitations note: arms below 5 donors
     figures = {p.stem for p in (tmp_path / "figures").glob("*.png")}
     assert {"composition_bars", "association_heatmap", "umap_subset"} <= figures

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from ..cohort import ClinicalTable
+from ..stats.abundance import DEFAULT_METHOD, VALUES_METHOD
 from .build import Items, Note, Paragraph, Section, build_report
 from .sections import (
     SMALL_GROUP,
@@ -41,9 +42,12 @@ log = logging.getLogger(__name__)
 
 #: What each ``method`` value of the statistics tables means, for the methods section.
 TEST_DESCRIPTIONS = {
-    "perm_lm_log2share": "default test of subset shares: linear model of log2 share on the "
-    "contrast plus covariates, permutation p-value (Freedman-Lane), Benjamini-Hochberg within "
-    "contrast x level",
+    DEFAULT_METHOD: "default test of subset shares: linear model of the arcsine-square-root "
+    "share on the contrast plus covariates, variances moderated across subsets (limma), "
+    "permutation p-value (all relabellings of the donors, or Freedman-Lane with covariates), "
+    "Benjamini-Hochberg within contrast x level; effect = log2 fold change of the share",
+    VALUES_METHOD: "donor-level signature scores: the default test's model and permutations "
+    "on mean scores per donor; effect = difference of means",
     "ks_bonferroni": "the study's test: two-sample Kolmogorov-Smirnov of shares, Bonferroni "
     "over the subsets of a level",
     "kruskal_wallis_bonferroni": "Kruskal-Wallis across the levels of a grouping, Bonferroni",

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 from .. import pl
 from ..cohort import ClinicalTable
 from ..errors import InputError
+from ..stats.abundance import DEFAULT_METHOD
 from ..stats.composition import donor_shares
 from ..stats.tests import proportion_biplot
 from .build import FigureBlock, Note, Paragraph, Section, TableBlock
@@ -39,7 +40,6 @@ __all__ = [
 ]
 
 #: ``method`` of the default donor-level test of subset shares (tables/association.csv).
-DEFAULT_METHOD = "perm_lm_log2share"
 #: ``method`` of the study's classic test (two-sample KS, Bonferroni).
 CLASSIC_METHOD = "ks_bonferroni"
 #: Composition levels a subset is called associated on, in order of preference.

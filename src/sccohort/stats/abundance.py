@@ -256,15 +256,17 @@ def compare_donor_values(
     """The default test's model and permutations for donor-level values other than shares.
 
     Each column (e.g. a signature score of one subset, averaged per donor) is tested with
-    the design's linear model, variances moderated across columns, and the permutation
-    scheme of `test_abundance` (exact relabellings, or Freedman-Lane with covariates).
-    Donors without a value in a column (too few cells) make that column untested, as do
-    constant columns.
+    the design's linear model and the permutation scheme of `test_abundance` (exact
+    relabellings, or Freedman-Lane with covariates); variances are moderated across the
+    columns that share the same donors. A donor without a value in a column (too few cells)
+    leaves that column's test; columns left with fewer than 2 donors per group (3 for a
+    continuous variable), a rank-deficient design, or one value everywhere are not tested.
 
     Parameters
     ----------
     values
-        Donors x features (index ``donor_id``), floats; every donor of ``design`` is a row.
+        Donors x features (index ``donor_id``), floats (NaN: no value); every donor of
+        ``design`` is a row.
     design
         The contrast's design.
     level
@@ -278,8 +280,8 @@ def compare_donor_values(
         One row per column of ``values``: the core columns (``subset`` = the column name;
         ``effect`` = difference of means case - control, or per unit of a continuous
         variable, with its moderated-t 95% CI; permutation ``pvalue``; ``padj`` BH over the
-        tested columns), plus ``statistic``, ``scheme``, ``n_perm``, ``mean_case``,
-        ``mean_control`` and ``note``.
+        tested columns; ``n_case`` / ``n_control`` the donors used), plus ``statistic``,
+        ``scheme``, ``n_perm``, ``mean_case``, ``mean_control`` and ``note``.
     """
     name = design.contrast.name
     missing = [d for d in design.donors if d not in values.index]
@@ -290,45 +292,66 @@ def compare_donor_values(
             key=f"contrasts.{name}",
         )
     y = values.loc[design.donors].to_numpy(dtype=float)
-    notes = np.full(y.shape[1], "", dtype=object)
-    for g in np.flatnonzero(~np.isfinite(y).all(axis=0)):
-        lacking = list(design.donors[~np.isfinite(y[:, g])])
-        notes[g] = f"not tested: no value for donor(s) {', '.join(map(str, lacking))}"
-    finite = np.isfinite(y).all(axis=0)
-    constant = finite & (np.nanmax(y, axis=0) == np.nanmin(y, axis=0))
-    notes[constant] = "not tested: the same value in every donor"
-    tested = np.flatnonzero(notes == "")
-    x = design.matrix.loc[design.donors].to_numpy(dtype=float)
-    term = list(design.matrix.columns).index(design.term)
     k = y.shape[1]
+    is_case = (design.group.loc[design.donors] == "case").to_numpy()
     columns: dict[str, object] = {
         "contrast": name,
         "level": level,
         "subset": list(values.columns),
         "method": VALUES_METHOD,
-        "n_case": design.n_case,
-        "n_control": design.n_control,
+        "n_case": np.zeros(k, dtype=int),
+        "n_control": np.zeros(k, dtype=int),
         "mean_case": np.full(k, np.nan),
         "mean_control": np.full(k, np.nan),
         "scheme": np.full(k, "", dtype=object),
         "n_perm": np.zeros(k, dtype=int),
-        "note": notes,
+        "note": np.full(k, "", dtype=object),
     }
     for col in ("effect", "ci_low", "ci_high", "pvalue", "padj", "statistic"):
         columns[col] = np.full(k, np.nan)
-    if not design.is_continuous:
-        is_case = (design.group.loc[design.donors] == "case").to_numpy()
-        columns["mean_case"] = np.nanmean(y[is_case], axis=0)
-        columns["mean_control"] = np.nanmean(y[~is_case], axis=0)
-    if tested.size:
+    present = np.isfinite(y)
+    x_all = design.matrix.loc[design.donors].to_numpy(dtype=float)
+    term = list(design.matrix.columns).index(design.term)
+    patterns: dict[bytes, list[int]] = {}
+    for g in range(k):
+        patterns.setdefault(present[:, g].tobytes(), []).append(g)
+    for key, cols in patterns.items():
+        rows = np.frombuffer(key, dtype=bool)
+        n_case, n_control = int((rows & is_case).sum()), int((rows & ~is_case).sum())
+        if design.is_continuous:
+            n_case, n_control = int(rows.sum()), 0
+        columns["n_case"][cols] = n_case  # type: ignore[index]
+        columns["n_control"][cols] = n_control  # type: ignore[index]
+        if not design.is_continuous:
+            columns["mean_case"][cols] = y[rows & is_case][:, cols].mean(axis=0)  # type: ignore[index]
+            columns["mean_control"][cols] = y[rows & ~is_case][:, cols].mean(axis=0)  # type: ignore[index]
+        x = x_all[rows]
+        lacking = ", ".join(map(str, design.donors[~rows]))
+        too_few = (n_case < 3) if design.is_continuous else min(n_case, n_control) < 2
+        if too_few or np.linalg.matrix_rank(x) < x.shape[1] or rows.sum() <= x.shape[1]:
+            columns["note"][cols] = f"not tested: too few donors with a value (none for {lacking})"  # type: ignore[index]
+            continue
+        sub = y[np.ix_(rows, cols)]
+        constant = sub.max(axis=0) == sub.min(axis=0)
+        for c in np.asarray(cols)[constant]:
+            columns["note"][c] = "not tested: the same value in every donor"  # type: ignore[index]
+        use = [c for c, same in zip(cols, constant, strict=True) if not same]
+        if not use:
+            continue
         fit = _permutation_test(
-            y[:, tested], y[:, tested], x, term, x.shape[1] > 2, n_perm, max_exact, seed, True
-        )
-        fit["padj"] = multipletests(fit["pvalue"], method="fdr_bh")[1]
-        for col in ("effect", "ci_low", "ci_high", "pvalue", "padj", "statistic"):
-            columns[col][tested] = fit[col]  # type: ignore[index]
-        columns["scheme"][tested] = fit["scheme"]  # type: ignore[index]
-        columns["n_perm"][tested] = fit["n_perm"]  # type: ignore[index]
+            y[np.ix_(rows, use)], y[np.ix_(rows, use)], x, term, x.shape[1] > 2, n_perm,
+            max_exact, seed, True,
+        )  # fmt: skip
+        for col in ("effect", "ci_low", "ci_high", "pvalue", "statistic"):
+            columns[col][use] = fit[col]  # type: ignore[index]
+        columns["scheme"][use] = fit["scheme"]  # type: ignore[index]
+        columns["n_perm"][use] = fit["n_perm"]  # type: ignore[index]
+        if lacking:
+            columns["note"][use] = f"without donor(s) {lacking} (no value)"  # type: ignore[index]
+    p = columns["pvalue"]
+    tested = np.isfinite(p)  # type: ignore[arg-type]
+    if tested.any():
+        columns["padj"][tested] = multipletests(p[tested], method="fdr_bh")[1]  # type: ignore[index]
     order = [
         "contrast", "level", "subset", "effect", "ci_low", "ci_high", "pvalue", "padj",
         "method", "n_case", "n_control", "statistic", "scheme", "n_perm", "mean_case",
