@@ -117,9 +117,15 @@ def test_defaults_filled_in_and_paths_relative_to_toml(tmp_path: Path) -> None:
         "qc": d["qc"],
         "normalize": {"target_sum": 1e4, "protein": "auto"},
         "embedding": d["embedding"],
+        "annotation": d["annotation"],
+        "association": d["association"],
+        "characterise": d["characterise"],
         "contrasts": {},
     }
     assert d["qc"]["mode"] == "adaptive" and d["embedding"]["n_neighbors"] == 20
+    assert d["annotation"]["reference"] is None and d["annotation"]["labels"] == "markers"
+    assert d["association"]["levels"] == ["l1", "l2", "subset", "subset_in_l1"]
+    assert d["characterise"]["alpha"] == 0.05 and d["characterise"]["gene_sets"] is None
 
 
 def test_qc_section_defaults_are_the_qc_functions_defaults() -> None:

@@ -1,0 +1,89 @@
+"""The stages of a run: what each one does to the cohort and which files it writes.
+
+Each stage is a function of the :class:`RunState` that returns the files it wrote (through
+:mod:`sccohort.io.atomic`); :data:`STAGES` lists them in order. The runner in
+:mod:`sccohort.pipeline` executes them, checkpoints and resumes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sccohort.report.assemble import assemble_report
+from sccohort.stages.base import CORE_COLUMNS, Progress, RunState, Silent, Stage
+from sccohort.stages.cells import (
+    _stage_annotate,
+    _stage_embed,
+    _stage_ingest,
+    _stage_markers,
+    _stage_normalize,
+    _stage_qc,
+    _stage_subsets,
+    _stage_summary,
+    check_inputs,
+)
+from sccohort.stages.donors import (
+    _stage_association,
+    _stage_characterise,
+    _stage_composition,
+    _stage_de,
+    _stage_neighbourhoods,
+    associated_subsets,
+)
+
+__all__ = [
+    "CORE_COLUMNS",
+    "STAGES",
+    "Progress",
+    "RunState",
+    "Silent",
+    "Stage",
+    "associated_subsets",
+    "check_inputs",
+]
+
+
+def _stage_report(state: RunState) -> list[Path]:
+    """``report.html`` (one self-contained file) and ``figures/`` (PNG + SVG of each figure).
+
+    The methods section reads ``run.json`` as the runner wrote it before this stage (config,
+    versions, seeds, the timings of every earlier stage).
+    """
+    run_json = json.loads((state.out / "run.json").read_text())
+    cfg = state.config.characterise
+    path = assemble_report(
+        state.out,
+        state.mdata,
+        state.clinical,
+        state.config,
+        run_json,
+        alpha=cfg.alpha,
+        max_subsets=cfg.max_subsets,
+    )
+    figures = sorted(p for p in (state.out / "figures").glob("*") if p.is_file())
+    return [path, *figures]
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("ingest", "Reading samples", _stage_ingest, changes_cohort=True, saves_cohort=True),
+    Stage("summary", "Summarising samples", _stage_summary),
+    Stage("qc", "Quality control", _stage_qc, changes_cohort=True),
+    Stage("normalize", "Normalising RNA and protein", _stage_normalize, changes_cohort=True),
+    Stage(
+        "embed",
+        "Embedding: PCA, Harmony, WNN, Leiden, UMAP",
+        _stage_embed,
+        changes_cohort=True,
+        saves_cohort=True,
+    ),
+    Stage("annotate", "Annotating cell types", _stage_annotate, changes_cohort=True),
+    Stage("subsets", "Finding and naming subsets", _stage_subsets, changes_cohort=True),
+    Stage("markers", "Ranking subset markers", _stage_markers),
+    Stage("composition", "Counting cells per donor and subset", _stage_composition),
+    Stage("association", "Testing subsets against each contrast", _stage_association),
+    Stage("neighbourhoods", "Neighbourhood differential abundance", _stage_neighbourhoods),
+    Stage("de", "Pseudobulk differential expression", _stage_de),
+    Stage("characterise", "Characterising associated subsets", _stage_characterise),
+    Stage("report", "Writing the report", _stage_report),
+)

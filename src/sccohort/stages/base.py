@@ -1,0 +1,82 @@
+"""What every stage shares: the run state, the stage record, progress displays."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from sccohort.cohort import ClinicalTable, SampleSheet
+from sccohort.config import Config
+
+#: The columns every statistics table starts with (DESIGN.md).
+CORE_COLUMNS = (
+    "contrast",
+    "level",
+    "subset",
+    "effect",
+    "ci_low",
+    "ci_high",
+    "pvalue",
+    "padj",
+    "method",
+    "n_case",
+    "n_control",
+)
+
+
+class Progress(Protocol):
+    """What the pipeline tells a progress display (the CLI draws it with rich)."""
+
+    def stage_started(self, name: str, description: str, index: int, total: int) -> None:
+        """A stage begins (``index`` is 1-based)."""
+
+    def advance(self, done: int, total: int) -> None:
+        """``done`` of ``total`` units of the current stage are finished."""
+
+    def stage_finished(self, name: str, seconds: float, resumed: bool) -> None:
+        """A stage ended, or was taken from its checkpoint when ``resumed``."""
+
+
+class Silent:
+    """A progress display that shows nothing."""
+
+    def stage_started(self, name: str, description: str, index: int, total: int) -> None:
+        """Show nothing."""
+
+    def advance(self, done: int, total: int) -> None:
+        """Show nothing."""
+
+    def stage_finished(self, name: str, seconds: float, resumed: bool) -> None:
+        """Show nothing."""
+
+
+@dataclass
+class RunState:
+    """Everything the stages share: validated inputs, the cohort object, the output folder."""
+
+    config: Config
+    out: Path
+    samples: SampleSheet
+    clinical: ClinicalTable | None
+    progress: Progress
+    mdata: Any = None
+    scheduler: Any = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A named step: ``run(state)`` does the work and returns the files it wrote.
+
+    ``changes_cohort`` marks stages that modify ``state.mdata``. ``saves_cohort`` stages
+    also keep a copy of the cohort object in their checkpoint, so a resumed run can start
+    after them; cheap cohort-changing stages between two saves are re-run on resume
+    rather than writing the whole object to disk each time.
+    """
+
+    name: str
+    description: str
+    run: Callable[[RunState], list[Path]]
+    changes_cohort: bool = False
+    saves_cohort: bool = False
