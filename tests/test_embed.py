@@ -202,6 +202,18 @@ def test_umap_subsample_places_all_cells_near_their_type(monkeypatch: pytest.Mon
     assert (nearest == types).mean() > 0.99  # placed cells land with their own type
 
 
+def test_umap_from_a_pca_start_keeps_types_apart() -> None:
+    emb, types, _ = _blobs(150, 4, 1, shift=0.0, seed=7)
+    a = ad.AnnData(obs=pd.DataFrame({"t": types}, index=map(str, range(len(types)))))
+    a.obsm["X_pca"] = emb.astype(np.float32)
+    sc.pp.neighbors(a, use_rep="X_pca", n_neighbors=15)
+    embed.umap(a, init="X_pca", seed=0)
+    assert a.uns["umap"]["init"] == "X_pca" and "_umap_init" not in a.obsm
+    assert metrics.silhouette(a.obsm["X_umap"], types) > 0.5
+    with pytest.raises(InputError, match="no embedding 'X_nope'"):
+        embed.umap(a, init="X_nope")
+
+
 # --------------------------------------------------------------------------------------------
 # simulated cohort
 

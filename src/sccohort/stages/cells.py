@@ -207,7 +207,10 @@ def _stage_embed(state: RunState) -> list[Path]:
         graph.obs["rna_weight"] = 1.0
         cluster_key = "wnn"
     leiden(graph, neighbors_key=cluster_key, resolution=cfg.resolution, seed=seed)
-    umap(graph, neighbors_key="wnn", max_cells=cfg.umap_max_cells, seed=seed)
+    umap(
+        graph, neighbors_key="wnn", max_cells=cfg.umap_max_cells, init=f"rna_{reps['rna']}",
+        seed=seed,
+    )  # fmt: skip
     for key in ("wnn_connectivities", "wnn_distances", "wnn_snn"):
         if key in graph.obsp:
             mdata.obsp[key] = graph.obsp[key]
