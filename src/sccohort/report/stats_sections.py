@@ -338,9 +338,10 @@ def _associated_block(table: pd.DataFrame, alpha: float) -> list[Any]:
         blocks.append(
             TableBlock(
                 shown,
-                caption="Associated subsets: fold change of the mean share (case / control) "
-                "with its 95% bootstrap CI, adjusted p-value of the default test (permutation "
-                "of a linear model on log2 shares, BH within contrast and level) and of the "
+                caption="Associated subsets: fold change of the share (case / control, "
+                "adjusted for the contrast's covariates) with its 95% CI, adjusted p-value of "
+                "the default test (linear model of arcsine-square-root shares, p-value from "
+                "permutations of the donors' labels, BH within contrast and level) and of the "
                 "study's KS test (Bonferroni); significant rows first.",
                 csv="tables/report_associated_subsets.csv",
                 columns=columns,
