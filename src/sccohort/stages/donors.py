@@ -63,7 +63,7 @@ def _check_levels(state: RunState, table: pd.DataFrame) -> list[str]:
 
 def _core_first(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Concatenate tidy result frames with the DESIGN core columns first."""
-    table = pd.concat([f for f in frames if len(f)], ignore_index=True)
+    table = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
     core = [c for c in CORE_COLUMNS if c in table.columns]
     return table[core + [c for c in table.columns if c not in core]]
 
