@@ -146,3 +146,8 @@ def test_annotation_config_errors(simulated_run, tmp_path):
             f'[annotation]\nreference = "{reference}"\nlabels = "reference"\n'
             'reference_keys = ["l1"]\n',
         )
+
+
+def test_missing_gene_set_file_fails_before_anything_runs(simulated_run, tmp_path):
+    with pytest.raises(InputError, match="gene_sets file .* not found"):
+        _state(simulated_run, tmp_path, '[characterise]\ngene_sets = "nowhere.gmt"\n')

@@ -54,12 +54,17 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def input_checksums(config: Config, samples: SampleSheet) -> dict[str, str]:
-    """SHA-256 of the config, both tables, each sample's files and the annotation reference."""
+    """SHA-256 of the config, both tables, each sample's files and other files it names."""
     files: list[Path] = [config.path, config.samples]
     if config.clinical is not None:
         files.append(config.clinical)
-    if config.annotation.reference is not None:
-        files.append(config.annotation.reference)
+    for extra in (
+        config.annotation.reference,
+        config.characterise.gene_sets,
+        config.characterise.tf_targets,
+    ):
+        if extra is not None:
+            files.append(extra)
     for column in ("path", "raw_path"):
         if column not in samples.table:
             continue

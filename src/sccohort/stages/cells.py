@@ -90,9 +90,19 @@ def check_inputs(config: Config, samples: SampleSheet) -> None:
     InputError
         ``[normalize] protein = "dsb"`` while a sample has no ``raw_path``; an
         ``[annotation]`` reference that is missing, or ``labels = "reference"`` without one
-        (or without ``l1`` and ``l2`` among its keys).
+        (or without ``l1`` and ``l2`` among its keys); a missing ``[characterise]``
+        gene-set or TF-target file.
     """
     _check_annotation(config)
+    for key in ("gene_sets", "tf_targets"):
+        path = getattr(config.characterise, key)
+        if path is not None and not path.is_file():
+            raise InputError(
+                f"{key} file '{path}' not found",
+                file=config.path,
+                key=f"characterise.{key}",
+                hint="Give the path (relative to the config) of a GMT / TRRUST-style TSV file",
+            )
     if config.normalize.protein != "dsb":
         return
     raw = samples.table.get("raw_path")
