@@ -12,8 +12,8 @@ from statsmodels.stats.multitest import multipletests
 
 from sccohort.cohort import ClinicalTable, Contrast, ContrastDesign
 from sccohort.errors import InputError
+from sccohort.stats import CORE_COLUMNS
 from sccohort.stats.tests import (
-    CORE_COLUMNS,
     dunn_z,
     kruskal_dunn,
     ks_test,

@@ -202,7 +202,7 @@ def demo(
 
     The demo plants 4-fold expansions of CD14_EGR1 (SRC) and CD8_TEM_T2ISG (ILD): with the
     donors' own variation, 27 donors find both in 97 % of simulated cohorts at 4-fold and
-    57 % at the simulator's default 3-fold (tests/test_association_paper.py's model).
+    57 % at the simulator's default 3-fold (benchmarks/bench_demo_power.py).
     """
 
     def go() -> None:

@@ -91,3 +91,33 @@ def ordered_levels(values: pd.Series, order: Sequence[str] | None = None) -> lis
         return sorted(present, key=float)  # numeric labels (Leiden clusters) in number order
     except ValueError:
         return sorted(present)
+
+
+def box_strip(
+    ax,
+    arrays: Sequence[np.ndarray],
+    levels: Sequence[str],
+    colours: dict[str, str],
+    rng: np.random.Generator,
+    *,
+    size: float = 24,
+) -> None:
+    """Boxes (no fliers) with every donor's value as a jittered dot; x labels ``level (n=..)``.
+
+    ``arrays[i]`` holds the values of ``levels[i]``; dots take ``colours[level]``.
+    """
+    grey = {"color": "#555555"}
+    ax.boxplot(
+        arrays, positions=range(len(levels)), widths=0.55, showfliers=False,
+        medianprops={"color": "black"}, boxprops=grey, whiskerprops=grey, capprops=grey,
+    )  # fmt: skip
+    for i, (level, values) in enumerate(zip(levels, arrays, strict=True)):
+        ax.scatter(
+            i + rng.uniform(-0.15, 0.15, len(values)), values, s=size, color=colours[level],
+            edgecolors="black", linewidths=0.4, zorder=3,
+        )  # fmt: skip
+    ax.set_xticks(
+        range(len(levels)),
+        [f"{level}\n(n={len(a)})" for level, a in zip(levels, arrays, strict=True)],
+        fontsize=FONT["tick"],
+    )

@@ -17,6 +17,7 @@ from matplotlib.lines import Line2D
 from ..errors import InputError
 from ._common import (
     FONT,
+    box_strip,
     category_colours,
     format_p,
     new_figure,
@@ -142,20 +143,7 @@ def comparison_panels(
         levels = ordered_levels(data["group"], panel.get("order"))
         colours = category_colours(levels)
         arrays = [scale * data.loc[data["group"] == lv, "value"].to_numpy() for lv in levels]
-        ax.boxplot(
-            arrays, positions=range(len(levels)), widths=0.55, showfliers=False,
-            medianprops={"color": "black"},
-        )  # fmt: skip
-        for i, (lv, arr) in enumerate(zip(levels, arrays, strict=True)):
-            ax.scatter(
-                i + rng.uniform(-0.15, 0.15, len(arr)), arr, s=24, color=colours[lv],
-                edgecolors="black", linewidths=0.4, zorder=3,
-            )  # fmt: skip
-        ax.set_xticks(
-            range(len(levels)),
-            [f"{lv}\n(n={len(a)})" for lv, a in zip(levels, arrays, strict=True)],
-            fontsize=FONT["tick"],
-        )
+        box_strip(ax, arrays, levels, colours, rng)
         ax.tick_params(axis="y", labelsize=FONT["tick"])
         ax.set_ylabel(panel.get("ylabel", "share of cells (%)"), fontsize=FONT["label"])
         pvalues = [(str(lab), float(p)) for lab, p in panel.get("pvalues", []) if np.isfinite(p)]
@@ -223,20 +211,7 @@ def signature_scores(
     for ax, name in zip(axes, sets, strict=True):
         part = data[data["set"].astype(str) == name]
         arrays = [part.loc[part["group"] == lv, "score"].to_numpy(dtype=float) for lv in levels]
-        ax.boxplot(
-            arrays, positions=range(len(levels)), widths=0.55, showfliers=False,
-            medianprops={"color": "black"},
-        )  # fmt: skip
-        for i, (lv, arr) in enumerate(zip(levels, arrays, strict=True)):
-            ax.scatter(
-                i + rng.uniform(-0.15, 0.15, len(arr)), arr, s=24, color=colours[lv],
-                edgecolors="black", linewidths=0.4, zorder=3,
-            )  # fmt: skip
-        ax.set_xticks(
-            range(len(levels)),
-            [f"{lv}\n(n={len(a)})" for lv, a in zip(levels, arrays, strict=True)],
-            fontsize=FONT["tick"],
-        )
+        box_strip(ax, arrays, levels, colours, rng)
         ax.tick_params(axis="y", labelsize=FONT["tick"])
         head = (labels or {}).get(name, _short_set(name, 30))
         if pvalues is not None and name in pvalues:

@@ -10,7 +10,15 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..errors import InputError
-from ._common import FONT, category_colours, format_p, new_figure, ordered_levels, require_columns
+from ._common import (
+    FONT,
+    box_strip,
+    category_colours,
+    format_p,
+    new_figure,
+    ordered_levels,
+    require_columns,
+)
 
 
 def _donor_groups(group: pd.Series, donors: Sequence[str], what: str) -> pd.Series:
@@ -171,21 +179,7 @@ def group_comparison(
     rng = np.random.default_rng(seed)
     colours = category_colours(levels)
     arrays = [scale * data.loc[data["group"] == lv, "value"].to_numpy() for lv in levels]
-    ax.boxplot(
-        arrays, positions=range(len(levels)), widths=0.55, showfliers=False,
-        medianprops={"color": "black"}, boxprops={"color": "#555555"},
-        whiskerprops={"color": "#555555"}, capprops={"color": "#555555"},
-    )  # fmt: skip
-    for i, (lv, arr) in enumerate(zip(levels, arrays, strict=True)):
-        ax.scatter(
-            i + rng.uniform(-0.15, 0.15, len(arr)), arr, s=28, color=colours[lv],
-            edgecolors="black", linewidths=0.4, zorder=3,
-        )  # fmt: skip
-    ax.set_xticks(
-        range(len(levels)),
-        [f"{lv}\n(n={len(a)})" for lv, a in zip(levels, arrays, strict=True)],
-        fontsize=FONT["tick"],
-    )
+    box_strip(ax, arrays, levels, colours, rng, size=28)
     ax.set_ylabel(ylabel, fontsize=FONT["label"])
     ax.tick_params(axis="y", labelsize=FONT["tick"])
     high = max(float(np.nanmax(a)) if len(a) else 0.0 for a in arrays)

@@ -9,6 +9,7 @@ features are switched off; the report must not need them.
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -126,10 +127,9 @@ class Chromium:
     def close(self) -> None:
         """Close the browser (politely, then by force) and remove its profile folder."""
         if self.proc.poll() is None:
-            try:
+            # a browser that no longer answers is killed below
+            with contextlib.suppress(OSError, TimeoutError, EOFError, RuntimeError):
                 self.send("Browser.close", timeout=5)
-            except (OSError, TimeoutError, EOFError, RuntimeError):
-                pass
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from sccohort.report.assemble import assemble_report
-from sccohort.stages.base import CORE_COLUMNS, Progress, RunState, Silent, Stage
+from sccohort.stages.base import Progress, RunState, Silent, Stage
 from sccohort.stages.cells import (
     _stage_annotate,
     _stage_embed,
@@ -31,6 +31,7 @@ from sccohort.stages.donors import (
     _stage_neighbourhoods,
     associated_subsets,
 )
+from sccohort.stats import CORE_COLUMNS
 
 __all__ = [
     "CORE_COLUMNS",

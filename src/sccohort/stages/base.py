@@ -10,21 +10,6 @@ from typing import Any, Protocol
 from sccohort.cohort import ClinicalTable, SampleSheet
 from sccohort.config import Config
 
-#: The columns every statistics table starts with (DESIGN.md).
-CORE_COLUMNS = (
-    "contrast",
-    "level",
-    "subset",
-    "effect",
-    "ci_low",
-    "ci_high",
-    "pvalue",
-    "padj",
-    "method",
-    "n_case",
-    "n_control",
-)
-
 
 class Progress(Protocol):
     """What the pipeline tells a progress display (the CLI draws it with rich)."""

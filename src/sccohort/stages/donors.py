@@ -14,7 +14,8 @@ from sccohort.config import build_designs
 from sccohort.errors import InputError
 from sccohort.io.atomic import write_csv
 from sccohort.io.genesets import hallmark, read_gmt, read_tf_targets
-from sccohort.stages.base import CORE_COLUMNS, RunState
+from sccohort.stages.base import RunState
+from sccohort.stats import CORE_COLUMNS
 from sccohort.stats.abundance import DEFAULT_METHOD, compare_donor_values, test_abundance
 from sccohort.stats.composition import composition, donor_counts, donor_shares
 from sccohort.stats.enrichment import enrich_markers, gsea

@@ -40,6 +40,7 @@ from threadpoolctl import threadpool_limits
 
 from sccohort.cohort import ContrastDesign
 from sccohort.errors import InputError
+from sccohort.stats import CORE_COLUMNS
 
 __all__ = ["DEFAULT_METHOD", "PSEUDOCOUNT", "compare_donor_values", "test_abundance"]
 
@@ -53,17 +54,7 @@ _BATCH = 2048
 _TIES = 1e-9
 
 _COLUMNS = [
-    "contrast",
-    "level",
-    "subset",
-    "effect",
-    "ci_low",
-    "ci_high",
-    "pvalue",
-    "padj",
-    "method",
-    "n_case",
-    "n_control",
+    *CORE_COLUMNS,
     "statistic",
     "se",
     "df_prior",
@@ -352,11 +343,7 @@ def compare_donor_values(
     tested = np.isfinite(p)  # type: ignore[arg-type]
     if tested.any():
         columns["padj"][tested] = multipletests(p[tested], method="fdr_bh")[1]  # type: ignore[index]
-    order = [
-        "contrast", "level", "subset", "effect", "ci_low", "ci_high", "pvalue", "padj",
-        "method", "n_case", "n_control", "statistic", "scheme", "n_perm", "mean_case",
-        "mean_control", "note",
-    ]  # fmt: skip
+    order = [*CORE_COLUMNS, "statistic", "scheme", "n_perm", "mean_case", "mean_control", "note"]
     return pd.DataFrame(columns)[order]
 
 

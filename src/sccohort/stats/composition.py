@@ -228,7 +228,8 @@ def composition(obs: pd.DataFrame, levels: Sequence[str] = ("l1", "l2", "subset"
     return pd.concat(blocks, ignore_index=True)[list(COLUMNS)]
 
 
-def _level_rows(table: pd.DataFrame, level: str) -> pd.DataFrame:
+def level_rows(table: pd.DataFrame, level: str) -> pd.DataFrame:
+    """The rows of one level of a composition table (checked: the table and the level exist)."""
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise InputError(
@@ -271,7 +272,7 @@ def donor_counts(
         subset's parent). Always a DataFrame, also for levels whose parent is ``"all"``
         (then every column is the same), so ``counts / totals`` are the shares.
     """
-    rows = _level_rows(table, level)
+    rows = level_rows(table, level)
     samples = [str(s) for s in samples]
     if not samples:
         raise InputError("no samples given", key="samples", hint="Pass at least one sample id")

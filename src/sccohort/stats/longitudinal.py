@@ -26,7 +26,7 @@ from scipy import stats
 
 from ..cohort import DEFAULT_TISSUE, SampleSheet
 from ..errors import InputError
-from .composition import COLUMNS
+from .composition import level_rows
 
 __all__ = ["expression_trajectory", "paired_test", "timepoint_order", "trajectories"]
 
@@ -164,20 +164,7 @@ def trajectories(
         order), subset (table order), time. Empty (same columns) when no donor has two
         timepoints.
     """
-    missing = [c for c in COLUMNS if c not in composition_table.columns]
-    if missing:
-        raise InputError(
-            f"not a composition table: no column(s) {', '.join(missing)}",
-            column=missing[0],
-            hint="Build it with sccohort.stats.composition.composition(obs)",
-        )
-    rows = composition_table[composition_table["level"] == level]
-    if rows.empty:
-        raise InputError(
-            f"no rows at level '{level}'",
-            column="level",
-            hint="Levels in the table: " + ", ".join(map(str, pd.unique(composition_table.level))),
-        )
+    rows = level_rows(composition_table, level)
     all_subsets = [str(s) for s in pd.unique(rows["subset"])]
     if subsets is not None:
         subsets = [str(s) for s in subsets]

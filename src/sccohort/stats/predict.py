@@ -52,21 +52,12 @@ from threadpoolctl import threadpool_limits
 
 from ..cohort import ContrastDesign
 from ..errors import InputError
+from . import CORE_COLUMNS
 
 __all__ = ["PredictionResult", "delong_ci", "predict_phenotype"]
 
 SUMMARY_COLUMNS = [
-    "contrast",
-    "level",
-    "subset",
-    "effect",
-    "ci_low",
-    "ci_high",
-    "pvalue",
-    "padj",
-    "method",
-    "n_case",
-    "n_control",
+    *CORE_COLUMNS,
     "auroc",
     "auroc_null_mean",
     "n_features",

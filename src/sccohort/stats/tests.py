@@ -37,7 +37,6 @@ from ..cohort import ContrastDesign
 from ..errors import InputError
 
 __all__ = [
-    "CORE_COLUMNS",
     "dunn_z",
     "kruskal_dunn",
     "ks_test",
@@ -45,20 +44,6 @@ __all__ = [
     "pseudo_share",
 ]
 
-#: Core columns of every statistics table (DESIGN.md).
-CORE_COLUMNS = (
-    "contrast",
-    "level",
-    "subset",
-    "effect",
-    "ci_low",
-    "ci_high",
-    "pvalue",
-    "padj",
-    "method",
-    "n_case",
-    "n_control",
-)
 _ADJUST = ("bonferroni", "holm")
 
 
