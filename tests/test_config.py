@@ -112,7 +112,12 @@ def test_defaults_filled_in_and_paths_relative_to_toml(tmp_path: Path) -> None:
     assert d == {
         "config": str(toml),
         "inputs": {"samples": str(tmp_path / "data" / "s.csv"), "clinical": None},
-        "run": {"seed": 0, "primary_timepoint": "baseline", "primary_tissue": "blood"},
+        "run": {
+            "seed": 0,
+            "primary_timepoint": "baseline",
+            "primary_tissue": "blood",
+            "scheduler": "auto",
+        },
         "clinical": {"types": {}},
         "qc": d["qc"],
         "normalize": {"target_sum": 1e4, "protein": "auto"},

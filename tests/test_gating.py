@@ -8,12 +8,14 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
 from sccohort.errors import InputError
 from sccohort.io.read import read_sample
 from sccohort.pp.normalize import clr
 from sccohort.simulate import simulate_cohort
+from sccohort.stats import gating as G
 from sccohort.stats.gating import (
     GATING_COLUMNS,
     MARKER_COLUMNS,
@@ -97,6 +99,53 @@ def test_markers_rank_ccr1_first_and_match_sklearn(sim):
         assert row["auroc_parent"] == pytest.approx(ref_parent, abs=1e-9)
         assert row["auroc_all"] == pytest.approx(ref_all, abs=1e-9)
         assert row["direction"] == ("up" if ref_parent >= 0.5 else "down")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_marker_aurocs_and_medians_exact_with_ties(dtype):
+    """AUROC from sorted counts equals the midrank Mann-Whitney U bit for bit, ties included."""
+    rng = np.random.default_rng(5)
+    n = 4000
+    x = rng.integers(0, 6, size=(n, 4)).astype(float)  # heavy ties
+    x[:, 3] = rng.normal(size=n)  # float32-exact only when stored as float32
+    parent = rng.random(n) < 0.5
+    target = parent & (rng.random(n) < 0.3)
+    x[target, 0] += 1.0
+    prot = ad.AnnData(x.astype(dtype), var=pd.DataFrame(index=["A", "B", "C", "D"]))
+    x = np.asarray(prot.X, dtype=float)
+    table = protein_markers(prot, target, parent).set_index("protein")
+    n1 = int(target.sum())
+    for j, name in enumerate(["A", "B", "C", "D"]):
+        for column, neg in (("auroc_parent", parent & ~target), ("auroc_all", ~target)):
+            both = target | neg
+            ranks = rankdata(x[both, j])
+            u = ranks[target[both]].sum() - n1 * (n1 + 1) / 2.0
+            assert table.loc[name, column] == u / (n1 * int(neg.sum()))
+        assert table.loc[name, "median_target"] == np.median(x[target, j])
+        assert table.loc[name, "median_parent_rest"] == np.median(x[parent & ~target, j])
+        assert table.loc[name, "median_rest"] == np.median(x[~target, j])
+    assert table.loc["A", "auroc_parent"] > 0.6
+
+
+def test_best_thresholds_match_brute_force():
+    rng = np.random.default_rng(8)
+    values = np.round(rng.normal(size=300), 1)  # ties
+    target = values + rng.normal(scale=0.5, size=300) > 0.8
+    order = np.argsort(values, kind="stable")
+    found = {d: (t, q, f1) for d, t, q, f1 in G._best_thresholds(
+        values[order], target[order], int(target.sum()))}  # fmt: skip
+    distinct = np.unique(values)
+    for direction in (">", "<"):
+        best = -1.0
+        for t in (distinct[1:] + distinct[:-1]) / 2.0:
+            kept = values > t if direction == ">" else values < t
+            best = max(best, 2.0 * (kept & target).sum() / (kept.sum() + target.sum()))
+        t, q, f1 = found[direction]
+        kept = values > t if direction == ">" else values < t
+        assert f1 == pytest.approx(best) and f1 == pytest.approx(
+            2.0 * (kept & target).sum() / (kept.sum() + target.sum())
+        )
+        assert q == pytest.approx((values < t).mean())
 
 
 def test_gating_egr1_on_held_out_donors(sim):

@@ -176,6 +176,50 @@ def test_vectorised_mixture_matches_sklearn_per_row():
     np.testing.assert_allclose(gmm2_background_mean(degenerate), [5.0, 1.0], atol=1e-6)
 
 
+def test_mixture_rows_are_fitted_independently_of_each_other():
+    # Rows converge after different numbers of EM iterations and leave the working set at
+    # different times; each row's fit must not depend on which other rows it is fitted with.
+    rng = np.random.default_rng(8)
+    rows = []
+    for _ in range(60):
+        n_pos = int(rng.integers(5, 60))
+        rows.append(
+            np.concatenate(
+                [rng.normal(0, rng.uniform(0.3, 1.5), 120 - n_pos), rng.normal(5, 1.0, n_pos)]
+            )
+        )
+    x = np.vstack(rows)
+    together = gmm2_background_mean(x)
+    alone = np.array([gmm2_background_mean(row[None, :])[0] for row in x])
+    np.testing.assert_array_equal(together, alone)
+    np.testing.assert_array_equal(gmm2_background_mean(x[::-1]), together[::-1])
+    assert np.median(np.abs(together)) < 0.3  # the background component sits near 0
+
+
+def test_mixture_equal_variance_model_matches_sklearn_tied():
+    from sklearn.mixture import GaussianMixture
+
+    rng = np.random.default_rng(9)
+    x = np.vstack(
+        [
+            np.concatenate([rng.normal(-1, 1, 100 - 5 * i), rng.normal(4, 1, 30 + 5 * i)])
+            for i in range(6)
+        ]
+    )
+    ours = gmm2_background_mean(x, models=("E",), tol=1e-12, max_iter=5000)
+    for i, row in enumerate(x):
+        split = row > np.median(row)
+        gm = GaussianMixture(
+            2,
+            covariance_type="tied",
+            tol=1e-12,
+            max_iter=5000,
+            reg_covar=1e-12,
+            means_init=[[row[~split].mean()], [row[split].mean()]],
+        ).fit(row[:, None])
+        assert ours[i] == pytest.approx(gm.means_.min(), abs=1e-4)
+
+
 def test_isotype_detection_by_name_and_column():
     names = ["CD3", "IgM_PROT", "IgA", "MouseIgG1kappaisotype", "Mouse IgM", "IgG2a", "Rat Iso"]
     a = _adata(np.ones((3, len(names))), names=names)

@@ -18,6 +18,7 @@ from sccohort import pipeline
 from sccohort.cli import app
 from sccohort.config import load_config
 from sccohort.errors import InputError
+from sccohort.io.atomic import write_csv
 from sccohort.io.tenx import write_10x_h5
 
 GENES = [f"GENE{i}" for i in range(40)] + ["MT-CO1", "MT-ND1"]
@@ -35,10 +36,18 @@ def _features() -> pd.DataFrame:
     )
 
 
+def _count_cells(state: pipeline.RunState) -> list[Path]:
+    """A light second stage: cells kept per sample -> ``tables/cells.csv``."""
+    counts = state.mdata.obs["sample_id"].value_counts().sort_index().rename("n_cells")
+    return [write_csv(counts.reset_index(), state.out / "tables" / "cells.csv")]
+
+
 @pytest.fixture(autouse=True)
 def light_stages(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The mechanics are tested on the first two stages (tiny data cannot be embedded)."""
-    monkeypatch.setattr(pipeline, "STAGES", pipeline.STAGES[:2])
+    """The mechanics are tested on the first stage and a light one (tiny data cannot be
+    embedded)."""
+    count = pipeline.Stage("count", "Counting cells", _count_cells)
+    monkeypatch.setattr(pipeline, "STAGES", (pipeline.STAGES[0], count))
 
 
 @pytest.fixture
@@ -65,6 +74,8 @@ def cohort_dir(tmp_path: Path) -> Path:
     (tmp_path / "sccohort.toml").write_text(
         '[inputs]\nsamples = "samples.csv"\nclinical = "clinical.csv"\n\n'
         "[run]\nseed = 3\n\n"
+        "[qc]\nmin_genes = 5\nmin_prot_umis = 0.0\nisotype_min_pct = 100.0\n"
+        'doublet_method = "none"\n\n'
         '[contrasts.status]\nvariable = "status"\ncase = "case"\ncontrol = "control"\n'
     )
     return tmp_path
@@ -83,7 +94,14 @@ def test_run_writes_tables_cohort_and_run_json(cohort_dir: Path, tmp_path: Path)
     ).all()
 
     cohort = mudata.read_h5mu(out / "cohort.h5mu")
-    assert cohort.n_obs == 150
+    cells = pd.read_csv(out / "tables" / "qc_cells.csv.gz", index_col="cell_id")
+    assert len(cells) == 150 and cells["qc_pass"].sum() > 100
+    assert list(cohort.obs_names) == list(cells.index[cells["qc_pass"]])
+    qc = pd.read_csv(out / "tables" / "qc.csv")
+    assert list(qc["cells_in"]) == [30, 35, 40, 45]
+    assert (
+        qc["cells_out"] == cohort.obs["sample_id"].value_counts()[qc["sample_id"]].to_numpy()
+    ).all()
     assert cohort.obs_names[0].startswith("S_D1:")
     assert set(cohort.mod) >= {"rna", "prot"}
 
@@ -111,19 +129,20 @@ def test_resume_after_interrupted_run_gives_identical_tables(
         raise RuntimeError("simulated crash")
 
     stages = list(pipeline.STAGES)
-    broken = pipeline.Stage("summary", "Summarising samples", crash)
+    broken = pipeline.Stage("count", "Counting cells", crash)
     monkeypatch.setattr(pipeline, "STAGES", (stages[0], broken))
     with pytest.raises(RuntimeError):
         pipeline.run_pipeline(config, tmp_path / "broken")
     record = json.loads((tmp_path / "broken" / "run.json").read_text())
-    assert record["status"] == "failed" and record["failed_stage"] == "summary"
-    assert not (tmp_path / "broken" / "tables" / "samples.csv").exists()
+    assert record["status"] == "failed" and record["failed_stage"] == "count"
+    assert not (tmp_path / "broken" / "tables" / "cells.csv").exists()
 
     monkeypatch.setattr(pipeline, "STAGES", tuple(stages))
     resumed = pipeline.run_pipeline(config, tmp_path / "broken", resume=True)
     assert [s["resumed"] for s in resumed["stages"]] == [True, False]
-    whole = (tmp_path / "whole" / "tables" / "samples.csv").read_bytes()
-    assert (tmp_path / "broken" / "tables" / "samples.csv").read_bytes() == whole
+    for name in ("samples.csv", "qc.csv", "qc_cells.csv.gz", "cells.csv"):
+        whole = (tmp_path / "whole" / "tables" / name).read_bytes()
+        assert (tmp_path / "broken" / "tables" / name).read_bytes() == whole
 
 
 def test_resume_ignores_checkpoints_of_another_config(cohort_dir: Path, tmp_path: Path) -> None:
@@ -142,11 +161,11 @@ def test_resume_reruns_a_stage_whose_output_was_damaged(cohort_dir: Path, tmp_pa
     out = tmp_path / "out"
     config = load_config(cohort_dir / "sccohort.toml")
     pipeline.run_pipeline(config, out)
-    good = (out / "tables" / "samples.csv").read_bytes()
-    (out / "tables" / "samples.csv").write_text("damaged\n")
+    good = (out / "tables" / "cells.csv").read_bytes()
+    (out / "tables" / "cells.csv").write_text("damaged\n")
     again = pipeline.run_pipeline(config, out, resume=True)
     assert [s["resumed"] for s in again["stages"]] == [True, False]
-    assert (out / "tables" / "samples.csv").read_bytes() == good
+    assert (out / "tables" / "cells.csv").read_bytes() == good
 
 
 def test_bad_input_fails_before_writing_anything(cohort_dir: Path, tmp_path: Path) -> None:

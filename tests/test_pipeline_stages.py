@@ -78,9 +78,11 @@ def test_resume_restarts_from_the_last_saved_cohort(run_dir: Path) -> None:
         again = pipeline.run_pipeline(config, out, resume=True)
     assert all(stage["resumed"] for stage in again["stages"])
 
-    # an interrupted run: the embedding never finished
-    for path in [*(out / "checkpoints").glob("05_embed.*"), *(out / "checkpoints").glob("06_*")]:
-        path.unlink()
+    # an interrupted run: nothing after the embedding finished
+    embed = [s.name for s in pipeline.STAGES].index("embed")
+    for path in (out / "checkpoints").iterdir():
+        if int(path.name[:2]) > embed + 1:
+            path.unlink()
     with pytest.warns(UserWarning):
         resumed = pipeline.run_pipeline(config, out, resume=True)
     assert [s["resumed"] for s in resumed["stages"]] == [True, True] + [False] * (

@@ -44,16 +44,23 @@ def test_batch_solver_matches_sklearn_and_alo_matches_exact_loo():
     x = rng.normal(size=(n, p))
     y = (x[:, 0] + rng.normal(size=n) > 0).astype(float)
     w = np.ones((1, n))
-    xs = P._standardise(x, w)
+    xs = P._standardise(x, w)[0]
     x1 = np.concatenate([np.ones((1, n, 1)), xs], axis=2)
-    cs = np.array([0.05, 0.5])
+    cs = np.array([0.05, 0.5, 10.0])
     labels = np.repeat(y[None], len(cs), axis=0)
-    theta, hess = P._fit_batch(x1, w, labels, 1.0 / cs)
-    alo = P._alo_logloss(x1, w, labels, theta, hess)[0]
+    theta, lev = P._fit_batch(x1, w, labels, 1.0 / cs)
+    alo = P._alo_logloss(x1, w, labels, theta, lev)[0]
     for k, c in enumerate(cs):
         ref = LogisticRegression(C=c, tol=1e-10, max_iter=10_000).fit(xs[0], y)
         np.testing.assert_allclose(theta[0, k, 1:], ref.coef_[0], atol=1e-6)
         assert theta[0, k, 0] == pytest.approx(ref.intercept_[0], abs=1e-6)
+        # leverages x_i' H^-1 x_i at the solution
+        mu = 1.0 / (1.0 + np.exp(-x1[0] @ theta[0, k]))
+        hess = x1[0].T @ (x1[0] * (mu * (1 - mu))[:, None]) + np.diag([0.0] + [1 / c] * p)
+        exact_lev = np.einsum("ia,ab,ib->i", x1[0], np.linalg.inv(hess), x1[0])
+        np.testing.assert_allclose(lev[0, k], exact_lev, rtol=1e-8)
+        if c > 1.0:
+            continue  # weak penalty, near separation: one Newton step is no longer close
         exact = 0.0
         for i in range(n):
             keep = np.arange(n) != i
@@ -61,6 +68,45 @@ def test_batch_solver_matches_sklearn_and_alo_matches_exact_loo():
             prob = m.predict_proba(xs[0][i : i + 1])[0, 1]
             exact -= np.log(prob if y[i] else 1.0 - prob)
         assert alo[k] == pytest.approx(exact, rel=0.02)  # one Newton step from the fit
+    # the optimum does not depend on the starting point (warm starts, chord steps)
+    far = rng.normal(scale=3.0, size=theta.shape)
+    np.testing.assert_allclose(P._fit_batch(x1, w, labels, 1.0 / cs, far)[0], theta, atol=1e-10)
+
+
+def test_rotated_folds_solve_the_same_problems():
+    """More features than donors: fits in the span of each fold's rows are the exact fits."""
+    rng = np.random.default_rng(11)
+    n, p = 9, 14
+    x = rng.normal(size=(n, p))
+    y = np.r_[np.ones(4), np.zeros(5)]
+    w = np.ones((n, n))
+    w[np.arange(n), np.arange(n)] = 0.0
+    held = P._Folds.build(x, w)
+    assert held.basis is not None and held.x1.shape == (n, n, n - 1)  # n - 2 slopes + 1
+    xs, mean, sd = P._standardise(x, w)
+    plain = P._Folds(np.concatenate([np.ones((n, n, 1)), xs], axis=2), w, mean, sd, None)
+    labels = np.array([y, rng.permutation(y)])
+    lam = 1.0 / np.array([0.1, 1.0, 10.0])
+    lab, lams = np.repeat(labels, 3, axis=0), np.tile(lam, 2)
+    rot, rot_lev = P._fit_batch(held.x1, w, lab, lams)
+    full, full_lev = P._fit_batch(plain.x1, w, lab, lams)
+    b0, beta = held.raw(rot)
+    b0_ref, beta_ref = plain.raw(full)
+    np.testing.assert_allclose(beta, beta_ref, atol=1e-8)
+    np.testing.assert_allclose(b0, b0_ref, atol=1e-8)
+    train = w[:, None, :].astype(bool) & np.ones(lab.shape[0], dtype=bool)[None, :, None]
+    np.testing.assert_allclose(rot_lev[train], full_lev[train], rtol=1e-7)
+    # and the whole nested procedure agrees with the unrotated one
+    full_fold = P._Folds.build(x, np.ones((1, n)))
+    xs1, mean1, sd1 = P._standardise(x, np.ones((1, n)))
+    plain1 = P._Folds(np.concatenate([np.ones((1, n, 1)), xs1], axis=2), np.ones((1, n)),
+                      mean1, sd1, None)  # fmt: skip
+    got = P._nested_loo(held, full_fold, labels, lam)
+    ref = P._nested_loo(plain, plain1, labels, lam)
+    np.testing.assert_allclose(got[0], ref[0], atol=1e-8)
+    np.testing.assert_allclose(got[1], ref[1], atol=1e-8)
+    np.testing.assert_array_equal(got[2], ref[2])
+    np.testing.assert_array_equal(got[3], ref[3])
 
 
 def test_planted_signal_is_predicted():

@@ -216,6 +216,88 @@ def test_otsu_threshold_between_modes():
     assert 0.45 < otsu_threshold(values) < 0.9
 
 
+# ------------------------------------------------------------------ doublet internals
+# The fast paths of sccohort.pp.doublets must give exactly what the straightforward numpy /
+# scikit-learn computations give (doublet calls are identical for a seed, not just close).
+
+
+def test_neighbour_share_matches_argpartition_including_ties():
+    from sccohort.pp.doublets import _knn_share, _neighbour_share
+
+    rng = np.random.default_rng(4)
+    emb = rng.normal(size=(900, 12)).astype(np.float32)
+    emb[600:] = emb[rng.integers(0, 600, 300)] * np.float32(1.0)  # simulated rows
+    emb[10] = emb[11]  # exact duplicates: tied distances for many queries
+    emb[700] = emb[10]
+    emb[40:60] = emb[605:612] = emb[40]  # 26 copies: more than k at distance 0
+    n_obs, k = 600, 17
+    queries = np.concatenate([np.arange(n_obs), n_obs + np.arange(0, 300, 3)])
+    ours = _neighbour_share(emb, n_obs, queries, k, chunk=128)
+    sq = np.einsum("ij,ij->i", emb, emb)
+    expected = np.empty(queries.size)
+    for start in range(0, queries.size, 128):
+        q = queries[start : start + 128]
+        d = sq[None, :] - 2.0 * (emb[q] @ emb.T)
+        d[np.arange(q.size), q] = np.inf
+        nearest = np.argpartition(d, k - 1, axis=1)[:, :k]
+        expected[start : start + q.size] = (nearest >= n_obs).mean(axis=1)
+    np.testing.assert_array_equal(ours, expected)
+    assert 0 < ours.mean() < 1
+    tied = np.zeros(queries.size, bool)
+    _knn_share(emb[queries] @ emb.T, sq, queries, n_obs, k, np.empty(queries.size), tied)
+    assert tied[40:60].all()  # the copies' k-th distance is tied: argpartition decided
+
+
+def test_rna_features_match_dense_reference():
+    from sccohort.pp.doublets import _rna_features, highly_variable
+
+    rng = np.random.default_rng(5)
+    counts = sp.random(300, 800, density=0.08, random_state=6, dtype=np.float32, format="csr")
+    counts.data = np.ceil(counts.data * 20).astype(np.float32)
+    i = rng.integers(0, 300, 600)
+    j = (i + rng.integers(1, 300, 600)) % 300
+    obs, sim = _rna_features(counts, (i, j), 200)
+    totals = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
+    size = 1e4 / np.maximum(totals, 1.0)
+    norm = sp.diags(size.astype(np.float32)) @ counts
+    hvg = highly_variable(norm, 200)
+    dense = counts[:, hvg].toarray()
+    ref_sim = dense[i] + dense[j]
+    ref_sim *= (1e4 / np.maximum(totals[i] + totals[j], 1.0)).astype(np.float32)[:, None]
+    dense *= size.astype(np.float32)[:, None]
+    np.testing.assert_array_equal(obs, np.log1p(dense))
+    np.testing.assert_array_equal(sim, np.log1p(ref_sim))
+    # the squared-data shortcut in highly_variable selects what norm.multiply(norm) would
+    n = norm.shape[0]
+    mean = np.asarray(norm.sum(axis=0)).ravel() / n
+    sq = np.asarray(norm.multiply(norm).sum(axis=0)).ravel() / n
+    assert sq.shape == mean.shape and np.all(sq >= mean**2 * (1 - 1e-5))
+    assert hvg.size == 200 and np.all(np.diff(hvg) > 0)
+
+
+def test_block_matches_sklearn_pca():
+    from sklearn.decomposition import PCA
+
+    from sccohort.pp.doublets import _block
+
+    rng = np.random.default_rng(7)
+    for n, p, comps in ((250, 300, 20), (400, 40, 15)):  # transposed and direct randomized SVD
+        obs = rng.gamma(1.0, 1.0, (n, p)).astype(np.float32)
+        sim = rng.gamma(1.5, 1.0, (2 * n, p)).astype(np.float32)
+        obs[:, 3] = 1.0  # a constant column (SD 0)
+
+        def standardise(x, ref):
+            sd = ref.std(axis=0)
+            sd[sd == 0] = 1.0
+            return np.clip((x - ref.mean(axis=0)) / sd, -10.0, 10.0)
+
+        zo, zs = standardise(obs, obs), standardise(sim, obs)
+        pca = PCA(comps, random_state=3, svd_solver="randomized").fit(zo)
+        scale = np.sqrt(max(float(pca.explained_variance_.sum()), 1e-12))
+        expected = np.vstack([pca.transform(zo), pca.transform(zs)]) / scale
+        np.testing.assert_array_equal(_block(obs.copy(), sim.copy(), comps, 3), expected)
+
+
 # ------------------------------------------------------------------ simulated cohort
 
 

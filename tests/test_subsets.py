@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import warnings
 
+import anndata as ad
 import mudata as md
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
+from sklearn.metrics import adjusted_rand_score
 
 from sccohort.errors import InputError
-from sccohort.tl.subsets import EGR1_GENES, T2ISG_GENES, subsets
+from sccohort.tl import subsets as subsets_module
+from sccohort.tl.markers import rank_markers
+from sccohort.tl.subsets import (
+    EGR1_GENES,
+    RESOLUTIONS,
+    T2ISG_GENES,
+    _graph_from_knn,
+    _knn,
+    _leiden,
+    _stable_resolution,
+    _top_features,
+    subsets,
+)
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +96,10 @@ def test_planted_type2_interferon_cd8_tem_are_one_subset_named_by_their_program(
     assert share.loc["SSc1", True] > healthy
 
 
-def test_same_seed_same_subsets(run):
-    mdata, table, _ = run
+def test_same_seed_same_subsets_with_or_without_worker_processes(run):
+    mdata, table, _ = run  # clustered with the default two worker processes
     again = mdata.copy()
-    table2 = subsets(again, seed=0, key_added="subset_again")
+    table2 = subsets(again, seed=0, key_added="subset_again", n_jobs=1)
     pd.testing.assert_frame_equal(table, table2)
     np.testing.assert_array_equal(
         mdata.obs["subset"].astype(str), again.obs["subset_again"].astype(str)
@@ -101,3 +116,61 @@ def test_missing_annotation_is_an_input_error(run):
         subsets(mdata, resolution="high")
     with pytest.raises(InputError, match="two lineages|lineages"):
         subsets(mdata, lineages={"a": ["CD14 Mono"], "b": ["CD14 Mono", "NK"]})
+
+
+def _scan_every_resolution(g, resolutions, n_resamples, threshold, seed):
+    """The reference search: every resolution clustered and scored, the last passing kept."""
+    rng = np.random.default_rng(seed)
+    n = g.vcount()
+    subsamples = [np.sort(rng.choice(n, int(0.8 * n), replace=False)) for _ in range(n_resamples)]
+    chosen, labels, scores = resolutions[0], None, {}
+    for r in resolutions:
+        full = _leiden(g, r, seed)
+        aris = [
+            adjusted_rand_score(full[s], _leiden(g.induced_subgraph(s.tolist()), r, seed + 1 + i))
+            for i, s in enumerate(subsamples)
+        ]
+        scores[r] = float(np.mean(aris))
+        if labels is None or scores[r] >= threshold:
+            chosen, labels = r, full
+    return chosen, labels, scores
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.9, 0.97, 1.01])
+def test_resolution_search_from_the_top_equals_scoring_every_resolution(threshold, monkeypatch):
+    rng = np.random.default_rng(3)
+    centres = rng.normal(scale=4.0, size=(6, 10))
+    x = np.concatenate([c + rng.normal(size=(80, 10)) for c in centres])
+    g = _graph_from_knn(_knn(x, 15))
+    assert g.vcount() == 480 and g.ecount() >= 480 * 15 // 2
+    ref_chosen, ref_labels, ref_scores = _scan_every_resolution(g, RESOLUTIONS, 2, threshold, 4)
+    calls = []
+    monkeypatch.setattr(subsets_module, "_leiden", lambda *a: calls.append(a) or _leiden(*a))
+    chosen, labels, scores = _stable_resolution(g, RESOLUTIONS, 2, threshold, seed=4)
+    assert chosen == ref_chosen
+    np.testing.assert_array_equal(labels, ref_labels)
+    assert scores[chosen] == ref_scores[chosen]
+    assert len(calls) < 3 * len(RESOLUTIONS) or chosen == RESOLUTIONS[0]
+    if threshold == 0.0:  # the highest resolution passes: three clusterings only
+        assert chosen == RESOLUTIONS[-1] and len(calls) == 3
+    if threshold > 1:  # nothing passes: the lowest resolution, scored in full
+        assert chosen == RESOLUTIONS[0] and np.isfinite(scores[chosen])
+
+
+@pytest.mark.parametrize("lineage", ["CD8 T", "Mono/DC"])
+def test_markers_equal_those_of_ranking_every_gene(run, lineage):
+    """Ranking only the genes that can be markers gives the markers of ranking them all."""
+    mdata, table, _ = run
+    rna = mdata.mod["rna"][mdata.obs_names]
+    found = mdata.obs["subset"].astype(str).to_numpy()
+    rows_of = table[table["lineage"] == lineage]
+    assert len(rows_of) >= 2
+    for _, group in rows_of.groupby("l2"):
+        reference = group["subset"] if len(group) > 1 else rows_of["subset"]
+        cells = np.flatnonzero(np.isin(found, reference))
+        x = sp.csr_matrix(rna.X[cells], dtype=np.float32)  # as subsets() reads it
+        sub = ad.AnnData(x, var=pd.DataFrame(index=rna.var_names.astype(str)))
+        sub.obs["c"] = pd.Categorical(found[cells])
+        res = rank_markers(sub, "c", groups=group["subset"].tolist(), min_fraction=0.1)
+        for name, markers in zip(group["subset"], group["rna_markers"], strict=True):
+            assert ";".join(_top_features(res, name, None, 5)["feature"]) == markers, name

@@ -114,7 +114,11 @@ def run(
     ] = False,
     scheduler: Annotated[
         str | None,
-        typer.Option(help="Address of an existing Dask scheduler for per-sample stages."),
+        typer.Option(
+            help="Where per-sample tasks run: a Dask scheduler address (tcp://HOST:PORT), "
+            "'local' (a local cluster, one worker per core) or 'threads'; default: the "
+            "config's [run] scheduler ('auto')."
+        ),
     ] = None,
 ) -> None:
     """Run the pipeline on the cohort a config describes; results go to OUT."""

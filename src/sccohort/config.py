@@ -80,11 +80,18 @@ class InputsSection:
 @config_section("run")
 @dataclass
 class RunSection:
-    """``[run]``: seed and the visit that represents each donor in cross-sectional analyses."""
+    """``[run]``: seed, primary visit, and where per-sample tasks run.
+
+    ``primary_timepoint`` / ``primary_tissue`` pick the sample that represents each donor in
+    cross-sectional analyses. ``scheduler`` (see :mod:`sccohort.cluster`): ``"auto"``,
+    ``"local"``, ``"threads"``, ``"sync"`` or a Dask scheduler address; ``sccohort run
+    --scheduler`` overrides it.
+    """
 
     seed: int = 0
     primary_timepoint: str = DEFAULT_TIMEPOINT
     primary_tissue: str = DEFAULT_TISSUE
+    scheduler: str = "auto"
 
 
 @config_section("clinical")

@@ -27,6 +27,7 @@ from typing import Any
 
 import psutil
 
+from sccohort.cluster import dask_scheduler, describe_scheduler, resolve_scheduler
 from sccohort.cohort import SampleSheet
 from sccohort.config import Config, load_inputs
 from sccohort.errors import InputError
@@ -86,11 +87,23 @@ def _versions() -> dict[str, str]:
     return found
 
 
+def _memory(proc: psutil.Process) -> int:
+    """Bytes of memory a process holds: its PSS, else its RSS.
+
+    PSS splits shared pages between the processes that map them, so forked workers are not
+    counted twice; RSS stands in where the system does not report PSS.
+    """
+    try:
+        return proc.memory_full_info().pss
+    except (AttributeError, psutil.AccessDenied):
+        return proc.memory_info().rss
+
+
 class PeakMemory:
-    """Context manager sampling the resident memory of this process and its children.
+    """Context manager sampling the memory of this process and its children (Dask workers).
 
     ``peak_gb`` holds the largest sum seen (sampled every ``interval`` seconds, plus at
-    entry and exit).
+    entry and exit) of each process's proportional set size (`_memory`).
     """
 
     def __init__(self, interval: float = 0.2) -> None:
@@ -100,10 +113,10 @@ class PeakMemory:
         self._proc = psutil.Process()
 
     def _sample(self) -> None:
-        total = self._proc.memory_info().rss
+        total = _memory(self._proc)
         for child in self._proc.children(recursive=True):
             try:
-                total += child.memory_info().rss
+                total += _memory(child)
             except psutil.Error:
                 continue
         self.peak_gb = max(self.peak_gb, total / 2**30)
@@ -219,8 +232,10 @@ def run_pipeline(
     progress
         Receives stage and within-stage progress; silent when ``None``.
     scheduler
-        Passed to the per-sample readers: ``None`` (local threads), a ``distributed.Client``
-        or a scheduler address.
+        Where per-sample tasks and background jobs run (see :mod:`sccohort.cluster`):
+        ``"local"`` (a local Dask cluster, one worker process per core), a scheduler
+        address, a ``distributed.Client``, ``"threads"`` / ``"sync"``, or ``None`` for the
+        config's ``[run] scheduler`` (default ``"auto"``).
     command
         The command line, recorded in ``run.json``.
 
@@ -274,31 +289,36 @@ def run_pipeline(
         "inputs": checksums,
         "stages": [],
     }
-    for index, stage in enumerate(STAGES):
-        progress.stage_started(stage.name, stage.description, index + 1, len(STAGES))
-        if index < len(good):
-            record["stages"].append({**good[index]["timing"], "resumed": True})
-            progress.stage_finished(stage.name, 0.0, resumed=True)
-            continue
-        write_json(record, out / "run.json")
-        start = time.perf_counter()
-        try:
-            with PeakMemory() as memory:
-                written = stage.run(state)
-        except Exception as exc:
-            record.update(
-                status="failed", failed_stage=stage.name, error=f"{type(exc).__name__}: {exc}"
-            )
+    if scheduler is None:
+        input_bytes = sum(Path(f).stat().st_size for f in checksums)
+        scheduler = resolve_scheduler(config.run.scheduler, input_bytes)
+    with dask_scheduler(scheduler) as state.scheduler:
+        record["scheduler"] = describe_scheduler(state.scheduler)
+        for index, stage in enumerate(STAGES):
+            progress.stage_started(stage.name, stage.description, index + 1, len(STAGES))
+            if index < len(good):
+                record["stages"].append({**good[index]["timing"], "resumed": True})
+                progress.stage_finished(stage.name, 0.0, resumed=True)
+                continue
             write_json(record, out / "run.json")
-            raise
-        timing = {
-            "stage": stage.name,
-            "wall_s": round(time.perf_counter() - start, 3),
-            "peak_rss_gb": round(memory.peak_gb, 3),
-        }
-        _write_checkpoint(state, index, stage, written, fingerprint, timing)
-        record["stages"].append({**timing, "resumed": False})
-        progress.stage_finished(stage.name, timing["wall_s"], resumed=False)
+            start = time.perf_counter()
+            try:
+                with PeakMemory() as memory:
+                    written = stage.run(state)
+            except Exception as exc:
+                record.update(
+                    status="failed", failed_stage=stage.name, error=f"{type(exc).__name__}: {exc}"
+                )
+                write_json(record, out / "run.json")
+                raise
+            timing = {
+                "stage": stage.name,
+                "wall_s": round(time.perf_counter() - start, 3),
+                "peak_rss_gb": round(memory.peak_gb, 3),
+            }
+            _write_checkpoint(state, index, stage, written, fingerprint, timing)
+            record["stages"].append({**timing, "resumed": False})
+            progress.stage_finished(stage.name, timing["wall_s"], resumed=False)
 
     _publish_cohort(out)
     record.update(status="finished", finished=datetime.now(UTC).isoformat(timespec="seconds"))

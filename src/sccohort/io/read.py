@@ -27,9 +27,9 @@ import mudata as md
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from dask.callbacks import Callback
 from mudata import MuData
 
+from sccohort.cluster import compute
 from sccohort.errors import InputError
 from sccohort.io.h5 import read_h5ad_modalities, read_h5mu_modalities
 from sccohort.io.rhapsody import read_rhapsody_csv
@@ -478,46 +478,6 @@ def _sheet(samples: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-class _Progress(Callback):
-    """Counts finished sample tasks of a local Dask computation."""
-
-    def __init__(self, keys: set, progress: Callable[[int, int], None]) -> None:
-        super().__init__()
-        self._keys = keys
-        self._progress = progress
-        self._done = 0
-
-    def _posttask(self, key, result, dsk, state, worker_id) -> None:
-        if key in self._keys:
-            self._done += 1
-            self._progress(self._done, len(self._keys))
-
-
-def _compute(tasks: list, scheduler: Any, progress: Callable[[int, int], None] | None) -> list:
-    """Compute delayed tasks locally (threads/sync) or on a distributed cluster."""
-    if scheduler is None or scheduler in ("threads", "threading", "sync", "synchronous"):
-        name = "threads" if scheduler is None else scheduler
-        if progress is None:
-            return list(dask.compute(*tasks, scheduler=name))
-        keys = {t.key for t in tasks}
-        with _Progress(keys, progress):
-            return list(dask.compute(*tasks, scheduler=name))
-    from distributed import Client, as_completed
-
-    client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
-    try:
-        futures = client.compute(tasks)
-        for done, future in enumerate(as_completed(futures), start=1):
-            if future.status == "error":
-                future.result()  # re-raises the task's error
-            if progress is not None:
-                progress(done, len(futures))
-        return client.gather(futures)
-    finally:
-        if client is not scheduler:
-            client.close()
-
-
 def _check_presence(results: dict[str, dict[str, ad.AnnData]], modality: str, what: str) -> bool:
     have = [s for s, mods in results.items() if modality in mods]
     lacking = [s for s in results if s not in have]
@@ -649,7 +609,32 @@ def read_samples(
         )
         for i, s in enumerate(table.index)
     ]
-    results = dict(zip(table.index, _compute(tasks, scheduler, progress), strict=True))
+    results = dict(zip(table.index, compute(tasks, scheduler, progress), strict=True))
+    return combine_samples(results, table)
+
+
+def combine_samples(results: dict[str, dict[str, ad.AnnData]], samples: pd.DataFrame) -> MuData:
+    """One MuData from each sample's modalities (as `read_samples` joins them).
+
+    Parameters
+    ----------
+    results
+        ``sample_id -> {modality: AnnData}`` in sheet order, cell ids ``<sample_id>:<barcode>``.
+    samples
+        The sample sheet (index ``sample_id``; ``donor_id``, ``path`` and optional ``batch,
+        timepoint, tissue``).
+
+    Returns
+    -------
+    MuData as `read_samples` returns it (all layers and ``X`` of the parts kept).
+
+    Raises
+    ------
+    InputError
+        RNA gene sets differ between samples; some samples have protein (or RNA) data and
+        others none; the samples share no antibody.
+    """
+    table = _sheet(samples)
     mods: dict[str, ad.AnnData] = {}
     if _check_presence(results, "rna", "RNA (Gene Expression) data"):
         mods["rna"] = _concat_rna(results, table["path"].astype(str))
@@ -658,7 +643,6 @@ def read_samples(
     hto = _concat_hto(results)
     if hto is not None:
         mods["hto"] = hto
-    del results
     obs = _cohort_obs(next(iter(mods.values())).obs_names, table)
     return _to_mudata(mods, obs)
 

@@ -70,7 +70,8 @@ def dot_values(
     if matrix is None:
         raise InputError("the AnnData has no matrix to read", key=layer or "X")
     rows = np.flatnonzero(keep)
-    sub = matrix[rows][:, cols] if sp.issparse(matrix) else np.asarray(matrix)[np.ix_(rows, cols)]
+    # columns first: the few markers' columns, then their rows (not a copy of every row)
+    sub = matrix[:, cols][rows] if sp.issparse(matrix) else np.asarray(matrix)[np.ix_(rows, cols)]
     sub = sp.csr_matrix(sub, dtype=np.float64)
     onehot = sp.csr_matrix(
         (np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(len(uniques), len(codes))

@@ -17,10 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import anndata as ad
+import numba
 import numpy as np
 import scanpy as sc
 import scipy.sparse as sp
-from sklearn.decomposition import PCA
+from sklearn.utils.extmath import randomized_svd, svd_flip
 from threadpoolctl import threadpool_limits
 
 METHODS = ("cite", "scrublet", "none")
@@ -93,21 +94,47 @@ def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
     return float(edges[int(np.argmax(between)) + 1])
 
 
-def _standardise(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    mu = ref.mean(axis=0)
-    sd = ref.std(axis=0)
-    sd[sd == 0] = 1.0
-    return np.clip((x - mu) / sd, -10.0, 10.0)
+def _standardise(x: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """``clip((x - mu) / sd, -10, 10)`` in place (``x`` float32, ``sd`` without zeros)."""
+    np.subtract(x, mu, out=x)
+    np.divide(x, sd, out=x)
+    return np.clip(x, -10.0, 10.0, out=x)
 
 
 def _block(obs: np.ndarray, sim: np.ndarray, n_comps: int, seed: int) -> np.ndarray:
-    """PCA of the observed droplets, applied to both; scaled to unit total variance."""
-    zo = _standardise(obs, obs)
-    zs = _standardise(sim, obs)
-    n_comps = max(1, min(n_comps, zo.shape[1] - 1 if zo.shape[1] > 1 else 1, zo.shape[0] - 1))
-    pca = PCA(n_comps, random_state=seed, svd_solver="randomized").fit(zo)
-    scale = np.sqrt(max(float(pca.explained_variance_.sum()), 1e-12))
-    return np.vstack([pca.transform(zo), pca.transform(zs)]) / scale
+    """PCA of the observed droplets, applied to both; scaled to unit total variance.
+
+    ``obs`` and ``sim`` are standardised in place (by the observed droplets' means and SDs).
+    The PCA is scikit-learn's ``PCA(svd_solver="randomized")`` written out: the same
+    `randomized_svd` call, sign convention and projection, without the input copies and the
+    total-variance pass that ``PCA.fit`` adds.
+    """
+    mu = obs.mean(axis=0)
+    sd = obs.std(axis=0)
+    sd[sd == 0] = 1.0
+    zo = _standardise(obs, mu, sd)
+    zs = _standardise(sim, mu, sd)
+    n, p = zo.shape
+    n_comps = max(1, min(n_comps, p - 1 if p > 1 else 1, n - 1))
+    mean = zo.mean(axis=0)
+    u, s, vt = randomized_svd(
+        zo - mean,
+        n_comps,
+        n_oversamples=10,
+        n_iter="auto",
+        power_iteration_normalizer="auto",
+        flip_sign=False,
+        random_state=np.random.RandomState(seed),
+    )
+    _, vt = svd_flip(u, vt, u_based_decision=False)
+    explained = (s**2) / (n - 1)
+    scale = np.sqrt(max(float(explained.sum()), 1e-12))
+    offset = mean.reshape(1, -1) @ vt.T
+    proj_obs = zo @ vt.T
+    proj_obs -= offset
+    proj_sim = zs @ vt.T
+    proj_sim -= offset
+    return np.vstack([proj_obs, proj_sim]) / scale
 
 
 def highly_variable(norm: sp.csr_matrix, n_top: int) -> np.ndarray:
@@ -124,9 +151,14 @@ def highly_variable(norm: sp.csr_matrix, n_top: int) -> np.ndarray:
     -------
     Sorted gene indices.
     """
+    norm = sp.csr_matrix(norm)
+    if not norm.has_canonical_format:
+        norm = norm.copy()
+        norm.sum_duplicates()
     n = norm.shape[0]
     mean = np.asarray(norm.sum(axis=0)).ravel() / n
-    sq = np.asarray(norm.multiply(norm).sum(axis=0)).ravel() / n
+    squared = sp.csr_matrix((norm.data * norm.data, norm.indices, norm.indptr), shape=norm.shape)
+    sq = np.asarray(squared.sum(axis=0)).ravel() / n
     var = np.maximum(sq - mean**2, 0.0) * n / max(n - 1, 1)
     expressed = np.flatnonzero(mean > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -143,21 +175,41 @@ def highly_variable(norm: sp.csr_matrix, n_top: int) -> np.ndarray:
     return np.sort(top)
 
 
+def _scale_rows(mat: sp.csr_matrix, factors: np.ndarray) -> sp.csr_matrix:
+    """``diag(factors) @ mat`` for a canonical CSR matrix (same dtype as ``mat``)."""
+    data = mat.data * np.repeat(factors.astype(mat.dtype), np.diff(mat.indptr))
+    return sp.csr_matrix((data, mat.indices, mat.indptr), shape=mat.shape)
+
+
 def _rna_features(
     counts: sp.csr_matrix, pairs: tuple[np.ndarray, np.ndarray], n_hvg: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Log-normalised highly variable genes of observed (n, g) and simulated (m, g) droplets."""
+    """Log-normalised highly variable genes of observed (n, g) and simulated (m, g) droplets.
+
+    ``log1p`` runs on the non-zero values only.
+    """
+    if not counts.has_canonical_format:
+        counts = counts.copy()
+        counts.sum_duplicates()
     totals = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
-    size = 1e4 / np.maximum(totals, 1.0)
-    hvg = highly_variable(sp.diags(size.astype(np.float32)) @ counts, n_hvg)
-    dense = counts[:, hvg].toarray()
+    size = (1e4 / np.maximum(totals, 1.0)).astype(np.float32)
+    hvg = highly_variable(_scale_rows(counts, size), n_hvg)
+    sub = counts[:, hvg]
     i, j = pairs
-    sim = dense[i]
-    sim += dense[j]
     sim_size = (1e4 / np.maximum(totals[i] + totals[j], 1.0)).astype(np.float32)
-    dense *= size.astype(np.float32)[:, None]
-    sim *= sim_size[:, None]
-    return np.log1p(dense, out=dense), np.log1p(sim, out=sim)
+    parents = sp.csr_matrix(
+        (
+            np.ones(2 * i.size, sub.dtype),
+            np.column_stack([i, j]).ravel(),
+            np.arange(0, 2 * i.size + 1, 2),
+        ),
+        shape=(i.size, sub.shape[0]),
+    )
+    sim = _scale_rows(parents @ sub, sim_size)  # summed counts of each pair (i != j)
+    np.log1p(sim.data, out=sim.data)
+    obs = _scale_rows(sub, size)
+    np.log1p(obs.data, out=obs.data)
+    return obs.toarray(), sim.toarray()
 
 
 def _neighbour_share(
@@ -165,18 +217,102 @@ def _neighbour_share(
 ) -> np.ndarray:
     """Share of simulated droplets among each query's ``k`` nearest neighbours.
 
-    Rows ``>= n_obs`` of ``emb`` are simulated; distances are exact Euclidean and a query
-    is not its own neighbour.
+    Rows ``>= n_obs`` of ``emb`` are simulated; distances are exact Euclidean (float32, up
+    to each query's own squared norm) and a query is not its own neighbour. `_knn_share`
+    counts them; a query whose ``k``-th distance is tied falls back to ``np.argpartition``
+    (which picks among the tied droplets).
     """
     sq = np.einsum("ij,ij->i", emb, emb)
     out = np.empty(queries.size)
+    tied = np.zeros(queries.size, bool)
     for start in range(0, queries.size, chunk):
         q = queries[start : start + chunk]
-        d = sq[None, :] - 2.0 * (emb[q] @ emb.T)
-        d[np.arange(q.size), q] = np.inf
-        nearest = np.argpartition(d, k - 1, axis=1)[:, :k]
-        out[start : start + q.size] = (nearest >= n_obs).mean(axis=1)
+        prod = emb[q] @ emb.T
+        block = slice(start, start + q.size)
+        _knn_share(prod, sq, q, n_obs, k, out[block], tied[block])
+        for row in np.flatnonzero(tied[block]):
+            d = sq - 2.0 * prod[row]
+            d[q[row]] = np.inf
+            nearest = np.argpartition(d, k - 1)[:k]
+            out[start + row] = (nearest >= n_obs).mean()
     return out
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _knn_share(prod, sq, queries, n_obs, k, out, tied):  # noqa: ANN001, ANN202
+    """Share of droplets ``>= n_obs`` among the ``k`` nearest of each query row.
+
+    ``d[r, j] = sq[j] - 2 prod[r, j]`` (float32, as numpy computes it); the query itself is
+    left out. One pass keeps the ``k`` smallest distances in a max-heap; a second counts the
+    droplets at or below the ``k``-th. Sets ``tied[r]`` (``out[r]`` then unset) when more
+    than ``k`` droplets lie there (or fewer than ``k`` other droplets exist).
+    """
+    n = prod.shape[1]
+    heap = np.empty(k, np.float32)
+    two = np.float32(2.0)
+    for r in range(prod.shape[0]):
+        q = queries[r]
+        if n - 1 < k:
+            tied[r] = True
+            continue
+        size = 0
+        j = 0
+        while size < k:
+            if j != q:
+                _heap_push(heap, size, sq[j] - two * prod[r, j])
+                size += 1
+            j += 1
+        for jj in range(j, n):
+            d = sq[jj] - two * prod[r, jj]
+            if d < heap[0] and jj != q:
+                _heap_replace_top(heap, k, d)
+        kth = heap[0]
+        near_obs = 0
+        for jj in range(n_obs):
+            near_obs += sq[jj] - two * prod[r, jj] <= kth
+        near_sim = 0
+        for jj in range(n_obs, n):
+            near_sim += sq[jj] - two * prod[r, jj] <= kth
+        if sq[q] - two * prod[r, q] <= kth:  # the query itself is no neighbour
+            if q < n_obs:
+                near_obs -= 1
+            else:
+                near_sim -= 1
+        if near_obs + near_sim == k:
+            out[r] = near_sim / k
+            tied[r] = False
+        else:
+            tied[r] = True
+
+
+@numba.njit(cache=True, nogil=True)
+def _heap_push(heap, size, value):  # noqa: ANN001, ANN202
+    """Add ``value`` to the max-heap ``heap[:size]``."""
+    pos = size
+    while pos > 0:
+        parent = (pos - 1) >> 1
+        if heap[parent] >= value:
+            break
+        heap[pos] = heap[parent]
+        pos = parent
+    heap[pos] = value
+
+
+@numba.njit(cache=True, nogil=True)
+def _heap_replace_top(heap, size, value):  # noqa: ANN001, ANN202
+    """Replace the largest value of the max-heap ``heap[:size]`` by ``value``."""
+    pos = 0
+    while True:
+        child = 2 * pos + 1
+        if child >= size:
+            break
+        if child + 1 < size and heap[child + 1] > heap[child]:
+            child += 1
+        if heap[child] <= value:
+            break
+        heap[pos] = heap[child]
+        pos = child
+    heap[pos] = value
 
 
 def _clr(x: np.ndarray) -> np.ndarray:
@@ -213,7 +349,9 @@ def _cite_scores(
             libs.append(prot.sum(axis=1))
         lib_obs = np.log1p(np.column_stack(libs))
         lib_sim = np.log1p(np.column_stack([x[i] + x[j] for x in libs]))
-        z = np.vstack([_standardise(lib_obs, lib_obs), _standardise(lib_sim, lib_obs)])
+        mu, sd = lib_obs.mean(axis=0), lib_obs.std(axis=0)
+        sd[sd == 0] = 1.0
+        z = np.vstack([_standardise(lib_obs, mu, sd), _standardise(lib_sim, mu, sd)])
         blocks.append(library_weight * z / np.sqrt(z.shape[1]))
     emb = np.hstack(blocks).astype(np.float32)
     k = max(5, int(round(np.sqrt(n))))

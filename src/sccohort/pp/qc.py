@@ -34,6 +34,7 @@ RNA thresholds by ``mode``:
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any
 
@@ -139,13 +140,21 @@ def _mad(x: np.ndarray) -> tuple[float, float]:
     return med, MAD_SCALE * float(np.median(np.abs(x - med)))
 
 
-def _share(counts: sp.csr_matrix, columns: np.ndarray, totals: np.ndarray) -> np.ndarray:
-    """Percentage of each row's total in the given columns (0 where the total is 0)."""
-    if columns.size == 0:
-        return np.zeros(counts.shape[0])
-    part = np.asarray(counts[:, columns].sum(axis=1)).ravel()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(totals > 0, 100.0 * part / totals, 0.0)
+@functools.lru_cache(maxsize=8)
+def _gene_groups(names: tuple[str, ...]) -> np.ndarray:
+    """(n_genes, 4) float64 indicator of mito, ribosomal, haemoglobin and platelet genes.
+
+    Cached: every sample of a cohort has the same genes, and the string matching of ~20,000
+    names costs more than the counting.
+    """
+    upper = pd.Index(names).astype(str).str.upper()
+    groups = np.zeros((len(names), 4))
+    groups[:, 0] = upper.str.startswith("MT-")
+    groups[:, 1] = upper.str.match(r"^RP[SL]\d")
+    groups[:, 2] = upper.isin(HB_GENES)
+    groups[:, 3] = upper.isin(PLATELET_GENES)
+    groups.flags.writeable = False  # shared by every call with these names
+    return groups
 
 
 def rna_metrics(counts: sp.spmatrix, gene_names: pd.Index) -> pd.DataFrame:
@@ -164,8 +173,6 @@ def rna_metrics(counts: sp.spmatrix, gene_names: pd.Index) -> pd.DataFrame:
     (percentages of the cell's UMIs).
     """
     csr = sp.csr_matrix(counts)
-    names = pd.Index(gene_names).astype(str)
-    upper = names.str.upper()
     totals = np.asarray(csr.sum(axis=1)).ravel().astype(np.float64)
     rows = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
     out = pd.DataFrame(
@@ -174,10 +181,13 @@ def rna_metrics(counts: sp.spmatrix, gene_names: pd.Index) -> pd.DataFrame:
             "n_genes": np.bincount(rows[csr.data > 0], minlength=csr.shape[0]),
         }
     )
-    out["pct_mito"] = _share(csr, np.flatnonzero(upper.str.startswith("MT-")), totals)
-    out["pct_ribo"] = _share(csr, np.flatnonzero(upper.str.match(r"^RP[SL]\d")), totals)
-    out["pct_hb"] = _share(csr, np.flatnonzero(upper.isin(HB_GENES)), totals)
-    out["pct_platelet"] = _share(csr, np.flatnonzero(upper.isin(PLATELET_GENES)), totals)
+    # counts of the gene groups per cell: one sparse x dense product (float64: exact for
+    # counts), then in the counts' dtype as a column sum of the matrix would give them
+    parts = np.asarray(csr @ _gene_groups(tuple(map(str, gene_names)))).astype(csr.dtype)
+    names = ("pct_mito", "pct_ribo", "pct_hb", "pct_platelet")
+    for column, part in zip(names, parts.T, strict=True):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[column] = np.where(totals > 0, 100.0 * part / totals, 0.0)
     return out
 
 
@@ -306,6 +316,13 @@ def _first_reason(flags: dict[str, np.ndarray], n: int) -> np.ndarray:
     return reason
 
 
+def _take_rows(mat: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
+    """``mat[rows]``, without the copy when ``rows`` is every row in order."""
+    if rows.size == mat.shape[0] and np.array_equal(rows, np.arange(rows.size)):
+        return mat
+    return mat[rows]
+
+
 def _sample_values(obs: pd.DataFrame, column: str, default: str) -> str:
     if column not in obs or len(obs) == 0:
         return default
@@ -377,7 +394,9 @@ def qc_sample(mdata: MuData, **params: Any) -> tuple[pd.DataFrame, dict[str, Any
             sample=sample,
             hint="keep only cells present in the rna modality",
         )
-    rna_counts = sp.csr_matrix(rna.layers["counts"] if "counts" in rna.layers else rna.X)[pos]
+    rna_counts = _take_rows(
+        sp.csr_matrix(rna.layers["counts"] if "counts" in rna.layers else rna.X), pos
+    )
     m = rna_metrics(rna_counts, rna.var_names)
     m.index = cells
 
@@ -389,7 +408,7 @@ def qc_sample(mdata: MuData, **params: Any) -> tuple[pd.DataFrame, dict[str, Any
             notes.append(f"protein QC skipped: {int((ppos < 0).sum())} cells lack antibodies")
         else:
             pc = sp.csr_matrix(prot.layers["counts"] if "counts" in prot.layers else prot.X)
-            pc = pc[ppos]
+            pc = _take_rows(pc, ppos)
             isotype = (
                 prot.var["isotype"].to_numpy(bool)
                 if "isotype" in prot.var
@@ -434,8 +453,8 @@ def qc_sample(mdata: MuData, **params: Any) -> tuple[pd.DataFrame, dict[str, Any
     flags["doublet"] = np.zeros(n, bool)
     rows = np.flatnonzero(before)
     result = call_doublets(
-        rna_counts[rows],
-        None if prot_counts is None else prot_counts[rows],
+        _take_rows(rna_counts, rows),
+        None if prot_counts is None else _take_rows(prot_counts, rows),
         method=p["doublet_method"],
         min_cells=int(p["doublet_min_cells"]),
         seed=int(p["seed"]),

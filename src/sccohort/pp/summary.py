@@ -1,11 +1,14 @@
-"""Per-sample summary of a freshly read cohort (cells, depth, proteins detected)."""
+"""Per-sample summary of freshly read cells (cells, depth, proteins detected)."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from mudata import MuData
+from anndata import AnnData
 
 #: An antibody counts as detected in a sample when this share of its cells has a count > 0.
 DETECTED_SHARE = 0.10
@@ -19,62 +22,74 @@ def _per_cell(counts: sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
     return totals, nonzero
 
 
-def sample_summary(mdata: MuData, samples: pd.DataFrame) -> pd.DataFrame:
-    """One row per sample: cells, median UMIs and genes, protein depth and antibodies detected.
+def summarise_sample(mods: Mapping[str, AnnData]) -> dict[str, Any]:
+    """One sample's cells as read: their number, median depth, antibody detection.
 
     Parameters
     ----------
-    mdata
-        Cohort object with ``obs["sample_id"]``, modality ``rna`` and optionally ``prot``;
-        raw counts in each modality's ``layers["counts"]``.
+    mods
+        The sample's modalities (``rna``, optionally ``prot``), raw counts in
+        ``layers["counts"]``, all modalities holding the same cells.
+
+    Returns
+    -------
+    ``n_cells``, ``median_umis``, ``median_genes``, ``median_prot_umis`` (NaN without
+    RNA / protein) and ``detected``: per antibody (``pd.Series`` indexed by antibody) the
+    share of cells with a count > 0, or None without protein data.
+    """
+    row: dict[str, Any] = {"n_cells": next(iter(mods.values())).n_obs}
+    row["median_umis"] = row["median_genes"] = row["median_prot_umis"] = np.nan
+    row["detected"] = None
+    if "rna" in mods and row["n_cells"]:
+        umis, genes = _per_cell(mods["rna"].layers["counts"])
+        row["median_umis"], row["median_genes"] = float(np.median(umis)), float(np.median(genes))
+    if "prot" in mods:
+        counts = sp.csr_matrix(mods["prot"].layers["counts"])
+        if row["n_cells"]:
+            row["median_prot_umis"] = float(np.median(_per_cell(counts)[0]))
+        share = np.asarray((counts > 0).sum(axis=0)).ravel() / max(counts.shape[0], 1)
+        row["detected"] = pd.Series(share, index=mods["prot"].var_names.copy())
+    return row
+
+
+def summary_table(
+    rows: Mapping[str, dict[str, Any]], samples: pd.DataFrame, antibodies: pd.Index | None
+) -> pd.DataFrame:
+    """The cohort's table of samples from each sample's `summarise_sample` row.
+
+    Parameters
+    ----------
+    rows
+        ``sample_id -> summarise_sample(...)``.
     samples
         The sample sheet table, indexed by ``sample_id`` (donor, batch, timepoint, tissue
         are copied into the result).
+    antibodies
+        The cohort's antibody panel (those common to all samples), or None without protein.
 
     Returns
     -------
     DataFrame with columns ``sample_id, donor_id, batch, timepoint, tissue, n_cells,
     median_umis, median_genes, median_prot_umis, n_proteins, proteins_detected``
-    (``proteins_detected``: antibodies with a count > 0 in at least ``DETECTED_SHARE`` of
-    the sample's cells; protein columns are empty when the cohort has no protein data).
-    Samples with no cells keep a row with ``n_cells = 0``.
+    (``proteins_detected``: antibodies of the panel with a count > 0 in at least
+    ``DETECTED_SHARE`` of the sample's cells; 0 without protein data).
     """
-    per_cell = pd.DataFrame(index=mdata.obs_names)
-    per_cell["sample_id"] = mdata.obs["sample_id"].astype(str).to_numpy()
-    if "rna" in mdata.mod:
-        rna = mdata.mod["rna"]
-        umis, genes = _per_cell(rna.layers["counts"])
-        per_cell.loc[rna.obs_names, "umis"] = umis
-        per_cell.loc[rna.obs_names, "genes"] = genes
-    has_prot = "prot" in mdata.mod
-    detected: dict[str, int] = {}
-    if has_prot:
-        prot = mdata.mod["prot"]
-        prot_counts = sp.csr_matrix(prot.layers["counts"])
-        totals, _ = _per_cell(prot_counts)
-        per_cell.loc[prot.obs_names, "prot_umis"] = totals
-        prot_samples = mdata.obs.loc[prot.obs_names, "sample_id"].astype(str).to_numpy()
-        for sample_id in np.unique(prot_samples):
-            rows = prot_counts[prot_samples == sample_id]
-            share = np.asarray((rows > 0).sum(axis=0)).ravel() / max(rows.shape[0], 1)
-            detected[sample_id] = int((share >= DETECTED_SHARE).sum())
-
-    grouped = per_cell.groupby("sample_id", observed=True)
     table = pd.DataFrame(index=samples.index.astype(str))
     table.index.name = "sample_id"
     for column in ("donor_id", "batch", "timepoint", "tissue"):
         if column in samples:
             table[column] = samples[column].astype(str).to_numpy()
-    table["n_cells"] = grouped.size().reindex(table.index).fillna(0).astype(int)
-    for column, name in (("umis", "median_umis"), ("genes", "median_genes")):
-        if column in per_cell:
-            table[name] = grouped[column].median().reindex(table.index)
-    if has_prot:
-        table["median_prot_umis"] = grouped["prot_umis"].median().reindex(table.index)
-        table["n_proteins"] = mdata.mod["prot"].n_vars
-        table["proteins_detected"] = pd.Series(detected).reindex(table.index).fillna(0).astype(int)
-    else:
-        table["median_prot_umis"] = np.nan
+    get = {s: rows[s] for s in table.index}
+    table["n_cells"] = [int(get[s]["n_cells"]) for s in table.index]
+    for column in ("median_umis", "median_genes", "median_prot_umis"):
+        table[column] = [get[s][column] for s in table.index]
+    if antibodies is None:
         table["n_proteins"] = 0
         table["proteins_detected"] = 0
+    else:
+        table["n_proteins"] = len(antibodies)
+        table["proteins_detected"] = [
+            int((get[s]["detected"].reindex(antibodies) >= DETECTED_SHARE).sum())
+            for s in table.index
+        ]
     return table.reset_index()

@@ -272,10 +272,11 @@ def assemble_report(
         ),
         ("Methods", "methods", methods),
     ]
-    sections = [_safely(t, a, build) for t, a, build in builders]
     meta: dict[str, Any] = {"title": title}
     if run_json.get("finished"):
         meta["run finished"] = run_json["finished"]
     if run_json.get("status"):
         meta["status"] = run_json["status"]
+    # built one at a time as build_report asks: earlier sections' figures render meanwhile
+    sections = (_safely(t, a, build) for t, a, build in builders)
     return build_report(out, sections, meta)

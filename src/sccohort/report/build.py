@@ -6,7 +6,9 @@ A report is a list of :class:`Section` objects, each a title, an anchor and a li
 jinja2 template ``templates/report.html.j2`` (autoescape on: every user-supplied string is
 shown as text), embeds each figure as a base64 PNG, saves it as PNG and SVG under
 ``OUT/figures/``, links each table to its CSV under ``OUT/tables/`` and writes
-``OUT/report.html`` atomically. The page loads nothing from anywhere (inline CSS, no
+``OUT/report.html`` atomically. Figures render in a second process (see
+:class:`~sccohort.report.figures.FigureWriter`) while later sections are still being
+built, when ``sections`` is a lazy iterable. The page loads nothing from anywhere (inline CSS, no
 scripts, ``data:`` images only; a Content-Security-Policy forbids everything else).
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +30,7 @@ from matplotlib.figure import Figure
 
 from ..errors import InputError
 from ..io.atomic import atomic_path, write_csv
-from .figures import png_bytes, png_data_uri, safe_name, save_figure
+from .figures import FigureWriter, png_data_uri, safe_name
 
 __all__ = [
     "FigureBlock",
@@ -152,12 +155,16 @@ def _slug(text: str) -> str:
 
 
 class _Renderer:
-    """Turns sections into plain data for the template; saves figures and missing CSVs."""
+    """Turns sections into plain data for the template; saves figures and missing CSVs.
 
-    def __init__(self, out: Path) -> None:
+    Figures go to ``writer`` as they come; `finish_figures` fills in their images.
+    """
+
+    def __init__(self, out: Path, writer: FigureWriter) -> None:
         self.out = out
+        self.writer = writer
         self.anchors: set[str] = set()
-        self.figure_names: set[str] = set()
+        self.figures: dict[str, dict[str, Any]] = {}
         self.written: list[Path] = []
 
     def anchor(self, wanted: str) -> str:
@@ -215,23 +222,28 @@ class _Renderer:
                 f"{type(block.figure).__name__}, not a matplotlib Figure"
             )
         stem = safe_name(block.name)
-        if stem in self.figure_names:
+        if stem in self.figures:
             raise InputError(
                 f"two figures are named '{stem}'",
                 key=block.name,
                 hint="Give each FigureBlock a unique name (it names figures/<name>.png and .svg)",
             )
-        self.figure_names.add(stem)
-        png = png_bytes(block.figure)
-        self.written.extend(save_figure(block.figure, self.out / "figures", stem, png=png))
-        return {
+        self.writer.submit(block.figure, stem)
+        rendered = {
             "type": "figure",
-            "src": png_data_uri(png),
+            "src": None,  # set by finish_figures
             "caption": str(block.caption),
             "alt": str(block.alt if block.alt is not None else block.caption or block.name),
             "png": f"figures/{stem}.png",
             "svg": f"figures/{stem}.svg",
         }
+        self.figures[stem] = rendered
+        return rendered
+
+    def finish_figures(self) -> None:
+        for stem, (png, paths) in self.writer.results().items():
+            self.figures[stem]["src"] = png_data_uri(png)
+            self.written.extend(paths)
 
     def table(self, block: TableBlock) -> dict[str, Any]:
         frame = block.frame
@@ -283,10 +295,11 @@ def _environment() -> jinja2.Environment:
 
 def build_report(
     out: str | Path,
-    sections: list[Section],
+    sections: Iterable[Section],
     meta: dict[str, Any] | None = None,
     *,
     filename: str = "report.html",
+    workers: int | None = None,
 ) -> Path:
     """Write the report: ``OUT/report.html`` plus every figure under ``OUT/figures/``.
 
@@ -295,12 +308,18 @@ def build_report(
     out
         The run's output folder (created if needed).
     sections
-        Top-level sections in reading order; nested sections become subsections.
+        Top-level sections in reading order; nested sections become subsections. A
+        generator is consumed one section at a time, each section's figures rendering
+        while the next is built.
     meta
         Shown in the header: ``title`` (default ``"sccohort report"``), ``subtitle``, and any
         other key -> value pairs (e.g. ``{"cohort": ..., "run finished": ...}``), as text.
     filename
         Name of the HTML file inside ``out``.
+    workers
+        Processes rendering figures besides this one (default
+        `~sccohort.report.figures.default_workers`; 0: all in this process). The files do
+        not depend on it.
 
     Returns
     -------
@@ -317,8 +336,10 @@ def build_report(
     meta = dict(meta or {})
     title = str(meta.pop("title", "sccohort report"))
     subtitle = meta.pop("subtitle", None)
-    renderer = _Renderer(out)
-    rendered = [renderer.section(s, 2) for s in sections]
+    with FigureWriter(out / "figures", workers=workers) as writer:
+        renderer = _Renderer(out, writer)
+        rendered = [renderer.section(s, 2) for s in sections]
+        renderer.finish_figures()
     html = (
         _environment()
         .get_template("report.html.j2")

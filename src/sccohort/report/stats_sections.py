@@ -927,7 +927,8 @@ def _gating_blocks(out: Path, mdata: Any, subset: str, l1: str | None, k: int) -
     if prot is not None and all(p in prot.var_names for p in proteins):
         keep = _passing(mdata)
         obs = mdata.obs[keep]
-        matrix = prot.X[np.flatnonzero(keep)][:, prot.var_names.get_indexer(proteins)]
+        # the gated proteins' columns first, then the passing cells (no copy of every column)
+        matrix = prot.X[:, prot.var_names.get_indexer(proteins)][np.flatnonzero(keep)]
         matrix = matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
         values = pd.DataFrame(matrix, columns=proteins)
         start0 = rows[(rows["step"] == 0)]

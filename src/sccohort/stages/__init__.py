@@ -15,12 +15,10 @@ from sccohort.stages.base import Progress, RunState, Silent, Stage
 from sccohort.stages.cells import (
     _stage_annotate,
     _stage_embed,
-    _stage_ingest,
     _stage_markers,
-    _stage_normalize,
-    _stage_qc,
+    _stage_preprocess,
     _stage_subsets,
-    _stage_summary,
+    _stage_umap,
     check_inputs,
 )
 from sccohort.stages.donors import (
@@ -67,24 +65,33 @@ def _stage_report(state: RunState) -> list[Path]:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("ingest", "Reading samples", _stage_ingest, changes_cohort=True, saves_cohort=True),
-    Stage("summary", "Summarising samples", _stage_summary),
-    Stage("qc", "Quality control", _stage_qc, changes_cohort=True),
-    Stage("normalize", "Normalising RNA and protein", _stage_normalize, changes_cohort=True),
+    Stage(
+        "preprocess",
+        "Reading, QC and normalising each sample",
+        _stage_preprocess,
+        changes_cohort=True,
+    ),
     Stage(
         "embed",
-        "Embedding: PCA, Harmony, WNN, Leiden, UMAP",
+        "Embedding: PCA, Harmony, WNN, Leiden",
         _stage_embed,
         changes_cohort=True,
         saves_cohort=True,
     ),
     Stage("annotate", "Annotating cell types", _stage_annotate, changes_cohort=True),
-    Stage("subsets", "Finding and naming subsets", _stage_subsets, changes_cohort=True),
+    Stage(
+        "subsets",
+        "Finding and naming subsets",
+        _stage_subsets,
+        changes_cohort=True,
+        saves_cohort=True,
+    ),
     Stage("markers", "Ranking subset markers", _stage_markers),
     Stage("composition", "Counting cells per donor and subset", _stage_composition),
     Stage("association", "Testing subsets against each contrast", _stage_association),
     Stage("neighbourhoods", "Neighbourhood differential abundance", _stage_neighbourhoods),
     Stage("de", "Pseudobulk differential expression", _stage_de),
     Stage("characterise", "Characterising associated subsets", _stage_characterise),
+    Stage("umap", "UMAP layout (laid out beside the statistics)", _stage_umap, changes_cohort=True),
     Stage("report", "Writing the report", _stage_report),
 )

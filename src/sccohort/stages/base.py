@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,7 +39,11 @@ class Silent:
 
 @dataclass
 class RunState:
-    """Everything the stages share: validated inputs, the cohort object, the output folder."""
+    """Everything the stages share: validated inputs, the cohort object, the output folder.
+
+    ``scheduler`` is what `sccohort.cluster.compute` runs per-sample tasks on;
+    ``background`` holds jobs a stage started for a later one (name -> ``Background``).
+    """
 
     config: Config
     out: Path
@@ -48,6 +52,7 @@ class RunState:
     progress: Progress
     mdata: Any = None
     scheduler: Any = None
+    background: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -7,19 +7,22 @@ import warnings
 from pathlib import Path
 
 import anndata as ad
+import dask
+import mudata as md
 import numpy as np
 import pandas as pd
 import scanpy as sc
 
+from sccohort.cluster import Background, compute
 from sccohort.cohort import SampleSheet
 from sccohort.config import Config
 from sccohort.errors import InputError
 from sccohort.io.atomic import write_csv
-from sccohort.io.read import read_raw_droplets, read_samples
-from sccohort.pp.normalize import clr, dsb, normalize_rna
+from sccohort.io.read import combine_samples
+from sccohort.pp.normalize import clr, dsb
 from sccohort.pp.qc import METRICS as QC_METRICS
-from sccohort.pp.qc import run_qc
-from sccohort.pp.summary import sample_summary
+from sccohort.pp.sample import prepare_sample
+from sccohort.pp.summary import summary_table
 from sccohort.stages.base import RunState
 from sccohort.tl.annotate import annotate
 from sccohort.tl.embed import harmony, highly_variable_genes, leiden, pca_prot, pca_rna, umap
@@ -29,49 +32,86 @@ from sccohort.tl.transfer import load_reference, transfer_labels
 from sccohort.tl.wnn import wnn
 
 
-def _stage_ingest(state: RunState) -> list[Path]:
-    """Read every sample of the sample sheet into one MuData (one Dask task per sample)."""
-    mdata = read_samples(
-        state.samples.table, scheduler=state.scheduler, progress=state.progress.advance
-    )
-    for adata in mdata.mod.values():
-        adata.X = None  # raw counts live in layers["counts"]; normalisation fills .X
-    state.mdata = mdata
-    return []
+def _stage_preprocess(state: RunState) -> list[Path]:
+    """Each sample once, as one Dask task: read, summarise, QC, RNA-normalise; then join.
 
-
-def _stage_summary(state: RunState) -> list[Path]:
-    """Per-sample cells, median genes and UMIs, proteins detected -> ``tables/samples.csv``."""
-    table = sample_summary(state.mdata, state.samples.table)
-    return [write_csv(table, state.out / "tables" / "samples.csv")]
-
-
-def _stage_qc(state: RunState) -> list[Path]:
-    """Flag and remove low-quality cells, doublets, platelets, red cells -> ``tables/qc*.csv``.
-
-    The cohort keeps the cells that pass; every cell's metrics and reason are in
-    ``tables/qc_cells.csv.gz``. A sample left with no cells is dropped with a warning.
+    Writes ``tables/samples.csv`` (per sample as read), ``tables/qc.csv`` (per sample: cells
+    in, removed by each reason, out) and ``tables/qc_cells.csv.gz`` (every cell's metrics
+    and reason). The cohort keeps the cells that pass, with ``obs`` QC columns; proteins
+    are normalised (CLR or dsb) on the panel common to all samples. A sample left with no
+    cells keeps its rows in the tables (a warning names it).
     """
-    mdata = state.mdata
+    table = state.samples.table
     params = dataclasses.asdict(state.config.qc) | {"seed": state.config.seed}
-    table = run_qc(mdata, **params)
+    use_dsb = _protein_method(state) == "dsb"
+    column = lambda name: table[name] if name in table else pd.Series(None, index=table.index)  # noqa: E731
+    formats, tissues, raws = column("format"), column("tissue"), column("raw_path")
+    tasks = [
+        dask.delayed(prepare_sample, pure=False)(
+            str(table.at[s, "path"]),
+            s,
+            format=None if pd.isna(formats[s]) else str(formats[s]),
+            tissue=None if pd.isna(tissues[s]) else str(tissues[s]),
+            qc=params,
+            target_sum=state.config.normalize.target_sum,
+            raw_path=str(raws[s]) if use_dsb else None,
+            dask_key_name=f"prepare-sample-{i}-{s}",
+        )
+        for i, s in enumerate(table.index)
+    ]
+    prepared = compute(tasks, state.scheduler, state.progress.advance)
+    for sample in prepared:
+        for category, message in sample.warnings:
+            warnings.warn(message, category, stacklevel=2)
+    mdata = combine_samples({p.sample_id: p.mods for p in prepared}, table)
+    qc_cells = pd.concat([p.qc_cells for p in prepared])
+    for name in qc_cells.columns:
+        mdata.obs[name] = qc_cells.loc[mdata.obs_names, name].to_numpy()
+    antibodies = mdata.mod["prot"].var_names if "prot" in mdata.mod else None
+    summary = summary_table({p.sample_id: p.summary for p in prepared}, table, antibodies)
+    qc_table = pd.DataFrame([p.qc_row for p in prepared])
+    empties = {p.sample_id: p.empty for p in prepared}
+    del prepared
     columns = ["sample_id", "qc_pass", "qc_reason", "doublet_score", *QC_METRICS]
-    cells = mdata.obs[[c for c in columns if c in mdata.obs]]
+    qc_cells.insert(0, "sample_id", [c.split(":", 1)[0] for c in qc_cells.index])
     written = [
-        write_csv(table, state.out / "tables" / "qc.csv"),
+        write_csv(summary, state.out / "tables" / "samples.csv"),
+        write_csv(qc_table, state.out / "tables" / "qc.csv"),
         write_csv(
-            cells.rename_axis("cell_id"), state.out / "tables" / "qc_cells.csv.gz", index=True
+            qc_cells[[c for c in columns if c in qc_cells]].rename_axis("cell_id"),
+            state.out / "tables" / "qc_cells.csv.gz",
+            index=True,
         ),
     ]
-    keep = mdata.obs["qc_pass"].to_numpy(dtype=bool)
-    if not keep.any():
+    if mdata.n_obs == 0:
         raise InputError(
             "no cell of any sample passed quality control",
             file=state.out / "tables" / "qc.csv",
             hint="check the QC table; for unusual data set [qc] mode or thresholds in the config",
         )
-    state.mdata = mdata[keep].copy()
+    if antibodies is not None:
+        _normalize_protein(mdata.mod["prot"], mdata.obs["sample_id"], empties if use_dsb else None)
+    state.mdata = mdata
     return written
+
+
+def _normalize_protein(
+    prot: ad.AnnData, sample_of_cell: pd.Series, empties: dict[str, ad.AnnData] | None
+) -> None:
+    """CLR per cell, or (``empties`` given) dsb per sample with the sample's empty droplets."""
+    if empties is None:
+        clr(prot, margin="cell")
+        method = "clr"
+    else:
+        prot.X = np.zeros(prot.shape, dtype=np.float32)
+        samples = sample_of_cell.loc[prot.obs_names].astype(str).to_numpy()
+        for sample_id in pd.unique(samples):
+            rows = np.flatnonzero(samples == sample_id)
+            part = prot[rows].copy()
+            dsb(part, empties[sample_id][:, part.var_names].copy())
+            prot.X[rows] = part.X
+        method = "dsb"
+    prot.uns["normalization"] = {"method": method}
 
 
 def _protein_method(state: RunState) -> str:
@@ -148,33 +188,11 @@ def _check_annotation(config: Config) -> None:
         )
 
 
-def _stage_normalize(state: RunState) -> list[Path]:
-    """RNA total-count + log1p into ``.X``; protein CLR or dsb (per sample, its own droplets)."""
-    mdata = state.mdata
-    normalize_rna(mdata.mod["rna"], target_sum=state.config.normalize.target_sum)
-    if "prot" not in mdata.mod:
-        return []
-    prot = mdata.mod["prot"]
-    method = _protein_method(state)
-    if method == "clr":
-        clr(prot, margin="cell")
-    else:
-        prot.X = np.zeros(prot.shape, dtype=np.float32)
-        samples = mdata.obs.loc[prot.obs_names, "sample_id"].astype(str).to_numpy()
-        for sample_id in pd.unique(samples):
-            rows = np.flatnonzero(samples == sample_id)
-            part = prot[rows].copy()
-            raw = state.samples.table.loc[sample_id, "raw_path"]  # present: check_inputs
-            barcodes = [name.split(":", 1)[1] for name in part.obs_names]
-            empty = read_raw_droplets(raw, barcodes, sample_id, modalities=("prot",))
-            dsb(part, empty[:, part.var_names].copy())
-            prot.X[rows] = part.X
-    prot.uns["normalization"] = {"method": method}
-    return []
-
-
 def _stage_embed(state: RunState) -> list[Path]:
-    """HVG, PCA, protein PCA, Harmony, the WNN graph, Leiden and UMAP."""
+    """HVG, PCA, protein PCA, Harmony, the WNN graph and Leiden; starts the UMAP layout.
+
+    The layout runs on a Dask worker beside the next stages; `_stage_umap` collects it.
+    """
     cfg, mdata = state.config.embedding, state.mdata
     seed = state.config.seed
     rna = mdata.mod["rna"]
@@ -217,19 +235,48 @@ def _stage_embed(state: RunState) -> list[Path]:
         graph.obs["rna_weight"] = 1.0
         cluster_key = "wnn"
     leiden(graph, neighbors_key=cluster_key, resolution=cfg.resolution, seed=seed)
-    umap(
-        graph, neighbors_key="wnn", max_cells=cfg.umap_max_cells, init=f"rna_{reps['rna']}",
-        seed=seed,
-    )  # fmt: skip
+    state.background["umap"] = _start_umap(state, graph, graph.obsm[f"rna_{reps['rna']}"])
     for key in ("wnn_connectivities", "wnn_distances", "wnn_snn"):
         if key in graph.obsp:
             mdata.obsp[key] = graph.obsp[key]
     for column in [c for c in graph.obs if c.endswith("_weight")] + ["leiden"]:
         mdata.obs[column] = graph.obs[column].to_numpy()
-    mdata.obsm["X_umap"] = graph.obsm["X_umap"]
-    for key in ("wnn", "leiden", "umap"):
+    for key in ("wnn", "leiden"):
         if key in graph.uns:
             mdata.uns[key] = graph.uns[key]
+    return []
+
+
+def _start_umap(state: RunState, graph: ad.AnnData | md.MuData, init: np.ndarray) -> Background:
+    """The UMAP layout of ``graph``'s WNN graph as a background job, started from ``init``."""
+    layout = ad.AnnData(obs=pd.DataFrame(index=graph.obs_names))
+    layout.obsp["wnn_connectivities"] = graph.obsp["wnn_connectivities"]
+    layout.uns["wnn"] = graph.uns["wnn"]
+    layout.obsm["init"] = np.asarray(init)[:, :2]
+    cfg = state.config
+    return Background(state.scheduler, umap_layout, layout, cfg.embedding.umap_max_cells, cfg.seed)
+
+
+def umap_layout(layout: ad.AnnData, max_cells: int, seed: int) -> tuple[np.ndarray, dict]:
+    """UMAP coordinates (``n_cells x 2``) and parameters of the WNN graph in ``layout``.
+
+    ``layout`` holds ``obsp["wnn_connectivities"]``, ``uns["wnn"]`` and the starting
+    coordinates in ``obsm["init"]``; runs as a background task on a Dask worker.
+    """
+    umap(layout, neighbors_key="wnn", max_cells=max_cells, init="init", seed=seed)
+    return layout.obsm["X_umap"], layout.uns["umap"]
+
+
+def _stage_umap(state: RunState) -> list[Path]:
+    """Collect the UMAP layout started by the embed stage (or lay it out now on resume)."""
+    job = state.background.pop("umap", None)
+    mdata = state.mdata
+    if job is None:
+        init = mdata.obsm["X_harmony" if "X_harmony" in mdata.obsm else "X_pca"]
+        job = _start_umap(state, mdata, init)
+    coords, info = job.result()
+    mdata.obsm["X_umap"] = coords
+    mdata.uns["umap"] = info
     return []
 
 

@@ -1,0 +1,210 @@
+"""Where a run's parallel work goes: a Dask cluster (local or existing) or local threads.
+
+Per-sample stages are lists of ``dask.delayed`` tasks (`compute`); longer cohort-level jobs
+that later stages need (the UMAP layout) run beside the main process (`Background`).
+
+- ``"local"`` (the default of ``sccohort run``): a ``distributed.LocalCluster`` of one
+  single-threaded worker process per core, started for the run and closed after it;
+- ``"tcp://HOST:PORT"`` (or any scheduler address): an existing cluster
+  (``dask scheduler`` + ``dask worker``); its workers need sccohort installed and must read
+  the input files at the same paths;
+- a ``distributed.Client``: used as it is (not closed);
+- ``"threads"`` / ``"sync"``: Dask's local schedulers in this process (no worker
+  processes; background jobs run when their result is asked for);
+- ``"auto"`` (the default): ``"local"`` when the machine has several cores and the count
+  files hold at least `AUTO_LOCAL_BYTES`, else ``"threads"`` (starting worker processes
+  costs a few seconds, more than a small cohort's per-sample work).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import dask
+from dask.callbacks import Callback
+
+from sccohort.errors import InputError
+
+#: Dask's in-process schedulers.
+LOCAL_SCHEDULERS = ("threads", "threading", "sync", "synchronous")
+#: Count files of at least this size make ``"auto"`` start a local cluster.
+AUTO_LOCAL_BYTES = 20 * 2**20
+
+
+class _Progress(Callback):
+    """Counts finished tasks of an in-process Dask computation."""
+
+    def __init__(self, keys: set, progress: Callable[[int, int], None]) -> None:
+        super().__init__()
+        self._keys = keys
+        self._progress = progress
+        self._done = 0
+
+    def _posttask(self, key, result, dsk, state, worker_id) -> None:
+        if key in self._keys:
+            self._done += 1
+            self._progress(self._done, len(self._keys))
+
+
+def _is_client(scheduler: Any) -> bool:
+    try:
+        from distributed import Client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return False
+    return isinstance(scheduler, Client)
+
+
+def local_workers() -> int:
+    """Worker processes of the default local cluster: one per core the process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_scheduler(choice: Any, input_bytes: int) -> Any:
+    """``"auto"`` -> ``"local"`` or ``"threads"`` (see the module docstring); else ``choice``."""
+    if choice != "auto":
+        return choice
+    return "local" if local_workers() > 1 and input_bytes >= AUTO_LOCAL_BYTES else "threads"
+
+
+@contextmanager
+def dask_scheduler(scheduler: Any = "local", n_workers: int | None = None) -> Iterator[Any]:
+    """Open what `compute` and `Background` run on, for the duration of a run.
+
+    Parameters
+    ----------
+    scheduler
+        ``None`` or ``"local"`` (a LocalCluster of ``n_workers`` single-threaded processes,
+        default one per core), a scheduler address, a ``distributed.Client``, or one of
+        `LOCAL_SCHEDULERS`.
+    n_workers
+        Workers of a local cluster.
+
+    Yields
+    ------
+    A ``distributed.Client``, or the name of an in-process Dask scheduler.
+
+    Raises
+    ------
+    InputError
+        The scheduler address cannot be reached.
+    """
+    if scheduler in LOCAL_SCHEDULERS or _is_client(scheduler):
+        yield scheduler
+        return
+    from distributed import Client, LocalCluster
+
+    if scheduler is None or scheduler == "local":
+        with warnings.catch_warnings():
+            # the scheduler's HTTP endpoint moves to a free port if 8787 is taken; not news
+            warnings.filterwarnings("ignore", message="Port .* is already in use")
+            cluster = LocalCluster(
+                n_workers=n_workers or local_workers(),
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
+        client = Client(cluster)
+        try:
+            yield client
+        finally:
+            client.close()
+            cluster.close()
+        return
+    try:
+        client = Client(str(scheduler), timeout="20s")
+    except (OSError, TimeoutError) as err:
+        raise InputError(
+            f"cannot reach the Dask scheduler at '{scheduler}': {err}",
+            key="--scheduler",
+            hint="Start one with `dask scheduler` (and workers with `dask worker ADDRESS`), "
+            "or leave out --scheduler to use a local cluster",
+        ) from err
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def describe_scheduler(scheduler: Any) -> dict[str, Any]:
+    """What ran the tasks, for ``run.json``: kind, address and workers of a cluster."""
+    if not _is_client(scheduler):
+        return {"kind": str(scheduler or "threads")}
+    info = scheduler.scheduler_info()
+    workers = info.get("workers", {})
+    return {
+        "kind": "distributed",
+        "address": str(scheduler.scheduler.address),
+        "workers": len(workers),
+        "threads": int(sum(w.get("nthreads", 0) for w in workers.values())),
+    }
+
+
+def compute(
+    tasks: list, scheduler: Any = None, progress: Callable[[int, int], None] | None = None
+) -> list:
+    """Compute ``dask.delayed`` tasks; results in task order.
+
+    Parameters
+    ----------
+    tasks
+        Delayed objects (one per sample).
+    scheduler
+        A ``distributed.Client``, a scheduler address (a client is opened for this call),
+        ``None`` (Dask's local threads) or one of `LOCAL_SCHEDULERS`.
+    progress
+        Called as ``progress(done, total)`` after each task.
+
+    Raises
+    ------
+    Exception
+        The first failing task's own error (an `InputError` naming the sample).
+    """
+    if scheduler is None or scheduler in LOCAL_SCHEDULERS:
+        name = "threads" if scheduler is None else scheduler
+        if progress is None:
+            return list(dask.compute(*tasks, scheduler=name))
+        with _Progress({t.key for t in tasks}, progress):
+            return list(dask.compute(*tasks, scheduler=name))
+    from distributed import Client, as_completed
+
+    client = scheduler if _is_client(scheduler) else Client(scheduler)
+    try:
+        futures = client.compute(tasks)
+        for done, future in enumerate(as_completed(futures), start=1):
+            if future.status == "error":
+                future.result()  # re-raises the task's error
+            if progress is not None:
+                progress(done, len(futures))
+        return client.gather(futures)
+    finally:
+        if client is not scheduler:
+            client.close()
+
+
+class Background:
+    """A function call that runs on a Dask worker while this process goes on.
+
+    On an in-process scheduler (or ``None``) the call runs when `result` is first asked for.
+    """
+
+    def __init__(self, scheduler: Any, function: Callable[..., Any], *args: Any) -> None:
+        self._call = (function, args)
+        self._future = None
+        if _is_client(scheduler):
+            self._future = scheduler.submit(function, *args, pure=False)
+
+    def result(self) -> Any:
+        """The call's return value (waits for it; re-raises its error)."""
+        if self._future is not None:
+            return self._future.result()
+        function, args = self._call
+        return function(*args)
