@@ -1,4 +1,4 @@
-"""Pseudobulk DE: our engine (pydeseq2) against R DESeq2 on the same pseudobulk matrices.
+"""Pseudobulk DE: our engines (deseq2, pydeseq2) against R DESeq2 on the same pseudobulks.
 
 Reads the processed dev cohort (``cohort.h5mu`` of a paper-design simulation, 27 donors),
 sums raw counts per donor x group (l2 and subset) with ``sccohort.stats.pseudobulk``, and for

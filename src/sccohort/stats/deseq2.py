@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 import pandas as pd
 from scipy import special, stats
+from scipy.optimize.elementwise import find_root
 
 from sccohort.errors import InputError
 
@@ -43,16 +44,62 @@ def _size_factors(y: np.ndarray) -> np.ndarray:
     return sf
 
 
-def _nb_loglik(y: np.ndarray, mu: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """NB log-likelihood per gene; y, mu (genes x donors), alpha (genes,)."""
-    r = 1.0 / alpha[:, None]
-    return (
-        special.gammaln(y + r)
-        - special.gammaln(r)
-        - special.gammaln(y + 1)
-        + r * np.log(r / (r + mu))
-        + y * np.log(mu / (r + mu))
-    ).sum(axis=1)
+class _SymStack:
+    """Symmetric positive definite p x p matrices, one per gene, as their Cholesky factors.
+
+    Built from the upper-triangle entries ``{(i, j): (genes,)}`` (i <= j). The factorisation
+    is unrolled over the p (p + 1) / 2 entries with whole-gene vectors: for the small p of
+    a donor design this is several times faster than LAPACK called per 3 x 3 matrix.
+    """
+
+    def __init__(self, entries: dict[tuple[int, int], np.ndarray], p: int) -> None:
+        low: dict[tuple[int, int], np.ndarray] = {}
+        for j in range(p):
+            low[j, j] = np.sqrt(entries[j, j] - sum(low[j, k] ** 2 for k in range(j)))
+            for i in range(j + 1, p):
+                cross = sum(low[i, k] * low[j, k] for k in range(j))
+                low[i, j] = (entries[j, i] - cross) / low[j, j]
+        self.low, self.p = low, p
+
+    def logdet(self) -> np.ndarray:
+        """Log-determinant per gene (genes,)."""
+        return 2.0 * sum(np.log(self.low[j, j]) for j in range(self.p))
+
+    def solve(self, rhs: list[np.ndarray]) -> list[np.ndarray]:
+        """A b = rhs per gene; rhs and b as p vectors (genes,)."""
+        low, p = self.low, self.p
+        v: list[np.ndarray] = []
+        for i in range(p):
+            v.append((rhs[i] - sum(low[i, k] * v[k] for k in range(i))) / low[i, i])
+        b: list[np.ndarray] = [np.empty(0)] * p
+        for i in reversed(range(p)):
+            b[i] = (v[i] - sum(low[k, i] * b[k] for k in range(i + 1, p))) / low[i, i]
+        return b
+
+    def inverse(self) -> dict[tuple[int, int], np.ndarray]:
+        """Upper-triangle entries of the inverse, ``{(i, j): (genes,)}``."""
+        low, p = self.low, self.p
+        m: dict[tuple[int, int], np.ndarray] = {}  # the inverse of the factor (lower)
+        for i in range(p):
+            m[i, i] = 1.0 / low[i, i]
+            for j in range(i):
+                m[i, j] = -sum(low[i, k] * m[k, j] for k in range(j, i)) / low[i, i]
+        return {
+            (i, j): sum(m[k, i] * m[k, j] for k in range(j, p))
+            for i in range(p)
+            for j in range(i, p)
+        }
+
+
+def _gram(w: np.ndarray, x: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
+    """Upper-triangle entries of X'WX per gene from weights w (genes x donors), x (donors x p)."""
+    p = x.shape[1]
+    return {(i, j): w @ (x[:, i] * x[:, j]) for i in range(p) for j in range(i, p)}
+
+
+def _linear(beta: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Linear predictors (genes x donors) of coefficients (genes x p), design (donors x p)."""
+    return np.einsum("gi,mi->gm", beta, x)  # BLAS is slow for this skinny product
 
 
 def _irls(
@@ -60,25 +107,33 @@ def _irls(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """NB GLM fits of every gene (DESeq2's fitBeta): beta (genes x p), mu, weights."""
     n_genes, p = y.shape[0], x.shape[1]
-    ridge = np.eye(p) * _RIDGE
-    beta = np.linalg.lstsq(x, np.log(y / sf + 0.1).T, rcond=None)[0].T
-    mu = np.maximum(sf * np.exp(beta @ x.T), _MIN_MU)
+    r = 1.0 / alpha[:, None]
+    # the part of the log-likelihood that does not depend on mu, once per gene
+    const = (special.gammaln(y + r) - special.gammaln(r) - special.gammaln(y + 1)).sum(axis=1)
+    const += y.shape[1] * (r * np.log(r))[:, 0]
+    log_sf, log_min = np.log(sf), np.log(_MIN_MU)
+    start = np.log(y / sf + 0.1)
+    beta = np.column_stack([start @ row for row in np.linalg.pinv(x)])  # least squares
+    log_mu = np.maximum(log_sf + _linear(beta, x), log_min)
+    mu = np.exp(log_mu)
     dev_old = np.full(n_genes, np.inf)
     active = np.ones(n_genes, dtype=bool)
     for _ in range(maxit):
         idx = np.flatnonzero(active)
         if idx.size == 0:
             break
-        m = mu[idx]
+        m, yi, ri = mu[idx], y[idx], r[idx]
         w = m / (1.0 + alpha[idx, None] * m)
-        z = np.log(m / sf) + (y[idx] - m) / m
-        xtwx = np.einsum("gm,mi,mj->gij", w, x, x) + ridge
-        xtwz = np.einsum("gm,mi->gi", w * z, x)
-        b = np.linalg.solve(xtwx, xtwz[..., None])[..., 0]
+        wz = w * (log_mu[idx] - log_sf + (yi - m) / m)
+        xtwx = _gram(w, x)
+        for i in range(p):
+            xtwx[i, i] = xtwx[i, i] + _RIDGE
+        b = np.column_stack(_SymStack(xtwx, p).solve([wz @ x[:, i] for i in range(p)]))
         beta[idx] = b
-        m = np.maximum(sf * np.exp(b @ x.T), _MIN_MU)
-        mu[idx] = m
-        dev = -2.0 * _nb_loglik(y[idx], m, alpha[idx])
+        lm = np.maximum(log_sf + _linear(b, x), log_min)
+        m = np.exp(lm)
+        log_mu[idx], mu[idx] = lm, m
+        dev = -2.0 * (const[idx] + (yi * lm - (ri + yi) * np.log(ri + m)).sum(axis=1))
         done = np.abs(dev - dev_old[idx]) / (np.abs(dev) + 0.1) < 1e-8
         done |= np.abs(b).max(axis=1) > 30
         dev_old[idx] = dev
@@ -87,29 +142,112 @@ def _irls(
     return beta, mu, w
 
 
-def _log_posterior(
-    log_alpha: np.ndarray,
-    y: np.ndarray,
-    mu: np.ndarray,
-    x: np.ndarray,
-    prior_mean: np.ndarray | None,
-    prior_var: float,
-) -> np.ndarray:
-    """Cox-Reid adjusted NB log-likelihood (+ log-normal prior) of dispersions, per gene."""
-    alpha = np.exp(log_alpha)
-    r = 1.0 / alpha[:, None]
-    ll = (
-        special.gammaln(y + r).sum(axis=1)
-        - y.shape[1] * special.gammaln(r[:, 0])
-        - (y * np.log(mu + r)).sum(axis=1)
-        - r[:, 0] * np.log1p(mu * alpha[:, None]).sum(axis=1)
-    )
-    w = 1.0 / (1.0 / mu + alpha[:, None])
-    xtwx = np.einsum("gm,mi,mj->gij", w, x, x)
-    ll -= 0.5 * np.linalg.slogdet(xtwx)[1]
-    if prior_mean is not None:
-        ll -= 0.5 * (log_alpha - prior_mean) ** 2 / prior_var
-    return ll
+class _Posterior:
+    """Cox-Reid adjusted NB log-likelihood (+ log-normal prior) of log dispersions, per gene.
+
+    ``value(log_alpha, genes)`` and its derivative ``slope(log_alpha, genes)`` for the genes
+    (rows of y, mu: genes x donors) indexed by ``genes``, one log dispersion each.
+    """
+
+    def __init__(
+        self,
+        y: np.ndarray,
+        mu: np.ndarray,
+        x: np.ndarray,
+        prior_mean: np.ndarray | None,
+        prior_var: float,
+    ) -> None:
+        self.y, self.mu, self.x = y, mu, x
+        self.inv_mu, self.resid = 1.0 / mu, mu - y
+        self.prior_mean, self.prior_var = prior_mean, prior_var
+
+    def value(self, log_alpha: np.ndarray, genes: np.ndarray) -> np.ndarray:
+        y, mu = self.y[genes], self.mu[genes]
+        alpha = np.exp(log_alpha)
+        r = 1.0 / alpha
+        ll = (
+            special.gammaln(y + r[:, None]).sum(axis=1)
+            - y.shape[1] * special.gammaln(r)
+            - (y * np.log(mu + r[:, None])).sum(axis=1)
+            - r * np.log1p(mu * alpha[:, None]).sum(axis=1)
+        )
+        w = 1.0 / (self.inv_mu[genes] + alpha[:, None])
+        ll -= 0.5 * _SymStack(_gram(w, self.x), self.x.shape[1]).logdet()
+        if self.prior_mean is not None:
+            ll -= 0.5 * (log_alpha - self.prior_mean[genes]) ** 2 / self.prior_var
+        return ll
+
+    def slope(self, log_alpha: np.ndarray, genes: np.ndarray) -> np.ndarray:
+        y, mu = self.y[genes], self.mu[genes]
+        m, p = y.shape[1], self.x.shape[1]
+        alpha = np.exp(log_alpha)
+        r = 1.0 / alpha
+        mu_r = mu + r[:, None]
+        # d loglik / d r; log1p(mu alpha) = log(mu + r) - log(r)
+        d_r = (
+            special.digamma(y + r[:, None]).sum(axis=1)
+            - m * special.digamma(r)
+            - np.log(mu_r).sum(axis=1)
+            + m * np.log(r)
+            + (self.resid[genes] / mu_r).sum(axis=1)
+        )
+        # Cox-Reid: d(-0.5 log det X'WX)/d alpha = 0.5 tr((X'WX)^-1 X'W^2X)
+        w = 1.0 / (self.inv_mu[genes] + alpha[:, None])
+        inv = _SymStack(_gram(w, self.x), p).inverse()
+        w2 = _gram(w * w, self.x)
+        trace = sum((1.0 if i == j else 2.0) * inv[i, j] * w2[i, j] for i, j in inv)
+        d = -r * d_r + 0.5 * alpha * trace
+        if self.prior_mean is not None:
+            d -= (log_alpha - self.prior_mean[genes]) / self.prior_var
+        return d
+
+
+def _climb(post: _Posterior, grid: np.ndarray, start: np.ndarray, genes: np.ndarray) -> np.ndarray:
+    """Grid index of the local maximum reached by climbing from ``start`` (genes,).
+
+    The first step goes right if that is uphill, else the climb goes left; it stops before
+    the first point that is not strictly higher. Only the grid points on the way are
+    evaluated.
+    """
+    size = grid.size
+    s = np.clip(np.searchsorted(grid, np.log(start[genes])), 0, size - 1)
+    s1 = np.minimum(s + 1, size - 1)
+    f_s = post.value(grid[s], genes)
+    f_s1 = post.value(grid[s1], genes)
+    right = f_s1 > f_s
+    best = np.where(right, s1, s)
+    f_best = np.where(right, f_s1, f_s)
+    step = np.where(right, 1, -1)
+    active = (best + step >= 0) & (best + step < size)
+    while active.any():
+        i = np.flatnonzero(active)
+        k = best[i] + step[i]
+        f_k = post.value(grid[k], genes[i])
+        up = f_k > f_best[i]
+        best[i[up]], f_best[i[up]] = k[up], f_k[up]
+        nxt = best[i] + step[i]
+        active[i] = up & (nxt >= 0) & (nxt < size)
+    return best
+
+
+def _golden(post: _Posterior, lo: np.ndarray, hi: np.ndarray, genes: np.ndarray) -> np.ndarray:
+    """Golden-section search for the maximum in [lo, hi] of each gene (40 steps)."""
+    ratio = (np.sqrt(5.0) - 1) / 2
+    c, d = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fc, fd = post.value(c, genes), post.value(d, genes)
+    for _ in range(40):
+        left = fc > fd  # the maximum lies in [lo, d]
+        hi = np.where(left, d, hi)
+        lo = np.where(left, lo, c)
+        new = np.where(left, hi - ratio * (hi - lo), lo + ratio * (hi - lo))
+        f_new = post.value(new, genes)
+        c, fc, d, fd = (
+            np.where(left, new, d),
+            np.where(left, f_new, fd),
+            np.where(left, c, new),
+            np.where(left, fc, f_new),
+        )
+    return (lo + hi) / 2
 
 
 def _fit_dispersion(
@@ -121,49 +259,44 @@ def _fit_dispersion(
     prior_mean: np.ndarray | None = None,
     prior_var: float = 1.0,
 ) -> np.ndarray:
-    """Maximise `_log_posterior` in log(alpha) per gene, uphill from ``start`` (genes,).
+    """Maximise the Cox-Reid log posterior in log(alpha) per gene, uphill from ``start``.
 
     Like DESeq2's line search, the estimate is the local maximum reached by climbing from
-    the start (found on a grid, then refined by golden-section search); a gene starting at
-    the lower bound, where the likelihood is flat, stays there as in R.
+    the start on a 60-point grid (`_climb`); it is then refined within one grid step by
+    Chandrupatla's bracketing root search (:func:`scipy.optimize.elementwise.find_root`) on
+    the analytic derivative, or by golden-section search where the derivative does not
+    change sign there. A gene starting at the lower bound, where the likelihood is flat,
+    stays there as in R. Returns dispersions (genes,).
     """
     n_genes = y.shape[0]
+    post = _Posterior(y, mu, x, prior_mean, prior_var)
     grid = np.linspace(np.log(_MIN_DISP / 10), np.log(max_disp), 60)
-    values = np.stack([
-        _log_posterior(np.full(n_genes, g), y, mu, x, prior_mean, prior_var) for g in grid
-    ])  # fmt: skip
-    k = np.arange(grid.size)[:, None]
-    peak = np.ones(values.shape, dtype=bool)
-    peak[1:] &= values[1:] >= values[:-1]
-    peak[:-1] &= values[:-1] >= values[1:]
-    next_peak = np.minimum.accumulate(np.where(peak, k, grid.size)[::-1], axis=0)[::-1]
-    prev_peak = np.maximum.accumulate(np.where(peak, k, -1), axis=0)
-    genes = np.arange(n_genes)
-    s = np.clip(np.searchsorted(grid, np.log(start)), 0, grid.size - 1)
-    right = values[np.minimum(s + 1, grid.size - 1), genes] > values[s, genes]
-    best = np.where(right, next_peak[s, genes], prev_peak[s, genes])
-    best = np.where((best < 0) | (best >= grid.size), np.argmax(values, axis=0), best)
     step = grid[1] - grid[0]
+    fitted = np.full(n_genes, _MIN_DISP)
+    at_floor = start <= _MIN_DISP * (1 + 1e-9)
+    genes = np.flatnonzero(~at_floor) if prior_mean is None else np.arange(n_genes)
+    if genes.size == 0:
+        return fitted
+    best = _climb(post, grid, start, genes)
     lo, hi = grid[best] - step, grid[best] + step
-    ratio = (np.sqrt(5.0) - 1) / 2
-    c, d = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    fc = _log_posterior(c, y, mu, x, prior_mean, prior_var)
-    fd = _log_posterior(d, y, mu, x, prior_mean, prior_var)
-    for _ in range(40):
-        left = fc > fd  # the maximum lies in [lo, d]
-        hi = np.where(left, d, hi)
-        lo = np.where(left, lo, c)
-        new = np.where(left, hi - ratio * (hi - lo), lo + ratio * (hi - lo))
-        f_new = _log_posterior(new, y, mu, x, prior_mean, prior_var)
-        c, fc, d, fd = (
-            np.where(left, new, d),
-            np.where(left, f_new, fd),
-            np.where(left, c, new),
-            np.where(left, fc, f_new),
+    # a maximum within one step of a grid point below log(_MIN_DISP) is clipped to it
+    low = hi <= np.log(_MIN_DISP)
+    genes, lo, hi = genes[~low], lo[~low], hi[~low]
+    log_fit = np.full(genes.size, np.nan)
+    if genes.size:
+        res = find_root(
+            lambda t, g: post.slope(t, g.astype(np.intp)),
+            (lo, hi),
+            args=(genes,),
+            tolerances={"xatol": 1e-8},
+            maxiter=100,
         )
-    fitted = np.clip(np.exp((lo + hi) / 2), _MIN_DISP, max_disp)
-    if prior_mean is None:
-        fitted = np.where(start <= _MIN_DISP * (1 + 1e-9), _MIN_DISP, fitted)
+        # a maximum: the slope falls through zero (a rise would be a minimum)
+        ok = res.success & (res.f_bracket[0] >= res.f_bracket[1])
+        log_fit[ok] = res.x[ok]
+        if not ok.all():
+            log_fit[~ok] = _golden(post, lo[~ok], hi[~ok], genes[~ok])
+        fitted[genes] = np.clip(np.exp(log_fit), _MIN_DISP, max_disp)
     return fitted
 
 
