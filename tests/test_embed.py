@@ -82,6 +82,38 @@ def test_hvg_picks_planted_variable_genes_and_matches_scanpy() -> None:
     assert set(planted) <= set(np.flatnonzero(a.var["highly_variable"]))
 
 
+def test_hvg_equals_scanpy_bit_for_bit_with_uneven_batches() -> None:
+    """The one-pass batch statistics reproduce scanpy's per-batch copies exactly."""
+    rng = np.random.default_rng(7)
+    n, g = 700, 400
+    lam = rng.gamma(0.7, 1.5, g) * np.exp(rng.normal(0, 1, (3, g)))[rng.integers(0, 3, n)]
+    counts = rng.poisson(lam).astype(np.float32)
+    batch = rng.choice(["b0", "b1", "b2", "b3"], n, p=[0.5, 0.3, 0.15, 0.05])
+    counts[batch == "b3", :40] = 0  # genes a batch does not express are dropped in that batch
+    a = ad.AnnData(sp.csr_matrix(np.log1p(counts)))
+    a.var_names = [f"G{i}" for i in rng.permutation(g)]  # name order != column order
+    a.obs["sample_id"] = batch
+    for key in ("sample_id", None):
+        ours = a.copy()
+        embed.highly_variable_genes(ours, n_top_genes=60, batch_key=key, exclude=())
+        ref = sc.pp.highly_variable_genes(
+            a.copy(), n_top_genes=60, flavor="seurat", batch_key=key, inplace=False
+        )
+        assert ours.var["highly_variable"].sum() == 60
+        np.testing.assert_array_equal(ours.var["highly_variable"], ref["highly_variable"])
+        np.testing.assert_array_equal(ours.var["means"], ref["means"])
+        np.testing.assert_array_equal(ours.var["dispersions_norm"], ref["dispersions_norm"])
+        if key is not None:
+            np.testing.assert_array_equal(
+                ours.var["highly_variable_nbatches"], ref["highly_variable_nbatches"]
+            )
+    dense = a.copy()  # dense .X goes through scanpy itself: the same selection
+    dense.X = dense.X.toarray()
+    embed.highly_variable_genes(dense, n_top_genes=60, exclude=())
+    embed.highly_variable_genes(a, n_top_genes=60, exclude=())
+    np.testing.assert_array_equal(dense.var["highly_variable"], a.var["highly_variable"])
+
+
 def test_hvg_bad_input() -> None:
     a = ad.AnnData(sp.csr_matrix(np.ones((10, 5), dtype=np.float32)))
     with pytest.raises(InputError, match="batch column 'sample_id'"):
@@ -118,6 +150,17 @@ def test_pca_rna_equals_dense_scale_and_pca(dtype: str) -> None:
     assert np.allclose(np.abs(loadings.T @ pca.components_.T), np.eye(15), atol=1e-3)
     assert (a.varm["PCs"][~a.var["highly_variable"].to_numpy()] == 0).all()
     assert sp.issparse(a.X)  # .X untouched
+
+
+def test_scaled_pca_reads_csr_columns_in_place_like_the_dense_path() -> None:
+    x, _ = _log_counts(700, 90, 3, seed=6)
+    cols = np.flatnonzero(np.arange(90) % 4 != 1)
+    sparse_res = embed.scaled_pca(x, 12, columns=cols, block_cells=100)
+    dense_res = embed.scaled_pca(x.toarray(), 12, columns=cols, block_cells=100)
+    for got, ref in zip(sparse_res, dense_res, strict=True):  # dense sums add in another order
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-9)
+    subset = embed.scaled_pca(x[:, cols], 12, block_cells=100)
+    np.testing.assert_array_equal(subset[0], sparse_res[0])
 
 
 def test_pca_prot_excludes_isotypes_and_defaults_comps() -> None:
@@ -175,6 +218,37 @@ def test_harmony_mixes_batches_and_keeps_cell_types() -> None:
     again = a.copy()
     embed.harmony(again, "X_pca", batch_key="sample_id", seed=0)
     assert np.array_equal(again.obsm["X_harmony"], a.obsm["X_harmony"])  # deterministic
+
+
+def test_leiden_equals_scanpy_igraph_leiden_with_half_the_edges() -> None:
+    emb, types, _ = _blobs(120, 6, 2, shift=0.5, seed=8)
+    a = ad.AnnData(obs=pd.DataFrame(index=map(str, range(len(types)))))
+    a.obsm["X"] = emb
+    sc.pp.neighbors(a, use_rep="X", n_neighbors=15, random_state=0)
+    knn = a.obsp["connectivities"]
+    # an SNN-like graph with loops on the diagonal, as the WNN "wsnn" graph
+    snn = (knn @ knn.T).tocsr()
+    snn.data = snn.data / snn.data.max()
+    a.obsp["snn"] = snn
+    a.uns["snn"] = {"connectivities_key": "snn", "distances_key": "distances"}
+    for key, res in (("neighbors", 0.5), ("snn", 1.0)):
+        graph = embed._igraph_undirected(a.obsp[a.uns[key]["connectivities_key"]])
+        adj = a.obsp[a.uns[key]["connectivities_key"]]
+        assert graph.ecount() == (sp.triu(adj).nnz)
+        # the node strengths of scanpy's graph, which has every pair twice (a loop counts 2x)
+        np.testing.assert_allclose(
+            graph.strength(weights="weight"), 2 * np.asarray(adj.astype(float).sum(axis=1)).ravel()
+        )
+        embed.leiden(a, neighbors_key=key, resolution=res, seed=3)
+        ref = a.copy()
+        sc.tl.leiden(
+            ref, neighbors_key=key, resolution=res, flavor="igraph", n_iterations=2,
+            directed=False, random_state=3,
+        )  # fmt: skip
+        assert a.obs["leiden"].cat.categories.equals(ref.obs["leiden"].cat.categories)
+        np.testing.assert_array_equal(a.obs["leiden"].to_numpy(), ref.obs["leiden"].to_numpy())
+        assert metrics.ari(a.obs["leiden"].to_numpy(), types) > 0.9
+    assert a.uns["leiden"]["params"] == {"resolution": 1.0, "random_state": 3, "n_iterations": 2}
 
 
 def test_umap_subsample_places_all_cells_near_their_type(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,7 @@ from sccohort.tl.wnn import (
     WNNInputError,
     _knn_exact,
     _knn_ivf,
+    _weighted_select,
     _wnn_steps,
     wnn,
     wnn_graph,
@@ -163,6 +164,35 @@ def test_renumbering_the_cells_leaves_every_wnn_step_unchanged():
     np.testing.assert_array_equal(perm[got[2][inv]], ref[2])  # WNN neighbours
     np.testing.assert_array_equal(got[3][inv], ref[3])  # affinities
     assert (got[4][inv][:, inv] != ref[4]).nnz == 0  # SNN graph
+
+
+def test_weighted_select_skips_only_candidates_that_cannot_win():
+    """The early exit on an affinity bound keeps exactly the brute-force top k (ties: first)."""
+    rng = np.random.default_rng(9)
+    n, k, n_cand = 300, 10, 60
+    a = rng.normal(size=(n, 6))
+    b = rng.normal(size=(n, 4))
+    x = np.hstack([a / np.linalg.norm(a, axis=1)[:, None], b / np.linalg.norm(b, axis=1)[:, None]])
+    bounds = np.array([0, 6, 10])
+    cand = rng.integers(0, n, (n, n_cand)).astype(np.int32)  # with repeats
+    cand[:, 1] = cand[:, 0]
+    w0 = rng.uniform(0, 1, n)
+    w0[:50] = 1.0  # one modality only: the other term is 0, ties at the bound
+    weights = np.column_stack([w0, 1 - w0])
+    sigma = rng.uniform(0.05, 1.0, (n, 2))
+    nearest = rng.uniform(0, 0.3, (n, 2))
+    idx, aff = _weighted_select(x, bounds, cand, weights, sigma, nearest, k)
+    for i in range(n):
+        seen = list(dict.fromkeys(cand[i].tolist()))  # first occurrences, in order
+        full = np.zeros(len(seen))
+        for r in range(2):
+            lo, hi = bounds[r], bounds[r + 1]
+            d = np.sqrt(((x[seen, lo:hi] - x[i, lo:hi]) ** 2).sum(axis=1))
+            dd = np.maximum(d - nearest[i, r], 0.0)
+            full = full + weights[i, r] * np.exp(-dd / sigma[i, r])
+        best = np.argsort(-full, kind="stable")[:k]
+        np.testing.assert_array_equal(idx[i], np.array(seen)[best])
+        np.testing.assert_allclose(aff[i], full[best], rtol=1e-12)
 
 
 @pytest.mark.parametrize(

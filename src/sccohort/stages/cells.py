@@ -44,8 +44,10 @@ def _stage_preprocess(state: RunState) -> list[Path]:
     table = state.samples.table
     params = dataclasses.asdict(state.config.qc) | {"seed": state.config.seed}
     use_dsb = _protein_method(state) == "dsb"
-    column = lambda name: table[name] if name in table else pd.Series(None, index=table.index)  # noqa: E731
-    formats, tissues, raws = column("format"), column("tissue"), column("raw_path")
+    formats, tissues, raws = (
+        table[name] if name in table else pd.Series(None, index=table.index)
+        for name in ("format", "tissue", "raw_path")
+    )
     tasks = [
         dask.delayed(prepare_sample, pure=False)(
             str(table.at[s, "path"]),

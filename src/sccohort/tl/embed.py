@@ -19,10 +19,13 @@ Functions follow scanpy's conventions: they take an AnnData, write named slots
 
 from __future__ import annotations
 
+import random
 import re
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
+import numba
 import numpy as np
 import pandas as pd
 import scipy.linalg
@@ -30,6 +33,9 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from sccohort.errors import InputError
+
+if TYPE_CHECKING:
+    import igraph
 
 #: Gene-name patterns never taken as HVGs by default: mitochondrial, ribosomal protein and
 #: haemoglobin genes. Their variation tracks cell stress, library quality and red-cell or
@@ -41,6 +47,8 @@ QC_GENE_PATTERNS = {
 }
 #: Cells per dense block in `pca_rna` (block_cells x n_hvg float32: 80 MB for 2,000 HVGs).
 BLOCK_CELLS = 10_000
+#: Edges converted to Python objects at a time when building igraph graphs (~450 MB).
+_EDGE_CHUNK = 1 << 22
 #: Above this many cells `umap` lays out a random subsample (see `umap`).
 UMAP_MAX_CELLS = 200_000
 
@@ -62,6 +70,140 @@ def qc_gene_mask(var_names: Sequence[str], exclude: Sequence[str]) -> np.ndarray
         return np.zeros(len(var_names), dtype=bool)
     pattern = re.compile("|".join(f"(?:{QC_GENE_PATTERNS[e]})" for e in exclude))
     return np.array([bool(pattern.search(str(g))) for g in var_names], dtype=bool)
+
+
+@numba.njit(parallel=True, cache=True)
+def _batch_sums(data, indices, indptr, rows, batch_ptr, col, n_cols, n_threads):  # pragma: no cover
+    """Per batch: sums of expm1(x), of its float32 squares, and positive counts per column.
+
+    ``rows`` lists the CSR rows batch by batch (``batch_ptr``); ``col`` maps each column to
+    its output column (-1: skipped). As scanpy's ``sparse_mean_var_minor_axis`` on each batch,
+    the j-th row of a batch adds into accumulator ``j % n_threads`` (in row order), so the
+    sums are bit for bit those of ``sc.pp.highly_variable_genes(flavor="seurat")``.
+    Returns ``(n_batches, n_threads, n_cols)`` sums and squares and ``(n_batches, n_cols)``
+    counts of positive entries.
+    """
+    n_batches = batch_ptr.shape[0] - 1
+    sums = np.zeros((n_batches, n_threads, n_cols))
+    squares = np.zeros((n_batches, n_threads, n_cols))
+    positive = np.zeros((n_batches, n_cols), dtype=np.int64)
+    for b in numba.prange(n_batches):
+        for p in range(batch_ptr[b], batch_ptr[b + 1]):
+            r = rows[p]
+            t = (p - batch_ptr[b]) % n_threads
+            for q in range(indptr[r], indptr[r + 1]):
+                c = col[indices[q]]
+                if c < 0:
+                    continue
+                value = np.expm1(data[q])
+                sums[b, t, c] += value
+                squares[b, t, c] += value * value
+                if data[q] > 0:
+                    positive[b, c] += 1
+    return sums, squares, positive
+
+
+def _thread_total(parts: np.ndarray) -> np.ndarray:
+    """Sum over the accumulator axis (1) in order, as numba's ``arr.sum()`` loop does."""
+    total = np.zeros(parts.shape[:1] + parts.shape[2:])
+    for t in range(parts.shape[1]):
+        total = total + parts[:, t]
+    return total
+
+
+def _seurat_dispersions(mean: np.ndarray, var: np.ndarray, n_top_genes: int) -> dict:
+    """Per-batch ``flavor="seurat"`` statistics of scanpy from expm1 means and variances.
+
+    The same pandas kernels as scanpy (``pd.cut`` into 20 mean bins; grouped mean and std of
+    the log dispersions), grouped by integer bin codes instead of interval categories.
+    """
+    mean = mean.copy()
+    mean[mean == 0] = 1e-12
+    dispersion = var / mean
+    dispersion[dispersion == 0] = np.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dispersion = np.log(dispersion)
+    log_mean = np.log1p(mean)
+    codes = np.asarray(pd.cut(log_mean, bins=20, labels=False))
+    grouped = pd.Series(dispersion).groupby(codes)
+    avg, dev = grouped.mean(), grouped.std()
+    single = dev.isnull().to_numpy()  # one gene in the bin: normalised dispersion 1
+    avg, dev = avg.to_numpy().copy(), dev.to_numpy().copy()
+    dev[single] = avg[single]
+    avg[single] = 0
+    pos = np.searchsorted(grouped.mean().index.to_numpy(), codes)
+    norm = (dispersion - avg[pos]) / dev[pos]
+    finite = norm[~np.isnan(norm)]
+    n_top = min(n_top_genes, finite.size)
+    cut = np.sort(finite)[::-1][n_top - 1] if n_top else np.inf
+    return {
+        "means": log_mean,
+        "dispersions": dispersion,
+        "dispersions_norm": norm,
+        "highly_variable": np.nan_to_num(norm, nan=-np.inf) >= cut,
+    }
+
+
+def _seurat_hvg(
+    x: sp.csr_matrix,
+    names: np.ndarray,
+    batch: pd.Categorical | None,
+    genes: np.ndarray,
+    n_top_genes: int,
+) -> pd.DataFrame:
+    """``sc.pp.highly_variable_genes(flavor="seurat", batch_key=...)`` on the columns ``genes``.
+
+    One pass over the CSR data for all batches (scanpy copies, column-subsets and
+    expm1-transforms each batch). Returns a frame in ``genes`` order with ``means``,
+    ``dispersions_norm``, ``highly_variable`` and ``highly_variable_nbatches``.
+    """
+    col = np.full(x.shape[1], -1, dtype=np.int64)
+    col[genes] = np.arange(genes.size)
+    codes = np.zeros(x.shape[0], dtype=np.int64) if batch is None else batch.codes.astype(np.int64)
+    n_batches = 1 if batch is None else len(batch.categories)
+    rows = np.argsort(codes, kind="stable").astype(np.int64)
+    batch_ptr = np.zeros(n_batches + 1, dtype=np.int64)
+    np.cumsum(np.bincount(codes, minlength=n_batches), out=batch_ptr[1:])
+    sums, squares, positive = _batch_sums(
+        x.data, x.indices, x.indptr, rows, batch_ptr, col, genes.size, numba.get_num_threads()
+    )
+    sums, squares = _thread_total(sums), _thread_total(squares)
+    columns = ("means", "dispersions", "dispersions_norm", "highly_variable")
+    per_batch = {c: np.zeros((n_batches, genes.size)) for c in columns}
+    for b in range(n_batches):
+        size = int(batch_ptr[b + 1] - batch_ptr[b])
+        # with a batch key scanpy drops the genes a batch does not express (0 in every column)
+        use = positive[b] > 0 if batch is not None else np.ones(genes.size, dtype=bool)
+        if size == 0 or not use.any():
+            continue
+        mean = sums[b, use] / size
+        var = squares[b, use] / size - mean**2
+        if size != 1:
+            var *= size / (size - 1)
+        df = _seurat_dispersions(mean, var, n_top_genes)
+        for c in columns:
+            per_batch[c][b, use] = df[c]
+    if batch is None:
+        out = pd.DataFrame({c: per_batch[c][0] for c in columns})
+        out["highly_variable"] = out["highly_variable"].astype(bool)
+        return out
+    # scanpy concatenates the batches, averages per gene name (pandas' compensated mean in
+    # batch order, NaN skipped), then ranks genes by votes and mean normalised dispersion with
+    # a stable sort of the genes in name order: integer name ranks reproduce all of it.
+    rank = np.empty(genes.size, dtype=np.int64)
+    rank[np.argsort(names[genes].astype(str), kind="stable")] = np.arange(genes.size)
+    long = pd.DataFrame({c: per_batch[c].ravel() for c in columns}, index=np.tile(rank, n_batches))
+    long["highly_variable"] = long["highly_variable"].astype(int)
+    agg = long.groupby(level=0).agg(
+        {"means": "mean", "dispersions": "mean", "dispersions_norm": "mean",
+         "highly_variable": "sum"}
+    )  # fmt: skip
+    agg["highly_variable_nbatches"] = agg["highly_variable"]
+    agg = agg.sort_values(
+        ["highly_variable_nbatches", "dispersions_norm"], ascending=False, na_position="last"
+    )
+    agg["highly_variable"] = np.arange(len(agg)) < n_top_genes
+    return agg.loc[rank].reset_index(drop=True)
 
 
 def highly_variable_genes(
@@ -116,20 +258,27 @@ def highly_variable_genes(
             f"n_top_genes={n_top_genes} is not in [1, {keep.size}] (genes not excluded)",
             key="n_top_genes",
         )
-    # A light AnnData sharing .X (no copy); scanpy copies one batch at a time from the view.
-    obs = pd.DataFrame(index=adata.obs_names)
+    batch = None
     if batch_key is not None:
-        obs["batch"] = pd.Categorical(adata.obs[batch_key].astype(str))
-    light = AnnData(X=adata.X, obs=obs, var=pd.DataFrame(index=adata.var_names))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        df = sc.pp.highly_variable_genes(
-            light[:, keep],
-            n_top_genes=n_top_genes,
-            flavor="seurat",
-            batch_key=None if batch_key is None else "batch",
-            inplace=False,
-        )
+        batch = pd.Categorical(adata.obs[batch_key].astype(str))
+    x = adata.X
+    if sp.issparse(x) and x.format == "csr" and adata.var_names.is_unique:
+        df = _seurat_hvg(x, np.asarray(adata.var_names), batch, keep, n_top_genes)
+    else:  # dense, CSC or duplicate gene names: scanpy itself
+        # A light AnnData sharing .X (no copy); scanpy copies one batch at a time.
+        obs = pd.DataFrame(index=adata.obs_names)
+        if batch is not None:
+            obs["batch"] = batch
+        light = AnnData(X=x, obs=obs, var=pd.DataFrame(index=adata.var_names))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            df = sc.pp.highly_variable_genes(
+                light[:, keep],
+                n_top_genes=n_top_genes,
+                flavor="seurat",
+                batch_key=None if batch is None else "batch",
+                inplace=False,
+            )
     df.index = adata.var_names[keep]
     for col, fill in (
         ("highly_variable", False),
@@ -183,10 +332,47 @@ def _scaled_block(
     return z
 
 
+@numba.njit(cache=True)
+def _csr_column_sums(data, indices, indptr, col, n_cols, start, stop):  # pragma: no cover
+    """Sums and sums of squares (float64) of rows ``[start, stop)`` per mapped column.
+
+    Rows are added in order from zero, as ``csr.astype(float64).sum(axis=0)`` does.
+    """
+    total = np.zeros(n_cols)
+    total_sq = np.zeros(n_cols)
+    for q in range(indptr[start], indptr[stop]):
+        c = col[indices[q]]
+        if c >= 0:
+            v = np.float64(data[q])
+            total[c] += v
+            total_sq[c] += v * v
+    return total, total_sq
+
+
+@numba.njit(parallel=True, cache=True)
+def _csr_scaled_rows(data, indices, indptr, col, start, mean, std, lo, hi, out):  # pragma: no cover
+    """``out[r] = clip((x[start + r, mapped columns] - mean) / std, lo, hi)``, float64.
+
+    The same operations as densifying, subtracting and dividing in float64, then clipping.
+    """
+    n_rows, p = out.shape
+    fill = np.empty(p)
+    for c in range(p):
+        fill[c] = min(max((0.0 - mean[c]) / std[c], lo), hi)
+    for r in numba.prange(n_rows):
+        for c in range(p):
+            out[r, c] = fill[c]
+        for q in range(indptr[start + r], indptr[start + r + 1]):
+            c = col[indices[q]]
+            if c >= 0:
+                out[r, c] = min(max((np.float64(data[q]) - mean[c]) / std[c], lo), hi)
+
+
 def scaled_pca(
     x: np.ndarray | sp.spmatrix,
     n_comps: int,
     *,
+    columns: np.ndarray | None = None,
     max_value: float | None = 10.0,
     block_cells: int = BLOCK_CELLS,
     dtype: str = "float32",
@@ -197,14 +383,18 @@ def scaled_pca(
     variance with ``ddof=1``, zero-variance columns left unscaled) followed by a centred PCA:
     the scaled values are built ``block_cells`` rows at a time, their column sums and gene x
     gene cross-product are accumulated in float64, and the centred covariance is
-    eigendecomposed. Memory: ``block_cells x n_features`` + ``n_features x n_features``.
+    eigendecomposed. Memory: ``block_cells x n_features`` (float64 and ``dtype``) +
+    ``n_features x n_features``. A CSR ``x`` is read in place (one numba pass per block, no
+    column subset copied).
 
     Parameters
     ----------
     x
-        ``n_cells x n_features`` (CSR or dense), e.g. log-normalised HVG expression.
+        ``n_cells x n_all`` (CSR or dense), e.g. log-normalised expression.
     n_comps
-        Number of components, at most ``n_features``.
+        Number of components, at most the number of features.
+    columns
+        Indices of the ``n_features`` columns to use (e.g. the HVGs); None: all.
     max_value
         Clip scaled values to ``[-max_value, max_value]``; None to not clip.
     block_cells
@@ -222,22 +412,41 @@ def scaled_pca(
     variance, variance_ratio
         ``(n_comps,)`` variance of each component and its share of the total variance.
     """
-    n, p = x.shape
+    n = x.shape[0]
+    columns = np.arange(x.shape[1]) if columns is None else np.asarray(columns)
+    p = columns.size
     _check_n_comps(n_comps, min(p, max(n - 1, 1)), f"{n} cells x {p} features")
-    if sp.issparse(x):
-        x = sp.csr_matrix(x)
     starts = range(0, n, block_cells)
+    csr = None
+    if sp.issparse(x):
+        csr = sp.csr_matrix(x)
+        if not csr.has_canonical_format:
+            csr = csr.copy()
+            csr.sum_duplicates()
+        col = np.full(x.shape[1], -1, dtype=np.int64)
+        col[columns] = np.arange(p)
+        args = (csr.data, csr.indices, csr.indptr, col)
+    else:
+        x = np.asarray(x)[:, columns]
+    bound = np.inf if max_value is None else float(max_value)
+
+    def scaled(s: int) -> np.ndarray:
+        if csr is None:
+            return _scaled_block(x[s : s + block_cells], mean, std, max_value)
+        out = np.empty((min(block_cells, n - s), p))
+        _csr_scaled_rows(*args, s, mean, std, -bound, bound, out)
+        return out
+
     # Pass 1: column means and variances (ddof=1), as sc.pp.scale.
     total = np.zeros(p)
     total_sq = np.zeros(p)
     for s in starts:
-        blk = x[s : s + block_cells]
-        if sp.issparse(blk):
-            blk = blk.astype(np.float64)
-            total += np.asarray(blk.sum(axis=0)).ravel()
-            total_sq += np.asarray(blk.multiply(blk).sum(axis=0)).ravel()
+        if csr is not None:
+            blk_sum, blk_sq = _csr_column_sums(*args, p, s, min(s + block_cells, n))
+            total += blk_sum
+            total_sq += blk_sq
         else:
-            blk = np.asarray(blk, dtype=np.float64)
+            blk = np.asarray(x[s : s + block_cells], dtype=np.float64)
             total += blk.sum(axis=0)
             total_sq += (blk * blk).sum(axis=0)
     mean = total / n
@@ -248,12 +457,14 @@ def scaled_pca(
     gram = np.zeros((p, p))
     zsum = np.zeros(p)
     for s in starts:
-        z = _scaled_block(x[s : s + block_cells], mean, std, max_value)
+        z = scaled(s)
         zsum += z.sum(axis=0)
         z = z.astype(dtype, copy=False)
         gram += z.T @ z
+    del z
     zmean = zsum / n
     cov = (gram - n * np.outer(zmean, zmean)) / max(n - 1, 1)
+    del gram
     evals, evecs = scipy.linalg.eigh(cov, subset_by_index=[p - n_comps, p - 1])
     order = np.argsort(evals)[::-1]
     loadings = _flip_signs(evecs[:, order])
@@ -263,8 +474,7 @@ def scaled_pca(
     scores = np.empty((n, n_comps), dtype=np.float32)
     offset = zmean @ loadings
     for s in starts:
-        z = _scaled_block(x[s : s + block_cells], mean, std, max_value)
-        scores[s : s + block_cells] = z @ loadings - offset
+        scores[s : s + block_cells] = scaled(s) @ loadings - offset
     return scores, loadings, variance, variance_ratio
 
 
@@ -319,11 +529,10 @@ def pca_rna(
         genes = np.flatnonzero(adata.var[mask_var].to_numpy(dtype=bool))
         if genes.size < 2:
             raise InputError(f"var['{mask_var}'] selects {genes.size} genes", column=mask_var)
-    x = adata.X
-    x = x[:, genes] if sp.issparse(x) else np.asarray(x)[:, genes]
     scores, loadings, variance, ratio = scaled_pca(
-        x, n_comps, max_value=max_value, block_cells=block_cells, dtype=dtype
-    )
+        adata.X, n_comps, columns=genes, max_value=max_value, block_cells=block_cells,
+        dtype=dtype,
+    )  # fmt: skip
     adata.obsm[key_added] = scores
     full = np.zeros((adata.n_vars, n_comps), dtype=np.float32)
     full[genes] = loadings
@@ -520,6 +729,53 @@ def _neighbors_entry(adata: AnnData, neighbors_key: str | None) -> tuple[str, di
     return key, entry
 
 
+class _IgraphRandom:
+    """igraph's random number source drawn from ``np.random.RandomState(seed)``.
+
+    The adapter scanpy's ``sc.tl.leiden`` installs (same draws, so the same clusters), so
+    that igraph's global generator is left as it was found.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self._rng = np.random.RandomState(seed)
+
+    def getrandbits(self, k: int) -> int:
+        return self._rng.tomaxint() & ((1 << k) - 1)
+
+    def randint(self, a: int, b: int) -> int:
+        return self._rng.randint(a, b + 1)
+
+    def __getattr__(self, attr: str):
+        return getattr(self._rng, "normal" if attr == "gauss" else attr)
+
+
+def _igraph_undirected(adjacency: sp.spmatrix) -> igraph.Graph:
+    """Undirected weighted igraph graph of a sparse ``n x n`` adjacency, each pair once.
+
+    ``sc.tl.leiden(flavor="igraph")`` makes one undirected edge per stored entry, so a
+    symmetric graph gets every pair twice (and each loop once). Here each pair i < j is one
+    edge weighing ``A[i, j] + A[j, i]`` and each loop keeps ``A[i, i]``: the same node
+    strengths, total weight and modularity with half the edges (which igraph's Python
+    constructor converts at ~1 us each). Edges are listed row by row, loop first.
+    """
+    import igraph
+
+    a = sp.csr_matrix(adjacency, dtype=np.float64)
+    a.eliminate_zeros()
+    both = (a + a.T - sp.diags(a.diagonal())).tocsr()  # 2 d - d == d exactly
+    upper = sp.triu(both, k=0, format="csr")
+    del both
+    upper.eliminate_zeros()
+    upper.sort_indices()
+    rows = np.repeat(np.arange(upper.shape[0]), np.diff(upper.indptr))
+    graph = igraph.Graph(n=upper.shape[0])
+    for s in range(0, rows.size, _EDGE_CHUNK):  # Python tuples for a chunk at a time
+        cut = slice(s, s + _EDGE_CHUNK)
+        graph.add_edges(list(zip(rows[cut].tolist(), upper.indices[cut].tolist(), strict=True)))
+    graph.es["weight"] = upper.data.tolist()
+    return graph
+
+
 def leiden(
     adata: AnnData,
     *,
@@ -529,7 +785,12 @@ def leiden(
     n_iterations: int = 2,
     seed: int = 0,
 ) -> None:
-    """Leiden clustering (igraph's implementation) of a neighbour graph.
+    """Leiden clustering (igraph's implementation, modularity) of a neighbour graph.
+
+    As ``sc.tl.leiden(flavor="igraph", directed=False)`` (same objective, random draws and
+    outputs; the graph is handed to igraph with each pair once, see `_igraph_undirected`,
+    which halves its conversion and clustering time: the labels were identical on 53,000 and
+    230,000 cells).
 
     Parameters
     ----------
@@ -542,27 +803,35 @@ def leiden(
     key_added
         ``obs`` column of the categorical cluster labels ("0", "1", ... by size).
     n_iterations
-        Leiden iterations (2 as scanpy's igraph default).
+        Leiden iterations (2 as scanpy's igraph default; negative: until stable).
     seed
         Random seed.
 
     Returns
     -------
-    None.
+    None. Writes ``obs[key_added]`` and ``uns[key_added]["params"]``.
     """
-    import scanpy as sc
+    import igraph
 
-    key, _ = _neighbors_entry(adata, neighbors_key)
-    sc.tl.leiden(
-        adata,
-        resolution=resolution,
-        neighbors_key=key,
-        key_added=key_added,
-        flavor="igraph",
-        n_iterations=n_iterations,
-        directed=False,
-        random_state=seed,
+    _, entry = _neighbors_entry(adata, neighbors_key)
+    graph = _igraph_undirected(adata.obsp[entry["connectivities_key"]])
+    igraph.set_random_number_generator(_IgraphRandom(seed))
+    try:
+        part = graph.community_leiden(
+            objective_function="modularity",
+            weights="weight",
+            resolution=resolution,
+            n_iterations=n_iterations,
+        )
+    finally:
+        igraph.set_random_number_generator(random)
+    groups = np.asarray(part.membership)
+    adata.obs[key_added] = pd.Categorical(
+        groups.astype("U"), categories=[str(g) for g in np.unique(groups)]
     )
+    adata.uns[key_added] = {
+        "params": {"resolution": resolution, "random_state": seed, "n_iterations": n_iterations}
+    }
 
 
 def _induced(graph: sp.csr_matrix, idx: np.ndarray) -> sp.csr_matrix:

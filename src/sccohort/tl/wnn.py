@@ -90,9 +90,9 @@ class WNNResult:
 
 
 def _knn_exact(x: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
-    """Exact ``k`` nearest other cells of each row of L2-normalised ``x``; ``(n, k)`` int64."""
+    """Exact ``k`` nearest other cells of each row of L2-normalised ``x``; ``(n, k)`` int32."""
     n = x.shape[0]
-    out = np.empty((n, k), dtype=np.int64)
+    out = np.empty((n, k), dtype=np.int32)
     xt = np.ascontiguousarray(x.T)
     for start in range(0, n, block):
         stop = min(start + block, n)
@@ -105,35 +105,47 @@ def _knn_exact(x: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
 
 
 @numba.njit(cache=True, inline="always")
-def _heap_sift_down(hs, hi, size, pos):  # pragma: no cover - numba
-    """Restore the min-heap order of ``hs`` (keys) / ``hi`` (payload) below ``pos``."""
+def _heap_sift_down(hs, hi, size, pos, key, val):  # pragma: no cover - numba
+    """Put ``key`` / ``val`` at ``pos`` of the min-heap ``hs`` / ``hi`` and sift it down.
+
+    A hole moves down instead of repeated swaps: the same comparisons and final order.
+    """
     while True:
         left = 2 * pos + 1
         if left >= size:
-            return
+            break
         child = left
         if left + 1 < size and hs[left + 1] < hs[left]:
             child = left + 1
-        if hs[child] >= hs[pos]:
-            return
-        hs[pos], hs[child] = hs[child], hs[pos]
-        hi[pos], hi[child] = hi[child], hi[pos]
+        if hs[child] >= key:
+            break
+        hs[pos] = hs[child]
+        hi[pos] = hi[child]
         pos = child
+    hs[pos] = key
+    hi[pos] = val
 
 
 @numba.njit(cache=True, inline="always")
 def _heap_push(hs, hi, size, key, val):  # pragma: no cover - numba
     """Add ``key`` / ``val`` to the min-heap of ``size`` entries (room assumed)."""
     pos = size
-    hs[pos] = key
-    hi[pos] = val
     while pos > 0:
         parent = (pos - 1) // 2
-        if hs[parent] <= hs[pos]:
-            return
-        hs[pos], hs[parent] = hs[parent], hs[pos]
-        hi[pos], hi[parent] = hi[parent], hi[pos]
+        if hs[parent] <= key:
+            break
+        hs[pos] = hs[parent]
+        hi[pos] = hi[parent]
         pos = parent
+    hs[pos] = key
+    hi[pos] = val
+
+
+@numba.njit(cache=True, inline="always")
+def _heap_pop(hs, hi, size):  # pragma: no cover - numba
+    """Remove the root of the min-heap of ``size`` entries (``size - 1`` remain)."""
+    size -= 1
+    _heap_sift_down(hs, hi, size, 0, hs[size], hi[size])
 
 
 @numba.njit(cache=True, nogil=True)
@@ -159,16 +171,12 @@ def _top_k_rows(sims, self_col, k, cand_ids, out_rows, out):  # pragma: no cover
                 _heap_push(hs, hi, size, v, t)
                 size += 1
             elif v > hs[0]:
-                hs[0] = v
-                hi[0] = t
-                _heap_sift_down(hs, hi, size, 0)
+                _heap_sift_down(hs, hi, size, 0, v, t)
         row = out_rows[r]
         while size > 0:  # pop the least similar first: fill the row from the back
+            out[row, size - 1] = cand_ids[hi[0]]
+            _heap_pop(hs, hi, size)
             size -= 1
-            out[row, size] = cand_ids[hi[0]]
-            hs[0] = hs[size]
-            hi[0] = hi[size]
-            _heap_sift_down(hs, hi, size, 0)
 
 
 def _kmeans_centroids(x: np.ndarray, n_lists: int, rng: np.random.Generator) -> np.ndarray:
@@ -198,7 +206,7 @@ def _knn_ivf(
 ) -> Any:
     """Approximate ``k`` nearest other cells (inverted file over spherical k-means lists).
 
-    ``x`` (n, d) is L2-normalised; returns (n, k) int64 indices, nearest first. Points are
+    ``x`` (n, d) is L2-normalised; returns (n, k) int32 indices, nearest first. Points are
     grouped by k-means list; the queries of one list are compared (one BLAS product) with all
     points of the ``n_probe`` lists whose centroids are nearest to their list's centroid (more
     lists where those hold fewer than ``4 (k + 1)`` points), and a bounded heap keeps each
@@ -220,7 +228,7 @@ def _knn_ivf(
     starts = np.zeros(n_lists + 1, dtype=np.int64)
     np.cumsum(sizes, out=starts[1:])
     near = np.argsort(-(cent @ cent.T), axis=1, kind="stable")
-    out = np.empty((n, k), dtype=np.int64)
+    out = np.empty((n, k), dtype=np.int32)
 
     def search_list(c: int) -> None:
         if sizes[c] == 0:
@@ -318,18 +326,26 @@ def _count_shared(i, nn, rev_ptr, rev_idx, count, touched):  # pragma: no cover 
     return m
 
 
+@numba.njit(cache=True, inline="always")
+def _chunk(ch, n_chunks, n):  # pragma: no cover - numba
+    """Rows ``[start, stop)`` of chunk ``ch`` of ``n_chunks`` contiguous chunks of ``n`` rows."""
+    return ch * n // n_chunks, (ch + 1) * n // n_chunks
+
+
 @numba.njit(parallel=True, cache=True)
-def _snn_width(x, lo, hi, nn, rev_ptr, rev_idx, nearest, n_far, max_touch):  # pragma: no cover
-    """Seurat's SNN kernel width of each cell.
+def _snn_width(x, nn, rev_ptr, rev_idx, nearest, n_far, max_touch):  # pragma: no cover - numba
+    """Seurat's SNN kernel width of each cell, from one modality's ``(n, d)`` embedding ``x``.
 
     ``nn`` (n, k) holds each cell's neighbours, itself included. Among the cells sharing at least
     one neighbour with cell i, take those with the ``n_far`` smallest Jaccard overlaps (all ties
     of the last one included) and average the ``n_far`` largest of their distances to cell i.
     The Jaccard overlap s / (2k - s) grows with the shared count s, so the cut is found from a
     histogram of s and the largest distances with a bounded heap (summed in ascending order,
-    as a full sort would). ``max_touch`` bounds the cells reached from one row.
+    as a full sort would). ``max_touch`` bounds the cells reached from one row. Rows are
+    worked in contiguous chunks: neighbouring rows (renumbered cells) reach the same cells.
     """
     n, k = nn.shape
+    d = x.shape[1]
     out = np.empty(n)
     n_chunks = min(n, 64)
     for ch in numba.prange(n_chunks):
@@ -338,7 +354,8 @@ def _snn_width(x, lo, hi, nn, rev_ptr, rev_idx, nearest, n_far, max_touch):  # p
         hist = np.zeros(k + 1, dtype=np.int64)
         heap = np.empty(n_far)
         payload = np.empty(n_far, dtype=np.int64)
-        for i in range(ch, n, n_chunks):
+        start, stop = _chunk(ch, n_chunks, n)
+        for i in range(start, stop):
             m = _count_shared(i, nn, rev_ptr, rev_idx, count, touched)
             hist[:] = 0
             for t in range(m):
@@ -355,21 +372,17 @@ def _snn_width(x, lo, hi, nn, rev_ptr, rev_idx, nearest, n_far, max_touch):  # p
             for t in range(m):
                 j = touched[t]
                 if count[j] <= s_cut:
-                    dv = max(_dist(x, i, j, lo, hi) - nearest[i], 0.0)
+                    dv = max(_dist(x, i, j, 0, d) - nearest[i], 0.0)
                     if size < n_i:
                         _heap_push(heap, payload, size, dv, j)
                         size += 1
                     elif dv > heap[0]:
-                        heap[0] = dv
-                        payload[0] = j
-                        _heap_sift_down(heap, payload, size, 0)
+                        _heap_sift_down(heap, payload, size, 0, dv, j)
             total = 0.0
             while size > 0:  # smallest first: the order of summing a sorted array
                 total += heap[0]
+                _heap_pop(heap, payload, size)
                 size -= 1
-                heap[0] = heap[size]
-                payload[0] = payload[size]
-                _heap_sift_down(heap, payload, size, 0)
             out[i] = total / n_i
             for t in range(m):
                 count[touched[t]] = 0
@@ -382,7 +395,11 @@ def _weighted_select(x, bounds, cand, weights, sigma, nearest, k):  # pragma: no
 
     Duplicate candidates count once (the first occurrence); the ``k`` highest affinities are
     kept by insertion into a sorted list, ties in the order of first occurrence (as a stable
-    sort of all candidates would).
+    sort of all candidates would). The affinity sum_r w_r exp(-d_r / sigma_r) is summed in
+    modality order; its terms are computed in order of decreasing weight, and a candidate is
+    dropped as soon as the sum with the unknown terms set to their bound w_r (exp <= 1) cannot
+    beat the k-th best: rounding is monotone, so the kept set and every affinity are those of
+    the full computation. Rows are worked in contiguous chunks (renumbered cells: locality).
     """
     n = x.shape[0]
     n_mod = bounds.shape[0] - 1
@@ -394,17 +411,40 @@ def _weighted_select(x, bounds, cand, weights, sigma, nearest, k):  # pragma: no
         stamp = np.full(n, -1, dtype=np.int64)
         best_aff = np.empty(k)
         best_idx = np.empty(k, dtype=np.int64)
-        for i in range(ch, n, n_chunks):
+        terms = np.empty(n_mod)
+        known = np.zeros(n_mod, dtype=np.bool_)
+        start, stop = _chunk(ch, n_chunks, n)
+        for i in range(start, stop):
+            order = np.argsort(-weights[i])
+            bounded = True  # exp(-d / sigma) <= 1 needs sigma > 0 (else NaN / inf)
+            for r in range(n_mod):
+                if not sigma[i, r] > 0.0:
+                    bounded = False
             filled = 0
             for t in range(n_cand):
                 j = cand[i, t]
                 if stamp[j] == i:
                     continue
                 stamp[j] = i
+                known[:] = False
+                dropped = False
+                for q in range(n_mod):
+                    r = order[q]
+                    dd = max(_dist(x, i, j, bounds[r], bounds[r + 1]) - nearest[i, r], 0.0)
+                    terms[r] = weights[i, r] * np.exp(-dd / sigma[i, r])
+                    known[r] = True
+                    if bounded and filled == k and q < n_mod - 1:
+                        upper = 0.0
+                        for r2 in range(n_mod):
+                            upper += terms[r2] if known[r2] else weights[i, r2]
+                        if upper <= best_aff[k - 1]:
+                            dropped = True
+                            break
+                if dropped:
+                    continue
                 aff = 0.0
                 for r in range(n_mod):
-                    dd = max(_dist(x, i, j, bounds[r], bounds[r + 1]) - nearest[i, r], 0.0)
-                    aff += weights[i, r] * np.exp(-dd / sigma[i, r])
+                    aff += terms[r]
                 if filled == k and aff <= best_aff[k - 1]:
                     continue
                 pos = filled if filled < k else k - 1
@@ -434,7 +474,8 @@ def _snn_rows(
     for ch in numba.prange(n_chunks):
         count = np.zeros(n, dtype=np.int32)
         touched = np.empty(max_touch, dtype=np.int64)
-        for i in range(ch, n, n_chunks):
+        start, stop = _chunk(ch, n_chunks, n)
+        for i in range(start, stop):
             m = _count_shared(i, nn, rev_ptr, rev_idx, count, touched)
             kept = 0
             if fill:
@@ -638,9 +679,10 @@ def _wnn_steps(
     sigma = np.empty((n, n_mod))
     for r, m in enumerate(names):
         rev_ptr, rev_idx = _reverse_lists(small[m], n)
+        x_m = np.ascontiguousarray(x_all[:, bounds[r] : bounds[r + 1]])
         sigma[:, r] = sd_scale * _snn_width(
-            x_all, bounds[r], bounds[r + 1], small[m], rev_ptr, rev_idx, nearest[:, r],
-            n_neighbors, _max_touch(small[m], rev_ptr),
+            x_m, small[m], rev_ptr, rev_idx, nearest[:, r], n_neighbors,
+            _max_touch(small[m], rev_ptr),
         )  # fmt: skip
     exp_score_sum = np.zeros((n, n_mod))
     for r, m in enumerate(names):
@@ -738,9 +780,15 @@ def wnn_graph(
         inv[perm] = np.arange(n, dtype=np.int64)
         x_all = np.ascontiguousarray(np.hstack([normed[m] for m in names])[perm])
         bounds = np.cumsum([0] + [normed[m].shape[1] for m in names]).astype(np.int64)
-        self_col = np.arange(n, dtype=np.int64)[:, None]
-        for m in names:
-            knn_self[m] = np.hstack([self_col, inv[knn_self[m][perm]]])
+        inv32 = inv.astype(np.int32)
+        for m in names:  # int32 (half the memory), renumbered a block at a time
+            others = knn_self[m]
+            renumbered = np.empty((n, range_k + 1), dtype=np.int32)
+            renumbered[:, 0] = np.arange(n, dtype=np.int32)
+            for s in range(0, n, 65_536):
+                renumbered[s : s + 65_536, 1:] = inv32[others[perm[s : s + 65_536]]]
+            knn_self[m] = renumbered
+            del others
         weights, sigma, knn_idx, aff, snn = _wnn_steps(
             x_all, bounds, names, knn_self, n_neighbors, sd_scale, cross_constant, prune_snn
         )
