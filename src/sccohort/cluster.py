@@ -179,12 +179,15 @@ def compute(
     client = scheduler if _is_client(scheduler) else Client(scheduler)
     try:
         futures = client.compute(tasks)
+        order = {future.key: i for i, future in enumerate(futures)}
+        results: list[Any] = [None] * len(futures)
+        # fetch each result as its task ends, so transfers overlap the tasks still running
         for done, future in enumerate(as_completed(futures), start=1):
-            if future.status == "error":
-                future.result()  # re-raises the task's error
+            results[order[future.key]] = future.result()  # re-raises the task's error
+            future.release()
             if progress is not None:
                 progress(done, len(futures))
-        return client.gather(futures)
+        return results
     finally:
         if client is not scheduler:
             client.close()

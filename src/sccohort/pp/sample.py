@@ -1,11 +1,11 @@
 """One sample from its count files to quality-controlled, normalised cells: the per-sample task.
 
 `prepare_sample` reads a sample once and does everything that needs only that sample:
-the summary row, QC (metrics, doublets, flags), RNA log-normalisation of the cells that
-pass, and, for dsb, reading the sample's empty droplets. It runs as one Dask task per sample
-(on a local or remote worker); the protein normalisation itself waits for the cohort's
-common antibody panel (CLR and dsb depend on the panel) and runs after the samples are
-joined.
+the summary row, QC (metrics, doublets, flags), and, for dsb, reading the sample's empty
+droplets. It runs as one Dask task per sample (on a local or remote worker) and sends back
+only the raw counts of the cells that pass: normalising after the samples are joined costs
+less than sending normalised copies (and CLR and dsb depend on the cohort's common antibody
+panel).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import pandas as pd
 from anndata import AnnData
 
 from sccohort.io.read import read_raw_droplets, read_sample
-from sccohort.pp.normalize import normalize_rna
 from sccohort.pp.qc import qc_sample
 from sccohort.pp.summary import summarise_sample
 
@@ -34,8 +33,8 @@ class PreparedSample:
         The sample.
     mods
         ``modality -> AnnData`` of the cells that pass QC (ids ``<sample_id>:<barcode>``):
-        raw counts in ``layers["counts"]``; ``rna.X`` log-normalised; ``prot.X`` None
-        (normalised after joining); ``hto.X`` the counts.
+        raw counts in ``layers["counts"]``; ``.X`` None (normalised after joining), except
+        ``hto.X``: the counts.
     summary
         `summarise_sample` of every cell read.
     qc_cells
@@ -66,10 +65,9 @@ def prepare_sample(
     format: str | None = None,
     tissue: str | None = None,
     qc: dict[str, Any] | None = None,
-    target_sum: float = 1e4,
     raw_path: str | Path | None = None,
 ) -> PreparedSample:
-    """Read, summarise, quality-control and RNA-normalise one sample.
+    """Read, summarise and quality-control one sample; read its empty droplets.
 
     Parameters
     ----------
@@ -79,8 +77,6 @@ def prepare_sample(
         The sample's tissue (QC thresholds differ for tissue; None or NaN = blood).
     qc
         Parameters of `sccohort.pp.qc.qc_sample` (``mode``, thresholds, ``seed``, ...).
-    target_sum
-        RNA total-count target before ``log1p``.
     raw_path
         The sample's raw (unfiltered) droplets for dsb; None reads none.
 
@@ -104,9 +100,7 @@ def prepare_sample(
         kept: dict[str, AnnData] = {}
         for modality, adata in mods.items():
             part = adata[keep].copy()
-            if modality == "rna":
-                normalize_rna(part, target_sum=target_sum)
-            elif modality == "prot":
+            if modality != "hto":
                 part.X = None
             kept[modality] = part
         empty = None

@@ -19,7 +19,7 @@ from sccohort.config import Config
 from sccohort.errors import InputError
 from sccohort.io.atomic import write_csv
 from sccohort.io.read import combine_samples
-from sccohort.pp.normalize import clr, dsb
+from sccohort.pp.normalize import clr, dsb, normalize_rna
 from sccohort.pp.qc import METRICS as QC_METRICS
 from sccohort.pp.sample import prepare_sample
 from sccohort.pp.summary import summary_table
@@ -33,7 +33,7 @@ from sccohort.tl.wnn import wnn
 
 
 def _stage_preprocess(state: RunState) -> list[Path]:
-    """Each sample once, as one Dask task: read, summarise, QC, RNA-normalise; then join.
+    """Each sample once, as one Dask task: read, summarise, QC; then join and normalise.
 
     Writes ``tables/samples.csv`` (per sample as read), ``tables/qc.csv`` (per sample: cells
     in, removed by each reason, out) and ``tables/qc_cells.csv.gz`` (every cell's metrics
@@ -55,7 +55,6 @@ def _stage_preprocess(state: RunState) -> list[Path]:
             format=None if pd.isna(formats[s]) else str(formats[s]),
             tissue=None if pd.isna(tissues[s]) else str(tissues[s]),
             qc=params,
-            target_sum=state.config.normalize.target_sum,
             raw_path=str(raws[s]) if use_dsb else None,
             dask_key_name=f"prepare-sample-{i}-{s}",
         )
@@ -91,6 +90,7 @@ def _stage_preprocess(state: RunState) -> list[Path]:
             file=state.out / "tables" / "qc.csv",
             hint="check the QC table; for unusual data set [qc] mode or thresholds in the config",
         )
+    normalize_rna(mdata.mod["rna"], target_sum=state.config.normalize.target_sum)
     if antibodies is not None:
         _normalize_protein(mdata.mod["prot"], mdata.obs["sample_id"], empties if use_dsb else None)
     state.mdata = mdata
