@@ -3,8 +3,9 @@
 Per-sample stages are lists of ``dask.delayed`` tasks (`compute`); longer cohort-level jobs
 that later stages need (the UMAP layout) run beside the main process (`Background`).
 
-- ``"local"`` (the default of ``sccohort run``): a ``distributed.LocalCluster`` of one
-  single-threaded worker process per core, started for the run and closed after it;
+- ``"local"``: a ``distributed.LocalCluster`` of one single-threaded worker process per
+  core, started for the run and closed after it (its workers are spawned, so a Python
+  script that starts a run must guard its entry point with ``if __name__ == "__main__":``);
 - ``"tcp://HOST:PORT"`` (or any scheduler address): an existing cluster
   (``dask scheduler`` + ``dask worker``); its workers need sccohort installed and must read
   the input files at the same paths;
