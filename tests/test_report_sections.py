@@ -22,6 +22,7 @@ from sccohort.report.stats_sections import (
     composition_section,
     contrast_groups,
 )
+from sccohort.stats import CORE_COLUMNS
 from sccohort.stats.composition import composition
 
 EVIL_SUB = "<b>Sub&1</b>"
@@ -32,19 +33,6 @@ SUBSETS = [EVIL_SUB, "Mono_B", "T_A", "T_B"]
 L1 = {EVIL_SUB: "Mono", "Mono_B": "Mono", "T_A": "T", "T_B": "T"}
 GENES = ["EGR1", "IER2", "CD3E", "LYZ", "GZMB", "FOS"]
 PROTEINS = ["CD14", "CD3", "CD16", "HLA-DR"]
-CORE = [
-    "contrast",
-    "level",
-    "subset",
-    "effect",
-    "ci_low",
-    "ci_high",
-    "pvalue",
-    "padj",
-    "method",
-    "n_case",
-    "n_control",
-]
 
 
 def _blocks(section: Section) -> list:
@@ -116,7 +104,7 @@ def _association() -> pd.DataFrame:
     add("T_B", "l1", 3.0, 1e-6, 1e-5)  # a significant l1 row: not a subset level
     add(EVIL_SUB, "subset_in_l1", 1.2, 0.001, 0.004, "ks_bonferroni")
     add("T_A", "subset", 0.7, 0.01, 0.04, "ks_bonferroni")
-    frame = pd.DataFrame(rows, columns=[*CORE, "mean_share_case", "mean_share_control"])
+    frame = pd.DataFrame(rows, columns=[*CORE_COLUMNS, "mean_share_case", "mean_share_control"])
     return frame
 
 

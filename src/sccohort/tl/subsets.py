@@ -805,8 +805,12 @@ def _cluster_lineages(
     can_fork = "fork" in mp.get_all_start_methods() and not mp.current_process().daemon
     if n_workers > 1 and can_fork:
         _FORKED = shared
+        # no worker could start (OSError, BrokenProcessPool): every lineage is done below
         try:
-            with ProcessPoolExecutor(n_workers, mp_context=mp.get_context("fork")) as pool:
+            with (
+                contextlib.suppress(OSError, BrokenProcessPool),
+                ProcessPoolExecutor(n_workers, mp_context=mp.get_context("fork")) as pool,
+            ):
                 futures = {}
                 for i in sorted(range(len(tasks)), key=lambda i: -tasks[i][1].size):
                     rows = tasks[i][1]
@@ -814,8 +818,6 @@ def _cluster_lineages(
                 for i, future in futures.items():
                     with contextlib.suppress(Exception):  # a lost worker: redone below
                         results[i] = future.result()
-        except (OSError, BrokenProcessPool):  # no worker could start: all are done here
-            pass
         finally:
             _FORKED = None
     return [
