@@ -22,7 +22,13 @@ from sccohort.io.features import (
     protein_alias,
     strip_genome_prefix,
 )
-from sccohort.io.read import detect_format, read_raw_droplets, read_sample, read_samples
+from sccohort.io.read import (
+    detect_format,
+    read_raw_droplets,
+    read_sample,
+    read_samples,
+    stack_rows,
+)
 from sccohort.io.tenx import write_10x_h5
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -419,6 +425,45 @@ def test_read_samples_concatenates_in_sheet_order(tmp_path: Path) -> None:
     sub = mdata["rna"][mdata.obs["sample_id"] == "S1"]
     assert list(sub.obs_names) == list(single.obs_names)
     assert (sub.layers["counts"] != single["rna"].layers["counts"]).nnz == 0
+
+
+def test_stack_rows_equals_anndata_concat_and_releases_the_parts() -> None:
+    rng = np.random.default_rng(3)
+    genes = [f"g{i}" for i in range(40)]
+    parts = []
+    for i, n in enumerate([30, 0, 55, 12]):
+        order = rng.permutation(len(genes)) if i == 2 else np.arange(len(genes))
+        counts = sp.random(n, len(genes), density=0.2, format="csr", random_state=i) * 9
+        counts = sp.csr_matrix(counts.astype(np.int32))
+        part = ad.AnnData(
+            X=counts.astype(np.float32),
+            obs=pd.DataFrame(
+                {
+                    "barcode": [f"b{j}" for j in range(n)],
+                    "lane": pd.Categorical([f"L{i}"] * n),
+                },
+                index=[f"s{i}:{j}" for j in range(n)],
+            ),
+            var=pd.DataFrame({"gene_ids": [f"id_{g}" for g in genes]}, index=genes).iloc[order],
+        )
+        part.layers["counts"] = counts[:, order] if i == 2 else counts
+        part.X = part.layers["counts"].astype(np.float32)
+        part.layers["dense"] = part.layers["counts"].toarray().astype(np.float64)
+        parts.append(part)
+    reference = pd.Index(genes[5:] + genes[:5])
+    expected = ad.concat([p[:, reference] for p in parts], join="inner", merge="first")
+    stacked = stack_rows(parts, reference)
+    assert all(p is None for p in parts)
+    assert stacked.obs_names.equals(expected.obs_names)
+    assert stacked.var_names.equals(reference)
+    pd.testing.assert_frame_equal(stacked.obs, expected.obs)
+    pd.testing.assert_series_equal(stacked.var["gene_ids"], expected.var["gene_ids"])
+    for key in (None, "counts"):
+        got = stacked.X if key is None else stacked.layers[key]
+        want = expected.X if key is None else expected.layers[key]
+        assert got.format == "csr" and got.has_canonical_format and got.dtype == want.dtype
+        assert (got != want).nnz == 0
+    np.testing.assert_array_equal(stacked.layers["dense"], expected.layers["dense"])
 
 
 def test_read_samples_on_a_distributed_client(tmp_path: Path) -> None:

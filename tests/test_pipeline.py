@@ -269,3 +269,27 @@ def test_broken_inputs_leave_an_earlier_report_untouched(cohort_dir: Path, tmp_p
     assert result.exit_code == 2, result.output
     assert "statsu" in result.output and "Traceback" not in result.output
     assert (out / "report.html").read_text() == "<p>earlier report</p>"
+
+
+def test_intermediate_checkpoints_leave_out_rna_x_and_reading_rebuilds_it(tmp_path: Path) -> None:
+    import anndata as ad
+
+    from sccohort.pp.normalize import normalize_rna
+
+    rng = np.random.default_rng(0)
+    counts = sp.csr_matrix(rng.poisson(0.8, (30, 12)).astype(np.int32))
+    rna = ad.AnnData(
+        X=counts.astype(np.float32), obs=pd.DataFrame(index=[f"c{i}" for i in range(30)])
+    )
+    rna.layers["counts"] = counts
+    normalize_rna(rna, target_sum=1e4)
+    cohort = mudata.MuData({"rna": rna})
+    x = rna.X.copy()
+    pipeline.write_cohort(cohort, tmp_path / "mid.h5mu", final=False)
+    pipeline.write_cohort(cohort, tmp_path / "final.h5mu", final=True)
+    assert (cohort.mod["rna"].X != x).nnz == 0  # the object in memory keeps its .X
+    assert mudata.read_h5mu(tmp_path / "mid.h5mu").mod["rna"].X is None
+    for name in ("mid", "final"):
+        back = pipeline.read_cohort(tmp_path / f"{name}.h5mu").mod["rna"].X
+        assert back.dtype == np.float32
+        np.testing.assert_array_equal(back.toarray(), x.toarray())

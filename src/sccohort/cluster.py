@@ -19,6 +19,9 @@ that later stages need (the UMAP layout) run beside the main process (`Backgroun
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import logging
 import os
 import warnings
@@ -188,10 +191,26 @@ def compute(
             future.release()
             if progress is not None:
                 progress(done, len(futures))
+        client.run(release_memory)
         return results
     finally:
         if client is not scheduler:
             client.close()
+
+
+def release_memory() -> None:
+    """Collect reference cycles and hand freed heap back to the OS (glibc ``malloc_trim``).
+
+    Run on every worker after a batch of tasks: their AnnData objects hold cycles, and the
+    memory would otherwise stay with the idle worker (about 0.6 GB each per sample task).
+    """
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _apply(function: Callable[..., Any], args: tuple) -> Any:
+    return function(*args)
 
 
 class Background:
@@ -204,7 +223,9 @@ class Background:
         self._call = (function, args)
         self._future = None
         if _is_client(scheduler):
-            self._future = scheduler.submit(function, *args, pure=False)
+            # large arguments go to a worker directly, not inside the task graph
+            [packed] = scheduler.scatter([args], hash=False)
+            self._future = scheduler.submit(_apply, function, packed, pure=False)
 
     def result(self) -> Any:
         """The call's return value (waits for it; re-raises its error)."""

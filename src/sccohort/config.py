@@ -154,7 +154,7 @@ class EmbeddingSection:
     harmony_key: str = "sample_id"
     n_neighbors: int = 20
     resolution: float = 0.5
-    umap_max_cells: int = 200_000
+    umap_max_cells: int = 100_000
 
 
 @config_section("annotation")

@@ -2,7 +2,8 @@
 
 A run is a list of :class:`Stage` objects executed in order on one :class:`RunState`.
 After each stage the pipeline writes a checkpoint (``checkpoints/<n>_<stage>.json``,
-plus ``checkpoints/<n>_<stage>.h5mu`` when the stage changed the cohort object) and
+plus ``checkpoints/<n>_<stage>.h5mu`` when the stage saves the cohort object: without the
+RNA ``.X``, rebuilt from the counts on resume, except the final one) and
 rewrites ``run.json``. ``resume=True`` re-validates the checkpoints (same config and
 inputs, every output file present with its recorded checksum) and starts after the
 last good one. Stage functions are the only code that writes files, and they write
@@ -267,9 +268,7 @@ def run_pipeline(
     state = RunState(config, out, samples, clinical, progress, scheduler=scheduler)
     cohort_checkpoint = next((r["cohort"] for r in reversed(good) if r.get("cohort")), None)
     if cohort_checkpoint is not None:
-        import mudata
-
-        state.mdata = mudata.read_h5mu(out / cohort_checkpoint)
+        state.mdata = read_cohort(out / cohort_checkpoint)
 
     record: dict[str, Any] = {
         "sccohort_run": 1,
@@ -346,9 +345,46 @@ def _write_checkpoint(
     last_change = max(i for i, s in enumerate(STAGES) if s.changes_cohort)
     if stage.saves_cohort or index == last_change:  # the final object is always saved
         rel = f"checkpoints/{name}.h5mu"
-        write_h5mu(state.mdata, out / rel)
+        write_cohort(state.mdata, out / rel, final=index == last_change)
         entry.update(cohort=rel, cohort_sha256=sha256_file(out / rel))
     write_json(entry, out / "checkpoints" / f"{name}.json")
+
+
+def write_cohort(mdata: Any, path: Path, *, final: bool) -> None:
+    """Write the cohort object (``.h5mu``) atomically.
+
+    A checkpoint that is not ``final`` leaves out the log-normalised RNA ``.X`` (half the
+    file: 3 of 6 GB at 230,000 cells), which `read_cohort` rebuilds bit for bit from
+    ``layers["counts"]``; the final object, published as ``cohort.h5mu``, keeps it.
+    """
+    rna = mdata.mod.get("rna")
+    rebuild = not final and rna is not None and _rebuildable(rna)
+    x = rna.X if rebuild else None
+    if rebuild:
+        rna.X = None
+    try:
+        write_h5mu(mdata, path)
+    finally:
+        if rebuild:
+            rna.X = x
+
+
+def read_cohort(path: Path) -> Any:
+    """Read a cohort checkpoint (``.h5mu``), rebuilding the RNA ``.X`` a checkpoint left out."""
+    import mudata
+
+    from sccohort.pp.normalize import normalize_rna
+
+    mdata = mudata.read_h5mu(path)
+    rna = mdata.mod.get("rna")
+    if rna is not None and rna.X is None and _rebuildable(rna):
+        normalize_rna(rna, target_sum=rna.uns["normalize_rna"]["target_sum"])
+    return mdata
+
+
+def _rebuildable(rna: Any) -> bool:
+    params = rna.uns.get("normalize_rna", {})
+    return params.get("method") == "log1p" and "counts" in rna.layers
 
 
 def _publish_cohort(out: Path) -> None:

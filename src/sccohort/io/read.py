@@ -497,7 +497,6 @@ def _concat_rna(results: dict[str, dict[str, ad.AnnData]], paths: pd.Series) -> 
     samples = list(results)
     reference = results[samples[0]]["rna"].var_names
     ref_set = set(reference)
-    parts = []
     for sample in samples:
         adata = results[sample]["rna"]
         if set(adata.var_names) != ref_set:
@@ -515,8 +514,7 @@ def _concat_rna(results: dict[str, dict[str, ad.AnnData]], paths: pd.Series) -> 
                     "(same Cell Ranger reference and version)"
                 ),
             )
-        parts.append(adata if adata.var_names.equals(reference) else adata[:, reference])
-    return ad.concat(parts, join="inner", merge="first")
+    return stack_rows([results[s].pop("rna") for s in samples], reference)
 
 
 def _concat_prot(results: dict[str, dict[str, ad.AnnData]]) -> ad.AnnData:
@@ -542,8 +540,107 @@ def _concat_prot(results: dict[str, dict[str, ad.AnnData]]) -> ad.AnnData:
             f"common to all and dropped {detail}",
             stacklevel=3,
         )
-    parts = [results[s]["prot"][:, common] for s in samples]
-    return ad.concat(parts, join="inner", merge="first")
+    return stack_rows([results[s].pop("prot") for s in samples], common)
+
+
+def _row_slots(adata: ad.AnnData) -> dict[str | None, Any]:
+    """``X`` (key None) and every layer of ``adata`` that is not None."""
+    slots: dict[str | None, Any] = {None: adata.X} if adata.X is not None else {}
+    return slots | dict(adata.layers)
+
+
+def stack_rows(parts: list[ad.AnnData], var_names: pd.Index) -> ad.AnnData:
+    """Stack AnnData objects by rows on the columns ``var_names``; ``parts`` is emptied.
+
+    The result equals ``ad.concat([p[:, var_names] for p in parts], join="inner",
+    merge="first")`` for ``X`` and layers that are sparse (returned as CSR) or dense, but its
+    arrays are allocated once and each part is released as soon as it is copied: the peak is
+    the result plus one part, where ``ad.concat`` holds every part and the result.
+
+    Parameters
+    ----------
+    parts
+        AnnData objects holding every name of ``var_names`` and the same ``X``/layers keys
+        (``X`` None in all or in none).
+    var_names
+        Columns of the result, in order.
+
+    Returns
+    -------
+    AnnData ``sum(n_obs) x len(var_names)``: ``obs`` the parts' ``obs`` stacked (columns
+    common to all), ``var`` the first part's rows for ``var_names``.
+    """
+    columns = [p.var_names.get_indexer(var_names) for p in parts]
+    var = parts[0].var.iloc[columns[0]].copy()
+    first = _row_slots(parts[0])
+    sizes = {}
+    for key, value in first.items():
+        if sp.issparse(value):
+            nnz = 0
+            for part, cols in zip(parts, columns, strict=True):
+                mat = _row_slots(part)[key]
+                full = cols.size == part.n_vars and np.array_equal(cols, np.arange(cols.size))
+                nnz += mat.nnz if full else sp.csr_matrix(mat)[:, cols].nnz
+            sizes[key] = nnz
+    n_obs = sum(p.n_obs for p in parts)
+    n_vars = len(var_names)
+    out: dict[str | None, Any] = {}
+    for key, value in first.items():
+        if key in sizes:
+            index_dtype = np.int32 if max(sizes[key], n_vars) <= _INT32_MAX else np.int64
+            out[key] = (
+                np.empty(sizes[key], dtype=value.dtype),
+                np.empty(sizes[key], dtype=index_dtype),
+                np.zeros(n_obs + 1, dtype=index_dtype),
+            )
+        else:
+            out[key] = np.empty((n_obs, n_vars), dtype=np.asarray(value).dtype)
+    obs = []
+    row = 0
+    offsets = dict.fromkeys(sizes, 0)
+    for i in range(len(parts)):
+        part, cols = parts[i], columns[i]
+        parts[i] = None  # type: ignore[call-overload]  # release the part once copied
+        full = cols.size == part.n_vars and np.array_equal(cols, np.arange(cols.size))
+        stop = row + part.n_obs
+        slots = _row_slots(part)
+        if not part.is_view:
+            # take the matrices out of the part: AnnData objects hold reference cycles, so a
+            # matrix left inside would live until the next garbage collection
+            part.X = None
+            for key in list(part.layers):
+                del part.layers[key]
+        for key, value in slots.items():
+            if key in sizes:
+                mat = sp.csr_matrix(value) if full else sp.csr_matrix(value)[:, cols]
+                if not mat.has_canonical_format:
+                    mat = mat.copy()
+                    mat.sum_duplicates()
+                data, indices, indptr = out[key]
+                lo, hi = offsets[key], offsets[key] + mat.nnz
+                data[lo:hi] = mat.data
+                indices[lo:hi] = mat.indices
+                indptr[row + 1 : stop + 1] = mat.indptr[1:] + lo
+                offsets[key] = hi
+            else:
+                value = value.toarray() if sp.issparse(value) else np.asarray(value)
+                out[key][row:stop] = value if full else value[:, cols]
+        obs.append(part.obs)
+        row = stop
+        part = slots = value = mat = None
+    matrices = {
+        key: sp.csr_matrix(arrays, shape=(n_obs, n_vars)) if key in sizes else arrays
+        for key, arrays in out.items()
+    }
+    frame = pd.concat(obs, join="inner")
+    for column in frame.columns:  # categorical in every part: categorical, as ad.concat
+        if all(isinstance(o[column].dtype, pd.CategoricalDtype) for o in obs):
+            joined = pd.api.types.union_categoricals([o[column] for o in obs])
+            frame[column] = pd.Categorical(frame[column], categories=joined.categories)
+    result = ad.AnnData(X=matrices.pop(None, None), obs=frame, var=var)
+    for key, matrix in matrices.items():
+        result.layers[key] = matrix
+    return result
 
 
 def _concat_hto(results: dict[str, dict[str, ad.AnnData]]) -> ad.AnnData | None:
@@ -620,6 +717,8 @@ def combine_samples(results: dict[str, dict[str, ad.AnnData]], samples: pd.DataF
     ----------
     results
         ``sample_id -> {modality: AnnData}`` in sheet order, cell ids ``<sample_id>:<barcode>``.
+        The ``rna`` and ``prot`` entries are moved out of these dicts and freed as they are
+        joined (`stack_rows`), so the join needs little more memory than its result.
     samples
         The sample sheet (index ``sample_id``; ``donor_id``, ``path`` and optional ``batch,
         timepoint, tissue``).

@@ -1,24 +1,29 @@
 """One sample from its count files to quality-controlled, normalised cells: the per-sample task.
 
 `prepare_sample` reads a sample once and does everything that needs only that sample:
-the summary row, QC (metrics, doublets, flags), and, for dsb, reading the sample's empty
-droplets. It runs as one Dask task per sample (on a local or remote worker) and sends back
-only the raw counts of the cells that pass: normalising after the samples are joined costs
-less than sending normalised copies (and CLR and dsb depend on the cohort's common antibody
-panel).
+the summary row, QC (metrics, doublets, flags) and, for dsb, reading the sample's empty
+droplets and normalising its antibodies on its own panel. It runs as one Dask task per sample
+(on a local or remote worker) and sends back the raw counts of the cells that pass (plus
+their dsb values): log-normalising RNA after the samples are joined costs less than sending
+normalised copies, and CLR and dsb depend on the cohort's common antibody panel (the dsb
+values are used when that panel is the sample's own, the usual case).
 """
 
 from __future__ import annotations
 
+import gc
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from sccohort.errors import InputError
 from sccohort.io.read import read_raw_droplets, read_sample
+from sccohort.pp.normalize import dsb
 from sccohort.pp.qc import qc_sample
 from sccohort.pp.summary import summarise_sample
 
@@ -44,6 +49,10 @@ class PreparedSample:
         The sample's row of the QC table.
     empty
         Protein counts of the sample's empty droplets (``layers["counts"]``), or None.
+    prot_dsb
+        dsb values of the kept cells on the sample's own antibody panel (``n_kept x
+        n_antibodies`` float32, index cell ids, columns the antibodies), or None. The cohort
+        uses them when its common panel is this panel; otherwise dsb is recomputed.
     warnings
         ``(category, message)`` of the warnings raised while preparing; the caller re-emits
         them (a remote worker's warnings would otherwise be lost).
@@ -55,6 +64,7 @@ class PreparedSample:
     qc_cells: pd.DataFrame
     qc_row: dict[str, Any]
     empty: AnnData | None = None
+    prot_dsb: pd.DataFrame | None = None
     warnings: list[tuple[type[Warning], str]] = field(default_factory=list)
 
 
@@ -89,6 +99,8 @@ def prepare_sample(
     InputError
         Unreadable or inconsistent files (naming the file and sample), bad QC parameters.
     """
+    # the previous task's AnnData objects on this worker hold reference cycles: free them
+    gc.collect()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         mdata = read_sample(path, sample_id, format=format)
@@ -103,10 +115,29 @@ def prepare_sample(
             if modality != "hto":
                 part.X = None
             kept[modality] = part
-        empty = None
+        empty = prot_dsb = None
         if raw_path is not None and "prot" in mods:
             # every barcode Cell Ranger called a cell (QC-failed ones too) is not background
             empty = read_raw_droplets(raw_path, mdata.obs_names, sample_id, modalities=("prot",))
             empty.X = None
+            prot_dsb = _dsb_values(kept["prot"], empty)
     seen = [(w.category, str(w.message)) for w in caught]
-    return PreparedSample(sample_id, kept, summary, qc_cells, qc_row, empty, seen)
+    return PreparedSample(sample_id, kept, summary, qc_cells, qc_row, empty, prot_dsb, seen)
+
+
+def _dsb_values(prot: AnnData, empty: AnnData) -> pd.DataFrame | None:
+    """The kept cells' dsb values (cells x antibodies, float32), or None.
+
+    None when there are no cells or dsb refuses the sample (the cohort then recomputes it
+    and raises the error there).
+    """
+    if prot.n_obs == 0:
+        return None
+    cells = AnnData(obs=pd.DataFrame(index=prot.obs_names), var=pd.DataFrame(index=prot.var_names))
+    cells.layers["counts"] = prot.layers["counts"]
+    try:
+        dsb(cells, empty)
+    except InputError:
+        return None
+    values = np.asarray(cells.X, dtype=np.float32)
+    return pd.DataFrame(values, index=prot.obs_names, columns=prot.var_names)

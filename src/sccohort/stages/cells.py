@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import warnings
 from pathlib import Path
 
@@ -72,7 +73,9 @@ def _stage_preprocess(state: RunState) -> list[Path]:
     summary = summary_table({p.sample_id: p.summary for p in prepared}, table, antibodies)
     qc_table = pd.DataFrame([p.qc_row for p in prepared])
     empties = {p.sample_id: p.empty for p in prepared}
+    own_dsb = {p.sample_id: p.prot_dsb for p in prepared if p.prot_dsb is not None}
     del prepared
+    gc.collect()  # the parts' AnnData objects hold reference cycles
     columns = ["sample_id", "qc_pass", "qc_reason", "doublet_score", *QC_METRICS]
     qc_cells.insert(0, "sample_id", [c.split(":", 1)[0] for c in qc_cells.index])
     written = [
@@ -92,15 +95,24 @@ def _stage_preprocess(state: RunState) -> list[Path]:
         )
     normalize_rna(mdata.mod["rna"], target_sum=state.config.normalize.target_sum)
     if antibodies is not None:
-        _normalize_protein(mdata.mod["prot"], mdata.obs["sample_id"], empties if use_dsb else None)
+        _normalize_protein(
+            mdata.mod["prot"], mdata.obs["sample_id"], empties if use_dsb else None, own_dsb
+        )
     state.mdata = mdata
     return written
 
 
 def _normalize_protein(
-    prot: ad.AnnData, sample_of_cell: pd.Series, empties: dict[str, ad.AnnData] | None
+    prot: ad.AnnData,
+    sample_of_cell: pd.Series,
+    empties: dict[str, ad.AnnData] | None,
+    own_dsb: dict[str, pd.DataFrame],
 ) -> None:
-    """CLR per cell, or (``empties`` given) dsb per sample with the sample's empty droplets."""
+    """CLR per cell, or (``empties`` given) dsb per sample with the sample's empty droplets.
+
+    ``own_dsb``: ``sample -> cells x antibodies`` dsb values from the per-sample task; used
+    where that panel is the cohort's (same antibodies, same order), else dsb is recomputed.
+    """
     if empties is None:
         clr(prot, margin="cell")
         method = "clr"
@@ -109,6 +121,10 @@ def _normalize_protein(
         samples = sample_of_cell.loc[prot.obs_names].astype(str).to_numpy()
         for sample_id in pd.unique(samples):
             rows = np.flatnonzero(samples == sample_id)
+            own = own_dsb.get(sample_id)
+            if own is not None and own.columns.equals(prot.var_names):
+                prot.X[rows] = own.to_numpy()
+                continue
             part = prot[rows].copy()
             dsb(part, empties[sample_id][:, part.var_names].copy())
             prot.X[rows] = part.X
@@ -236,8 +252,9 @@ def _stage_embed(state: RunState) -> list[Path]:
         )  # fmt: skip
         graph.obs["rna_weight"] = 1.0
         cluster_key = "wnn"
-    leiden(graph, neighbors_key=cluster_key, resolution=cfg.resolution, seed=seed)
+    # the layout needs only the graph: it runs on a worker while Leiden runs here
     state.background["umap"] = _start_umap(state, graph, graph.obsm[f"rna_{reps['rna']}"])
+    leiden(graph, neighbors_key=cluster_key, resolution=cfg.resolution, seed=seed)
     for key in ("wnn_connectivities", "wnn_distances", "wnn_snn"):
         if key in graph.obsp:
             mdata.obsp[key] = graph.obsp[key]

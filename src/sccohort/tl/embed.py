@@ -50,7 +50,7 @@ BLOCK_CELLS = 10_000
 #: Edges converted to Python objects at a time when building igraph graphs (~450 MB).
 _EDGE_CHUNK = 1 << 22
 #: Above this many cells `umap` lays out a random subsample (see `umap`).
-UMAP_MAX_CELLS = 200_000
+UMAP_MAX_CELLS = 100_000
 
 
 # --------------------------------------------------------------------------------------------
@@ -857,8 +857,8 @@ def umap(
 
     Up to ``max_cells`` cells: ``sc.tl.umap`` on the graph. Above it, the layout is computed
     on ``max_cells`` randomly chosen cells (their induced subgraph, which keeps about
-    ``max_cells / n_cells`` of each cell's edges: 87% for 230,000 cells and the default
-    200,000), and every other cell is placed at the connectivity-weighted mean of its laid-out
+    ``max_cells / n_cells`` of each cell's edges: 43% for 230,000 cells and the default
+    100,000), and every other cell is placed at the connectivity-weighted mean of its laid-out
     neighbours; cells whose neighbours are all unplaced are placed in a next round from the
     placed ones. Cells with no path to a laid-out cell get NaN (counted in
     ``uns[key]["n_unplaced"]``). Figures draw a random subsample anyway (the study showed
