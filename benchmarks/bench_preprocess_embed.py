@@ -5,9 +5,9 @@ One command (issue 3, item 5: ~230,000 cells, 27 donors / 29 samples, 139 antibo
     python benchmarks/bench_preprocess_embed.py --cells-per-donor 8500
 
 Expected duration on 2 idle cores: ~2 min to simulate the cohort once (cached in
-``--cache``, default /tmp/bench_preprocess_embed/cohort), <= 6 min for sccohort and roughly
-30-90 min for the plain way (scrublet, dense scaling, muon's WNN (capped at 15 min) and UMAP
-on every cell dominate);
+``--cache``, default /tmp/bench_preprocess_embed/cohort), about 6.5 min for sccohort and
+60-90 min for the plain way (muon's per-cell dsb mixtures, ~90 s per 8,500-cell sample,
+scrublet, muon's WNN (capped at 15 min) and UMAP on every cell dominate);
 ``--skip-plain`` runs only sccohort, ``--steps-plain preprocess,embed`` stops the plain way
 before its UMAP.
 
