@@ -25,16 +25,14 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_preprocess_embed import TreeSampler, ensure_cohort  # noqa: E402
+from bench_preprocess_embed import ensure_cohort, run_sampled  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pipeline_scale.csv"
 
@@ -43,22 +41,10 @@ def run(cache: Path, out: Path) -> tuple[dict, float, float, float | None]:
     """``sccohort run`` on the cached cohort; run.json, wall s, tree peak GB, time -v max GB."""
     log = out.with_suffix(".log")
     cmd = [sys.executable, "-m", "sccohort", "run", str(cache / "sccohort.toml"), "--out", str(out)]
-    if Path("/usr/bin/time").exists():
-        cmd = ["/usr/bin/time", "-v", *cmd]
     print(f"running {' '.join(cmd)} (log {log})", flush=True)
-    t0 = time.perf_counter()
-    with log.open("w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
-        sampler = TreeSampler(proc.pid)
-        code = proc.wait()
-        sampler.stop()
-    wall = time.perf_counter() - t0
+    code, wall, sampler, max_rss = run_sampled(cmd, log)
     if code != 0:
         raise SystemExit(f"sccohort run failed ({code}); end of {log}:\n{log.read_text()[-3000:]}")
-    max_rss = None
-    for line in log.read_text().splitlines():
-        if "Maximum resident set size" in line:
-            max_rss = round(int(line.rsplit(":", 1)[1]) / 2**20, 3)
     return json.loads((out / "run.json").read_text()), wall, sampler.peak(), max_rss
 
 

@@ -105,16 +105,14 @@ class TreeSampler:
         return round(max(inside), 3) if inside else float("nan")
 
 
-def run_worker(role: str, args: argparse.Namespace, result: Path) -> tuple[dict, TreeSampler]:
-    """Run this script as ``--worker role`` under ``/usr/bin/time -v``; its JSON and sampler."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", role]
-    cmd += ["--cache", str(args.cache), "--out", str(args.out), "--result", str(result)]
-    cmd += ["--steps-plain", ",".join(args.steps_plain)]
-    timev = Path("/usr/bin/time")
-    if timev.exists():
-        cmd = [str(timev), "-v", *cmd]
-    log = args.out / f"{role}.log"
-    print(f"[{role}] running ({log})", flush=True)
+def run_sampled(cmd: list[str], log: Path) -> tuple[int, float, TreeSampler, float | None]:
+    """Run ``cmd`` under ``/usr/bin/time -v`` (when present) with its output in ``log``.
+
+    Returns the exit code, wall seconds, the sampler of its process tree and the largest
+    single process (GB) that ``time -v`` reports (None without ``/usr/bin/time``).
+    """
+    if Path("/usr/bin/time").exists():
+        cmd = ["/usr/bin/time", "-v", *cmd]
     t0 = time.perf_counter()
     with log.open("w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
@@ -122,15 +120,28 @@ def run_worker(role: str, args: argparse.Namespace, result: Path) -> tuple[dict,
         code = proc.wait()
         sampler.stop()
     wall = time.perf_counter() - t0
+    max_rss = None
+    for line in log.read_text().splitlines():
+        if "Maximum resident set size" in line:  # the largest single process, not the tree
+            max_rss = round(int(line.rsplit(":", 1)[1]) / 2**20, 3)
+    return code, wall, sampler, max_rss
+
+
+def run_worker(role: str, args: argparse.Namespace, result: Path) -> tuple[dict, TreeSampler]:
+    """Run this script as ``--worker role``; its JSON and sampler."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", role]
+    cmd += ["--cache", str(args.cache), "--out", str(args.out), "--result", str(result)]
+    cmd += ["--steps-plain", ",".join(args.steps_plain)]
+    log = args.out / f"{role}.log"
+    print(f"[{role}] running ({log})", flush=True)
+    code, wall, sampler, max_rss = run_sampled(cmd, log)
     if code != 0:
         tail = log.read_text()[-3000:]
         raise SystemExit(f"[{role}] failed with exit code {code}; end of {log}:\n{tail}")
     info = json.loads(result.read_text())
     info["wall_s"] = round(wall, 3)
-    text = log.read_text()
-    for line in text.splitlines():
-        if "Maximum resident set size" in line:  # the largest single process, not the tree
-            info["time_v_max_rss_gb"] = round(int(line.rsplit(":", 1)[1]) / 2**20, 3)
+    if max_rss is not None:
+        info["time_v_max_rss_gb"] = max_rss
     print(f"[{role}] done in {wall:.1f} s, tree peak {sampler.peak():.2f} GB", flush=True)
     return info, sampler
 

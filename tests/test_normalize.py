@@ -372,3 +372,42 @@ def test_dsb_on_real_pbmc_reproduces_paper_properties():
         assert abs(np.median(col(name))) < 0.5
     lib = np.log10(np.asarray(cells.layers["counts"].sum(axis=1)).ravel())
     assert st.spearmanr(cells.obs["dsb_technical_component"], lib)[0] > 0.3
+
+
+def test_cohort_dsb_uses_the_task_values_only_on_the_same_panel() -> None:
+    from sccohort.pp.sample import _dsb_values
+    from sccohort.stages.cells import _normalize_protein
+
+    rng = np.random.default_rng(7)
+    names = ["CD3", "CD4", "CD14", "CD19", "CD8", "Mouse IgG1"]
+
+    def counts(n: int, base: float) -> sp.csr_matrix:
+        return sp.csr_matrix(
+            rng.poisson(base * rng.gamma(2.0, 1.0, (n, len(names)))).astype(np.int32)
+        )
+
+    cells, empties, sample_of = [], {}, []
+    for sample in ("A", "B"):
+        obs = pd.DataFrame(index=[f"{sample}:{i}" for i in range(80)])
+        part = ad.AnnData(obs=obs, var=pd.DataFrame(index=names))
+        part.layers["counts"] = counts(80, 20.0)
+        empty = ad.AnnData(obs=pd.DataFrame(index=[f"e{i}" for i in range(300)]), var=part.var)
+        empty.layers["counts"] = counts(300, 2.0)
+        cells.append(part)
+        empties[sample] = empty
+        sample_of += [sample] * 80
+    prot = ad.concat(cells)
+    sample_of_cell = pd.Series(sample_of, index=prot.obs_names)
+    expected = prot.copy()
+    _normalize_protein(expected, sample_of_cell, empties, {})
+    own_a = _dsb_values(cells[0], empties["A"])
+    np.testing.assert_array_equal(own_a.to_numpy(), expected.X[:80])
+    # B's task values on another column order are not the cohort's panel: recomputed
+    stale = pd.DataFrame(0.0, index=cells[1].obs_names, columns=names[::-1], dtype=np.float32)
+    got = prot.copy()
+    _normalize_protein(got, sample_of_cell, empties, {"A": own_a, "B": stale})
+    np.testing.assert_array_equal(got.X, expected.X)
+    # the task values are what the cohort takes when the panel matches
+    marked = own_a + 1.0
+    _normalize_protein(got, sample_of_cell, empties, {"A": marked})
+    np.testing.assert_array_equal(got.X[:80], marked.to_numpy())

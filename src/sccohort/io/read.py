@@ -571,17 +571,20 @@ def stack_rows(parts: list[ad.AnnData], var_names: pd.Index) -> ad.AnnData:
     common to all), ``var`` the first part's rows for ``var_names``.
     """
     columns = [p.var_names.get_indexer(var_names) for p in parts]
+    # parts whose columns are already ``var_names`` in order are copied without subsetting
+    whole = [
+        c.size == p.n_vars and np.array_equal(c, np.arange(c.size))
+        for p, c in zip(parts, columns, strict=True)
+    ]
     var = parts[0].var.iloc[columns[0]].copy()
     first = _row_slots(parts[0])
     sizes = {}
     for key, value in first.items():
         if sp.issparse(value):
-            nnz = 0
-            for part, cols in zip(parts, columns, strict=True):
-                mat = _row_slots(part)[key]
-                full = cols.size == part.n_vars and np.array_equal(cols, np.arange(cols.size))
-                nnz += mat.nnz if full else sp.csr_matrix(mat)[:, cols].nnz
-            sizes[key] = nnz
+            sizes[key] = sum(
+                _row_slots(p)[key].nnz if w else sp.csr_matrix(_row_slots(p)[key])[:, c].nnz
+                for p, c, w in zip(parts, columns, whole, strict=True)
+            )
     n_obs = sum(p.n_obs for p in parts)
     n_vars = len(var_names)
     out: dict[str | None, Any] = {}
@@ -599,9 +602,8 @@ def stack_rows(parts: list[ad.AnnData], var_names: pd.Index) -> ad.AnnData:
     row = 0
     offsets = dict.fromkeys(sizes, 0)
     for i in range(len(parts)):
-        part, cols = parts[i], columns[i]
+        part, cols, full = parts[i], columns[i], whole[i]
         parts[i] = None  # type: ignore[call-overload]  # release the part once copied
-        full = cols.size == part.n_vars and np.array_equal(cols, np.arange(cols.size))
         stop = row + part.n_obs
         slots = _row_slots(part)
         if not part.is_view:
