@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from sccohort.config import build_designs, load_config, load_inputs
 from sccohort.errors import InputError
 from sccohort.simulate import (
     DESIGNS,
@@ -19,6 +20,15 @@ from sccohort.simulate import (
     protein_panel,
     simulate_cohort,
     subset_table,
+)
+from sccohort.simulate.design import (
+    MIN_DONORS,
+    SimParams,
+    clinical_table,
+    default_batches,
+    effects_table,
+    group_sizes,
+    sample_specs,
 )
 from sccohort.simulate.writers import CONFIG_TEMPLATE
 
@@ -352,3 +362,143 @@ def test_bad_input_raises_input_error(tmp_path: Path) -> None:
         simulate_cohort(tmp_path, doublet_rate=0.9)
     with pytest.raises(InputError, match="donors"):
         simulate_cohort(tmp_path, donors=["SSc99"])
+
+
+# --- Cohorts of N donors drawn in the paper's proportions (n_donors) ---
+
+N_DONORS = 40
+N_CELLS = 150
+
+
+@pytest.fixture(scope="module")
+def cohort_n(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("n_donors")
+    return simulate_cohort(out, n_donors=N_DONORS, cells_per_donor=N_CELLS, seed=2, n_empty=50)
+
+
+@pytest.mark.parametrize("n", [MIN_DONORS, 27, 40, 100, 1000])
+def test_n_donor_table_has_the_paper_proportions(n: int) -> None:
+    table = clinical_table(n)
+    assert table.equals(clinical_table(n))  # fixed for N, whatever the cohort seed
+    assert len(table) == n and table["donor_id"].is_unique
+    ssc, hd = table[table["group"] == "SSc"], table[table["group"] == "HD"]
+    assert list(table["donor_id"]) == [f"SSc{i}" for i in range(1, len(ssc) + 1)] + [
+        f"HD{i}" for i in range(1, len(hd) + 1)
+    ]
+    assert abs(len(ssc) - n * 21 / 27) <= 0.5
+    assert abs((ssc["SRC"] == "yes").sum() - len(ssc) * 4 / 21) <= 0.5
+    assert abs((ssc["ILD"] == "yes").sum() - len(ssc) * 12 / 21) <= 0.5
+    for col in ("SRC", "ILD"):  # every contrast group has the 2 donors a test needs
+        assert ssc[col].value_counts().reindex(["yes", "no"]).min() >= 2
+    assert len(hd) >= 2 and (hd[["SRC", "ILD", "ARA"]] == "").all().all()
+    no_src = ssc[ssc["SRC"] == "no"]
+    assert (ssc.loc[ssc["SRC"] == "yes", "ARA"] == "positive").all()
+    assert abs((no_src["ARA"] == "positive").sum() - len(no_src) * 5 / 17) <= 0.5
+    assert abs((ssc["sex"] == "M").sum() - len(ssc) * 4 / 21) <= 0.5
+    assert abs((hd["sex"] == "M").sum() - len(hd) * 2 / 6) <= 0.5
+    ssc4 = table.set_index("donor_id").loc["SSc4"]  # the longitudinal donor, as in the paper
+    assert (ssc4["SRC"], ssc4["ILD"], ssc4["ARA"]) == ("yes", "yes", "positive")
+    assert table["age"].between(18, 90).all() and table["age"].dtype.kind == "i"
+    if n == 1000:  # ages drawn like the paper's: SSc 64.9 +- 11.3, HD 67.7 +- 8.9 years
+        assert ssc["age"].mean() == pytest.approx(64.9, abs=1.5)
+        assert ssc["age"].std() == pytest.approx(11.3, abs=1.5)
+        assert hd["age"].mean() == pytest.approx(67.7, abs=2.0)
+        assert hd["age"].std() == pytest.approx(8.9, abs=1.5)
+
+
+def test_n_donor_sizes_and_lanes() -> None:
+    assert group_sizes(27) == {
+        "SSc": 21, "HD": 6, "SRC": 4, "ILD": 12, "ARA_no_SRC": 5, "male_SSc": 4, "male_HD": 2
+    }  # fmt: skip
+    assert default_batches(None) == 4 and default_batches(100) == 14
+    assert default_batches(MIN_DONORS) == 2
+    specs = sample_specs(default_batches(100), 100)
+    assert len(specs) == 102 and [s.index for s in specs] == list(range(102))
+    lanes = pd.Series([s.batch for s in specs]).value_counts()
+    assert len(lanes) == 14 and lanes.max() - lanes.min() <= 1
+    assert [s.sample_id for s in specs if s.donor_id == "SSc4"] == ["SSc4_pre", "SSc4", "SSc4_post"]
+
+
+def test_n_donor_inputs_validate_as_the_pipeline_loads_them(cohort_n: Path) -> None:
+    cfg = load_config(cohort_n / "sccohort.toml")
+    samples, clinical = load_inputs(cfg)
+    assert clinical is not None
+    designs = build_designs(cfg, samples, clinical)
+    sizes = group_sizes(N_DONORS)
+    counts = {k: (d.n_case, d.n_control) for k, d in designs.items()}
+    assert counts == {
+        "SSc_vs_HD": (sizes["SSc"], sizes["HD"]),
+        "SRC": (sizes["SRC"], sizes["SSc"] - sizes["SRC"]),
+        "ILD": (sizes["ILD"], sizes["SSc"] - sizes["ILD"]),
+    }
+    assert all(list(d.matrix.columns)[2:] == ["age"] for d in designs.values())
+    assert (cohort_n / "sccohort.toml").read_text() == CONFIG_TEMPLATE.format(seed=2)
+    sheet = samples.table
+    assert len(sheet) == N_DONORS + 2 and sheet["donor_id"].nunique() == N_DONORS
+    assert sorted(sheet.loc[sheet["donor_id"] == "SSc4", "timepoint"]) == [
+        "baseline", "post_treatment", "pre_onset"
+    ]  # fmt: skip
+    lanes = sheet["batch"].value_counts()
+    assert len(lanes) == default_batches(N_DONORS) and lanes.max() - lanes.min() <= 1
+    hd_lanes = sheet.loc[sheet["donor_id"].str.startswith("HD"), "batch"]
+    assert set(hd_lanes) == set(lanes.index)  # every lane has healthy donors
+    written = pd.read_csv(cohort_n / "clinical.csv", keep_default_na=False)
+    expected = clinical_table(N_DONORS)
+    pd.testing.assert_frame_equal(written, expected, check_dtype=False)
+
+
+def test_n_donor_truth_has_the_planted_effects(cohort_n: Path) -> None:
+    clin = clinical_table(N_DONORS).set_index("donor_id")
+    ssc = set(clin.index[clin["group"] == "SSc"])
+    src = set(clin.index[clin["SRC"] == "yes"])
+    ild = set(clin.index[clin["ILD"] == "yes"])
+    comp = pd.read_csv(cohort_n / "truth" / "donor_composition.csv")
+    base = comp[comp["sample_id"].isin(ssc)]  # baseline samples: sample id == donor id
+    exp = base.pivot(index="sample_id", columns="subset", values="expected_share")
+    real = base.pivot(index="sample_id", columns="subset", values="donor_share")
+    truth = pd.read_csv(cohort_n / "truth" / "cells.csv.gz", keep_default_na=False)
+    assert len(truth) == (N_DONORS + 2) * N_CELLS
+    for subset, cases, share in (("CD14_EGR1", src, 0.02), ("CD8_TEM_T2ISG", ild, 0.015)):
+        is_case = exp.index.isin(list(cases))
+        np.testing.assert_allclose(exp.loc[is_case, subset], 3 * share)
+        np.testing.assert_allclose(exp.loc[~is_case, subset], share)
+        donor_fold = real.loc[is_case, subset].mean() / real.loc[~is_case, subset].mean()
+        assert 2.0 < donor_fold < 4.5
+        assert _fold(truth, subset, cases, ssc) == pytest.approx(donor_fold, rel=0.4)
+    naive = comp[comp["subset"] == "CD8_Naive"].set_index("donor_id")["expected_share"]
+    ages = clin.loc[naive.index, "age"]
+    assert np.corrcoef(ages, np.log(naive))[0, 1] < -0.99  # the age effect, in every donor
+    effects = pd.read_csv(cohort_n / "truth" / "effects.csv", keep_default_na=False)
+    paper = effects_table("paper", SimParams()).astype(str)
+    assert effects.astype(str)[["kind", "subset", "variable", "within", "donor"]].equals(
+        paper[["kind", "subset", "variable", "within", "donor"]]
+    )
+
+
+def test_n_donor_sample_independent_of_the_others(cohort_n: Path, tmp_path: Path) -> None:
+    one = simulate_cohort(
+        tmp_path, n_donors=N_DONORS, cells_per_donor=N_CELLS, seed=2, n_empty=50, donors=["HD3"]
+    )
+    for f in ("HD3/filtered_feature_bc_matrix.h5", "HD3/raw_feature_bc_matrix.h5"):
+        assert (one / f).read_bytes() == (cohort_n / f).read_bytes(), f
+    full = pd.read_csv(cohort_n / "samples.csv").set_index("sample_id")
+    assert list(pd.read_csv(one / "samples.csv")["batch"]) == [full.loc["HD3", "batch"]]
+
+
+def test_n_donors_bad_input(tmp_path: Path) -> None:
+    for bad in (MIN_DONORS - 1, 3, 0, -5):
+        with pytest.raises(InputError, match=f"n_donors.*too few donors.*>= {MIN_DONORS}"):
+            simulate_cohort(tmp_path / "x", n_donors=bad)
+    for bad in (2.5, True, "50"):
+        with pytest.raises(InputError, match="n_donors must be an integer"):
+            simulate_cohort(tmp_path / "x", n_donors=bad)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="SSc1..SSc78, HD1..HD22"):
+        simulate_cohort(tmp_path / "x", n_donors=100, donors=["SSc79"])
+    assert not (tmp_path / "x").exists()  # nothing written before the inputs are checked
+
+
+def test_default_is_the_paper_cohort() -> None:
+    assert clinical_table().equals(clinical_table(None)) and len(clinical_table()) == 27
+    assert sample_specs(4) == sample_specs(4, None) and len(sample_specs(4)) == 29
+    assert clinical_table(27)["SRC"].eq("yes").sum() == 4  # a drawn 27, not the paper's table
+    assert not clinical_table(27).equals(clinical_table())

@@ -155,13 +155,26 @@ def simulate(
     cells_per_donor: Annotated[int, typer.Option(help="Cells per sample (before QC).")] = 2000,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
     jobs: Annotated[int, typer.Option(help="Worker processes (0: one per core).")] = 0,
+    n_donors: Annotated[
+        int | None,
+        typer.Option(
+            help="Donors, drawn in the paper's proportions (22% HD; of SSc 4/21 SRC, 12/21 ILD) "
+            "with the same planted effects; default: the paper's 27 donors."
+        ),
+    ] = None,
 ) -> None:
     """Simulate a CITE-seq cohort with known truth (Cell Ranger h5 files, tables, config)."""
-    _guard(lambda: _simulate(out, design, cells_per_donor, seed, jobs))
+    _guard(lambda: _simulate(out, design, cells_per_donor, seed, jobs, n_donors=n_donors))
 
 
 def _simulate(
-    out: Path, design: str, cells_per_donor: int, seed: int, jobs: int = 0, **params: float
+    out: Path,
+    design: str,
+    cells_per_donor: int,
+    seed: int,
+    jobs: int = 0,
+    n_donors: int | None = None,
+    **params: float,
 ) -> Path:
     from sccohort.errors import InputError
     from sccohort.simulate import DESIGNS, simulate_cohort
@@ -183,6 +196,7 @@ def _simulate(
             seed=seed,
             n_jobs=jobs or os.cpu_count() or 1,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
+            n_donors=n_donors,
             **params,
         )
     toml = escape(str(path / "sccohort.toml"))

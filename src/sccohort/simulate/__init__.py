@@ -3,7 +3,8 @@
 ``simulate_cohort(out_dir, design="paper", cells_per_donor=2000, seed=0, **params)``
 writes per-sample Cell Ranger h5 files (filtered and raw), a sample sheet, a clinical
 table, a ready ``sccohort.toml`` and truth tables (cell labels and artefacts, planted
-effects, planted compositions). See `SimParams` for the parameters.
+effects, planted compositions). See `SimParams` for the parameters. The paper's 27
+donors by default; ``n_donors=N`` draws a cohort of N donors in the same proportions.
 """
 
 from sccohort.simulate.biology import EGR1_PROGRAM, L1_LEVELS, T2ISG_PROGRAM, subset_table

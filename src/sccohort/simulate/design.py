@@ -5,6 +5,10 @@ expanded in SRC donors, CD8_TEM_T2ISG expanded in ILD donors and one SRC donor (
 sampled before, at and after SRC onset. Design ``null`` has the same donors and clinical
 table but no clinical effect. Both keep the age effect (fewer naive CD8 T cells with age),
 which is biology, not a clinical effect.
+
+Either design also comes at any size: ``n_donors`` donors drawn in the paper's proportions
+(`group_sizes`, `clinical_table`), with SSc4 again the SRC + ILD donor sampled three
+times, so the planted effects, the truth tables and the config are the same.
 """
 
 from __future__ import annotations
@@ -28,8 +32,14 @@ _MALE = {"SSc3", "SSc10", "SSc17", "SSc20", "HD2", "HD5"}
 #: The longitudinal donor and its samples: (sample_id, timepoint), in time order.
 LONGITUDINAL_DONOR = "SSc4"
 TIMEPOINTS = (("SSc4_pre", "pre_onset"), ("SSc4", "baseline"), ("SSc4_post", "post_treatment"))
+_CLINICAL_COLUMNS = ["donor_id", "group", "age", "sex", "SRC", "ILD", "ARA"]
 #: Age at which the age effect is zero.
 REFERENCE_AGE = 60.0
+#: Seed of the drawn clinical tables: a table depends on ``n_donors`` only, never on the
+#: cohort seed (which draws the cells), just as the paper's table is fixed.
+TABLE_SEED = 2025
+#: Samples per lane in the paper's cohort (29 samples on 4 lanes); drawn cohorts keep it.
+_SAMPLES_PER_LANE = 29 / 4
 
 
 @dataclass(frozen=True)
@@ -141,14 +151,105 @@ class SampleSpec:
     batch: str
 
 
-def clinical_table() -> pd.DataFrame:
-    """The 27 donors of the reference study.
+def _half_up(x: float) -> int:
+    return int(np.floor(x + 0.5))
+
+
+def group_sizes(n_donors: int) -> dict[str, int]:
+    """Donor counts of an ``n_donors`` cohort in the paper's proportions (rounded).
 
     Returns
     -------
-    DataFrame with columns ``donor_id, group, age, sex, SRC, ILD, ARA`` (27 rows); SRC/ILD
-    are yes/no and ARA positive/negative for SSc donors, empty strings for HD.
+    dict with ``SSc, HD`` (21:6), within SSc ``SRC`` (4/21), ``ILD`` (12/21) and
+    ``male_SSc`` (4/21), ``ARA_no_SRC`` (5 of the 17 without SRC; every SRC donor is ARA
+    positive), and ``male_HD`` (2/6).
     """
+    n_ssc_paper, n_hd_paper = len(_SSC_AGES), len(_HD_AGES)
+    n_hd = _half_up(n_donors * n_hd_paper / (n_ssc_paper + n_hd_paper))
+    n_ssc = n_donors - n_hd
+    n_src = _half_up(n_ssc * len(_SRC) / n_ssc_paper)
+    n_male_hd = sum(d.startswith("HD") for d in _MALE)
+    return {
+        "SSc": n_ssc,
+        "HD": n_hd,
+        "SRC": n_src,
+        "ILD": _half_up(n_ssc * len(_ILD) / n_ssc_paper),
+        "ARA_no_SRC": _half_up((n_ssc - n_src) * len(_ARA_NO_SRC) / (n_ssc_paper - len(_SRC))),
+        "male_SSc": _half_up(n_ssc * (len(_MALE) - n_male_hd) / n_ssc_paper),
+        "male_HD": _half_up(n_hd * n_male_hd / n_hd_paper),
+    }
+
+
+def _size_problem(n_donors: int) -> str | None:
+    """Why ``n_donors`` cannot make a cohort for the three contrasts (None when it can)."""
+    if n_donors < 1:
+        return f"n_donors is {n_donors}"
+    s = group_sizes(n_donors)
+    groups = {
+        "HD": s["HD"],
+        "SSc": s["SSc"],
+        "SRC": s["SRC"],
+        "SSc without SRC": s["SSc"] - s["SRC"],
+        "ILD": s["ILD"],
+        "SSc without ILD": s["SSc"] - s["ILD"],
+    }
+    # 2 SRC + 2 without SRC also guarantee an SSc4, the longitudinal donor.
+    small = [f"{n} {name}" for name, n in groups.items() if n < 2]
+    if small:
+        return f"{n_donors} donors in the paper's proportions give {', '.join(small)}"
+    return None
+
+
+#: Smallest cohort whose every contrast group (HD, SSc, SRC yes/no, ILD yes/no) has 2 donors.
+MIN_DONORS = next(n for n in range(1, 1000) if _size_problem(n) is None)
+
+
+def check_n_donors(n_donors: object) -> int:
+    """``n_donors`` as an int; `InputError` unless it is an integer >= `MIN_DONORS`."""
+    if isinstance(n_donors, bool) or not isinstance(n_donors, int | np.integer):
+        raise InputError(
+            f"n_donors must be an integer, got {n_donors!r}",
+            key="n_donors",
+            hint=f"use a whole number >= {MIN_DONORS}, or leave it out for the paper's 27",
+        )
+    problem = _size_problem(int(n_donors))
+    if problem is not None:
+        raise InputError(
+            f"too few donors: {problem}",
+            key="n_donors",
+            hint=f"use n_donors >= {MIN_DONORS}: each contrast group (HD, SSc, SRC yes/no, "
+            "ILD yes/no) needs at least 2 donors",
+        )
+    return int(n_donors)
+
+
+def default_batches(n_donors: int | None) -> int:
+    """Lanes of a cohort: 4 for the paper's, else the paper's ~7 samples per lane (>= 2)."""
+    if n_donors is None:
+        return SimParams.n_batches
+    n_samples = check_n_donors(n_donors) + len(TIMEPOINTS) - 1
+    return max(2, _half_up(n_samples / _SAMPLES_PER_LANE))
+
+
+def clinical_table(n_donors: int | None = None) -> pd.DataFrame:
+    """The 27 donors of the reference study, or ``n_donors`` drawn in its proportions.
+
+    Parameters
+    ----------
+    n_donors
+        ``None``: the paper's table. Else the sizes of `group_sizes` (at least
+        `MIN_DONORS`), ids ``SSc1..SScK`` then ``HD1..HDM``; which SSc donors have SRC,
+        ILD, ARA and which donors are male is drawn with exact counts (SSc4 always has SRC
+        and ILD, as in the paper); ages are normal with the paper's per-group mean and SD,
+        rounded, within 18-90. The draw depends on ``n_donors`` only (`TABLE_SEED`).
+
+    Returns
+    -------
+    DataFrame with columns ``donor_id, group, age, sex, SRC, ILD, ARA`` (27 or ``n_donors``
+    rows); SRC/ILD are yes/no and ARA positive/negative for SSc donors, empty strings for HD.
+    """
+    if n_donors is not None:
+        return _drawn_table(check_n_donors(n_donors))
     rows = []
     for i, age in enumerate(_SSC_AGES, start=1):
         did = f"SSc{i}"
@@ -167,13 +268,66 @@ def clinical_table() -> pd.DataFrame:
     for i, age in enumerate(_HD_AGES, start=1):
         did = f"HD{i}"
         rows.append((did, "HD", age, "M" if did in _MALE else "F", "", "", ""))
-    return pd.DataFrame(rows, columns=["donor_id", "group", "age", "sex", "SRC", "ILD", "ARA"])
+    return pd.DataFrame(rows, columns=_CLINICAL_COLUMNS)
 
 
-def sample_specs(n_batches: int) -> list[SampleSpec]:
-    """All samples of the cohort in a fixed order, lanes assigned in turn (L1, L2, ...)."""
+def _drawn_table(n_donors: int) -> pd.DataFrame:
+    """The clinical table of `clinical_table` for ``n_donors`` (validated) donors."""
+    s = group_sizes(n_donors)
+    n_ssc, n_hd = s["SSc"], s["HD"]
+    rng = np.random.default_rng([TABLE_SEED, n_donors])
+    longitudinal = int(LONGITUDINAL_DONOR.removeprefix("SSc")) - 1  # its row among SSc
+
+    def pick(pool: np.ndarray, k: int, forced: int | None = None) -> np.ndarray:
+        """Boolean mask over SSc donors: ``k`` of ``pool`` (``forced`` always among them)."""
+        mask = np.zeros(n_ssc, dtype=bool)
+        if forced is not None:
+            mask[forced] = True
+            pool, k = pool[pool != forced], k - 1
+        mask[rng.choice(pool, size=k, replace=False)] = True
+        return mask
+
+    everyone = np.arange(n_ssc)
+    src = pick(everyone, s["SRC"], longitudinal)
+    ild = pick(everyone, s["ILD"], longitudinal)
+    ara = src | pick(np.flatnonzero(~src), s["ARA_no_SRC"])
+    male_ssc = pick(everyone, s["male_SSc"])
+    male_hd = np.zeros(n_hd, dtype=bool)
+    male_hd[rng.choice(n_hd, size=s["male_HD"], replace=False)] = True
+    ages = {}
+    for group, paper, n in (("SSc", _SSC_AGES, n_ssc), ("HD", _HD_AGES, n_hd)):
+        draw = rng.normal(np.mean(paper), np.std(paper, ddof=1), n)
+        ages[group] = np.clip(np.rint(draw), 18, 90).astype(int)
+
+    def yes(flag: bool) -> str:
+        return "yes" if flag else "no"
+
+    rows = [
+        (
+            f"SSc{i + 1}",
+            "SSc",
+            int(ages["SSc"][i]),
+            "M" if male_ssc[i] else "F",
+            yes(src[i]),
+            yes(ild[i]),
+            "positive" if ara[i] else "negative",
+        )
+        for i in range(n_ssc)
+    ]
+    rows += [
+        (f"HD{i + 1}", "HD", int(ages["HD"][i]), "M" if male_hd[i] else "F", "", "", "")
+        for i in range(n_hd)
+    ]
+    return pd.DataFrame(rows, columns=_CLINICAL_COLUMNS)
+
+
+def sample_specs(n_batches: int, n_donors: int | None = None) -> list[SampleSpec]:
+    """All samples of the cohort in a fixed order, lanes assigned in turn (L1, L2, ...).
+
+    ``n_donors`` as in `clinical_table`; the longitudinal donor (SSc4) has three samples.
+    """
     specs: list[SampleSpec] = []
-    for did in clinical_table()["donor_id"]:
+    for did in clinical_table(n_donors)["donor_id"]:
         pairs = TIMEPOINTS if did == LONGITUDINAL_DONOR else ((did, "baseline"),)
         for sid, tp in pairs:
             i = len(specs)

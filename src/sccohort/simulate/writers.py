@@ -25,7 +25,9 @@ from sccohort.simulate.design import (
     DESIGNS,
     SampleSpec,
     SimParams,
+    check_n_donors,
     clinical_table,
+    default_batches,
     effects_table,
     sample_specs,
 )
@@ -147,6 +149,15 @@ def _results(jobs: list, n_jobs: int) -> Iterator[tuple[pd.DataFrame, pd.DataFra
         yield from pool.map(_run_sample, jobs)
 
 
+def _id_ranges(clinical: pd.DataFrame) -> str:
+    """Donor ids of a clinical table, listed or (beyond 30) as ranges per group."""
+    ids = list(clinical["donor_id"])
+    if len(ids) <= 30:
+        return ", ".join(ids)
+    counts = clinical["group"].value_counts()
+    return ", ".join(f"{g}1..{g}{counts[g]}" for g in ("SSc", "HD"))
+
+
 def write_cohort(
     out_dir: str | Path,
     design: str = "paper",
@@ -156,6 +167,7 @@ def write_cohort(
     progress: Callable[[int, int], None] | None = None,
     n_jobs: int = 1,
     donors: Sequence[str] | None = None,
+    n_donors: int | None = None,
     **params: object,
 ) -> Path:
     """Simulate a CITE-seq cohort and write it as Cell Ranger outputs plus truth tables.
@@ -173,7 +185,7 @@ def write_cohort(
     design
         One of `DESIGNS`: ``"paper"`` (planted clinical effects) or ``"null"`` (none).
     cells_per_donor
-        Cell barcodes per sample (the longitudinal donor has three samples).
+        Cell barcodes per sample (the longitudinal donor SSc4 has three samples).
     seed
         Seed of all random draws; the same seed gives byte-identical files.
     progress
@@ -181,8 +193,14 @@ def write_cohort(
     n_jobs
         Samples simulated in parallel (processes); memory grows with it.
     donors
-        Simulate only these donors (all their samples); ``None`` = all 27. A donor's
+        Simulate only these donors (all their samples); ``None`` = all. A donor's
         samples are identical whichever other donors are simulated.
+    n_donors
+        ``None``: the paper's 27 donors. Else a cohort of that many donors (at least
+        `~sccohort.simulate.design.MIN_DONORS`) drawn in the paper's proportions (see
+        `~sccohort.simulate.design.clinical_table`; ``n_donors + 2`` samples) with the
+        same planted effects, truth files and config; unless ``n_batches`` is given, lanes
+        scale with it (`~sccohort.simulate.design.default_batches`).
     **params
         Any field of `SimParams` (e.g. ``egr1_fold=5``, ``doublet_rate=0.08``).
 
@@ -197,11 +215,12 @@ def write_cohort(
         )
     if int(cells_per_donor) < 10:
         raise InputError("too few cells per donor", key="cells_per_donor", hint="use at least 10")
+    if n_donors is not None:
+        n_donors = check_n_donors(n_donors)
+        params.setdefault("n_batches", default_batches(n_donors))
     p = SimParams.from_kwargs(**params)
-    out = Path(out_dir)
-    (out / "truth").mkdir(parents=True, exist_ok=True)
-    clinical = clinical_table()
-    specs = sample_specs(int(p.n_batches))
+    clinical = clinical_table(n_donors)
+    specs = sample_specs(int(p.n_batches), n_donors)
     donor_ids = list(clinical["donor_id"])
     if donors is not None:
         unknown = sorted(set(donors) - set(donor_ids))
@@ -209,10 +228,13 @@ def write_cohort(
             raise InputError(
                 f"unknown donors {unknown}" if unknown else "no donors selected",
                 key="donors",
-                hint=f"use donor ids of the design: {', '.join(donor_ids)}",
+                hint=f"use donor ids of the design: {_id_ranges(clinical)}",
             )
         specs = [s for s in specs if s.donor_id in set(donors)]
+    out = Path(out_dir)
+    (out / "truth").mkdir(parents=True, exist_ok=True)
     by_donor = clinical.set_index("donor_id")
+    position = {d: i for i, d in enumerate(donor_ids)}
     jobs = [
         (
             out,
@@ -222,7 +244,7 @@ def write_cohort(
             p,
             int(cells_per_donor),
             int(seed),
-            donor_ids.index(s.donor_id),
+            position[s.donor_id],
             int(s.batch[1:]) - 1,
         )
         for s in specs
