@@ -1,11 +1,12 @@
 """AUPRC of recovering planted subsets: the default test against KS, Milo, scCODA and CNA.
 
-Cohorts come from the simulator's composition model (`sccohort.simulate.design`: 27 donors of
-the reference study, a Dirichlet per donor around the age-dependent expected shares, the
-planted folds on CD14_EGR1 in SRC donors and CD8_TEM_T2ISG in ILD donors; 38 subsets). Two
-contrasts within SSc, both adjusted for age: SRC (4 vs 17 donors; positive CD14_EGR1) and ILD
-(12 vs 9; positive CD8_TEM_T2ISG). The other 37 subsets are the negatives of a contrast (the
-other planted subset included: it is not associated with that variable by design).
+Cohorts come from the simulator's composition model (benchmarks/paper_cohort.py over
+`sccohort.simulate.design`: 27 donors of the reference study, a Dirichlet per donor around
+the age-dependent expected shares, the planted folds on CD14_EGR1 in SRC donors and
+CD8_TEM_T2ISG in ILD donors; 38 subsets). Two contrasts within SSc, both adjusted for age:
+SRC (4 vs 17 donors; positive CD14_EGR1) and ILD (12 vs 9; positive CD8_TEM_T2ISG). The other
+37 subsets are the negatives of a contrast (the other planted subset included: it is not
+associated with that variable by design).
 
 Settings:
 
@@ -166,37 +167,6 @@ def _peer_cna(jobs: list[Path]) -> None:
 # ---------------------------------------------------------------- cohorts
 
 
-def _clinical():
-    from sccohort.cohort import ClinicalTable
-    from sccohort.simulate.design import clinical_table
-
-    clinical = clinical_table().set_index("donor_id").replace("", np.nan)
-    types = {"group": "binary", "age": "continuous", "sex": "binary", "SRC": "binary"}
-    types |= {"ILD": "binary", "ARA": "binary"}
-    return clinical, ClinicalTable(clinical, types=types)
-
-
-def _counts(fold: float, seed: int, cells: int) -> pd.DataFrame:
-    """Donors x subsets cell counts of one paper-design cohort (baseline samples)."""
-    from sccohort.simulate.biology import SUBSETS
-    from sccohort.simulate.design import SimParams, donor_shares, sample_specs, share_folds
-
-    params = SimParams(egr1_fold=fold, t2isg_fold=fold)
-    clinical, _ = _clinical()
-    clinical = clinical.fillna("")
-    rng = np.random.default_rng(seed)
-    counts = {}
-    for spec in sample_specs(params.n_batches):
-        if spec.timepoint != "baseline":
-            continue
-        donor = clinical.loc[spec.donor_id]
-        shares = donor_shares(
-            params, float(donor["age"]), share_folds("paper", params, spec, donor), rng
-        )
-        counts[spec.donor_id] = rng.multinomial(cells, shares)
-    return pd.DataFrame(counts, index=[s.name for s in SUBSETS]).T
-
-
 def _cells(counts: pd.DataFrame, seed: int) -> tuple[np.ndarray, pd.DataFrame]:
     """Synthetic embedding: one Gaussian blob per subset, subsets of a lineage close together."""
     from sccohort.simulate.biology import SUBSETS
@@ -215,27 +185,13 @@ def _cells(counts: pd.DataFrame, seed: int) -> tuple[np.ndarray, pd.DataFrame]:
     return np.vstack(emb), obs
 
 
-def _design(variable: str, donors: list[str]):
-    from sccohort.cohort import Contrast
-
-    _, table = _clinical()
-    contrast = Contrast(variable, variable, "yes", "no", {"group": "SSc"}, ["age"])
-    return contrast.design(table, donors)
-
-
 # ---------------------------------------------------------------- our methods
 
 
 def _score_default(counts: pd.DataFrame, design) -> pd.DataFrame:
-    from sccohort.stats.abundance import test_abundance
+    from paper_cohort import default_test
 
-    totals = pd.DataFrame(
-        np.repeat(counts.sum(axis=1).to_numpy()[:, None], counts.shape[1], axis=1),
-        index=counts.index,
-        columns=counts.columns,
-    )
-    res = test_abundance(counts, totals, design, level="subset", n_perm=N_PERM, seed=1)
-    return _from_pvalues(res)
+    return _from_pvalues(default_test(counts, design, n_perm=N_PERM))
 
 
 def _score_ks(counts: pd.DataFrame, design) -> pd.DataFrame:
@@ -299,19 +255,21 @@ def _run_peer(name: str, jobs: list[Path]) -> str:
 
 def main(n_cohorts: int) -> pd.DataFrame:
     """Run all settings and return the summary table (also written to ``OUT``)."""
+    from paper_cohort import donor_counts, within_ssc
+
     WORK.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []  # one per (setting, method, cohort)
     peer_jobs: dict[str, list[tuple[str, Path, list[str], str]]] = {"sccoda": [], "cna": []}
     for level, cells in (("counts", COUNT_CELLS), ("cells", CELL_CELLS)):
         for fold in FOLDS[level]:
             for seed in range(n_cohorts):
-                counts = _counts(fold, seed + (0 if level == "counts" else 500), cells)
+                counts = donor_counts(fold, seed + (0 if level == "counts" else 500), cells)
                 subsets = list(counts.columns)
                 if level == "cells":
                     emb, obs = _cells(counts, seed)
                 for variable, positive in CONTRASTS.items():
                     setting = f"{level}_{variable}_fold{fold:g}"
-                    design = _design(variable, list(counts.index))
+                    design = within_ssc(variable, list(counts.index))
                     donors = list(design.donors)
                     sub = counts.loc[donors]
                     methods = {

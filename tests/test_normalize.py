@@ -148,9 +148,8 @@ def test_pearson_residuals_refuse_too_many_values(rna):
 # -------------------------------------------------------------------------- GMM and isotypes
 
 
-def test_vectorised_mixture_matches_sklearn_per_row():
-    from sklearn.mixture import GaussianMixture
-
+def _rows_unequal_variances() -> np.ndarray:
+    """12 rows: a background N(0, 0.7) and 10-40 % positives of random mean and sd 1.5."""
     rng = np.random.default_rng(3)
     rows = []
     for _ in range(12):
@@ -160,19 +159,44 @@ def test_vectorised_mixture_matches_sklearn_per_row():
                 [rng.normal(0, 0.7, 100 - n_pos), rng.normal(rng.uniform(3, 8), 1.5, n_pos)]
             )
         )
-    x = np.vstack(rows)
-    ours = gmm2_background_mean(x, models=("V",), tol=1e-12, max_iter=5000)
+    return np.vstack(rows)
+
+
+def _rows_equal_variances() -> np.ndarray:
+    """6 rows: N(-1, 1) and N(4, 1) with the positive share growing row by row."""
+    rng = np.random.default_rng(9)
+    return np.vstack(
+        [
+            np.concatenate([rng.normal(-1, 1, 100 - 5 * i), rng.normal(4, 1, 30 + 5 * i)])
+            for i in range(6)
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "covariance_type", "make_rows"),
+    [("V", "full", _rows_unequal_variances), ("E", "tied", _rows_equal_variances)],
+)
+def test_vectorised_mixture_matches_sklearn_per_row(model, covariance_type, make_rows):
+    from sklearn.mixture import GaussianMixture
+
+    x = make_rows()
+    ours = gmm2_background_mean(x, models=(model,), tol=1e-12, max_iter=5000)
     for i, row in enumerate(x):
         split = row > np.median(row)
         gm = GaussianMixture(
             2,
+            covariance_type=covariance_type,
             tol=1e-12,
             max_iter=5000,
             reg_covar=1e-12,
             means_init=[[row[~split].mean()], [row[split].mean()]],
         ).fit(row[:, None])
         assert ours[i] == pytest.approx(gm.means_.min(), abs=1e-4)
-    # degenerate rows stay finite: constant row -> its value; two point masses -> the lower
+
+
+def test_mixture_degenerate_rows_stay_finite():
+    # constant row -> its value; two point masses -> the lower
     degenerate = np.array([[5.0] * 10, [1.0] * 7 + [9.0] * 3])
     np.testing.assert_allclose(gmm2_background_mean(degenerate), [5.0, 1.0], atol=1e-6)
 
@@ -195,30 +219,6 @@ def test_mixture_rows_are_fitted_independently_of_each_other():
     np.testing.assert_array_equal(together, alone)
     np.testing.assert_array_equal(gmm2_background_mean(x[::-1]), together[::-1])
     assert np.median(np.abs(together)) < 0.3  # the background component sits near 0
-
-
-def test_mixture_equal_variance_model_matches_sklearn_tied():
-    from sklearn.mixture import GaussianMixture
-
-    rng = np.random.default_rng(9)
-    x = np.vstack(
-        [
-            np.concatenate([rng.normal(-1, 1, 100 - 5 * i), rng.normal(4, 1, 30 + 5 * i)])
-            for i in range(6)
-        ]
-    )
-    ours = gmm2_background_mean(x, models=("E",), tol=1e-12, max_iter=5000)
-    for i, row in enumerate(x):
-        split = row > np.median(row)
-        gm = GaussianMixture(
-            2,
-            covariance_type="tied",
-            tol=1e-12,
-            max_iter=5000,
-            reg_covar=1e-12,
-            means_init=[[row[~split].mean()], [row[split].mean()]],
-        ).fit(row[:, None])
-        assert ours[i] == pytest.approx(gm.means_.min(), abs=1e-4)
 
 
 def test_isotype_detection_by_name_and_column():

@@ -20,10 +20,10 @@ from ..stats.abundance import DEFAULT_METHOD, VALUES_METHOD
 from .build import Items, Note, Paragraph, Section, build_report
 from .sections import (
     SMALL_GROUP,
-    _clinical_frame,
-    _contrast_sizes,
     cell_types_section,
+    clinical_frame,
     cohort_section,
+    contrast_sizes,
     methods_section,
     qc_section,
     umap_section,
@@ -158,7 +158,7 @@ def _limitations(
         if samples is not None and "donor_id" in samples
         else list(clinical.index)
     )
-    sizes = _contrast_sizes(contrasts, clinical, donors)
+    sizes = contrast_sizes(contrasts, clinical, donors)
     for row in sizes.itertuples(index=False):
         for arm, n in (("case", row.n_case), ("control", row.n_control)):
             if pd.notna(n) and n < SMALL_GROUP:
@@ -217,7 +217,7 @@ def assemble_report(
     run_json = dict(run_json or {})
     contrasts = _contrast_specs(config_or_designs, run_json)
     specs = _spec_dicts(contrasts)
-    frame = _clinical_frame(clinical)
+    frame = clinical_frame(clinical)
     run_cfg = (run_json.get("config") or {}).get("run") or {}
     timepoint = getattr(config_or_designs, "primary_timepoint", None) or run_cfg.get(
         "primary_timepoint"

@@ -23,7 +23,10 @@ from .build import FigureBlock, Items, Note, Paragraph, Section, TableBlock
 __all__ = [
     "SMALL_GROUP",
     "cell_types_section",
+    "clinical_frame",
     "cohort_section",
+    "contrast_sizes",
+    "group_column",
     "methods_section",
     "qc_section",
     "umap_section",
@@ -52,7 +55,8 @@ def _read_table(out: Path, name: str) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=True)
 
 
-def _clinical_frame(clinical: ClinicalTable | pd.DataFrame | None) -> pd.DataFrame | None:
+def clinical_frame(clinical: ClinicalTable | pd.DataFrame | None) -> pd.DataFrame | None:
+    """A copy of the clinical table indexed by ``donor_id`` as text (``None`` stays ``None``)."""
     if clinical is None:
         return None
     frame = clinical.table if isinstance(clinical, ClinicalTable) else clinical
@@ -64,7 +68,12 @@ def _clinical_frame(clinical: ClinicalTable | pd.DataFrame | None) -> pd.DataFra
     return frame
 
 
-def _group_column(clinical: pd.DataFrame | None, group: str | None) -> str | None:
+def group_column(clinical: pd.DataFrame | None, group: str | None) -> str | None:
+    """The clinical variable that groups donors (``None`` when there is none).
+
+    ``group`` if given (it must be a column), else ``"group"``, else the first non-numeric
+    variable with 2-6 levels.
+    """
     if clinical is None:
         return None
     if group is not None:
@@ -84,7 +93,7 @@ def _group_column(clinical: pd.DataFrame | None, group: str | None) -> str | Non
     return None
 
 
-def _contrast_sizes(
+def contrast_sizes(
     contrasts: Mapping[str, Mapping[str, Any]], clinical: pd.DataFrame, donors: Sequence[str]
 ) -> pd.DataFrame:
     """Donors per arm of each declared contrast (only donors with a primary sample)."""
@@ -167,8 +176,8 @@ def cohort_section(
         qc = pd.read_csv(qc_path)
         after = qc.set_index(qc["sample_id"].astype(str))["cells_out"]
         samples["cells_after_qc"] = samples["sample_id"].map(after)
-    table = _clinical_frame(clinical)
-    column = _group_column(table, group)
+    table = clinical_frame(clinical)
+    column = group_column(table, group)
     n_cells = int(samples["n_cells"].sum()) if "n_cells" in samples else 0
     kept = int(samples["cells_after_qc"].sum()) if "cells_after_qc" in samples else None
     donors = list(pd.unique(samples["donor_id"]))
@@ -239,7 +248,7 @@ def cohort_section(
             )
         )
         if contrasts:
-            sizes = _contrast_sizes(contrasts, table, donors)
+            sizes = contrast_sizes(contrasts, table, donors)
             blocks.append(
                 TableBlock(
                     sizes,

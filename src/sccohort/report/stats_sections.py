@@ -24,7 +24,7 @@ from ..stats.abundance import DEFAULT_METHOD
 from ..stats.composition import donor_shares
 from ..stats.tests import proportion_biplot
 from .build import FigureBlock, Note, Paragraph, Section, TableBlock
-from .sections import _clinical_frame, _group_column
+from .sections import clinical_frame, group_column
 
 __all__ = [
     "ASSOCIATION_LEVELS",
@@ -39,7 +39,6 @@ __all__ = [
     "read_table",
 ]
 
-#: ``method`` of the default donor-level test of subset shares (tables/association.csv).
 #: ``method`` of the study's classic test (two-sample KS, Bonferroni).
 CLASSIC_METHOD = "ks_bonferroni"
 #: Composition levels a subset is called associated on, in order of preference.
@@ -121,7 +120,7 @@ def contrast_groups(
         Contrast name -> Series indexed by donor_id (e.g. ``"yes"`` / ``"no"``); continuous
         contrasts and contrasts whose variable is missing are left out.
     """
-    frame = _clinical_frame(clinical)
+    frame = clinical_frame(clinical)
     out: dict[str, pd.Series] = {}
     for name, item in dict(contrasts or {}).items():
         if hasattr(item, "group") and hasattr(item, "kind"):  # a ContrastDesign
@@ -178,6 +177,12 @@ def associated_subsets(
     padj among ``levels`` is taken (ties: the first level). Rows with ``padj < alpha`` come
     first, by padj; then up to ``n_candidates`` rows with nominal ``pvalue < alpha`` that did
     not survive the multiple-testing correction, marked ``significant = False``.
+
+    Not the same selection as :func:`sccohort.stages.associated_subsets`, on purpose: that
+    one picks what the pipeline characterises (significant rows only, one row per subset,
+    its best contrast, at most ``max_subsets``, the association table's own columns); this
+    one is the report's display table (one row per subset x contrast, nominal candidates
+    too, method fallback, fold changes and the classic test's padj added).
 
     Parameters
     ----------
@@ -381,7 +386,7 @@ def _primary_samples(comp: pd.DataFrame, timepoint: str | None, tissue: str | No
 
 
 def _donor_group(clinical: pd.DataFrame | None, donors: Sequence[str]) -> tuple[pd.Series, str]:
-    column = _group_column(clinical, None)
+    column = group_column(clinical, None)
     if clinical is None or column is None:
         return pd.Series("all donors", index=list(donors)), "group"
     group = clinical[column].reindex(list(donors)).astype(object)
@@ -433,7 +438,7 @@ def composition_section(
         return Section("Composition", "composition", [_missing("composition.csv", "composition")])
     samples = _primary_samples(comp, primary_timepoint, primary_tissue)
     shares = donor_shares(comp, "subset", samples)
-    frame = _clinical_frame(clinical)
+    frame = clinical_frame(clinical)
     group, column = _donor_group(frame, list(shares.index))
     blocks: list[Any] = [
         Paragraph(

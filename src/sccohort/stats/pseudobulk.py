@@ -30,6 +30,7 @@ from scipy import stats
 
 from sccohort.cohort import ContrastDesign
 from sccohort.errors import InputError
+from sccohort.stats import CORE_COLUMNS
 from sccohort.stats.deseq2 import deseq2_wald, pydeseq2_wald
 
 __all__ = [
@@ -44,20 +45,13 @@ __all__ = [
 #: Engines of `pseudobulk_de`.
 ENGINES = ("deseq2", "pydeseq2")
 
-#: Columns of a pseudobulk DE table, in order (the DESIGN core columns, then the extras).
+_GENE_AT = CORE_COLUMNS.index("subset") + 1
+#: Columns of a pseudobulk DE table, in order: the DESIGN core columns with ``gene`` after
+#: ``subset``, then the extras.
 DE_COLUMNS = [
-    "contrast",
-    "level",
-    "subset",
+    *CORE_COLUMNS[:_GENE_AT],
     "gene",
-    "effect",
-    "ci_low",
-    "ci_high",
-    "pvalue",
-    "padj",
-    "method",
-    "n_case",
-    "n_control",
+    *CORE_COLUMNS[_GENE_AT:],
     "base_mean",
     "stat",
     "lfc_se",
