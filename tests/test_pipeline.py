@@ -293,3 +293,82 @@ def test_intermediate_checkpoints_leave_out_rna_x_and_reading_rebuilds_it(tmp_pa
         back = pipeline.read_cohort(tmp_path / f"{name}.h5mu").mod["rna"].X
         assert back.dtype == np.float32
         np.testing.assert_array_equal(back.toarray(), x.toarray())
+
+
+def _tag_cells(state: pipeline.RunState) -> list[Path]:
+    """A stage that changes the cohort after the previous one saved it."""
+    state.mdata.obs["tag"] = "later"
+    state.mdata.obsm["X_later"] = np.ones((state.mdata.n_obs, 2))
+    state.mdata.mod["rna"].obs["tag"] = "later"
+    return []
+
+
+def test_intermediate_checkpoint_written_in_background_holds_the_stage_state(
+    cohort_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = pipeline.STAGES[0]
+    saving = pipeline.Stage(first.name, first.description, first.run, True, True)
+    tag = pipeline.Stage("tag", "Tagging", _tag_cells, changes_cohort=True)
+    count = pipeline.Stage("count", "Counting cells", _count_cells)
+    monkeypatch.setattr(pipeline, "STAGES", (saving, tag, count))
+    out = tmp_path / "run"
+    pipeline.run_pipeline(load_config(cohort_dir / "sccohort.toml"), out)
+    record = json.loads((out / "checkpoints" / "01_preprocess.json").read_text())
+    mid = mudata.read_h5mu(out / record["cohort"])  # the snapshot, written while "tag" ran
+    assert record["cohort_sha256"] == pipeline.sha256_file(out / record["cohort"])
+    assert "tag" not in mid.obs and "X_later" not in mid.obsm
+    assert "tag" not in mid.mod["rna"].obs
+    final = mudata.read_h5mu(out / "cohort.h5mu")
+    assert (final.obs["tag"] == "later").all() and "X_later" in final.obsm
+    pd.testing.assert_frame_equal(mid.obs, final.obs.drop(columns="tag"))
+    np.testing.assert_array_equal(
+        mid.mod["rna"].layers["counts"].toarray(), final.mod["rna"].layers["counts"].toarray()
+    )
+    # the background checkpoint counts for resume: after a crash in "tag" only the later
+    # stages run again
+    (out / "checkpoints" / "02_tag.json").unlink()
+    again = pipeline.run_pipeline(load_config(cohort_dir / "sccohort.toml"), out, resume=True)
+    assert [s["resumed"] for s in again["stages"]] == [True, False, False]
+
+
+def test_snapshot_writes_the_same_cohort_and_ignores_later_changes(tmp_path: Path) -> None:
+    import anndata as ad
+
+    rng = np.random.default_rng(0)
+    cells = [f"c{i}" for i in range(25)]
+    rna = ad.AnnData(
+        X=sp.csr_matrix(rng.poisson(1.0, (25, 8)).astype(np.float32)),
+        obs=pd.DataFrame({"q": rng.random(25)}, index=cells),
+    )
+    rna.layers["counts"] = rna.X.copy()
+    rna.obsm["X_pca"] = rng.normal(size=(25, 3))
+    rna.uns["params"] = {"a": 1, "nested": {"b": [1, 2]}}
+    prot = ad.AnnData(X=rng.random((25, 4)), obs=pd.DataFrame(index=cells))
+    cohort = mudata.MuData({"rna": rna, "prot": prot})
+    cohort.obs["leiden"] = pd.Categorical(rng.integers(0, 3, 25).astype(str))
+    cohort.obsm["X_umap"] = rng.normal(size=(25, 2))
+    cohort.obsp["wnn_connectivities"] = sp.random(25, 25, density=0.2, random_state=1, format="csr")
+    cohort.uns["wnn"] = {"k": 5}
+    snap = pipeline.snapshot(cohort)
+    pipeline.write_cohort(cohort, tmp_path / "direct.h5mu", final=True)
+    cohort.obs["later"] = 1
+    cohort.obsm["X_umap"] = np.zeros((25, 2))
+    cohort.mod["rna"].uns["params"]["nested"]["b"] = "changed"
+    cohort.uns["wnn"]["k"] = 99
+    pipeline.write_cohort(snap, tmp_path / "snap.h5mu", final=True)
+    a, b = (mudata.read_h5mu(tmp_path / f"{n}.h5mu") for n in ("direct", "snap"))
+    pd.testing.assert_frame_equal(a.obs, b.obs)
+    pd.testing.assert_frame_equal(a.var, b.var)
+    assert sorted(a.obsm) == sorted(b.obsm) and sorted(a.obsp) == sorted(b.obsp)
+    for key in a.obsm:
+        np.testing.assert_array_equal(np.asarray(a.obsm[key]), np.asarray(b.obsm[key]))
+    assert (a.obsp["wnn_connectivities"] != b.obsp["wnn_connectivities"]).nnz == 0
+    assert b.uns["wnn"]["k"] == 5
+    for name in ("rna", "prot"):
+        x, y = a.mod[name], b.mod[name]
+        pd.testing.assert_frame_equal(x.obs, y.obs)
+        x_dense = x.X.toarray() if sp.issparse(x.X) else x.X
+        y_dense = y.X.toarray() if sp.issparse(y.X) else y.X
+        np.testing.assert_array_equal(x_dense, y_dense)
+        assert sorted(x.layers) == sorted(y.layers) and sorted(x.obsm) == sorted(y.obsm)
+    assert list(b.mod["rna"].uns["params"]["nested"]["b"]) == [1, 2]

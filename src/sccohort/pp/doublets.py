@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import anndata as ad
 import numba
 import numpy as np
-import scanpy as sc
 import scipy.sparse as sp
 from sklearn.utils.extmath import randomized_svd, svd_flip
 from threadpoolctl import threadpool_limits
@@ -419,6 +418,8 @@ def call_doublets(
     if n < min_cells:
         return _skipped(n, f"{n} cells, fewer than the {min_cells} doublet calling needs")
     if method == "scrublet":
+        import scanpy as sc  # imported here: per-sample workers need it only for this method
+
         adata = ad.AnnData(rna)
         sc.pp.scrublet(
             adata,
