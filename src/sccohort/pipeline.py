@@ -370,6 +370,10 @@ def _write_checkpoint(
     if index == last_change:
         save(state.mdata, True)
         return None
+    for adata in state.mdata.mod.values():
+        # writing turns string columns of the modalities' tables into categoricals in place;
+        # do it to the cohort itself, as a write in this thread would, before the next stage
+        adata.strings_to_categoricals()
     return _CheckpointWrite(save, snapshot(state.mdata), False)
 
 
