@@ -146,8 +146,14 @@ def run_worker(role: str, args: argparse.Namespace, result: Path) -> tuple[dict,
     return info, sampler
 
 
-def ensure_cohort(cache: Path, cells_per_donor: int, donors: int | None) -> None:
-    """Simulate the paper-design cohort into ``cache`` once (seed 0)."""
+def ensure_cohort(
+    cache: Path, cells_per_donor: int, donors: int | None, n_donors: int | None = None
+) -> None:
+    """Simulate the paper-design cohort into ``cache`` once (seed 0).
+
+    ``donors``: only the paper's first N donors (quick checks); ``n_donors``: a cohort of N
+    donors drawn in the paper's proportions (`sccohort.simulate.simulate_cohort`).
+    """
     if (cache / "sccohort.toml").is_file():
         return
     from sccohort.simulate import simulate_cohort
@@ -162,7 +168,10 @@ def ensure_cohort(cache: Path, cells_per_donor: int, donors: int | None) -> None
         chosen = [*first, *[d for d in names if d not in first]][:donors]
     print(f"simulating {cells_per_donor} cells per sample into {cache}", flush=True)
     t0 = time.perf_counter()
-    simulate_cohort(cache, design="paper", cells_per_donor=cells_per_donor, seed=0, donors=chosen)
+    simulate_cohort(
+        cache, design="paper", cells_per_donor=cells_per_donor, seed=0, donors=chosen,
+        n_donors=n_donors, n_jobs=os.cpu_count() or 1,
+    )  # fmt: skip
     print(f"simulated in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
