@@ -4,14 +4,17 @@ A run is a list of :class:`Stage` objects executed in order on one :class:`RunSt
 After each stage the pipeline writes a checkpoint (``checkpoints/<n>_<stage>.json``,
 plus ``checkpoints/<n>_<stage>.h5mu`` when the stage saves the cohort object: without the
 RNA ``.X``, rebuilt from the counts on resume, except the final one) and
-rewrites ``run.json``. ``resume=True`` re-validates the checkpoints (same config and
-inputs, every output file present with its recorded checksum) and starts after the
-last good one. Stage functions are the only code that writes files, and they write
-through :mod:`sccohort.io.atomic`, so a crash never leaves a half file that looks whole.
+rewrites ``run.json``. An intermediate cohort object is written on a thread while the next
+stage runs; checkpoints still complete in stage order. ``resume=True`` re-validates the
+checkpoints (same config and inputs, every output file present with its recorded checksum)
+and starts after the last good one. Stage functions are the only code that writes files,
+and they write through :mod:`sccohort.io.atomic`, so a crash never leaves a half file that
+looks whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -309,8 +312,9 @@ def run_pipeline(
                 record.update(
                     status="failed", failed_stage=stage.name, error=f"{type(exc).__name__}: {exc}"
                 )
-                if pending is not None:
-                    pending.join()  # the previous stage's checkpoint stays usable for resume
+                if pending is not None:  # finish the previous checkpoint, usable on resume
+                    with contextlib.suppress(Exception):  # this stage's error is the one to see
+                        pending.join()
                 write_json(record, out / "run.json")
                 raise
             timing = {
