@@ -161,3 +161,20 @@ def test_signatures_on_the_simulated_cohort(simulated_run: Path) -> None:
     both = tnfa[["CD14_EGR1", "CD14_Mono"]].dropna()
     assert len(both) >= 5
     assert (both["CD14_EGR1"] > both["CD14_Mono"]).all()  # in every donor
+
+
+@pytest.mark.parametrize("block_values", [1, 1000, 50_000, 10**9])
+def test_scores_product_over_row_blocks_equals_the_whole_product(
+    block_values: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import scipy.sparse as sp
+
+    from sccohort.stats import signatures
+
+    rng = np.random.default_rng(0)
+    x = sp.random(3000, 800, density=0.05, format="csr", dtype=np.float32, random_state=0)
+    empty = sp.csr_matrix((200, 800), dtype=np.float32)
+    x = sp.vstack([x[:1500], empty, x[1500:]]).tocsr()  # empty rows inside
+    weights = rng.normal(size=(800, 3))
+    monkeypatch.setattr(signatures, "_SCORE_BLOCK_VALUES", block_values)
+    np.testing.assert_array_equal(signatures._product(x, weights), np.asarray(x @ weights))

@@ -174,3 +174,30 @@ def test_markers_equal_those_of_ranking_every_gene(run, lineage):
         res = rank_markers(sub, "c", groups=group["subset"].tolist(), min_fraction=0.1)
         for name, markers in zip(group["subset"], group["rna_markers"], strict=True):
             assert ";".join(_top_features(res, name, None, 5)["feature"]) == markers, name
+
+
+def test_lineage_rna_sums_and_blocks_equal_scipy_on_the_rows_of_the_shared_matrix() -> None:
+    rng = np.random.default_rng(1)
+    x = sp.random(3000, 500, density=0.1, format="csr", dtype=np.float32, random_state=2)
+    x.data = np.log1p(rng.gamma(1, 3, x.nnz)).astype(np.float32)
+    x.data[::97] = 0  # stored zeros count as values, not as non-zeros
+    rows = np.sort(rng.choice(3000, 1700, replace=False))
+    labels = rng.integers(0, 7, rows.size)
+    lineage = subsets_module._LineageRNA(x, rows)
+    sums = lineage.sums(labels, 7)
+    xl = x[rows]
+    onehot = sp.csr_matrix(
+        (np.ones(labels.size), (labels, np.arange(labels.size))), shape=(7, labels.size)
+    )
+    nonzero = sp.csr_matrix(((xl.data != 0).astype(np.float32), xl.indices, xl.indptr), xl.shape)
+    np.testing.assert_array_equal(sums.total, (onehot @ xl).toarray())  # bit for bit
+    np.testing.assert_array_equal(sums.nonzero, (onehot @ nonzero).toarray())
+    cells = np.flatnonzero(labels < 3)
+    genes = np.sort(rng.choice(500, 120, replace=False))
+    block = lineage.take(cells, genes, sums.nonzero[:3].sum(axis=0)[genes])
+    expected = xl.tocsc()[:, genes][cells]
+    expected.eliminate_zeros()
+    for name in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(getattr(block, name), getattr(expected, name))
+    with pytest.raises(ValueError):  # counts that do not match the cells are refused
+        lineage.take(cells, genes, sums.nonzero[:2].sum(axis=0)[genes])

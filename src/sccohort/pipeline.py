@@ -117,12 +117,15 @@ class PeakMemory:
         self._proc = psutil.Process()
 
     def _sample(self) -> None:
+        children = self._proc.children(recursive=True)
         total = _memory(self._proc)
-        for child in self._proc.children(recursive=True):
+        for child in children:
             try:
                 total += _memory(child)
             except psutil.Error:
                 continue
+        if {c.pid for c in self._proc.children(recursive=True)} != {c.pid for c in children}:
+            return  # a fork while reading: its shared pages would count 1.5 times
         self.peak_gb = max(self.peak_gb, total / 2**30)
 
     def _loop(self) -> None:

@@ -82,16 +82,48 @@ def _matrix(adata: AnnData, layer: str | None) -> sp.csr_matrix | np.ndarray:
     return np.asarray(x)
 
 
-def _column_moments(x: sp.csr_matrix | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and population variance of each column, shape ``(n_genes,)`` each."""
+def _column_moments(
+    x: sp.csr_matrix | np.ndarray, variance: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mean and (``variance``, else None) population variance of each column, ``(n_genes,)``."""
     n = x.shape[0]
     if sp.issparse(x):
         mean = np.asarray(x.sum(axis=0), dtype=np.float64).ravel() / n
+        if not variance:
+            return mean, None
         sq = np.asarray(x.multiply(x).sum(axis=0), dtype=np.float64).ravel() / n
     else:
         mean = x.mean(axis=0, dtype=np.float64)
+        if not variance:
+            return mean, None
         sq = (x.astype(np.float64) ** 2).mean(axis=0)
     return mean, np.maximum(sq - mean**2, 0.0)
+
+
+#: Stored values per block of cells of the scoring product: each block's values are
+#: converted to float64 for it, so blocks bound that copy (a cell's scores do not depend on
+#: the blocks).
+_SCORE_BLOCK_VALUES = 4_000_000
+
+
+def _product(x: sp.csr_matrix | np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``x @ weights`` (cells x sets, float64); a sparse ``x`` over blocks of its rows."""
+    if not sp.issparse(x):
+        return np.asarray(x @ weights, dtype=np.float64)
+    n = x.shape[0]
+    out = np.empty((n, weights.shape[1]), dtype=np.float64)
+    indptr = x.indptr
+    lo = 0
+    while lo < n:
+        hi = int(np.searchsorted(indptr, indptr[lo] + _SCORE_BLOCK_VALUES, side="right")) - 1
+        hi = min(max(hi, lo + 1), n)
+        a, b = indptr[lo], indptr[hi]
+        block = sp.csr_matrix(  # views of the rows' values, not a copy
+            (x.data[a:b], x.indices[a:b], indptr[lo : hi + 1] - a), shape=(hi - lo, x.shape[1])
+        )
+        out[lo:hi] = np.asarray(block @ weights, dtype=np.float64)
+        lo = hi
+    return out
 
 
 def _control_genes(
@@ -161,7 +193,7 @@ def score_cells(
             "duplicated gene names in var_names",
             hint="Make them unique first (adata.var_names_make_unique()).",
         )
-    mean, var = _column_moments(x)
+    mean, var = _column_moments(x, variance=method == "mean_z")
     n_genes = len(genes)
     if method == "score_genes":
         finite = np.isfinite(mean)
@@ -195,7 +227,7 @@ def score_cells(
             )
         weights[idx, s] += 1.0 / idx.size
         weights[ctrl, s] -= 1.0 / ctrl.size
-    scores = np.asarray(x @ weights, dtype=np.float64)
+    scores = _product(x, weights)
     if method == "mean_z":
         scores -= mean @ weights  # (x - mean) / sd averaged over the set
     return pd.DataFrame(scores, index=adata.obs_names.copy(), columns=list(map(str, gene_sets)))

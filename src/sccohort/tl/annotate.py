@@ -141,8 +141,12 @@ def _scaled(adata, rows: np.ndarray, columns: np.ndarray, low: float) -> np.ndar
     than six background standard deviations (from the 2nd-25th percentiles) above the
     25th percentile, so that a marker no cell expresses scores near 0.
     """
-    x = adata.X[rows][:, columns]
-    x = x.toarray() if sp.issparse(x) else np.asarray(x)
+    matrix = adata.X
+    if sp.issparse(matrix):  # the markers' columns first: never a copy of whole rows
+        x = matrix[:, columns]
+        x = (x if np.array_equal(rows, np.arange(matrix.shape[0])) else x[rows]).toarray()
+    else:
+        x = np.asarray(matrix)[np.ix_(rows, columns)]
     x = x.astype(np.float64)
     if x.shape[0] == 0:
         return x

@@ -17,6 +17,11 @@ per-cluster sums are computed once per lineage and added when clusters merge; ma
 ranked only for genes that can be markers, and the clusters alone in their l2 share one
 ranking; lineages run in up to ``n_jobs`` forked processes. None of this changes a result:
 the same seed gives the same subsets as an exhaustive, serial run.
+
+Memory: a lineage reads its cells' RNA in place from the cohort matrix (shared with the
+forked workers) and copies only the cells x genes block a test needs, the genes of a marker
+ranking in blocks of at most `_RANK_BLOCK_VALUES` stored values; at 230,000 cells the
+stage adds about 0.8 GB to the cohort instead of 5 GB.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from dataclasses import dataclass
 
 import anndata as ad
 import igraph as ig
+import numba
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -182,17 +188,99 @@ def _informative(features: Sequence) -> np.ndarray:
     return np.fromiter((_is_informative(str(f)) for f in features), dtype=bool, count=len(features))
 
 
-def _cluster_sums(x: sp.csr_matrix, labels: np.ndarray, k: int) -> _Sums:
-    """Per-cluster value sums, nonzero counts (k x genes) and sizes (k) of ``x`` (cells x genes)."""
-    ind = sp.csr_matrix((np.ones(labels.size), (labels, np.arange(labels.size))), (k, labels.size))
-    # the nonzero indicator shares the structure of x
-    nz = sp.csr_matrix(((x.data != 0).astype(np.float32), x.indices, x.indptr), shape=x.shape)
-    sizes = np.bincount(labels, minlength=k).astype(np.float64)
-    return _Sums((ind @ x).toarray(), (ind @ nz).toarray(), sizes)
+@numba.njit(cache=True, nogil=True)
+def _sums_kernel(indptr, indices, data, rows, labels, k, n_genes):  # pragma: no cover - numba
+    """Per-cluster value sums and nonzero counts (k x genes, float64) of CSR rows ``rows``.
+
+    Each sum adds its cells' values in the order of ``rows``, as the sparse product
+    ``indicator @ x[rows]`` does, so the sums are bit for bit those of that product.
+    """
+    total = np.zeros((k, n_genes))
+    nonzero = np.zeros((k, n_genes))
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        c = labels[i]
+        for j in range(indptr[r], indptr[r + 1]):
+            v = data[j]
+            total[c, indices[j]] += np.float64(v)
+            if v != 0:
+                nonzero[c, indices[j]] += 1.0
+    return total, nonzero
+
+
+@numba.njit(cache=True, nogil=True)
+def _take_kernel(indptr, indices, data, rows, position, out_ptr):  # pragma: no cover - numba
+    """CSC row indices and values of CSR rows ``rows`` x the mapped columns, nonzeros only.
+
+    ``position[g]`` is column ``g``'s place in the result, or -1 to leave it out; result row
+    ``i`` is ``rows[i]``; ``out_ptr`` the result's column pointers (its nonzero counts).
+    One pass over the rows; raises if the counts do not match the values found.
+    """
+    fill = out_ptr[:-1].copy()
+    out_rows = np.empty(out_ptr[-1], dtype=np.int32)
+    out_data = np.empty(out_ptr[-1], dtype=data.dtype)
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        for j in range(indptr[r], indptr[r + 1]):
+            c = position[indices[j]]
+            if c >= 0 and data[j] != 0:
+                p = fill[c]
+                if p >= out_ptr[c + 1]:
+                    raise ValueError("more nonzero values than counted")
+                out_rows[p] = i
+                out_data[p] = data[j]
+                fill[c] = p + 1
+    for c in range(fill.shape[0]):
+        if fill[c] != out_ptr[c + 1]:
+            raise ValueError("fewer nonzero values than counted")
+    return out_rows, out_data
+
+
+@dataclass
+class _LineageRNA:
+    """A lineage's cells ``rows`` (ascending) of the cohort's RNA (cells x genes, CSR).
+
+    The cohort matrix is read in place: a lineage never holds a copy of its cells' whole
+    rows, only the cells x genes blocks a test needs (`take`). In a forked worker the
+    cohort matrix is the parent's memory, shared.
+    """
+
+    x: sp.csr_matrix
+    rows: np.ndarray
+
+    @property
+    def n_genes(self) -> int:
+        return int(self.x.shape[1])
+
+    def sums(self, labels: np.ndarray, k: int) -> _Sums:
+        """Per-cluster sums, nonzero counts (k x genes) and sizes (k) of clusters ``labels``."""
+        x = self.x
+        total, nonzero = _sums_kernel(
+            x.indptr, x.indices, x.data, self.rows.astype(np.int64), labels.astype(np.int64),
+            k, x.shape[1],
+        )  # fmt: skip
+        return _Sums(total, nonzero, np.bincount(labels, minlength=k).astype(np.float64))
+
+    def take(self, cells: np.ndarray, genes: np.ndarray, counts: np.ndarray) -> sp.csc_matrix:
+        """Lineage cells ``cells`` (local positions) x ``genes`` (column positions), CSC.
+
+        ``counts`` (genes): nonzero values of each gene among these cells, as `_Sums`
+        counts them. Equals ``x[rows][cells][:, genes]`` stored by column with sorted row
+        indices, less stored zeros (which every statistic here reads as zeros anyway).
+        """
+        x = self.x
+        position = np.full(x.shape[1], -1, dtype=np.int64)
+        position[genes] = np.arange(genes.size)
+        ptr = np.zeros(genes.size + 1, dtype=np.int64)
+        np.cumsum(np.rint(counts).astype(np.int64), out=ptr[1:])
+        idx, data = _take_kernel(
+            x.indptr, x.indices, x.data, self.rows[cells].astype(np.int64), position, ptr
+        )
+        return sp.csc_matrix((data, idx, ptr), shape=(cells.size, genes.size))
 
 
 def _distinct_genes(
-    x: sp.csc_matrix,
+    x: _LineageRNA,
     columns: np.ndarray,
     labels: np.ndarray,
     stats: _Sums,
@@ -203,11 +291,10 @@ def _distinct_genes(
 ) -> int:
     """Informative genes up in either cluster against the other: AUROC and log2 FC above.
 
-    ``x`` (cells x candidate genes, CSC: its column subsets are cheap) holds the genes
-    ``columns`` of the lineage's matrix, every informative gene expressed in more than 40 %
-    of some cluster; ``stats`` the clusters' sums over all genes. Only genes whose fold
-    change passes and whose fraction of expressing cells permits the AUROC (> 0.4 in the
-    higher cluster) are tested with :func:`rank_markers`.
+    ``x`` is the lineage's RNA; ``columns`` every informative gene expressed in more than 40 %
+    of some cluster (the candidates); ``stats`` the clusters' sums over all genes. Only
+    genes whose fold change passes and whose fraction of expressing cells permits the AUROC
+    (> 0.4 in the higher cluster) are tested with :func:`rank_markers`.
     """
     (mean_a, pct_a), (mean_b, pct_b) = stats.mean_pct(a), stats.mean_pct(b)
     mean_a, pct_a, mean_b, pct_b = mean_a[columns], pct_a[columns], mean_b[columns], pct_b[columns]
@@ -217,7 +304,10 @@ def _distinct_genes(
     if cols.size == 0:
         return 0
     rows = np.flatnonzero((labels == a) | (labels == b))
-    sub = ad.AnnData(x[:, cols][rows], var=pd.DataFrame(index=np.arange(cols.size).astype(str)))
+    sub = ad.AnnData(
+        x.take(rows, columns[cols], stats.nonzero[[a, b]].sum(axis=0)[columns[cols]]),
+        var=pd.DataFrame(index=np.arange(cols.size).astype(str)),
+    )
     sub.obs["g"] = pd.Categorical(np.where(labels[rows] == a, "a", "b"))
     res = rank_markers(sub, "g", groups=["a"], reference="b")
     up = (res["auroc"] > min_auroc) & (res["logfoldchange"] > min_lfc)
@@ -226,8 +316,7 @@ def _distinct_genes(
 
 
 def _merge_indistinct(
-    x: sp.csr_matrix,
-    x_csc: sp.csc_matrix,
+    x: _LineageRNA,
     informative: np.ndarray,
     emb: np.ndarray,
     labels: np.ndarray,
@@ -237,20 +326,19 @@ def _merge_indistinct(
 ) -> tuple[np.ndarray, _Sums]:
     """Merge each cluster with its nearest sibling (centroid distance) until all are distinct.
 
-    ``x`` (cells x genes) log-normalised RNA, CSR, and ``x_csc`` the same as CSC,
-    ``informative`` (genes) mask, ``emb`` (cells x dims), ``labels`` 0..k-1. Returns the
+    ``x`` the lineage's log-normalised RNA, ``informative`` (genes) mask, ``emb`` (cells x
+    dims), ``labels`` 0..k-1. Returns the
     merged labels 0..m-1 and their statistics (m rows): the per-cluster sums are computed
     once and merged by addition.
     """
     labels = labels.copy()
     tested: dict[tuple[int, int], int] = {}
-    stats = _cluster_sums(x, labels, int(labels.max()) + 1)
+    stats = x.sums(labels, int(labels.max()) + 1)
     # merged clusters express a gene in a fraction of cells at most that of their best part,
     # so every future candidate gene is among these
     columns = np.flatnonzero(
         informative & (stats.nonzero / np.maximum(stats.size, 1.0)[:, None] > 0.4).any(axis=0)
     )
-    xc = x_csc[:, columns]
     while True:
         ids = np.unique(labels)
         if ids.size < 2:
@@ -262,9 +350,7 @@ def _merge_indistinct(
         for i, c in enumerate(ids):
             pair = tuple(sorted((int(c), int(ids[np.argmin(d[i])]))))
             if pair not in tested:
-                tested[pair] = _distinct_genes(
-                    xc, columns, labels, stats, *pair, min_auroc, min_lfc
-                )
+                tested[pair] = _distinct_genes(x, columns, labels, stats, *pair, min_auroc, min_lfc)
             if tested[pair] < min_genes and (worst is None or tested[pair] < tested[worst]):
                 worst = pair
         if worst is None:
@@ -563,11 +649,26 @@ _NAMED_COLUMNS = [
     "cluster", "subset", "l2", "lineage", "resolution", "stability", "rna_markers",
     "protein_markers",
 ]  # fmt: skip
+#: Stored values of the genes one :func:`rank_markers` call of `_rank_rna` ranks: the block's
+#: copy (8 bytes a value) and the ranking's sort keys (16) stay near 200 MB at any cohort size.
+_RANK_BLOCK_VALUES = 8_000_000
 _EMPTY_RANKS = pd.DataFrame(columns=["group", "feature", "auroc", "statistic", "logfoldchange"])
 
 
+def _gene_blocks(cols: np.ndarray, values: np.ndarray, limit: int) -> list[np.ndarray]:
+    """``cols`` cut into consecutive blocks of at most ``limit`` stored ``values`` (or one gene)."""
+    blocks, start, held = [], 0, 0
+    for i, n in enumerate(values.tolist()):
+        if held + n > limit and i > start:
+            blocks.append(cols[start:i])
+            start, held = i, 0
+        held += n
+    blocks.append(cols[start:])
+    return blocks
+
+
 def _rank_rna(
-    x: sp.csc_matrix,
+    x: _LineageRNA,
     genes: _Genes,
     local: np.ndarray,
     stats: _Sums,
@@ -579,9 +680,12 @@ def _rank_rna(
     Only informative genes that can be a marker of a tested cluster are ranked: expressed in
     >= 10 % of its cells, with a mean (up to rounding) at least that of the rest. Each gene's
     statistics do not depend on the others, so the markers equal those of ranking all genes.
+    Genes are ranked in blocks of at most `_RANK_BLOCK_VALUES` stored values (the cells x
+    genes copy of one block at a time); the rows come back in :func:`rank_markers` order
+    (group, then statistic descending, ties in gene order), without ``padj``.
     """
     pct = stats.nonzero / np.maximum(stats.size, 1.0)[:, None]
-    keep = np.zeros(x.shape[1], dtype=bool)
+    keep = np.zeros(x.n_genes, dtype=bool)
     for c in tested:
         ok = pct[c] >= _MIN_PCT
         if genes.nonnegative:
@@ -592,10 +696,26 @@ def _rank_rna(
         keep |= ok
     cols = np.flatnonzero(keep & genes.informative)
     rows = np.flatnonzero(np.isin(local, reference))
-    sub_x = x[:, cols] if rows.size == x.shape[0] else x[:, cols][rows]
-    sub = ad.AnnData(sub_x, var=genes.var.iloc[cols], uns=genes.uns)
-    sub.obs["c"] = pd.Categorical(local[rows].astype(str))
-    return rank_markers(sub, "c", groups=[str(c) for c in tested], min_fraction=_MIN_PCT)
+    labels = pd.Categorical(local[rows].astype(str))
+    nonzero = stats.nonzero[reference].sum(axis=0)
+    frames = []
+    for block in _gene_blocks(cols, nonzero[cols], _RANK_BLOCK_VALUES):
+        # genes named by their column, so that the blocks merge in column order
+        sub = ad.AnnData(
+            x.take(rows, block, nonzero[block]),
+            var=pd.DataFrame(index=block.astype(str)),
+            uns=genes.uns,
+        )
+        sub.obs["c"] = labels
+        frames.append(
+            rank_markers(sub, "c", groups=[str(c) for c in tested], min_fraction=_MIN_PCT, n_jobs=1)
+        )
+    res = pd.concat(frames, ignore_index=True).drop(columns="padj")
+    column = res["feature"].astype(np.int64).to_numpy()
+    order = np.lexsort((column, -res["statistic"].to_numpy(), res["group"].cat.codes.to_numpy()))
+    res = res.iloc[order].reset_index(drop=True)
+    res["feature"] = genes.var.index.to_numpy()[column[order]]
+    return res
 
 
 def _rank_prot(
@@ -614,7 +734,7 @@ def _rank_prot(
 
 
 def _describe_lineage(
-    x: sp.csc_matrix | None,
+    x: _LineageRNA,
     genes: _Genes,
     prot: tuple[np.ndarray, pd.DataFrame, pd.Series] | None,
     local: np.ndarray,
@@ -623,7 +743,7 @@ def _describe_lineage(
 ) -> list[dict]:
     """Markers against l2 siblings (or the lineage when alone) and a base name per cluster.
 
-    ``x`` (lineage cells x genes, CSC; None when k is 1) log-normalised RNA, ``prot`` the
+    ``x`` the lineage's log-normalised RNA, ``prot`` the
     lineage's proteins, ``local`` cluster 0..k-1 of each cell, ``stats`` their sums (None
     when k is 1), ``parents`` their l2. Clusters alone in their l2 are ranked together
     against the whole lineage. Returns, in naming order, ``cluster, l2, base, rna_markers,
@@ -729,8 +849,8 @@ def _cluster_lineage(shared: _Shared, rows: np.ndarray, knn: np.ndarray | None) 
     ``knn`` holds the cells' nearest neighbours (rows x k; None: too small to subcluster).
     """
     s = shared.settings
-    x_lin = shared.x_rna[rows]
-    x_csc = stats = None
+    lineage = _LineageRNA(shared.x_rna, rows)
+    stats = None
     if knn is None:
         local = np.zeros(rows.size, dtype=np.int64)
         chosen = ari = float("nan")
@@ -746,10 +866,8 @@ def _cluster_lineage(shared: _Shared, rows: np.ndarray, knn: np.ndarray | None) 
             local, scores = _stable_resolution(g, [chosen], s.n_resamples, 0.0, s.seed)[1:]
         ari = scores[chosen]
         local = _absorb_small(local, x, s.min_cells)
-        x_csc = x_lin.tocsc()
         local, stats = _merge_indistinct(
-            x_lin,
-            x_csc,
+            lineage,
             shared.genes.informative,
             x,
             local,
@@ -763,7 +881,7 @@ def _cluster_lineage(shared: _Shared, rows: np.ndarray, knn: np.ndarray | None) 
         pd.Series(lin_l2[local == c]).value_counts().index[0] for c in range(int(local.max()) + 1)
     ]
     prot = None if shared.prot is None else (shared.prot[0][rows], *shared.prot[1:])
-    described = _describe_lineage(x_csc, shared.genes, prot, local, stats, parents)
+    described = _describe_lineage(lineage, shared.genes, prot, local, stats, parents)
     return _Lineage(local, chosen, ari, described)
 
 
