@@ -4,17 +4,14 @@ A run is a list of :class:`Stage` objects executed in order on one :class:`RunSt
 After each stage the pipeline writes a checkpoint (``checkpoints/<n>_<stage>.json``,
 plus ``checkpoints/<n>_<stage>.h5mu`` when the stage saves the cohort object: without the
 RNA ``.X``, rebuilt from the counts on resume, except the final one) and
-rewrites ``run.json``. An intermediate cohort object is written on a thread while the next
-stage runs; checkpoints still complete in stage order. ``resume=True`` re-validates the
-checkpoints (same config and inputs, every output file present with its recorded checksum)
-and starts after the last good one. Stage functions are the only code that writes files,
-and they write through :mod:`sccohort.io.atomic`, so a crash never leaves a half file that
-looks whole.
+rewrites ``run.json``. ``resume=True`` re-validates the checkpoints (same config and
+inputs, every output file present with its recorded checksum) and starts after the
+last good one. Stage functions are the only code that writes files, and they write
+through :mod:`sccohort.io.atomic`, so a crash never leaves a half file that looks whole.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -297,7 +294,6 @@ def run_pipeline(
     if scheduler is None:
         input_bytes = sum(Path(f).stat().st_size for f in checksums)
         scheduler = resolve_scheduler(config.run.scheduler, input_bytes)
-    pending: _CheckpointWrite | None = None
     with dask_scheduler(scheduler) as state.scheduler:
         record["scheduler"] = describe_scheduler(state.scheduler)
         for index, stage in enumerate(STAGES):
@@ -315,9 +311,6 @@ def run_pipeline(
                 record.update(
                     status="failed", failed_stage=stage.name, error=f"{type(exc).__name__}: {exc}"
                 )
-                if pending is not None:  # finish the previous checkpoint, usable on resume
-                    with contextlib.suppress(Exception):  # this stage's error is the one to see
-                        pending.join()
                 write_json(record, out / "run.json")
                 raise
             timing = {
@@ -325,13 +318,9 @@ def run_pipeline(
                 "wall_s": round(time.perf_counter() - start, 3),
                 "peak_rss_gb": round(memory.peak_gb, 3),
             }
-            if pending is not None:  # checkpoints are completed in stage order
-                pending.join()
-            pending = _write_checkpoint(state, index, stage, written, fingerprint, timing)
+            _write_checkpoint(state, index, stage, written, fingerprint, timing)
             record["stages"].append({**timing, "resumed": False})
             progress.stage_finished(stage.name, timing["wall_s"], resumed=False)
-        if pending is not None:
-            pending.join()
 
     _publish_cohort(out)
     record.update(status="finished", finished=datetime.now(UTC).isoformat(timespec="seconds"))
@@ -346,13 +335,7 @@ def _write_checkpoint(
     written: list[Path],
     fingerprint: str,
     timing: dict[str, Any],
-) -> _CheckpointWrite | None:
-    """Write stage ``index``'s checkpoint; an intermediate cohort object in the background.
-
-    The final cohort object is written here. An intermediate one (``saves_cohort``) is
-    written by a thread from a `snapshot` while the next stage runs; its ``.json``, which
-    makes the checkpoint count for resume, is written last. Returns that thread, or None.
-    """
+) -> None:
     name = _checkpoint_name(index, stage)
     out = state.out
     entry: dict[str, Any] = {
@@ -362,99 +345,12 @@ def _write_checkpoint(
         "outputs": {str(p.relative_to(out)): sha256_file(p) for p in written},
         "cohort": None,
     }
-    json_path = out / "checkpoints" / f"{name}.json"
     last_change = max(i for i, s in enumerate(STAGES) if s.changes_cohort)
-    if not (stage.saves_cohort or index == last_change):  # the final object is always saved
-        write_json(entry, json_path)
-        return None
-    rel = f"checkpoints/{name}.h5mu"
-
-    def save(mdata: Any, final: bool) -> None:
-        write_cohort(mdata, out / rel, final=final)
+    if stage.saves_cohort or index == last_change:  # the final object is always saved
+        rel = f"checkpoints/{name}.h5mu"
+        write_cohort(state.mdata, out / rel, final=index == last_change)
         entry.update(cohort=rel, cohort_sha256=sha256_file(out / rel))
-        write_json(entry, json_path)
-
-    if index == last_change:
-        save(state.mdata, True)
-        return None
-    for adata in state.mdata.mod.values():
-        # writing turns string columns of the modalities' tables into categoricals in place;
-        # do it to the cohort itself, as a write in this thread would, before the next stage
-        adata.strings_to_categoricals()
-    return _CheckpointWrite(save, snapshot(state.mdata), False)
-
-
-class _CheckpointWrite(threading.Thread):
-    """A checkpoint written on a thread (h5py and hashlib release the GIL while they work)."""
-
-    def __init__(self, function: Any, *args: Any) -> None:
-        super().__init__(name="checkpoint-write")
-        self._call = (function, args)
-        self._error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        function, args = self._call
-        try:
-            function(*args)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            self._error = exc
-        finally:
-            self._call = (None, ())  # drop the snapshot as soon as it is written
-
-    def join(self, timeout: float | None = None) -> None:
-        """Wait for the write; re-raise its error here."""
-        super().join(timeout)
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-
-
-def snapshot(mdata: Any) -> Any:
-    """A MuData with ``mdata``'s contents that later changes to ``mdata`` do not reach.
-
-    ``obs``/``var`` tables, ``uns`` dictionaries and the ``obsm``/``layers``/... mappings are
-    copied; matrices and arrays are shared, not copied: stages assign new arrays to the
-    cohort and never write into its existing ones.
-    """
-    import anndata as ad
-    import mudata as md
-
-    mods = {
-        name: ad.AnnData(
-            X=a.X,
-            obs=a.obs.copy(),
-            var=a.var.copy(),
-            uns=_copy_dicts(a.uns),
-            obsm=dict(a.obsm),
-            varm=dict(a.varm),
-            obsp=dict(a.obsp),
-            varp=dict(a.varp),
-            layers=dict(a.layers),
-        )
-        for name, a in mdata.mod.items()
-    }
-    with md.set_options(pull_on_update=False):
-        return md.MuData(
-            mods,
-            obs=mdata.obs.copy(),
-            var=mdata.var.copy(),
-            uns=_copy_dicts(mdata.uns),
-            obsm=dict(mdata.obsm),
-            varm=dict(mdata.varm),
-            obsp=dict(mdata.obsp),
-            varp=dict(mdata.varp),
-            obsmap=dict(mdata.obsmap),
-            varmap=dict(mdata.varmap),
-            axis=mdata.axis,
-        )
-
-
-def _copy_dicts(value: Any) -> Any:
-    """``value`` with every nested dict copied (other values shared)."""
-    if isinstance(value, dict):
-        return {k: _copy_dicts(v) for k, v in value.items()}
-    return value
+    write_json(entry, out / "checkpoints" / f"{name}.json")
 
 
 def write_cohort(mdata: Any, path: Path, *, final: bool) -> None:
