@@ -13,14 +13,7 @@ import numpy as np
 import pandas as pd
 
 from sccohort.cohort import ClinicalTable, Contrast, ContrastDesign
-from sccohort.simulate.biology import SUBSETS
-from sccohort.simulate.design import (
-    SimParams,
-    clinical_table,
-    donor_shares,
-    sample_specs,
-    share_folds,
-)
+from sccohort.simulate.design import SimParams, baseline_counts, clinical_table
 from sccohort.stats.abundance import test_abundance
 
 TYPES = {"group": "binary", "age": "continuous", "sex": "binary", "SRC": "binary"}
@@ -29,18 +22,7 @@ TYPES |= {"ILD": "binary", "ARA": "binary"}
 
 def donor_counts(fold: float, seed: int, cells: int) -> pd.DataFrame:
     """Donors x subsets cell counts of one cohort, both planted subsets ``fold``-fold."""
-    params = SimParams(egr1_fold=fold, t2isg_fold=fold)
-    clinical = clinical_table().set_index("donor_id")
-    rng = np.random.default_rng(seed)
-    counts = {}
-    for spec in sample_specs(params.n_batches):
-        if spec.timepoint != "baseline":
-            continue
-        donor = clinical.loc[spec.donor_id]
-        folds = share_folds("paper", params, spec, donor)
-        shares = donor_shares(params, float(donor["age"]), folds, rng)
-        counts[spec.donor_id] = rng.multinomial(cells, shares)
-    return pd.DataFrame(counts, index=[s.name for s in SUBSETS]).T
+    return baseline_counts("paper", SimParams(egr1_fold=fold, t2isg_fold=fold), cells, seed)
 
 
 def within_ssc(variable: str, donors: list[str]) -> ContrastDesign:

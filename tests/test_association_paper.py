@@ -16,31 +16,15 @@ import pandas as pd
 
 from sccohort.cohort import ClinicalTable, Contrast
 from sccohort.simulate.biology import SUBSETS
-from sccohort.simulate.design import (
-    SimParams,
-    clinical_table,
-    donor_shares,
-    sample_specs,
-    share_folds,
-)
+from sccohort.simulate.design import SimParams, baseline_counts, clinical_table
 from sccohort.stats.abundance import test_abundance as abundance
 
 CELLS = 1500
 
 
 def _cohort(design: str, seed: int) -> tuple[pd.DataFrame, ClinicalTable]:
-    params = SimParams()
+    table = baseline_counts(design, SimParams(), CELLS, seed)
     clinical = clinical_table().set_index("donor_id")
-    rng = np.random.default_rng(seed)
-    counts = {}
-    for spec in sample_specs(params.n_batches):
-        if spec.timepoint != "baseline":
-            continue
-        donor = clinical.loc[spec.donor_id]
-        folds = share_folds(design, params, spec, donor)
-        shares = donor_shares(params, float(donor["age"]), folds, rng)
-        counts[spec.donor_id] = rng.multinomial(CELLS, shares)
-    table = pd.DataFrame(counts, index=[s.name for s in SUBSETS]).T
     clinical = clinical.replace("", np.nan)
     types = {"group": "binary", "age": "continuous", "sex": "binary", "SRC": "binary"}
     types |= {"ILD": "binary", "ARA": "binary"}

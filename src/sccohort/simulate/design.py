@@ -426,6 +426,26 @@ def donor_shares(
     return _set_shares(draw / draw.sum(), names, fixed) if fixed else draw / draw.sum()
 
 
+def baseline_counts(design: str, params: SimParams, cells: int, seed: int) -> pd.DataFrame:
+    """Cell counts per subset of the paper donors' baseline samples, with perfect labels.
+
+    One generator seeded ``seed`` draws, donor by donor in `sample_specs` order, the
+    `donor_shares` with the design's `share_folds`, then ``cells`` cells multinomially.
+    Returns donors (27, index ``donor_id``) x subsets.
+    """
+    clinical = clinical_table().set_index("donor_id")
+    rng = np.random.default_rng(seed)
+    counts = {}
+    for spec in sample_specs(params.n_batches):
+        if spec.timepoint != "baseline":
+            continue
+        donor = clinical.loc[spec.donor_id]
+        folds = share_folds(design, params, spec, donor)
+        shares = donor_shares(params, float(donor["age"]), folds, rng)
+        counts[spec.donor_id] = rng.multinomial(cells, shares)
+    return pd.DataFrame(counts, index=[s.name for s in SUBSETS]).T
+
+
 def effects_table(design: str, params: SimParams) -> pd.DataFrame:
     """One row per planted effect.
 
