@@ -33,7 +33,7 @@ from sccohort.cluster import compute
 from sccohort.errors import InputError
 from sccohort.io.h5 import read_h5ad_modalities, read_h5mu_modalities
 from sccohort.io.rhapsody import read_rhapsody_csv
-from sccohort.io.tenx import _find, read_10x_h5, read_10x_h5_droplets, read_10x_mtx
+from sccohort.io.tenx import find_file, read_10x_h5, read_10x_h5_droplets, read_10x_mtx
 
 FORMATS = ("10x_h5", "10x_mtx", "h5ad", "h5mu", "rhapsody_csv")
 MODALITY_ORDER = ("rna", "prot", "hto")
@@ -59,12 +59,12 @@ _INT32_MAX = np.iinfo(np.int32).max
 def _mtx_folder(folder: Path) -> Path | None:
     """The folder itself or its single genome subfolder (Cell Ranger 2), if it holds MTX."""
     if (
-        _find(folder, "matrix.mtx") is not None
+        find_file(folder, "matrix.mtx") is not None
         or any(folder.glob("*.mtx"))
         or any(folder.glob("*.mtx.gz"))
     ):
         return folder
-    subs = [d for d in folder.iterdir() if d.is_dir() and _find(d, "matrix.mtx") is not None]
+    subs = [d for d in folder.iterdir() if d.is_dir() and find_file(d, "matrix.mtx") is not None]
     return subs[0] if len(subs) == 1 else None
 
 

@@ -296,7 +296,8 @@ def read_10x_h5_droplets(
     )
 
 
-def _find(folder: Path, *stems: str) -> Path | None:
+def find_file(folder: Path, *stems: str) -> Path | None:
+    """The first of ``folder/<stem>.gz`` or ``folder/<stem>`` that exists, stems in order."""
     for stem in stems:
         for suffix in (".gz", ""):
             candidate = folder / f"{stem}{suffix}"
@@ -380,10 +381,10 @@ def read_10x_mtx(path: str | Path) -> dict[str, ad.AnnData]:
     folder = Path(path)
     if not folder.is_dir():
         raise InputError("folder not found", file=folder, hint="Check the path in the sample sheet")
-    mtx = _find(folder, "matrix.mtx")
+    mtx = find_file(folder, "matrix.mtx")
     if mtx is not None:
-        features_file = _find(folder, "features.tsv", "genes.tsv")
-        barcodes_file = _find(folder, "barcodes.tsv")
+        features_file = find_file(folder, "features.tsv", "genes.tsv")
+        barcodes_file = find_file(folder, "barcodes.tsv")
         if features_file is None or barcodes_file is None:
             missing = "features.tsv(.gz)" if features_file is None else "barcodes.tsv(.gz)"
             raise InputError(
@@ -413,8 +414,8 @@ def read_10x_mtx(path: str | Path) -> dict[str, ad.AnnData]:
                 file=matrix_file,
                 hint="Keep one MTX file per modality in the folder",
             )
-        features_file = _find(folder, f"{stem}_features.tsv", f"{stem}_genes.tsv")
-        barcodes_file = _find(folder, f"{stem}_barcodes.tsv")
+        features_file = find_file(folder, f"{stem}_features.tsv", f"{stem}_genes.tsv")
+        barcodes_file = find_file(folder, f"{stem}_barcodes.tsv")
         if features_file is None or barcodes_file is None:
             raise InputError(
                 f"{stem}_features.tsv(.gz) and {stem}_barcodes.tsv(.gz) must sit next to "

@@ -21,13 +21,12 @@ from .. import pl
 from ..cohort import ClinicalTable
 from ..errors import InputError
 from ..stats.abundance import DEFAULT_METHOD
-from ..stats.composition import donor_shares
+from ..stats.composition import SUBSET_LEVELS, donor_shares
 from ..stats.tests import proportion_biplot
 from .build import FigureBlock, Note, Paragraph, Section, TableBlock
 from .sections import clinical_frame, group_column
 
 __all__ = [
-    "ASSOCIATION_LEVELS",
     "CLASSIC_METHOD",
     "DEFAULT_METHOD",
     "associated_subsets",
@@ -41,8 +40,6 @@ __all__ = [
 
 #: ``method`` of the study's classic test (two-sample KS, Bonferroni).
 CLASSIC_METHOD = "ks_bonferroni"
-#: Composition levels a subset is called associated on, in order of preference.
-ASSOCIATION_LEVELS = ("subset", "subset_in_l1")
 #: Most subsets characterised in detail (matplotlib figures are the report's slow part).
 MAX_CHARACTERISED = 6
 _LEVEL_WORDS = {
@@ -168,7 +165,7 @@ def associated_subsets(
     *,
     alpha: float = 0.05,
     method: str = DEFAULT_METHOD,
-    levels: Sequence[str] = ASSOCIATION_LEVELS,
+    levels: Sequence[str] = SUBSET_LEVELS,
     n_candidates: int = 5,
 ) -> pd.DataFrame:
     """Subset x contrast associations: the significant ones first, then the best candidates.

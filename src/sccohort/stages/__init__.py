@@ -13,21 +13,21 @@ from pathlib import Path
 from sccohort.report.assemble import assemble_report
 from sccohort.stages.base import Progress, RunState, Silent, Stage
 from sccohort.stages.cells import (
-    _stage_annotate,
-    _stage_embed,
-    _stage_markers,
-    _stage_preprocess,
-    _stage_subsets,
-    _stage_umap,
     check_inputs,
+    stage_annotate,
+    stage_embed,
+    stage_markers,
+    stage_preprocess,
+    stage_subsets,
+    stage_umap,
 )
 from sccohort.stages.donors import (
-    _stage_association,
-    _stage_characterise,
-    _stage_composition,
-    _stage_de,
-    _stage_neighbourhoods,
     associated_subsets,
+    stage_association,
+    stage_characterise,
+    stage_composition,
+    stage_de,
+    stage_neighbourhoods,
 )
 from sccohort.stats import CORE_COLUMNS
 
@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 
-def _stage_report(state: RunState) -> list[Path]:
+def stage_report(state: RunState) -> list[Path]:
     """``report.html`` (one self-contained file) and ``figures/`` (PNG + SVG of each figure).
 
     The methods section reads ``run.json`` as the runner wrote it before this stage (config,
@@ -68,30 +68,30 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "preprocess",
         "Reading, QC and normalising each sample",
-        _stage_preprocess,
+        stage_preprocess,
         changes_cohort=True,
     ),
     Stage(
         "embed",
         "Embedding: PCA, Harmony, WNN, Leiden",
-        _stage_embed,
+        stage_embed,
         changes_cohort=True,
         saves_cohort=True,
     ),
-    Stage("annotate", "Annotating cell types", _stage_annotate, changes_cohort=True),
+    Stage("annotate", "Annotating cell types", stage_annotate, changes_cohort=True),
     Stage(
         "subsets",
         "Finding and naming subsets",
-        _stage_subsets,
+        stage_subsets,
         changes_cohort=True,
         saves_cohort=True,
     ),
-    Stage("markers", "Ranking subset markers", _stage_markers),
-    Stage("composition", "Counting cells per donor and subset", _stage_composition),
-    Stage("association", "Testing subsets against each contrast", _stage_association),
-    Stage("neighbourhoods", "Neighbourhood differential abundance", _stage_neighbourhoods),
-    Stage("de", "Pseudobulk differential expression", _stage_de),
-    Stage("characterise", "Characterising associated subsets", _stage_characterise),
-    Stage("umap", "UMAP layout (laid out beside the statistics)", _stage_umap, changes_cohort=True),
-    Stage("report", "Writing the report", _stage_report),
+    Stage("markers", "Ranking subset markers", stage_markers),
+    Stage("composition", "Counting cells per donor and subset", stage_composition),
+    Stage("association", "Testing subsets against each contrast", stage_association),
+    Stage("neighbourhoods", "Neighbourhood differential abundance", stage_neighbourhoods),
+    Stage("de", "Pseudobulk differential expression", stage_de),
+    Stage("characterise", "Characterising associated subsets", stage_characterise),
+    Stage("umap", "UMAP layout (laid out beside the statistics)", stage_umap, changes_cohort=True),
+    Stage("report", "Writing the report", stage_report),
 )

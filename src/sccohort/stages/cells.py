@@ -33,7 +33,7 @@ from sccohort.tl.transfer import load_reference, transfer_labels
 from sccohort.tl.wnn import wnn
 
 
-def _stage_preprocess(state: RunState) -> list[Path]:
+def stage_preprocess(state: RunState) -> list[Path]:
     """Each sample once, as one Dask task: read, summarise, QC; then join and normalise.
 
     Writes ``tables/samples.csv`` (per sample as read), ``tables/qc.csv`` (per sample: cells
@@ -206,10 +206,10 @@ def _check_annotation(config: Config) -> None:
         )
 
 
-def _stage_embed(state: RunState) -> list[Path]:
+def stage_embed(state: RunState) -> list[Path]:
     """HVG, PCA, protein PCA, Harmony, the WNN graph and Leiden; starts the UMAP layout.
 
-    The layout runs on a Dask worker beside the next stages; `_stage_umap` collects it.
+    The layout runs on a Dask worker beside the next stages; `stage_umap` collects it.
     """
     cfg, mdata = state.config.embedding, state.mdata
     seed = state.config.seed
@@ -286,7 +286,7 @@ def umap_layout(layout: ad.AnnData, max_cells: int, seed: int) -> tuple[np.ndarr
     return layout.obsm["X_umap"], layout.uns["umap"]
 
 
-def _stage_umap(state: RunState) -> list[Path]:
+def stage_umap(state: RunState) -> list[Path]:
     """Collect the UMAP layout started by the embed stage (or lay it out now on resume)."""
     job = state.background.pop("umap", None)
     mdata = state.mdata
@@ -299,7 +299,7 @@ def _stage_umap(state: RunState) -> list[Path]:
     return []
 
 
-def _stage_annotate(state: RunState) -> list[Path]:
+def stage_annotate(state: RunState) -> list[Path]:
     """Cell types in the Azimuth vocabulary (l1, l2) from shipped RNA and protein markers.
 
     Writes ``obs`` ``l1``, ``l2``, ``l1_confidence``, ``l2_confidence`` and
@@ -352,7 +352,7 @@ def _stage_annotate(state: RunState) -> list[Path]:
     return [*written, write_csv(table, state.out / "tables" / "cell_types.csv")]
 
 
-def _stage_subsets(state: RunState) -> list[Path]:
+def stage_subsets(state: RunState) -> list[Path]:
     """Subcluster each lineage and name subsets as the study did (CD14_EGR1).
 
     Writes ``obs["subset"]`` and ``tables/subsets.csv``.
@@ -367,7 +367,7 @@ MARKERS_PER_SUBSET = 100
 MIN_MARKER_CELLS = 3
 
 
-def _stage_markers(state: RunState) -> list[Path]:
+def stage_markers(state: RunState) -> list[Path]:
     """One-vs-rest markers of every subset, RNA and protein -> ``tables/markers_<mod>.csv``.
 
     Keeps the ``MARKERS_PER_SUBSET`` features with the largest Wilcoxon statistic per subset

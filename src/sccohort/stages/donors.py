@@ -17,7 +17,7 @@ from sccohort.io.genesets import hallmark, read_gmt, read_tf_targets
 from sccohort.stages.base import RunState
 from sccohort.stats import CORE_COLUMNS
 from sccohort.stats.abundance import DEFAULT_METHOD, compare_donor_values, test_abundance
-from sccohort.stats.composition import composition, donor_counts, donor_shares
+from sccohort.stats.composition import SUBSET_LEVELS, composition, donor_counts, donor_shares
 from sccohort.stats.enrichment import enrich_markers, gsea
 from sccohort.stats.gating import gating_strategy, protein_markers
 from sccohort.stats.longitudinal import expression_trajectory, paired_test, trajectories
@@ -69,13 +69,13 @@ def _core_first(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return table[core + [c for c in table.columns if c not in core]]
 
 
-def _stage_composition(state: RunState) -> list[Path]:
+def stage_composition(state: RunState) -> list[Path]:
     """Counts and shares per sample at every level and within parents -> composition.csv."""
     table = _composition(state)
     return [write_csv(table, state.out / "tables" / "composition.csv")]
 
 
-def _stage_association(state: RunState) -> list[Path]:
+def stage_association(state: RunState) -> list[Path]:
     """Every contrast at every level: the default permutation test, and the study's KS.
 
     Writes ``tables/association.csv`` (one row per contrast x level x subset x method, the
@@ -172,7 +172,7 @@ def _subgroups(
     return _core_first(frames)
 
 
-def _stage_neighbourhoods(state: RunState) -> list[Path]:
+def stage_neighbourhoods(state: RunState) -> list[Path]:
     """Milo-style neighbourhood DA of every contrast -> ``tables/neighbourhoods.csv``."""
     cfg = state.config.association
     designs = _designs(state)
@@ -204,12 +204,12 @@ def _stage_neighbourhoods(state: RunState) -> list[Path]:
     return [write_csv(_core_first(frames), state.out / "tables" / "neighbourhoods.csv")]
 
 
-#: Levels whose default-test results mark a subset as associated.
-ASSOCIATED_LEVELS = ("subset", "subset_in_l1")
-
-
 def associated_subsets(association: pd.DataFrame, alpha: float, limit: int) -> pd.DataFrame:
     """The best (lowest padj) contrast of each subset significant in the default test.
+
+    What the pipeline characterises. The report's display table,
+    :func:`sccohort.report.stats_sections.associated_subsets`, differs on purpose (one row per
+    subset x contrast, nominal candidates too).
 
     Parameters
     ----------
@@ -225,7 +225,7 @@ def associated_subsets(association: pd.DataFrame, alpha: float, limit: int) -> p
     """
     rows = association[
         (association["method"] == DEFAULT_METHOD)
-        & association["level"].isin(ASSOCIATED_LEVELS)
+        & association["level"].isin(SUBSET_LEVELS)
         & (association["padj"] < alpha)
     ]
     rows = rows.sort_values(["padj", "pvalue", "subset"], kind="stable")
@@ -247,7 +247,7 @@ def _file_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def _stage_de(state: RunState) -> list[Path]:
+def stage_de(state: RunState) -> list[Path]:
     """Pseudobulk DE (raw counts summed per donor) between the groups of each contrast.
 
     Writes ``tables/de_<contrast>.csv`` (one row per group x gene: DESeq2-style Wald test,
@@ -315,7 +315,7 @@ def _stage_de(state: RunState) -> list[Path]:
     return written
 
 
-def _stage_characterise(state: RunState) -> list[Path]:
+def stage_characterise(state: RunState) -> list[Path]:
     """Enrichment, gating, prediction, signatures and time courses of associated subsets.
 
     Writes (under ``tables/``) ``enrichment.csv`` (marker ORA per associated subset),

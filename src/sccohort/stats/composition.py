@@ -42,6 +42,8 @@ COLUMNS = (
     "share",
 )
 _PARENT_LEVEL = "l1"
+#: Composition levels on which a subset is called associated with a contrast, preferred first.
+SUBSET_LEVELS = ("subset", "subset_in_l1")
 
 
 def label_order(values: pd.Series) -> list[str]:
