@@ -2,7 +2,7 @@
 per-sample timing.
 
 Usage: python benchmarks/bench_qc_truth.py [--cohort DIR] [--cells-per-donor 2000]
-       [--mode adaptive] [--doublet-method cite]
+       [--mode adaptive] [--doublet-method cite] [--doublet-neighbours auto]
 
 Simulates the 27-donor paper cohort (29 samples) into DIR unless DIR/samples.csv exists,
 reads it with `sccohort.read_cohort`, runs `qc_sample` per sample and writes
@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--cells-per-donor", type=int, default=2000)
     parser.add_argument("--mode", default="adaptive")
     parser.add_argument("--doublet-method", default="cite")
+    parser.add_argument("--doublet-neighbours", default="auto")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
     cohort = Path(args.cohort)
@@ -51,7 +52,12 @@ def main() -> None:
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", QCWarning)
-            frame, row = qc_sample(one, mode=args.mode, doublet_method=args.doublet_method)
+            frame, row = qc_sample(
+                one,
+                mode=args.mode,
+                doublet_method=args.doublet_method,
+                doublet_neighbours=args.doublet_neighbours,
+            )
         seconds = time.perf_counter() - start
         frames.append(frame)
         rows.append(
@@ -100,7 +106,7 @@ def main() -> None:
     rows.append(
         {
             "kind": "total",
-            "name": f"{args.mode}/{args.doublet_method}",
+            "name": f"{args.mode}/{args.doublet_method}/{args.doublet_neighbours}",
             "n_cells": int(len(obs)),
             "seconds": round(total, 1),
         }

@@ -208,6 +208,8 @@ def test_bad_parameters_raise_input_error():
         qc_sample(m, nmad=3)
     with pytest.raises(InputError, match="key 'hb_max_pct'"):
         qc_sample(m, hb_max_pct=-1)
+    with pytest.raises(InputError, match="key 'doublet_neighbours'"):
+        qc_sample(m, doublet_neighbours="fast")
 
 
 def test_otsu_threshold_between_modes():
@@ -246,6 +248,27 @@ def test_neighbour_share_matches_argpartition_including_ties():
     tied = np.zeros(queries.size, bool)
     _knn_share(emb[queries] @ emb.T, sq, queries, n_obs, k, np.empty(queries.size), tied)
     assert tied[40:60].all()  # the copies' k-th distance is tied: argpartition decided
+
+
+def test_inverted_file_shares_match_exact_search():
+    """Probing every list is the exact search; probing a few stays close on clustered data."""
+    from sccohort.pp.doublets import _neighbour_share, _neighbour_share_ivf
+
+    rng = np.random.default_rng(8)
+    centres = rng.normal(scale=4.0, size=(12, 20))
+    emb = (centres[rng.integers(0, 12, 6000)] + rng.normal(size=(6000, 20))).astype(np.float32)
+    n_obs, k = 2000, 45
+    emb[n_obs:] = (emb[rng.integers(0, n_obs, 4000)] + emb[rng.integers(0, n_obs, 4000)]) / 2
+    queries = np.concatenate([np.arange(n_obs), n_obs + np.arange(0, 4000, 4)])
+    exact = _neighbour_share(emb, n_obs, queries, k)
+    everything = _neighbour_share_ivf(emb, n_obs, queries, k, seed=0, n_probe=10_000)
+    np.testing.assert_array_equal(everything, exact)
+    approx = _neighbour_share_ivf(emb, n_obs, queries, k, seed=0, n_probe=8)
+    assert np.corrcoef(approx, exact)[0, 1] > 0.99
+    assert np.quantile(np.abs(approx - exact), 0.99) < 0.1
+    np.testing.assert_array_equal(
+        approx, _neighbour_share_ivf(emb, n_obs, queries, k, seed=0, n_probe=8)
+    )
 
 
 def test_rna_features_match_dense_reference():
@@ -390,6 +413,22 @@ def test_simulated_sample_is_deterministic(simulated):
     pd.testing.assert_frame_equal(a, b)
     assert row_a["cells_out"] == row_b["cells_out"]
     assert row_a["doublet_threshold"] == row_b["doublet_threshold"]
+
+
+def test_approximate_neighbours_call_the_same_doublets(simulated):
+    m, truth = simulated
+    one = m[m.obs["sample_id"] == m.obs["sample_id"].iloc[0]]
+    exact, _ = qc_sample(one, doublet_neighbours="exact")
+    approx, _ = qc_sample(one, doublet_neighbours="approximate")
+    a = (exact["qc_reason"] == "doublet").to_numpy()
+    b = (approx["qc_reason"] == "doublet").to_numpy()
+    assert (a & b).sum() / (a | b).sum() >= 0.9
+    assert (
+        np.corrcoef(exact["doublet_score"].fillna(0), approx["doublet_score"].fillna(0))[0, 1]
+        > 0.98
+    )
+    doublet = truth.loc[approx.index, "doublet"].to_numpy(bool)
+    assert doublet[b].mean() >= 0.7 and b[doublet].mean() >= 0.6
 
 
 def test_protein_evidence_helps_doublet_calls(simulated):

@@ -122,6 +122,7 @@ class QcSection:
     min_prot_umis: float = 10.0
     isotype_min_pct: float = 2.0
     doublet_method: Literal["cite", "scrublet", "none"] = "cite"
+    doublet_neighbours: Literal["auto", "exact", "approximate"] = "auto"
 
 
 @config_section("normalize")

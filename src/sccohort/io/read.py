@@ -767,5 +767,6 @@ def _cohort_obs(cell_ids: pd.Index, table: pd.DataFrame) -> pd.DataFrame:
         # cells of samples missing from the table (code -1) get no label, as for a NaN
         cell_codes = np.where(sample.codes >= 0, codes[sample.codes], -1)
         obs[column] = pd.Categorical.from_codes(cell_codes, categories=categories)
-    obs["barcode"] = parts[1].to_numpy()
+    # categorical now: written as is, where the h5mu writer would natsort 230,000 strings
+    obs["barcode"] = pd.Categorical(parts[1].to_numpy())
     return obs

@@ -254,13 +254,28 @@ def _row_sums(values, indptr, out):  # noqa: ANN001, ANN202  # pragma: no cover 
         out[row] = total
 
 
+#: Whole counts below this take their row's log1p from a per-row table.
+_LOG1P_TABLE = 32
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _log1p_rows(values, indptr, scale, out):  # noqa: ANN001, ANN202  # pragma: no cover - numba
-    """``out[j] = float32(log1p(float64(values[j]) * scale[row of j]))`` (as numpy rounds it)."""
+    """``out[j] = float32(log1p(float64(values[j]) * scale[row of j]))`` (as numpy rounds it).
+
+    Most counts are small whole numbers: each row's values 0 .. `_LOG1P_TABLE` - 1 are
+    computed once (the same expression, so the same bits) and looked up.
+    """
     for row in numba.prange(indptr.size - 1):
         factor = scale[row]
+        table = np.empty(_LOG1P_TABLE, dtype=np.float32)
+        for v in range(_LOG1P_TABLE):
+            table[v] = np.float32(np.log1p(np.float64(v) * factor))
         for j in range(indptr[row], indptr[row + 1]):
-            out[j] = np.float32(np.log1p(np.float64(values[j]) * factor))
+            value = np.float64(values[j])
+            if value >= 0.0 and value < _LOG1P_TABLE and value == np.floor(value):
+                out[j] = table[np.int64(value)]
+            else:
+                out[j] = np.float32(np.log1p(value * factor))
 
 
 def _pearson_residuals(counts: np.ndarray | sp.spmatrix, theta: float, clip: float) -> np.ndarray:

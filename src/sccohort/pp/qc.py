@@ -44,7 +44,7 @@ import scipy.sparse as sp
 from mudata import MuData
 
 from sccohort.errors import InputError
-from sccohort.pp.doublets import METHODS, MIN_CELLS_DOUBLETS, call_doublets
+from sccohort.pp.doublets import METHODS, MIN_CELLS_DOUBLETS, NEIGHBOURS, call_doublets
 
 #: Reasons a cell is removed, in the order they are tested.
 REASONS = (
@@ -96,6 +96,7 @@ DEFAULTS: dict[str, Any] = {
     "min_prot_umis": 10.0,
     "isotype_min_pct": 2.0,
     "doublet_method": "cite",
+    "doublet_neighbours": "auto",
     "doublet_min_cells": MIN_CELLS_DOUBLETS,
     "seed": 0,
 }
@@ -120,8 +121,14 @@ def _check_params(params: dict[str, Any]) -> dict[str, Any]:
             key="doublet_method",
             hint=f"use one of {', '.join(METHODS)}",
         )
+    if p["doublet_neighbours"] not in NEIGHBOURS:
+        raise InputError(
+            f"unknown doublet neighbour search {p['doublet_neighbours']!r}",
+            key="doublet_neighbours",
+            hint=f"use one of {', '.join(NEIGHBOURS)}",
+        )
     for key in DEFAULTS:
-        if key in ("mode", "doublet_method", "seed"):
+        if key in ("mode", "doublet_method", "doublet_neighbours", "seed"):
             continue
         value = p[key]
         if not isinstance(value, int | float) or not np.isfinite(value) or value < 0:
@@ -344,7 +351,8 @@ def qc_sample(mdata: MuData, **params: Any) -> tuple[pd.DataFrame, dict[str, Any
         Any key of `DEFAULTS`: ``mode`` (``"adaptive"`` or ``"study"``), ``nmads``, the
         hard limits (see the module docstring), ``hb_max_pct``, ``platelet_max_pct``,
         ``min_prot_umis``, ``isotype_min_pct``, ``doublet_method`` (``"cite"``,
-        ``"scrublet"``, ``"none"``), ``doublet_min_cells``, ``seed``.
+        ``"scrublet"``, ``"none"``), ``doublet_neighbours`` (``"auto"``, ``"exact"``,
+        ``"approximate"``: see `sccohort.pp.doublets`), ``doublet_min_cells``, ``seed``.
 
     Returns
     -------
@@ -456,6 +464,7 @@ def qc_sample(mdata: MuData, **params: Any) -> tuple[pd.DataFrame, dict[str, Any
         _take_rows(rna_counts, rows),
         None if prot_counts is None else _take_rows(prot_counts, rows),
         method=p["doublet_method"],
+        neighbours=p["doublet_neighbours"],
         min_cells=int(p["doublet_min_cells"]),
         seed=int(p["seed"]),
     )
