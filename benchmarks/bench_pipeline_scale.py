@@ -7,12 +7,12 @@ One command per size (issue 8; 139 antibodies in both)::
         --cache /tmp/bench_pipeline_scale/cohort_1m --out /tmp/bench_pipeline_scale/run_1m
 
 Runs ``sccohort run`` (every stage, the config's default local Dask cluster) in a subprocess
-under ``/usr/bin/time -v`` while this process samples the resident memory of that process and
-all its descendants every 0.2 s (Dask workers and forked helpers included; summed RSS counts
-pages shared after a fork twice, so it overstates). Per stage it reports the wall seconds and
-the peak memory the pipeline itself records in ``run.json`` (PSS summed over the process
-tree); the total row has the wall clock of the whole command, the sampled tree peak RSS and
-``/usr/bin/time``'s largest single process. Targets (issue 8): 230,000 cells in <= 10 min with
+under ``/usr/bin/time -v`` while this process samples the memory of that process and all its
+descendants every 0.5 s (Dask workers and forked helpers included: summed RSS, with PSS for
+forked helpers and their parent so the pages they share count once). Per stage it reports the
+wall seconds and the peak memory the pipeline itself records in ``run.json`` (the same measure);
+the total row has the wall clock of the whole command, the sampled tree peak and
+``/usr/bin/time``'s largest single process (RSS). Targets (issue 8): 230,000 cells in <= 10 min with
 <= 8 GB; 1,000,000 cells (100 donors x 10,000: 102 samples with the SSc4 timepoints) in
 <= 30 min with <= 16 GB. The cohort is simulated once into ``--cache`` (the 27-donor one is
 the same cohort and cache as ``bench_preprocess_embed.py``).
@@ -67,7 +67,7 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
     table["machine"] = f"{platform.node()} {os.cpu_count()} cores, load {load} at the end"
     table["date"] = datetime.now(UTC).isoformat(timespec="seconds")
     table["note"] = (
-        f"stage peaks: run.json PSS over the process tree; total: sampled tree RSS; "
+        f"stage peaks: run.json tree memory; total: sampled tree memory (RSS, PSS for forks); "
         f"largest single process (time -v) {max_rss} GB; scheduler {record.get('scheduler')}"
     )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -12,14 +12,15 @@ scrublet, muon's WNN (capped at 15 min) and UMAP on every cell dominate);
 before its UMAP.
 
 Each side runs in a fresh subprocess (under ``/usr/bin/time -v``) while this process samples
-the resident memory of the subprocess and all its descendants (Dask workers included) every
-0.2 s with psutil; memory is that tree's peak RSS, time is wall clock.
+the memory of the subprocess and all its descendants (Dask workers included) every 0.5 s with
+psutil; memory is that tree's peak (`TreeSampler`: summed RSS, PSS for forked helpers and
+their parent), time is wall clock.
 
 - sccohort: ``sccohort.pipeline.run_pipeline`` on the cohort's own ``sccohort.toml`` with
   ``pipeline.STAGES`` restricted to ``preprocess`` (per-sample read, summary, QC, doublets,
   RNA log-normalisation as Dask tasks, join, protein CLR/dsb), ``embed`` (HVG, PCA, protein
   PCA, Harmony x2, WNN, Leiden; starts the UMAP layout on a Dask worker) and ``umap``
-  (collects it). Per-step seconds and tree peak RSS come from ``OUT/run.json``.
+  (collects it). Per-step seconds and tree peaks come from ``OUT/run.json``.
 - plain (scanpy 1.11 + muon defaults, what a user would write): per sample
   ``mu.read_10x_h5`` of the filtered and raw matrices, ``mu.prot.pp.dsb`` with the raw
   droplets and the isotype controls (or ``mu.prot.pp.clr`` when our config uses CLR),
@@ -71,9 +72,10 @@ WNN_TIMEOUT_S = 900  # muon's WNN is slow (185 s on 500 cells in bench_wnn_seura
 
 
 class TreeSampler:
-    """Sum of the RSS of a process and all its descendants, sampled every ``interval`` s."""
+    """Memory of a process and all its descendants (`sccohort.pipeline.tree_memory`: RSS,
+    PSS where a helper was forked), sampled every ``interval`` s."""
 
-    def __init__(self, pid: int, interval: float = 0.2) -> None:
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
         self.root = psutil.Process(pid)
         self.interval = interval
         self.samples: list[tuple[float, float]] = []  # (unix time, GB)
@@ -82,17 +84,10 @@ class TreeSampler:
         self._thread.start()
 
     def _loop(self) -> None:
+        from sccohort.pipeline import tree_memory
+
         while not self._stop.is_set():
-            total = 0
-            try:
-                procs = [self.root, *self.root.children(recursive=True)]
-            except psutil.Error:
-                procs = []
-            for proc in procs:
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    continue
+            total = tree_memory(self.root)
             if total:
                 self.samples.append((time.time(), total / 2**30))
             self._stop.wait(self.interval)

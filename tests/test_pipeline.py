@@ -293,3 +293,37 @@ def test_intermediate_checkpoints_leave_out_rna_x_and_reading_rebuilds_it(tmp_pa
         back = pipeline.read_cohort(tmp_path / f"{name}.h5mu").mod["rna"].X
         assert back.dtype == np.float32
         np.testing.assert_array_equal(back.toarray(), x.toarray())
+
+
+def test_tree_memory_counts_pages_shared_with_a_forked_child_once() -> None:
+    import multiprocessing as mp
+
+    import psutil
+
+    from sccohort.pipeline import tree_memory
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("needs fork")
+    big = np.ones(2**27 // 8)  # 128 MB, touched
+    me = psutil.Process()
+    alone = tree_memory(me)
+    ctx = mp.get_context("fork")
+    ready, done = ctx.Event(), ctx.Event()
+
+    def child() -> None:  # reads the shared array, writes nothing
+        float(big[::4096].sum())
+        ready.set()
+        done.wait(30)
+
+    proc = ctx.Process(target=child)
+    proc.start()
+    try:
+        assert ready.wait(30)
+        with_child = tree_memory(me)
+        rss_sum = me.memory_info().rss + psutil.Process(proc.pid).memory_info().rss
+    finally:
+        done.set()
+        proc.join(30)
+    assert alone is not None and with_child is not None
+    assert rss_sum > alone + 100 * 2**20  # summed RSS counts the shared array twice
+    assert with_child < alone + 64 * 2**20  # tree_memory counts it once
