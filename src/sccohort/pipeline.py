@@ -12,6 +12,7 @@ through :mod:`sccohort.io.atomic`, so a crash never leaves a half file that look
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -103,14 +104,16 @@ def tree_memory(root: psutil.Process) -> int | None:
         return None
     procs = [root, *children]
     pids = {p.pid for p in procs}
+    command: dict[int, list[str]] = {}
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            command[proc.pid] = proc.cmdline()
     shared: set[int] = set()
     for child in children:
-        try:
+        with contextlib.suppress(psutil.Error):
             parent = child.ppid()
-            if parent in pids and child.cmdline() == psutil.Process(parent).cmdline():
+            if child.pid in command and command.get(parent) == command[child.pid]:
                 shared.update((child.pid, parent))
-        except psutil.Error:
-            continue
     total = 0
     for proc in procs:
         try:

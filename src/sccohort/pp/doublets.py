@@ -270,9 +270,14 @@ def _kmeans(x: np.ndarray, n_lists: int, rng: np.random.Generator) -> np.ndarray
     return cent
 
 
+def _centroid_distances(x: np.ndarray, cent: np.ndarray) -> np.ndarray:
+    """(n, L) squared distances of the rows of ``x`` to the centroids, less each row's norm."""
+    return np.einsum("ij,ij->i", cent, cent)[None, :] - 2.0 * (x @ cent.T)
+
+
 def _nearest_centroid(x: np.ndarray, cent: np.ndarray) -> np.ndarray:
     """Index of each row's nearest centroid (Euclidean)."""
-    return np.argmin(np.einsum("ij,ij->i", cent, cent)[None, :] - 2.0 * (x @ cent.T), axis=1)
+    return np.argmin(_centroid_distances(x, cent), axis=1)
 
 
 def _neighbour_share_ivf(
@@ -292,7 +297,7 @@ def _neighbour_share_ivf(
     members = np.argsort(label, kind="stable")
     starts = np.searchsorted(label[members], np.arange(n_lists + 1))
     sizes = np.diff(starts)
-    near = np.argsort(_nearest_order_key(cent), axis=1, kind="stable")
+    near = np.argsort(_centroid_distances(cent, cent), axis=1, kind="stable")
     sq = np.einsum("ij,ij->i", emb, emb)
     query_label = label[queries]
     out = np.empty(queries.size)
@@ -310,11 +315,6 @@ def _neighbour_share_ivf(
             emb[cand], int(np.searchsorted(cand, n_obs)), np.searchsorted(cand, q), k, sq=sq[cand]
         )
     return out
-
-
-def _nearest_order_key(cent: np.ndarray) -> np.ndarray:
-    """(L, L) squared distances between centroids, up to a per-row constant."""
-    return np.einsum("ij,ij->i", cent, cent)[None, :] - 2.0 * (cent @ cent.T)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
