@@ -117,6 +117,7 @@ def test_defaults_filled_in_and_paths_relative_to_toml(tmp_path: Path) -> None:
             "primary_timepoint": "baseline",
             "primary_tissue": "blood",
             "scheduler": "auto",
+            "rna_on_disk": "auto",
         },
         "clinical": {"types": {}},
         "qc": d["qc"],

@@ -171,7 +171,10 @@ def describe_scheduler(scheduler: Any) -> dict[str, Any]:
 
 
 def compute(
-    tasks: list, scheduler: Any = None, progress: Callable[[int, int], None] | None = None
+    tasks: list,
+    scheduler: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+    on_result: Callable[[int, Any], Any] | None = None,
 ) -> list:
     """Compute ``dask.delayed`` tasks; results in task order.
 
@@ -184,6 +187,9 @@ def compute(
         ``None`` (Dask's local threads) or one of `LOCAL_SCHEDULERS`.
     progress
         Called as ``progress(done, total)`` after each task.
+    on_result
+        ``on_result(i, result)`` replaces task ``i``'s result as it arrives (on a
+        distributed cluster one at a time, as tasks end; in process, after all of them).
 
     Raises
     ------
@@ -193,9 +199,13 @@ def compute(
     if scheduler is None or scheduler in LOCAL_SCHEDULERS:
         name = "threads" if scheduler is None else scheduler
         if progress is None:
-            return list(dask.compute(*tasks, scheduler=name))
-        with _Progress({t.key for t in tasks}, progress):
-            return list(dask.compute(*tasks, scheduler=name))
+            results = list(dask.compute(*tasks, scheduler=name))
+        else:
+            with _Progress({t.key for t in tasks}, progress):
+                results = list(dask.compute(*tasks, scheduler=name))
+        if on_result is not None:
+            results = [on_result(i, r) for i, r in enumerate(results)]
+        return results
     from distributed import Client, as_completed
 
     client = scheduler if _is_client(scheduler) else Client(scheduler)
@@ -205,7 +215,10 @@ def compute(
         results: list[Any] = [None] * len(futures)
         # fetch each result as its task ends, so transfers overlap the tasks still running
         for done, future in enumerate(as_completed(futures), start=1):
-            results[order[future.key]] = future.result()  # re-raises the task's error
+            i = order[future.key]
+            results[i] = future.result()  # re-raises the task's error
+            if on_result is not None:
+                results[i] = on_result(i, results[i])
             future.release()
             if progress is not None:
                 progress(done, len(futures))

@@ -85,13 +85,17 @@ class RunSection:
     ``primary_timepoint`` / ``primary_tissue`` pick the sample that represents each donor in
     cross-sectional analyses. ``scheduler`` (see :mod:`sccohort.cluster`): ``"auto"``,
     ``"local"``, ``"threads"``, ``"sync"`` or a Dask scheduler address; ``sccohort run
-    --scheduler`` overrides it.
+    --scheduler`` overrides it. ``rna_on_disk`` (see :mod:`sccohort.pp.store`): where the
+    RNA counts of all genes live; ``"auto"`` moves them to ``OUT/rna_counts.h5`` once the
+    cells that pass QC exceed 300,000, ``"always"`` / ``"never"`` force it. Results are
+    the same either way.
     """
 
     seed: int = 0
     primary_timepoint: str = DEFAULT_TIMEPOINT
     primary_tissue: str = DEFAULT_TISSUE
     scheduler: str = "auto"
+    rna_on_disk: Literal["auto", "always", "never"] = "auto"
 
 
 @config_section("clinical")

@@ -34,12 +34,15 @@ from sccohort.cohort import SampleSheet
 from sccohort.config import Config, load_inputs
 from sccohort.errors import InputError
 from sccohort.io.atomic import write_h5mu, write_json
+from sccohort.pp.store import RNA_STORE_FILE
 from sccohort.stages import STAGES, Progress, RunState, Silent, Stage, check_inputs
 
 __all__ = ["STAGES", "Progress", "RunState", "Stage", "run_pipeline"]
 
 #: Files and folders a run owns inside OUT; nothing else there is ever touched.
-OWNED = ("run.json", "cohort.h5mu", "report.html", "checkpoints", "tables", "figures")
+OWNED = (
+    "run.json", "cohort.h5mu", RNA_STORE_FILE, "report.html", "checkpoints", "tables", "figures",
+)  # fmt: skip
 VERSIONED_PACKAGES = (
     "sccohort", "numpy", "scipy", "pandas", "anndata", "mudata", "scanpy", "h5py", "dask",
     "distributed", "scikit-learn", "statsmodels", "harmonypy", "leidenalg", "igraph",

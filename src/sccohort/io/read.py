@@ -493,27 +493,35 @@ def _check_presence(results: dict[str, dict[str, ad.AnnData]], modality: str, wh
     return bool(have)
 
 
+def check_same_genes(
+    first: str, reference: pd.Index, sample: str, names: pd.Index, file: Any = None
+) -> None:
+    """Raise `InputError` when sample ``sample``'s genes are not those of sample ``first``."""
+    ref_set = set(reference)
+    if set(names) == ref_set:
+        return
+    only_here = [g for g in names if g not in ref_set][:5]
+    here = set(names)
+    only_ref = [g for g in reference if g not in here][:5]
+    raise InputError(
+        f"its genes differ from sample '{first}' (only in '{sample}': "
+        f"{', '.join(only_here) or 'none'}; only in '{first}': "
+        f"{', '.join(only_ref) or 'none'})",
+        file=file,
+        sample=sample,
+        hint=(
+            "Quantify every sample against the same reference transcriptome "
+            "(same Cell Ranger reference and version)"
+        ),
+    )
+
+
 def _concat_rna(results: dict[str, dict[str, ad.AnnData]], paths: pd.Series) -> ad.AnnData:
     samples = list(results)
     reference = results[samples[0]]["rna"].var_names
-    ref_set = set(reference)
     for sample in samples:
-        adata = results[sample]["rna"]
-        if set(adata.var_names) != ref_set:
-            only_here = [g for g in adata.var_names if g not in ref_set][:5]
-            here = set(adata.var_names)
-            only_ref = [g for g in reference if g not in here][:5]
-            raise InputError(
-                f"its genes differ from sample '{samples[0]}' (only in '{sample}': "
-                f"{', '.join(only_here) or 'none'}; only in '{samples[0]}': "
-                f"{', '.join(only_ref) or 'none'})",
-                file=paths[sample],
-                sample=sample,
-                hint=(
-                    "Quantify every sample against the same reference transcriptome "
-                    "(same Cell Ranger reference and version)"
-                ),
-            )
+        names = results[sample]["rna"].var_names
+        check_same_genes(samples[0], reference, sample, names, paths[sample])
     return stack_rows([results[s].pop("rna") for s in samples], reference)
 
 

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..errors import InputError
+from ..pp.store import rna_columns, store_of
 from ._common import FONT, new_figure
 
 
@@ -67,11 +68,15 @@ def dot_values(
     codes, uniques = pd.factorize(labels[keep].astype(str), sort=False)
     cols = adata.var_names.get_indexer(list(markers))
     matrix = adata.layers[layer] if layer is not None else adata.X
-    if matrix is None:
-        raise InputError("the AnnData has no matrix to read", key=layer or "X")
     rows = np.flatnonzero(keep)
-    # columns first: the few markers' columns, then their rows (not a copy of every row)
-    sub = matrix[:, cols][rows] if sp.issparse(matrix) else np.asarray(matrix)[np.ix_(rows, cols)]
+    if matrix is None and layer is None and store_of(adata) is not None:  # RNA on disk
+        sub = rna_columns(adata, cols)[rows]
+    elif matrix is None:
+        raise InputError("the AnnData has no matrix to read", key=layer or "X")
+    elif sp.issparse(matrix):  # columns first: the few markers' columns, then their rows
+        sub = matrix[:, cols][rows]
+    else:
+        sub = np.asarray(matrix)[np.ix_(rows, cols)]
     sub = sp.csr_matrix(sub, dtype=np.float64)
     onehot = sp.csr_matrix(
         (np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(len(uniques), len(codes))

@@ -23,6 +23,7 @@ from sccohort.io.read import combine_samples
 from sccohort.pp.normalize import clr, dsb, normalize_rna
 from sccohort.pp.qc import METRICS as QC_METRICS
 from sccohort.pp.sample import prepare_sample
+from sccohort.pp.store import RNA_STORE_FILE, STORE_KEY, RnaCollector
 from sccohort.pp.summary import summary_table
 from sccohort.stages.base import RunState
 from sccohort.tl.annotate import annotate
@@ -61,7 +62,18 @@ def stage_preprocess(state: RunState) -> list[Path]:
         )
         for i, s in enumerate(table.index)
     ]
-    prepared = compute(tasks, state.scheduler, state.progress.advance)
+    collector = RnaCollector(
+        state.out / RNA_STORE_FILE,
+        table["path"].astype(str),
+        state.config.run.rna_on_disk,
+        state.config.normalize.target_sum,
+    )
+    try:
+        prepared = compute(tasks, state.scheduler, state.progress.advance, collector.take)
+        store = collector.finish()
+    except BaseException:
+        collector.abort()
+        raise
     for sample in prepared:
         for category, message in sample.warnings:
             warnings.warn(message, category, stacklevel=2)
@@ -93,7 +105,12 @@ def stage_preprocess(state: RunState) -> list[Path]:
             file=state.out / "tables" / "qc.csv",
             hint="check the QC table; for unusual data set [qc] mode or thresholds in the config",
         )
-    normalize_rna(mdata.mod["rna"], target_sum=state.config.normalize.target_sum)
+    rna = mdata.mod["rna"]
+    if store is None:
+        normalize_rna(rna, target_sum=state.config.normalize.target_sum)
+    else:  # counts on disk: normalised as read (`sccohort.pp.store`)
+        rna.uns["normalize_rna"] = {"method": "log1p", "target_sum": store.target_sum}
+        rna.uns[STORE_KEY] = str(store.path)
     if antibodies is not None:
         _normalize_protein(
             mdata.mod["prot"], mdata.obs["sample_id"], empties if use_dsb else None, own_dsb

@@ -26,6 +26,7 @@ from scipy import stats
 
 from ..cohort import DEFAULT_TISSUE, SampleSheet
 from ..errors import InputError
+from ..pp.store import rna_columns
 from .composition import level_rows
 
 __all__ = ["expression_trajectory", "paired_test", "timepoint_order", "trajectories"]
@@ -431,7 +432,10 @@ def expression_trajectory(
     codes = pd.Categorical(ids.astype(str), categories=list(chosen.index)).codes
     keep = mask & (codes >= 0)
     gidx = adata.var_names.get_indexer(genes)
-    x = adata.X[np.flatnonzero(keep)][:, gidx]
+    if adata.X is None:  # RNA on disk: these genes' columns, then the cells
+        x = rna_columns(adata, gidx)[np.flatnonzero(keep)]
+    else:
+        x = adata.X[np.flatnonzero(keep)][:, gidx]
     x = x.tocsr() if sp.issparse(x) else sp.csr_matrix(np.asarray(x))
     n_samples = len(chosen)
     member = sp.csr_matrix(

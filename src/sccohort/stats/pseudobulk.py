@@ -30,6 +30,7 @@ from scipy import stats
 
 from sccohort.cohort import ContrastDesign
 from sccohort.errors import InputError
+from sccohort.pp.store import rna_blocks, store_of
 from sccohort.stats import CORE_COLUMNS
 from sccohort.stats.deseq2 import deseq2_wald, pydeseq2_wald
 
@@ -171,7 +172,8 @@ def pseudobulk(
             )
     if min_cells < 1:
         raise InputError(f"min_cells must be >= 1, got {min_cells}", key="min_cells")
-    x = _counts_matrix(adata)
+    store = store_of(adata)
+    x = None if store is not None else _counts_matrix(adata)
     sample = obs["sample_id"].astype(str)
     donor_of = obs.groupby(sample.values, observed=True)["donor_id"].first().astype(str)
     use = obs[groupby].notna().to_numpy()
@@ -204,7 +206,12 @@ def pseudobulk(
         label_codes.astype(np.int64) * n_samples + sample_codes, return_inverse=True
     )
     codes = codes.ravel()
-    summed = _group_sums(x, cells, codes, len(combos))
+    if store is None:
+        summed = _group_sums(x, cells, codes, len(combos))
+    else:  # raw counts on disk: summed block of genes by block (integers: exact either way)
+        summed = np.hstack(
+            [_group_sums(b, cells, codes, len(combos)) for _, _, b in rna_blocks(adata, True)]
+        )
     n_cells = np.bincount(codes, minlength=len(combos))
 
     meta = pd.DataFrame(

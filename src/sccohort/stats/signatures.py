@@ -30,6 +30,7 @@ from anndata import AnnData
 
 from ..errors import InputError
 from ..io.genesets import hallmark
+from ..pp.store import rna_blocks, rna_columns, store_of
 
 __all__ = ["SIGNATURES", "signature_sets", "score_cells", "donor_scores"]
 
@@ -186,14 +187,19 @@ def score_cells(
         raise InputError(f"unknown method {method!r}", hint="Use 'score_genes' or 'mean_z'.")
     if not isinstance(gene_sets, Mapping) or not gene_sets:
         raise InputError("no gene sets given", hint="Pass {name: [genes]}, e.g. signature_sets().")
-    x = _matrix(adata, layer)
+    on_disk = layer is None and store_of(adata) is not None
+    x = None if on_disk else _matrix(adata, layer)
     genes = pd.Index(adata.var_names.astype(str))
     if genes.has_duplicates:
         raise InputError(
             "duplicated gene names in var_names",
             hint="Make them unique first (adata.var_names_make_unique()).",
         )
-    mean, var = _column_moments(x, variance=method == "mean_z")
+    # by blocks of genes (.X in memory or the store on disk: the same blocks, the same sums)
+    blocks = rna_blocks(adata) if layer is None else ((0, 0, x),)
+    moments = [_column_moments(b, variance=method == "mean_z") for _, _, b in blocks]
+    mean = np.concatenate([m for m, _ in moments])
+    var = None if method != "mean_z" else np.concatenate([v for _, v in moments])
     n_genes = len(genes)
     if method == "score_genes":
         finite = np.isfinite(mean)
@@ -227,7 +233,9 @@ def score_cells(
             )
         weights[idx, s] += 1.0 / idx.size
         weights[ctrl, s] -= 1.0 / ctrl.size
-    scores = _product(x, weights)
+    used = np.flatnonzero(np.any(weights != 0, axis=1))  # only these genes' columns are read
+    part = rna_columns(adata, used) if x is None else x[:, used]
+    scores = _product(sp.csr_matrix(part) if sp.issparse(part) else part, weights[used])
     if method == "mean_z":
         scores -= mean @ weights  # (x - mean) / sd averaged over the set
     return pd.DataFrame(scores, index=adata.obs_names.copy(), columns=list(map(str, gene_sets)))

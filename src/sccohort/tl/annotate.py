@@ -36,6 +36,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sccohort.errors import InputError
+from sccohort.pp.store import rna_columns
 
 UNASSIGNED = "unassigned"
 L1_LABELS = ("Mono", "DC", "B", "CD4 T", "CD8 T", "other T", "NK", "other")
@@ -142,9 +143,9 @@ def _scaled(adata, rows: np.ndarray, columns: np.ndarray, low: float) -> np.ndar
     25th percentile, so that a marker no cell expresses scores near 0.
     """
     matrix = adata.X
-    if sp.issparse(matrix):  # the markers' columns first: never a copy of whole rows
-        x = matrix[:, columns]
-        x = (x if np.array_equal(rows, np.arange(matrix.shape[0])) else x[rows]).toarray()
+    if matrix is None or sp.issparse(matrix):  # the markers' columns first (or RNA on disk)
+        x = rna_columns(adata, columns)
+        x = (x if np.array_equal(rows, np.arange(adata.n_obs)) else x[rows]).toarray()
     else:
         x = np.asarray(matrix)[np.ix_(rows, columns)]
     x = x.astype(np.float64)

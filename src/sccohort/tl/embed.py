@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import numba
@@ -33,6 +33,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from sccohort.errors import InputError
+from sccohort.pp.store import rna_blocks, rna_columns, store_of
 
 if TYPE_CHECKING:
     import igraph
@@ -145,7 +146,8 @@ def _seurat_dispersions(mean: np.ndarray, var: np.ndarray, n_top_genes: int) -> 
 
 
 def _seurat_hvg(
-    x: sp.csr_matrix,
+    blocks: Iterable[tuple[int, sp.csr_matrix]],
+    n_cells: int,
     names: np.ndarray,
     batch: pd.Categorical | None,
     genes: np.ndarray,
@@ -153,20 +155,31 @@ def _seurat_hvg(
 ) -> pd.DataFrame:
     """``sc.pp.highly_variable_genes(flavor="seurat", batch_key=...)`` on the columns ``genes``.
 
-    One pass over the CSR data for all batches (scanpy copies, column-subsets and
-    expm1-transforms each batch). Returns a frame in ``genes`` order with ``means``,
-    ``dispersions_norm``, ``highly_variable`` and ``highly_variable_nbatches``.
+    ``blocks``: ``(first column, cells x columns CSR)`` covering every column of ``genes``
+    (the whole matrix, or the gene blocks of an on-disk store: each gene's sums are the
+    same either way). One pass over the CSR data for all batches (scanpy copies,
+    column-subsets and expm1-transforms each batch). Returns a frame in ``genes`` order with
+    ``means``, ``dispersions_norm``, ``highly_variable`` and ``highly_variable_nbatches``.
     """
-    col = np.full(x.shape[1], -1, dtype=np.int64)
-    col[genes] = np.arange(genes.size)
-    codes = np.zeros(x.shape[0], dtype=np.int64) if batch is None else batch.codes.astype(np.int64)
+    codes = np.zeros(n_cells, dtype=np.int64) if batch is None else batch.codes.astype(np.int64)
     n_batches = 1 if batch is None else len(batch.categories)
     rows = np.argsort(codes, kind="stable").astype(np.int64)
     batch_ptr = np.zeros(n_batches + 1, dtype=np.int64)
     np.cumsum(np.bincount(codes, minlength=n_batches), out=batch_ptr[1:])
-    sums, squares, positive = _batch_sums(
-        x.data, x.indices, x.indptr, rows, batch_ptr, col, genes.size, numba.get_num_threads()
-    )
+    n_threads = numba.get_num_threads()
+    sums = np.zeros((n_batches, n_threads, genes.size))
+    squares = np.zeros_like(sums)
+    positive = np.zeros((n_batches, genes.size), dtype=np.int64)
+    for lo, x in blocks:
+        col = np.full(x.shape[1], -1, dtype=np.int64)
+        inside = (genes >= lo) & (genes < lo + x.shape[1])
+        if not inside.any():
+            continue
+        col[genes[inside] - lo] = np.flatnonzero(inside)
+        part = _batch_sums(x.data, x.indices, x.indptr, rows, batch_ptr, col, genes.size, n_threads)
+        sums += part[0]  # each gene is in one block: the others add zeros
+        squares += part[1]
+        positive += part[2]
     sums, squares = _thread_total(sums), _thread_total(squares)
     columns = ("means", "dispersions", "dispersions_norm", "highly_variable")
     per_batch = {c: np.zeros((n_batches, genes.size)) for c in columns}
@@ -243,7 +256,7 @@ def highly_variable_genes(
     """
     import scanpy as sc
 
-    if adata.X is None:
+    if adata.X is None and store_of(adata) is None:
         raise InputError("the RNA data has no .X", hint="run normalize_rna first")
     if batch_key is not None and batch_key not in adata.obs.columns:
         raise InputError(
@@ -262,8 +275,11 @@ def highly_variable_genes(
     if batch_key is not None:
         batch = pd.Categorical(adata.obs[batch_key].astype(str))
     x = adata.X
-    if sp.issparse(x) and x.format == "csr" and adata.var_names.is_unique:
-        df = _seurat_hvg(x, np.asarray(adata.var_names), batch, keep, n_top_genes)
+    store = store_of(adata)
+    if store is not None or (sp.issparse(x) and x.format == "csr" and adata.var_names.is_unique):
+        blocks = [(0, x)] if store is None else ((lo, b) for lo, _, b in rna_blocks(adata))
+        names = np.asarray(adata.var_names)
+        df = _seurat_hvg(blocks, adata.n_obs, names, batch, keep, n_top_genes)
     else:  # dense, CSC or duplicate gene names: scanpy itself
         # A light AnnData sharing .X (no copy); scanpy copies one batch at a time.
         obs = pd.DataFrame(index=adata.obs_names)
@@ -529,10 +545,14 @@ def pca_rna(
         genes = np.flatnonzero(adata.var[mask_var].to_numpy(dtype=bool))
         if genes.size < 2:
             raise InputError(f"var['{mask_var}'] selects {genes.size} genes", column=mask_var)
+    x, columns = adata.X, genes
+    if store_of(adata) is not None:  # counts on disk: only these genes' columns in memory
+        x, columns = rna_columns(adata, genes), None
     scores, loadings, variance, ratio = scaled_pca(
-        adata.X, n_comps, columns=genes, max_value=max_value, block_cells=block_cells,
+        x, n_comps, columns=columns, max_value=max_value, block_cells=block_cells,
         dtype=dtype,
     )  # fmt: skip
+    del x
     adata.obsm[key_added] = scores
     full = np.zeros((adata.n_vars, n_comps), dtype=np.float32)
     full[genes] = loadings

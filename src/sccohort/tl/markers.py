@@ -31,6 +31,7 @@ from anndata import AnnData
 from scipy import stats
 
 from ..errors import InputError
+from ..pp.store import rna_blocks, store_of
 
 __all__ = ["rank_markers", "rank_genes_groups"]
 
@@ -510,7 +511,18 @@ def rank_markers(
         group (category order) then statistic descending.
     """
     labels, selected = _check_inputs(adata, groupby, layer, groups, reference)
-    x = _as_sparse(adata.X if layer is None else adata.layers[layer])
+    store = store_of(adata) if layer is None else None
+    if store is not None and reference != "rest":
+        raise InputError(
+            "markers against a reference group need the RNA in memory",
+            key="reference",
+            hint='rank against "rest", or set [run] rna_on_disk = "never"',
+        )
+    x = (
+        store
+        if store is not None
+        else _as_sparse(adata.X if layer is None else adata.layers[layer])
+    )
     names = np.asarray(adata.var_names.astype(str))
     log1p = adata.uns.get("log1p", {})
     base = log1p.get("base") if isinstance(log1p, Mapping) else None
@@ -526,8 +538,15 @@ def rank_markers(
         lut = np.full(len(labels.categories) + 1, len(selected), dtype=np.int64)
         lut[[list(labels.categories).index(g) for g in selected]] = np.arange(len(selected))
         codes = lut[np.asarray(labels.codes, dtype=np.int64)]
-        res = _group_stats(x, codes, n_codes, chunk_genes, n_jobs)
-        n_cells = x.shape[0]
+        if store is None:
+            res = _group_stats(x, codes, n_codes, chunk_genes, n_jobs)
+        else:  # gene blocks from disk: each gene's statistics do not depend on the others
+            parts = [
+                _group_stats(block, codes, n_codes, chunk_genes, n_jobs)
+                for _, _, block in rna_blocks(adata)
+            ]
+            res = {key: np.concatenate([p[key] for p in parts], axis=-1) for key in parts[0]}
+        n_cells = adata.n_obs
         total_nnz = res["nnz"].sum(axis=0)
         total_sum = res["value_sum"].sum(axis=0)
         sizes = np.bincount(codes, minlength=n_codes)

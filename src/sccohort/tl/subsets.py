@@ -31,7 +31,7 @@ import functools
 import multiprocessing as mp
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -46,6 +46,7 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.neighbors import NearestNeighbors
 
 from ..errors import InputError
+from ..pp.store import rna_rows, store_of
 from .markers import rank_markers
 
 __all__ = ["LINEAGES", "subsets"]
@@ -411,7 +412,8 @@ def _check(mdata, lineages: Mapping[str, Sequence[str]] | None, resolution: floa
             key="X_harmony",
             hint="run the pipeline's embedding stage (sccohort.tl.embed.harmony) first",
         )
-    if "rna" not in mdata.mod or mdata.mod["rna"].X is None:
+    rna = mdata.mod.get("rna")
+    if rna is None or (rna.X is None and store_of(rna) is None):
         raise InputError(
             "the cohort object has no normalised RNA (mod['rna'].X)",
             key="rna",
@@ -502,18 +504,23 @@ def subsets(
             key="rna",
             hint="subset the MuData as a whole (mdata[cells]) so every modality keeps the cells",
         )
-    x_rna = sp.csr_matrix(rna.X, dtype=np.float32)
-    if not np.array_equal(order, np.arange(x_rna.shape[0])):
-        x_rna = x_rna[order]
+    x_rna, lineage_rows = None, None
+    if store_of(rna) is None:
+        x_rna = sp.csr_matrix(rna.X, dtype=np.float32)
+        if not np.array_equal(order, np.arange(x_rna.shape[0])):
+            x_rna = x_rna[order]
+    else:  # RNA on disk (log-normalised, so >= 0): each lineage reads its own cells
+        lineage_rows = functools.partial(_rows_of, rna, order)
     genes = _Genes(
         var=pd.DataFrame(index=rna.var_names.astype(str)),
         uns={"log1p": rna.uns["log1p"]} if "log1p" in rna.uns else {},
         informative=_informative(rna.var_names.astype(str)),
-        nonnegative=x_rna.nnz == 0 or bool(x_rna.data.min() >= 0),
+        nonnegative=x_rna is None or x_rna.nnz == 0 or bool(x_rna.data.min() >= 0),
     )
     l2 = obs["l2"].astype(str).to_numpy()
     shared = _Shared(
         x_rna=x_rna,
+        lineage_rows=lineage_rows,
         genes=genes,
         prot=_proteins(mdata.mod.get("prot"), obs.index),
         l2=l2,
@@ -814,14 +821,21 @@ class _Settings:
     seed: int
 
 
+def _rows_of(rna: ad.AnnData, order: np.ndarray, rows: np.ndarray) -> sp.csr_matrix:
+    """Cells ``rows`` (``obs`` order; ``order`` maps them to ``rna``'s) x genes, float32 CSR."""
+    return sp.csr_matrix(rna_rows(rna, order[rows]), dtype=np.float32)
+
+
 @dataclass
 class _Shared:
     """What every lineage's clustering reads, all in ``obs`` order.
 
-    RNA (cells x genes, CSR), gene facts, proteins, l2 labels, the embedding (cells x dims).
+    RNA (cells x genes, CSR; or None and ``lineage_rows(rows)``, those cells' RNA read from
+    the store), gene facts, proteins, l2 labels, the embedding (cells x dims).
     """
 
-    x_rna: sp.csr_matrix
+    x_rna: sp.csr_matrix | None
+    lineage_rows: Callable[[np.ndarray], sp.csr_matrix] | None
     genes: _Genes
     prot: tuple[np.ndarray, pd.DataFrame, pd.Series] | None
     l2: np.ndarray
@@ -849,7 +863,10 @@ def _cluster_lineage(shared: _Shared, rows: np.ndarray, knn: np.ndarray | None) 
     ``knn`` holds the cells' nearest neighbours (rows x k; None: too small to subcluster).
     """
     s = shared.settings
-    lineage = _LineageRNA(shared.x_rna, rows)
+    if shared.x_rna is None:
+        lineage = _LineageRNA(shared.lineage_rows(rows), np.arange(rows.size))
+    else:
+        lineage = _LineageRNA(shared.x_rna, rows)
     stats = None
     if knn is None:
         local = np.zeros(rows.size, dtype=np.int64)

@@ -27,6 +27,7 @@ import scipy.sparse as sp
 from sklearn.neighbors import NearestNeighbors
 
 from ..errors import InputError
+from ..pp.store import store_of
 from .annotate import UNASSIGNED
 from .embed import harmony, scaled_pca
 
@@ -118,9 +119,14 @@ def _raw_counts(adata: ad.AnnData) -> sp.csr_matrix | None:
 
 def _log_normalised(adata: ad.AnnData, genes: pd.Index, what: str) -> sp.csr_matrix:
     """``n_cells x len(genes)`` log1p of counts per 10,000 (library size over all genes)."""
-    counts = _raw_counts(adata)
     columns = adata.var_names.get_indexer(genes)
-    if counts is None:
+    store = store_of(adata)
+    if store is not None:  # the cohort's RNA on disk: these genes' counts, all-gene totals
+        library, counts = store.totals, None
+        part = store.columns(columns, counts=True)
+    else:
+        counts = _raw_counts(adata)
+    if counts is None and store is None:
         if adata.X is None:
             raise InputError(
                 f"the {what} has neither raw counts nor expression values",
@@ -134,9 +140,11 @@ def _log_normalised(adata: ad.AnnData, genes: pd.Index, what: str) -> sp.csr_mat
                 hint="Store raw counts in layers['counts']",
             )
         return x
-    library = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
+    if store is None:
+        library = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
+        part = counts[:, columns]
     scale = np.divide(TARGET_SUM, library, out=np.zeros_like(library), where=library > 0)
-    x = sp.diags(scale) @ counts[:, columns].astype(np.float64)
+    x = sp.diags(scale) @ part.astype(np.float64)
     x = sp.csr_matrix(x, dtype=np.float32)
     np.log1p(x.data, out=x.data)
     return x
