@@ -151,3 +151,22 @@ def test_annotation_config_errors(simulated_run, tmp_path):
 def test_missing_gene_set_file_fails_before_anything_runs(simulated_run, tmp_path):
     with pytest.raises(InputError, match="gene_sets file .* not found"):
         _state(simulated_run, tmp_path, '[characterise]\ngene_sets = "nowhere.gmt"\n')
+
+
+def test_a_query_whose_rna_is_on_disk_gets_the_same_labels(reference_and_query, tmp_path):
+    from anndata import AnnData
+
+    from sccohort.pp.store import STORE_KEY, RnaStoreWriter
+
+    path, query, _ = reference_and_query
+    writer = RnaStoreWriter(tmp_path / "rna.h5", query.var_names)
+    writer.add("q", query.layers["counts"], query.obs_names)
+    writer.close(["q"], 1e4)
+    disk = AnnData(obs=query.obs[["sample_id"]].copy(), var=query.var.copy())
+    disk.uns[STORE_KEY] = str(tmp_path / "rna.h5")
+    memory = AnnData(obs=query.obs[["sample_id"]].copy(), var=query.var.copy())
+    memory.layers["counts"] = query.layers["counts"]
+    reference = load_reference(path, ["l1", "l2"])
+    tables = [transfer_labels(a, reference, keys=("l1", "l2"), seed=0) for a in (memory, disk)]
+    pd.testing.assert_frame_equal(*tables)
+    pd.testing.assert_frame_equal(memory.obs, disk.obs)

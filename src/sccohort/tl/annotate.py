@@ -34,9 +34,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from anndata import AnnData
 
 from sccohort.errors import InputError
-from sccohort.pp.store import rna_columns
+from sccohort.pp.store import rna_columns, store_of
 
 UNASSIGNED = "unassigned"
 L1_LABELS = ("Mono", "DC", "B", "CD4 T", "CD8 T", "other T", "NK", "other")
@@ -160,17 +161,35 @@ def _scaled(adata, rows: np.ndarray, columns: np.ndarray, low: float) -> np.ndar
     return np.clip((x - lo) / span, 0.0, 1.0)
 
 
+def _marker_columns(rna: AnnData, table: pd.DataFrame) -> AnnData:
+    """All cells x the marker genes of ``table`` present in ``rna``, in memory.
+
+    For RNA kept on disk: read once for every level, not once per level and parent.
+    """
+    columns = np.flatnonzero(rna.var_names.astype(str).isin(table["feature"]))
+    return AnnData(
+        X=rna_columns(rna, columns),
+        obs=pd.DataFrame(index=rna.obs_names),
+        var=pd.DataFrame(index=rna.var_names[columns]),
+    )
+
+
 def _program_scores(
-    mdata, table: pd.DataFrame, modality: str, rows: np.ndarray, low: float
+    mods: dict[str, AnnData],
+    obs_names: pd.Index,
+    table: pd.DataFrame,
+    modality: str,
+    rows: np.ndarray,
+    low: float,
 ) -> dict[tuple[str, str], np.ndarray]:
     """Score every (label, program) with a ``+`` marker present in ``modality``."""
-    adata = mdata.mod[modality]
+    adata = mods[modality]
     positions = _feature_columns(adata, modality)
     present = table[table["feature"].isin(positions.index)]
     if present.empty:
         return {}
     features = pd.unique(present["feature"])
-    mod_rows = adata.obs_names.get_indexer(mdata.obs_names[rows])
+    mod_rows = adata.obs_names.get_indexer(obs_names[rows])
     if (mod_rows < 0).any():
         raise InputError(
             f"{int((mod_rows < 0).sum())} cells of the cohort are missing from mod['{modality}']",
@@ -195,10 +214,15 @@ def _program_scores(
 
 
 def _label_scores(
-    mdata, tables: dict[str, pd.DataFrame], labels: list[str], rows: np.ndarray, low: float
+    mods: dict[str, AnnData],
+    obs_names: pd.Index,
+    tables: dict[str, pd.DataFrame],
+    labels: list[str],
+    rows: np.ndarray,
+    low: float,
 ) -> np.ndarray:
     """Cells ``rows`` x ``labels``: each label's best program, modalities blended."""
-    per_mod = {m: _program_scores(mdata, t, m, rows, low) for m, t in tables.items()}
+    per_mod = {m: _program_scores(mods, obs_names, t, m, rows, low) for m, t in tables.items()}
     out = np.full((len(rows), len(labels)), -np.inf)
     for j, label in enumerate(labels):
         programs = {p for scores in per_mod.values() for (lab, p) in scores if lab == label}
@@ -307,7 +331,10 @@ def annotate(
         lab for lab in L1_LABELS if any((t["label"] == lab).any() for t in tables.values())
     ]
     l1_labels += sorted({lab for t in l1_tables.values() for lab in t["label"]} - set(l1_labels))
-    scores = _label_scores(mdata, l1_tables, l1_labels, all_rows, _L1_LOW)
+    mods = {m: mdata.mod[m] for m in modalities}
+    if "rna" in mods and store_of(mods["rna"]) is not None:
+        mods["rna"] = _marker_columns(mods["rna"], tables["rna"])
+    scores = _label_scores(mods, mdata.obs_names, l1_tables, l1_labels, all_rows, _L1_LOW)
     l1_idx, l1_conf = _assign(scores, clusters, graph, min_confidence)
     l1 = np.where(l1_idx >= 0, np.array(l1_labels, dtype=object)[l1_idx], UNASSIGNED)
 
@@ -326,7 +353,7 @@ def annotate(
         if not children or rows.size == 0:
             continue
         sub = {m: t[t["parent"] == parent] for m, t in l2_tables.items()}
-        child_scores = _label_scores(mdata, sub, children, rows, _L2_LOW)
+        child_scores = _label_scores(mods, mdata.obs_names, sub, children, rows, _L2_LOW)
         sub_graph = graph[rows][:, rows] if graph is not None else None
         idx, conf = _assign(child_scores, clusters[rows], sub_graph, min_confidence)
         l2[rows] = np.where(idx >= 0, np.array(children, dtype=object)[idx], UNASSIGNED)

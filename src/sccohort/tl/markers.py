@@ -518,11 +518,7 @@ def rank_markers(
             key="reference",
             hint='rank against "rest", or set [run] rna_on_disk = "never"',
         )
-    x = (
-        store
-        if store is not None
-        else _as_sparse(adata.X if layer is None else adata.layers[layer])
-    )
+    x = None if store is not None else _as_sparse(adata.X if layer is None else adata.layers[layer])
     names = np.asarray(adata.var_names.astype(str))
     log1p = adata.uns.get("log1p", {})
     base = log1p.get("base") if isinstance(log1p, Mapping) else None

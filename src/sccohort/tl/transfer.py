@@ -122,25 +122,23 @@ def _log_normalised(adata: ad.AnnData, genes: pd.Index, what: str) -> sp.csr_mat
     columns = adata.var_names.get_indexer(genes)
     store = store_of(adata)
     if store is not None:  # the cohort's RNA on disk: these genes' counts, all-gene totals
-        library, counts = store.totals, None
-        part = store.columns(columns, counts=True)
+        library, part = store.totals, store.columns(columns, counts=True)
     else:
         counts = _raw_counts(adata)
-    if counts is None and store is None:
-        if adata.X is None:
-            raise InputError(
-                f"the {what} has neither raw counts nor expression values",
-                hint="Store raw counts in layers['counts'] or .X",
-            )
-        x = sp.csr_matrix(adata.X)[:, columns].astype(np.float32)
-        if x.nnz and float(x.data.max()) > 30:
-            raise InputError(
-                f"the {what}'s .X is neither raw counts (not integers) nor log-normalised "
-                f"(maximum {float(x.data.max()):.3g})",
-                hint="Store raw counts in layers['counts']",
-            )
-        return x
-    if store is None:
+        if counts is None:
+            if adata.X is None:
+                raise InputError(
+                    f"the {what} has neither raw counts nor expression values",
+                    hint="Store raw counts in layers['counts'] or .X",
+                )
+            x = sp.csr_matrix(adata.X)[:, columns].astype(np.float32)
+            if x.nnz and float(x.data.max()) > 30:
+                raise InputError(
+                    f"the {what}'s .X is neither raw counts (not integers) nor log-normalised "
+                    f"(maximum {float(x.data.max()):.3g})",
+                    hint="Store raw counts in layers['counts']",
+                )
+            return x
         library = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
         part = counts[:, columns]
     scale = np.divide(TARGET_SUM, library, out=np.zeros_like(library), where=library > 0)
