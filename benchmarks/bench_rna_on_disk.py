@@ -13,8 +13,8 @@ byte for byte (gzip: decompressed), the cell labels (``leiden``, ``l1``, ``l2``,
 ARI and identity) and the embeddings (``X_pca``, ``X_harmony``, ``X_umap``: identical arrays).
 
 Writes ``benchmarks/results/rna_on_disk.csv`` (one row per compared item: ``item, equal,
-ari``; then each run's wall seconds and peak memory) and prints it. ``--reuse`` compares
-runs already in ``OUT/never`` and ``OUT/always``.
+ari``; then one per run and measure: ``item, value``, wall seconds and peak GB) and prints
+it. ``--reuse`` compares runs already in ``OUT/never`` and ``OUT/always``.
 """
 
 from __future__ import annotations
@@ -66,17 +66,17 @@ def compare(never: Path, always: Path) -> pd.DataFrame:
     names = sorted({p.name for p in (never / "tables").iterdir()})
     others = sorted({p.name for p in (always / "tables").iterdir()})
     if names != others:
-        rows.append({"item": "table names", "equal": False, "ari": np.nan})
+        rows.append({"item": "table names", "equal": False})
     for name in names:
         a, b = never / "tables" / name, always / "tables" / name
         equal = b.is_file() and _content(a) == _content(b)
-        rows.append({"item": f"tables/{name}", "equal": equal, "ari": np.nan})
+        rows.append({"item": f"tables/{name}", "equal": equal})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # mudata's notices about shared names
         a = mudata.read_h5mu(never / "cohort.h5mu")
         b = mudata.read_h5mu(always / "cohort.h5mu")
     same_cells = list(a.obs_names) == list(b.obs_names)
-    rows.append({"item": "cells (obs_names)", "equal": same_cells, "ari": np.nan})
+    rows.append({"item": "cells (obs_names)", "equal": same_cells})
     for column in ("leiden", "l1", "l2", "subset"):
         x = a.obs[column].astype(str)
         y = b.obs[column].astype(str).reindex(x.index)
@@ -89,8 +89,8 @@ def compare(never: Path, always: Path) -> pd.DataFrame:
         )
     for key in ("X_pca", "X_harmony", "X_umap"):
         equal = same_cells and np.array_equal(a.obsm[key], b.obsm[key])
-        rows.append({"item": f"obsm/{key}", "equal": equal, "ari": np.nan})
-    return pd.DataFrame(rows)
+        rows.append({"item": f"obsm/{key}", "equal": equal})
+    return pd.DataFrame(rows, columns=["item", "equal", "ari", "value"]).astype({"equal": object})
 
 
 def main(args: argparse.Namespace) -> pd.DataFrame:
@@ -103,8 +103,9 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
     table = compare(args.out / "never", args.out / "always")
     for mode, timing in timings.items():
         for key, value in timing.items():
-            table.loc[len(table)] = {"item": f"run {mode}: {key}", "equal": np.nan, "ari": value}
-    table["cells"] = int(pd.read_csv(args.out / "never" / "tables" / "qc.csv")["cells_in"].sum())
+            table.loc[len(table)] = {"item": f"run {mode}: {key}", "value": value}
+    qc = pd.read_csv(args.out / "never" / "tables" / "qc.csv")
+    table["droplets"] = int(qc["cells_in"].sum())
     table["machine"] = f"{platform.node()} {os.cpu_count()} cores"
     table["date"] = datetime.now(UTC).isoformat(timespec="seconds")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
