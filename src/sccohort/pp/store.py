@@ -15,7 +15,8 @@ RNA through the functions here, which serve the same matrices from memory (``.X`
 `RnaCollector` writes the store during preprocessing.
 
 File layout: attributes ``n_obs``, ``n_vars``, ``block_genes``, ``target_sum``,
-``samples`` (their order in the cohort); ``var_names``; per sample ``s/<k>/obs_names``,
+``samples`` (the groups ``k`` in cohort order) and ``sample_ids`` (their ids);
+``var_names``; per sample (group ``k``, numbered as written) ``s/<k>/obs_names``,
 ``s/<k>/totals`` (float64 counts per cell, as `normalize_rna` sums them) and
 ``s/<k>/b<j>/{data,indices,indptr}``: the int32 counts of its cells x block ``j`` (CSR).
 Log-normalised values are computed as blocks are read, by the kernel `normalize_rna`
