@@ -227,6 +227,12 @@ def normalize_rna(
     adata.uns["normalize_rna"] = {"method": method, "theta": float(theta), "clip": clip_at}
 
 
+def cell_scale(totals: np.ndarray, target_sum: float) -> np.ndarray:
+    """Per-cell factor ``target_sum / total`` (0 for a cell without counts)."""
+    with np.errstate(divide="ignore"):
+        return np.where(totals > 0, target_sum / totals, 0.0)
+
+
 def _log_normalize(counts: np.ndarray | sp.spmatrix, target_sum: float) -> sp.csr_matrix:
     """``log1p(counts / total * target_sum)`` as float32 CSR (`_log1p_rows`, rows in parallel)."""
     csr = sp.csr_matrix(counts)  # no copy when already a CSR matrix
@@ -235,8 +241,7 @@ def _log_normalize(counts: np.ndarray | sp.spmatrix, target_sum: float) -> sp.cs
         csr.sum_duplicates()
     totals = np.empty(csr.shape[0], dtype=np.float64)
     _row_sums(csr.data, csr.indptr, totals)
-    with np.errstate(divide="ignore"):
-        scale = np.where(totals > 0, target_sum / totals, 0.0)
+    scale = cell_scale(totals, target_sum)
     data = np.empty(csr.nnz, dtype=np.float32)
     _log1p_rows(csr.data, csr.indptr, scale, data)
     # the column indices and row pointers are the counts' own (shared, not copied): ``.X``

@@ -39,7 +39,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from sccohort.errors import InputError
-from sccohort.pp.normalize import _log1p_rows, _row_sums
+from sccohort.pp.normalize import _log1p_rows, _row_sums, cell_scale
 
 #: Genes per block of the store (and of `rna_blocks` over an in-memory matrix).
 BLOCK_GENES = 2048
@@ -58,14 +58,10 @@ def block_bounds(n_vars: int, block_genes: int | None = None) -> list[tuple[int,
     return [(lo, min(lo + block_genes, n_vars)) for lo in range(0, n_vars, block_genes)] or [(0, 0)]
 
 
-def _scale(totals: np.ndarray, target_sum: float) -> np.ndarray:
-    with np.errstate(divide="ignore"):
-        return np.where(totals > 0, target_sum / totals, 0.0)
-
-
 #: `normalize_rna`'s kernel compiled without threads (the same expression, the same bits):
-#: a lineage's rows are read in a forked worker, where OpenMP threads would abort it.
-_log1p_rows_serial = numba.njit(nogil=True)(_log1p_rows.py_func)  # no cache: one per flags
+#: a lineage's rows are read in a forked worker, where OpenMP threads would abort it. Not
+#: cached on disk: numba's cache for this source file would not tell it from the threaded one.
+_log1p_rows_serial = numba.njit(nogil=True)(_log1p_rows.py_func)
 
 
 def _normalised(counts: sp.csr_matrix, scale: np.ndarray) -> sp.csr_matrix:
@@ -157,7 +153,7 @@ class RnaStore:
             )
             self.totals = np.concatenate([fh[g]["totals"][:] for g in self.groups])
         self.bounds = block_bounds(len(self.var_names), self.block_genes)
-        self.scale = _scale(self.totals, self.target_sum)
+        self.scale = cell_scale(self.totals, self.target_sum)
 
     def counts_block(self, j: int) -> sp.csr_matrix:
         """Raw counts of all cells x block ``j``'s genes (int32 CSR)."""
