@@ -49,7 +49,7 @@ def make_cells(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 def exact_top(x: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Exact ``k`` most similar other rows of unit-norm ``x`` for each query, ``(q, k)``."""
-    from sccohort.tl.wnn import _top_k_rows
+    from sccohort.tl.knn import top_k_rows
 
     out = np.empty((queries.size, k), dtype=np.int64)
     ids = np.arange(x.shape[0], dtype=np.int64)
@@ -57,7 +57,7 @@ def exact_top(x: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     def block(start: int) -> None:
         q = queries[start : start + 256]
         sims = x[q] @ x.T
-        _top_k_rows(sims, q, k, ids, np.arange(start, start + q.size, dtype=np.int64), out)
+        top_k_rows(sims, q, k, ids, np.arange(start, start + q.size, dtype=np.int64), out)
 
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(os.cpu_count()) as pool:
         list(pool.map(block, range(0, queries.size, 256)))
@@ -75,7 +75,8 @@ def run_one(n: int, n_queries: int) -> dict:
     """Time ``wnn_graph`` twice on ``n`` cells, then measure the kNN recall."""
     import numba
 
-    from sccohort.tl.wnn import _knn_ivf, wnn_graph
+    from sccohort.tl.knn import knn_ivf
+    from sccohort.tl.wnn import wnn_graph
 
     a, b, truth = make_cells(n)
     load_before = os.getloadavg()[0]
@@ -102,7 +103,7 @@ def run_one(n: int, n_queries: int) -> dict:
     queries = np.sort(np.random.default_rng(1).choice(n, min(n_queries, n), replace=False))
     for name, emb in (("rna", a), ("prot", b)):
         x = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
-        approx = _knn_ivf(x, 200, rng)
+        approx = knn_ivf(x, 200, rng)
         exact = exact_top(x, queries, 200)
         row[f"recall20_{name}"] = round(recall(approx[queries], exact, 20), 4)
         row[f"recall200_{name}"] = round(recall(approx[queries], exact, 200), 4)

@@ -120,6 +120,7 @@ def test_defaults_filled_in_and_paths_relative_to_toml(tmp_path: Path) -> None:
             "rna_on_disk": "auto",
         },
         "clinical": {"types": {}},
+        "subsets": {"neighbours": "auto"},
         "qc": d["qc"],
         "normalize": {"target_sum": 1e4, "protein": "auto"},
         "embedding": d["embedding"],

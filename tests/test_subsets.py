@@ -116,6 +116,21 @@ def test_missing_annotation_is_an_input_error(run):
         subsets(mdata, resolution="high")
     with pytest.raises(InputError, match="two lineages|lineages"):
         subsets(mdata, lineages={"a": ["CD14 Mono"], "b": ["CD14 Mono", "NK"]})
+    with pytest.raises(InputError, match="neighbour search"):
+        subsets(mdata, neighbours="annoy")
+
+
+def test_the_approximate_lineage_graph_finds_the_planted_subsets_too(run):
+    """What large lineages get (`neighbours = "auto"` above 100,000 cells), forced here."""
+    mdata, table, truth = run
+    approx = mdata.copy()
+    table2 = subsets(approx, neighbours="approximate", seed=0, key_added="subset_ivf")
+    found = approx.obs["subset_ivf"].astype(str)
+    for planted in ("CD14_EGR1", "CD8_TEM_T2ISG"):
+        assert _best_f1(found, truth, planted)[1] >= 0.8
+    ari = adjusted_rand_score(mdata.obs["subset"].astype(str), found)
+    assert ari > 0.8, ari
+    assert set(table2["lineage"]) == set(table["lineage"])
 
 
 def _scan_every_resolution(g, resolutions, n_resamples, threshold, seed):
@@ -141,7 +156,7 @@ def test_resolution_search_from_the_top_equals_scoring_every_resolution(threshol
     rng = np.random.default_rng(3)
     centres = rng.normal(scale=4.0, size=(6, 10))
     x = np.concatenate([c + rng.normal(size=(80, 10)) for c in centres])
-    g = _graph_from_knn(_knn(x, 15))
+    g = _graph_from_knn(_knn(x, 15, "exact", 0))
     assert g.vcount() == 480 and g.ecount() >= 480 * 15 // 2
     ref_chosen, ref_labels, ref_scores = _scan_every_resolution(g, RESOLUTIONS, 2, threshold, 4)
     calls = []
@@ -199,5 +214,22 @@ def test_lineage_rna_sums_and_blocks_equal_scipy_on_the_rows_of_the_shared_matri
     expected.eliminate_zeros()
     for name in ("indptr", "indices", "data"):
         np.testing.assert_array_equal(getattr(block, name), getattr(expected, name))
+    # a narrow range of columns, genes in any order, and a matrix with unsorted indices: each
+    # row is read from the block's first column on, so these must come out the same
+    unsorted = x.copy()
+    for r in range(0, 3000, 7):
+        a, b = unsorted.indptr[r], unsorted.indptr[r + 1]
+        unsorted.indices[a:b], unsorted.data[a:b] = (
+            unsorted.indices[a:b][::-1],
+            unsorted.data[a:b][::-1],
+        )
+    unsorted.has_sorted_indices = False
+    for matrix in (x, unsorted):
+        part = subsets_module._LineageRNA(matrix, rows)
+        for cols in (np.arange(200, 260), np.array([499, 3, 250]), np.array([0])):
+            got = part.take(cells, cols, sums.nonzero[:3].sum(axis=0)[cols])
+            want = xl.tocsc()[:, cols][cells]
+            want.eliminate_zeros()
+            assert (got != want).nnz == 0 and got.nnz == want.nnz
     with pytest.raises(ValueError):  # counts that do not match the cells are refused
         lineage.take(cells, genes, sums.nonzero[:2].sum(axis=0)[genes])

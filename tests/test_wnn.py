@@ -8,10 +8,9 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.neighbors import kneighbors_graph
 
 from sccohort.errors import InputError
+from sccohort.tl.knn import knn_exact
 from sccohort.tl.wnn import (
     WNNInputError,
-    _knn_exact,
-    _knn_ivf,
     _weighted_select,
     _wnn_steps,
     wnn,
@@ -110,36 +109,6 @@ def test_approximate_search_agrees_with_exact():
     assert np.mean(same) > 0.9
 
 
-def clustered_unit_points(n: int, dim: int = 20, n_clusters: int = 10, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(n_clusters, dim)) * 2
-    x = centres[rng.integers(0, n_clusters, n)] + rng.normal(size=(n, dim))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def test_ivf_search_finds_the_exact_neighbours_nearest_first():
-    x = clustered_unit_points(6000)
-    k = 50
-    exact = _knn_exact(x, k)
-    approx = _knn_ivf(x, k, np.random.default_rng(0))
-    assert approx.shape == (6000, k)
-    assert (approx != np.arange(6000)[:, None]).all()
-    assert all(len(set(row)) == k for row in approx[::50])
-    found = [np.isin(e, a).mean() for e, a in zip(exact, approx, strict=True)]
-    assert np.mean(found) > 0.97
-    sims = np.einsum("ij,ikj->ik", x, x[approx])
-    assert (np.diff(sims, axis=1) <= 1e-6).all()  # most similar first
-
-
-def test_ivf_search_probes_more_lists_when_lists_are_small():
-    x = clustered_unit_points(2000, seed=2)
-    k = 120  # more than 16 lists of ~5 points hold: the search must widen, not repeat cells
-    approx = _knn_ivf(x, k, np.random.default_rng(0), n_lists=400)
-    assert all(len(set(row)) == k and i not in row for i, row in enumerate(approx))
-    exact = _knn_exact(x, k)
-    assert np.mean([np.isin(e, a).mean() for e, a in zip(exact, approx, strict=True)]) > 0.9
-
-
 def test_renumbering_the_cells_leaves_every_wnn_step_unchanged():
     """wnn_graph renumbers cells in search-list order for memory locality: no result moves."""
     a, b, _ = two_modalities(n_per=60, seed=4)
@@ -148,8 +117,8 @@ def test_renumbering_the_cells_leaves_every_wnn_step_unchanged():
     n = a.shape[0]
     self_col = np.arange(n)[:, None]
     knn = {
-        "a": np.hstack([self_col, _knn_exact(a, 60)]),
-        "b": np.hstack([self_col, _knn_exact(b, 60)]),
+        "a": np.hstack([self_col, knn_exact(a, 60)]),
+        "b": np.hstack([self_col, knn_exact(b, 60)]),
     }
     x_all = np.hstack([a, b])
     bounds = np.array([0, a.shape[1], a.shape[1] + b.shape[1]])

@@ -162,6 +162,19 @@ class EmbeddingSection:
     umap_max_cells: int = 100_000
 
 
+@config_section("subsets")
+@dataclass
+class SubsetsSection:
+    """``[subsets]``: subclustering of each lineage (see :mod:`sccohort.tl.subsets`).
+
+    ``neighbours``: the lineage's kNN search; ``"auto"`` is exact up to 100,000 cells in a
+    lineage and an inverted-file search above (recall in ``benchmarks/bench_subset_knn.py``);
+    ``"exact"`` / ``"approximate"`` force one.
+    """
+
+    neighbours: Literal["auto", "exact", "approximate"] = "auto"
+
+
 @config_section("annotation")
 @dataclass
 class AnnotationSection:

@@ -152,6 +152,8 @@ class RnaStore:
                 np.concatenate([fh[g]["obs_names"][:] for g in self.groups]).astype(str)
             )
             self.totals = np.concatenate([fh[g]["totals"][:] for g in self.groups])
+            sizes = [fh[g]["totals"].shape[0] for g in self.groups]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # per sample
         self.bounds = block_bounds(len(self.var_names), self.block_genes)
         self.scale = cell_scale(self.totals, self.target_sum)
 
@@ -209,8 +211,8 @@ class RnaStore:
     def rows(self, rows: np.ndarray) -> sp.csr_matrix:
         """Cells ``rows`` x all genes, log-normalised, as ``X[rows]`` would be.
 
-        The result is allocated once (sized from the row pointers) and filled block by
-        block, so memory is the result plus one block.
+        The result is allocated once (sized from the row pointers) and filled one sample's
+        block at a time, so memory is the result plus one sample x block piece.
         """
         rows = np.asarray(rows, dtype=np.int64)
         per_block = [self.row_nnz(j)[rows] for j in range(len(self.bounds))]
@@ -220,15 +222,22 @@ class RnaStore:
         data = np.empty(int(indptr[-1]), dtype=np.float32)
         indices = np.empty(int(indptr[-1]), dtype=index_dtype)
         filled = indptr[:-1].copy()  # next free position of each row
-        scale = self.scale[rows]
-        for j, (lo, _) in enumerate(self.bounds):
-            part = _normalised(self.counts_block(j)[rows], scale)
-            sizes = np.diff(part.indptr)
-            dest = np.repeat(filled - part.indptr[:-1], sizes) + np.arange(part.nnz)
-            data[dest] = part.data
-            indices[dest] = part.indices + lo
-            filled += sizes
-            del part, dest
+        sample = np.searchsorted(self.starts, rows, side="right") - 1
+        wanted = [(k, np.flatnonzero(sample == k)) for k in np.unique(sample)]
+        with h5py.File(self.path, "r") as fh:
+            for j, (lo, hi) in enumerate(self.bounds):
+                for k, pos in wanted:  # pos: the result rows that are sample k's cells
+                    group = fh[f"{self.groups[k]}/b{j}"]
+                    piece = sp.csr_matrix(
+                        (group["data"][:], group["indices"][:], group["indptr"][:]),
+                        shape=(int(self.starts[k + 1] - self.starts[k]), hi - lo),
+                    )
+                    part = _normalised(piece[rows[pos] - self.starts[k]], self.scale[rows[pos]])
+                    sizes = np.diff(part.indptr)
+                    dest = np.repeat(filled[pos] - part.indptr[:-1], sizes) + np.arange(part.nnz)
+                    data[dest] = part.data
+                    indices[dest] = part.indices + lo
+                    filled[pos] += sizes
         return sp.csr_matrix(
             (data, indices, indptr.astype(index_dtype, copy=False)),
             shape=(rows.size, len(self.var_names)),

@@ -374,7 +374,7 @@ def stage_subsets(state: RunState) -> list[Path]:
 
     Writes ``obs["subset"]`` and ``tables/subsets.csv``.
     """
-    table = subsets(state.mdata, seed=state.config.seed)
+    table = subsets(state.mdata, neighbours=state.config.subsets.neighbours, seed=state.config.seed)
     return [write_csv(table, state.out / "tables" / "subsets.csv")]
 
 

@@ -1,10 +1,11 @@
 """Automatic subset discovery and naming within each lineage, as the study subclustered by hand.
 
-Each lineage (a group of Azimuth l2 labels) is subclustered on its own: an exact k-nearest
-neighbour graph of the lineage's cells in the Harmony-corrected RNA PCs, Leiden at candidate
-resolutions, the highest resolution whose clusterings stay stable across resamples (ARI
-between 80 % subsamples clustered with other seeds), then clusters that are not transcriptionally
-distinct from their nearest sibling are merged. Each cluster is named
+Each lineage (a group of Azimuth l2 labels) is subclustered on its own: a k-nearest
+neighbour graph of the lineage's cells in the Harmony-corrected RNA PCs (exact up to 100,000
+cells, then an inverted-file search), Leiden at candidate resolutions, the highest resolution
+whose clusterings stay stable across resamples (ARI between 80 % subsamples clustered with
+other seeds), then clusters that are not transcriptionally distinct from their nearest sibling
+are merged. Each cluster is named
 ``<l2 short name>_<top distinctive gene>`` against its siblings of the same l2, or by a
 signature (``ISG``, ``T2ISG``, ``EGR1`` for the immediate-early / NF-kB program) when its top
 genes are a known program; the main body of an l2 (largest, nothing distinctive) keeps the
@@ -47,6 +48,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from ..errors import InputError
 from ..pp.store import rna_rows, store_of
+from .knn import knn_ivf
 from .markers import rank_markers
 
 __all__ = ["LINEAGES", "subsets"]
@@ -98,9 +100,23 @@ def _plain_name(l2: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", l2).strip("_")
 
 
-def _knn(x: np.ndarray, n_neighbors: int) -> np.ndarray:
-    """Exact k nearest neighbours (cells x k indices, self excluded) of ``x`` (cells x dims)."""
+#: Lineages up to this many cells get the exact kNN graph under ``neighbours = "auto"``.
+EXACT_MAX_CELLS = 100_000
+#: Lists the inverted-file search probes per query list (recall 0.99 at 66,000 cells).
+IVF_PROBES = 64
+
+
+def _knn(x: np.ndarray, n_neighbors: int, method: str, seed: int) -> np.ndarray:
+    """The nearest neighbours (cells x k indices, self excluded) of ``x`` (cells x dims).
+
+    Euclidean; exact (brute force) or, for ``"approximate"`` and for ``"auto"`` above
+    :data:`EXACT_MAX_CELLS` cells, the inverted-file search of :mod:`sccohort.tl.knn`
+    (recall of the exact neighbours in ``benchmarks/results/subset_knn.csv``).
+    """
     k = min(n_neighbors, x.shape[0] - 1)
+    if method == "approximate" or (method == "auto" and x.shape[0] > EXACT_MAX_CELLS):
+        rng = np.random.default_rng(seed)
+        return knn_ivf(x, k, rng, n_probe=IVF_PROBES, metric="euclidean").astype(np.int64)
     nn = NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(x)
     return nn.kneighbors(x, return_distance=False)[:, 1:]
 
@@ -210,19 +226,22 @@ def _sums_kernel(indptr, indices, data, rows, labels, k, n_genes):  # pragma: no
 
 
 @numba.njit(cache=True, nogil=True)
-def _take_kernel(indptr, indices, data, rows, position, out_ptr):  # pragma: no cover - numba
+def _take_kernel(indptr, indices, data, rows, position, lo, hi, out_ptr):  # pragma: no cover
     """CSC row indices and values of CSR rows ``rows`` x the mapped columns, nonzeros only.
 
-    ``position[g]`` is column ``g``'s place in the result, or -1 to leave it out; result row
-    ``i`` is ``rows[i]``; ``out_ptr`` the result's column pointers (its nonzero counts).
-    One pass over the rows; raises if the counts do not match the values found.
+    ``position[g]`` is column ``g``'s place in the result, or -1 to leave it out; every
+    mapped column lies in ``[lo, hi]``, and each row's column indices are sorted, so a row is
+    read from its first column >= ``lo`` (binary search) up to ``hi``. Result row ``i`` is
+    ``rows[i]``; ``out_ptr`` the result's column pointers (its nonzero counts). Raises if the
+    counts do not match the values found.
     """
     fill = out_ptr[:-1].copy()
     out_rows = np.empty(out_ptr[-1], dtype=np.int32)
     out_data = np.empty(out_ptr[-1], dtype=data.dtype)
     for i in range(rows.shape[0]):
         r = rows[i]
-        for j in range(indptr[r], indptr[r + 1]):
+        j = indptr[r] + np.searchsorted(indices[indptr[r] : indptr[r + 1]], lo)
+        while j < indptr[r + 1] and indices[j] <= hi:
             c = position[indices[j]]
             if c >= 0 and data[j] != 0:
                 p = fill[c]
@@ -231,6 +250,7 @@ def _take_kernel(indptr, indices, data, rows, position, out_ptr):  # pragma: no 
                 out_rows[p] = i
                 out_data[p] = data[j]
                 fill[c] = p + 1
+            j += 1
     for c in range(fill.shape[0]):
         if fill[c] != out_ptr[c + 1]:
             raise ValueError("fewer nonzero values than counted")
@@ -248,6 +268,10 @@ class _LineageRNA:
 
     x: sp.csr_matrix
     rows: np.ndarray
+
+    def __post_init__(self) -> None:
+        if not self.x.has_sorted_indices:  # `take` reads each row from a column on
+            self.x = self.x.sorted_indices()
 
     @property
     def n_genes(self) -> int:
@@ -274,8 +298,9 @@ class _LineageRNA:
         position[genes] = np.arange(genes.size)
         ptr = np.zeros(genes.size + 1, dtype=np.int64)
         np.cumsum(np.rint(counts).astype(np.int64), out=ptr[1:])
+        lo, hi = (int(genes.min()), int(genes.max())) if genes.size else (0, -1)
         idx, data = _take_kernel(
-            x.indptr, x.indices, x.data, self.rows[cells].astype(np.int64), position, ptr
+            x.indptr, x.indices, x.data, self.rows[cells].astype(np.int64), position, lo, hi, ptr
         )
         return sp.csc_matrix((data, idx, ptr), shape=(cells.size, genes.size))
 
@@ -390,7 +415,15 @@ def _gene_label(gene: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "", gene)
 
 
-def _check(mdata, lineages: Mapping[str, Sequence[str]] | None, resolution: float | str) -> None:
+def _check(
+    mdata, lineages: Mapping[str, Sequence[str]] | None, resolution: float | str, neighbours: str
+) -> None:
+    if neighbours not in ("auto", "exact", "approximate"):
+        raise InputError(
+            f"unknown neighbour search {neighbours!r}",
+            key="neighbours",
+            hint='use "auto", "exact" or "approximate"',
+        )
     if resolution != "auto" and (
         isinstance(resolution, str) or not np.isfinite(resolution) or resolution <= 0
     ):
@@ -439,6 +472,7 @@ def subsets(
     resolution: float | str = "auto",
     min_cells: int = 50,
     n_neighbors: int = 15,
+    neighbours: str = "auto",
     stability: float = 0.8,
     n_resamples: int = 2,
     min_distinct_genes: int = 3,
@@ -467,7 +501,10 @@ def subsets(
         Lineages with fewer cells are not subclustered, and clusters smaller than this are
         merged into their nearest sibling.
     n_neighbors
-        Neighbours of the exact kNN graph.
+        Neighbours of each cell in the lineage's kNN graph.
+    neighbours
+        Its search: ``"exact"``, ``"approximate"`` (inverted file, :mod:`sccohort.tl.knn`) or
+        ``"auto"``: exact up to :data:`EXACT_MAX_CELLS` cells in the lineage.
     stability
         ARI threshold of the automatic resolution.
     n_resamples
@@ -493,7 +530,7 @@ def subsets(
         the l2's only cluster; ";"-joined), ``protein_markers`` (top 3, isotypes excluded).
         Other cells (l2 outside every lineage) keep their l2 as subset, with empty markers.
     """
-    _check(mdata, lineages, resolution)
+    _check(mdata, lineages, resolution, neighbours)
     lineages = LINEAGES if lineages is None else lineages
     obs = mdata.obs
     rna = mdata.mod["rna"]
@@ -509,6 +546,8 @@ def subsets(
         x_rna = sp.csr_matrix(rna.X, dtype=np.float32)
         if not np.array_equal(order, np.arange(x_rna.shape[0])):
             x_rna = x_rna[order]
+        if not x_rna.has_sorted_indices:  # once here, not in each forked lineage worker
+            x_rna = x_rna.sorted_indices()
     else:  # RNA on disk (log-normalised, so >= 0): each lineage reads its own cells
         lineage_rows = functools.partial(_rows_of, rna, order)
     genes = _Genes(
@@ -529,6 +568,7 @@ def subsets(
             resolution=resolution,
             min_cells=min_cells,
             n_neighbors=n_neighbors,
+            neighbours=neighbours,
             stability=stability,
             n_resamples=n_resamples,
             min_distinct_genes=min_distinct_genes,
@@ -813,6 +853,7 @@ class _Settings:
     resolution: float | str
     min_cells: int
     n_neighbors: int
+    neighbours: str
     stability: float
     n_resamples: int
     min_distinct_genes: int
@@ -933,7 +974,7 @@ def _cluster_lineages(
     def knn(rows: np.ndarray) -> np.ndarray | None:
         if rows.size < max(s.min_cells, 2 * s.n_neighbors):
             return None
-        return _knn(shared.emb[rows], s.n_neighbors)
+        return _knn(shared.emb[rows], s.n_neighbors, s.neighbours, s.seed)
 
     results: list[_Lineage | None] = [None] * len(tasks)
     n_workers = min(n_jobs, len(tasks))

@@ -24,21 +24,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numba
 import numpy as np
 from scipy import sparse
-from threadpoolctl import threadpool_limits
 
 from sccohort.errors import InputError
+from sccohort.tl.knn import heap_pop, heap_push, heap_sift_down, knn_exact, knn_ivf
 
 __all__ = ["WNNInputError", "WNNResult", "wnn", "wnn_graph"]
 
 _EXACT_MAX_CELLS = 20_000
-_N_PROBE = 16
 
 
 class WNNInputError(InputError, ValueError):
@@ -89,182 +87,13 @@ class WNNResult:
 # ---------------------------------------------------------------------------------------------
 
 
-def _knn_exact(x: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
-    """Exact ``k`` nearest other cells of each row of L2-normalised ``x``; ``(n, k)`` int32."""
-    n = x.shape[0]
-    out = np.empty((n, k), dtype=np.int32)
-    xt = np.ascontiguousarray(x.T)
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        d = -(x[start:stop] @ xt)  # rank by -cosine == rank by euclidean on the unit sphere
-        d[np.arange(stop - start), np.arange(start, stop)] = np.inf
-        part = np.argpartition(d, k - 1, axis=1)[:, :k]
-        order = np.argsort(np.take_along_axis(d, part, axis=1), axis=1, kind="stable")
-        out[start:stop] = np.take_along_axis(part, order, axis=1)
-    return out
-
-
-@numba.njit(cache=True, inline="always")
-def _heap_sift_down(hs, hi, size, pos, key, val):  # pragma: no cover - numba
-    """Put ``key`` / ``val`` at ``pos`` of the min-heap ``hs`` / ``hi`` and sift it down.
-
-    A hole moves down instead of repeated swaps: the same comparisons and final order.
-    """
-    while True:
-        left = 2 * pos + 1
-        if left >= size:
-            break
-        child = left
-        if left + 1 < size and hs[left + 1] < hs[left]:
-            child = left + 1
-        if hs[child] >= key:
-            break
-        hs[pos] = hs[child]
-        hi[pos] = hi[child]
-        pos = child
-    hs[pos] = key
-    hi[pos] = val
-
-
-@numba.njit(cache=True, inline="always")
-def _heap_push(hs, hi, size, key, val):  # pragma: no cover - numba
-    """Add ``key`` / ``val`` to the min-heap of ``size`` entries (room assumed)."""
-    pos = size
-    while pos > 0:
-        parent = (pos - 1) // 2
-        if hs[parent] <= key:
-            break
-        hs[pos] = hs[parent]
-        hi[pos] = hi[parent]
-        pos = parent
-    hs[pos] = key
-    hi[pos] = val
-
-
-@numba.njit(cache=True, inline="always")
-def _heap_pop(hs, hi, size):  # pragma: no cover - numba
-    """Remove the root of the min-heap of ``size`` entries (``size - 1`` remain)."""
-    size -= 1
-    _heap_sift_down(hs, hi, size, 0, hs[size], hi[size])
-
-
-@numba.njit(cache=True, nogil=True)
-def _top_k_rows(sims, self_col, k, cand_ids, out_rows, out):  # pragma: no cover - numba
-    """Write the ``k`` most similar candidates of each row of ``sims`` into ``out``.
-
-    ``sims`` (q, m) holds the inner products of q queries with m candidates (original ids
-    ``cand_ids``); column ``self_col[r]`` is query r itself and is skipped. Row r of the result,
-    most similar first, goes to ``out[out_rows[r]]``. A bounded min-heap of size ``k`` makes
-    each candidate cost one comparison, mostly.
-    """
-    n_q, m = sims.shape
-    hs = np.empty(k, dtype=sims.dtype)
-    hi = np.empty(k, dtype=np.int64)
-    for r in range(n_q):
-        size = 0
-        skip = self_col[r]
-        for t in range(m):
-            if t == skip:
-                continue
-            v = sims[r, t]
-            if size < k:
-                _heap_push(hs, hi, size, v, t)
-                size += 1
-            elif v > hs[0]:
-                _heap_sift_down(hs, hi, size, 0, v, t)
-        row = out_rows[r]
-        while size > 0:  # pop the least similar first: fill the row from the back
-            out[row, size - 1] = cand_ids[hi[0]]
-            _heap_pop(hs, hi, size)
-            size -= 1
-
-
-def _kmeans_centroids(x: np.ndarray, n_lists: int, rng: np.random.Generator) -> np.ndarray:
-    """Spherical k-means centroids (Lloyd, 10 rounds) of a sample of ``x``."""
-    n = x.shape[0]
-    sample = x[rng.choice(n, size=min(n, 40 * n_lists), replace=False)]
-    cent = sample[rng.choice(sample.shape[0], size=n_lists, replace=False)].copy()
-    for _ in range(10):
-        label = np.argmax(sample @ cent.T, axis=1)
-        sums = np.zeros_like(cent)
-        np.add.at(sums, label, sample)
-        counts = np.bincount(label, minlength=n_lists)
-        empty = counts == 0
-        sums[empty] = sample[rng.choice(sample.shape[0], size=int(empty.sum()), replace=False)]
-        norms = np.linalg.norm(sums, axis=1, keepdims=True)
-        cent = (sums / np.maximum(norms, 1e-12)).astype(x.dtype)
-    return cent
-
-
-def _knn_ivf(
-    x: np.ndarray,
-    k: int,
-    rng: np.random.Generator,
-    n_probe: int | None = None,
-    n_lists: int | None = None,
-    return_order: bool = False,
-) -> Any:
-    """Approximate ``k`` nearest other cells (inverted file over spherical k-means lists).
-
-    ``x`` (n, d) is L2-normalised; returns (n, k) int32 indices, nearest first. Points are
-    grouped by k-means list; the queries of one list are compared (one BLAS product) with all
-    points of the ``n_probe`` lists whose centroids are nearest to their list's centroid (more
-    lists where those hold fewer than ``4 (k + 1)`` points), and a bounded heap keeps each
-    query's ``k`` best.
-    """
-    n = x.shape[0]
-    if n_lists is None:
-        n_lists = int(np.clip(round(np.sqrt(n)), 16, 4096))
-    n_lists = min(n_lists, n)
-    n_probe = min(_N_PROBE if n_probe is None else n_probe, n_lists)
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    cent = _kmeans_centroids(x, n_lists, rng)
-    label = np.empty(n, dtype=np.int64)
-    for start in range(0, n, 8192):
-        label[start : start + 8192] = np.argmax(x[start : start + 8192] @ cent.T, axis=1)
-    order = np.argsort(label, kind="stable").astype(np.int64)
-    xs = np.ascontiguousarray(x[order])
-    sizes = np.bincount(label, minlength=n_lists)
-    starts = np.zeros(n_lists + 1, dtype=np.int64)
-    np.cumsum(sizes, out=starts[1:])
-    near = np.argsort(-(cent @ cent.T), axis=1, kind="stable")
-    out = np.empty((n, k), dtype=np.int32)
-
-    def search_list(c: int) -> None:
-        if sizes[c] == 0:
-            return
-        lists = near[c]
-        if lists[0] != c:  # duplicate centroids: keep the query's own list first
-            lists = np.concatenate([[c], lists[lists != c]])
-        enough = int(np.searchsorted(np.cumsum(sizes[lists]), 4 * (k + 1))) + 1
-        lists = lists[: max(n_probe, enough)]
-        rows = np.concatenate([np.arange(starts[j], starts[j + 1]) for j in lists])
-        cand = xs[rows]
-        cand_ids = order[rows]
-        for q0 in range(starts[c], starts[c + 1], 2048):
-            q1 = min(q0 + 2048, starts[c + 1])
-            sims = xs[q0:q1] @ cand.T
-            self_col = np.arange(q0 - starts[c], q1 - starts[c], dtype=np.int64)
-            _top_k_rows(sims, self_col, k, cand_ids, order[q0:q1], out)
-
-    # one list per task on a few threads (BLAS and the numba kernel release the GIL; a pool
-    # avoids waking numba's workers once per list); single-threaded BLAS inside each task, as
-    # nested BLAS threads on a busy machine cost 10x
-    with (
-        threadpool_limits(1, user_api="blas"),
-        ThreadPoolExecutor(max_workers=numba.get_num_threads()) as pool,
-    ):
-        list(pool.map(search_list, range(n_lists)))
-    return (out, order) if return_order else out
-
-
 def _knn(
     x: np.ndarray, k: int, method: str, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``(n, k)`` neighbours of each row and, for the IVF search, its cells grouped by list."""
     if method == "exact" or (method == "auto" and x.shape[0] <= _EXACT_MAX_CELLS):
-        return _knn_exact(x, k), None
-    return _knn_ivf(x, k, rng, return_order=True)
+        return knn_exact(x, k), None
+    return knn_ivf(x, k, rng, return_order=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,14 +203,14 @@ def _snn_width(x, nn, rev_ptr, rev_idx, nearest, n_far, max_touch):  # pragma: n
                 if count[j] <= s_cut:
                     dv = max(_dist(x, i, j, 0, d) - nearest[i], 0.0)
                     if size < n_i:
-                        _heap_push(heap, payload, size, dv, j)
+                        heap_push(heap, payload, size, dv, j)
                         size += 1
                     elif dv > heap[0]:
-                        _heap_sift_down(heap, payload, size, 0, dv, j)
+                        heap_sift_down(heap, payload, size, 0, dv, j)
             total = 0.0
             while size > 0:  # smallest first: the order of summing a sorted array
                 total += heap[0]
-                _heap_pop(heap, payload, size)
+                heap_pop(heap, payload, size)
                 size -= 1
             out[i] = total / n_i
             for t in range(m):
