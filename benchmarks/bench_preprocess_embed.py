@@ -73,7 +73,8 @@ WNN_TIMEOUT_S = 900  # muon's WNN is slow (185 s on 500 cells in bench_wnn_seura
 
 class TreeSampler:
     """Memory of a process and all its descendants (`sccohort.pipeline.tree_memory`: RSS,
-    PSS where a helper was forked), sampled every ``interval`` s."""
+    PSS where a helper was forked), sampled every ``interval`` s (less often while samples
+    are costly: `sccohort.pipeline.sampler_wait`)."""
 
     def __init__(self, pid: int, interval: float = 0.5) -> None:
         self.root = psutil.Process(pid)
@@ -84,13 +85,14 @@ class TreeSampler:
         self._thread.start()
 
     def _loop(self) -> None:
-        from sccohort.pipeline import tree_memory
+        from sccohort.pipeline import sampler_wait, tree_memory
 
         while not self._stop.is_set():
+            start = time.perf_counter()
             total = tree_memory(self.root)
             if total:
                 self.samples.append((time.time(), total / 2**30))
-            self._stop.wait(self.interval)
+            self._stop.wait(sampler_wait(self.interval, time.perf_counter() - start))
 
     def stop(self) -> None:
         self._stop.set()

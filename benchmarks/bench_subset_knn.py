@@ -8,7 +8,7 @@ Reads ``obsm["X_harmony"]`` and ``obs["l2"]`` of the run's ``cohort.h5mu`` and, 
 lineage of :data:`sccohort.tl.subsets.LINEAGES` and for all lineages pooled (a size the
 largest lineages of a million-cell cohort reach), finds each cell's 15 nearest neighbours
 with the inverted-file search (`sccohort.tl.knn.knn_ivf` with the stage's ``IVF_PROBES``,
-what ``neighbours = "auto"`` uses above 100,000 cells) and with scikit-learn's brute force,
+what ``neighbours = "auto"`` uses above 70,000 cells) and with scikit-learn's brute force,
 the stage's exact search. Reports per set: cells, seconds of each (brute force in full only up to
 ``--brute-max`` cells), the recall of the exact 15 neighbours (all cells, or ``--queries``
 random cells above ``--brute-max``) and, where both graphs exist, the ARI between Leiden

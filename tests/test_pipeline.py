@@ -327,3 +327,16 @@ def test_tree_memory_counts_pages_shared_with_a_forked_child_once() -> None:
     assert alone is not None and with_child is not None
     assert rss_sum > alone + 100 * 2**20  # summed RSS counts the shared array twice
     assert with_child < alone + 64 * 2**20  # tree_memory counts it once
+
+
+def test_the_memory_sampler_waits_longer_while_samples_are_costly() -> None:
+    import time
+
+    from sccohort.pipeline import SAMPLER_DUTY, PeakMemory, sampler_wait
+
+    assert sampler_wait(0.5, 0.001) == 0.5
+    assert sampler_wait(0.5, 0.3) == pytest.approx(0.3 / SAMPLER_DUTY)  # PSS of a large tree
+    with PeakMemory(interval=0.01) as memory:
+        block = np.ones(2**25 // 8)  # 32 MB, touched
+        time.sleep(0.3)
+    assert memory.peak_gb * 2**30 >= block.nbytes

@@ -167,7 +167,7 @@ class EmbeddingSection:
 class SubsetsSection:
     """``[subsets]``: subclustering of each lineage (see :mod:`sccohort.tl.subsets`).
 
-    ``neighbours``: the lineage's kNN search; ``"auto"`` is exact up to 100,000 cells in a
+    ``neighbours``: the lineage's kNN search; ``"auto"`` is exact up to 70,000 cells in a
     lineage and an inverted-file search above (recall in ``benchmarks/bench_subset_knn.py``);
     ``"exact"`` / ``"approximate"`` force one.
     """

@@ -193,7 +193,7 @@ class RnaStore:
         for j, (lo, hi) in enumerate(self.bounds):
             inside = unique[(unique >= lo) & (unique < hi)]
             if inside.size:  # select, then normalise: the same values, less work
-                part = self.counts_block(j)[:, inside - lo]
+                part = self._block_columns(j, inside - lo)
                 parts.append(part if counts else _normalised(part, self.scale))
         if not parts:
             dtype = np.int32 if counts else np.float32
@@ -202,6 +202,25 @@ class RnaStore:
         if not np.array_equal(unique, genes):
             out = out[:, np.searchsorted(unique, genes)]
         return out
+
+    def _block_columns(self, j: int, columns: np.ndarray) -> sp.csr_matrix:
+        """Raw counts of all cells x ``columns`` (sorted positions) of block ``j``.
+
+        ``counts_block(j)[:, columns]``, selected sample by sample: memory holds the result
+        and one sample's piece, not the whole block.
+        """
+        lo, hi = self.bounds[j]
+        pieces = []
+        with h5py.File(self.path, "r") as fh:
+            for k, g in enumerate(self.groups):
+                part = fh[f"{g}/b{j}"]
+                n_cells = int(self.starts[k + 1] - self.starts[k])
+                piece = sp.csr_matrix(
+                    (part["data"][:], part["indices"][:], part["indptr"][:]),
+                    shape=(n_cells, hi - lo),
+                )
+                pieces.append(piece[:, columns])
+        return sp.vstack(pieces, format="csr")
 
     def row_nnz(self, j: int) -> np.ndarray:
         """Stored values per cell in block ``j`` (from the row pointers alone)."""

@@ -1,17 +1,17 @@
 """Automatic subset discovery and naming within each lineage, as the study subclustered by hand.
 
 Each lineage (a group of Azimuth l2 labels) is subclustered on its own: a k-nearest
-neighbour graph of the lineage's cells in the Harmony-corrected RNA PCs (exact up to 100,000
+neighbour graph of the lineage's cells in the Harmony-corrected RNA PCs (exact up to 70,000
 cells, then an inverted-file search), Leiden at candidate resolutions, the highest resolution
 whose clusterings stay stable across resamples (ARI between 80 % subsamples clustered with
 other seeds), then clusters that are not transcriptionally distinct from their nearest sibling
-are merged. Each cluster is named
-``<l2 short name>_<top distinctive gene>`` against its siblings of the same l2, or by a
-signature (``ISG``, ``T2ISG``, ``EGR1`` for the immediate-early / NF-kB program) when its top
-genes are a known program; the main body of an l2 (largest, nothing distinctive) keeps the
-plain l2 name. The graph uses RNA only: adding the Harmony protein PCs did not improve the
-planted subsets (F1 0.993 / 0.996 vs 0.995 / 0.996 on the 27-donor simulation) and split
-naive / central-memory T cells into spurious subsets.
+are merged. Each cluster is named ``<l2 short name>_<top distinctive gene>`` against its
+siblings of the same l2, or by a signature (``ISG``, ``T2ISG``, ``EGR1`` for the
+immediate-early / NF-kB program) when its top genes are a known program; the main body of an
+l2 (largest, nothing distinctive) keeps the plain l2 name. The graph uses RNA only: adding
+the Harmony protein PCs did not improve the planted subsets (F1 0.993 / 0.996 vs 0.995 /
+0.996 on the 27-donor simulation) and split naive / central-memory T cells into spurious
+subsets.
 
 Speed: resolutions are tried from the highest down (the first stable one is the answer);
 per-cluster sums are computed once per lineage and added when clusters merge; markers are
@@ -20,9 +20,10 @@ ranking; lineages run in up to ``n_jobs`` forked processes. None of this changes
 the same seed gives the same subsets as an exhaustive, serial run.
 
 Memory: a lineage reads its cells' RNA in place from the cohort matrix (shared with the
-forked workers) and copies only the cells x genes block a test needs, the genes of a marker
-ranking in blocks of at most `_RANK_BLOCK_VALUES` stored values; at 230,000 cells the
-stage adds about 0.8 GB to the cohort instead of 5 GB.
+forked workers; or, with the RNA on disk, its own cells' rows from the store) and copies only
+the cells x genes block a test needs, the genes of a marker ranking in blocks of at most
+`_RANK_BLOCK_VALUES` stored values; at 230,000 cells the stage adds about 0.8 GB to the
+cohort instead of 5 GB.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def _plain_name(l2: str) -> str:
 
 
 #: Lineages up to this many cells get the exact kNN graph under ``neighbours = "auto"``.
-EXACT_MAX_CELLS = 100_000
+EXACT_MAX_CELLS = 70_000
 #: Lists the inverted-file search probes per query list (recall 0.99 at 66,000 cells).
 IVF_PROBES = 64
 
