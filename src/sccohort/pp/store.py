@@ -70,6 +70,39 @@ def _normalised(counts: sp.csr_matrix, scale: np.ndarray) -> sp.csr_matrix:
     return sp.csr_matrix((data, counts.indices, counts.indptr), shape=counts.shape)
 
 
+@numba.njit(cache=True, nogil=True)
+def _split_blocks(indptr, indices, data, edges):  # pragma: no cover - numba
+    """A CSR matrix cut into column blocks ``[edges[j], edges[j + 1])``, in one pass.
+
+    Returns each block's row pointers (blocks x rows + 1, int64, from 0), where each block's
+    values start in the outputs (blocks + 1), and the column indices (int32, relative to
+    the block) and values of all blocks one after another: block ``j`` is
+    ``csr[:, edges[j]:edges[j + 1]]`` as scipy slices it.
+    """
+    n_rows, n_blocks = indptr.shape[0] - 1, edges.shape[0] - 1
+    ptr = np.zeros((n_blocks, n_rows + 1), dtype=np.int64)
+    for r in range(n_rows):
+        for p in range(indptr[r], indptr[r + 1]):
+            ptr[np.searchsorted(edges, indices[p], side="right") - 1, r + 1] += 1
+    start = np.zeros(n_blocks + 1, dtype=np.int64)
+    for j in range(n_blocks):
+        for r in range(n_rows):
+            ptr[j, r + 1] += ptr[j, r]
+        start[j + 1] = start[j] + ptr[j, n_rows]
+    out_indices = np.empty(start[n_blocks], dtype=np.int32)
+    out_data = np.empty(start[n_blocks], dtype=data.dtype)
+    fill = np.empty(n_blocks, dtype=np.int64)
+    for r in range(n_rows):
+        for j in range(n_blocks):
+            fill[j] = start[j] + ptr[j, r]
+        for p in range(indptr[r], indptr[r + 1]):
+            j = np.searchsorted(edges, indices[p], side="right") - 1
+            out_indices[fill[j]] = indices[p] - edges[j]
+            out_data[fill[j]] = data[p]
+            fill[j] += 1
+    return ptr, start, out_indices, out_data
+
+
 class RnaStoreWriter:
     """Write samples' RNA counts (cells x genes, CSR) into a new store at ``path``.
 
@@ -100,12 +133,12 @@ class RnaStoreWriter:
         _row_sums(csr.data, csr.indptr, totals)
         group.create_dataset("totals", data=totals)
         edges = np.array([lo for lo, _ in self.bounds] + [csr.shape[1]], dtype=np.int64)
+        ptr, start, indices, data = _split_blocks(csr.indptr, csr.indices, csr.data, edges)
         for j in range(len(self.bounds)):
-            block = csr[:, edges[j] : edges[j + 1]]
             sub = group.create_group(f"b{j}")
-            sub.create_dataset("data", data=block.data)
-            sub.create_dataset("indices", data=block.indices.astype(np.int32))
-            sub.create_dataset("indptr", data=block.indptr.astype(np.int64))
+            sub.create_dataset("data", data=data[start[j] : start[j + 1]])
+            sub.create_dataset("indices", data=indices[start[j] : start[j + 1]])
+            sub.create_dataset("indptr", data=ptr[j])
         self.samples.append(str(sample_id))
 
     def close(self, order: list[str], target_sum: float) -> RnaStore:
@@ -209,18 +242,18 @@ class RnaStore:
         ``counts_block(j)[:, columns]``, selected sample by sample: memory holds the result
         and one sample's piece, not the whole block.
         """
-        lo, hi = self.bounds[j]
-        pieces = []
         with h5py.File(self.path, "r") as fh:
-            for k, g in enumerate(self.groups):
-                part = fh[f"{g}/b{j}"]
-                n_cells = int(self.starts[k + 1] - self.starts[k])
-                piece = sp.csr_matrix(
-                    (part["data"][:], part["indices"][:], part["indptr"][:]),
-                    shape=(n_cells, hi - lo),
-                )
-                pieces.append(piece[:, columns])
+            pieces = [self._piece(fh, k, j)[:, columns] for k in range(len(self.groups))]
         return sp.vstack(pieces, format="csr")
+
+    def _piece(self, fh: h5py.File, k: int, j: int) -> sp.csr_matrix:
+        """Raw counts of sample ``k``'s cells x block ``j`` (int32 CSR), from the open file."""
+        lo, hi = self.bounds[j]
+        part = fh[f"{self.groups[k]}/b{j}"]
+        return sp.csr_matrix(
+            (part["data"][:], part["indices"][:], part["indptr"][:]),
+            shape=(int(self.starts[k + 1] - self.starts[k]), hi - lo),
+        )
 
     def row_nnz(self, j: int) -> np.ndarray:
         """Stored values per cell in block ``j`` (from the row pointers alone)."""
@@ -244,14 +277,10 @@ class RnaStore:
         sample = np.searchsorted(self.starts, rows, side="right") - 1
         wanted = [(k, np.flatnonzero(sample == k)) for k in np.unique(sample)]
         with h5py.File(self.path, "r") as fh:
-            for j, (lo, hi) in enumerate(self.bounds):
+            for j, (lo, _) in enumerate(self.bounds):
                 for k, pos in wanted:  # pos: the result rows that are sample k's cells
-                    group = fh[f"{self.groups[k]}/b{j}"]
-                    piece = sp.csr_matrix(
-                        (group["data"][:], group["indices"][:], group["indptr"][:]),
-                        shape=(int(self.starts[k + 1] - self.starts[k]), hi - lo),
-                    )
-                    part = _normalised(piece[rows[pos] - self.starts[k]], self.scale[rows[pos]])
+                    piece = self._piece(fh, k, j)[rows[pos] - self.starts[k]]
+                    part = _normalised(piece, self.scale[rows[pos]])
                     sizes = np.diff(part.indptr)
                     dest = np.repeat(filled[pos] - part.indptr[:-1], sizes) + np.arange(part.nnz)
                     data[dest] = part.data
