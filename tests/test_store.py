@@ -79,6 +79,10 @@ def test_the_store_serves_exactly_the_in_memory_matrices(pair: tuple[AnnData, An
     for rows in ([0, 3, 41, 97, 50], [50, 3, 3, 97], list(range(98)), []):
         rows = np.array(rows, dtype=np.int64)  # any order, repeats (cells of several samples)
         _same(rna_rows(memory, rows), rna_rows(disk, rows))
+        compact = store_of(disk).compact_rows(rows)  # what a subset lineage holds
+        assert compact.indices.dtype == np.int16 and compact.data.dtype == np.float32
+        as_csr = (compact.data, compact.indices.astype(np.int32), compact.indptr)
+        _same(rna_rows(memory, rows), sp.csr_matrix(as_csr, shape=compact.shape))
     blocks = list(zip(rna_blocks(memory), rna_blocks(disk), strict=True))
     assert [(lo, hi) for (lo, hi, _), _ in blocks] == [
         (0, 7),

@@ -13,6 +13,7 @@ import scipy.sparse as sp
 from sklearn.metrics import adjusted_rand_score
 
 from sccohort.errors import InputError
+from sccohort.pp.store import CompactRows
 from sccohort.tl import subsets as subsets_module
 from sccohort.tl.markers import rank_markers
 from sccohort.tl.subsets import (
@@ -224,8 +225,11 @@ def test_lineage_rna_sums_and_blocks_equal_scipy_on_the_rows_of_the_shared_matri
             unsorted.data[a:b][::-1],
         )
     unsorted.has_sorted_indices = False
-    for matrix in (x, unsorted):
-        part = subsets_module._LineageRNA(matrix, rows)
+    compact = CompactRows(xl.data, xl.indices.astype(np.int16), xl.indptr, xl.shape)
+    compact_sums = subsets_module._LineageRNA(compact, np.arange(rows.size)).sums(labels, 7)
+    np.testing.assert_array_equal(compact_sums.total, sums.total)  # the store's int16 rows
+    for matrix, lineage_rows in ((x, rows), (unsorted, rows), (compact, np.arange(rows.size))):
+        part = subsets_module._LineageRNA(matrix, lineage_rows)
         for cols in (np.arange(200, 260), np.array([499, 3, 250]), np.array([0])):
             got = part.take(cells, cols, sums.nonzero[:3].sum(axis=0)[cols])
             want = xl.tocsc()[:, cols][cells]

@@ -29,7 +29,7 @@ import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import h5py
 import numba
@@ -261,16 +261,28 @@ class RnaStore:
             return np.concatenate([np.diff(fh[f"{g}/b{j}/indptr"][:]) for g in self.groups])
 
     def rows(self, rows: np.ndarray) -> sp.csr_matrix:
-        """Cells ``rows`` x all genes, log-normalised, as ``X[rows]`` would be.
+        """Cells ``rows`` x all genes, log-normalised, as ``X[rows]`` would be."""
+        r = self.compact_rows(rows, np.int32)
+        index_dtype = np.int32 if r.indptr[-1] < 2**31 else np.int64
+        return sp.csr_matrix(
+            (r.data, r.indices.astype(index_dtype, copy=False), r.indptr.astype(index_dtype)),
+            shape=r.shape,
+        )
 
-        The result is allocated once (sized from the row pointers) and filled one sample's
-        block at a time, so memory is the result plus one sample x block piece.
+    def compact_rows(self, rows: np.ndarray, index_dtype: Any = None) -> CompactRows:
+        """`rows` as plain CSR arrays, gene indices int16 where the genes allow it.
+
+        Same values, indices and order as `rows`; a gene index takes 2 bytes instead of 4
+        when there are fewer than 32,768 genes (``index_dtype`` forces one). The result is
+        allocated once (sized from the row pointers) and filled one sample's block at a
+        time, so memory is the result plus one sample x block piece.
         """
+        if index_dtype is None:
+            index_dtype = np.int16 if len(self.var_names) <= 2**15 else np.int32
         rows = np.asarray(rows, dtype=np.int64)
         per_block = [self.row_nnz(j)[rows] for j in range(len(self.bounds))]
         indptr = np.zeros(rows.size + 1, dtype=np.int64)
         np.cumsum(np.sum(per_block, axis=0), out=indptr[1:])
-        index_dtype = np.int32 if indptr[-1] < 2**31 else np.int64
         data = np.empty(int(indptr[-1]), dtype=np.float32)
         indices = np.empty(int(indptr[-1]), dtype=index_dtype)
         filled = indptr[:-1].copy()  # next free position of each row
@@ -286,10 +298,21 @@ class RnaStore:
                     data[dest] = part.data
                     indices[dest] = part.indices + lo
                     filled[pos] += sizes
-        return sp.csr_matrix(
-            (data, indices, indptr.astype(index_dtype, copy=False)),
-            shape=(rows.size, len(self.var_names)),
-        )
+        return CompactRows(data, indices, indptr, (rows.size, len(self.var_names)))
+
+
+class CompactRows(NamedTuple):
+    """Rows of the store as CSR arrays (indices sorted within each row; int16 or int32)."""
+
+    data: np.ndarray
+    indices: np.ndarray
+    indptr: np.ndarray
+    shape: tuple[int, int]
+
+    @property
+    def has_sorted_indices(self) -> bool:
+        """Always: each row's pieces are sorted and come in block order."""
+        return True
 
 
 @functools.lru_cache(maxsize=4)
