@@ -329,14 +329,23 @@ def test_tree_memory_counts_pages_shared_with_a_forked_child_once() -> None:
     assert with_child < alone + 64 * 2**20  # tree_memory counts it once
 
 
-def test_the_memory_sampler_waits_longer_while_samples_are_costly() -> None:
+def test_the_memory_sampler_waits_longer_while_samples_are_costly(monkeypatch) -> None:
     import time
 
-    from sccohort.pipeline import SAMPLER_DUTY, PeakMemory, sampler_wait
+    import sccohort.pipeline as pipeline
 
-    assert sampler_wait(0.5, 0.001) == 0.5
-    assert sampler_wait(0.5, 0.3) == pytest.approx(0.3 / SAMPLER_DUTY)  # PSS of a large tree
-    with PeakMemory(interval=0.01) as memory:
-        block = np.ones(2**25 // 8)  # 32 MB, touched
-        time.sleep(0.3)
-    assert memory.peak_gb * 2**30 >= block.nbytes
+    assert pipeline.sampler_wait(0.5, 0.001) == 0.5
+    assert pipeline.sampler_wait(0.5, 0.3) == pytest.approx(0.3 / pipeline.SAMPLER_DUTY)
+    calls = []
+
+    def slow_sample(root):  # a sample taking 30 ms: the next one waits about 1 s
+        calls.append(time.perf_counter())
+        time.sleep(0.03)
+        return 2**30
+
+    monkeypatch.setattr(pipeline, "tree_memory", slow_sample)
+    with pipeline.PeakMemory(interval=0.001) as memory:
+        time.sleep(0.6)
+    # entry, one loop sample after 1 ms, exit: every 1 ms it would be about 20
+    assert len(calls) <= 3, len(calls)
+    assert memory.peak_gb == 1.0
