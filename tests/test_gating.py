@@ -109,7 +109,9 @@ def test_marker_aurocs_and_medians_exact_with_ties(dtype):
     x = rng.integers(0, 6, size=(n, 4)).astype(float)  # heavy ties
     x[:, 3] = rng.normal(size=n)  # float32-exact only when stored as float32
     parent = rng.random(n) < 0.5
-    target = parent & (rng.random(n) < 0.3)
+    # mostly inside the parent lineage, a few outside it (U against the lineage's rest is
+    # U against the lineage minus U against the subset's own cells in it)
+    target = np.where(parent, rng.random(n) < 0.3, rng.random(n) < 0.02)
     x[target, 0] += 1.0
     prot = ad.AnnData(x.astype(dtype), var=pd.DataFrame(index=["A", "B", "C", "D"]))
     x = np.asarray(prot.X, dtype=float)
@@ -125,6 +127,29 @@ def test_marker_aurocs_and_medians_exact_with_ties(dtype):
         assert table.loc[name, "median_parent_rest"] == np.median(x[parent & ~target, j])
         assert table.loc[name, "median_rest"] == np.median(x[~target, j])
     assert table.loc["A", "auroc_parent"] > 0.6
+
+
+def test_gate_subsets_equal_one_subset_at_a_time():
+    """Shared sorts (all cells, lineages, training donors) change no result, bit for bit."""
+    toy = _toy(n_donors=6, n_per=500)
+    prot, parent, donors = toy["prot"], toy["parent"], toy["donors"]
+    x = prot.X
+    subsets = {
+        "T": (toy["target"], parent),
+        "B_low": (parent & (x[:, 1] < -1.0), parent),
+        "outside": (~parent & (x[:, 0] > 1.5), ~parent),
+    }
+    results = G.gate_subsets(prot, subsets, donors, max_gates=2, seed=4)
+    assert len(results) == len(subsets)
+    for (name, (target, lineage)), (result, table) in zip(subsets.items(), results, strict=True):
+        one = gating_strategy(prot, target, lineage, donors, subset=name, max_gates=2, seed=4)
+        pd.testing.assert_frame_equal(result.to_frame(), one.to_frame(), check_exact=True)
+        pd.testing.assert_frame_equal(result.markers, one.markers, check_exact=True)
+        pd.testing.assert_frame_equal(result.per_donor, one.per_donor, check_exact=True)
+        alone = protein_markers(prot, target, lineage, subset=name)
+        pd.testing.assert_frame_equal(table, alone, check_exact=True)
+    with pytest.raises(InputError, match="no cells"):
+        G.gate_subsets(prot, {"none": (np.zeros(prot.n_obs, dtype=bool), parent)}, donors)
 
 
 def test_best_thresholds_match_brute_force():

@@ -213,3 +213,32 @@ def test_a_run_with_rna_on_disk_equals_the_run_in_memory(simulated_run: Path) ->
     assert b["rna"].X is None and not b["rna"].layers
     assert Path(b["rna"].uns[STORE_KEY]) == out / "rna_counts.h5"
     assert (out / "rna_counts.h5").is_file() and not (memory_out / "rna_counts.h5").exists()
+
+
+def test_the_reports_marker_genes_are_read_once_with_the_same_values(
+    pair: tuple[AnnData, AnnData], tmp_path: Path
+) -> None:
+    """The report reads the dot plots' genes of all subsets together (one pass of the store)."""
+    from sccohort.pl import dot_values
+    from sccohort.report.stats_sections import _marker_rna
+
+    memory, disk = pair
+    tables = tmp_path / "run" / "tables"
+    tables.mkdir(parents=True)
+    markers = pd.DataFrame(
+        {
+            "subset": ["a"] * 3 + ["b"] * 3,
+            "feature": ["G3", "G20", "G8", "G29", "G3", "G1"],
+            "statistic": [9.0, 5.0, 1.0, 8.0, 3.0, 2.0],
+        }
+    )
+    markers.to_csv(tables / "markers_rna.csv", index=False)
+    cohort = mudata.MuData({"rna": disk})
+    read = _marker_rna(tmp_path / "run", cohort, ["a", "b"])
+    assert list(read.var_names) == ["G3", "G20", "G8", "G29", "G1"] and store_of(read) is None
+    assert _marker_rna(tmp_path / "run", mudata.MuData({"rna": memory}), ["a"]) is memory
+    groups = pd.Series(np.arange(disk.n_obs) % 4, index=disk.obs_names).astype(str)
+    for genes in (["G3", "G20", "G8"], ["G29", "G3", "G1"]):
+        got, want = dot_values(read, genes, groups), dot_values(disk, genes, groups)
+        for a, b in zip(got, want, strict=True):
+            pd.testing.assert_frame_equal(a, b, check_exact=True)

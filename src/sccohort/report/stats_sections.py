@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from anndata import AnnData
 
 from .. import pl
 from ..cohort import ClinicalTable
 from ..errors import InputError
+from ..pp.store import rna_columns, store_of
 from ..stats.abundance import DEFAULT_METHOD
 from ..stats.composition import SUBSET_LEVELS, donor_shares
 from ..stats.tests import proportion_biplot
@@ -780,13 +782,42 @@ def _passing(mdata: Any) -> np.ndarray:
     return np.ones(len(obs), dtype=bool)
 
 
-def _markers_figure(out: Path, mdata: Any, subset: str, l1: str | None, k: int) -> list[Any]:
+#: RNA markers per subset in the marker dot plot.
+N_DOT_GENES = 8
+
+
+def _marker_rna(out: Path, mdata: Any, subsets: Sequence[str]) -> Any:
+    """The RNA of the dot plots' genes of all ``subsets``, read once (cells x those genes).
+
+    With the RNA on disk each read of a few genes reads whole gene blocks of every cell, so
+    the subsets' genes are read together; in memory the RNA is returned as it is.
+    """
+    rna = getattr(mdata, "mod", {}).get("rna")
+    if rna is None or store_of(rna) is None:
+        return rna
+    table = read_table(out, "markers_rna.csv")
+    genes = list(
+        dict.fromkeys(
+            g for s in subsets for g in _top_features(table, s, N_DOT_GENES, rna.var_names)
+        )
+    )
+    columns = rna.var_names.get_indexer(genes)
+    return AnnData(
+        X=rna_columns(rna, columns), obs=pd.DataFrame(index=rna.obs_names),
+        var=pd.DataFrame(index=pd.Index(genes)),
+    )  # fmt: skip
+
+
+def _markers_figure(
+    out: Path, mdata: Any, rna: Any, subset: str, l1: str | None, k: int
+) -> list[Any]:
+    """The marker dot plot of ``subset``; ``rna``: `_marker_rna`'s RNA (or None)."""
     obs = mdata.obs
-    mods = getattr(mdata, "mod", {})
-    rna, prot = mods.get("rna"), mods.get("prot")
+    prot = getattr(mdata, "mod", {}).get("prot")
     panels: dict[str, tuple[Any, list[str]]] = {}
     if rna is not None:
-        genes = _top_features(read_table(out, "markers_rna.csv"), subset, 8, rna.var_names)
+        table = read_table(out, "markers_rna.csv")
+        genes = _top_features(table, subset, N_DOT_GENES, rna.var_names)
         if genes:
             panels["RNA"] = (rna, genes)
     if prot is not None:
@@ -1092,6 +1123,7 @@ def characterisation_section(
             )
         )
     obs = getattr(mdata, "obs", None)
+    dot_rna = _marker_rna(out, mdata, subsets) if obs is not None and "subset" in obs else None
     roc_done: set[str] = set()
     any_timecourse = False
     for k, subset in enumerate(subsets):
@@ -1114,7 +1146,7 @@ def characterisation_section(
             )
         ]
         if mdata is not None and "subset" in mdata.obs:
-            parts.extend(_markers_figure(out, mdata, subset, l1, k))
+            parts.extend(_markers_figure(out, mdata, dot_rna, subset, l1, k))
         parts.extend(_enrichment_blocks(out, subset, k, alpha))
         parts.extend(_gsea_blocks(out, subset, str(first.contrast)))
         parts.extend(_signature_blocks(out, subset, str(first.contrast), groups, k))

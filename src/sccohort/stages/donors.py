@@ -19,7 +19,7 @@ from sccohort.stats import CORE_COLUMNS
 from sccohort.stats.abundance import DEFAULT_METHOD, compare_donor_values, test_abundance
 from sccohort.stats.composition import SUBSET_LEVELS, composition, donor_counts, donor_shares
 from sccohort.stats.enrichment import enrich_markers, gsea
-from sccohort.stats.gating import gating_strategy, protein_markers
+from sccohort.stats.gating import gate_subsets
 from sccohort.stats.longitudinal import expression_trajectory, paired_test, trajectories
 from sccohort.stats.neighbourhoods import neighbourhoods
 from sccohort.stats.predict import predict_phenotype
@@ -357,26 +357,22 @@ def stage_characterise(state: RunState) -> list[Path]:
     if subsets_ and "prot" in mdata.mod:
         prot = mdata.mod["prot"]
         cell_obs = obs.loc[prot.obs_names]
-        gates, protein_tables = [], []
-        for subset in subsets_:
-            target = (cell_obs["subset"] == subset).to_numpy()
-            parent = (cell_obs["l1"].astype(str) == _parent_l1(obs, subset)).to_numpy()
-            result = gating_strategy(
-                prot,
-                target,
-                parent,
-                cell_obs["donor_id"].astype(str).to_numpy(),
-                subset=subset,
-                max_gates=cfg.gating_max_gates,
-                test_donors=cfg.gating_test_fraction,
-                seed=seed,
+        l1 = cell_obs["l1"].astype(str)
+        masks = {
+            subset: (
+                (cell_obs["subset"] == subset).to_numpy(),
+                (l1 == _parent_l1(obs, subset)).to_numpy(),
             )
-            gates.append(result.to_frame())
-            protein_tables.append(protein_markers(prot, target, parent, subset=subset))
-        written.append(write_csv(pd.concat(gates, ignore_index=True), tables / "gating.csv"))
-        written.append(
-            write_csv(pd.concat(protein_tables, ignore_index=True), tables / "protein_markers.csv")
-        )
+            for subset in subsets_
+        }
+        results = gate_subsets(
+            prot, masks, cell_obs["donor_id"].astype(str).to_numpy(),
+            max_gates=cfg.gating_max_gates, test_donors=cfg.gating_test_fraction, seed=seed,
+        )  # fmt: skip
+        gates = pd.concat([result.to_frame() for result, _ in results], ignore_index=True)
+        written.append(write_csv(gates, tables / "gating.csv"))
+        proteins = pd.concat([table for _, table in results], ignore_index=True)
+        written.append(write_csv(proteins, tables / "protein_markers.csv"))
     state.progress.advance(2, steps)
 
     # 3. donor-level prediction of each binary contrast from subset shares

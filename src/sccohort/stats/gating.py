@@ -2,9 +2,10 @@
 
 :func:`protein_markers` ranks the antibodies of a panel by how well they separate a subset
 from the rest of its parent lineage and from all other cells (AUROC, the Mann-Whitney ``U``
-over ``n_target * n_other`` with midranks for ties, counted exactly by binary search of the
-subset's values in each comparison group's sorted values: one sort per protein and group
-instead of a ranking of every cell).
+over ``n_target * n_other`` with midranks for ties, counted exactly by merging the subset's
+sorted values with each comparison group's). ``U`` is additive over the compared cells, so
+the sorts of all cells and of each lineage serve every subset (`gate_subsets` gates several
+subsets on one panel and makes each sort once).
 
 :func:`gating_strategy` finds a short sequence of one-protein thresholds ("CD191 > 1.8",
 then "HLA-DR < 3.1", ...), as a flow cytometrist gates, that recovers the subset with the
@@ -25,11 +26,14 @@ the part that transfers.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+import numba
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -37,7 +41,7 @@ from anndata import AnnData
 
 from ..errors import InputError
 
-__all__ = ["Gate", "GatingResult", "gating_strategy", "protein_markers"]
+__all__ = ["Gate", "GatingResult", "gate_subsets", "gating_strategy", "protein_markers"]
 
 MARKER_COLUMNS = [
     "subset",
@@ -95,7 +99,8 @@ class Gate:
 
     def keep(self, values: np.ndarray) -> np.ndarray:
         """Boolean mask (n,) of the cells this gate keeps, given the protein's values (n,)."""
-        return values > self.threshold if self.direction == ">" else values < self.threshold
+        threshold = np.float64(self.threshold)  # compared in float64, also with float32 values
+        return values > threshold if self.direction == ">" else values < threshold
 
     def __str__(self) -> str:
         return f"{self.protein} {self.direction} {self.threshold:.3g}"
@@ -212,6 +217,17 @@ def _dense(prot: AnnData, columns: np.ndarray | None = None) -> np.ndarray:
     return x.astype(np.float64, copy=False)
 
 
+def _transposed(prot: AnnData, columns: np.ndarray) -> np.ndarray:
+    """``prot.X[:, columns]`` as a dense (proteins x cells) array, float32 where exact."""
+    x = prot.X[:, columns] if len(columns) < prot.n_vars else prot.X
+    x = x.toarray() if sp.issparse(x) else np.asarray(x)
+    xt = np.ascontiguousarray(x.T)
+    if xt.dtype == np.float32:
+        return xt
+    single = xt.astype(np.float32)
+    return single if np.array_equal(single, xt) else xt.astype(np.float64, copy=False)
+
+
 def _as_mask(values, n: int, name: str, subset: str) -> np.ndarray:
     arr = np.asarray(values)
     if arr.shape != (n,):
@@ -236,52 +252,124 @@ def _isotype_mask(prot: AnnData) -> np.ndarray:
     return np.asarray(prot.var_names.str.contains("isotype", case=False))
 
 
-def _u_statistic(pos: np.ndarray, neg_sorted: np.ndarray) -> np.ndarray:
-    """Mann-Whitney ``U`` per row of ``pos`` (m, n1) against ``neg_sorted`` (m, n0); rows sorted.
+@numba.njit(parallel=True, cache=True)
+def _u_statistic(pos, neg):  # pragma: no cover - numba
+    """Mann-Whitney ``U`` per row of ``pos`` (m, n1) against ``neg`` (m, n0); rows sorted.
 
     ``U = sum over pos values v of (#neg < v + #neg == v / 2)``, the rank-sum statistic with
-    midranks for ties (counts, so exact in floating point).
+    midranks for ties, by one merge of the two sorted rows (twice U is an integer count, so
+    the result is exact).
     """
-    u = np.empty(len(pos))
-    n0 = neg_sorted.shape[1]
-    for j, (values, sorted_row) in enumerate(zip(pos, neg_sorted, strict=True)):
-        below = np.searchsorted(sorted_row, values, side="left")
-        u[j] = below.sum()
-        if n0 == 0:
-            continue
-        tie = sorted_row[np.minimum(below, n0 - 1)] == values  # a neg value equals v
-        if tie.any():
-            ties = values[tie]
-            u[j] += (np.searchsorted(sorted_row, ties, side="right") - below[tie]).sum() / 2.0
+    m, n1 = pos.shape
+    n0 = neg.shape[1]
+    u = np.empty(m)
+    for j in numba.prange(m):  # proteins on numba's threads
+        below, upto, twice = 0, 0, 0
+        for i in range(n1):
+            v = pos[j, i]
+            while below < n0 and neg[j, below] < v:
+                below += 1
+            upto = max(upto, below)
+            while upto < n0 and neg[j, upto] <= v:
+                upto += 1
+            twice += below + upto  # 2 #(< v) + #(== v)
+        u[j] = twice / 2.0
     return u
 
 
-def _median_sorted(rows: np.ndarray) -> np.ndarray:
-    """Median of each sorted row of ``rows`` (m, k) (as :func:`numpy.median`; NaN if k = 0)."""
-    k = rows.shape[1]
-    if k == 0:
-        return np.full(len(rows), np.nan)
-    low, high = rows[:, (k - 1) // 2], rows[:, k // 2]
-    return (low.astype(np.float64) + high.astype(np.float64)) / 2.0
+@numba.njit(parallel=True, cache=True)
+def _median_rest(group, own):  # pragma: no cover - numba
+    """Median of each row of ``group`` (m, k) without ``own``'s values (m, l); rows sorted.
+
+    ``own``'s values are a part of ``group``'s (as multisets, e.g. a subset's cells in its
+    lineage); the rest's two middle order statistics are found in one pass that skips them.
+    As :func:`numpy.median` of the rest (NaN when nothing is left).
+    """
+    m, k = group.shape
+    n_own = own.shape[1]
+    out = np.full(m, np.nan)
+    left = k - n_own
+    if left <= 0:
+        return out
+    lo, hi = (left - 1) // 2, left // 2
+    for j in numba.prange(m):
+        p, rank, low = 0, 0, 0.0
+        for i in range(k):
+            v = group[j, i]
+            if p < n_own and own[j, p] == v:  # one of own's copies of v
+                p += 1
+                continue
+            if rank == lo:
+                low = float(v)
+            if rank == hi:
+                out[j] = (low + float(v)) / 2.0
+                break
+            rank += 1
+    return out
+
+
+def _mask_key(mask: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.packbits(mask).tobytes(), digest_size=16).digest() + bytes(
+        str(mask.size), "ascii"
+    )
+
+
+class _SortedCells:
+    """Protein values of a set of cells, ``xt`` (proteins x cells), and sorts of cell subsets.
+
+    A subset's AUROCs against all cells or against its parent lineage need those cells'
+    values sorted per protein; the sort of a cell set is made once and shared by every
+    subset compared with it (all cells, each lineage).
+    """
+
+    def __init__(self, xt: np.ndarray):
+        self.xt = xt
+        self._sorted: dict[bytes, np.ndarray] = {}
+        self._order: dict[int, np.ndarray] = {}
+
+    def order(self, row: int) -> np.ndarray:
+        """The cells in ascending (stable) order of protein ``row``'s values (made once)."""
+        if row not in self._order:
+            order = np.argsort(self.xt[row], kind="stable")
+            self._order[row] = order.astype(np.int32) if order.size < 2**31 else order
+        return self._order[row]
+
+    def sorted(self, mask: np.ndarray) -> np.ndarray:
+        """Values of the cells in ``mask`` (n_cells,) sorted per protein (proteins x cells)."""
+        key = _mask_key(mask)
+        if key not in self._sorted:
+            rows = self.xt[:, mask]
+            # proteins in a few chunks on threads (numpy's sort releases the GIL)
+            chunks = [
+                c for c in np.array_split(np.arange(len(rows)), numba.get_num_threads()) if c.size
+            ]
+            with ThreadPoolExecutor(len(chunks)) as pool:
+                list(pool.map(lambda c: rows[c[0] : c[-1] + 1].sort(axis=1), chunks))
+            self._sorted[key] = rows
+        return self._sorted[key]
 
 
 def _markers(
-    x: np.ndarray, names: np.ndarray, target: np.ndarray, parent: np.ndarray, subset: str
+    cells: _SortedCells, names: np.ndarray, target: np.ndarray, parent: np.ndarray, subset: str
 ) -> pd.DataFrame:
+    xt = cells.xt
     rest_parent = parent & ~target
     rest = ~target
-    # AUROC = U / (n1 n0), U from one sort per protein of each comparison group
-    xt = np.ascontiguousarray(x.T)  # proteins x cells
-    single = xt.astype(np.float32)
-    if np.array_equal(single, xt):  # float32 data (CLR or dsb of prot.X): sorts twice as fast
-        xt = single
-    pos = np.sort(xt[:, target], axis=1)  # sorted keys make the searches below fast
-    sorted_parent = np.sort(xt[:, rest_parent], axis=1)
-    sorted_rest = np.sort(xt[:, rest], axis=1)
+    # AUROC = U / (n1 n0). U against a group is additive over its cells, and U of the subset
+    # against itself is n1^2 / 2 (midranks), so U against the rest = U against all cells (or
+    # the parent) minus U against the subset's own cells there: the sorts of all cells and
+    # of each parent lineage serve every subset. Counts and halves: exact in float64.
+    pos = np.sort(xt[:, target], axis=1)
     n1 = pos.shape[1]
+    every = cells.sorted(np.ones(len(target), dtype=bool))
+    u_rest = _u_statistic(pos, every) - n1 * n1 / 2.0
+    own = np.sort(xt[:, parent & target], axis=1)
+    lineage = cells.sorted(parent)
+    u_parent = _u_statistic(pos, lineage) - _u_statistic(pos, own)
+    n_parent_rest, n_rest = int(rest_parent.sum()), int(rest.sum())
     with np.errstate(divide="ignore", invalid="ignore"):
-        auc_parent = _u_statistic(pos, sorted_parent) / (n1 * sorted_parent.shape[1])
-        auc_all = _u_statistic(pos, sorted_rest) / (n1 * sorted_rest.shape[1])
+        auc_parent = u_parent / (n1 * n_parent_rest)
+        auc_all = u_rest / (n1 * n_rest)
     table = pd.DataFrame(
         {
             "subset": subset,
@@ -289,12 +377,12 @@ def _markers(
             "auroc_parent": auc_parent,
             "auroc_all": auc_all,
             "direction": np.where(auc_parent >= 0.5, "up", "down"),
-            "median_target": _median_sorted(pos),
-            "median_parent_rest": _median_sorted(sorted_parent),
-            "median_rest": _median_sorted(sorted_rest),
-            "n_target": int(target.sum()),
-            "n_parent_rest": int(rest_parent.sum()),
-            "n_rest": int(rest.sum()),
+            "median_target": _median_rest(pos, pos[:, :0]),
+            "median_parent_rest": _median_rest(lineage, own),
+            "median_rest": _median_rest(every, pos),
+            "n_target": n1,
+            "n_parent_rest": n_parent_rest,
+            "n_rest": n_rest,
         }
     )
     order = np.lexsort((-np.abs(auc_all - 0.5), -np.abs(auc_parent - 0.5)))
@@ -303,42 +391,62 @@ def _markers(
     return table[MARKER_COLUMNS]
 
 
-def _check_inputs(
-    prot: AnnData, target, parent, subset: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    if not isinstance(prot, AnnData):
-        raise InputError(
-            f"prot must be an AnnData (cells x proteins), got {type(prot).__name__}",
-            hint="Pass mdata.mod['prot']",
-        )
-    target = _as_mask(target, prot.n_obs, "target", subset)
-    parent = _as_mask(parent, prot.n_obs, "parent", subset)
-    if not target.any():
-        raise InputError(
-            f"subset '{subset}' has no cells",
-            key="target",
-            hint="Check the subset name against obs['subset']",
-        )
-    if not (parent & ~target).any():
-        raise InputError(
-            f"the parent lineage of subset '{subset}' has no cells outside the subset",
-            key="parent",
-            hint="Pass the whole lineage, e.g. (obs['l1'] == 'Mono').to_numpy()",
-        )
-    keep = ~_isotype_mask(prot)
-    if not keep.any():
-        raise InputError(
-            "the protein modality has no antibody other than isotype controls",
-            hint="Check var['isotype'] of the protein modality",
-        )
-    x = _dense(prot, np.flatnonzero(keep))
-    if not np.isfinite(x).all():
-        raise InputError(
-            "the normalised protein values (prot.X) contain NaN or infinite values",
-            hint="Normalise the protein counts (CLR or dsb) before gating",
-        )
-    names = np.asarray(prot.var_names.astype(str))[keep]
-    return x, names, target, parent
+class _Panel:
+    """The non-isotype antibodies of ``prot``, checked once for all subsets.
+
+    ``names``, the values and sorts of all cells (``cells``, `_SortedCells`) and of each
+    training split's cells (`train`), shared by the subsets gated on this panel. Values are
+    float32 when ``prot.X`` holds float32 values (CLR or dsb: sorts twice as fast, the same
+    order), else float64; thresholds are computed and compared in float64 either way.
+    """
+
+    def __init__(self, prot: AnnData):
+        if not isinstance(prot, AnnData):
+            raise InputError(
+                f"prot must be an AnnData (cells x proteins), got {type(prot).__name__}",
+                hint="Pass mdata.mod['prot']",
+            )
+        keep = ~_isotype_mask(prot)
+        if not keep.any():
+            raise InputError(
+                "the protein modality has no antibody other than isotype controls",
+                hint="Check var['isotype'] of the protein modality",
+            )
+        xt = _transposed(prot, np.flatnonzero(keep))
+        if not np.isfinite(xt).all():
+            raise InputError(
+                "the normalised protein values (prot.X) contain NaN or infinite values",
+                hint="Normalise the protein counts (CLR or dsb) before gating",
+            )
+        self.n_obs = prot.n_obs
+        self.names = np.asarray(prot.var_names.astype(str))[keep]
+        self.cells = _SortedCells(xt)
+        self._train: dict[bytes, _SortedCells] = {}
+
+    def train(self, is_train: np.ndarray) -> _SortedCells:
+        """The training cells' values and sorts, made once per donor split."""
+        key = _mask_key(is_train)
+        if key not in self._train:
+            self._train[key] = _SortedCells(np.ascontiguousarray(self.cells.xt[:, is_train]))
+        return self._train[key]
+
+    def masks(self, target, parent, subset: str) -> tuple[np.ndarray, np.ndarray]:
+        """``target`` and ``parent`` checked: boolean (n_cells,), a subset inside a lineage."""
+        target = _as_mask(target, self.n_obs, "target", subset)
+        parent = _as_mask(parent, self.n_obs, "parent", subset)
+        if not target.any():
+            raise InputError(
+                f"subset '{subset}' has no cells",
+                key="target",
+                hint="Check the subset name against obs['subset']",
+            )
+        if not (parent & ~target).any():
+            raise InputError(
+                f"the parent lineage of subset '{subset}' has no cells outside the subset",
+                key="parent",
+                hint="Pass the whole lineage, e.g. (obs['l1'] == 'Mono').to_numpy()",
+            )
+        return target, parent
 
 
 def protein_markers(
@@ -370,8 +478,9 @@ def protein_markers(
         ``|auroc_parent - 0.5|`` then ``|auroc_all - 0.5|``, descending (``rank`` 1 = best).
         AUROCs are cell-level effect sizes, not donor-level tests.
     """
-    x, names, target, parent = _check_inputs(prot, target, parent, subset)
-    return _markers(x, names, target, parent, subset)
+    panel = _Panel(prot)
+    target, parent = panel.masks(target, parent, subset)
+    return _markers(panel.cells, panel.names, target, parent, subset)
 
 
 def _split_donors(
@@ -520,11 +629,57 @@ def gating_strategy(
         Gates, per-step purity / recall / F1 on training and held-out cells
         (:meth:`GatingResult.to_frame`), held-out per-donor results, the training markers.
     """
-    x, names, target, parent = _check_inputs(prot, target, parent, subset)
+    panel = _Panel(prot)
+    return _gating(
+        panel, *panel.masks(target, parent, subset), donors, subset=subset,
+        max_gates=max_gates, test_donors=test_donors, start=start, n_candidates=n_candidates,
+        beam_width=beam_width, min_gain=min_gain, seed=seed,
+    )  # fmt: skip
+
+
+def gate_subsets(
+    prot: AnnData,
+    subsets: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    donors: np.ndarray | Sequence[str],
+    **options: Any,
+) -> list[tuple[GatingResult, pd.DataFrame]]:
+    """`gating_strategy` and `protein_markers` of several subsets of one antibody panel.
+
+    ``subsets``: name -> (target, parent) boolean masks (n_cells,); ``options``: those of
+    `gating_strategy`. Returns one (gating result, protein marker table) per subset, in
+    order; the same results as the two functions subset by subset, with the panel checked
+    and the sorts of all cells, of each lineage and of the training donors' cells made once.
+    """
+    panel = _Panel(prot)
+    out = []
+    for subset, (target, parent) in subsets.items():
+        target, parent = panel.masks(target, parent, subset)
+        result = _gating(panel, target, parent, donors, subset=subset, **options)
+        out.append((result, _markers(panel.cells, panel.names, target, parent, subset)))
+    return out
+
+
+def _gating(
+    panel: _Panel,
+    target: np.ndarray,
+    parent: np.ndarray,
+    donors: np.ndarray | Sequence[str],
+    *,
+    subset: str = "subset",
+    max_gates: int = 3,
+    test_donors: float | Sequence[str] = 0.3,
+    start: Literal["all", "parent"] = "all",
+    n_candidates: int = 12,
+    beam_width: int = 5,
+    min_gain: float = 0.01,
+    seed: int = 0,
+) -> GatingResult:
+    """`gating_strategy` on a checked panel and masks."""
+    xs, names = panel.cells.xt, panel.names  # proteins x cells
     donors = np.asarray(donors).astype(str)
-    if donors.shape != (prot.n_obs,):
+    if donors.shape != (panel.n_obs,):
         raise InputError(
-            f"donors has shape {donors.shape} but the protein modality has {prot.n_obs} cells",
+            f"donors has shape {donors.shape} but the protein modality has {panel.n_obs} cells",
             key="donors",
             hint="Pass the donor id of each cell, e.g. mdata.obs['donor_id'].to_numpy()",
         )
@@ -554,8 +709,9 @@ def gating_strategy(
             stacklevel=2,
         )
 
-    xt, tt = x[is_train], target[is_train]
-    markers = _markers(xt, names, tt, parent[is_train], subset)
+    train = panel.train(is_train)
+    xt, tt = train.xt, target[is_train]  # training cells: proteins x cells
+    markers = _markers(train, names, tt, parent[is_train], subset)
     by_parent = markers["protein"].tolist()[:n_candidates]
     by_all = markers.sort_values("auroc_all", key=lambda s: -(s - 0.5).abs(), kind="stable")
     candidates = list(dict.fromkeys(by_parent + by_all["protein"].tolist()[:n_candidates]))
@@ -564,7 +720,7 @@ def gating_strategy(
     n_target_train = int(tt.sum())
     # each candidate's training cells in ascending (stable) order, once: a population's
     # order is this order restricted to its cells
-    ascending = {c: np.argsort(xt[:, col[c]], kind="stable") for c in candidates}
+    ascending = {c: train.order(col[c]) for c in candidates}
     start_train = parent[is_train] if start == "parent" else np.ones(len(tt), dtype=bool)
     root = _State((), start_train, _metrics(start_train, tt)[4])
     best, beam = root, [root]
@@ -576,7 +732,8 @@ def gating_strategy(
                 continue
             for protein in candidates:
                 cells = ascending[protein][state.mask[ascending[protein]]]
-                values, in_target = xt[cells, col[protein]], tt[cells]
+                values = xt[col[protein], cells].astype(np.float64)
+                in_target = tt[cells]
                 for direction, thr, q, f1 in _best_thresholds(values, in_target, n_target_train):
                     if (protein, direction) in used:
                         continue
@@ -590,7 +747,7 @@ def gating_strategy(
         beam = []
         for state in ranked:
             gate = state.gates[-1]
-            mask = state.mask & gate.keep(xt[:, col[gate.protein]])
+            mask = state.mask & gate.keep(xt[col[gate.protein]])
             beam.append(_State(state.gates, mask, state.f1))
         if beam[0].f1 > best.f1 + min_gain:
             best = beam[0]
@@ -603,7 +760,7 @@ def gating_strategy(
         for step in range(len(gates) + 1):
             gate = gates[step - 1] if step else None
             if gate is not None:
-                mask = mask & gate.keep(x[:, col[gate.protein]])
+                mask = mask & gate.keep(xs[col[gate.protein]])
             n_gated, n_target, purity, recall, f1 = _metrics(mask, target & in_split)
             rows.append(
                 {
