@@ -431,7 +431,7 @@ class _Panel:
         return self._train[key]
 
     def masks(self, target, parent, subset: str) -> tuple[np.ndarray, np.ndarray]:
-        """``target`` and ``parent`` checked: boolean (n_cells,), a subset inside a lineage."""
+        """``target`` and ``parent`` checked: boolean (n_cells,), both with cells to compare."""
         target = _as_mask(target, self.n_obs, "target", subset)
         parent = _as_mask(parent, self.n_obs, "parent", subset)
         if not target.any():
