@@ -427,7 +427,7 @@ class _Panel:
         """The training cells' values and sorts, made once per donor split."""
         key = _mask_key(is_train)
         if key not in self._train:
-            self._train[key] = _SortedCells(np.ascontiguousarray(self.cells.xt[:, is_train]))
+            self._train[key] = _SortedCells(self.cells.xt[:, is_train])
         return self._train[key]
 
     def masks(self, target, parent, subset: str) -> tuple[np.ndarray, np.ndarray]:
