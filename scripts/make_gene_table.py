@@ -1,14 +1,25 @@
 """Build ``src/sccohort/resources/genes_human.tsv.gz`` from Debian's org.Hs.eg.db.
 
 Provenance: NCBI Entrez Gene (public domain) as packaged by Bioconductor's
-org.Hs.eg.db 3.16 (Debian ``r-bioc-org.hs.eg.db``). Keeps every protein-coding gene
-with an Ensembl id, the 13 mitochondrial protein-coding genes under their HGNC
-``MT-`` names, and the non-coding / TCR / immunoglobulin genes that PBMC
-single-cell data are known to express. Run once by a developer:
+org.Hs.eg.db 3.16 (Debian ``r-bioc-org.hs.eg.db``). Run once by a developer:
 
     apt-get download r-bioc-org.hs.eg.db && dpkg -x r-bioc-org.hs.eg.db*.deb /tmp/orghs
     python scripts/make_gene_table.py \
         /tmp/orghs/usr/lib/R/site-library/org.Hs.eg.db/extdata/org.Hs.eg.sqlite
+
+Columns: ``symbol`` (unique), ``gene_id`` (one Ensembl id: the smallest of the gene's),
+``kind``, ``other_ids`` (the gene's further Ensembl ids, ``;``-separated, mostly alternative
+haplotypes; empty for most genes). Two parts, told apart by ``kind``:
+
+- the core (``kind`` one of `CORE_KINDS`), what the simulator draws its genes from: every
+  protein-coding gene with an Ensembl id (``protein_coding``), the 13 mitochondrial
+  protein-coding genes under their HGNC ``MT-`` names (``MT``), and the non-coding
+  (``lncRNA``) and TCR / immunoglobulin (``TR_IG``) genes that PBMC single-cell data are
+  known to express;
+- every other gene with an Ensembl id, so that whole-transcriptome files named by Ensembl id
+  map to symbols: ``kind`` is its Entrez gene type (``ncRNA``, ``pseudogene``, ``snoRNA``,
+  ``snRNA``, ``scRNA``, ``rRNA``, ``other`` (mostly TCR / immunoglobulin segments),
+  ``unknown``).
 """
 
 import gzip
@@ -27,19 +38,32 @@ EXTRA = [
     "TRAV1-2", "TRDV2", "TRGV9", "IGHV3-23", "IGKV3-20", "IGLV2-14",
 ]  # fmt: skip
 HARDCODED = [("TRDC", "ENSG00000211829", "TR_IG")]  # no Ensembl id in org.Hs.eg.db 3.16
+#: kinds of the core genes (see the module docstring); the simulator keeps these only
+CORE_KINDS = ("protein_coding", "MT", "TR_IG", "lncRNA")
+#: Entrez gene type -> kind of the genes outside the core
+OTHER_KINDS = {
+    "ncRNA": "ncRNA",
+    "pseudo": "pseudogene",
+    "snoRNA": "snoRNA",
+    "snRNA": "snRNA",
+    "scRNA": "scRNA",
+    "rRNA": "rRNA",
+    "other": "other",
+    "unknown": "unknown",
+}
 
 QUERY = """
-select i.symbol, min(e.ensembl_id), t.gene_type, ch.chromosome
+select i.symbol, min(e.ensembl_id), t.gene_type, ch.chromosome, group_concat(e.ensembl_id)
 from gene_info i join genetype t on i._id = t._id
 left join ensembl e on e._id = i._id left join chromosomes ch on ch._id = i._id
 group by i._id
 """
 
 
-def main(sqlite_path: str) -> None:
-    rows = sqlite3.connect(sqlite_path).execute(QUERY).fetchall()
+def core_genes(rows: list[tuple]) -> dict[str, tuple[str, str]]:
+    """``symbol -> (gene_id, kind)`` of the core genes (the table as first shipped)."""
     out: dict[str, tuple[str, str]] = {}
-    for symbol, ensembl, gtype, chrom in rows:
+    for symbol, ensembl, gtype, chrom, _ in rows:
         if ensembl is None:
             continue
         if chrom == "MT" and symbol in MT_NAMES:
@@ -51,12 +75,33 @@ def main(sqlite_path: str) -> None:
             out.setdefault(symbol, (ensembl, kind))
     for symbol, ensembl, kind in HARDCODED:
         out.setdefault(symbol, (ensembl, kind))
+    return out
+
+
+def main(sqlite_path: str) -> None:
+    rows = sqlite3.connect(sqlite_path).execute(QUERY).fetchall()
+    out = core_genes(rows)
+    assert {kind for _, kind in out.values()} <= set(CORE_KINDS)
+    core_ids = {gene_id for gene_id, _ in out.values()}
+    for symbol, ensembl, gtype, chrom, _ in rows:
+        if ensembl is None or ensembl in core_ids or (chrom == "MT" and symbol in MT_NAMES):
+            continue
+        assert gtype != "protein-coding", symbol  # every protein-coding gene is in the core
+        out.setdefault(symbol, (ensembl, OTHER_KINDS.get(gtype, "unknown")))
+    others: dict[str, str] = {}
+    for symbol, ensembl, _, chrom, all_ids in rows:
+        name = MT_NAMES[symbol] if chrom == "MT" and symbol in MT_NAMES else symbol
+        if all_ids and name in out and out[name][0] == ensembl:
+            extra = sorted(set(all_ids.split(",")) - {ensembl})
+            others[name] = ";".join(extra)
     dest = Path(__file__).parents[1] / "src/sccohort/resources/genes_human.tsv.gz"
-    with gzip.open(dest, "wt") as fh:
-        fh.write("symbol\tgene_id\tkind\n")
+    with gzip.GzipFile(dest, "wb", mtime=0) as raw:
+        raw.write(b"symbol\tgene_id\tkind\tother_ids\n")
         for symbol in sorted(out):
-            fh.write(f"{symbol}\t{out[symbol][0]}\t{out[symbol][1]}\n")
-    print(f"wrote {len(out)} genes to {dest}")
+            gene_id, kind = out[symbol]
+            raw.write(f"{symbol}\t{gene_id}\t{kind}\t{others.get(symbol, '')}\n".encode())
+    core = sum(kind in CORE_KINDS for _, kind in out.values())
+    print(f"wrote {len(out)} genes ({core} core) to {dest}")
 
 
 if __name__ == "__main__":

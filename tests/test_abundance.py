@@ -379,3 +379,29 @@ def test_compare_donor_values_finds_a_planted_score_shift() -> None:
     values.iloc[:20, 7] = np.nan  # one donor left: not testable
     again = compare_donor_values(values, design, level="x", n_perm=500).set_index("subset")
     assert np.isnan(again.loc["s7", "pvalue"]) and "too few donors" in again.loc["s7", "note"]
+
+
+@pytest.mark.parametrize(
+    ("n", "n_case", "covariates", "bound"),
+    [
+        (4, 2, (), 2 / 6),  # 6 relabellings; the observed one and its mirror tie
+        (21, 4, (), 1 / math.comb(21, 4)),
+        (5, 2, (), 1 / 10),
+        (4, 2, ("age",), 1 / math.factorial(4)),  # Freedman-Lane, all 24 permutations
+        (21, 4, ("age",), 1 / 10_001),  # random permutations
+    ],
+)
+def test_attainable_significance_is_the_smallest_p_value(n, n_case, covariates, bound) -> None:
+    from sccohort.stats.abundance import attainable_significance
+
+    counts, clinical = binary_cohort(np.random.default_rng(3), n=n, n_case=n_case)
+    design = src_design(clinical, covariates)
+    reach = attainable_significance(design, n_perm=10_000, max_exact=20_000, alpha=0.05)
+    assert reach["min_pvalue"] == pytest.approx(bound)
+    assert reach["reachable"] == (bound < 0.05)
+    if not covariates and n <= 5:
+        # perfectly separated cases reach the bound, and nothing goes below it
+        counts.loc[design.group == "case", "S10"] = 2000
+        counts.loc[design.group == "control", "S10"] = 1
+        result = abundance(counts, totals_of(counts), design, level="subset")
+        assert result["pvalue"].min() == pytest.approx(bound)

@@ -14,6 +14,7 @@ import pytest
 from sklearn.metrics import f1_score
 from sklearn.mixture import GaussianMixture
 
+from sccohort import read_h5mu
 from sccohort.errors import InputError
 from sccohort.tl.annotate import L1_LABELS, UNASSIGNED, annotate, load_markers
 
@@ -26,7 +27,7 @@ def cohort(simulated_run: Path) -> tuple[md.MuData, pd.DataFrame]:
     """The session's simulated run (8 donors x 400 cells) with the truth of kept cells."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        mdata = md.read_h5mu(simulated_run / "out" / "cohort.h5mu")
+        mdata = read_h5mu(simulated_run / "out" / "cohort.h5mu")
     truth = pd.read_csv(simulated_run / "cohort" / "truth" / "cells.csv.gz").set_index("cell_id")
     return mdata, truth.loc[mdata.obs_names]
 
@@ -172,3 +173,51 @@ def test_real_eccite_agrees_with_protein_gates() -> None:
     agreement = (mdata.obs["l1"].astype(str).to_numpy()[clear] == called[clear]).mean()
     print(f"gated {clear.sum()} cells, agreement {agreement:.3f}")
     assert agreement >= 0.90
+
+
+def test_label_coverage_of_a_nine_antibody_panel() -> None:
+    from sccohort.io.features import protein_var
+    from sccohort.tl.annotate import label_coverage
+
+    panel = ["CD3", "CD4", "CD8", "CD14", "CD19", "CD25", "CD45RA", "CD56", "CD127"]
+    prot = ad.AnnData(np.zeros((2, len(panel)), np.float32), var=protein_var(panel))
+    coverage = label_coverage({"prot": load_markers("prot")}, {"prot": prot})
+    called = coverage.set_index(["level", "label"])["callable"]
+    for label in ("Mono", "B", "CD4 T", "CD8 T", "NK"):
+        assert called[("l1", label)], label
+    assert not called[("l1", "DC")]  # no CD1c, CD11c, HLA-DR, CD123 ...
+    assert called[("l2", "Treg")] and called[("l2", "CD4 Naive")]
+    for label in ("CD16 Mono", "B memory", "MAIT", "gdT", "CD4 TEM"):
+        assert not called[("l2", label)], label
+    row = coverage.set_index("label").loc["CD16 Mono"]
+    assert "CD16" in row["missing_markers"].split(";")
+    # CD3 alone does not make a gamma-delta T cell; with TCR g/d it does
+    with_tcr = ad.AnnData(
+        np.zeros((2, len(panel) + 1), np.float32), var=protein_var([*panel, "TCR g/d"])
+    )
+    coverage = label_coverage({"prot": load_markers("prot")}, {"prot": with_tcr})
+    assert coverage.set_index(["level", "label"]).loc[("l2", "gdT"), "callable"]
+
+
+def test_uncallable_labels_are_never_assigned_and_named_in_a_warning(cohort) -> None:
+    mdata, truth = cohort
+    prot = mdata.mod["prot"]
+    keep = prot.var["alias"].isin(["CD3", "CD4", "CD8", "CD14", "CD19", "CD56", "CD45RA"])
+    small = md.MuData({"prot": prot[:, keep.to_numpy()].copy()})
+    small.obs["leiden"] = mdata.obs["leiden"].to_numpy()
+    small.obsp["wnn_connectivities"] = mdata.obsp["wnn_connectivities"]
+    with pytest.warns(UserWarning, match=r"cannot be called .* l1 DC \(missing"):
+        coverage = annotate(small, use=("prot",))
+    lost = coverage[~coverage["callable"]]
+    for level in ("l1", "l2"):
+        uncallable = set(lost.loc[lost["level"] == level, "label"])
+        called = set(small.obs[level].astype(str))
+        # an l2 named like its lineage (NK, the l1 name) stands for the whole lineage
+        assert not (called - set(small.obs["l1"].astype(str))) & uncallable
+    # lineages whose subtypes the panel cannot separate keep the lineage name at l2
+    assert (small.obs.loc[small.obs["l1"] == "B", "l2"] == "B").all()
+    clean = truth["contaminant"].isna() & ~truth["doublet"].astype(bool)
+    named = clean & truth["l1"].isin(["B", "CD4 T", "CD8 T", "Mono", "NK"]).to_numpy()
+    pred = small.obs.loc[named.to_numpy(), "l1"].astype(str)
+    lineages = ["B", "CD4 T", "CD8 T", "Mono", "NK"]
+    assert f1_score(truth.loc[named, "l1"], pred, labels=lineages, average="macro") >= 0.9

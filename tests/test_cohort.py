@@ -107,7 +107,9 @@ C,D2,%s,,, kidney ,,
         "timepoint",
         "tissue",
         "format",
+        "modality",
     ]
+    assert list(t["modality"]) == ["", "", ""]  # empty: the count files decide
     assert t.at["A", "path"] == tmp_path / "data" / "a.h5"
     assert t.at["A", "path"].is_absolute()
     assert t.at["A", "raw_path"] == tmp_path / "data" / "a_raw.h5"
@@ -188,6 +190,24 @@ def test_sample_sheet_unknown_format(tmp_path: Path) -> None:
     csv = write(tmp_path / "s.csv", "sample_id,donor_id,path,format\nA,D1,a.h5,loom\n")
     with raises("unknown format 'loom'", "line 2", "column 'format'", "10x_h5", "rhapsody_csv"):
         SampleSheet.from_csv(csv)
+
+
+def test_sample_sheet_modality_column(tmp_path: Path) -> None:
+    for name in ("a.h5ad", "b.h5ad", "c.h5"):
+        (tmp_path / name).write_bytes(b"")
+    csv = write(
+        tmp_path / "s.csv",
+        "sample_id,donor_id,path,modality\nA,D1,a.h5ad,RNA\nB,D2,b.h5ad, prot \nC,D3,c.h5,\n",
+    )
+    assert list(SampleSheet.from_csv(csv).table["modality"]) == ["rna", "prot", ""]
+    bad = write(
+        tmp_path / "bad.csv",
+        "sample_id,donor_id,path,modality\nA,D1,a.h5ad,rna\nB,D2,b.h5ad,adt\n",
+    )
+    with raises(
+        "unknown modality 'adt'", str(bad), "line 3", "column 'modality'", "sample 'B'", "rna, prot"
+    ):
+        SampleSheet.from_csv(bad)
 
 
 def test_sample_sheet_format_must_fit_path(tmp_path: Path) -> None:

@@ -11,11 +11,10 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import mudata
 import numpy as np
 import pytest
 
-from sccohort import pipeline
+from sccohort import pipeline, read_h5mu
 from sccohort.config import load_config
 from sccohort.simulate import simulate_cohort
 
@@ -101,8 +100,8 @@ def test_a_run_on_a_dask_cluster_equals_the_local_run(
         here = (tmp_path / "local" / "tables" / name).read_bytes()
         assert (tmp_path / "remote" / "tables" / name).read_bytes() == here, name
 
-    a = mudata.read_h5mu(tmp_path / "local" / "cohort.h5mu")
-    b = mudata.read_h5mu(tmp_path / "remote" / "cohort.h5mu")
+    a = read_h5mu(tmp_path / "local" / "cohort.h5mu")
+    b = read_h5mu(tmp_path / "remote" / "cohort.h5mu")
     assert list(a.obs_names) == list(b.obs_names)
     assert (a.obs["leiden"].to_numpy() == b.obs["leiden"].to_numpy()).all()
     assert (a["rna"].X != b["rna"].X).nnz == 0

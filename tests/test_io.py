@@ -17,11 +17,17 @@ import scipy.sparse as sp
 
 from sccohort.errors import InputError
 from sccohort.io.features import (
+    ensembl_gene_id,
+    gene_ids_of,
+    gene_table,
+    gene_var,
     is_isotype,
     make_unique,
+    plan_from_names,
     protein_alias,
     strip_genome_prefix,
 )
+from sccohort.io.h5 import looks_like_proteins
 from sccohort.io.read import (
     detect_format,
     read_raw_droplets,
@@ -651,3 +657,161 @@ def test_h5ad_feature_types_and_obsm_proteins(tmp_path: Path) -> None:
     scvi = read_sample(tmp_path / "scvi.h5ad", "V")
     assert scvi["rna"].n_vars == 40  # 40 known gene symbols: RNA, not an antibody panel
     assert _dense(scvi["prot"].layers["counts"]).tolist() == proteins.to_numpy().tolist()
+
+
+# ------------------------------------------------------------------ gene ids, modality rule
+
+
+def _gene_ids(symbols: list[str]) -> list[str]:
+    table = gene_table().set_index("symbol")["gene_id"]
+    return [table[s] for s in symbols]
+
+
+def test_ensembl_ids_map_to_symbols_with_or_without_versions() -> None:
+    ids = _gene_ids(["CD3E", "CD14", "MT-CO1", "MALAT1"])
+    names = [ids[0], f"{ids[1]}.12", f"GRCh38_{ids[2]}.3", ids[3], "ENSG99999999999.1"]
+    names += ["ENSMUSG00000000001.4", "CD3E", "LYZ"]
+    var = gene_var(names)
+    assert list(var.index) == [
+        "CD3E", "CD14", "MT-CO1", "MALAT1", "ENSG99999999999", "ENSMUSG00000000001",
+        "CD3E-1", "LYZ",
+    ]  # fmt: skip
+    assert list(var["feature_name_raw"]) == names
+    assert list(var["gene_ids"][:2]) == [ids[0], f"{ids[1]}.12"]  # as the file gave them
+    assert list(var["gene_ids"][-2:]) == ["", ""]  # symbols: no id
+    assert ensembl_gene_id("ENSG00000121410.12") == "ENSG00000121410"
+    assert ensembl_gene_id("ENSDARG00000000001") == "ENSDARG00000000001"
+    assert ensembl_gene_id("ENSG0001") is None and ensembl_gene_id("CD3E") is None
+    ids_of = gene_ids_of(names)
+    assert (ids_of.kind, ids_of.n_ensembl, ids_of.n_mapped) == ("mixed", 6, 4)
+    assert ids_of.describe() == "mixed: 2 symbols, 6 Ensembl ids (4 mapped)"
+    assert gene_ids_of(ids).describe() == "ensembl: 4/4 mapped"
+    assert gene_ids_of(["CD3E"]).describe() == "symbols"
+    # ids given by the file (Cell Ranger's id column) are kept as they are
+    given = gene_var(["CD3E", ids[1]], ["E1", "E2"])
+    assert list(given.index) == ["CD3E", "CD14"] and list(given["gene_ids"]) == ["E1", "E2"]
+
+
+def test_ensembl_ids_are_never_taken_for_antibodies() -> None:
+    small = _gene_ids(["CD3E", "CD4", "CD8A", "CD14", "CD19", "MS4A1", "NCAM1", "IL7R", "LYZ"])
+    assert not looks_like_proteins(small)
+    assert not looks_like_proteins([f"ENSG9{i:010d}" for i in range(9)])  # unknown ids too
+    assert not looks_like_proteins([f"ENSMUSG{i:011d}" for i in range(9)])
+    assert looks_like_proteins(["CD3_PROT", "CD4_PROT", "CD19_PROT"])
+    plan = plan_from_names(["CD3", "CD4", "CD8", "CD14", "CD19", "CD25", "CD45RA", "CD56", "X"])
+    assert list(plan.columns) == ["prot"]
+    assert (
+        plan.rule
+        == "prot: 9 features, 3 known gene symbols (rule: < 50 % genes, <= 1,000 features)"
+    )
+    plan = plan_from_names(small)
+    assert plan.rule == "rna: 9 Ensembl ids, 9 mapped to symbols (rule: >= 50 % genes)"
+    plan = plan_from_names([f"X{i}" for i in range(1001)])
+    assert list(plan.columns) == ["rna"] and "(rule: > 1,000 features)" in plan.rule
+    assert plan_from_names(["CD3"], "rna").rule == "rna: samples.csv modality column"
+
+
+def _write_h5ad(path: Path, names: list[str], n_cells: int = 6, seed: int = 0, **var) -> Path:
+    counts = _small_counts(seed, (n_cells, len(names)))
+    frame = pd.DataFrame(var, index=pd.Index(names))
+    obs = pd.DataFrame(index=[f"c{i}" for i in range(n_cells)])
+    ad.AnnData(X=counts.astype(np.float32), obs=obs, var=frame).write_h5ad(path)
+    return path
+
+
+def test_h5ad_of_ensembl_ids_reads_as_rna_with_symbols(tmp_path: Path) -> None:
+    symbols = list(gene_table().query("kind == 'protein_coding'")["symbol"][:40])
+    ids = [f"{g}.{i % 3 + 1}" if i % 2 else g for i, g in enumerate(_gene_ids(symbols))]
+    path = _write_h5ad(tmp_path / "ids.h5ad", ids[:-2] + ["MT-CO1", "CD3E"])
+    mdata = read_sample(path, "E")
+    assert list(mdata.mod) == ["rna"]
+    rna = mdata["rna"]
+    assert list(rna.var_names) == symbols[:-2] + ["MT-CO1", "CD3E"]
+    assert list(rna.var["gene_ids"]) == ids[:-2] + ["", ""]
+    assert rna.uns["gene_ids"] == "mixed: 2 symbols, 38 Ensembl ids (38 mapped)"
+    assert rna.uns["modality_rule"].startswith("rna: 40 features, 38 Ensembl ids")
+
+
+def test_modality_column_overrides_the_rule_both_ways(tmp_path: Path) -> None:
+    panel = ["CD3", "CD4", "CD8", "CD14", "CD19", "CD25", "CD45RA", "CD56", "CD127"]
+    path = _write_h5ad(tmp_path / "adt.h5ad", panel)
+    assert list(read_sample(path, "A").mod) == ["prot"]  # the rule: an antibody panel
+    forced = read_sample(path, "A", modality="rna")  # the user's call
+    assert list(forced.mod) == ["rna"] and list(forced["rna"].var_names) == panel
+    assert forced["rna"].uns["modality_rule"] == "rna: samples.csv modality column"
+    genes = _write_h5ad(tmp_path / "genes.h5ad", _gene_ids(["CD3E", "CD4", "LYZ"]))
+    assert list(read_sample(genes, "G").mod) == ["rna"]
+    as_prot = read_sample(genes, "G", modality="prot")
+    assert list(as_prot.mod) == ["prot"] and list(as_prot["prot"].var_names)[0].startswith("ENSG")
+    assert list(read_sample(path, "A", modality="").mod) == ["prot"]  # empty: the rule
+    with pytest.raises(InputError, match="unknown modality 'adt'") as err:
+        read_sample(path, "A", modality="adt")
+    assert err.value.column == "modality" and err.value.sample == "A"
+
+
+def test_modality_column_selects_a_declared_modality(tmp_path: Path) -> None:
+    path, counts, _, features = _write_sample(tmp_path / "s", 1, 10)
+    prot = read_sample(path, "P", modality="prot")
+    assert list(prot.mod) == ["prot"]  # a protein-only sample, by the user's choice
+    assert (
+        prot["prot"].layers["counts"] != counts[:, _cols(features, "Antibody Capture")]
+    ).nnz == 0
+    assert prot["prot"].uns["modality_rule"] == (
+        "prot: samples.csv modality column (the file has rna + prot + hto by Cell Ranger "
+        "feature types)"
+    )
+    assert list(read_sample(path, "R", modality="rna").mod) == ["rna"]
+    assert read_sample(path, "B")["rna"].uns["modality_rule"] == (
+        "rna + prot + hto: Cell Ranger feature types"
+    )
+    genes_only, *_ = _write_sample(tmp_path / "g", 2, 10, GENES)
+    with pytest.raises(InputError, match="modality is 'prot' but the file holds rna") as err:
+        read_sample(genes_only, "G", modality="prot")
+    assert err.value.sample == "G" and err.value.column == "modality"
+    typed = _write_h5ad(tmp_path / "typed.h5ad", ["CD3", "CD4"], feature_types="Antibody Capture")
+    with pytest.raises(InputError, match="holds prot"):
+        read_sample(typed, "T", modality="rna")
+    sheet, _ = _cohort(tmp_path / "sheet", n=2)
+    mdata = read_samples(sheet.assign(modality=["prot", "prot"]))
+    assert list(mdata.mod) == ["prot"]
+
+
+@pytest.fixture(scope="module")
+def panel_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from real_cohorts import eccite_cohort
+
+    _need(ECCITE / "eccite_control_500.h5mu")
+    return eccite_cohort(tmp_path_factory.mktemp("panel"), "panel").parent
+
+
+def test_real_ensembl_panel_reads_as_rna_with_symbols(panel_cohort: Path) -> None:
+    mdata = read_sample(panel_cohort / "S1.h5ad", "S1")
+    assert list(mdata.mod) == ["rna"]
+    rna = mdata["rna"]
+    assert rna.n_vars == 1000 and {"CD3E", "CD14", "MT-CO1", "LYZ", "MS4A1"} <= set(rna.var_names)
+    assert rna.var["feature_name_raw"].str.startswith("ENSG").all()
+    assert (rna.var["gene_ids"] == rna.var["feature_name_raw"]).all()
+    mapped = int(rna.uns["gene_ids"].split()[1].split("/")[0].replace(",", ""))
+    assert rna.uns["gene_ids"].startswith("ensembl: ") and mapped >= 950
+    assert rna.uns["modality_rule"] == (
+        f"rna: 1,000 Ensembl ids, {mapped} mapped to symbols (rule: >= 50 % genes)"
+    )
+    assert rna.var_names.str.startswith("MT-").sum() >= 2  # QC finds the mitochondrial genes
+
+
+def test_summary_says_how_each_sample_was_read(panel_cohort: Path, tmp_path: Path) -> None:
+    from sccohort.pp.summary import summarise_sample, summary_table
+
+    rows = {"S1": summarise_sample(dict(read_sample(panel_cohort / "S1.h5ad", "S1").mod))}
+    path, *_ = _write_sample(tmp_path, 1, 10)
+    rows["S2"] = summarise_sample(dict(read_sample(path, "S2").mod))
+    sheet = pd.DataFrame({"donor_id": ["D1", "D2"]}, index=pd.Index(["S1", "S2"], name="sample_id"))
+    table = summary_table(rows, sheet, None).set_index("sample_id")
+    assert list(table["modalities"]) == ["rna", "rna + prot + hto"]
+    assert list(table["n_genes"]) == [1000, len(GENES)]
+    assert (
+        table.at["S1", "gene_ids"].startswith("ensembl: ")
+        and table.at["S2", "gene_ids"] == "symbols"
+    )
+    assert table.at["S1", "modality_rule"].startswith("rna: 1,000 Ensembl ids")
+    assert table.at["S2", "modality_rule"] == "rna + prot + hto: Cell Ranger feature types"

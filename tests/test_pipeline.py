@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -271,8 +272,9 @@ def test_broken_inputs_leave_an_earlier_report_untouched(cohort_dir: Path, tmp_p
     assert (out / "report.html").read_text() == "<p>earlier report</p>"
 
 
-def test_intermediate_checkpoints_leave_out_rna_x_and_reading_rebuilds_it(tmp_path: Path) -> None:
+def test_cohort_files_leave_out_rna_x_and_reading_rebuilds_it(tmp_path: Path) -> None:
     import anndata as ad
+    import h5py
 
     from sccohort.pp.normalize import normalize_rna
 
@@ -288,11 +290,245 @@ def test_intermediate_checkpoints_leave_out_rna_x_and_reading_rebuilds_it(tmp_pa
     pipeline.write_cohort(cohort, tmp_path / "mid.h5mu", final=False)
     pipeline.write_cohort(cohort, tmp_path / "final.h5mu", final=True)
     assert (cohort.mod["rna"].X != x).nnz == 0  # the object in memory keeps its .X
-    assert mudata.read_h5mu(tmp_path / "mid.h5mu").mod["rna"].X is None
-    for name in ("mid", "final"):
-        back = pipeline.read_cohort(tmp_path / f"{name}.h5mu").mod["rna"].X
-        assert back.dtype == np.float32
-        np.testing.assert_array_equal(back.toarray(), x.toarray())
+    assert "left_out" not in cohort.uns
+    for name, filter_ in (("mid", "lzf"), ("final", "gzip")):
+        plain = mudata.read_h5mu(tmp_path / f"{name}.h5mu")
+        assert plain.mod["rna"].X is None
+        assert "normalize_rna" in plain.uns["left_out"]["rna"]["X"]
+        with h5py.File(tmp_path / f"{name}.h5mu") as f:
+            assert f["mod/rna/layers/counts/data"].compression == filter_
+        back = pipeline.read_h5mu(tmp_path / f"{name}.h5mu")
+        assert "left_out" not in back.uns
+        assert back.mod["rna"].X.dtype == np.float32
+        np.testing.assert_array_equal(back.mod["rna"].X.toarray(), x.toarray())
+
+
+def test_a_modified_rna_x_is_kept(tmp_path: Path) -> None:
+    """Only an .X that is normalize_rna's output of the counts is left out."""
+    import anndata as ad
+
+    from sccohort.pp.normalize import normalize_rna
+
+    counts = sp.csr_matrix(np.random.default_rng(1).poisson(1.0, (20, 8)).astype(np.int32))
+    rna = ad.AnnData(X=counts.astype(np.float32))
+    rna.layers["counts"] = counts
+    normalize_rna(rna, target_sum=1e4)
+    rna.X = rna.X * 2  # no longer the log-normalised counts
+    pipeline.write_cohort(mudata.MuData({"rna": rna}), tmp_path / "c.h5mu", final=True)
+    plain = mudata.read_h5mu(tmp_path / "c.h5mu")
+    assert plain.mod["rna"].X is not None and "left_out" not in plain.uns
+    np.testing.assert_array_equal(plain.mod["rna"].X.toarray(), rna.X.toarray())
+
+
+def _decorate(state: pipeline.RunState) -> list[Path]:
+    """Changes the cohort as the embed stage does: a shared embedding, obs copied down."""
+    mdata = state.mdata
+    embedding = np.random.default_rng(2).normal(size=(mdata.n_obs, 3)).astype(np.float32)
+    mdata.obsm["X_test"] = embedding
+    for adata in mdata.mod.values():
+        adata.obsm["X_test"] = embedding
+        adata.obs["sample_id"] = mdata.obs.loc[adata.obs_names, "sample_id"].to_numpy()
+    return []
+
+
+def _cohort_stages(keep: dict | None = None) -> tuple[pipeline.Stage, ...]:
+    """Preprocess, a saved cohort change, a table, a final cohort change (kept in ``keep``)."""
+
+    def last(state: pipeline.RunState) -> list[Path]:
+        state.mdata.obs["last_seen"] = np.arange(state.mdata.n_obs) % 3 == 0
+        if keep is not None:
+            keep["mdata"] = state.mdata
+        return []
+
+    decorate = pipeline.Stage(
+        "decorate", "Decorating", _decorate, changes_cohort=True, saves_cohort=True
+    )
+    count = pipeline.Stage("count", "Counting cells", _count_cells)
+    final = pipeline.Stage("last", "Last change", last, changes_cohort=True)
+    return (pipeline.STAGES[0], decorate, count, final)
+
+
+def test_a_finished_run_drops_the_intermediate_checkpoints(
+    cohort_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipeline, "STAGES", _cohort_stages())
+    config = load_config(cohort_dir / "sccohort.toml")
+    out = tmp_path / "out"
+    record = pipeline.run_pipeline(config, out)
+    assert record["keep_checkpoints"] is False
+    assert (out / "cohort.h5mu").is_file()
+    assert not list((out / "checkpoints").glob("*.h5mu"))
+    again = pipeline.run_pipeline(config, out, resume=True)  # from cohort.h5mu
+    assert all(s["resumed"] for s in again["stages"])
+
+    kept = pipeline.run_pipeline(config, tmp_path / "kept", keep_checkpoints=True)
+    assert kept["keep_checkpoints"] is True
+    names = sorted(p.name for p in (tmp_path / "kept" / "checkpoints").glob("*.h5mu"))
+    assert names == ["02_decorate.h5mu", "04_last.h5mu"]
+    final = tmp_path / "kept" / "checkpoints" / "04_last.h5mu"
+    assert os.path.samefile(final, tmp_path / "kept" / "cohort.h5mu")  # one file, two names
+
+    # a run that stops before the end keeps its checkpoints, for --resume
+    def crash(state: pipeline.RunState) -> list[Path]:
+        raise RuntimeError("simulated crash")
+
+    stages = _cohort_stages()
+    monkeypatch.setattr(
+        pipeline, "STAGES", (*stages[:2], pipeline.Stage("count", "", crash), stages[3])
+    )
+    with pytest.raises(RuntimeError):
+        pipeline.run_pipeline(config, out)
+    assert [p.name for p in (out / "checkpoints").glob("*.h5mu")] == ["02_decorate.h5mu"]
+    monkeypatch.setattr(pipeline, "STAGES", stages)
+    resumed = pipeline.run_pipeline(config, out, resume=True)
+    assert [s["resumed"] for s in resumed["stages"]] == [True, True, False, False]
+    assert not list((out / "checkpoints").glob("*.h5mu"))
+
+
+def test_read_h5mu_gives_back_the_final_object(
+    cohort_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
+    from sccohort import read_h5mu
+
+    held: dict = {}
+    monkeypatch.setattr(pipeline, "STAGES", _cohort_stages(held))
+    pipeline.run_pipeline(load_config(cohort_dir / "sccohort.toml"), tmp_path / "out")
+    memory = held["mdata"]
+    capfd.readouterr()
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        back = read_h5mu(tmp_path / "out" / "cohort.h5mu")
+    assert not caught and capfd.readouterr() == ("", "")  # reading prints nothing
+
+    assert list(back.mod) == list(memory.mod)
+    _assert_same_frame(back.obs, memory.obs)
+    assert set(back.obsm) == set(memory.obsm)
+    for key in memory.obsm:
+        np.testing.assert_array_equal(np.asarray(back.obsm[key]), np.asarray(memory.obsm[key]))
+    for name, adata in memory.mod.items():
+        again = back.mod[name]
+        for layer in (None, "counts"):
+            mine = adata.X if layer is None else adata.layers[layer]
+            theirs = again.X if layer is None else again.layers[layer]
+            assert theirs.dtype == mine.dtype, (name, layer)
+            mine, theirs = (m.toarray() if sp.issparse(m) else m for m in (mine, theirs))
+            np.testing.assert_array_equal(theirs, mine)  # bit for bit: no tolerance
+        _assert_same_frame(again.obs, adata.obs)
+        assert set(again.obsm) == set(adata.obsm)
+        np.testing.assert_array_equal(again.obsm["X_test"], adata.obsm["X_test"])
+    assert "left_out" not in back.uns and "left_out" not in memory.uns
+    plain = mudata.read_h5mu(tmp_path / "out" / "cohort.h5mu")  # the file holds each value once
+    assert plain.mod["rna"].X is None and "X_test" not in plain.mod["rna"].obsm
+    assert "sample_id" not in plain.mod["rna"].obs and plain.uns["left_out"]["rna"]["obs"]
+
+
+def _assert_same_frame(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Same index, columns and values (categorical and object columns compare as values)."""
+    assert list(a.index) == list(b.index) and list(a.columns) == list(b.columns)
+    for column in b.columns:
+        mine = pd.Series(a[column].astype(object).to_numpy())
+        theirs = pd.Series(b[column].astype(object).to_numpy())
+        assert mine.equals(theirs), column
+
+
+def _noisy(state: pipeline.RunState) -> list[Path]:
+    """Warns as a run does: ours twice, a library's notices, numpy, a log record."""
+    import logging
+    import warnings
+
+    from sccohort.pp.qc import QCWarning
+
+    for _ in range(2):
+        warnings.warn("sample 'S_D1': a note for the user", QCWarning, stacklevel=1)
+    # a plain UserWarning raised by code of the package counts as sccohort's own
+    package_file = str(Path(pipeline.__file__).parent / "stages" / "cells.py")
+    warnings.warn_explicit("a plain note of the package", UserWarning, package_file, 1)
+    warnings.warn("From 0.4 .update() will not pull", FutureWarning, stacklevel=1)
+    warnings.warn("var_names are not unique", UserWarning, stacklevel=1)  # not from sccohort
+    float(np.mean(np.array([])))  # numpy: Mean of empty slice
+    logging.getLogger("somelib").warning("a library's log record")
+    return _count_cells(state)
+
+
+def test_warnings_are_recorded_and_only_ours_raised_again(
+    cohort_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import warnings
+
+    noisy = pipeline.Stage("count", "Counting cells", _noisy)
+    monkeypatch.setattr(pipeline, "STAGES", (pipeline.STAGES[0], noisy))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        record = pipeline.run_pipeline(load_config(cohort_dir / "sccohort.toml"), tmp_path / "o")
+    raised = [str(w.message) for w in caught]
+    assert raised.count("sample 'S_D1': a note for the user") == 1
+    assert raised.count("a plain note of the package") == 1
+    assert not [m for m in raised if "empty slice" in m or "not unique" in m or "0.4" in m]
+    logged = {(w["stage"], w["category"], w["message"]) for w in record["warnings"]}
+    assert {
+        ("count", "sccohort.pp.qc.QCWarning", "sample 'S_D1': a note for the user"),
+        ("count", "builtins.RuntimeWarning", "Mean of empty slice"),
+        ("count", "builtins.FutureWarning", "From 0.4 .update() will not pull"),
+        ("count", "builtins.UserWarning", "var_names are not unique"),
+        ("count", "logging.WARNING", "a library's log record"),
+    } <= logged
+    saved = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert saved["warnings"] == record["warnings"]
+    assert all(set(w) >= {"stage", "category", "message", "source"} for w in saved["warnings"])
+
+
+def test_is_own_warning() -> None:
+    from sccohort.errors import SccohortWarning, is_own_warning
+    from sccohort.pp.qc import QCWarning
+
+    inside = str(Path(pipeline.__file__))
+    assert is_own_warning(QCWarning, "/anywhere/else.py")
+    assert issubclass(QCWarning, SccohortWarning) and issubclass(SccohortWarning, UserWarning)
+    assert is_own_warning(UserWarning, inside)
+    assert not is_own_warning(UserWarning, "/site-packages/mudata/_core/mudata.py")
+    assert not is_own_warning(FutureWarning, inside)  # a library's notice raised at our line
+    assert not is_own_warning(RuntimeWarning, inside)
+
+
+def test_cli_console_shows_only_sccohort_messages(
+    cohort_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    noisy = pipeline.Stage("count", "Counting cells", _noisy)
+    monkeypatch.setattr(pipeline, "STAGES", (pipeline.STAGES[0], noisy))
+    result = CliRunner().invoke(
+        app, ["run", str(cohort_dir / "sccohort.toml"), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 0, result.output
+    console = result.stderr
+    assert console.count("warning: sample 'S_D1': a note for the user") == 1
+    assert console.count("warning: a plain note of the package") == 1
+    assert "Warning:" not in console and "Traceback" not in console
+    for noise in ("empty slice", "not unique", "0.4", "log record"):
+        assert noise not in console, noise
+    record = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert "Mean of empty slice" in {w["message"] for w in record["warnings"]}
+
+
+def test_cli_unexpected_error_is_one_line_and_run_json_has_the_traceback(
+    cohort_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(state: pipeline.RunState) -> list[Path]:
+        return {}["no such key"]
+
+    stage = pipeline.Stage("count", "Counting cells", broken)
+    monkeypatch.setattr(pipeline, "STAGES", (pipeline.STAGES[0], stage))
+    out = tmp_path / "o"
+    result = CliRunner().invoke(app, ["run", str(cohort_dir / "sccohort.toml"), "--out", str(out)])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert "stage 'count' failed: KeyError" in errors[0] and "run.json" in result.stderr
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "failed" and record["failed_stage"] == "count"
+    assert record["error"].startswith("KeyError") and "Traceback" in record["traceback"]
 
 
 def test_tree_memory_counts_pages_shared_with_a_forked_child_once() -> None:

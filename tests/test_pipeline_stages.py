@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import warnings
 from pathlib import Path
 
 import mudata
@@ -9,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sccohort import pipeline
+from sccohort import pipeline, read_h5mu
 from sccohort.config import load_config
 from sccohort.tl.metrics import ari, ilisi
 
@@ -38,7 +40,7 @@ def test_qc_tables_and_removed_cells_match_the_truth(run_dir: Path) -> None:
 
 
 def test_cohort_object_carries_the_embedding(run_dir: Path) -> None:
-    cohort = mudata.read_h5mu(run_dir / "out" / "cohort.h5mu")
+    cohort = read_h5mu(run_dir / "out")
     n = cohort.n_obs
     for key, dims in (("X_pca", 30), ("X_harmony", 30), ("X_umap", 2)):
         assert cohort.obsm[key].shape == (n, dims) and np.isfinite(cohort.obsm[key]).all()
@@ -55,6 +57,42 @@ def test_cohort_object_carries_the_embedding(run_dir: Path) -> None:
     assert rna.layers["counts"].dtype.kind in "iu"
     sums = np.expm1(rna.X[:20].toarray()).sum(axis=1)
     assert np.allclose(sums, 1e4, rtol=1e-3)
+    # the copies the file leaves out are back
+    assert np.array_equal(rna.obsm["X_pca"], cohort.obsm["X_pca"])
+    assert np.array_equal(cohort.mod["prot"].obsm["X_pca_prot"], cohort.obsm["X_pca_prot"])
+
+
+def test_a_finished_run_keeps_one_compressed_cohort_file(run_dir: Path) -> None:
+    import h5py
+
+    out = run_dir / "out"
+    assert (out / "cohort.h5mu").is_file()
+    assert not list((out / "checkpoints").glob("*.h5mu"))  # dropped once the run finished
+    with h5py.File(out / "cohort.h5mu") as f:
+        assert f["mod/rna/X"].attrs["encoding-type"] == "null"  # rebuilt from the counts
+        assert f["mod/rna/layers/counts/data"].compression == "gzip"
+        assert f["obsp/wnn_connectivities/data"].compression == "gzip"
+        assert "X_pca" not in f["mod/rna/obsm"] and "X_pca" in f["obsm"]
+    plain = mudata.read_h5mu(out / "cohort.h5mu")
+    assert plain.mod["rna"].X is None
+    note = plain.uns["left_out"]
+    assert "sccohort.read_h5mu" in note["about"]
+    assert "normalize_rna" in note["rna"]["X"]
+    assert not [c for c in plain.obs.columns if ":" in c]  # no modality copies pulled up
+
+
+def test_the_report_header_shows_the_finished_run(run_dir: Path) -> None:
+    import re
+
+    out = run_dir / "out"
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "finished" and record["keep_checkpoints"] is False
+    html = (out / "report.html").read_text()
+    header = html[: html.index("</header>")]
+    assert re.search(r"<dt>status</dt><dd>finished</dd>", header)
+    assert re.search(r"<dt>run finished</dt><dd>\d{4}-", header)
+    assert "running" not in header
+    assert "(status: finished)" in html  # the methods section
 
 
 def test_harmony_mixes_samples_and_wnn_clusters_find_cell_types(run_dir: Path) -> None:
@@ -68,28 +106,45 @@ def test_harmony_mixes_samples_and_wnn_clusters_find_cell_types(run_dir: Path) -
     assert ari(cohort.obs["leiden"].to_numpy(), truth["l2"].to_numpy()) >= 0.8
 
 
-def test_resume_restarts_from_the_last_saved_cohort(run_dir: Path) -> None:
+def test_resume_restarts_from_the_last_saved_cohort(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = run_dir / "out"
     config = load_config(run_dir / "cohort" / "sccohort.toml")
     tables = {p.name: p.read_bytes() for p in (out / "tables").iterdir()}
-    labels = mudata.read_h5mu(out / "cohort.h5mu").obs["leiden"].to_numpy()
+    labels = read_h5mu(out).obs["leiden"].to_numpy()
 
-    with pytest.warns(UserWarning):
-        again = pipeline.run_pipeline(config, out, resume=True)
+    # a finished run resumes from its cohort.h5mu: nothing to do
+    again = pipeline.run_pipeline(config, out, resume=True)
     assert all(stage["resumed"] for stage in again["stages"])
+    assert not list((out / "checkpoints").glob("*.h5mu"))
 
-    # an interrupted run: nothing after the embedding finished
-    embed = [s.name for s in pipeline.STAGES].index("embed")
-    for path in (out / "checkpoints").iterdir():
-        if int(path.name[:2]) > embed + 1:
-            path.unlink()
-    with pytest.warns(UserWarning):
+    # a run killed during the annotation: it restarts after the embedding
+    stages = pipeline.STAGES
+    annotate = [s.name for s in stages].index("annotate")
+
+    def killed(state: pipeline.RunState) -> list[Path]:
+        raise KeyboardInterrupt
+
+    crash = pipeline.Stage("annotate", "Annotating", killed, changes_cohort=True)
+    monkeypatch.setattr(pipeline, "STAGES", (*stages[:annotate], crash, *stages[annotate + 1 :]))
+    with warnings.catch_warnings(), pytest.raises(KeyboardInterrupt):
+        warnings.simplefilter("ignore")  # sccohort's own notes on the small cohort
+        pipeline.run_pipeline(config, out)
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    saved = sorted(p.name for p in (out / "checkpoints").glob("*.h5mu"))
+    assert saved == [f"{annotate:02d}_embed.h5mu"]  # kept: the run did not finish
+
+    monkeypatch.setattr(pipeline, "STAGES", stages)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         resumed = pipeline.run_pipeline(config, out, resume=True)
     assert [s["resumed"] for s in resumed["stages"]] == [True, True] + [False] * (
         len(pipeline.STAGES) - 2
     )
     assert {p.name: p.read_bytes() for p in (out / "tables").iterdir()} == tables
-    assert (mudata.read_h5mu(out / "cohort.h5mu").obs["leiden"].to_numpy() == labels).all()
+    assert (read_h5mu(out).obs["leiden"].to_numpy() == labels).all()
+    assert not list((out / "checkpoints").glob("*.h5mu"))
 
 
 def test_cell_types_are_annotated(run_dir: Path) -> None:

@@ -173,7 +173,8 @@ def test_zero_cells_after_qc_warns_and_row_shows_zero():
 
 def test_sample_without_protein_skips_protein_qc():
     cells = [_cell(1000), _cell(1200)]
-    with pytest.warns(QCWarning, match="sample 'RNAonly': no protein data"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", QCWarning)  # RNA only is usual: a note, no warning
         obs, row = qc_sample(_mdata(cells, sample="RNAonly", prot=None), doublet_method="none")
     assert obs["prot_umis"].isna().all()
     assert "no protein data" in row["notes"]
@@ -471,3 +472,54 @@ def test_doublet_calls_on_real_cells_stay_near_the_expected_rate():
     hashtag_doublet = np.sort(hto, axis=1)[:, -2] / hto.sum(axis=1).clip(1) > 0.2
     precision = (result.called & hashtag_doublet).sum() / result.called.sum()
     assert precision >= 4 * hashtag_doublet.mean()  # >= 4x enrichment over the base rate
+
+
+def _protein_only(prot: np.ndarray, sample: str = "P1") -> md.MuData:
+    ids = [f"{sample}:BC{i}" for i in range(prot.shape[0])]
+    counts = sp.csr_matrix(prot.astype(np.int32))
+    pa = ad.AnnData(counts.astype(np.float32), obs=pd.DataFrame(index=ids))
+    pa.var = protein_var(ANTIBODIES[: prot.shape[1]])
+    pa.layers["counts"] = counts
+    m = md.MuData({"prot": pa})
+    m.obs["sample_id"] = sample
+    return m
+
+
+def test_protein_only_sample_is_judged_by_its_antibodies():
+    rng = np.random.default_rng(0)
+    # T cells (CD3, CD4) and B cells (CD19) on 5 antibodies + an isotype
+    t = rng.poisson([300, 5, 5, 5, 200, 3], size=(200, 6))
+    b = rng.poisson([5, 5, 300, 5, 5, 3], size=(200, 6))
+    doublets = t[:12] + b[:12]  # heterotypic: CD3 and CD19 together
+    empty = rng.poisson([1, 0, 1, 0, 0, 0], size=(6, 6))  # droplets without antibodies
+    prot = np.vstack([t, b, doublets, empty])
+    obs, row = qc_sample(_protein_only(prot), doublet_method="cite")
+    assert obs[["n_umis", "n_genes", "pct_mito"]].isna().all().all()
+    assert "protein-only" in row["notes"] and row["doublet_method"] == "cite"
+    reason = obs["qc_reason"].to_numpy()
+    assert (reason[-6:] == "no_protein").all()
+    called = np.isin(reason[400:412], ["doublet", "large_library"])
+    assert called.mean() >= 0.75  # doublets from antibody space and library size
+    assert np.isin(reason[:400], ["", "doublet", "large_library"]).all()
+    assert (reason[:400] != "").mean() <= 0.06  # singlets kept
+    assert row["removed_red_cell"] == row["removed_low_quality"] == 0
+
+
+def test_large_loss_to_one_reason_warns_with_the_key():
+    cells = [_cell(1000, start=i) for i in range(6)] + [_cell(1000, {"HBB": 500}) for _ in range(6)]
+    with pytest.warns(QCWarning, match=r"sample 'S1': QC removed 6 of 12 .*red_cell.*hb_max_pct"):
+        qc_sample(_mdata(cells), doublet_method="none")
+
+
+def test_min_genes_auto_scales_to_a_targeted_panel():
+    from sccohort.pp.qc import auto_min_genes
+
+    assert auto_min_genes(20_000) == auto_min_genes(10_000) == 100
+    assert auto_min_genes(1_000) == 5 and auto_min_genes(400) == 2
+    # 6,008 genes: a panel, so a cell with 40 genes is not low quality by the floor
+    cells = [_cell(40 + i % 5, start=i) for i in range(30)]
+    obs, row = qc_sample(_mdata(cells), doublet_method="none")
+    assert row["removed_low_quality"] == 0
+    assert "targeted panel of 6008 genes: min_genes 30" in row["notes"]
+    obs, row = qc_sample(_mdata(cells), doublet_method="none", min_genes=100)
+    assert row["removed_low_quality"] == 30

@@ -6,7 +6,6 @@ import warnings
 from pathlib import Path
 
 import anndata as ad
-import mudata
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,6 +13,7 @@ import scanpy as sc
 import scipy.sparse as sp
 from sklearn.metrics import roc_auc_score
 
+from sccohort import read_h5mu
 from sccohort.errors import InputError
 from sccohort.stats.signatures import SIGNATURES, donor_scores, score_cells, signature_sets
 
@@ -148,7 +148,7 @@ def test_signatures_on_the_simulated_cohort(simulated_run: Path) -> None:
     """CD14_EGR1 cells score highest for TNF-alpha/NF-kB, CD8_TEM_T2ISG above CD8_TEM for IFN-g."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # mudata notices
-        mdata = mudata.read_h5mu(simulated_run / "out" / "cohort.h5mu")
+        mdata = read_h5mu(simulated_run / "out" / "cohort.h5mu")
     scores = score_cells(mdata.mod["rna"], signature_sets())
     subset = mdata.obs.loc[scores.index, "subset"].astype(str)
     means = scores.groupby(subset).mean()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import warnings
 
 import anndata as ad
-import mudata as md
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
 from sklearn.metrics import adjusted_rand_score
 
+from sccohort import read_h5mu
 from sccohort.errors import InputError
 from sccohort.pp.store import CompactRows
 from sccohort.tl import subsets as subsets_module
@@ -34,7 +34,7 @@ def run(simulated_run):
     """The run's cohort object, its subsets table and the simulation's true subsets."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        mdata = md.read_h5mu(simulated_run / "out" / "cohort.h5mu")
+        mdata = read_h5mu(simulated_run / "out" / "cohort.h5mu")
     table = subsets(mdata, seed=0)
     truth = pd.read_csv(simulated_run / "cohort" / "truth" / "cells.csv.gz", index_col="cell_id")
     return mdata, table, truth["subset"].reindex(mdata.obs_names)

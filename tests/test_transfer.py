@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sccohort import read_h5mu
 from sccohort.errors import InputError
 from sccohort.io.read import read_samples
 from sccohort.simulate import simulate_cohort
@@ -96,8 +97,6 @@ def test_reference_errors(reference_and_query, tmp_path):
 def _state(simulated_run: Path, tmp_path: Path, annotation: str):
     import warnings
 
-    import mudata as md
-
     from sccohort.cohort import SampleSheet
     from sccohort.config import load_config
     from sccohort.stages import RunState, Silent, check_inputs
@@ -110,7 +109,7 @@ def _state(simulated_run: Path, tmp_path: Path, annotation: str):
     check_inputs(config, samples)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        mdata = md.read_h5mu(simulated_run / "out" / "cohort.h5mu")
+        mdata = read_h5mu(simulated_run / "out" / "cohort.h5mu")
     return RunState(config, tmp_path, samples, None, Silent(), mdata=mdata)
 
 

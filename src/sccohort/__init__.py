@@ -1,7 +1,9 @@
 """sccohort: donor-level associations between immune cell subsets and clinical manifestations.
 
 The main entry points are the ``sccohort`` command and, in Python,
-:func:`sccohort.read_cohort` and :func:`sccohort.simulate.simulate_cohort`.
+:func:`sccohort.read_cohort` (a cohort's count files), :func:`sccohort.read_h5mu` (a run's
+``cohort.h5mu``, with the values it leaves out rebuilt) and
+:func:`sccohort.simulate.simulate_cohort`.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -12,7 +14,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0+unknown"
 
-__all__ = ["__version__", "read_cohort"]
+__all__ = ["__version__", "read_cohort", "read_h5mu"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +23,8 @@ def __getattr__(name: str) -> Any:
         from sccohort.io.read_cohort import read_cohort
 
         return read_cohort
+    if name == "read_h5mu":
+        from sccohort.pipeline import read_h5mu
+
+        return read_h5mu
     raise AttributeError(f"module 'sccohort' has no attribute '{name}'")

@@ -1,15 +1,25 @@
 """The ``sccohort`` command: parse, call the pipeline or the simulator, print.
 
-Input errors (:class:`sccohort.errors.SccohortError`) print one clear message, no
-traceback, and exit with code 2.
+The console shows only sccohort's own messages:
+
+- input errors (:class:`sccohort.errors.SccohortError`) print one clear message, no
+  traceback, and exit with code 2; any other error prints one line (naming the stage of a
+  run that failed and ``run.json``, which holds the traceback) and exits with code 1
+  (``SCCOHORT_DEBUG=1`` shows the traceback);
+- sccohort's own warnings (`sccohort.errors.is_own_warning`) print as one line
+  ``warning: <message>``, each distinct message once; every other warning and log record
+  stays off the console (a run records them in ``run.json``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -20,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sccohort import __version__
-from sccohort.errors import SccohortError
+from sccohort.errors import SccohortError, is_own_warning
 
 app = typer.Typer(
     name="sccohort",
@@ -35,12 +45,74 @@ T = TypeVar("T")
 
 
 def _guard(call: Callable[[], T]) -> T:
-    """Run ``call``; turn input errors into a message and exit code 2."""
-    try:
-        return call()
-    except SccohortError as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
+    """Run ``call`` with only sccohort's messages on the console.
+
+    Input errors print one line and exit with code 2; any other error one line and exit
+    code 1 (re-raised with ``SCCOHORT_DEBUG=1`` set). Warnings: see `_console_warnings`.
+    """
+    with _console_warnings():
+        try:
+            return call()
+        except SccohortError as exc:
+            _error(str(exc))
+            raise typer.Exit(code=2) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get("SCCOHORT_DEBUG"):
+                raise
+            _error(f"unexpected {type(exc).__name__}: {exc}")
+            raise typer.Exit(code=1) from None
+
+
+def _error(text: str) -> None:
+    console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _console_warnings() -> Iterator[None]:
+    """Show sccohort's own warnings as ``warning: <message>`` (each once), drop the rest.
+
+    Log records of level WARNING and above go the same way: those of sccohort's loggers
+    are shown, others (libraries' notices) are not.
+    """
+    shown: set[str] = set()
+
+    def show(text: str) -> None:
+        if text not in shown:
+            shown.add(text)
+            console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        if is_own_warning(category, filename):
+            show(str(message))
+
+    handler = _ConsoleLog(show)
+    root = logging.getLogger()
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show_warning
+        root.addHandler(handler)
+        try:
+            yield
+        finally:
+            root.removeHandler(handler)
+
+
+class _ConsoleLog(logging.Handler):
+    """Shows sccohort's log records of level WARNING and above; keeps others off the console.
+
+    Being a handler of the root logger, it also stops Python from printing records that
+    no handler takes (``logging.lastResort``).
+    """
+
+    def __init__(self, show: Callable[[str], None]) -> None:
+        super().__init__(logging.WARNING)
+        self._show = show
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == "sccohort" or record.name.startswith("sccohort."):
+            self._show(record.getMessage())
 
 
 class RichProgress:
@@ -79,20 +151,34 @@ def _progress_bar() -> Progress:
     )
 
 
-def _run(config_path: Path, out: Path, resume: bool, scheduler: str | None) -> dict[str, Any]:
+def _run(
+    config_path: Path, out: Path, resume: bool, scheduler: str | None, keep_checkpoints: bool
+) -> dict[str, Any]:
     from sccohort.config import load_config
     from sccohort.pipeline import run_pipeline
 
     config = load_config(config_path)
     with _progress_bar() as bar:
-        record = run_pipeline(
-            config,
-            out,
-            resume=resume,
-            progress=RichProgress(bar),
-            scheduler=scheduler,
-            command=sys.argv,
-        )
+        try:
+            record = run_pipeline(
+                config,
+                out,
+                resume=resume,
+                progress=RichProgress(bar),
+                scheduler=scheduler,
+                command=sys.argv,
+                keep_checkpoints=keep_checkpoints,
+            )
+        except SccohortError:
+            raise
+        except KeyboardInterrupt:
+            _error(f"interrupted; {out / 'run.json'} says where, and --resume continues from there")
+            raise typer.Exit(code=130) from None
+        except Exception as exc:
+            if os.environ.get("SCCOHORT_DEBUG"):
+                raise
+            _error(_failure_line(exc, out))
+            raise typer.Exit(code=1) from None
     table = Table(title=escape(f"sccohort run finished: {out}"))
     for column in ("stage", "seconds", "peak RSS (GB)", "from checkpoint"):
         table.add_column(column)
@@ -103,6 +189,26 @@ def _run(config_path: Path, out: Path, resume: bool, scheduler: str | None) -> d
         )  # fmt: skip
     console.print(table)
     return record
+
+
+def _failure_line(exc: Exception, out: Path) -> str:
+    """One line for a run that stopped on an unexpected error: where, what, and run.json."""
+    error = f"{type(exc).__name__}: {exc}"
+    record: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads((out / "run.json").read_text())
+    if record.get("error") != error or not record.get("failed_stage"):  # not this run's record
+        return f"unexpected {error} (SCCOHORT_DEBUG=1 shows the traceback)"
+    return (
+        f"stage '{record['failed_stage']}' failed: {error}. The traceback is in "
+        f"{out / 'run.json'}; --resume starts again after the last finished stage."
+    )
+
+
+KEEP_CHECKPOINTS_HELP = (
+    "Keep each stage's cohort object under OUT/checkpoints after the run has finished "
+    "(default: only cohort.h5mu stays)."
+)
 
 
 @app.command()
@@ -120,19 +226,30 @@ def run(
             "config's [run] scheduler ('auto')."
         ),
     ] = None,
+    keep_checkpoints: Annotated[bool, typer.Option(help=KEEP_CHECKPOINTS_HELP)] = False,
 ) -> None:
     """Run the pipeline on the cohort a config describes; results go to OUT."""
-    _guard(lambda: _run(config, out, resume, scheduler))
+    _guard(lambda: _run(config, out, resume, scheduler, keep_checkpoints))
 
 
 @app.command()
 def validate(config: Annotated[Path, typer.Argument(help="The run's TOML config.")]) -> None:
-    """Check the config, the sample sheet, the clinical table and the contrasts; write nothing."""
+    """Check the config, sample sheet, clinical table, contrasts and count files; write nothing.
+
+    Each sample's count file is probed without reading its counts: format, cells, modalities
+    with their feature counts, how genes are named, and how features were assigned to
+    modalities (feature types, the rule, or the sample sheet's modality column).
+    """
     from sccohort.config import build_designs, load_config, load_inputs
+    from sccohort.io.probe import probe_table
+    from sccohort.stages import check_inputs
+    from sccohort.stats.abundance import attainable_significance, describe_attainable
 
     def check() -> None:
         cfg = load_config(config)
         samples, clinical = load_inputs(cfg)
+        probes = check_inputs(cfg, samples)
+        unreachable: list[str] = []
         table = Table(title=escape(f"{config}: valid"))
         table.add_column("what")
         table.add_column("count / design")
@@ -142,10 +259,34 @@ def validate(config: Annotated[Path, typer.Argument(help="The run's TOML config.
             types = ", ".join(f"{k} ({v})" for k, v in clinical.types.items())
             table.add_row("clinical variables", escape(types))
             for name, design in build_designs(cfg, samples, clinical).items():
-                table.add_row(escape(f"contrast {name}"), escape(design.describe()))
+                reach = attainable_significance(
+                    design, n_perm=cfg.association.n_perm, max_exact=cfg.association.max_exact,
+                    alpha=cfg.characterise.alpha,
+                )  # fmt: skip
+                table.add_row(
+                    escape(f"contrast {name}"),
+                    escape(f"{design.describe()}; smallest p-value {reach['min_pvalue']:.3g}"),
+                )
+                if not reach["reachable"]:
+                    unreachable.append(describe_attainable(reach, cfg.characterise.alpha))
         console.print(table)
+        for text in unreachable:
+            console.print(
+                f"[bold yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True
+            )
+        console.print(_frame_table(probe_table(probes), "count files"))
 
     _guard(check)
+
+
+def _frame_table(frame: Any, title: str) -> Table:
+    """A rich table of a DataFrame's rows (numbers with thousands separators)."""
+    table = Table(title=escape(title))
+    for column in frame.columns:
+        table.add_column(escape(str(column)), overflow="fold")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(escape(f"{v:,}" if isinstance(v, int) else str(v)) for v in row))
+    return table
 
 
 @app.command()
@@ -215,6 +356,7 @@ def demo(
     ),
     cells_per_donor: Annotated[int, typer.Option(help="Cells per sample.")] = 2000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    keep_checkpoints: Annotated[bool, typer.Option(help=KEEP_CHECKPOINTS_HELP)] = False,
 ) -> None:
     """Simulate the reference study's cohort into OUT/input and run the whole pipeline on it.
 
@@ -228,7 +370,7 @@ def demo(
             out / "input", "paper", cells_per_donor, seed, egr1_fold=DEMO_FOLD,
             t2isg_fold=DEMO_FOLD,
         )  # fmt: skip
-        _run(cohort / "sccohort.toml", out, resume=False, scheduler=None)
+        _run(cohort / "sccohort.toml", out, False, None, keep_checkpoints)
         console.print(escape(f"demo finished: results in {out}"))
 
     _guard(go)
@@ -252,6 +394,7 @@ def _main(
 
 def main() -> None:
     """Console entry point."""
-    # mudata 0.3 announces a change of MuData.update() on every update; it does not concern us
-    warnings.filterwarnings("ignore", message=r"From 0\.4 \.update\(\)", category=FutureWarning)
+    # helper processes inherit -W options: after an interrupted run, multiprocessing's
+    # resource tracker would print a library warning about the workers' semaphores
+    sys.warnoptions.append("ignore::UserWarning:multiprocessing.resource_tracker")
     app()

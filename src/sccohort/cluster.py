@@ -15,6 +15,11 @@ that later stages need (the UMAP layout) run beside the main process (`Backgroun
 - ``"auto"`` (the default): ``"local"`` when the machine has several cores and the count
   files hold at least `AUTO_LOCAL_BYTES`, else ``"threads"`` (starting worker processes
   costs a few seconds, more than a small cohort's per-sample work).
+
+The workers of a local cluster share the terminal of the run, so they print nothing: Dask's
+own log records below CRITICAL are dropped, and each worker ignores warnings and log
+records that its task does not collect (`QuietWorker`). Per-sample tasks collect their
+warnings and send them back (``PreparedSample.warnings``), and so does `Background`.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 
 import dask
 from dask.callbacks import Callback
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from sccohort.errors import InputError
 
@@ -132,9 +138,10 @@ def dask_scheduler(scheduler: Any = "local", n_workers: int | None = None) -> It
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
-                silence_logs=logging.ERROR,
+                silence_logs=logging.CRITICAL,  # a failed task is the run's error, not a log
             )
             client = Client(cluster)
+            client.register_plugin(QuietWorker(), name="sccohort-quiet-worker")
         try:
             yield client
         finally:
@@ -154,6 +161,23 @@ def dask_scheduler(scheduler: Any = "local", n_workers: int | None = None) -> It
         yield client
     finally:
         client.close()
+
+
+class QuietWorker(WorkerPlugin):
+    """Keeps a local cluster's worker off the terminal it shares with the run.
+
+    Warnings that a task does not collect are ignored, and log records end at a
+    ``NullHandler`` of the root logger (so neither ``logging.lastResort`` nor an implicit
+    ``basicConfig`` prints them). Runs on every worker, also one started again.
+    """
+
+    def setup(self, worker: Any) -> None:
+        """Silence this worker process."""
+        warnings.simplefilter("ignore")
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        root.addHandler(logging.NullHandler())
 
 
 def describe_scheduler(scheduler: Any) -> dict[str, Any]:
@@ -240,8 +264,12 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _apply(function: Callable[..., Any], args: tuple) -> Any:
-    return function(*args)
+def _apply(function: Callable[..., Any], args: tuple) -> tuple[Any, list[tuple]]:
+    """``function(*args)`` on a worker, with the warnings it raised (to raise them again)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        value = function(*args)
+    return value, [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
 
 
 class Background:
@@ -259,8 +287,11 @@ class Background:
             self._future = scheduler.submit(_apply, function, packed, pure=False)
 
     def result(self) -> Any:
-        """The call's return value (waits for it; re-raises its error)."""
+        """The call's return value (waits for it; re-raises its error and its warnings)."""
         if self._future is not None:
-            return self._future.result()
+            value, caught = self._future.result()
+            for message, category, filename, lineno in caught:
+                warnings.warn_explicit(message, category, filename, lineno)
+            return value
         function, args = self._call
         return function(*args)

@@ -32,7 +32,9 @@ from sccohort.errors import InputError
 
 FORMATS = ("10x_h5", "10x_mtx", "h5ad", "h5mu", "rhapsody_csv")
 SAMPLE_REQUIRED = ("sample_id", "donor_id", "path")
-SAMPLE_OPTIONAL = ("raw_path", "batch", "timepoint", "tissue", "format")
+SAMPLE_OPTIONAL = ("raw_path", "batch", "timepoint", "tissue", "format", "modality")
+#: Values of the sample sheet's ``modality`` column (see `sccohort.io.read.read_sample`).
+MODALITIES = ("rna", "prot")
 DEFAULT_TIMEPOINT = "baseline"
 DEFAULT_TISSUE = "blood"
 VARIABLE_TYPES = ("binary", "categorical", "continuous")
@@ -179,7 +181,9 @@ class SampleSheet:
         (absolute ``Path``), ``raw_path`` (absolute ``Path`` or ``None``), ``batch`` (default:
         the sample id, i.e. one batch per sample), ``timepoint`` (default ``"baseline"``),
         ``tissue`` (default ``"blood"``), ``format`` (one of :data:`FORMATS`, or ``""`` to
-        detect it from the path).
+        detect it from the path), ``modality`` (one of :data:`MODALITIES`, or ``""``: what a
+        count file without feature types holds, or the one modality to read from a file
+        that declares several; see `sccohort.io.read.read_sample`).
     path
         The CSV file it was read from (absolute), or ``None``.
     lines
@@ -208,7 +212,8 @@ class SampleSheet:
         ----------
         path
             CSV with columns ``sample_id, donor_id, path`` and optionally ``raw_path, batch,
-            timepoint, tissue, format``. Relative paths are relative to the CSV's folder.
+            timepoint, tissue, format, modality``. Relative paths are relative to the CSV's
+            folder.
 
         Returns
         -------
@@ -290,6 +295,19 @@ class SampleSheet:
                         **where,
                     )
                 )
+            modality = cell("modality").lower()
+            if modality and modality not in MODALITIES:
+                problems.append(
+                    InputError(
+                        f"unknown modality '{cell('modality')}'",
+                        column="modality",
+                        sample=sid,
+                        hint=f"Use one of {', '.join(MODALITIES)} (what a count file without "
+                        "feature types holds, or the one modality to read from a file with "
+                        "several), or leave it empty to let the file decide",
+                        **where,
+                    )
+                )
             paths: dict[str, Path | None] = {}
             for col in ("path", "raw_path"):
                 value = cell(col)
@@ -357,13 +375,16 @@ class SampleSheet:
                     "timepoint": timepoint,
                     "tissue": tissue,
                     "format": fmt,
+                    "modality": modality,
                     "line": line,
                 }
             )
         raise_all(problems)
         table = pd.DataFrame.from_records(records).set_index("sample_id")
         lines = table.pop("line").astype(int)
-        table = table[["donor_id", "path", "raw_path", "batch", "timepoint", "tissue", "format"]]
+        table = table[
+            ["donor_id", "path", "raw_path", "batch", "timepoint", "tissue", "format", "modality"]
+        ]
         return cls(table, path, lines)
 
     @property

@@ -113,11 +113,13 @@ class QcSection:
 
     ``mode = "study"`` applies the reference study's fixed thresholds (mito < 20 %, < 40 %
     in tissue; 200 < genes < 5,000); ``"adaptive"`` (default) uses per-sample MAD bounds.
+    ``min_genes = "auto"``: 100 genes, scaled down for targeted panels of fewer than 10,000
+    genes (100 x genes / 20,000: 5 for a 1,000-gene panel).
     """
 
     mode: Literal["adaptive", "study"] = "adaptive"
     nmads: float = 5.0
-    min_genes: int = 100
+    min_genes: int | Literal["auto"] = "auto"
     mito_floor_pct: float = 10.0
     mito_ceiling_pct: float = 25.0
     mito_ceiling_tissue_pct: float = 50.0
@@ -149,11 +151,13 @@ class EmbeddingSection:
 
     Defaults follow Seurat's WNN workflow (20 neighbours, 30 RNA PCs) and the study's
     clustering resolution (0.5); ``n_pcs_prot = 0`` means min(antibodies - 1, 30).
-    ``harmony_key`` names the ``obs`` column Harmony corrects (``"sample_id"`` or
-    ``"batch"``; ``""`` switches Harmony off).
+    ``n_top_genes = "auto"``: 2,000 highly variable genes, or every gene of a smaller panel
+    (mitochondrial, ribosomal and haemoglobin genes aside); ``n_pcs`` is capped below the
+    number of HVGs. ``harmony_key`` names the ``obs`` column Harmony corrects
+    (``"sample_id"`` or ``"batch"``; ``""`` switches Harmony off).
     """
 
-    n_top_genes: int = 2000
+    n_top_genes: int | Literal["auto"] = "auto"
     n_pcs: int = 30
     n_pcs_prot: int = 0
     harmony_key: str = "sample_id"
@@ -206,9 +210,10 @@ class AssociationSection:
     ``max_exact``); ``classic`` adds the study's KS + Bonferroni for binary contrasts.
     ``groupings``: variables (``"ARA"``) or crossings (``"ARA*SRC"``) compared across their
     levels with Kruskal-Wallis + Dunn (``dunn_adjust``); donors missing a value are left
-    out. ``neighbourhoods``: Milo-style neighbourhood DA on ``milo_embedding`` with the
-    ``milo_preset`` parameters (``"default"``, or the study's ``"study"`` /
-    ``"study_lineage"``).
+    out. ``neighbourhoods``: Milo-style neighbourhood DA on ``milo_embedding`` (``"auto"``:
+    the embedding the embed stage used, ``X_harmony``, or ``X_harmony_prot`` for a
+    protein-only cohort) with the ``milo_preset`` parameters (``"default"``, or the study's
+    ``"study"`` / ``"study_lineage"``).
     """
 
     levels: list[str] = field(default_factory=lambda: ["l1", "l2", "subset", "subset_in_l1"])
@@ -219,7 +224,7 @@ class AssociationSection:
     dunn_adjust: Literal["bonferroni", "holm"] = "bonferroni"
     neighbourhoods: bool = True
     milo_preset: Literal["default", "study", "study_lineage"] = "default"
-    milo_embedding: str = "X_harmony"
+    milo_embedding: str = "auto"
 
 
 @config_section("characterise")

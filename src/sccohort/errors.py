@@ -1,8 +1,58 @@
-"""Errors that sccohort raises for bad input, with where and how to fix it."""
+"""Errors and warnings that sccohort raises on purpose, with where and how to fix them.
+
+Warnings: every warning meant for the user derives from :class:`SccohortWarning` (a plain
+``UserWarning`` raised by code of the package counts as one too, see `is_own_warning`).
+The ``sccohort`` command prints each as one line ``warning: <message>``; every other
+warning (numpy, pandas, anndata, mudata, dask ...) stays off the console and is recorded in
+``run.json`` under ``"warnings"`` by :func:`sccohort.pipeline.run_pipeline`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+#: The package's folder: a plain ``UserWarning`` raised from a file inside it is ours.
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class SccohortWarning(UserWarning):
+    """Base class of every warning sccohort raises for the user to read.
+
+    Parameters
+    ----------
+    message
+        One sentence: what happened and what it means for the results.
+    details
+        Optional longer text kept in ``run.json`` but not printed (e.g. a traceback).
+    """
+
+    def __init__(self, message: str = "", *, details: str | None = None) -> None:
+        super().__init__(message)
+        self.details = details
+
+    def __reduce__(self) -> tuple:
+        # keep ``details`` when pickled (warnings sent back from Dask workers)
+        return (_rebuild_warning, (type(self), str(self), self.details))
+
+
+def _rebuild_warning(cls: type, message: str, details: str | None) -> SccohortWarning:
+    return cls(message, details=details)
+
+
+def is_own_warning(category: type[Warning], filename: str | None) -> bool:
+    """Whether a warning is sccohort's own, for the console to show.
+
+    It is when its category is a `SccohortWarning`, or a plain ``UserWarning`` raised from
+    a file of the package (``filename`` as :mod:`warnings` reports it).
+    """
+    if issubclass(category, SccohortWarning):
+        return True
+    if category is not UserWarning or not filename:
+        return False
+    try:
+        return Path(filename).resolve().is_relative_to(PACKAGE_DIR)
+    except (OSError, ValueError):
+        return False
 
 
 class SccohortError(Exception):

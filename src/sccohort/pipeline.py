@@ -2,12 +2,19 @@
 
 A run is a list of :class:`Stage` objects executed in order on one :class:`RunState`.
 After each stage the pipeline writes a checkpoint (``checkpoints/<n>_<stage>.json``,
-plus ``checkpoints/<n>_<stage>.h5mu`` when the stage saves the cohort object: without the
-RNA ``.X``, rebuilt from the counts on resume, except the final one) and
-rewrites ``run.json``. ``resume=True`` re-validates the checkpoints (same config and
-inputs, every output file present with its recorded checksum) and starts after the
-last good one. Stage functions are the only code that writes files, and they write
+plus ``checkpoints/<n>_<stage>.h5mu`` when the stage saves the cohort object, see
+`write_cohort`) and rewrites ``run.json``. ``resume=True`` re-validates the checkpoints
+(same config and inputs, every output file present with its recorded checksum) and
+starts after the last good one. Once every stage has finished, the last cohort object
+becomes ``OUT/cohort.h5mu`` and the earlier ones are removed (``keep_checkpoints=True``
+keeps them). Stage functions are the only code that writes files, and they write
 through :mod:`sccohort.io.atomic`, so a crash never leaves a half file that looks whole.
+
+Warnings: each stage runs with every warning recorded in ``run.json`` (``"warnings"``:
+stage, category, message, source); sccohort's own (`sccohort.errors.is_own_warning`) are
+then raised again, each distinct message once, for the caller to show; the rest (numpy,
+pandas, anndata, mudata, dask ...) and log records of level WARNING and above stay in
+``run.json``.
 """
 
 from __future__ import annotations
@@ -15,29 +22,35 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterable
+import traceback
+import warnings
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import psutil
 
 from sccohort.cluster import dask_scheduler, describe_scheduler, resolve_scheduler
 from sccohort.cohort import SampleSheet
 from sccohort.config import Config, load_inputs
-from sccohort.errors import InputError
+from sccohort.errors import InputError, SccohortWarning, is_own_warning
 from sccohort.io.atomic import write_h5mu, write_json
+from sccohort.io.h5 import mudata_options
 from sccohort.pp.store import RNA_STORE_FILE
 from sccohort.stages import STAGES, Progress, RunState, Silent, Stage, check_inputs
 
-__all__ = ["STAGES", "Progress", "RunState", "Stage", "run_pipeline"]
+__all__ = ["STAGES", "Progress", "RunState", "Stage", "read_h5mu", "run_pipeline", "write_cohort"]
 
 #: Files and folders a run owns inside OUT; nothing else there is ever touched.
 OWNED = (
@@ -268,6 +281,7 @@ def run_pipeline(
     progress: Progress | None = None,
     scheduler: Any = None,
     command: Iterable[str] | None = None,
+    keep_checkpoints: bool = False,
 ) -> dict[str, Any]:
     """Run every stage of ``STAGES`` on the cohort that ``config`` describes.
 
@@ -288,43 +302,104 @@ def run_pipeline(
         config's ``[run] scheduler`` (default ``"auto"``).
     command
         The command line, recorded in ``run.json``.
+    keep_checkpoints
+        Keep every stage's cohort object under ``checkpoints/`` after the run has finished
+        (by default only ``cohort.h5mu`` stays, and a resumed run starts after the last
+        stage that saved the cohort).
 
     Returns
     -------
-    The ``run.json`` record (also written to ``OUT/run.json``).
+    The ``run.json`` record (also written to ``OUT/run.json``). ``"warnings"`` lists every
+    warning and log record (WARNING or above) raised during the run; sccohort's own
+    warnings are also raised again (`sccohort.errors.is_own_warning`), the others are not.
 
     Raises
     ------
     InputError
         For any problem with the config or the inputs, before anything is written.
+    Exception
+        A stage's error, after ``run.json`` recorded it (``status`` ``"failed"``,
+        ``failed_stage``, ``error`` and ``traceback``).
     """
     out = Path(out).resolve()
     progress = progress or Silent()
-    samples, clinical = load_inputs(config)  # validates everything before writing anything
-    check_inputs(config, samples)
-    checksums = input_checksums(config, samples)
+    log = WarningLog()
+    with log.capture("inputs"):
+        samples, clinical = load_inputs(config)  # validates everything before writing anything
+        check_inputs(config, samples)
+        checksums = input_checksums(config, samples)
     fingerprint = _fingerprint(config, checksums)
     _prepare_out(out, resume)
-
     good = _resumable_checkpoints(out, fingerprint) if resume else []
-    if resume and (out / "checkpoints").is_dir():
-        # drop checkpoints after the last good one so they can never be trusted later
-        keep = {f"{_checkpoint_name(i, s)}" for i, s in enumerate(STAGES[: len(good)])}
-        for path in (out / "checkpoints").iterdir():
-            if path.name.split(".")[0] not in keep:
-                path.unlink()
+    if resume:
+        _drop_checkpoints_after(out, len(good))
 
     state = RunState(config, out, samples, clinical, progress, scheduler=scheduler)
     cohort_checkpoint = next((r["cohort"] for r in reversed(good) if r.get("cohort")), None)
     if cohort_checkpoint is not None:
-        state.mdata = read_cohort(out / cohort_checkpoint)
+        state.mdata = read_h5mu(out / cohort_checkpoint)
+    if good:
+        state.resolved.update(good[-1].get("resolved", {}))
+        state.skipped.extend(good[-1].get("skipped", []))
+    record = _new_record(config, fingerprint, checksums, command, keep_checkpoints)
+    record["warnings"] = log.records
+    # settings resolved from the data (a panel's HVGs) and analyses the data did not allow
+    record["resolved"], record["skipped"] = state.resolved, state.skipped
+    if scheduler is None:
+        input_bytes = sum(Path(f).stat().st_size for f in checksums)
+        scheduler = resolve_scheduler(config.run.scheduler, input_bytes)
+    with contextlib.ExitStack() as cluster:
+        phase = "scheduler"  # where the run is, for run.json if it stops there
+        try:
+            with log.capture(phase):
+                state.scheduler = cluster.enter_context(dask_scheduler(scheduler))
+                record["scheduler"] = describe_scheduler(state.scheduler)
+            for index, stage in enumerate(STAGES):
+                progress.stage_started(stage.name, stage.description, index + 1, len(STAGES))
+                if index < len(good):
+                    record["stages"].append({**good[index]["timing"], "resumed": True})
+                    progress.stage_finished(stage.name, 0.0, resumed=True)
+                    continue
+                phase = stage.name
+                write_json(record, out / "run.json")
+                with log.capture(phase):
+                    timing = _run_stage(state, index, stage, fingerprint)
+                record["stages"].append({**timing, "resumed": False})
+                progress.stage_finished(stage.name, timing["wall_s"], resumed=False)
+            phase = "finish"
+            with log.capture(phase):
+                _finish_checkpoints(out, keep=keep_checkpoints)
+                cluster.close()
+        except BaseException as exc:
+            _record_failure(record, exc, phase)
+            write_json(record, out / "run.json")
+            with log.capture("shutdown"):
+                cluster.close()
+            raise
+    record.update(status="finished", finished=_now())
+    write_json(record, out / "run.json")
+    return record
 
-    record: dict[str, Any] = {
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _new_record(
+    config: Config,
+    fingerprint: str,
+    checksums: dict[str, str],
+    command: Iterable[str] | None,
+    keep_checkpoints: bool,
+) -> dict[str, Any]:
+    """The ``run.json`` record of a run that starts now (``status`` ``"running"``)."""
+    return {
         "sccohort_run": 1,
         "status": "running",
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "started": _now(),
         "finished": None,
         "command": list(command) if command is not None else None,
+        "keep_checkpoints": keep_checkpoints,
         "config": config.to_dict(),
         "seeds": {"run": config.seed},
         "fingerprint": fingerprint,
@@ -337,41 +412,161 @@ def run_pipeline(
         "inputs": checksums,
         "stages": [],
     }
-    if scheduler is None:
-        input_bytes = sum(Path(f).stat().st_size for f in checksums)
-        scheduler = resolve_scheduler(config.run.scheduler, input_bytes)
-    with dask_scheduler(scheduler) as state.scheduler:
-        record["scheduler"] = describe_scheduler(state.scheduler)
-        for index, stage in enumerate(STAGES):
-            progress.stage_started(stage.name, stage.description, index + 1, len(STAGES))
-            if index < len(good):
-                record["stages"].append({**good[index]["timing"], "resumed": True})
-                progress.stage_finished(stage.name, 0.0, resumed=True)
-                continue
-            write_json(record, out / "run.json")
-            start = time.perf_counter()
-            try:
-                with PeakMemory() as memory:
-                    written = stage.run(state)
-            except Exception as exc:
-                record.update(
-                    status="failed", failed_stage=stage.name, error=f"{type(exc).__name__}: {exc}"
-                )
-                write_json(record, out / "run.json")
-                raise
-            timing = {
-                "stage": stage.name,
-                "wall_s": round(time.perf_counter() - start, 3),
-                "peak_rss_gb": round(memory.peak_gb, 3),
-            }
-            _write_checkpoint(state, index, stage, written, fingerprint, timing)
-            record["stages"].append({**timing, "resumed": False})
-            progress.stage_finished(stage.name, timing["wall_s"], resumed=False)
 
-    _publish_cohort(out)
-    record.update(status="finished", finished=datetime.now(UTC).isoformat(timespec="seconds"))
-    write_json(record, out / "run.json")
-    return record
+
+def _run_stage(state: RunState, index: int, stage: Stage, fingerprint: str) -> dict[str, Any]:
+    """Run one stage and write its checkpoint; returns its timing."""
+    start = time.perf_counter()
+    with PeakMemory() as memory:
+        written = stage.run(state)
+    timing = {
+        "stage": stage.name,
+        "wall_s": round(time.perf_counter() - start, 3),
+        "peak_rss_gb": round(memory.peak_gb, 3),
+    }
+    _write_checkpoint(state, index, stage, written, fingerprint, timing)
+    return timing
+
+
+def _record_failure(record: dict[str, Any], exc: BaseException, stage: str) -> None:
+    """Note in ``record`` where and how the run stopped, with the traceback."""
+    record.update(
+        status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+        failed_stage=stage,
+        error=f"{type(exc).__name__}: {exc}",
+        traceback="".join(traceback.format_exception(exc)),
+    )
+
+
+def _drop_checkpoints_after(out: Path, n_good: int) -> None:
+    """Remove the checkpoints of stages after the first ``n_good``: never trusted later."""
+    folder = out / "checkpoints"
+    if not folder.is_dir():
+        return
+    keep = {_checkpoint_name(i, s) for i, s in enumerate(STAGES[:n_good])}
+    for path in folder.iterdir():
+        if path.name.split(".")[0] not in keep:
+            path.unlink()
+
+
+#: Distinct warnings recorded per stage in ``run.json``; further ones are counted.
+MAX_WARNINGS = 200
+
+
+class WarningLog:
+    """The warnings of a run, recorded stage by stage; sccohort's own raised again once.
+
+    ``records`` holds one dict per distinct warning (``stage``, ``category``, ``message``,
+    ``source``, and ``details`` when a `SccohortWarning` carries them), in the order seen.
+    Log records of level WARNING and above that reach the root logger are recorded the
+    same way (``category`` ``"logging.WARNING"`` ..., ``source`` the logger's name).
+    """
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self._seen: set[tuple[str, str, str, str]] = set()
+        self._raised: set[tuple[type, str]] = set()
+
+    @contextlib.contextmanager
+    def capture(self, stage: str) -> Iterator[None]:
+        """Record every warning and log record raised inside the block under ``stage``.
+
+        Sccohort's own warnings are raised again after the block (each distinct message
+        once per run), with the file and line they came from.
+        """
+        caught: list[warnings.WarningMessage] = []
+        logs = _LogRecords()
+        root = logging.getLogger()
+        failed = True
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("default")  # every warning, once per place
+                root.addHandler(logs)
+                try:
+                    yield
+                finally:
+                    root.removeHandler(logs)
+            failed = False
+        finally:
+            own = [*self._add_warnings(stage, caught), *self._add_logs(stage, logs.records)]
+            with contextlib.suppress(Warning) if failed else contextlib.nullcontext():
+                self._raise_again(own)
+
+    def _add(self, entry: dict[str, Any]) -> None:
+        key = (entry["stage"], entry["category"], entry["message"], entry["source"])
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        stage = [r for r in self.records if r["stage"] == entry["stage"]]
+        if len(stage) < MAX_WARNINGS:
+            self.records.append(entry)
+        elif len(stage) == MAX_WARNINGS:
+            self.records.append({**entry, "message": "(further warnings not listed)"})
+
+    def _add_warnings(
+        self, stage: str, caught: list[warnings.WarningMessage]
+    ) -> list[warnings.WarningMessage]:
+        own = []
+        for item in caught:
+            category = item.category
+            entry = {
+                "stage": stage,
+                "category": f"{category.__module__}.{category.__qualname__}",
+                "message": str(item.message),
+                "source": f"{item.filename}:{item.lineno}",
+            }
+            details = getattr(item.message, "details", None)
+            if details:
+                entry["details"] = details
+            self._add(entry)
+            if is_own_warning(category, item.filename):
+                own.append(item)
+        return own
+
+    def _add_logs(self, stage: str, records: list[logging.LogRecord]) -> list[Any]:
+        own = []
+        for rec in records:
+            details = _LogRecords.details(rec)
+            entry = {
+                "stage": stage,
+                "category": f"logging.{rec.levelname}",
+                "message": rec.getMessage(),
+                "source": rec.name,
+            }
+            if details:
+                entry["details"] = details
+            self._add(entry)
+            if rec.name == "sccohort" or rec.name.startswith("sccohort."):
+                message = SccohortWarning(entry["message"], details=details)
+                own.append(warnings.WarningMessage(message, SccohortWarning, rec.pathname,
+                                                   rec.lineno))  # fmt: skip
+        return own
+
+    def _raise_again(self, own: list[warnings.WarningMessage]) -> None:
+        for item in own:
+            key = (item.category, str(item.message))
+            if key in self._raised:
+                continue
+            self._raised.add(key)
+            warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
+
+
+class _LogRecords(logging.Handler):
+    """Keeps the log records of level WARNING and above that reach it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    @staticmethod
+    def details(record: logging.LogRecord) -> str | None:
+        """The record's traceback, if it has one."""
+        if record.exc_info:
+            return "".join(traceback.format_exception(*record.exc_info))
+        return record.exc_text or None
 
 
 def _write_checkpoint(
@@ -390,6 +585,10 @@ def _write_checkpoint(
         "timing": timing,
         "outputs": {str(p.relative_to(out)): sha256_file(p) for p in written},
         "cohort": None,
+        # what the stages so far resolved from the data and could not run: a resumed run
+        # starts from them
+        "resolved": state.resolved,
+        "skipped": state.skipped,
     }
     last_change = max(i for i, s in enumerate(STAGES) if s.changes_cohort)
     if stage.saves_cohort or index == last_change:  # the final object is always saved
@@ -399,54 +598,285 @@ def _write_checkpoint(
     write_json(entry, out / "checkpoints" / f"{name}.json")
 
 
-def write_cohort(mdata: Any, path: Path, *, final: bool) -> None:
-    """Write the cohort object (``.h5mu``) atomically.
+def _finish_checkpoints(out: Path, *, keep: bool) -> None:
+    """Publish the last cohort object as ``OUT/cohort.h5mu``; unless ``keep``, drop the rest.
 
-    A checkpoint that is not ``final`` leaves out the log-normalised RNA ``.X`` (half the
-    file: 3 of 6 GB at 230,000 cells), which `read_cohort` rebuilds bit for bit from
-    ``layers["counts"]``; the final object, published as ``cohort.h5mu``, keeps it.
+    Without ``keep`` the last checkpoint's record is pointed at ``cohort.h5mu`` (so a
+    resumed run still starts after it), earlier ones lose their cohort, and every
+    ``checkpoints/*.h5mu`` is removed. Each step leaves records that name existing files.
     """
-    rna = mdata.mod.get("rna")
-    rebuild = not final and rna is not None and _rebuildable(rna)
-    x = rna.X if rebuild else None
-    if rebuild:
-        rna.X = None
-    try:
-        write_h5mu(mdata, path)
-    finally:
-        if rebuild:
-            rna.X = x
-
-
-def read_cohort(path: Path) -> Any:
-    """Read a cohort checkpoint (``.h5mu``), rebuilding the RNA ``.X`` a checkpoint left out."""
-    import mudata
-
-    from sccohort.pp.normalize import normalize_rna
-
-    mdata = mudata.read_h5mu(path)
-    rna = mdata.mod.get("rna")
-    if rna is not None and rna.X is None and _rebuildable(rna):
-        normalize_rna(rna, target_sum=rna.uns["normalize_rna"]["target_sum"])
-    return mdata
-
-
-def _rebuildable(rna: Any) -> bool:
-    params = rna.uns.get("normalize_rna", {})
-    return params.get("method") == "log1p" and "counts" in rna.layers
-
-
-def _publish_cohort(out: Path) -> None:
-    """Make the newest cohort checkpoint available as ``OUT/cohort.h5mu`` (hard link or copy)."""
-    latest = sorted((out / "checkpoints").glob("*.h5mu"))
-    if not latest:
+    records = _checkpoint_records(out)
+    saved = [(path, r) for path, r in records if r.get("cohort")]
+    if not saved:
         return
-    target = out / "cohort.h5mu"
-    tmp = out / ".cohort.h5mu.tmp"
+    last_path, last = saved[-1]
+    if last["cohort"] != COHORT_FILE:
+        _publish(out / last["cohort"], out / COHORT_FILE)
+    if keep:
+        return
+    if last["cohort"] != COHORT_FILE:
+        write_json({**last, "cohort": COHORT_FILE}, last_path)
+    for path, entry in saved[:-1]:
+        write_json({**entry, "cohort": None, "cohort_sha256": None}, path)
+    for path in (out / "checkpoints").glob("*.h5mu"):
+        path.unlink()
+
+
+def _checkpoint_records(out: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """``(path, record)`` of this run's checkpoints, in stage order."""
+    found = []
+    for index, stage in enumerate(STAGES):
+        path = out / "checkpoints" / f"{_checkpoint_name(index, stage)}.json"
+        if path.is_file():
+            found.append((path, json.loads(path.read_text())))
+    return found
+
+
+def _publish(source: Path, target: Path) -> None:
+    """Make ``source`` available as ``target`` (a hard link, else a copy), atomically."""
+    tmp = target.with_name(f".{target.name}.tmp")
     if tmp.exists():
         tmp.unlink()
     try:
-        os.link(latest[-1], tmp)
+        os.link(source, tmp)
     except OSError:
-        shutil.copy2(latest[-1], tmp)
+        shutil.copy2(source, tmp)
     os.replace(tmp, target)
+
+
+#: The final cohort object inside OUT.
+COHORT_FILE = "cohort.h5mu"
+#: ``uns`` key of a written cohort listing what it leaves out and how to rebuild it.
+LEFT_OUT_KEY = "left_out"
+#: Rows of the RNA checked before its ``.X`` is left out as rebuildable.
+CHECK_ROWS = 500
+#: mudata's ``pull_on_update`` while a cohort is written or read: its default (None), set
+#: explicitly because the option is global to the process. With ``False`` (mudata 0.4's
+#: default) reading retypes ``obs`` columns (an all-NaN float column becomes ``Int64``).
+MUDATA_PULL = None
+
+
+def write_cohort(mdata: Any, path: Path, *, final: bool) -> None:
+    """Write the cohort object (``.h5mu``) atomically, compressed, each value once.
+
+    Left out, and listed in ``uns["left_out"]`` with how to rebuild them (`read_h5mu`
+    does): the RNA ``.X`` when it is ``log1p`` of ``layers["counts"]``
+    (`sccohort.pp.normalize.normalize_rna`; half the file: 3 of 6 GB at 230,000 cells), another
+    modality's ``.X`` that is its counts as float32 (hashtags), and a modality's ``obsm``
+    arrays and ``obs`` columns that repeat the MuData's own. The object in memory is
+    left as it was.
+
+    Parameters
+    ----------
+    mdata
+        The cohort.
+    path
+        The ``.h5mu`` file.
+    final
+        The run's last cohort object (``cohort.h5mu``): gzip, which every HDF5 reader has;
+        otherwise a checkpoint that only a resumed run reads: lzf (about half the time).
+    """
+    with _left_out(mdata), mudata_options(pull_on_update=MUDATA_PULL):
+        write_h5mu(mdata, path, compression="gzip" if final else "lzf")
+
+
+def read_h5mu(path: str | Path) -> Any:
+    """Read a cohort object that a run wrote (``cohort.h5mu`` or a checkpoint).
+
+    ``mudata.read_h5mu`` reads the same file; this also rebuilds what the file leaves out
+    as derived from other values (listed in its ``uns["left_out"]``, see `write_cohort`),
+    bit for bit: the log-normalised RNA ``.X`` and the copies of the MuData's ``obsm`` and
+    ``obs`` in the modalities. It prints nothing.
+
+    Parameters
+    ----------
+    path
+        The ``.h5mu`` file, or a run's output folder (its ``cohort.h5mu``).
+
+    Returns
+    -------
+    mudata.MuData
+        The cohort as the run held it in memory.
+    """
+    import mudata
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / COHORT_FILE
+    with warnings.catch_warnings(), mudata_options(pull_on_update=MUDATA_PULL):
+        warnings.simplefilter("ignore")  # mudata's notices of its coming defaults
+        mdata = mudata.read_h5mu(path)
+    _restore_left_out(mdata)
+    return mdata
+
+
+@contextlib.contextmanager
+def _left_out(mdata: Any) -> Iterator[None]:
+    """Take the derived values out of ``mdata`` (noted in ``uns``) and put them back after."""
+    taken: list[tuple[Any, str, str, Any]] = []  # (container, kind, key, value)
+    note: dict[str, Any] = {}
+    orders: dict[str, list[str]] = {}
+    for name, adata in mdata.mod.items():
+        entry: dict[str, Any] = {}
+        how = _x_recipe(name, adata)
+        if how is not None:
+            taken.append((adata, "X", "X", adata.X))
+            entry["X"] = how
+        same_obsm = _repeated_obsm(mdata, adata)
+        for key in same_obsm:
+            taken.append((adata.obsm, "map", key, adata.obsm[key]))
+        if same_obsm:
+            entry["obsm"] = same_obsm
+        same_obs = _repeated_obs(mdata, adata)
+        if same_obs:
+            orders[name] = list(adata.obs.columns)
+            entry["obs"] = same_obs
+            entry["obs_order"] = orders[name]
+        if entry:
+            note[name] = entry
+    if not note:
+        yield
+        return
+    for container, kind, key, _ in taken:
+        if kind == "X":
+            container.X = None
+        else:
+            del container[key]
+    frames = {name: mdata.mod[name].obs for name in orders}
+    for name in orders:
+        adata = mdata.mod[name]
+        adata.obs = adata.obs.drop(columns=note[name]["obs"])
+    mdata.uns[LEFT_OUT_KEY] = {"about": LEFT_OUT_ABOUT, **note}
+    try:
+        yield
+    finally:
+        del mdata.uns[LEFT_OUT_KEY]
+        for name, frame in frames.items():
+            mdata.mod[name].obs = frame
+        for container, kind, key, value in taken:
+            if kind == "X":
+                container.X = value
+            else:
+                container[key] = value
+
+
+LEFT_OUT_ABOUT = (
+    "This file leaves out values that repeat others or are computed from them; "
+    "sccohort.read_h5mu(path) puts them back. With mudata.read_h5mu, per modality: 'X' says "
+    "how to rebuild its .X from its layers['counts']; 'obsm' lists arrays equal to the "
+    "MuData's obsm of the same name; 'obs' lists columns equal to the MuData's obs columns "
+    "of the same name (for the modality's cells), 'obs_order' the modality's column order."
+)
+
+
+def _x_recipe(name: str, adata: Any) -> str | None:
+    """How ``adata.X`` is rebuilt from ``layers["counts"]``, or None if it is not derived."""
+    counts = adata.layers.get("counts") if adata.X is not None else None
+    if counts is None:
+        return None
+    params = adata.uns.get("normalize_rna", {})
+    if name == "rna" and params.get("method") == "log1p" and _is_log1p_of(adata, counts):
+        target = float(params["target_sum"])
+        return (
+            f"log1p(counts / the cell's total count * {target!r}) as float32 CSR: "
+            f"sccohort.pp.normalize.normalize_rna(mdata['{name}'], target_sum={target!r})"
+        )
+    if _is_float32_of(adata.X, counts):
+        return "layers['counts'] as float32 CSR"
+    return None
+
+
+def _is_log1p_of(adata: Any, counts: Any) -> bool:
+    """Whether ``.X`` is `normalize_rna`'s log1p of ``counts`` (checked on spread rows)."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from sccohort.pp.normalize import normalize_rna
+
+    x = adata.X
+    if not (sp.issparse(x) and sp.issparse(counts)) or x.shape != counts.shape:
+        return False
+    rows = np.unique(np.linspace(0, x.shape[0] - 1, min(CHECK_ROWS, x.shape[0])).astype(int))
+    part = ad.AnnData(X=sp.csr_matrix(counts[rows]))
+    normalize_rna(part, target_sum=float(adata.uns["normalize_rna"]["target_sum"]), layer=None)
+    return _same_csr(sp.csr_matrix(x[rows]), part.X) and x.dtype == np.float32
+
+
+def _is_float32_of(x: Any, counts: Any) -> bool:
+    import scipy.sparse as sp
+
+    if not (sp.issparse(x) and sp.issparse(counts)) or x.shape != counts.shape:
+        return False
+    return x.dtype == np.float32 and _same_csr(sp.csr_matrix(x), sp.csr_matrix(counts))
+
+
+def _same_csr(a: Any, b: Any) -> bool:
+    """Same stored entries (positions and values, compared as float32), bit for bit."""
+    return (
+        a.nnz == b.nnz
+        and np.array_equal(a.indptr, b.indptr)
+        and np.array_equal(a.indices, b.indices)
+        and np.array_equal(
+            a.data.astype(np.float32).view(np.uint32), b.data.astype(np.float32).view(np.uint32)
+        )
+    )
+
+
+def _repeated_obsm(mdata: Any, adata: Any) -> list[str]:
+    """Keys of ``adata.obsm`` equal to the MuData's ``obsm`` of the same name."""
+    if not adata.obs_names.equals(mdata.obs_names):
+        return []
+    return [
+        key
+        for key, value in adata.obsm.items()
+        if key in mdata.obsm and _same_array(value, mdata.obsm[key])
+    ]
+
+
+def _same_array(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+        return False
+    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
+
+
+def _repeated_obs(mdata: Any, adata: Any) -> list[str]:
+    """Columns of ``adata.obs`` equal to the MuData's ``obs`` column of the same name."""
+    same = []
+    for column in adata.obs.columns:
+        if column not in mdata.obs.columns:
+            continue
+        mine = adata.obs[column].astype(object).to_numpy()
+        theirs = mdata.obs[column].reindex(adata.obs_names).astype(object).to_numpy()
+        if pd.Series(mine).equals(pd.Series(theirs)):
+            same.append(column)
+    return same
+
+
+def _restore_left_out(mdata: Any) -> None:
+    """Put back what `write_cohort` left out (``uns["left_out"]``), then drop the note."""
+    import scipy.sparse as sp
+
+    from sccohort.pp.normalize import normalize_rna
+
+    note = mdata.uns.pop(LEFT_OUT_KEY, None) or {}
+    for name, entry in note.items():
+        if name not in mdata.mod or not isinstance(entry, dict):
+            continue
+        adata = mdata.mod[name]
+        if "X" in entry:
+            if str(entry["X"]).startswith("log1p"):
+                target = float(adata.uns["normalize_rna"]["target_sum"])
+                normalize_rna(adata, target_sum=target)
+            else:
+                adata.X = sp.csr_matrix(adata.layers["counts"], dtype=np.float32)
+        for key in entry.get("obsm", []):
+            adata.obsm[key] = mdata.obsm[key]
+        columns = list(entry.get("obs", []))
+        if columns:
+            obs = adata.obs.copy()
+            for column in columns:
+                obs[column] = mdata.obs[column].reindex(adata.obs_names)
+            order = [c for c in entry.get("obs_order", []) if c in obs.columns]
+            adata.obs = obs[order + [c for c in obs.columns if c not in order]]

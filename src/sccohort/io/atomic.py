@@ -53,8 +53,34 @@ def write_json(obj: Any, path: str | Path) -> Path:
     return Path(path)
 
 
-def write_h5mu(mdata: Any, path: str | Path) -> Path:
-    """Write a MuData to ``.h5mu`` atomically; returns ``path``."""
+#: h5py filters of `write_h5mu`: ``"gzip"`` (level `GZIP_LEVEL`: every HDF5 reader has it,
+#: R and Julia included) and ``"lzf"`` (h5py only, about twice as fast). The demo's cohort
+#: without its log-normalised RNA (52,877 cells x 19,409 genes): 841 MB uncompressed
+#: (0.7 s to write), lzf 494 MB (5.3 s), gzip level 1 306 MB (10.3 s), level 4 306 MB (14.0 s).
+COMPRESSIONS = ("gzip", "lzf")
+GZIP_LEVEL = 1
+
+
+def write_h5mu(mdata: Any, path: str | Path, *, compression: str | None = "gzip") -> Path:
+    """Write a MuData to ``.h5mu`` atomically; returns ``path``.
+
+    Parameters
+    ----------
+    mdata
+        The object; written as it is (mudata's writer; any reader of ``.h5mu`` reads it).
+    path
+        The target file.
+    compression
+        A filter of `COMPRESSIONS` for every array (anndata leaves scalars uncompressed),
+        or ``None``.
+    """
+    if compression is not None and compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {COMPRESSIONS} or None, not {compression!r}")
+    options: dict[str, Any] = {}
+    if compression is not None:
+        options["compression"] = compression
+    if compression == "gzip":
+        options["compression_opts"] = GZIP_LEVEL
     with atomic_path(path) as tmp:
-        mdata.write(tmp)
+        mdata.write(tmp, **options)
     return Path(path)

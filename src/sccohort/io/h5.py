@@ -4,22 +4,28 @@ Counts are taken from ``layers["counts"]`` when present, else ``.X``, else ``.ra
 first of these that holds non-negative integers is used (normalised values are refused).
 
 - h5ad: ``var["feature_types"]`` (as scanpy's ``read_10x_h5`` writes it) splits the features
-  into ``rna`` / ``prot`` / ``hto``; without it, ``.X`` is RNA and proteins may sit in
+  into ``rna`` / ``prot`` / ``hto``; without it, the matrix is one modality, decided by the
+  rule of `sccohort.io.features` (Ensembl ids or at least 50 % known human gene symbols:
+  ``rna``; else at most 1,000 features: ``prot``, e.g. ``CD3_PROT``; else ``rna``) or by
+  the sample sheet's ``modality`` column. Proteins may also sit in
   ``obsm["protein_expression"]`` (scvi-tools style: a DataFrame, or an array with names in
-  ``uns["protein_names"]``). An object whose features are not genes (at most 1,000 features,
-  fewer than half of them known human gene symbols, e.g. ``CD3_PROT``) is read as
-  protein-only: ``{"prot": ...}`` with no ``rna``.
+  ``uns["protein_names"]``); they are read when the matrix holds no proteins.
 - h5mu: modalities named ``rna``/``RNA``/``gex``, ``prot``/``ADT``/``adt``/``protein``/
   ``cite``, ``hto``/``HTO``/``hashtag`` (case-insensitive); others are ignored with a warning.
+
+With the sample sheet's ``modality`` set, a file that declares its features (feature types,
+h5mu modality names) must have that modality, and only it is read. Every modality returned
+carries the decision in ``uns["modality_rule"]``.
 """
 
 from __future__ import annotations
 
-import gzip
+import contextlib
+import threading
 import warnings
-from functools import cache
-from importlib import resources
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import mudata as md
@@ -30,10 +36,12 @@ import scipy.sparse as sp
 from sccohort.errors import InputError
 from sccohort.io.features import (
     FEATURE_TYPE_TO_MODALITY,
-    gene_var,
-    hto_var,
-    protein_var,
-    strip_genome_prefix,
+    ModalityPlan,
+    modality_var,
+    plan_from_names,
+    plan_from_types,
+    select_declared,
+    set_rule,
 )
 
 MODALITY_ALIASES = {
@@ -55,21 +63,123 @@ MODALITY_ALIASES = {
 _HINT = "Store raw integer counts in layers['counts'] (or .X) of every modality"
 
 
-@cache
-def _human_symbols() -> frozenset[str]:
-    ref = resources.files("sccohort.resources").joinpath("genes_human.tsv.gz")
-    with ref.open("rb") as raw, gzip.open(raw, "rt") as fh:
-        table = pd.read_csv(fh, sep="\t", usecols=["symbol"])
-    return frozenset(table["symbol"].str.upper())
+#: How an h5ad declares its feature types, for the decision text.
+FEATURE_TYPES_SOURCE = "var['feature_types']"
+#: Where scvi-tools style proteins sit in an h5ad.
+OBSM_PROTEINS = "protein_expression"
 
 
 def looks_like_proteins(names: list[str]) -> bool:
-    """Whether feature names are an antibody panel rather than genes (see module doc)."""
-    if len(names) == 0 or len(names) > 1000:
-        return False
-    symbols = _human_symbols()
-    known = sum(strip_genome_prefix(n).upper() in symbols for n in names)
-    return known < 0.5 * len(names)
+    """Whether a single matrix's features are an antibody panel (the rule of the module doc).
+
+    Ensembl gene ids are never taken for antibodies.
+    """
+    return "prot" in plan_from_names([str(n) for n in names]).columns
+
+
+def plan_h5ad(
+    names: Sequence[str],
+    feature_types: Sequence[str] | None,
+    obsm_proteins: bool,
+    modality: str | None = None,
+    *,
+    file: Any = None,
+) -> tuple[ModalityPlan, bool]:
+    """Which features of an h5ad's count matrix go to which modality.
+
+    Parameters
+    ----------
+    names
+        ``var_names`` of the counts' var table.
+    feature_types
+        ``var["feature_types"]``, or None when absent.
+    obsm_proteins
+        Whether ``obsm["protein_expression"]`` exists.
+    modality
+        The sample sheet's ``modality`` (None: the feature types or the rule decide).
+    file
+        The file, for errors.
+
+    Returns
+    -------
+    The plan of the matrix's columns (its ``rule`` names the proteins of ``obsm`` too), and
+    whether ``obsm["protein_expression"]`` is read as ``prot``.
+
+    Raises
+    ------
+    InputError
+        ``feature_types`` holds no Cell Ranger type; ``modality`` names a modality that the
+        feature types do not declare.
+    """
+    if feature_types is None:
+        plan = plan_from_names(names, modality)
+        if not obsm_proteins or "prot" in plan.columns:
+            return plan, False
+        return ModalityPlan(plan.columns, f"{plan.rule}; prot: obsm['{OBSM_PROTEINS}']"), True
+    types = [str(t) for t in feature_types]
+    if not set(types) & set(FEATURE_TYPE_TO_MODALITY):
+        raise InputError(
+            f"var['feature_types'] has none of {', '.join(FEATURE_TYPE_TO_MODALITY)}",
+            file=file,
+            column="feature_types",
+            hint="Use Cell Ranger's feature type names",
+        )
+    declared: dict[str, np.ndarray | None] = dict(
+        plan_from_types(types, FEATURE_TYPES_SOURCE, file=file).columns
+    )
+    source = FEATURE_TYPES_SOURCE
+    if obsm_proteins and "prot" not in declared:
+        declared["prot"] = None  # read from obsm, not from the matrix
+        source += f" and obsm['{OBSM_PROTEINS}']"
+    kept, rule = select_declared(declared, source, modality, file=file)
+    columns = {m: idx for m, idx in kept.items() if idx is not None}
+    return ModalityPlan(columns, rule), len(columns) < len(kept)
+
+
+def h5mu_modalities(
+    names: Sequence[str], modality: str | None = None, *, file: Any = None
+) -> tuple[dict[str, str], str, list[str]]:
+    """Which modalities of an h5mu are read.
+
+    Parameters
+    ----------
+    names
+        The h5mu's modality names, in order.
+    modality, file
+        As in `plan_h5ad`.
+
+    Returns
+    -------
+    ``{sccohort modality: h5mu modality name}``, the decision text, and the names ignored.
+
+    Raises
+    ------
+    InputError
+        Two names map to one modality; none is known; ``modality`` is not among them.
+    """
+    found: dict[str, str] = {}
+    ignored = []
+    for name in names:
+        known = MODALITY_ALIASES.get(str(name).lower())
+        if known is None:
+            ignored.append(str(name))
+            continue
+        if known in found:
+            raise InputError(
+                f"two modalities map to '{known}'",
+                file=file,
+                key=str(name),
+                hint="Keep one modality per kind (rna, prot, hto)",
+            )
+        found[known] = str(name)
+    if not found:
+        raise InputError(
+            f"no rna, prot or hto modality among {', '.join(map(str, names)) or 'none'}",
+            file=file,
+            hint="Name the modalities rna / prot (or ADT) / hto",
+        )
+    kept, rule = select_declared(found, "h5mu modality names", modality, file=file)
+    return kept, rule, ignored
 
 
 def _is_counts(matrix) -> bool:
@@ -102,14 +212,16 @@ def _counts_of(adata: ad.AnnData, file: Path, where: str) -> tuple[sp.csr_matrix
 
 def _build(modality: str, counts: sp.csr_matrix, var: pd.DataFrame, obs: pd.DataFrame):
     names = [str(v) for v in var.index]
-    if modality == "rna":
-        ids = var["gene_ids"].astype(str).tolist() if "gene_ids" in var else None
-        new_var = gene_var(names, ids)
-    elif modality == "prot":
-        new_var = protein_var(names)
-    else:
-        new_var = hto_var(names)
-    return ad.AnnData(X=counts, obs=obs.copy(), var=new_var)
+    ids = None
+    if modality == "rna" and "gene_ids" in var:
+        ids = var["gene_ids"].astype(str).tolist()
+    return ad.AnnData(X=counts, obs=obs.copy(), var=modality_var(modality, names, ids))
+
+
+def _columns(counts: sp.csr_matrix, idx: np.ndarray) -> sp.csr_matrix:
+    if idx.size == counts.shape[1] and np.array_equal(idx, np.arange(idx.size)):
+        return counts
+    return counts[:, idx].tocsr()
 
 
 def _safe_obs(obs: pd.DataFrame) -> pd.DataFrame:
@@ -119,44 +231,52 @@ def _safe_obs(obs: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def read_h5ad_modalities(path: str | Path) -> dict[str, ad.AnnData]:
+_MUDATA_OPTIONS = threading.RLock()
+
+
+@contextlib.contextmanager
+def mudata_options(**options: Any) -> Iterator[None]:
+    """``mudata.set_options`` for the block, held by one thread at a time.
+
+    mudata's options are global: per-sample tasks on threads that set and restore them
+    each on its own would leave them changed for the rest of the run.
+    """
+    with _MUDATA_OPTIONS, md.set_options(**options):
+        yield
+
+
+def read_h5ad_modalities(path: str | Path, *, modality: str | None = None) -> dict[str, ad.AnnData]:
     """Read an ``.h5ad`` into sccohort modalities.
 
     Parameters
     ----------
     path
         The h5ad file (cells x features).
+    modality
+        The sample sheet's ``modality`` (``rna``/``prot``): what a matrix without
+        ``var["feature_types"]`` holds, or the one feature type to read; None: the feature
+        types or the rule decide (see the module doc).
 
     Returns
     -------
     ``{modality: AnnData}`` (``rna``, ``prot``, ``hto`` as found; ``prot`` alone for a
     protein-only object), cells x features, raw counts (CSR) in ``.X``, source barcodes as
-    ``obs_names`` and source ``obs`` columns kept.
+    ``obs_names``, source ``obs`` columns kept and the decision in ``uns["modality_rule"]``.
     """
     path = Path(path)
     adata = _read_anndata_file(path, ad.read_h5ad, "AnnData (.h5ad)")
     obs = _safe_obs(adata.obs)
     counts, var = _counts_of(adata, path, ".X")
-    mods: dict[str, ad.AnnData] = {}
-    if "feature_types" in var:
-        types = var["feature_types"].astype(str).to_numpy()
-        for feature_type, modality in FEATURE_TYPE_TO_MODALITY.items():
-            idx = np.flatnonzero(types == feature_type)
-            if idx.size:
-                mods[modality] = _build(modality, counts[:, idx].tocsr(), var.iloc[idx], obs)
-        if not mods:
-            raise InputError(
-                f"var['feature_types'] has none of {', '.join(FEATURE_TYPE_TO_MODALITY)}",
-                file=path,
-                column="feature_types",
-                hint="Use Cell Ranger's feature type names",
-            )
-    elif looks_like_proteins([str(v) for v in var.index]):
-        mods["prot"] = _build("prot", counts, var, obs)
-    else:
-        mods["rna"] = _build("rna", counts, var, obs)
-    if "protein_expression" in adata.obsm and "prot" not in mods:
+    types = var["feature_types"].astype(str).tolist() if "feature_types" in var else None
+    plan, obsm = plan_h5ad(
+        [str(v) for v in var.index], types, OBSM_PROTEINS in adata.obsm, modality, file=path
+    )
+    mods = {
+        m: _build(m, _columns(counts, idx), var.iloc[idx], obs) for m, idx in plan.columns.items()
+    }
+    if obsm:
         mods["prot"] = _obsm_proteins(adata, path, obs)
+    set_rule(mods, plan.rule)
     return mods
 
 
@@ -192,13 +312,15 @@ def _obsm_proteins(adata: ad.AnnData, path: Path, obs: pd.DataFrame) -> ad.AnnDa
     return _build("prot", counts, pd.DataFrame(index=pd.Index(names)), obs)
 
 
-def read_h5mu_modalities(path: str | Path) -> dict[str, ad.AnnData]:
+def read_h5mu_modalities(path: str | Path, *, modality: str | None = None) -> dict[str, ad.AnnData]:
     """Read an ``.h5mu`` into sccohort modalities.
 
     Parameters
     ----------
     path
         The h5mu file.
+    modality
+        The sample sheet's ``modality``: the one modality to read (None: all).
 
     Returns
     -------
@@ -206,36 +328,21 @@ def read_h5mu_modalities(path: str | Path) -> dict[str, ad.AnnData]:
     (`sccohort.io.read` keeps those present in every modality).
     """
     path = Path(path)
-    with md.set_options(pull_on_update=False):
+    with mudata_options(pull_on_update=False):
         mdata = _read_anndata_file(path, md.read_h5mu, "MuData (.h5mu)")
-    mods: dict[str, ad.AnnData] = {}
-    ignored = []
-    for name, adata in mdata.mod.items():
-        modality = MODALITY_ALIASES.get(name.lower())
-        if modality is None:
-            ignored.append(name)
-            continue
-        if modality in mods:
-            raise InputError(
-                f"two modalities map to '{modality}'",
-                file=path,
-                key=name,
-                hint="Keep one modality per kind (rna, prot, hto)",
-            )
-        counts, var = _counts_of(adata, path, f"modality '{name}'")
-        mods[modality] = _build(modality, counts, var, _safe_obs(adata.obs))
+    kept, rule, ignored = h5mu_modalities(list(mdata.mod), modality, file=path)
     if ignored:
         warnings.warn(
             f"{path}: ignoring modalities {', '.join(map(repr, ignored))} "
             "(sccohort reads rna, prot, hto)",
             stacklevel=2,
         )
-    if not mods:
-        raise InputError(
-            f"no rna, prot or hto modality among {', '.join(mdata.mod) or 'none'}",
-            file=path,
-            hint="Name the modalities rna / prot (or ADT) / hto",
-        )
+    mods: dict[str, ad.AnnData] = {}
+    for known, name in kept.items():
+        adata = mdata.mod[name]
+        counts, var = _counts_of(adata, path, f"modality '{name}'")
+        mods[known] = _build(known, counts, var, _safe_obs(adata.obs))
+    set_rule(mods, rule)
     return mods
 
 

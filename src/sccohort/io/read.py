@@ -3,7 +3,9 @@
 Conventions of every object returned here:
 
 - modalities ``rna``, ``prot`` (if the sample has antibodies), ``hto`` (if it has hashtags);
-  an h5ad/h5mu input may be protein-only (no ``rna``, e.g. an ADT-only experiment);
+  an h5ad/h5mu input may be protein-only (no ``rna``, e.g. an ADT-only experiment), and so may
+  any input whose sample sheet row says ``modality = prot``; each modality's
+  ``uns["modality_rule"]`` says how its features were assigned (`sccohort.io.features`);
 - ``layers["counts"]``: the raw counts, CSR, **int32**; ``.X``: the same counts as float32 CSR
   (later stages overwrite ``.X``, never ``layers["counts"]``);
 - cell ids (``obs_names``) are ``<sample_id>:<barcode>``; all modalities of a sample hold the
@@ -23,7 +25,6 @@ from typing import Any
 
 import anndata as ad
 import dask
-import mudata as md
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -31,7 +32,13 @@ from mudata import MuData
 
 from sccohort.cluster import compute
 from sccohort.errors import InputError
-from sccohort.io.h5 import read_h5ad_modalities, read_h5mu_modalities
+from sccohort.io.features import (
+    GENE_IDS_KEY,
+    MODALITY_RULE_KEY,
+    check_modality,
+    gene_ids_of,
+)
+from sccohort.io.h5 import mudata_options, read_h5ad_modalities, read_h5mu_modalities
 from sccohort.io.rhapsody import read_rhapsody_csv
 from sccohort.io.tenx import find_file, read_10x_h5, read_10x_h5_droplets, read_10x_mtx
 
@@ -157,7 +164,7 @@ def _resolve(path: str | Path, fmt: str | None, *, raw: bool = False) -> tuple[s
     return fmt, path
 
 
-_READERS: dict[str, Callable[[Path], dict[str, ad.AnnData]]] = {
+_READERS: dict[str, Callable[..., dict[str, ad.AnnData]]] = {
     "10x_h5": read_10x_h5,
     "10x_mtx": read_10x_mtx,
     "h5ad": read_h5ad_modalities,
@@ -274,14 +281,18 @@ def _finalise(
         counts = _int32_counts(adata.X, file, sample_id, modality)
         obs = adata.obs.copy()
         obs.index = pd.Index([f"{sample_id}:{bc}" for bc in adata.obs_names])
-        new = ad.AnnData(X=counts.astype(np.float32), obs=obs, var=adata.var.copy())
+        new = ad.AnnData(
+            X=counts.astype(np.float32), obs=obs, var=adata.var.copy(), uns=dict(adata.uns)
+        )
         new.layers["counts"] = counts
+        if modality == "rna" and "feature_name_raw" in new.var:
+            new.uns[GENE_IDS_KEY] = gene_ids_of(new.var["feature_name_raw"].tolist()).describe()
         out[modality] = new
     return out
 
 
 def _to_mudata(mods: dict[str, ad.AnnData], obs_columns: pd.DataFrame) -> MuData:
-    with md.set_options(pull_on_update=False), warnings.catch_warnings():
+    with mudata_options(pull_on_update=False), warnings.catch_warnings():
         # a gene and an antibody may share a name (CD4); that is expected across modalities
         warnings.filterwarnings("ignore", message="var_names are not unique")
         mdata = MuData(mods)
@@ -306,25 +317,53 @@ def _check_sample_id(sample_id: str) -> str:
     return sample_id
 
 
-def _read_modalities(path: str | Path, sample_id: str, fmt: str | None) -> dict[str, ad.AnnData]:
+def _read_modalities(
+    path: str | Path, sample_id: str, fmt: str | None, modality: Any = None
+) -> dict[str, ad.AnnData]:
     """Read and finalise one sample (the Dask task of `read_samples`)."""
     sample_id = _check_sample_id(sample_id)
     try:
+        modality = check_modality(modality, sample=sample_id)
         fmt, resolved = _resolve(path, fmt)
     except InputError as err:
         raise _with_sample(err, sample_id) from err
-    mods = _call_reader(_READERS[fmt], resolved, sample_id)
-    if fmt in ("10x_h5", "10x_mtx", "rhapsody_csv") and "rna" not in mods:
-        raise InputError(
-            "no Gene Expression (RNA) features",
-            file=resolved,
-            sample=sample_id,
-            hint=(
-                "Give the Cell Ranger output of the Gene Expression library (with its "
-                "Antibody Capture features); protein-only samples are accepted as .h5ad/.h5mu"
-            ),
-        )
+    mods = _call_reader(_READERS[fmt], resolved, sample_id, modality=modality)
+    rule = next(iter(mods.values())).uns.get(MODALITY_RULE_KEY, "") if mods else ""
+    check_rna_present(fmt, list(mods), rule, modality, resolved, sample_id)
     return _finalise(mods, sample_id, resolved)
+
+
+def check_rna_present(
+    fmt: str,
+    modalities: Sequence[str],
+    rule: str,
+    modality: str | None,
+    file: Path,
+    sample_id: str | None,
+) -> None:
+    """Refuse a Cell Ranger or Rhapsody file without RNA unless the sheet asked for that.
+
+    Such a file is most often the wrong library's output; a protein-only sample is read
+    when the sample sheet's ``modality`` says ``prot`` (or from an h5ad / h5mu).
+
+    Raises
+    ------
+    InputError
+        ``fmt`` is ``10x_h5``, ``10x_mtx`` or ``rhapsody_csv``, ``modalities`` lacks ``rna``
+        and ``modality`` is None.
+    """
+    if fmt not in ("10x_h5", "10x_mtx", "rhapsody_csv") or "rna" in modalities or modality:
+        return
+    raise InputError(
+        "no Gene Expression (RNA) features" + (f" ({rule})" if rule else ""),
+        file=file,
+        sample=sample_id,
+        hint=(
+            "Give the Cell Ranger output of the Gene Expression library (with its "
+            "Antibody Capture features), or set the sample's modality column to prot "
+            "for a protein-only sample"
+        ),
+    )
 
 
 def _sample_obs(mods: dict[str, ad.AnnData], sample_id: str) -> pd.DataFrame:
@@ -339,7 +378,9 @@ def _sample_obs(mods: dict[str, ad.AnnData], sample_id: str) -> pd.DataFrame:
     )
 
 
-def read_sample(path: str | Path, sample_id: str, *, format: str | None = None) -> MuData:
+def read_sample(
+    path: str | Path, sample_id: str, *, format: str | None = None, modality: str | None = None
+) -> MuData:
     """Read one sample's counts into a MuData.
 
     Parameters
@@ -351,21 +392,33 @@ def read_sample(path: str | Path, sample_id: str, *, format: str | None = None) 
     format
         One of ``"10x_h5"``, ``"10x_mtx"``, ``"h5ad"``, ``"h5mu"``, ``"rhapsody_csv"``, or None
         to detect it from the path.
+    modality
+        The sample sheet's ``modality`` column: ``"rna"`` or ``"prot"`` (None, NaN or ``""``:
+        not given). For a single matrix
+        without feature types (an h5ad without ``var["feature_types"]``, a Cell Ranger 2
+        file, an MTX features file without a type column) it says what the matrix holds,
+        instead of the rule of `sccohort.io.features`; for a file that declares its
+        features it must be one of the file's modalities, and only that one is read. None
+        (or ``""``): the file decides.
 
     Returns
     -------
-    MuData (n_cells x features) with ``rna`` (absent only for protein-only h5ad/h5mu
-    inputs), ``prot`` and ``hto`` when present; raw counts in ``layers["counts"]`` (int32
-    CSR) and ``.X`` (float32 CSR); ``obs``: ``sample_id``, ``barcode``.
+    MuData (n_cells x features) with ``rna`` (absent only for protein-only inputs),
+    ``prot`` and ``hto`` when present; raw counts in ``layers["counts"]`` (int32 CSR) and
+    ``.X`` (float32 CSR); ``obs``: ``sample_id``, ``barcode``. Each modality's
+    ``uns["modality_rule"]`` says how the features were assigned (e.g. ``"rna: 1,000
+    Ensembl ids, 982 mapped to symbols (rule: >= 50 % genes)"``) and ``rna.uns["gene_ids"]``
+    how genes were named (``"symbols"``, ``"ensembl: 982/1,000 mapped"``, ``"mixed: ..."``).
 
     Raises
     ------
     InputError
         Missing, unreadable or corrupt files, non-integer counts, a 10x/Rhapsody file
-        without Gene Expression features; the message names the file and the sample.
+        without Gene Expression features (unless ``modality`` is given), a ``modality``
+        the file does not have; the message names the file and the sample.
     """
     sample_id = str(sample_id)
-    mods = _read_modalities(path, sample_id, format)
+    mods = _read_modalities(path, sample_id, format, modality)
     return _to_mudata(mods, _sample_obs(mods, sample_id))
 
 
@@ -683,7 +736,8 @@ def read_samples(
     ----------
     samples
         Indexed by ``sample_id`` (or with a ``sample_id`` column); columns ``donor_id``,
-        ``path`` and optional ``format``, ``batch``, ``timepoint``, ``tissue``.
+        ``path`` and optional ``format``, ``modality`` (see `read_sample`), ``batch``,
+        ``timepoint``, ``tissue``.
     scheduler
         None (local threads), ``"threads"`` / ``"sync"``, a ``distributed.Client``, or the
         address of a Dask scheduler. Each task returns only its own sample.
@@ -706,12 +760,16 @@ def read_samples(
         protein (or RNA) data and others none.
     """
     table = _sheet(samples)
-    formats = table["format"] if "format" in table.columns else pd.Series(None, index=table.index)
+    formats, modalities = (
+        table[c] if c in table.columns else pd.Series(None, index=table.index)
+        for c in ("format", "modality")
+    )
     tasks = [
         dask.delayed(_read_modalities, pure=False)(
             str(table.at[s, "path"]),
             s,
             None if pd.isna(formats[s]) else str(formats[s]),
+            modalities[s],
             dask_key_name=f"read-sample-{i}-{s}",
         )
         for i, s in enumerate(table.index)

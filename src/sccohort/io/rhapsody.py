@@ -11,7 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sccohort.errors import InputError
-from sccohort.io.features import gene_var, protein_var
+from sccohort.io.features import gene_var, protein_var, select_declared, set_rule
 
 _HINT = (
     "Give the *_DBEC_MolsPerCell.csv or *_RSEC_MolsPerCell.csv that the BD Rhapsody pipeline "
@@ -26,6 +26,34 @@ def is_abseq(column: str) -> bool:
     return column.endswith("pAbO") or "|pAbO" in column
 
 
+#: Source of the decision text (`sccohort.io.features`).
+ABSEQ_SOURCE = "AbSeq (pAbO) column names"
+
+
+def rhapsody_modalities(
+    features: list[str], modality: str | None = None, *, file: Path | None = None
+) -> tuple[dict[str, np.ndarray], str]:
+    """Which columns of a Rhapsody table go to ``rna`` and ``prot`` (AbSeq), and why.
+
+    Parameters
+    ----------
+    features
+        The header's feature columns (after ``Cell_Index``).
+    modality
+        The sample sheet's ``modality``: keep that modality only (None: both).
+    file
+        The file, for errors.
+
+    Returns
+    -------
+    ``{modality: column indices into features}`` and the decision text.
+    """
+    protein = np.array([is_abseq(c) for c in features], dtype=bool)
+    found = {"rna": np.flatnonzero(~protein), "prot": np.flatnonzero(protein)}
+    found = {m: idx for m, idx in found.items() if idx.size}
+    return select_declared(found, ABSEQ_SOURCE, modality, file=file)
+
+
 def _count_comment_lines(path: Path) -> int:
     opener = gzip.open if path.name.endswith(".gz") else open
     n = 0
@@ -37,7 +65,43 @@ def _count_comment_lines(path: Path) -> int:
     return n
 
 
-def read_rhapsody_csv(path: str | Path) -> dict[str, ad.AnnData]:
+def rhapsody_header(path: str | Path) -> tuple[list[str], int]:
+    """The feature columns and the number of cells of a Rhapsody table, without its counts.
+
+    Reads the header line (as `read_rhapsody_csv` names the columns) and counts the
+    non-blank lines after it.
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, no ``Cell_Index`` or no feature column.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found", file=path, hint="Check the path in the sample sheet")
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        skip = _count_comment_lines(path)
+        columns = list(pd.read_csv(path, skiprows=skip, nrows=0).columns)
+        with opener(path, "rt", encoding="utf-8") as fh:
+            lines = sum(1 for line in fh if line.strip())
+    except (OSError, EOFError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise InputError(
+            f"cannot read this csv ({type(err).__name__}: {err})", file=path, hint=_HINT
+        ) from err
+    except pd.errors.EmptyDataError as err:
+        raise InputError("the file has no header and no cells", file=path, hint=_HINT) from err
+    if "Cell_Index" not in columns:
+        raise InputError(
+            "no 'Cell_Index' column in the header", file=path, row=skip + 1, hint=_HINT
+        )
+    features = [str(c) for c in columns if c != "Cell_Index"]
+    if not features:
+        raise InputError("no feature columns after Cell_Index", file=path, row=skip + 1)
+    return features, lines - skip - 1
+
+
+def read_rhapsody_csv(path: str | Path, *, modality: str | None = None) -> dict[str, ad.AnnData]:
     """Read a BD Rhapsody molecules-per-cell table.
 
     Parameters
@@ -46,6 +110,8 @@ def read_rhapsody_csv(path: str | Path) -> dict[str, ad.AnnData]:
         The csv (optionally gzipped): optional ``##`` comment lines, then a header
         ``Cell_Index,<feature>,...``, then one row per cell with integer counts. Columns ending
         in ``pAbO`` (or containing ``|pAbO``) are AbSeq antibodies, all others genes.
+    modality
+        The sample sheet's ``modality``: the one modality to read (None: both).
 
     Returns
     -------
@@ -96,21 +162,12 @@ def read_rhapsody_csv(path: str | Path) -> dict[str, ad.AnnData]:
         )
     barcodes = table["Cell_Index"].astype(str).str.strip()
     obs = pd.DataFrame(index=pd.Index(barcodes.to_list()))
-    protein = np.array([is_abseq(c) for c in features])
+    kept, rule = rhapsody_modalities(features, modality, file=path)
     counts = sp.csr_matrix(dense.astype(np.int32))
-    mods = {
-        "rna": ad.AnnData(
-            X=counts[:, np.flatnonzero(~protein)].tocsr(),
-            obs=obs.copy(),
-            var=gene_var([c for c, p in zip(features, protein, strict=True) if not p]),
-        )
-    }
-    if protein.any():
-        mods["prot"] = ad.AnnData(
-            X=counts[:, np.flatnonzero(protein)].tocsr(),
-            obs=obs.copy(),
-            var=protein_var([c for c, p in zip(features, protein, strict=True) if p]),
-        )
-    if not (~protein).any():
-        del mods["rna"]
+    mods = {}
+    for known, idx in kept.items():
+        names = [features[i] for i in idx]
+        var = gene_var(names) if known == "rna" else protein_var(names)
+        mods[known] = ad.AnnData(X=counts[:, idx].tocsr(), obs=obs.copy(), var=var)
+    set_rule(mods, rule)
     return mods

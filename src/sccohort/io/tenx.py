@@ -1,11 +1,20 @@
-"""Cell Ranger (10x Genomics) feature-barcode matrices: HDF5 v3 and MTX folders."""
+"""Cell Ranger (10x Genomics) feature-barcode matrices: HDF5 v3 and MTX folders.
+
+Features are split into modalities by Cell Ranger's feature types. A file without them (a
+Cell Ranger 2 h5, an MTX folder whose features file has no type column) holds Gene
+Expression only, unless the sample sheet's ``modality`` says otherwise; with feature types,
+``modality`` must name one of the file's modalities and only that one is read (see
+`sccohort.io.features`).
+"""
 
 from __future__ import annotations
 
 import gzip
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import h5py
@@ -15,9 +24,21 @@ import scipy.io
 import scipy.sparse as sp
 
 from sccohort.errors import InputError
-from sccohort.io.features import FEATURE_TYPE_TO_MODALITY, gene_var, hto_var, protein_var
+from sccohort.io.features import (
+    FEATURE_TYPE_TO_MODALITY,
+    ModalityPlan,
+    modality_var,
+    plan_from_types,
+    plan_single,
+    select_declared,
+    set_rule,
+)
 
 FEATURE_TYPES = ("Gene Expression", "Antibody Capture", "Multiplexing Capture")
+#: Sources of the decision texts (`sccohort.io.features`).
+TYPES_SOURCE = "Cell Ranger feature types"
+UNTYPED_SOURCE = "no feature types (Cell Ranger 2: Gene Expression only)"
+FILE_NAMES_SOURCE = "MTX file names"
 
 
 def write_10x_h5(
@@ -118,38 +139,52 @@ def _decode(values: np.ndarray) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
 
-def _modalities_from_features(
-    counts: sp.csr_matrix,
-    barcodes: list[str],
-    ids: list[str],
-    names: list[str],
-    feature_types: list[str],
-    file: Path,
-) -> dict[str, ad.AnnData]:
-    """Split a cells x features matrix by Cell Ranger feature type."""
-    types = np.asarray(feature_types, dtype=object)
-    unknown = sorted(set(types) - set(FEATURE_TYPE_TO_MODALITY))
+def plan_10x(
+    types: list[str] | None, n_features: int, modality: str | None = None, *, file: Any = None
+) -> ModalityPlan:
+    """Which features of a Cell Ranger matrix go to which modality.
+
+    Parameters
+    ----------
+    types
+        Cell Ranger feature type of each feature, or None when the file has none (Gene
+        Expression only, or what ``modality`` says).
+    n_features
+        Number of features.
+    modality
+        The sample sheet's ``modality``, or None.
+    file
+        The file, for errors.
+    """
+    if types is None:
+        return plan_single(n_features, "rna", UNTYPED_SOURCE, modality)
+    return plan_from_types(types, TYPES_SOURCE, modality, file=file)
+
+
+def _warn_unknown_types(types: list[str] | None, file: Path) -> None:
+    unknown = sorted(set(types or ()) - set(FEATURE_TYPE_TO_MODALITY))
     if unknown:
         warnings.warn(
             f"{file}: ignoring features of type {', '.join(map(repr, unknown))} "
             f"(sccohort reads {', '.join(FEATURE_TYPE_TO_MODALITY)})",
             stacklevel=3,
         )
+
+
+def _modalities_from_features(
+    counts: sp.csr_matrix,
+    barcodes: list[str],
+    ids: list[str],
+    names: list[str],
+    plan: ModalityPlan,
+) -> dict[str, ad.AnnData]:
+    """Split a cells x features matrix as ``plan`` says."""
     obs = pd.DataFrame(index=pd.Index(barcodes))
     mods: dict[str, ad.AnnData] = {}
-    for feature_type, modality in FEATURE_TYPE_TO_MODALITY.items():
-        idx = np.flatnonzero(types == feature_type)
-        if idx.size == 0:
-            continue
-        sel_names = [names[i] for i in idx]
-        sel_ids = [ids[i] for i in idx]
-        if modality == "rna":
-            var = gene_var(sel_names, sel_ids)
-        elif modality == "prot":
-            var = protein_var(sel_names, sel_ids)
-        else:
-            var = hto_var(sel_names)
+    for modality, idx in plan.columns.items():
+        var = modality_var(modality, [names[i] for i in idx], [ids[i] for i in idx])
         mods[modality] = ad.AnnData(X=_take_columns(counts, idx), obs=obs.copy(), var=var)
+    set_rule(mods, plan.rule)
     return mods
 
 
@@ -182,56 +217,107 @@ def _open_h5(path: Path) -> h5py.File:
         raise InputError(f"not a readable HDF5 file ({err})", file=path, hint=_H5_HINT) from err
 
 
-def _read_h5_matrix(
-    path: Path,
-) -> tuple[sp.csc_matrix, list[str], list[str], list[str], list[str]]:
-    """Features x cells CSC matrix, barcodes, feature ids, names and types of a 10x h5."""
-    with _open_h5(path) as fh:
-        try:
-            if "matrix" in fh:  # Cell Ranger >= 3
-                grp = fh["matrix"]
-                feat = grp["features"]
-                ids = _decode(feat["id"][:])
-                names = _decode(feat["name"][:])
-                if "feature_type" in feat:
-                    types = _decode(feat["feature_type"][:])
-                else:
-                    types = ["Gene Expression"] * len(ids)
-            else:  # Cell Ranger 2: one group per genome with genes / gene_names
-                genomes = [k for k in fh if isinstance(fh[k], h5py.Group) and "genes" in fh[k]]
-                if not genomes:
-                    raise InputError(
-                        "no /matrix group (Cell Ranger 3+) and no genome group (Cell Ranger 2)",
-                        file=path,
-                        hint=_H5_HINT,
-                    )
-                grp = fh[genomes[0]]
-                ids = _decode(grp["genes"][:])
-                names = _decode(grp["gene_names"][:])
-                types = ["Gene Expression"] * len(ids)
-            shape = tuple(int(s) for s in grp["shape"][:])
-            barcodes = _decode(grp["barcodes"][:])
-            matrix = sp.csc_matrix(
-                (grp["data"][:], grp["indices"][:], grp["indptr"][:]), shape=shape
-            )
-        except InputError:
-            raise
-        except (KeyError, OSError, ValueError, TypeError) as err:
-            raise InputError(
-                f"not a Cell Ranger feature-barcode matrix ({type(err).__name__}: {err})",
-                file=path,
-                hint=_H5_HINT,
-            ) from err
-    if shape != (len(ids), len(barcodes)):
+@dataclass(frozen=True)
+class H5Features:
+    """The features of a Cell Ranger h5 (read without its counts).
+
+    Attributes
+    ----------
+    ids, names
+        Feature ids and names.
+    types
+        Feature types, or None (Cell Ranger 2, or no ``feature_type`` dataset).
+    shape
+        ``(n_features, n_barcodes)`` as stored.
+    group
+        The h5 group that holds the matrix (``matrix``, or the genome of Cell Ranger 2).
+    """
+
+    ids: list[str]
+    names: list[str]
+    types: list[str] | None
+    shape: tuple[int, int]
+    group: str
+
+
+def _h5_error(path: Path, err: Exception) -> InputError:
+    return InputError(
+        f"not a Cell Ranger feature-barcode matrix ({type(err).__name__}: {err})",
+        file=path,
+        hint=_H5_HINT,
+    )
+
+
+def _features_of(fh: h5py.File, path: Path) -> H5Features:
+    try:
+        if "matrix" in fh:  # Cell Ranger >= 3
+            name = "matrix"
+            feat = fh["matrix"]["features"]
+            ids = _decode(feat["id"][:])
+            names = _decode(feat["name"][:])
+            types = _decode(feat["feature_type"][:]) if "feature_type" in feat else None
+        else:  # Cell Ranger 2: one group per genome with genes / gene_names
+            genomes = [k for k in fh if isinstance(fh[k], h5py.Group) and "genes" in fh[k]]
+            if not genomes:
+                raise InputError(
+                    "no /matrix group (Cell Ranger 3+) and no genome group (Cell Ranger 2)",
+                    file=path,
+                    hint=_H5_HINT,
+                )
+            name = genomes[0]
+            ids = _decode(fh[name]["genes"][:])
+            names = _decode(fh[name]["gene_names"][:])
+            types = None
+        shape = tuple(int(s) for s in fh[name]["shape"][:])
+    except InputError:
+        raise
+    except (KeyError, OSError, ValueError, TypeError) as err:
+        raise _h5_error(path, err) from err
+    if len(shape) != 2 or shape[0] != len(ids):
         raise InputError(
-            f"matrix shape {shape} does not match {len(ids)} features x {len(barcodes)} barcodes",
+            f"matrix shape {shape} does not match {len(ids)} features",
             file=path,
             hint=_H5_HINT,
         )
-    return matrix, barcodes, ids, names, types
+    return H5Features(ids, names, types, (shape[0], shape[1]), name)
 
 
-def read_10x_h5(path: str | Path) -> dict[str, ad.AnnData]:
+def read_h5_features(path: str | Path) -> H5Features:
+    """The features and shape of a Cell Ranger h5, without reading its counts.
+
+    Raises
+    ------
+    InputError
+        The file is missing, not HDF5, or not a Cell Ranger matrix.
+    """
+    path = Path(path)
+    with _open_h5(path) as fh:
+        return _features_of(fh, path)
+
+
+def _read_h5_matrix(path: Path) -> tuple[sp.csc_matrix, list[str], H5Features]:
+    """Features x cells CSC matrix, barcodes and features of a 10x h5."""
+    with _open_h5(path) as fh:
+        features = _features_of(fh, path)
+        try:
+            grp = fh[features.group]
+            barcodes = _decode(grp["barcodes"][:])
+            matrix = sp.csc_matrix(
+                (grp["data"][:], grp["indices"][:], grp["indptr"][:]), shape=features.shape
+            )
+        except (KeyError, OSError, ValueError, TypeError) as err:
+            raise _h5_error(path, err) from err
+    if features.shape[1] != len(barcodes):
+        raise InputError(
+            f"matrix shape {features.shape} does not match {len(features.ids)} features x "
+            f"{len(barcodes)} barcodes",
+            file=path,
+            hint=_H5_HINT,
+        )
+    return matrix, barcodes, features
+
+
+def read_10x_h5(path: str | Path, *, modality: str | None = None) -> dict[str, ad.AnnData]:
     """Read a Cell Ranger ``*_feature_bc_matrix.h5`` (v3+, or v2 gene expression only).
 
     Parameters
@@ -240,15 +326,21 @@ def read_10x_h5(path: str | Path) -> dict[str, ad.AnnData]:
         The h5 file. Features x cells CSC in the file; ``feature_type`` "Gene Expression" ->
         ``rna``, "Antibody Capture" -> ``prot``, "Multiplexing Capture" -> ``hto``; other
         types are ignored with a warning.
+    modality
+        The sample sheet's ``modality``: the one modality to read (for a file without
+        feature types: what it holds); None reads all.
 
     Returns
     -------
     ``{modality: AnnData}``, each cells x features with raw counts (CSR) in ``.X``, barcodes
-    as ``obs_names`` and the ``var`` tables of `sccohort.io.features`.
+    as ``obs_names``, the ``var`` tables of `sccohort.io.features` and the decision in
+    ``uns["modality_rule"]``.
     """
     path = Path(path)
-    matrix, barcodes, ids, names, types = _read_h5_matrix(path)
-    return _modalities_from_features(matrix.T.tocsr(), barcodes, ids, names, types, path)
+    matrix, barcodes, feat = _read_h5_matrix(path)
+    _warn_unknown_types(feat.types, path)
+    plan = plan_10x(feat.types, len(feat.ids), modality, file=path)
+    return _modalities_from_features(matrix.T.tocsr(), barcodes, feat.ids, feat.names, plan)
 
 
 def read_10x_h5_droplets(
@@ -279,7 +371,9 @@ def read_10x_h5_droplets(
     ``{modality: AnnData}`` as in `read_10x_h5`, droplets x features.
     """
     path = Path(path)
-    matrix, barcodes, ids, names, types = _read_h5_matrix(path)
+    matrix, barcodes, feat = _read_h5_matrix(path)
+    types = feat.types or ["Gene Expression"] * len(feat.ids)
+    _warn_unknown_types(types, path)
     wanted_types = [t for t, m in FEATURE_TYPE_TO_MODALITY.items() if m in modalities]
     rows = np.flatnonzero(np.isin(np.asarray(types, dtype=object), wanted_types))
     sub = matrix[rows, :]  # features of interest x all barcodes (CSC)
@@ -289,10 +383,9 @@ def read_10x_h5_droplets(
     return _modalities_from_features(
         sub[:, cols].T.tocsr(),
         [barcodes[i] for i in cols],
-        [ids[i] for i in rows],
-        [names[i] for i in rows],
-        [types[i] for i in rows],
-        path,
+        [feat.ids[i] for i in rows],
+        [feat.names[i] for i in rows],
+        plan_from_types([types[i] for i in rows], TYPES_SOURCE, file=path),
     )
 
 
@@ -333,18 +426,52 @@ def _read_mtx(path: Path) -> sp.coo_matrix:
     return sp.coo_matrix(matrix)
 
 
-def _orient(matrix: sp.coo_matrix, n_features: int, n_cells: int, path: Path) -> sp.csr_matrix:
-    """Cells x features CSR from a matrix stored either way round (features x cells first)."""
-    if matrix.shape == (n_features, n_cells):
-        return matrix.T.tocsr()
-    if matrix.shape == (n_cells, n_features):
-        return matrix.tocsr()
+def read_mtx_shape(path: Path) -> tuple[int, int]:
+    """``(rows, columns)`` from a MatrixMarket file's size line (the file is not read on)."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as fh:
+            header = fh.readline()
+            if not header.startswith("%%MatrixMarket"):
+                raise ValueError("no %%MatrixMarket header line")
+            for line in fh:
+                if line.strip() and not line.startswith("%"):
+                    rows, cols = (int(v) for v in line.split()[:2])
+                    return rows, cols
+            raise ValueError("no size line")
+    except (OSError, EOFError, ValueError, UnicodeDecodeError) as err:
+        raise InputError(
+            f"not a readable MatrixMarket file ({type(err).__name__}: {err})",
+            file=path,
+            hint="Give the matrix.mtx(.gz) that Cell Ranger (or Matrix::writeMM) wrote",
+        ) from err
+
+
+def check_mtx_shape(shape: tuple[int, int], n_features: int, n_cells: int, path: Path) -> bool:
+    """Whether a matrix of ``shape`` is stored features x cells (True) or cells x features.
+
+    Raises
+    ------
+    InputError
+        ``shape`` fits neither way round.
+    """
+    if tuple(shape) == (n_features, n_cells):
+        return True
+    if tuple(shape) == (n_cells, n_features):
+        return False
     raise InputError(
-        f"matrix is {matrix.shape[0]} x {matrix.shape[1]} but there are {n_features} features "
+        f"matrix is {shape[0]} x {shape[1]} but there are {n_features} features "
         f"and {n_cells} barcodes",
         file=path,
         hint="The features and barcodes files must belong to this matrix",
     )
+
+
+def _orient(matrix: sp.coo_matrix, n_features: int, n_cells: int, path: Path) -> sp.csr_matrix:
+    """Cells x features CSR from a matrix stored either way round (features x cells first)."""
+    if check_mtx_shape(matrix.shape, n_features, n_cells, path):
+        return matrix.T.tocsr()
+    return matrix.tocsr()
 
 
 def _feature_columns(table: pd.DataFrame) -> tuple[list[str], list[str] | None, list[str] | None]:
@@ -356,7 +483,102 @@ def _feature_columns(table: pd.DataFrame) -> tuple[list[str], list[str] | None, 
     return names, ids, types
 
 
-def read_10x_mtx(path: str | Path) -> dict[str, ad.AnnData]:
+@dataclass(frozen=True)
+class MtxFiles:
+    """One MatrixMarket matrix and its features and barcodes files."""
+
+    matrix: Path
+    features: Path
+    barcodes: Path
+
+    def feature_columns(self) -> tuple[list[str], list[str] | None, list[str] | None]:
+        """Names, ids (or None) and feature types (or None) of the features file."""
+        return _feature_columns(_read_lines_table(self.features))
+
+    def barcode_list(self) -> list[str]:
+        """The barcodes, in file order."""
+        return _read_lines_table(self.barcodes)[0].tolist()
+
+
+def cellranger_mtx_files(folder: Path) -> MtxFiles | None:
+    """Cell Ranger's MTX files in ``folder``, or None without ``matrix.mtx(.gz)``.
+
+    ``matrix.mtx``, ``features.tsv`` (or ``genes.tsv``) and ``barcodes.tsv``, each
+    optionally gzipped.
+    """
+    mtx = find_file(folder, "matrix.mtx")
+    if mtx is None:
+        return None
+    features_file = find_file(folder, "features.tsv", "genes.tsv")
+    barcodes_file = find_file(folder, "barcodes.tsv")
+    if features_file is None or barcodes_file is None:
+        missing = "features.tsv(.gz)" if features_file is None else "barcodes.tsv(.gz)"
+        raise InputError(
+            f"{missing} is missing next to {mtx.name}",
+            file=folder,
+            hint="Copy the whole filtered_feature_bc_matrix folder that Cell Ranger wrote",
+        )
+    return MtxFiles(mtx, features_file, barcodes_file)
+
+
+def modality_mtx_files(
+    folder: Path, modality: str | None = None
+) -> tuple[dict[str, MtxFiles], str]:
+    """The per-modality MTX files of ``folder`` (``RNA.mtx.gz``, ``ADT.mtx.gz``...).
+
+    Parameters
+    ----------
+    folder
+        The folder.
+    modality
+        The sample sheet's ``modality``: keep that one only (None: all).
+
+    Returns
+    -------
+    ``{modality: MtxFiles}`` and the decision text.
+
+    Raises
+    ------
+    InputError
+        No such matrix, two for one modality, a features or barcodes file missing,
+        ``modality`` not among them.
+    """
+    found: dict[str, MtxFiles] = {}
+    for matrix_file in sorted(folder.glob("*.mtx*")):
+        stem = matrix_file.name.split(".mtx")[0]
+        known = MTX_STEM_TO_MODALITY.get(stem.lower())
+        if known is None or matrix_file.name not in (f"{stem}.mtx", f"{stem}.mtx.gz"):
+            continue
+        if known in found:
+            raise InputError(
+                f"two matrices for modality '{known}'",
+                file=matrix_file,
+                hint="Keep one MTX file per modality in the folder",
+            )
+        features_file = find_file(folder, f"{stem}_features.tsv", f"{stem}_genes.tsv")
+        barcodes_file = find_file(folder, f"{stem}_barcodes.tsv")
+        if features_file is None or barcodes_file is None:
+            raise InputError(
+                f"{stem}_features.tsv(.gz) and {stem}_barcodes.tsv(.gz) must sit next to "
+                f"{matrix_file.name}",
+                file=folder,
+            )
+        found[known] = MtxFiles(matrix_file, features_file, barcodes_file)
+    if not found:
+        raise InputError(
+            "no count matrix found in this folder",
+            file=folder,
+            hint=(
+                "Expected Cell Ranger's matrix.mtx.gz + features.tsv.gz + barcodes.tsv.gz, or "
+                "RNA.mtx.gz / ADT.mtx.gz / HTO.mtx.gz with <MOD>_features.tsv.gz and "
+                "<MOD>_barcodes.tsv.gz"
+            ),
+        )
+    ordered = {m: found[m] for m in ("rna", "prot", "hto") if m in found}
+    return select_declared(ordered, FILE_NAMES_SOURCE, modality, file=folder)
+
+
+def read_10x_mtx(path: str | Path, *, modality: str | None = None) -> dict[str, ad.AnnData]:
     """Read an MTX folder: Cell Ranger's form, or one MatrixMarket file per modality.
 
     Two layouts are recognised:
@@ -373,6 +595,9 @@ def read_10x_mtx(path: str | Path) -> dict[str, ad.AnnData]:
     ----------
     path
         The folder.
+    modality
+        The sample sheet's ``modality``: the one modality to read (for a features file
+        without a type column: what the matrix holds); None reads all.
 
     Returns
     -------
@@ -381,65 +606,22 @@ def read_10x_mtx(path: str | Path) -> dict[str, ad.AnnData]:
     folder = Path(path)
     if not folder.is_dir():
         raise InputError("folder not found", file=folder, hint="Check the path in the sample sheet")
-    mtx = find_file(folder, "matrix.mtx")
-    if mtx is not None:
-        features_file = find_file(folder, "features.tsv", "genes.tsv")
-        barcodes_file = find_file(folder, "barcodes.tsv")
-        if features_file is None or barcodes_file is None:
-            missing = "features.tsv(.gz)" if features_file is None else "barcodes.tsv(.gz)"
-            raise InputError(
-                f"{missing} is missing next to {mtx.name}",
-                file=folder,
-                hint="Copy the whole filtered_feature_bc_matrix folder that Cell Ranger wrote",
-            )
-        table = _read_lines_table(features_file)
-        names, ids, types = _feature_columns(table)
-        if ids is None:
-            ids = names
-        if types is None:
-            types = ["Gene Expression"] * len(names)
-        barcodes = _read_lines_table(barcodes_file)[0].tolist()
-        counts = _orient(_read_mtx(mtx), len(names), len(barcodes), mtx)
-        return _modalities_from_features(counts, barcodes, ids, names, types, features_file)
+    files = cellranger_mtx_files(folder)
+    if files is not None:
+        names, ids, types = files.feature_columns()
+        barcodes = files.barcode_list()
+        _warn_unknown_types(types, files.features)
+        plan = plan_10x(types, len(names), modality, file=files.features)
+        counts = _orient(_read_mtx(files.matrix), len(names), len(barcodes), files.matrix)
+        return _modalities_from_features(counts, barcodes, ids or names, names, plan)
 
+    kept, rule = modality_mtx_files(folder, modality)
     mods: dict[str, ad.AnnData] = {}
-    for matrix_file in sorted(folder.glob("*.mtx*")):
-        stem = matrix_file.name.split(".mtx")[0]
-        modality = MTX_STEM_TO_MODALITY.get(stem.lower())
-        if modality is None or matrix_file.name not in (f"{stem}.mtx", f"{stem}.mtx.gz"):
-            continue
-        if modality in mods:
-            raise InputError(
-                f"two matrices for modality '{modality}'",
-                file=matrix_file,
-                hint="Keep one MTX file per modality in the folder",
-            )
-        features_file = find_file(folder, f"{stem}_features.tsv", f"{stem}_genes.tsv")
-        barcodes_file = find_file(folder, f"{stem}_barcodes.tsv")
-        if features_file is None or barcodes_file is None:
-            raise InputError(
-                f"{stem}_features.tsv(.gz) and {stem}_barcodes.tsv(.gz) must sit next to "
-                f"{matrix_file.name}",
-                file=folder,
-            )
-        names, ids, _ = _feature_columns(_read_lines_table(features_file))
-        barcodes = _read_lines_table(barcodes_file)[0].tolist()
-        counts = _orient(_read_mtx(matrix_file), len(names), len(barcodes), matrix_file)
-        if modality == "rna":
-            var = gene_var(names, ids)
-        elif modality == "prot":
-            var = protein_var(names, ids)
-        else:
-            var = hto_var(names)
-        mods[modality] = ad.AnnData(X=counts, obs=pd.DataFrame(index=pd.Index(barcodes)), var=var)
-    if not mods:
-        raise InputError(
-            "no count matrix found in this folder",
-            file=folder,
-            hint=(
-                "Expected Cell Ranger's matrix.mtx.gz + features.tsv.gz + barcodes.tsv.gz, or "
-                "RNA.mtx.gz / ADT.mtx.gz / HTO.mtx.gz with <MOD>_features.tsv.gz and "
-                "<MOD>_barcodes.tsv.gz"
-            ),
-        )
+    for known, one in kept.items():
+        names, ids, _ = one.feature_columns()
+        barcodes = one.barcode_list()
+        counts = _orient(_read_mtx(one.matrix), len(names), len(barcodes), one.matrix)
+        var = modality_var(known, names, ids)
+        mods[known] = ad.AnnData(X=counts, obs=pd.DataFrame(index=pd.Index(barcodes)), var=var)
+    set_rule(mods, rule)
     return mods

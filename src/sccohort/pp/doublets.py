@@ -8,7 +8,8 @@ observed cell by the share of simulated doublets among its nearest neighbours. C
 share exceeds a threshold set by Otsu's method on the simulated doublets' own shares (the
 valley between homotypic and heterotypic simulated doublets, as scrublet does) are called
 doublets. Two lineages' surface markers (CD3 with CD14 or CD19 ...) make heterotypic
-doublets stand out more in protein space than in RNA space. Method ``"scrublet"`` is
+doublets stand out more in protein space than in RNA space; a protein-only sample is
+embedded by its antibodies alone. Method ``"scrublet"`` is
 scanpy's `scanpy.pp.scrublet` on RNA only, with the same Otsu threshold.
 
 Neighbours are exact up to `EXACT_MAX_DROPLETS` droplets (observed + simulated) and come
@@ -400,7 +401,7 @@ def _clr(x: np.ndarray) -> np.ndarray:
 
 
 def _cite_scores(
-    rna: sp.csr_matrix,
+    rna: sp.csr_matrix | None,
     prot: np.ndarray | None,
     *,
     sim_ratio: float,
@@ -412,19 +413,23 @@ def _cite_scores(
     neighbours: str = "auto",
     max_sim_queries: int = 3000,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Shares of simulated neighbours of observed (n,) and simulated (m,) droplets."""
-    n = rna.shape[0]
+    """Shares of simulated neighbours of observed (n,) and simulated (m,) droplets.
+
+    ``rna`` None: protein only (``prot`` then needs at least 2 antibodies).
+    """
+    n = (rna if rna is not None else prot).shape[0]
     rng = np.random.default_rng(seed)
     m = int(round(sim_ratio * n))
     i = rng.integers(0, n, m)
     j = (i + rng.integers(1, n, m)) % n  # never a cell with itself
     blocks = []
-    obs, sim = _rna_features(rna, (i, j), n_hvg)
-    blocks.append(_block(obs, sim, n_pcs_rna, seed))
+    if rna is not None:
+        obs, sim = _rna_features(rna, (i, j), n_hvg)
+        blocks.append(_block(obs, sim, n_pcs_rna, seed))
     if prot is not None and prot.shape[1] >= 2:
         blocks.append(_block(_clr(prot), _clr(prot[i] + prot[j]), n_pcs_prot, seed))
     if library_weight > 0:
-        libs = [np.asarray(rna.sum(axis=1)).ravel()]
+        libs = [] if rna is None else [np.asarray(rna.sum(axis=1)).ravel()]
         if prot is not None:
             libs.append(prot.sum(axis=1))
         lib_obs = np.log1p(np.column_stack(libs))
@@ -445,7 +450,7 @@ def _cite_scores(
 
 
 def call_doublets(
-    rna_counts: sp.spmatrix,
+    rna_counts: sp.spmatrix | None,
     prot_counts: np.ndarray | sp.spmatrix | None = None,
     *,
     method: str = "cite",
@@ -464,7 +469,8 @@ def call_doublets(
     Parameters
     ----------
     rna_counts
-        (n_cells, n_genes) raw RNA counts of one sample.
+        (n_cells, n_genes) raw RNA counts of one sample, or None for a protein-only sample
+        (method ``"cite"`` then simulates doublets in antibody space alone).
     prot_counts
         (n_cells, n_antibodies) raw antibody counts (isotype controls and all-zero columns
         already removed) or None; method ``"cite"`` then uses RNA only.
@@ -502,12 +508,17 @@ def call_doublets(
         raise ValueError(f"unknown doublet method {method!r}; use one of {METHODS}")
     if neighbours not in NEIGHBOURS:
         raise ValueError(f"unknown neighbour search {neighbours!r}; use one of {NEIGHBOURS}")
-    rna = sp.csr_matrix(rna_counts, dtype=np.float32)
-    n = rna.shape[0]
+    if rna_counts is None and prot_counts is None:
+        raise ValueError("call_doublets needs RNA or antibody counts")
+    rna = None if rna_counts is None else sp.csr_matrix(rna_counts, dtype=np.float32)
+    n = (rna_counts if rna_counts is not None else prot_counts).shape[0]
     if method == "none":
         return _skipped(n, "doublet calling switched off")
     if n < min_cells:
         return _skipped(n, f"{n} cells, fewer than the {min_cells} doublet calling needs")
+    if rna is None and (method == "scrublet" or prot_counts.shape[1] < 2):
+        why = "scrublet needs RNA" if method == "scrublet" else "fewer than 2 antibodies"
+        return _skipped(n, f"protein-only sample: {why}")
     if method == "scrublet":
         import scanpy as sc  # imported here: per-sample workers need it only for this method
 

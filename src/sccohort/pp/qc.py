@@ -26,10 +26,17 @@ RNA thresholds by ``mode``:
   ``tissue`` is not ``"blood"``) and 200 < genes < 5,000 (strict inequalities).
 - ``"adaptive"`` (default): per sample, median +/- ``nmads`` MADs (MAD scaled by 1.4826,
   as R's ``mad`` used by scater's ``isOutlier``) of log UMIs and log genes (both sides) and
-  of the mito share (upper side only). Hard limits on top: genes >= ``min_genes`` (100)
-  always required; the mito cut is clipped to [``mito_floor_pct``, ``mito_ceiling_pct``]
-  = [10 %, 25 %] for blood ([10 %, 50 %] for other tissues), so a very tight sample never
-  loses healthy cells at 6 % mito and a bad one never keeps cells at 40 %.
+  of the mito share (upper side only). Hard limits on top: genes >= ``min_genes`` always
+  required (``"auto"``: 100, or for a targeted panel of fewer than 10,000 genes 100 x
+  genes / 20,000, see `auto_min_genes`); the mito cut is clipped to [``mito_floor_pct``,
+  ``mito_ceiling_pct``] = [10 %, 25 %] for blood ([10 %, 50 %] for other tissues), so a
+  very tight sample never loses healthy cells at 6 % mito and a bad one never keeps cells
+  at 40 %.
+
+Protein-only samples (no ``rna`` modality: cytometry-like CITE-seq panels) are judged by
+their antibodies: ``no_protein`` and ``isotype_high`` as above, ``large_library`` when the
+log antibody counts exceed median + ``nmads`` MADs, and doublets simulated in antibody
+space (`sccohort.pp.doublets`); the RNA metrics are NaN and the RNA reasons never apply.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import pandas as pd
 import scipy.sparse as sp
 from mudata import MuData
 
-from sccohort.errors import InputError
+from sccohort.errors import InputError, SccohortWarning
 from sccohort.pp.doublets import METHODS, MIN_CELLS_DOUBLETS, NEIGHBOURS, call_doublets
 
 #: Reasons a cell is removed, in the order they are tested.
@@ -72,18 +79,24 @@ METRICS = (
     "pct_isotype",
 )
 MAD_SCALE = 1.4826
+#: Panels of fewer genes than this are targeted panels: ``min_genes = "auto"`` scales the
+#: whole-transcriptome floor (`WHOLE_MIN_GENES` of `WHOLE_GENES`) by the panel's size.
+PANEL_MAX_GENES = 10_000
+WHOLE_GENES, WHOLE_MIN_GENES = 20_000, 100
+#: A QC reason that removes more than this share of a sample's cells is named in a warning.
+LARGE_LOSS = 0.3
 #: Names of all-zero antibodies listed in a warning before it says "and N more".
 _MAX_NAMED = 10
 
 
-class QCWarning(UserWarning):
-    """A sample-level QC event: no cells left, no protein data, skipped doublet calling."""
+class QCWarning(SccohortWarning):
+    """A sample-level QC event: no cells left, many cells lost, skipped doublet calling."""
 
 
 DEFAULTS: dict[str, Any] = {
     "mode": "adaptive",
     "nmads": 5.0,
-    "min_genes": 100,
+    "min_genes": "auto",
     "mito_floor_pct": 10.0,
     "mito_ceiling_pct": 25.0,
     "mito_ceiling_tissue_pct": 50.0,
@@ -131,11 +144,24 @@ def _check_params(params: dict[str, Any]) -> dict[str, Any]:
         if key in ("mode", "doublet_method", "doublet_neighbours", "seed"):
             continue
         value = p[key]
+        if key == "min_genes" and value == "auto":
+            continue
         if not isinstance(value, int | float) or not np.isfinite(value) or value < 0:
             raise InputError("must be a number >= 0", key=key, hint=f"got {value!r}")
     if p["nmads"] <= 0:
         raise InputError("must be > 0", key="nmads", hint=f"got {p['nmads']!r}")
     return p
+
+
+def auto_min_genes(n_genes: int) -> int:
+    """The ``min_genes = "auto"`` floor: 100, or for a targeted panel 100 x genes / 20,000.
+
+    A 1,000-gene panel gets 5: cells detect a fraction of a panel's genes, and the adaptive
+    (MAD) bound does the rest.
+    """
+    if n_genes >= PANEL_MAX_GENES:
+        return WHOLE_MIN_GENES
+    return max(1, int(round(WHOLE_MIN_GENES * n_genes / WHOLE_GENES)))
 
 
 def _mad(x: np.ndarray) -> tuple[float, float]:
@@ -289,6 +315,39 @@ def _rna_flags(
     return low, large, cuts
 
 
+def _protein_library_flags(
+    m: pd.DataFrame, p: dict[str, Any]
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Large-library flags of a protein-only sample: log antibody counts above median + k MAD.
+
+    Without RNA, a droplet holding two cells shows as twice the antibody counts; the
+    lower side is the ``no_protein`` check. RNA thresholds are NaN.
+    """
+    log_prot = np.log1p(m["prot_umis"].to_numpy(float))
+    med, mad = _mad(log_prot)
+    cut = med + p["nmads"] * mad
+    large = np.isfinite(log_prot) & (log_prot > cut) if np.isfinite(cut) else np.zeros(len(m), bool)
+    cuts = dict.fromkeys(("mito_max", "genes_min", "genes_max", "umis_min", "umis_max"), np.nan)
+    cuts["prot_umis_max"] = float(np.expm1(cut))
+    return large, cuts
+
+
+def _counts(adata) -> sp.csr_matrix:
+    return sp.csr_matrix(adata.layers["counts"] if "counts" in adata.layers else adata.X)
+
+
+def _positions(adata, cells: pd.Index, sample: str, what: str) -> np.ndarray:
+    """Rows of ``adata`` holding ``cells``; an error when some cell is missing."""
+    pos = adata.obs_names.get_indexer(cells)
+    if (pos < 0).any():
+        raise InputError(
+            f"{int((pos < 0).sum())} cells have no {what} counts",
+            sample=sample,
+            hint=f"keep only cells present in the {what} modality",
+        )
+    return pos
+
+
 def _protein_flags(
     m: pd.DataFrame, p: dict[str, Any], rows: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
@@ -314,6 +373,31 @@ def _protein_flags(
         isotype_high = np.isfinite(log_iso) & (log_iso > iso_cut)
     cuts = {"prot_umis_min": float(np.expm1(prot_cut)), "isotype_max": float(np.expm1(iso_cut))}
     return no_protein, isotype_high, cuts
+
+
+#: The config keys that loosen each QC reason (named when a reason removes many cells).
+_REASON_KEYS = {
+    "red_cell": "qc.hb_max_pct",
+    "platelet": "qc.platelet_max_pct",
+    "low_quality": "qc.min_genes, qc.nmads or qc.mito_ceiling_pct",
+    "large_library": "qc.nmads",
+    "doublet": 'qc.doublet_method = "none"',
+    "no_protein": "qc.min_prot_umis",
+    "isotype_high": "qc.isotype_min_pct",
+}
+
+
+def _warn_large_loss(removed: pd.Series, n: int, sample: str) -> None:
+    """Warn, naming the key to set, when one reason removes over `LARGE_LOSS` of the cells."""
+    for name, count in removed.items():
+        if name and n and count > LARGE_LOSS * n:
+            warnings.warn(
+                f"sample '{sample}': QC removed {count} of {n} cells ({100 * count / n:.0f} %) "
+                f"as {name}; if that is not expected of these cells, loosen "
+                f"{_REASON_KEYS[name]} (see tables/qc.csv for the thresholds used)",
+                QCWarning,
+                stacklevel=3,
+            )
 
 
 def _first_reason(flags: dict[str, np.ndarray], n: int) -> np.ndarray:
@@ -343,7 +427,7 @@ def qc_sample(mdata: MuData, **params: Any) -> tuple[pd.DataFrame, dict[str, Any
     Parameters
     ----------
     mdata
-        One sample's cells: modality ``rna`` (gene symbols as ``var_names``) and optionally
+        One sample's cells: modality ``rna`` (gene symbols as ``var_names``) and/or
         ``prot`` (``var["isotype"]`` bool; without it no antibody counts as an isotype),
         raw counts in each modality's ``layers["counts"]`` (``.X`` if there is no such
         layer); ``obs`` with ``sample_id`` and ``tissue`` (missing tissue = ``"blood"``).
@@ -371,41 +455,44 @@ def qc_sample(mdata: MuData, **params: Any) -> tuple[pd.DataFrame, dict[str, Any
     -----
     QCWarning
         Naming the sample when no cell passes (the row then shows ``cells_out = 0``), when
-        protein QC is skipped (no ``prot`` modality), when antibodies with no counts are
-        ignored (named), or when doublet calling is skipped (too few cells: scores NaN,
+        one reason removes more than `LARGE_LOSS` of its cells (naming the key to loosen),
+        when antibodies with no counts are ignored (named), or when doublet calling is
+        skipped (too few cells: scores NaN,
         nobody removed as a doublet).
 
     Raises
     ------
     InputError
-        Unknown or negative parameters, or a sample without an ``rna`` modality.
+        Unknown or negative parameters, a sample with neither ``rna`` nor ``prot``, or
+        cells missing from a modality.
     """
     p = _check_params(params)
     sample = _sample_values(mdata.obs, "sample_id", "?")
     tissue = _sample_values(mdata.obs, "tissue", "blood")
     blood = tissue.lower() == "blood"
-    if "rna" not in mdata.mod:
+    if "rna" not in mdata.mod and "prot" not in mdata.mod:
         raise InputError(
-            "no RNA modality; QC needs gene expression counts",
+            "neither RNA nor protein counts; QC needs one of them",
             sample=sample,
-            hint="read the sample with its Gene Expression library",
+            hint="read the sample with its Gene Expression or Antibody Capture library",
         )
     cells = mdata.obs_names
     n = len(cells)
     notes: list[str] = []
 
-    rna = mdata.mod["rna"]
-    pos = rna.obs_names.get_indexer(cells)
-    if (pos < 0).any():
-        raise InputError(
-            f"{int((pos < 0).sum())} cells have no RNA counts",
-            sample=sample,
-            hint="keep only cells present in the rna modality",
-        )
-    rna_counts = _take_rows(
-        sp.csr_matrix(rna.layers["counts"] if "counts" in rna.layers else rna.X), pos
-    )
-    m = rna_metrics(rna_counts, rna.var_names)
+    rna_counts = None
+    if "rna" in mdata.mod:
+        rna = mdata.mod["rna"]
+        pos = _positions(rna, cells, sample, "RNA")
+        rna_counts = _take_rows(_counts(rna), pos)
+        m = rna_metrics(rna_counts, rna.var_names)
+        if p["min_genes"] == "auto":
+            p["min_genes"] = auto_min_genes(rna.n_vars)
+            if rna.n_vars < PANEL_MAX_GENES:
+                notes.append(f"targeted panel of {rna.n_vars} genes: min_genes {p['min_genes']}")
+    else:
+        m = pd.DataFrame({c: np.full(n, np.nan) for c in METRICS[:6]})
+        notes.append("protein-only sample: RNA QC skipped, cells judged by their antibodies")
     m.index = cells
 
     prot_counts = None
@@ -413,10 +500,11 @@ def qc_sample(mdata: MuData, **params: Any) -> tuple[pd.DataFrame, dict[str, Any
         prot = mdata.mod["prot"]
         ppos = prot.obs_names.get_indexer(cells)
         if (ppos < 0).any():
+            if rna_counts is None:
+                _positions(prot, cells, sample, "antibody")  # raises
             notes.append(f"protein QC skipped: {int((ppos < 0).sum())} cells lack antibodies")
         else:
-            pc = sp.csr_matrix(prot.layers["counts"] if "counts" in prot.layers else prot.X)
-            pc = _take_rows(pc, ppos)
+            pc = _take_rows(_counts(prot), ppos)
             isotype = (
                 prot.var["isotype"].to_numpy(bool)
                 if "isotype" in prot.var
@@ -444,15 +532,23 @@ def qc_sample(mdata: MuData, **params: Any) -> tuple[pd.DataFrame, dict[str, Any
     if prot_counts is None:
         for column in ("prot_umis", "prot_n", "pct_isotype"):
             m[column] = np.nan
-        if "no protein data" in " ".join(notes):
+        if rna_counts is None:  # protein-only and nothing to judge the cells by
             warnings.warn(
-                f"sample '{sample}': no protein data, protein QC skipped", QCWarning, stacklevel=2
+                f"sample '{sample}': no RNA and every antibody has zero counts; QC keeps "
+                "every cell",
+                QCWarning,
+                stacklevel=2,
             )
 
     flags: dict[str, np.ndarray] = {}
     flags["red_cell"] = m["pct_hb"].to_numpy() >= p["hb_max_pct"]
     flags["platelet"] = m["pct_platelet"].to_numpy() >= p["platelet_max_pct"]
-    flags["low_quality"], flags["large_library"], cuts = _rna_flags(m, p, blood)
+    if rna_counts is not None:
+        flags["low_quality"], flags["large_library"], cuts = _rna_flags(m, p, blood)
+    else:
+        flags["low_quality"] = np.zeros(n, bool)
+        flags["large_library"], cuts = _protein_library_flags(m, p)
+    cuts.setdefault("prot_umis_max", float("nan"))
     before = ~(
         flags["red_cell"] | flags["platelet"] | flags["low_quality"] | flags["large_library"]
     )
@@ -461,7 +557,7 @@ def qc_sample(mdata: MuData, **params: Any) -> tuple[pd.DataFrame, dict[str, Any
     flags["doublet"] = np.zeros(n, bool)
     rows = np.flatnonzero(before)
     result = call_doublets(
-        _take_rows(rna_counts, rows),
+        None if rna_counts is None else _take_rows(rna_counts, rows),
         None if prot_counts is None else _take_rows(prot_counts, rows),
         method=p["doublet_method"],
         neighbours=p["doublet_neighbours"],
@@ -496,6 +592,7 @@ def qc_sample(mdata: MuData, **params: Any) -> tuple[pd.DataFrame, dict[str, Any
         warnings.warn(
             f"sample '{sample}': no cell passes QC ({n} cells in)", QCWarning, stacklevel=2
         )
+    _warn_large_loss(pd.Series(reason).value_counts(), n, sample)
     row: dict[str, Any] = {
         "sample_id": sample,
         "tissue": tissue,

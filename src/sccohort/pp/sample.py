@@ -11,8 +11,10 @@ values are used when that panel is the sample's own, the usual case).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,8 +56,9 @@ class PreparedSample:
         n_antibodies`` float32, index cell ids, columns the antibodies), or None. The cohort
         uses them when its common panel is this panel; otherwise dsb is recomputed.
     warnings
-        ``(category, message)`` of the warnings raised while preparing; the caller re-emits
-        them (a remote worker's warnings would otherwise be lost).
+        ``(category, message, filename, lineno)`` of the warnings raised while preparing;
+        the caller re-emits them from where they came (a remote worker's warnings would
+        otherwise be lost; the place tells sccohort's own warnings from libraries').
     """
 
     sample_id: str
@@ -65,7 +68,7 @@ class PreparedSample:
     qc_row: dict[str, Any]
     empty: AnnData | None = None
     prot_dsb: pd.DataFrame | None = None
-    warnings: list[tuple[type[Warning], str]] = field(default_factory=list)
+    warnings: list[tuple[type[Warning], str, str, int]] = field(default_factory=list)
 
 
 def prepare_sample(
@@ -73,6 +76,7 @@ def prepare_sample(
     sample_id: str,
     *,
     format: str | None = None,
+    modality: str | None = None,
     tissue: str | None = None,
     qc: dict[str, Any] | None = None,
     raw_path: str | Path | None = None,
@@ -81,8 +85,9 @@ def prepare_sample(
 
     Parameters
     ----------
-    path, sample_id, format
-        As `sccohort.io.read.read_sample`.
+    path, sample_id, format, modality
+        As `sccohort.io.read.read_sample` (``modality``: the sample sheet's column; None,
+        NaN or ``""`` let the file decide).
     tissue
         The sample's tissue (QC thresholds differ for tissue; None or NaN = blood).
     qc
@@ -101,9 +106,8 @@ def prepare_sample(
     """
     # the previous task's AnnData objects on this worker hold reference cycles: free them
     gc.collect()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        mdata = read_sample(path, sample_id, format=format)
+    with _collected_warnings() as caught:
+        mdata = read_sample(path, sample_id, format=format, modality=modality)
         mdata.obs["tissue"] = "blood" if tissue is None or pd.isna(tissue) else str(tissue)
         mods = dict(mdata.mod)
         summary = summarise_sample(mods)
@@ -121,8 +125,35 @@ def prepare_sample(
             empty = read_raw_droplets(raw_path, mdata.obs_names, sample_id, modalities=("prot",))
             empty.X = None
             prot_dsb = _dsb_values(kept["prot"], empty)
-    seen = [(w.category, str(w.message)) for w in caught]
+    seen = [(w.category, str(w.message), w.filename, w.lineno) for w in caught]
     return PreparedSample(sample_id, kept, summary, qc_cells, qc_row, empty, prot_dsb, seen)
+
+
+@contextlib.contextmanager
+def _collected_warnings() -> Iterator[list[warnings.WarningMessage]]:
+    """Collect the warnings raised inside on a Dask worker process, where they would be lost.
+
+    In this process (Dask's threads, or no Dask) they go on to the caller as they are:
+    ``warnings.catch_warnings`` is not thread-safe, and concurrent tasks using it leave the
+    process's warning handler pointing at one task's list (the run's record then misses
+    every later warning).
+    """
+    if not _on_dask_worker():
+        yield []
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught
+
+
+def _on_dask_worker() -> bool:
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return False
+    return True
 
 
 def _dsb_values(prot: AnnData, empty: AnnData) -> pd.DataFrame | None:

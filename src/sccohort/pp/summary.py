@@ -1,4 +1,4 @@
-"""Per-sample summary of freshly read cells (cells, depth, proteins detected)."""
+"""Per-sample summary of freshly read cells (cells, depth, proteins detected, how read)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from sccohort.io.features import GENE_IDS_KEY, MODALITY_RULE_KEY
+
 #: An antibody counts as detected in a sample when this share of its cells has a count > 0.
 DETECTED_SHARE = 0.10
+#: Columns of `summary_table` that say how each sample was read.
+READ_COLUMNS = ("modalities", "n_genes", "gene_ids", "modality_rule")
 
 
 def _per_cell(counts: sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
@@ -34,10 +38,14 @@ def summarise_sample(mods: Mapping[str, AnnData]) -> dict[str, Any]:
     Returns
     -------
     ``n_cells``, ``median_umis``, ``median_genes``, ``median_prot_umis`` (NaN without
-    RNA / protein) and ``detected``: per antibody (``pd.Series`` indexed by antibody) the
-    share of cells with a count > 0, or None without protein data.
+    RNA / protein), ``detected``: per antibody (``pd.Series`` indexed by antibody) the
+    share of cells with a count > 0, or None without protein data; and how the sample was
+    read: ``modalities`` (``"rna + prot"``), ``n_genes`` (0 without RNA), ``gene_ids``
+    (``"symbols"``, ``"ensembl: 982/1,000 mapped"``...; ``""`` without RNA) and
+    ``modality_rule`` (the readers' ``uns["modality_rule"]``, ``""`` if absent).
     """
     row: dict[str, Any] = {"n_cells": next(iter(mods.values())).n_obs}
+    row.update(_how_read(mods))
     row["median_umis"] = row["median_genes"] = row["median_prot_umis"] = np.nan
     row["detected"] = None
     if "rna" in mods and row["n_cells"]:
@@ -50,6 +58,17 @@ def summarise_sample(mods: Mapping[str, AnnData]) -> dict[str, Any]:
         share = np.asarray((counts > 0).sum(axis=0)).ravel() / max(counts.shape[0], 1)
         row["detected"] = pd.Series(share, index=mods["prot"].var_names.copy())
     return row
+
+
+def _how_read(mods: Mapping[str, AnnData]) -> dict[str, Any]:
+    rna = mods.get("rna")
+    rules = [str(a.uns[MODALITY_RULE_KEY]) for a in mods.values() if MODALITY_RULE_KEY in a.uns]
+    return {
+        "modalities": " + ".join(mods),
+        "n_genes": 0 if rna is None else int(rna.n_vars),
+        "gene_ids": "" if rna is None else str(rna.uns.get(GENE_IDS_KEY, "")),
+        "modality_rule": rules[0] if rules else "",
+    }
 
 
 def summary_table(
@@ -72,7 +91,11 @@ def summary_table(
     DataFrame with columns ``sample_id, donor_id, batch, timepoint, tissue, n_cells,
     median_umis, median_genes, median_prot_umis, n_proteins, proteins_detected``
     (``proteins_detected``: antibodies of the panel with a count > 0 in at least
-    ``DETECTED_SHARE`` of the sample's cells; 0 without protein data).
+    ``DETECTED_SHARE`` of the sample's cells; 0 without protein data) and `READ_COLUMNS`:
+    ``modalities`` (``"rna + prot"``), ``n_genes`` (genes read, 0 without RNA),
+    ``gene_ids`` (``"symbols"``, ``"ensembl: 982/1,000 mapped"``, ``"mixed: ..."``) and
+    ``modality_rule`` (how the features were assigned to modalities: feature types, the
+    rule, or the sample sheet's ``modality`` column).
     """
     table = pd.DataFrame(index=samples.index.astype(str))
     table.index.name = "sample_id"
@@ -92,4 +115,7 @@ def summary_table(
             int((get[s]["detected"].reindex(antibodies) >= DETECTED_SHARE).sum())
             for s in table.index
         ]
+    for column in READ_COLUMNS:  # rows made before these columns existed lack them
+        default = 0 if column == "n_genes" else ""
+        table[column] = [get[s].get(column, default) for s in table.index]
     return table.reset_index()

@@ -3,19 +3,23 @@
 :func:`assemble_report` builds every section from the run folder, the cohort object, the
 clinical table, the contrasts and ``run.json``, and writes ``OUT/report.html`` plus
 ``OUT/figures/``. A section whose inputs are missing or broken is replaced by a one-line
-warning naming the problem, so a partial run still gets a report.
+warning naming the problem (and a `ReportWarning` carries its traceback to ``run.json``),
+so a partial run still gets a report.
 """
 
 from __future__ import annotations
 
-import logging
+import traceback
+import warnings
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ..cohort import ClinicalTable
+from ..errors import SccohortWarning
 from ..stats.abundance import DEFAULT_METHOD, VALUES_METHOD
 from .build import Items, Note, Paragraph, Section, build_report
 from .sections import (
@@ -36,9 +40,12 @@ from .stats_sections import (
     read_table,
 )
 
-__all__ = ["TEST_DESCRIPTIONS", "assemble_report"]
+__all__ = ["TEST_DESCRIPTIONS", "ReportWarning", "assemble_report", "finished_record"]
 
-log = logging.getLogger(__name__)
+
+class ReportWarning(SccohortWarning):
+    """A part of the report could not be built; ``details`` holds the traceback."""
+
 
 #: What each ``method`` value of the statistics tables means, for the methods section.
 TEST_DESCRIPTIONS = {
@@ -84,12 +91,41 @@ def _safely(title: str, anchor: str, build: Callable[[], Section]) -> Section:
     try:
         return build()
     except Exception as exc:  # a report with a gap beats no report at the end of a run
-        log.warning("report section %r failed: %s", title, exc, exc_info=True)
+        warnings.warn(
+            ReportWarning(
+                f"report section '{title}' could not be built: {type(exc).__name__}: {exc}",
+                details="".join(traceback.format_exception(exc)),
+            ),
+            stacklevel=2,
+        )
         return Section(
             title,
             anchor,
             [Note(f"This section could not be built: {type(exc).__name__}: {exc}", "warning")],
         )
+
+
+def finished_record(run_json: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``run_json`` as the run's last stage sees it: status ``"finished"``, finished now.
+
+    For the report written by the last stage of a run: every stage before it has finished,
+    and the run ends when the report is written. ``"finished"`` is a `FinishTime`: the time
+    it is first shown (the methods section, built last), so the report states the time it
+    was finished; ``run.json`` says the same a moment later.
+    """
+    return {**dict(run_json or {}), "status": "finished", "finished": FinishTime()}
+
+
+class FinishTime:
+    """An ISO time (UTC, seconds) fixed when first turned into text."""
+
+    def __init__(self) -> None:
+        self._text: str | None = None
+
+    def __str__(self) -> str:
+        if self._text is None:
+            self._text = datetime.now(UTC).isoformat(timespec="seconds")
+        return self._text
 
 
 def _summary(out: Path, mdata: Any, clinical: pd.DataFrame | None, alpha: float) -> Section:
@@ -181,6 +217,7 @@ def assemble_report(
     alpha: float = 0.05,
     max_subsets: int = 6,
     title: str = "sccohort report",
+    final: bool = False,
 ) -> Path:
     """Build ``OUT/report.html`` (and ``OUT/figures/``) from a finished (or partial) run.
 
@@ -207,6 +244,11 @@ def assemble_report(
         Most subsets characterised.
     title
         Page title.
+    final
+        The report is the run's last stage, written once every other stage has finished:
+        the header and the methods show the run as finished (`finished_record`) rather
+        than as ``run_json`` says while the report is being written (``"running"``). A
+        report that fails is not written at all, so it never claims a finished run.
 
     Returns
     -------
@@ -214,7 +256,7 @@ def assemble_report(
         ``OUT/report.html``.
     """
     out = Path(out)
-    run_json = dict(run_json or {})
+    run_json = finished_record(run_json) if final else dict(run_json or {})
     contrasts = _contrast_specs(config_or_designs, run_json)
     specs = _spec_dicts(contrasts)
     frame = clinical_frame(clinical)
@@ -273,10 +315,12 @@ def assemble_report(
         ("Methods", "methods", methods),
     ]
     meta: dict[str, Any] = {"title": title}
-    if run_json.get("finished"):
-        meta["run finished"] = run_json["finished"]
     if run_json.get("status"):
         meta["status"] = run_json["status"]
+    if run_json.get("started"):
+        meta["run started"] = run_json["started"]
+    if run_json.get("finished"):
+        meta["run finished"] = run_json["finished"]
     # built one at a time as build_report asks: earlier sections' figures render meanwhile
     sections = (_safely(t, a, build) for t, a, build in builders)
     return build_report(out, sections, meta)

@@ -7,6 +7,7 @@ writes a file (:func:`~sccohort.report.build.build_report` does).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -437,13 +438,15 @@ def cell_types_section(out: str | Path) -> Section:
     """
     out = Path(out)
     types = _read_table(out, "cell_types.csv")
+    called = types[types["n_cells"] > 0] if "n_cells" in types else types
     blocks: list[Any] = [
         Paragraph(
-            f"{types['l2'].nunique()} cell types (Azimuth PBMC l2 vocabulary) in "
-            f"{types['l1'].nunique()} lineages (l1), labelled from RNA and protein markers."
+            f"{called['l2'].nunique()} cell types (Azimuth PBMC l2 vocabulary) in "
+            f"{called['l1'].nunique()} lineages (l1), labelled from RNA and protein markers."
         ),
+        *coverage_notes(types),
         FigureBlock(
-            pl.label_shares(types),
+            pl.label_shares(called),
             "cell_types_shares",
             caption="Share of all cells per cell type, coloured by lineage; numbers are cells.",
         ),
@@ -451,7 +454,9 @@ def cell_types_section(out: str | Path) -> Section:
     ]
     if "median_confidence" in types:
         # "unassigned" is low-confidence by definition; flag real labels only
-        low = types[(types["median_confidence"] < 0.5) & (types["l2"].astype(str) != "unassigned")]
+        low = called[
+            (called["median_confidence"] < 0.5) & (called["l2"].astype(str) != "unassigned")
+        ]
         if len(low):
             blocks.append(
                 Note(
@@ -477,7 +482,56 @@ def cell_types_section(out: str | Path) -> Section:
                 ],
             )
         )
+    blocks.extend(skipped_notes(out, "annotate"))
     return Section("Cell types", "cell-types", blocks)
+
+
+def coverage_notes(types: pd.DataFrame) -> list[Note]:
+    """What the markers in the data could not call (``cell_types.csv``'s coverage columns)."""
+    if "callable" not in types or "note" not in types:
+        return []
+    notes = []
+    lost = types[types["note"].astype(str).str.startswith("not callable")]
+    if len(lost):
+        named = "; ".join(
+            f"{r.l2} (missing {str(r.missing_markers).replace(';', ', ')})"
+            if isinstance(r.missing_markers, str) and r.missing_markers
+            else str(r.l2)
+            for r in lost.itertuples(index=False)
+        )
+        notes.append(
+            Note(
+                f"{len(lost)} cell types cannot be called from the markers in these data and "
+                f"were not assigned: {named}. Their cells carry another label or "
+                "'unassigned'. A labelled reference atlas ([annotation] reference in the "
+                "config) can transfer labels that markers cannot call.",
+                "warning",
+            )
+        )
+    coarse = types[types["note"].astype(str).str.startswith("l2 types")]
+    if len(coarse):
+        notes.append(
+            Note(
+                "The markers cannot tell the cell types within "
+                + ", ".join(coarse["l1"].astype(str))
+                + " apart: their cells keep the lineage name as their l2 label.",
+            )
+        )
+    return notes
+
+
+def skipped_notes(out: str | Path, stage: str | None = None) -> list[Note]:
+    """One note per analysis that could not run on these data (``run.json``'s ``skipped``)."""
+    path = Path(out) / "run.json"
+    try:
+        skipped = json.loads(path.read_text()).get("skipped", [])
+    except (OSError, ValueError):
+        return []
+    return [
+        Note(f"Not run: {entry['analysis']}, because {entry['reason']}.")
+        for entry in skipped
+        if stage is None or entry.get("stage") == stage
+    ]
 
 
 _PROSE = {

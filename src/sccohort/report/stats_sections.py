@@ -22,11 +22,11 @@ from .. import pl
 from ..cohort import ClinicalTable
 from ..errors import InputError
 from ..pp.store import rna_columns, store_of
-from ..stats.abundance import DEFAULT_METHOD
+from ..stats.abundance import DEFAULT_METHOD, describe_attainable
 from ..stats.composition import SUBSET_LEVELS, donor_shares
 from ..stats.tests import proportion_biplot
 from .build import FigureBlock, Note, Paragraph, Section, TableBlock
-from .sections import clinical_frame, group_column
+from .sections import clinical_frame, group_column, skipped_notes
 
 __all__ = [
     "CLASSIC_METHOD",
@@ -553,7 +553,7 @@ def association_section(
     """
     out = Path(out)
     association = read_table(out, "association.csv")
-    blocks: list[Any] = []
+    blocks: list[Any] = attainable_notes(out, alpha)
     if association is None:
         blocks.append(_missing("association.csv", "association tests"))
     else:
@@ -587,9 +587,23 @@ def association_section(
             )
         )
     blocks.append(_neighbourhood_section(out, nhood_alpha))
-    blocks.append(_de_section(out, de_alpha))
+    de = _de_section(out, de_alpha)
+    de.blocks.extend(skipped_notes(out, "de"))
+    blocks.append(de)
     blocks.append(_subgroup_section(out, alpha))
     return Section("Association with clinical contrasts", "association", blocks)
+
+
+def attainable_notes(out: Path, alpha: float) -> list[Note]:
+    """A plain warning per contrast whose design cannot reach ``padj < alpha`` (contrasts.csv)."""
+    reach = read_table(out, "contrasts.csv")
+    if reach is None or "reachable" not in reach:
+        return []
+    return [
+        Note(describe_attainable(row, alpha), "warning")
+        for row in reach.to_dict("records")
+        if not bool(row["reachable"])
+    ]
 
 
 def _neighbourhood_section(out: Path, alpha: float) -> Section:
@@ -1106,14 +1120,15 @@ def characterisation_section(
     out = Path(out)
     table = associated_subsets(read_table(out, "association.csv"), alpha=alpha)
     subsets, significant = characterised_subsets(table, max_subsets=max_subsets)
+    skipped = skipped_notes(out, "characterise")
     if not subsets:
         return Section(
             "Characterisation of associated subsets",
             "characterisation",
-            [Note("No subset to characterise: no association table or no candidate.")],
+            [Note("No subset to characterise: no association table or no candidate."), *skipped],
         )
     groups = contrast_groups(contrasts, clinical)
-    blocks: list[Any] = []
+    blocks: list[Any] = list(skipped)
     if not significant:
         blocks.append(
             Note(

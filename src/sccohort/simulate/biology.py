@@ -759,6 +759,9 @@ def load_genes() -> pd.DataFrame:
     path = resources.files("sccohort") / "resources" / "genes_human.tsv.gz"
     with resources.as_file(path) as p:
         genes = pd.read_csv(p, sep="\t", dtype=str)
+    # the core genes only (CORE_KINDS of scripts/make_gene_table.py); the others map ids
+    core = genes["kind"].isin(["protein_coding", "MT", "TR_IG", "lncRNA"])
+    genes = genes.loc[core, ["symbol", "gene_id", "kind"]].reset_index(drop=True)
     # Among rows sharing an id keep the plain gene (TRGC1 over TARP, KLRK1 over KLRC4-KLRK1).
     readthrough = genes["symbol"].str.contains("-") & ~genes["kind"].isin(["MT", "TR_IG"])
     rank = np.where(genes["kind"] == "TR_IG", 0, np.where(readthrough, 2, 1))

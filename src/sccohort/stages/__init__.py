@@ -47,7 +47,8 @@ def stage_report(state: RunState) -> list[Path]:
     """``report.html`` (one self-contained file) and ``figures/`` (PNG + SVG of each figure).
 
     The methods section reads ``run.json`` as the runner wrote it before this stage (config,
-    versions, seeds, the timings of every earlier stage).
+    versions, seeds, the timings of every earlier stage). The report is the last stage, so
+    it shows the run as finished (``final=True``).
     """
     run_json = json.loads((state.out / "run.json").read_text())
     cfg = state.config.characterise
@@ -59,6 +60,7 @@ def stage_report(state: RunState) -> list[Path]:
         run_json,
         alpha=cfg.alpha,
         max_subsets=cfg.max_subsets,
+        final=True,
     )
     figures = sorted(p for p in (state.out / "figures").glob("*") if p.is_file())
     return [path, *figures]

@@ -43,6 +43,10 @@ class RunState:
 
     ``scheduler`` is what `sccohort.cluster.compute` runs per-sample tasks on;
     ``background`` holds jobs a stage started for a later one (name -> ``Background``).
+    ``resolved``: settings a stage resolved from the data (``"embedding.n_top_genes"`` ->
+    1000 for a 1,000-gene panel set to ``"auto"``); ``skipped``: analyses that could not run
+    on these data, each ``{"stage", "analysis", "reason"}``. Both go to ``run.json`` and
+    the report's methods.
     """
 
     config: Config
@@ -53,6 +57,14 @@ class RunState:
     mdata: Any = None
     scheduler: Any = None
     background: dict[str, Any] = field(default_factory=dict)
+    resolved: dict[str, Any] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def skip(self, stage: str, analysis: str, reason: str) -> None:
+        """Record that ``analysis`` of ``stage`` did not run on these data, and why."""
+        entry = {"stage": stage, "analysis": analysis, "reason": reason}
+        if entry not in self.skipped:
+            self.skipped.append(entry)
 
 
 @dataclass(frozen=True)

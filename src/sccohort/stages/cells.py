@@ -19,15 +19,26 @@ from sccohort.cohort import SampleSheet
 from sccohort.config import Config
 from sccohort.errors import InputError
 from sccohort.io.atomic import write_csv
+from sccohort.io.probe import SampleProbe, probe_samples
 from sccohort.io.read import combine_samples
 from sccohort.pp.normalize import clr, dsb, normalize_rna
 from sccohort.pp.qc import METRICS as QC_METRICS
+from sccohort.pp.qc import auto_min_genes
 from sccohort.pp.sample import prepare_sample
 from sccohort.pp.store import RNA_STORE_FILE, STORE_KEY, RnaCollector
 from sccohort.pp.summary import summary_table
 from sccohort.stages.base import RunState
-from sccohort.tl.annotate import annotate
-from sccohort.tl.embed import harmony, highly_variable_genes, leiden, pca_prot, pca_rna, umap
+from sccohort.stages.panel import check_panel
+from sccohort.tl.annotate import UNASSIGNED, annotate
+from sccohort.tl.embed import (
+    harmony,
+    highly_variable_genes,
+    hvg_count,
+    leiden,
+    pca_prot,
+    pca_rna,
+    umap,
+)
 from sccohort.tl.markers import rank_markers
 from sccohort.tl.subsets import subsets
 from sccohort.tl.transfer import load_reference, transfer_labels
@@ -55,6 +66,7 @@ def stage_preprocess(state: RunState) -> list[Path]:
             str(table.at[s, "path"]),
             s,
             format=None if pd.isna(formats[s]) else str(formats[s]),
+            modality=table.at[s, "modality"] if "modality" in table else None,
             tissue=None if pd.isna(tissues[s]) else str(tissues[s]),
             qc=params,
             raw_path=str(raws[s]) if use_dsb else None,
@@ -75,8 +87,8 @@ def stage_preprocess(state: RunState) -> list[Path]:
         collector.abort()
         raise
     for sample in prepared:
-        for category, message in sample.warnings:
-            warnings.warn(message, category, stacklevel=2)
+        for category, message, filename, lineno in sample.warnings:
+            warnings.warn_explicit(message, category, filename, lineno)
     mdata = combine_samples({p.sample_id: p.mods for p in prepared}, table)
     qc_cells = pd.concat([p.qc_cells for p in prepared])
     for name in qc_cells.columns:
@@ -105,12 +117,15 @@ def stage_preprocess(state: RunState) -> list[Path]:
             file=state.out / "tables" / "qc.csv",
             hint="check the QC table; for unusual data set [qc] mode or thresholds in the config",
         )
-    rna = mdata.mod["rna"]
-    if store is None:
-        normalize_rna(rna, target_sum=state.config.normalize.target_sum)
-    else:  # counts on disk: normalised as read (`sccohort.pp.store`)
-        rna.uns["normalize_rna"] = {"method": "log1p", "target_sum": store.target_sum}
-        rna.uns[STORE_KEY] = str(store.path)
+    if "rna" in mdata.mod:
+        rna = mdata.mod["rna"]
+        if store is None:
+            normalize_rna(rna, target_sum=state.config.normalize.target_sum)
+        else:  # counts on disk: normalised as read (`sccohort.pp.store`)
+            rna.uns["normalize_rna"] = {"method": "log1p", "target_sum": store.target_sum}
+            rna.uns[STORE_KEY] = str(store.path)
+        if state.config.qc.min_genes == "auto":
+            state.resolved["qc.min_genes"] = auto_min_genes(rna.n_vars)
     if antibodies is not None:
         _normalize_protein(
             mdata.mod["prot"], mdata.obs["sample_id"], empties if use_dsb else None, own_dsb
@@ -157,18 +172,29 @@ def _protein_method(state: RunState) -> str:
     return "dsb" if raw is not None and raw.notna().all() else "clr"
 
 
-def check_inputs(config: Config, samples: SampleSheet) -> None:
+def check_inputs(config: Config, samples: SampleSheet) -> dict[str, SampleProbe]:
     """Stage-specific input checks, run before anything is written.
+
+    Every sample's count file is probed (`sccohort.io.probe.probe_samples`: headers, not
+    counts) and checked against the settings that depend on its panel
+    (`sccohort.stages.panel.check_panel`).
+
+    Returns
+    -------
+    ``sample_id -> SampleProbe``.
 
     Raises
     ------
     InputError
+        A count file that cannot be probed; a panel a setting does not fit;
         ``[normalize] protein = "dsb"`` while a sample has no ``raw_path``; an
         ``[annotation]`` reference that is missing, or ``labels = "reference"`` without one
         (or without ``l1`` and ``l2`` among its keys); a missing ``[characterise]``
         gene-set or TF-target file.
     """
     _check_annotation(config)
+    probes = probe_samples(samples)
+    check_panel(config, probes)
     for key in ("gene_sets", "tf_targets"):
         path = getattr(config.characterise, key)
         if path is not None and not path.is_file():
@@ -179,7 +205,7 @@ def check_inputs(config: Config, samples: SampleSheet) -> None:
                 hint="Give the path (relative to the config) of a GMT / TRRUST-style TSV file",
             )
     if config.normalize.protein != "dsb":
-        return
+        return probes
     raw = samples.table.get("raw_path")
     missing = samples.table.index if raw is None else samples.table.index[raw.isna()]
     if len(missing):
@@ -191,6 +217,7 @@ def check_inputs(config: Config, samples: SampleSheet) -> None:
             hint=f"{len(missing)} sample(s) lack it; add the raw_feature_bc_matrix paths or set "
             "[normalize] protein = 'clr'",
         )
+    return probes
 
 
 def _check_annotation(config: Config) -> None:
@@ -223,23 +250,37 @@ def _check_annotation(config: Config) -> None:
         )
 
 
+#: Single-modality cohorts up to this many cells get an exact kNN graph (scikit-learn).
+EXACT_KNN_CELLS = 50_000
+
+
 def stage_embed(state: RunState) -> list[Path]:
     """HVG, PCA, protein PCA, Harmony, the WNN graph and Leiden; starts the UMAP layout.
 
-    The layout runs on a Dask worker beside the next stages; `stage_umap` collects it.
+    With one modality (RNA only, protein only) its kNN graph stands in for the WNN graph,
+    under the same name. The layout runs on a Dask worker beside the next stages;
+    `stage_umap` collects it. ``mdata.uns["embed"]`` records what later stages read: the
+    embedding of each modality (``reps``), the one subsets and neighbourhoods use
+    (``use_rep``) and the resolved panel-dependent settings.
     """
     cfg, mdata = state.config.embedding, state.mdata
     seed = state.config.seed
-    rna = mdata.mod["rna"]
-    rna.obs["sample_id"] = mdata.obs.loc[rna.obs_names, "sample_id"].to_numpy()
-    highly_variable_genes(rna, n_top_genes=cfg.n_top_genes, batch_key="sample_id")
-    pca_rna(rna, n_comps=cfg.n_pcs)
-    mdata.obsm["X_pca"] = rna.obsm["X_pca"]
-    reps = {"rna": "X_pca"}
+    reps: dict[str, str] = {}
+    if "rna" in mdata.mod:
+        rna = mdata.mod["rna"]
+        rna.obs["sample_id"] = mdata.obs.loc[rna.obs_names, "sample_id"].to_numpy()
+        n_top = hvg_count(cfg.n_top_genes, rna.var_names)
+        highly_variable_genes(rna, n_top_genes=n_top, batch_key="sample_id")
+        n_pcs = min(cfg.n_pcs, n_top - 1, rna.n_obs - 1)
+        pca_rna(rna, n_comps=n_pcs)
+        mdata.obsm["X_pca"] = rna.obsm["X_pca"]
+        reps["rna"] = "X_pca"
+        state.resolved |= {"embedding.n_top_genes": n_top, "embedding.n_pcs": n_pcs}
     if "prot" in mdata.mod:
         pca_prot(mdata.mod["prot"], n_comps=cfg.n_pcs_prot or None)
         mdata.obsm["X_pca_prot"] = mdata.mod["prot"].obsm["X_pca_prot"]
         reps["prot"] = "X_pca_prot"
+        state.resolved["embedding.n_pcs_prot"] = mdata.obsm["X_pca_prot"].shape[1]
     if cfg.harmony_key:
         for modality, basis in list(reps.items()):
             adata = mdata.mod[modality]
@@ -262,15 +303,21 @@ def stage_embed(state: RunState) -> list[Path]:
         # (ARI 0.99 with Seurat on the real ECCITE cells, 0.87 on the UMAP connectivities)
         graph.uns["wnn_snn"] = graph.uns["wnn"] | {"connectivities_key": "wnn_snn"}
         cluster_key = "wnn_snn"
-    else:  # RNA only: the RNA kNN graph stands in for the WNN graph, under the same name
+    else:  # one modality: its kNN graph stands in for the WNN graph, under the same name
+        ((modality, key),) = reps.items()
         sc.pp.neighbors(
-            graph, n_neighbors=cfg.n_neighbors, use_rep="rna_" + reps["rna"], key_added="wnn",
+            graph, n_neighbors=cfg.n_neighbors, use_rep=f"{modality}_{key}", key_added="wnn",
             random_state=seed,
+            # exact (scikit-learn) up to EXACT_KNN_CELLS: pynndescent's first call compiles
+            # for over a minute on 2 cores, longer than the exact search takes at that size
+            transformer="sklearn" if graph.n_obs <= EXACT_KNN_CELLS else None,
         )  # fmt: skip
-        graph.obs["rna_weight"] = 1.0
+        graph.obs[f"{modality}_weight"] = 1.0
         cluster_key = "wnn"
+    # the main embedding: RNA's when there is RNA (subsets and neighbourhoods use it)
+    use_rep = reps.get("rna", reps.get("prot"))
     # the layout needs only the graph: it runs on a worker while Leiden runs here
-    state.background["umap"] = _start_umap(state, graph, graph.obsm[f"rna_{reps['rna']}"])
+    state.background["umap"] = _start_umap(state, graph, mdata.obsm[use_rep])
     leiden(graph, neighbors_key=cluster_key, resolution=cfg.resolution, seed=seed)
     for key in ("wnn_connectivities", "wnn_distances", "wnn_snn"):
         if key in graph.obsp:
@@ -280,6 +327,7 @@ def stage_embed(state: RunState) -> list[Path]:
     for key in ("wnn", "leiden"):
         if key in graph.uns:
             mdata.uns[key] = graph.uns[key]
+    mdata.uns["embed"] = {"reps": reps, "use_rep": use_rep, "graph": "wnn"}
     return []
 
 
@@ -308,8 +356,7 @@ def stage_umap(state: RunState) -> list[Path]:
     job = state.background.pop("umap", None)
     mdata = state.mdata
     if job is None:
-        init = mdata.obsm["X_harmony" if "X_harmony" in mdata.obsm else "X_pca"]
-        job = _start_umap(state, mdata, init)
+        job = _start_umap(state, mdata, mdata.obsm[mdata.uns["embed"]["use_rep"]])
     coords, info = job.result()
     mdata.obsm["X_umap"] = coords
     mdata.uns["umap"] = info
@@ -327,13 +374,19 @@ def stage_annotate(state: RunState) -> list[Path]:
     ``labels = "reference"`` the transferred l1 / l2 replace the marker labels.
     """
     mdata, section = state.mdata, state.config.annotation
-    annotate(
+    coverage = annotate(
         mdata,
         use=tuple(m for m in ("rna", "prot") if m in mdata.mod),
         min_confidence=section.min_confidence,
     )
     written = []
-    if section.reference is not None:
+    if section.reference is not None and "rna" not in mdata.mod:
+        state.skip(
+            "annotate",
+            "label transfer",
+            "the cohort has no RNA (protein only): the reference is matched on genes",
+        )
+    elif section.reference is not None:
         rna = mdata.mod["rna"]
         rna.obs = rna.obs.drop(columns=[c for c in rna.obs if c.startswith("ref_")])
         for key in ("sample_id", *section.reference_keys):
@@ -366,7 +419,34 @@ def stage_annotate(state: RunState) -> list[Path]:
     )
     table.insert(3, "share", table["n_cells"] / len(obs))
     table = table.sort_values(["l1", "n_cells"], ascending=[True, False], kind="stable")
+    if section.labels == "markers":
+        table = with_coverage(table, coverage)
     return [*written, write_csv(table, state.out / "tables" / "cell_types.csv")]
+
+
+def with_coverage(table: pd.DataFrame, coverage: pd.DataFrame) -> pd.DataFrame:
+    """``cell_types.csv`` with each l2 label's marker coverage; labels without cells added.
+
+    Columns added: ``callable`` (bool), ``marker_coverage``, ``missing_markers`` (see
+    `sccohort.tl.annotate.label_coverage`) and ``note``: why a label is not called, or that
+    the l1 name stands for l2 where the markers cannot tell its types apart.
+    """
+    l2 = coverage[coverage["level"] == "l2"].set_index("label")
+    absent = l2[~l2.index.isin(table["l2"])]
+    extra = pd.DataFrame(
+        {"l1": absent["parent"], "l2": absent.index, "n_cells": 0, "share": 0.0, "n_samples": 0}
+    )
+    out = pd.concat([table, extra], ignore_index=True)
+    out["callable"] = out["l2"].map(l2["callable"]).astype(object)
+    # the l1 name standing for l2 (NK is also an l2 label: then only when that is not callable)
+    coarse = (out["l2"] == out["l1"]) & (out["l2"] != UNASSIGNED) & out["callable"].ne(True)
+    out.loc[coarse, "callable"] = False
+    out["marker_coverage"] = out["l2"].map(l2["marker_coverage"])
+    out["missing_markers"] = out["l2"].map(l2["missing_markers"]).fillna("")
+    lost = out["callable"].eq(False)
+    out["note"] = np.where(lost, "not callable: no distinctive marker in the data", "")
+    out.loc[coarse, "note"] = "l2 types of this lineage cannot be told apart by these markers"
+    return out
 
 
 def stage_subsets(state: RunState) -> list[Path]:
@@ -374,7 +454,14 @@ def stage_subsets(state: RunState) -> list[Path]:
 
     Writes ``obs["subset"]`` and ``tables/subsets.csv``.
     """
-    table = subsets(state.mdata, neighbours=state.config.subsets.neighbours, seed=state.config.seed)
+    mdata = state.mdata
+    table = subsets(
+        mdata,
+        use_rep=mdata.uns["embed"]["use_rep"],
+        features="rna" if "rna" in mdata.mod else "prot",
+        neighbours=state.config.subsets.neighbours,
+        seed=state.config.seed,
+    )
     return [write_csv(table, state.out / "tables" / "subsets.csv")]
 
 

@@ -16,9 +16,15 @@ from sccohort.io.atomic import write_csv
 from sccohort.io.genesets import hallmark, read_gmt, read_tf_targets
 from sccohort.stages.base import RunState
 from sccohort.stats import CORE_COLUMNS
-from sccohort.stats.abundance import DEFAULT_METHOD, compare_donor_values, test_abundance
+from sccohort.stats.abundance import (
+    DEFAULT_METHOD,
+    attainable_significance,
+    compare_donor_values,
+    describe_attainable,
+    test_abundance,
+)
 from sccohort.stats.composition import SUBSET_LEVELS, composition, donor_counts, donor_shares
-from sccohort.stats.enrichment import enrich_markers, gsea
+from sccohort.stats.enrichment import enrich_markers, gsea, sets_covered
 from sccohort.stats.gating import gate_subsets
 from sccohort.stats.longitudinal import expression_trajectory, paired_test, trajectories
 from sccohort.stats.neighbourhoods import neighbourhoods
@@ -79,8 +85,10 @@ def stage_association(state: RunState) -> list[Path]:
     """Every contrast at every level: the default permutation test, and the study's KS.
 
     Writes ``tables/association.csv`` (one row per contrast x level x subset x method, the
-    DESIGN core columns first) and, for ``[association] groupings``, ``tables/subgroups.csv``
-    (Kruskal-Wallis per subset, then Dunn's pairs).
+    DESIGN core columns first), ``tables/contrasts.csv`` (per contrast its design and the
+    smallest p-value the default test can reach, `attainable_significance`; a warning when
+    nothing can reach ``[characterise] alpha``) and, for ``[association] groupings``,
+    ``tables/subgroups.csv`` (Kruskal-Wallis per subset, then Dunn's pairs).
     """
     cfg, seed = state.config.association, state.config.seed
     table = _composition(state)
@@ -88,6 +96,9 @@ def stage_association(state: RunState) -> list[Path]:
     designs = _designs(state)
     sample_of = _primary_sample_of(state)
     written = []
+    if designs:
+        reach = contrast_table(state, designs)
+        written.append(write_csv(reach, state.out / "tables" / "contrasts.csv"))
     frames = []
     steps, done = len(designs) * len(levels), 0
     for design in designs.values():
@@ -116,6 +127,20 @@ def stage_association(state: RunState) -> list[Path]:
     if subgroups is not None:
         written.append(write_csv(subgroups, state.out / "tables" / "subgroups.csv"))
     return written
+
+
+def contrast_table(state: RunState, designs: dict[str, ContrastDesign]) -> pd.DataFrame:
+    """Each contrast's design and attainable significance; warns where nothing can reach alpha."""
+    cfg, alpha = state.config.association, state.config.characterise.alpha
+    rows = []
+    for design in designs.values():
+        row = attainable_significance(
+            design, n_perm=cfg.n_perm, max_exact=cfg.max_exact, alpha=alpha
+        )
+        rows.append({"contrast": row.pop("contrast"), "design": design.describe(), **row})
+        if not row["reachable"]:
+            warnings.warn(describe_attainable(rows[-1], alpha), UserWarning, stacklevel=2)
+    return pd.DataFrame(rows)
 
 
 def _subgroups(
@@ -179,14 +204,17 @@ def stage_neighbourhoods(state: RunState) -> list[Path]:
     if not cfg.neighbourhoods or not designs:
         return []
     mdata = state.mdata
-    if cfg.milo_embedding not in mdata.obsm:
+    key = cfg.milo_embedding
+    if key == "auto":
+        key = mdata.uns["embed"]["use_rep"]
+    if key not in mdata.obsm:
         raise InputError(
-            f"the cohort has no embedding '{cfg.milo_embedding}'",
+            f"the cohort has no embedding '{key}'",
             file=state.config.path,
             key="association.milo_embedding",
-            hint=f"Embeddings: {', '.join(mdata.obsm)}",
+            hint=f'Embeddings: {", ".join(mdata.obsm)}; or "auto"',
         )
-    embedding = np.asarray(mdata.obsm[cfg.milo_embedding])
+    embedding = np.asarray(mdata.obsm[key])
     sample_of = _primary_sample_of(state)
     frames = []
     for i, design in enumerate(designs.values(), start=1):
@@ -242,6 +270,30 @@ def _read_table(state: RunState, name: str) -> pd.DataFrame:
     return pd.read_csv(path) if path.is_file() else pd.DataFrame()
 
 
+#: Genes of a set that must be in the data: marker ORA, preranked GSEA, signature scores.
+MIN_SET_GENES = {"enrichment": 5, "gsea": 15, "signatures": 3}
+
+
+def covered_sets(
+    state: RunState, stage: str, analysis: str, gene_sets: dict, universe
+) -> dict[str, list[str]]:
+    """The gene sets with enough genes in ``universe``; the others are recorded as skipped."""
+    kept, dropped = sets_covered(gene_sets, universe, MIN_SET_GENES[analysis])
+    if dropped:
+        named = ", ".join(f"{n} ({k})" for n, k in list(dropped.items())[:3])
+        more = f" and {len(dropped) - 3} more" if len(dropped) > 3 else ""
+        state.skip(
+            stage,
+            f"{analysis}: {len(dropped)} of {len(gene_sets)} gene sets",
+            f"fewer than {MIN_SET_GENES[analysis]} of their genes are in the data "
+            f"(genes present: {named}{more})",
+        )
+    return kept
+
+
+NO_RNA = "the cohort has no RNA (protein only)"
+
+
 def _file_name(name: str) -> str:
     """A contrast name made safe for a file name."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
@@ -259,6 +311,9 @@ def stage_de(state: RunState) -> list[Path]:
     designs = _designs(state)
     if not designs:
         return []
+    if "rna" not in state.mdata.mod:
+        state.skip("de", "pseudobulk differential expression", f"{NO_RNA}: DE needs gene counts")
+        return []
     association = _read_table(state, "association.csv")
     obs = state.mdata.obs
     sample_of = _primary_sample_of(state)
@@ -269,7 +324,8 @@ def stage_de(state: RunState) -> list[Path]:
         for level in ("subset", "l2")
     }
     written, skipped, gsea_tables = [], [], []
-    gene_sets = hallmark()
+    genes = state.mdata.mod["rna"].var_names
+    gene_sets = covered_sets(state, "de", "gsea", dict(hallmark()), genes)
     for i, (name, design) in enumerate(designs.items(), start=1):
         if cfg.de_groups == "all":
             groups = {level: sorted(counts[level]) for level in counts}
@@ -294,7 +350,7 @@ def stage_de(state: RunState) -> list[Path]:
             skipped.append(skips)
             for group, rows in result.groupby("subset", sort=False):
                 ranked = rows.dropna(subset=["stat"]).set_index("gene")["stat"]
-                if len(ranked) >= 50:
+                if len(ranked) >= 50 and gene_sets:
                     table = gsea(ranked, gene_sets, n_perm=2000, seed=seed)
                     gsea_tables.append(table.assign(contrast=name, level=level, subset=group))
         if frames:
@@ -342,15 +398,21 @@ def stage_characterise(state: RunState) -> list[Path]:
 
     # 1. enrichment of the markers of each associated subset
     markers = _read_table(state, "markers_rna.csv")
-    if subsets_ and len(markers):
+    rna = mdata.mod.get("rna")
+    if subsets_ and rna is None:
+        state.skip("characterise", "marker enrichment", f"{NO_RNA}: no gene markers")
+    elif subsets_ and len(markers):
         gene_sets = dict(hallmark())
         if cfg.gene_sets is not None:
             gene_sets |= read_gmt(cfg.gene_sets)
         if cfg.tf_targets is not None:
             gene_sets |= {f"TF_{k}": v for k, v in read_tf_targets(cfg.tf_targets).items()}
-        universe = list(mdata.mod["rna"].var_names)
-        enrichment = enrich_markers(markers[markers["subset"].isin(subsets_)], gene_sets, universe)
-        written.append(write_csv(enrichment, tables / "enrichment.csv"))
+        universe = list(rna.var_names)
+        gene_sets = covered_sets(state, "characterise", "enrichment", gene_sets, universe)
+        if gene_sets:
+            chosen_markers = markers[markers["subset"].isin(subsets_)]
+            enrichment = enrich_markers(chosen_markers, gene_sets, universe)
+            written.append(write_csv(enrichment, tables / "enrichment.csv"))
     state.progress.advance(1, steps)
 
     # 2. protein gating of each associated subset
@@ -358,13 +420,13 @@ def stage_characterise(state: RunState) -> list[Path]:
         prot = mdata.mod["prot"]
         cell_obs = obs.loc[prot.obs_names]
         l1 = cell_obs["l1"].astype(str)
-        masks = {
-            subset: (
-                (cell_obs["subset"] == subset).to_numpy(),
-                (l1 == _parent_l1(obs, subset)).to_numpy(),
-            )
-            for subset in subsets_
-        }
+        masks = {}
+        for subset in subsets_:
+            target = (cell_obs["subset"] == subset).to_numpy()
+            parent = (l1 == _parent_l1(obs, subset)).to_numpy()
+            # a subset that is its whole lineage (a panel that cannot split it) is gated
+            # against all cells
+            masks[subset] = (target, parent if (parent & ~target).any() else np.ones_like(parent))
         results = gate_subsets(
             prot, masks, cell_obs["donor_id"].astype(str).to_numpy(),
             max_gates=cfg.gating_max_gates, test_donors=cfg.gating_test_fraction, seed=seed,
@@ -400,12 +462,19 @@ def stage_characterise(state: RunState) -> list[Path]:
     state.progress.advance(3, steps)
 
     # 4. signature scores per donor and subset (primary samples)
-    rna = mdata.mod["rna"]
-    scores = score_cells(rna, signature_sets(), seed=seed)
-    donor = donor_scores(scores, obs.loc[rna.obs_names], samples=list(sample_of))
-    written.append(write_csv(donor, tables / "signatures.csv"))
+    signatures = {}
+    if rna is None:
+        state.skip("characterise", "signature scores", f"{NO_RNA}: signatures are gene sets")
+    else:
+        signatures = covered_sets(
+            state, "characterise", "signatures", signature_sets(), rna.var_names
+        )
     tests = []
-    for design in designs.values():
+    if signatures:
+        scores = score_cells(rna, signatures, seed=seed)
+        donor = donor_scores(scores, obs.loc[rna.obs_names], samples=list(sample_of))
+        written.append(write_csv(donor, tables / "signatures.csv"))
+    for design in designs.values() if signatures else ():
         for name, rows in donor.groupby("set", sort=False):
             values = rows.pivot(index="donor_id", columns="subset", values="score")
             values = values.reindex(design.donors.astype(str))
@@ -434,7 +503,8 @@ def stage_characterise(state: RunState) -> list[Path]:
         frames = []
         for subset in subsets_:
             named = subset.rsplit("_", 1)[-1]
-            genes = [g for g in dict.fromkeys([named, *cfg.timecourse_genes]) if g in rna.var_names]
+            wanted = dict.fromkeys([named, *cfg.timecourse_genes])
+            genes = [g for g in wanted if rna is not None and g in rna.var_names]
             if genes:
                 lineage = _parent_l1(obs, subset)
                 expression = expression_trajectory(mdata, genes, {"l1": lineage})

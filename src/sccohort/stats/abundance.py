@@ -42,7 +42,14 @@ from sccohort.cohort import ContrastDesign
 from sccohort.errors import InputError
 from sccohort.stats import CORE_COLUMNS
 
-__all__ = ["DEFAULT_METHOD", "PSEUDOCOUNT", "compare_donor_values", "test_abundance"]
+__all__ = [
+    "DEFAULT_METHOD",
+    "PSEUDOCOUNT",
+    "attainable_significance",
+    "compare_donor_values",
+    "describe_attainable",
+    "test_abundance",
+]
 
 #: Added to every count (and twice to every total) before the log2 share.
 PSEUDOCOUNT = 0.5
@@ -314,8 +321,9 @@ def compare_donor_values(
         columns["n_case"][cols] = n_case  # type: ignore[index]
         columns["n_control"][cols] = n_control  # type: ignore[index]
         if not design.is_continuous:
-            columns["mean_case"][cols] = y[rows & is_case][:, cols].mean(axis=0)  # type: ignore[index]
-            columns["mean_control"][cols] = y[rows & ~is_case][:, cols].mean(axis=0)  # type: ignore[index]
+            for arm, members in (("mean_case", rows & is_case), ("mean_control", rows & ~is_case)):
+                if members.any():  # an arm without donors keeps NaN (no mean of nothing)
+                    columns[arm][cols] = y[members][:, cols].mean(axis=0)  # type: ignore[index]
         x = x_all[rows]
         lacking = ", ".join(map(str, design.donors[~rows]))
         too_few = (n_case < 3) if design.is_continuous else min(n_case, n_control) < 2
@@ -345,6 +353,77 @@ def compare_donor_values(
         columns["padj"][tested] = multipletests(p[tested], method="fdr_bh")[1]  # type: ignore[index]
     order = [*CORE_COLUMNS, "statistic", "scheme", "n_perm", "mean_case", "mean_control", "note"]
     return pd.DataFrame(columns)[order]
+
+
+def attainable_significance(
+    design: ContrastDesign, *, n_perm: int = 10_000, max_exact: int = 20_000, alpha: float = 0.05
+) -> dict[str, object]:
+    """The smallest p-value the default test can give on a design, before running it.
+
+    A permutation p-value cannot be smaller than one over the number of relabellings of the
+    donors: with 2 cases and 2 controls there are 6, two of which (the observed labelling and
+    its mirror) give the same |t|, so p >= 1/3 whatever the data. Benjamini-Hochberg cannot
+    adjust a p-value below itself, so nothing reaches ``padj < alpha`` when that bound is
+    above ``alpha``.
+
+    Parameters
+    ----------
+    design
+        The contrast's design (:meth:`sccohort.cohort.Contrast.design`).
+    n_perm, max_exact
+        As in `test_abundance` (they decide between enumeration and random permutations).
+    alpha
+        The significance threshold the run uses (``[characterise] alpha``).
+
+    Returns
+    -------
+    dict
+        ``contrast, n_case, n_control, covariates, scheme`` (as `test_abundance` would
+        choose it), ``n_relabellings`` (distinct labellings enumerated, or the random
+        permutations + 1), ``min_pvalue``, ``min_padj`` (the BH bound: reached only when every
+        subset has the smallest p-value) and ``reachable`` (``min_padj < alpha``).
+    """
+    x = design.matrix.to_numpy(dtype=float)
+    term = design.matrix.columns.get_loc(design.term)
+    n = x.shape[0]
+    covariates = x.shape[1] > 2
+    if covariates:
+        count = math.factorial(n)
+        exact = count <= max_exact
+        scheme = "freedman-lane-exact" if exact else "freedman-lane"
+        mirrors = 1
+    else:
+        count = _n_arrangements(x[:, term])
+        exact = count <= max_exact
+        scheme = "exact" if exact else "random"
+        # equal groups: swapping cases and controls flips t, so |t| ties with its mirror
+        mirrors = 2 if not design.is_continuous and design.n_case == design.n_control else 1
+    if exact:
+        min_p, relabellings = mirrors / count, count
+    else:
+        min_p, relabellings = 1 / (1 + int(n_perm)), int(n_perm) + 1
+    return {
+        "contrast": design.contrast.name,
+        "n_case": design.n_case,
+        "n_control": design.n_control,
+        "covariates": ";".join(design.contrast.covariates),
+        "scheme": scheme,
+        "n_relabellings": relabellings,
+        "min_pvalue": min(1.0, min_p),
+        "min_padj": min(1.0, min_p),
+        "reachable": bool(min_p < alpha),
+    }
+
+
+def describe_attainable(row: dict, alpha: float) -> str:
+    """A plain sentence on an `attainable_significance` row whose bound is not below ``alpha``."""
+    sizes = f"{row['n_case']} vs {row['n_control']}" if row["n_control"] else f"{row['n_case']}"
+    return (
+        f"contrast '{row['contrast']}': with {sizes} donors the smallest p-value the "
+        f"donor-level test can give is {row['min_pvalue']:.3g} "
+        f"({int(row['n_relabellings']):,} relabellings of the donors), so no subset can reach "
+        f"padj < {alpha:g} whatever the data; add donors, or read its effects as descriptive"
+    )
 
 
 def _validated(

@@ -30,7 +30,7 @@ from scipy import stats
 
 from ..errors import InputError
 
-__all__ = ["ORA_COLUMNS", "GSEA_COLUMNS", "ora", "gsea", "enrich_markers"]
+__all__ = ["ORA_COLUMNS", "GSEA_COLUMNS", "ora", "gsea", "enrich_markers", "sets_covered"]
 
 ORA_METHOD = "ora: one-sided Fisher exact, BH over sets; effect = log2 odds ratio"
 GSEA_METHOD = "gsea: preranked, gene-set permutation, BH over sets; effect = NES"
@@ -137,6 +137,40 @@ class _Restricted:
     universe: set[str]
     n_universe: int
     sets: list[tuple[str, set[str]]]
+
+
+def sets_covered(
+    gene_sets: Mapping[str, Sequence[str]], universe: Sequence[str], min_size: int
+) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Split gene sets into those with at least ``min_size`` genes in ``universe`` and the rest.
+
+    Targeted panels and unmapped gene identifiers leave many sets with too few genes to test.
+
+    Parameters
+    ----------
+    gene_sets
+        ``{name: [gene, ...]}``.
+    universe
+        The genes of the data (e.g. ``mdata.mod["rna"].var_names``).
+    min_size
+        Genes a set needs in the universe.
+
+    Returns
+    -------
+    kept
+        ``{name: [gene, ...]}`` of the sets with enough genes (members as given).
+    dropped
+        ``{name: genes present}`` of the others.
+    """
+    uni = set(map(str, universe))
+    kept, dropped = {}, {}
+    for name, members in gene_sets.items():
+        present = len({str(g) for g in members} & uni)
+        if present >= min_size:
+            kept[str(name)] = list(members)
+        else:
+            dropped[str(name)] = present
+    return kept, dropped
 
 
 def _restrict(

@@ -24,10 +24,20 @@ CD4 TCM, CD4 TEM, CD4 CTL, Treg); CD8 T (CD8 Naive, CD8 TCM, CD8 TEM); other T (
 gdT, dnT); NK (NK, NK_CD56bright); other (HSPC, Platelet, Eryth, ILC, Proliferating).
 Azimuth splits proliferating cells by lineage at l2 (CD4/CD8/NK Proliferating); here
 they are one ``Proliferating`` label under ``other``.
+
+Panels that lack markers (targeted RNA panels, antibody panels of a few targets): a label is
+*callable* when one of its programs has a *distinctive* ``+`` marker in the data (a marker
+it weighs more than any competing label does: CD14 for monocytes, not CD3 for MAIT cells)
+and at least a quarter of its ``+`` marker weight (`label_coverage`). Labels that are not
+callable are never assigned, and the cells of a level where some label is not callable get
+a label only on positive evidence (blended score > 0), since the cells of the missing labels
+have nowhere else to go. Where fewer than two children of an l1 label are callable, its cells
+keep the l1 name as their l2 (e.g. ``B`` for a panel without IgD / CD27).
 """
 
 from __future__ import annotations
 
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -37,6 +47,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from sccohort.errors import InputError
+from sccohort.io.features import protein_alias
 from sccohort.pp.store import rna_columns, store_of
 
 UNASSIGNED = "unassigned"
@@ -51,6 +62,8 @@ _OVERRIDE_MARGIN = 0.15
 #: background percentile: lineage markers are mostly negative over all cells, while within
 #: an l1 group a state marker is often positive in most cells (CD16 on NK cells)
 _L1_LOW, _L2_LOW = 25.0, 2.0
+#: Share of a program's ``+`` marker weight that must be in the data for it to be callable.
+MIN_COVERAGE = 0.25
 
 
 def load_markers(modality: str, path: str | Path | None = None) -> pd.DataFrame:
@@ -121,6 +134,8 @@ def load_markers(modality: str, path: str | Path | None = None) -> pd.DataFrame:
                 "empty label or marker", file=path, row=line, hint="fill in label and marker"
             )
     table = table.rename(columns={feature: "feature"})
+    if modality == "prot":  # named as the data's aliases are ("TCR Va7.2" -> "TCRVa7.2")
+        table["feature"] = table["feature"].map(protein_alias)
     table["program"] = table["program"].where(table["program"] != "", table["label"])
     table["weight"] = table["weight"].astype(float) * np.where(table["direction"] == "+", 1.0, -1.0)
     return table[["level", "label", "parent", "program", "feature", "direction", "weight"]]
@@ -234,13 +249,102 @@ def _label_scores(
     return out
 
 
+def label_coverage(tables: dict[str, pd.DataFrame], mods: dict[str, AnnData]) -> pd.DataFrame:
+    """How well the data cover each label's markers, and whether the label is callable.
+
+    Parameters
+    ----------
+    tables
+        ``{"rna": table, "prot": table}`` as returned by `load_markers`.
+    mods
+        The modalities present (``var_names`` gene symbols; ``var["alias"]`` antibodies).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (level, label): ``level, label, parent, callable`` (bool),
+        ``marker_coverage`` (the best program's share of ``+`` marker weight in the data),
+        ``program`` (that program, modality-prefixed), ``distinctive`` (its distinctive ``+``
+        markers present) and ``missing_markers`` (its ``+`` markers absent), ";"-joined.
+    """
+    rows = []
+    for modality, table in tables.items():
+        present = (
+            set(_feature_columns(mods[modality], modality).index) if modality in mods else set()
+        )
+        for (level, parent), group in table.groupby(["level", "parent"], sort=False):
+            # each label's strongest weight for each marker, - markers as negative weights
+            signed = (
+                group.groupby(["feature", "label"])["weight"]
+                .agg(lambda w: w.max() if (w > 0).any() else w.min())
+                .unstack(fill_value=0.0)
+            )
+            plus = group[group["weight"] > 0]
+            for (label, program), markers in plus.groupby(["label", "program"], sort=False):
+                own = group[(group["label"] == label) & (group["program"] == program)]
+                distinctive = _distinctive(markers, own, label, signed, present)
+                here = markers["feature"].isin(present).to_numpy()
+                coverage = float(markers["weight"][here].sum() / markers["weight"].sum())
+                rows.append(
+                    {
+                        "level": level, "label": label, "parent": parent,
+                        "program": f"{modality}:{program}",
+                        "callable": bool(distinctive) and coverage >= MIN_COVERAGE,
+                        "marker_coverage": coverage,
+                        "distinctive": ";".join(distinctive),
+                        "missing_markers": ";".join(markers["feature"][~here]),
+                    }
+                )  # fmt: skip
+    columns = ["level", "label", "parent", "callable", "marker_coverage", "program",
+               "distinctive", "missing_markers"]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=columns)
+    if frame.empty:
+        return frame
+    # each label's best program: callable first, then by coverage
+    frame = frame.sort_values(
+        ["callable", "marker_coverage"], ascending=False, kind="stable"
+    ).drop_duplicates(["level", "label"])
+    order = {lab: i for i, lab in enumerate(pd.unique(pd.concat(list(tables.values()))["label"]))}
+    return frame.sort_values(
+        ["level", "label"], key=lambda s: s.map(order) if s.name == "label" else s, kind="stable"
+    ).reset_index(drop=True)
+
+
+def _distinctive(
+    markers: pd.DataFrame, own: pd.DataFrame, label: str, signed: pd.DataFrame, present: set
+) -> list[str]:
+    """The ``+`` markers of a program, present in the data, that set its label apart.
+
+    A marker is distinctive when no competing label weighs it as much (CD14 for monocytes),
+    or when every label that does is told apart by a present marker this program wants
+    negative and that label positive (CD27 for B memory, with CD38 against plasmablasts).
+    ``signed``: markers x labels, each label's strongest weight (negative for ``-``).
+    """
+    negatives = set(own.loc[(own["weight"] < 0) & own["feature"].isin(present), "feature"])
+    rivals = signed.drop(columns=label)
+    found = []
+    for feature, weight in zip(markers["feature"], markers["weight"], strict=True):
+        if feature not in present:
+            continue
+        tied = rivals.columns[rivals.loc[feature] >= weight] if feature in rivals.index else []
+        if all(
+            any(rivals.at[n, rival] > 0 for n in negatives if n in rivals.index) for rival in tied
+        ):
+            found.append(feature)
+    return found
+
+
 def _assign(
     scores: np.ndarray,
     clusters: np.ndarray,
     graph: sp.csr_matrix | None,
     min_confidence: float,
+    positive: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Label index per cell (-1 = unassigned) and its confidence, from cells x labels scores."""
+    """Label index per cell (-1 = unassigned) and its confidence, from cells x labels scores.
+
+    ``positive``: a cell whose best blended score is not above 0 is unassigned.
+    """
     usable = np.isfinite(scores).any(axis=0)
     s = np.where(np.isfinite(scores), scores, -1.0)
     if graph is not None:
@@ -263,7 +367,10 @@ def _assign(
     prob /= prob.sum(axis=1, keepdims=True)
     best = prob.argmax(axis=1)
     confidence = prob[np.arange(len(best)), best]
-    best = np.where(confidence >= min_confidence, best, -1)
+    keep = confidence >= min_confidence
+    if positive:
+        keep &= blended[np.arange(len(best)), best] > 0
+    best = np.where(keep, best, -1)
     return best, confidence
 
 
@@ -301,9 +408,17 @@ def annotate(
 
     Returns
     -------
-    None. Writes ``obs[key_prefix + "l1"]``, ``"l2"`` (categoricals, ``"unassigned"``
-    when ambiguous; l2 is ``"unassigned"`` wherever l1 is), ``"l1_confidence"`` and
-    ``"l2_confidence"`` (float in [0, 1]).
+    pandas.DataFrame
+        `label_coverage` of the data: which labels the markers present can call. Writes
+        ``obs[key_prefix + "l1"]``, ``"l2"`` (categoricals, ``"unassigned"`` when
+        ambiguous; l2 is ``"unassigned"`` wherever l1 is, and the l1 name where fewer than
+        two of its children are callable), ``"l1_confidence"`` and ``"l2_confidence"``
+        (float in [0, 1]).
+
+    Warns
+    -----
+    UserWarning
+        Naming the labels that are not callable and their missing markers.
     """
     modalities = [m for m in use if m in mdata.mod]
     unknown = [m for m in use if m not in _FEATURE_COLUMN]
@@ -332,10 +447,16 @@ def annotate(
     ]
     l1_labels += sorted({lab for t in l1_tables.values() for lab in t["label"]} - set(l1_labels))
     mods = {m: mdata.mod[m] for m in modalities}
+    coverage = label_coverage(tables, mods)
+    can = coverage[coverage["callable"]]
+    callable_ = {lv: set(can.loc[can["level"] == lv, "label"]) for lv in ("l1", "l2")}
+    _warn_uncallable(coverage)
     if "rna" in mods and store_of(mods["rna"]) is not None:
         mods["rna"] = _marker_columns(mods["rna"], tables["rna"])
     scores = _label_scores(mods, mdata.obs_names, l1_tables, l1_labels, all_rows, _L1_LOW)
-    l1_idx, l1_conf = _assign(scores, clusters, graph, min_confidence)
+    missing = [j for j, lab in enumerate(l1_labels) if lab not in callable_["l1"]]
+    scores[:, missing] = -np.inf
+    l1_idx, l1_conf = _assign(scores, clusters, graph, min_confidence, positive=bool(missing))
     l1 = np.where(l1_idx >= 0, np.array(l1_labels, dtype=object)[l1_idx], UNASSIGNED)
 
     l2 = np.full(n, UNASSIGNED, dtype=object)
@@ -348,14 +469,24 @@ def annotate(
                 lab for t in l2_tables.values() for lab in t.loc[t["parent"] == parent, "label"]
             )
         )
-        l2_order += children
         rows = np.flatnonzero(l1 == parent)
+        usable = [c for c in children if c in callable_["l2"]]
+        if children and len(usable) < 2:  # the panel cannot tell this lineage's types apart
+            l2_order.append(parent)
+            l2[rows] = parent
+            l2_conf[rows] = l1_conf[rows]
+            continue
+        l2_order += children
         if not children or rows.size == 0:
             continue
         sub = {m: t[t["parent"] == parent] for m, t in l2_tables.items()}
         child_scores = _label_scores(mods, mdata.obs_names, sub, children, rows, _L2_LOW)
+        missing = [j for j, lab in enumerate(children) if lab not in callable_["l2"]]
+        child_scores[:, missing] = -np.inf
         sub_graph = graph[rows][:, rows] if graph is not None else None
-        idx, conf = _assign(child_scores, clusters[rows], sub_graph, min_confidence)
+        idx, conf = _assign(
+            child_scores, clusters[rows], sub_graph, min_confidence, positive=bool(missing)
+        )
         l2[rows] = np.where(idx >= 0, np.array(children, dtype=object)[idx], UNASSIGNED)
         l2_conf[rows] = conf
 
@@ -364,3 +495,21 @@ def annotate(
     mdata.obs[key_prefix + "l2"] = pd.Categorical(l2, categories=[*l2_order, UNASSIGNED])
     mdata.obs[key_prefix + "l1_confidence"] = pd.Series(l1_conf, index=index, dtype=np.float32)
     mdata.obs[key_prefix + "l2_confidence"] = pd.Series(l2_conf, index=index, dtype=np.float32)
+    return coverage
+
+
+def _warn_uncallable(coverage: pd.DataFrame) -> None:
+    lost = coverage[~coverage["callable"]]
+    if lost.empty:
+        return
+    named = "; ".join(
+        f"{row.level} {row.label} (missing {row.missing_markers.replace(';', ', ') or 'none'})"
+        for row in lost.itertuples()
+    )
+    warnings.warn(
+        f"{len(lost)} cell-type label(s) cannot be called from the markers in the data and "
+        f"are not assigned: {named}. A labelled reference ([annotation] reference) can "
+        "transfer them",
+        UserWarning,
+        stacklevel=3,
+    )

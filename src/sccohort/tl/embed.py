@@ -73,6 +73,24 @@ def qc_gene_mask(var_names: Sequence[str], exclude: Sequence[str]) -> np.ndarray
     return np.array([bool(pattern.search(str(g))) for g in var_names], dtype=bool)
 
 
+#: HVGs of ``n_top_genes = "auto"`` (a smaller panel takes every gene it can).
+AUTO_HVG = 2000
+
+
+def hvg_count(
+    n_top_genes: int | str,
+    var_names: Sequence[str],
+    exclude: Sequence[str] = ("mito", "ribo", "hb"),
+) -> int:
+    """The number of HVGs to select: ``n_top_genes``, or 2,000 for ``"auto"``.
+
+    A panel with fewer genes (not ``exclude``d) than that selects every one of them.
+    """
+    if n_top_genes != "auto":
+        return int(n_top_genes)
+    return int(min(AUTO_HVG, np.count_nonzero(~qc_gene_mask(var_names, exclude))))
+
+
 @numba.njit(parallel=True, cache=True)
 def _batch_sums(data, indices, indptr, rows, batch_ptr, col, n_cols, n_threads):  # pragma: no cover
     """Per batch: sums of expm1(x), of its float32 squares, and positive counts per column.
@@ -922,45 +940,35 @@ def umap(
             hint=f"Embeddings: {', '.join(adata.obsm)}; or init=None (spectral)",
         )
     info["init"] = init or "spectral"
-    if n <= max_cells:
-        scanpy_key = None if key_added == "X_umap" else key_added  # None: obsm["X_umap"]
-        init_pos = "spectral"
-        if init is not None:
-            adata.obsm["_umap_init"] = _init_coords(adata.obsm[init])
-            init_pos = "_umap_init"
-        sc.tl.umap(
-            adata, neighbors_key=key, min_dist=min_dist, random_state=seed, key_added=scanpy_key,
-            init_pos=init_pos,
-        )  # fmt: skip
-        adata.obsm.pop("_umap_init", None)
-        adata.uns.pop(key_added, None)
-        adata.obsm[key_added] = np.asarray(adata.obsm[key_added], dtype=np.float32)
-        adata.uns[key_added.removeprefix("X_")] = info | {
-            "n_laid_out": n,
-            "n_placed": 0,
-            "n_unplaced": 0,
-        }
-        return
     rng = np.random.default_rng(seed)
-    sub = np.sort(rng.choice(n, size=max_cells, replace=False))
+    sub = np.arange(n) if n <= max_cells else np.sort(rng.choice(n, size=max_cells, replace=False))
     params = dict(entry.get("params", {}))
     rep = params.get("use_rep")
     if rep is not None and rep in adata.obsm:
         small = AnnData(obs=pd.DataFrame(index=adata.obs_names[sub]))
         small.obsm[rep] = np.asarray(adata.obsm[rep])[sub]
     else:
-        # A graph without one representation (e.g. WNN): UMAP only uses the data to place
-        # disconnected components of the spectral initialisation; zeros stand in.
+        # A graph without its representation at hand (WNN; a graph built from an embedding
+        # held elsewhere): UMAP only uses the data to place disconnected components of the
+        # spectral initialisation; zeros stand in.
         small = AnnData(X=np.zeros((sub.size, 1), dtype=np.float32))
         small.obs_names = adata.obs_names[sub]
         params |= {"use_rep": "X", "n_pcs": None}
-    small.obsp["connectivities"] = _induced(graph, sub)
+    small.obsp["connectivities"] = graph if sub.size == n else _induced(graph, sub)
     small.uns["neighbors"] = {"connectivities_key": "connectivities", "params": params}
     init_pos = "spectral"
     if init is not None:
         small.obsm["_umap_init"] = _init_coords(np.asarray(adata.obsm[init])[sub])
         init_pos = "_umap_init"
     sc.tl.umap(small, min_dist=min_dist, random_state=seed, init_pos=init_pos)
+    if sub.size == n:
+        adata.obsm[key_added] = np.asarray(small.obsm["X_umap"], dtype=np.float32)
+        adata.uns[key_added.removeprefix("X_")] = info | {
+            "n_laid_out": n,
+            "n_placed": 0,
+            "n_unplaced": 0,
+        }
+        return
     coords = np.full((n, 2), np.nan)
     coords[sub] = small.obsm["X_umap"]
     placed = np.zeros(n, dtype=bool)

@@ -54,12 +54,13 @@ from .markers import rank_markers
 
 __all__ = ["LINEAGES", "subsets"]
 
-#: The lineages the study subclustered: name -> the l2 labels clustered together.
+#: The lineages the study subclustered: name -> the l2 labels clustered together (with the
+#: l1 name, which stands for l2 where a panel cannot tell a lineage's types apart).
 LINEAGES: dict[str, tuple[str, ...]] = {
-    "Mono/DC": ("CD14 Mono", "CD16 Mono", "cDC1", "cDC2", "pDC", "ASDC"),
-    "CD4 T": ("CD4 Naive", "CD4 TCM", "CD4 TEM", "CD4 CTL", "Treg"),
-    "CD8 T": ("CD8 Naive", "CD8 TCM", "CD8 TEM"),
-    "B": ("B naive", "B intermediate", "B memory", "Plasmablast"),
+    "Mono/DC": ("CD14 Mono", "CD16 Mono", "cDC1", "cDC2", "pDC", "ASDC", "Mono", "DC"),
+    "CD4 T": ("CD4 Naive", "CD4 TCM", "CD4 TEM", "CD4 CTL", "Treg", "CD4 T"),
+    "CD8 T": ("CD8 Naive", "CD8 TCM", "CD8 TEM", "CD8 T"),
+    "B": ("B naive", "B intermediate", "B memory", "Plasmablast", "B"),
     "NK": ("NK", "NK_CD56bright", "NK Proliferating"),
 }
 #: Candidate Leiden resolutions, low to high.
@@ -307,6 +308,13 @@ class _LineageRNA:
         return sp.csc_matrix((data, idx, ptr), shape=(cells.size, genes.size))
 
 
+def _log2fc(mean_a: np.ndarray, mean_b: np.ndarray, linear: bool) -> np.ndarray:
+    """log2 fold change of mean log1p values, or (``linear``) of mean CLR / dsb values."""
+    if linear:
+        return (mean_a - mean_b) / np.log(2.0)
+    return np.log2((np.expm1(mean_a) + 1e-9) / (np.expm1(mean_b) + 1e-9))
+
+
 def _distinct_genes(
     x: _LineageRNA,
     columns: np.ndarray,
@@ -316,17 +324,19 @@ def _distinct_genes(
     b: int,
     min_auroc: float,
     min_lfc: float,
+    linear: bool = False,
 ) -> int:
     """Informative genes up in either cluster against the other: AUROC and log2 FC above.
 
     ``x`` is the lineage's RNA; ``columns`` every informative gene expressed in more than 40 %
     of some cluster (the candidates); ``stats`` the clusters' sums over all genes. Only
     genes whose fold change passes and whose fraction of expressing cells permits the AUROC
-    (> 0.4 in the higher cluster) are tested with :func:`rank_markers`.
+    (> 0.4 in the higher cluster) are tested with :func:`rank_markers`. ``linear``: values
+    are CLR / dsb antibodies, whose fold change is the difference of means / ln 2.
     """
     (mean_a, pct_a), (mean_b, pct_b) = stats.mean_pct(a), stats.mean_pct(b)
     mean_a, pct_a, mean_b, pct_b = mean_a[columns], pct_a[columns], mean_b[columns], pct_b[columns]
-    lfc = np.log2((np.expm1(mean_a) + 1e-9) / (np.expm1(mean_b) + 1e-9))
+    lfc = _log2fc(mean_a, mean_b, linear)
     cand = ((lfc > min_lfc) & (pct_a > 0.4)) | ((lfc < -min_lfc) & (pct_b > 0.4))
     cols = np.flatnonzero(cand)
     if cols.size == 0:
@@ -338,6 +348,8 @@ def _distinct_genes(
     )
     sub.obs["g"] = pd.Categorical(np.where(labels[rows] == a, "a", "b"))
     res = rank_markers(sub, "g", groups=["a"], reference="b")
+    if linear:  # rank_markers' fold change reads the values as log1p
+        res["logfoldchange"] = lfc[cols][res["feature"].astype(np.int64).to_numpy()]
     up = (res["auroc"] > min_auroc) & (res["logfoldchange"] > min_lfc)
     down = (res["auroc"] < 1 - min_auroc) & (res["logfoldchange"] < -min_lfc)
     return int((up | down).sum())
@@ -351,6 +363,7 @@ def _merge_indistinct(
     min_genes: int,
     min_auroc: float,
     min_lfc: float,
+    linear: bool = False,
 ) -> tuple[np.ndarray, _Sums]:
     """Merge each cluster with its nearest sibling (centroid distance) until all are distinct.
 
@@ -378,7 +391,9 @@ def _merge_indistinct(
         for i, c in enumerate(ids):
             pair = tuple(sorted((int(c), int(ids[np.argmin(d[i])]))))
             if pair not in tested:
-                tested[pair] = _distinct_genes(x, columns, labels, stats, *pair, min_auroc, min_lfc)
+                tested[pair] = _distinct_genes(
+                    x, columns, labels, stats, *pair, min_auroc, min_lfc, linear
+                )
             if tested[pair] < min_genes and (worst is None or tested[pair] < tested[worst]):
                 worst = pair
         if worst is None:
@@ -418,7 +433,12 @@ def _gene_label(gene: str) -> str:
 
 
 def _check(
-    mdata, lineages: Mapping[str, Sequence[str]] | None, resolution: float | str, neighbours: str
+    mdata,
+    lineages: Mapping[str, Sequence[str]] | None,
+    resolution: float | str,
+    neighbours: str,
+    use_rep: str,
+    features: str,
 ) -> None:
     if neighbours not in ("auto", "exact", "approximate"):
         raise InputError(
@@ -441,17 +461,22 @@ def _check(
                 column=column,
                 hint="run the pipeline's annotate stage (sccohort.tl.annotate.annotate) first",
             )
-    if "X_harmony" not in mdata.obsm:
+    if use_rep not in mdata.obsm:
         raise InputError(
-            "the cohort object has no obsm['X_harmony']",
-            key="X_harmony",
-            hint="run the pipeline's embedding stage (sccohort.tl.embed.harmony) first",
+            f"the cohort object has no obsm['{use_rep}']",
+            key="use_rep",
+            hint="run the pipeline's embedding stage (sccohort.tl.embed.harmony) first, or "
+            f"name one of: {', '.join(mdata.obsm) or 'none'}",
         )
-    rna = mdata.mod.get("rna")
-    if rna is None or (rna.X is None and store_of(rna) is None):
+    if features not in ("rna", "prot"):
         raise InputError(
-            "the cohort object has no normalised RNA (mod['rna'].X)",
-            key="rna",
+            f"unknown features {features!r}", key="features", hint='use "rna" or "prot"'
+        )
+    adata = mdata.mod.get(features)
+    if adata is None or (adata.X is None and (features == "prot" or store_of(adata) is None)):
+        raise InputError(
+            f"the cohort object has no normalised values in mod['{features}'].X",
+            key="features",
             hint="run the pipeline's normalise stage first",
         )
     if lineages is not None:
@@ -471,13 +496,15 @@ def subsets(
     mdata,
     *,
     lineages: Mapping[str, Sequence[str]] | None = None,
+    use_rep: str = "X_harmony",
+    features: str = "rna",
     resolution: float | str = "auto",
     min_cells: int = 50,
     n_neighbors: int = 15,
     neighbours: str = "auto",
     stability: float = 0.8,
     n_resamples: int = 2,
-    min_distinct_genes: int = 3,
+    min_distinct_genes: int | None = None,
     min_auroc: float = 0.7,
     min_logfc: float = 1.0,
     seed: int = 0,
@@ -490,12 +517,22 @@ def subsets(
     ----------
     mdata
         MuData (n_cells) with ``obs`` columns ``l1``, ``l2``, ``donor_id``,
-        ``obsm["X_harmony"]`` (n_cells x n_pcs), ``mod["rna"].X`` log-normalised RNA
-        (gene symbols) and optionally ``mod["prot"].X`` normalised proteins
+        ``obsm[use_rep]`` (n_cells x n_pcs), ``mod["rna"].X`` log-normalised RNA
+        (gene symbols) and/or ``mod["prot"].X`` normalised proteins
         (``var["alias"]``, ``var["isotype"]``).
     lineages
         Lineage name -> l2 labels subclustered together (default :data:`LINEAGES`); cells
         of other l2 labels keep their l2 as subset.
+    use_rep
+        ``obsm`` key of the embedding the lineages' kNN graphs are built on (the pipeline
+        passes the one its embed stage recorded: ``X_harmony``, or ``X_harmony_prot`` for a
+        protein-only cohort).
+    features
+        What tells clusters apart and names them: ``"rna"`` (genes; protein markers are
+        listed beside them when ``mod["prot"]`` exists) or ``"prot"`` (antibodies, for
+        protein-only cohorts: a cluster is distinct when ``min_distinct_genes`` antibodies
+        differ by AUROC and by ``min_logfc`` in mean normalised value / ln 2, i.e. about a
+        2-fold difference in CLR or dsb units).
     resolution
         Leiden resolution, or ``"auto"``: the highest of :data:`RESOLUTIONS` whose mean ARI
         between the full clustering and reclusterings of 80 % subsamples is >= ``stability``.
@@ -512,9 +549,11 @@ def subsets(
     n_resamples
         Subsample reclusterings per candidate resolution.
     min_distinct_genes, min_auroc, min_logfc
-        A cluster needs ``min_distinct_genes`` informative genes with AUROC > ``min_auroc``
-        (or < 1 - ``min_auroc``) and |log2 fold change| > ``min_logfc`` against its nearest
-        sibling, else the two merge.
+        A cluster needs ``min_distinct_genes`` informative features with AUROC >
+        ``min_auroc`` (or < 1 - ``min_auroc``) and |log2 fold change| > ``min_logfc`` against
+        its nearest sibling, else the two merge. ``min_distinct_genes`` None: 3 genes, or 1
+        antibody with ``features="prot"`` (a panel may tell naive from memory T cells by
+        CD45RA alone).
     seed
         Random seed (same seed, same subsets).
     key_added
@@ -529,43 +568,29 @@ def subsets(
         One row per subset: ``subset, l2, l1, lineage, n_cells, n_donors, resolution,
         stability`` (mean ARI of the lineage's clustering against 80 % subsamples),
         ``rna_markers`` (top 5 against its l2 siblings, or the rest of the lineage when it is
-        the l2's only cluster; ";"-joined), ``protein_markers`` (top 3, isotypes excluded).
+        the l2's only cluster; ";"-joined), ``protein_markers`` (top 3, isotypes excluded;
+        top 5 and ``rna_markers`` empty with ``features="prot"``).
         Other cells (l2 outside every lineage) keep their l2 as subset, with empty markers.
     """
-    _check(mdata, lineages, resolution, neighbours)
+    _check(mdata, lineages, resolution, neighbours, use_rep, features)
     lineages = LINEAGES if lineages is None else lineages
+    if min_distinct_genes is None:
+        min_distinct_genes = 3 if features == "rna" else 1
     obs = mdata.obs
-    rna = mdata.mod["rna"]
-    order = rna.obs_names.get_indexer(obs.index)
-    if (order < 0).any():
-        raise InputError(
-            "some cells of the cohort object are missing from mod['rna']",
-            key="rna",
-            hint="subset the MuData as a whole (mdata[cells]) so every modality keeps the cells",
-        )
-    x_rna, lineage_rows = None, None
-    if store_of(rna) is None:
-        x_rna = sp.csr_matrix(rna.X, dtype=np.float32)
-        if not np.array_equal(order, np.arange(x_rna.shape[0])):
-            x_rna = x_rna[order]
-        if not x_rna.has_sorted_indices:  # once here, not in each forked lineage worker
-            x_rna = x_rna.sorted_indices()
-    else:  # RNA on disk (log-normalised, so >= 0): each lineage reads its own cells
-        lineage_rows = functools.partial(_rows_of, rna, order)
-    genes = _Genes(
-        var=pd.DataFrame(index=rna.var_names.astype(str)),
-        uns={"log1p": rna.uns["log1p"]} if "log1p" in rna.uns else {},
-        informative=_informative(rna.var_names.astype(str)),
-        nonnegative=x_rna is None or x_rna.nnz == 0 or bool(x_rna.data.min() >= 0),
-    )
+    if features == "rna":
+        x_rna, lineage_rows, genes = _rna_features(mdata.mod["rna"], obs.index)
+        prot = _proteins(mdata.mod.get("prot"), obs.index)
+    else:
+        x_rna, genes = _protein_features(mdata.mod["prot"], obs.index)
+        lineage_rows = prot = None  # the antibodies are the features: ranked once, as genes
     l2 = obs["l2"].astype(str).to_numpy()
     shared = _Shared(
         x_rna=x_rna,
         lineage_rows=lineage_rows,
         genes=genes,
-        prot=_proteins(mdata.mod.get("prot"), obs.index),
+        prot=prot,
         l2=l2,
-        emb=np.asarray(mdata.obsm["X_harmony"], dtype=np.float64),
+        emb=np.asarray(mdata.obsm[use_rep], dtype=np.float64),
         settings=_Settings(
             resolution=resolution,
             min_cells=min_cells,
@@ -628,6 +653,8 @@ def subsets(
         }
     )
     table = pd.concat([table.drop(columns="cluster"), rest], ignore_index=True)
+    if features == "prot":
+        table["protein_markers"], table["rna_markers"] = table["rna_markers"], ""
     subset_col = pd.Series(names, index=obs.index, dtype=object)
     l1_of = obs.groupby(subset_col.to_numpy(), observed=True)["l1"].agg(
         lambda s: s.astype(str).value_counts().index[0]
@@ -641,6 +668,62 @@ def subsets(
     mdata.obs[key_added] = pd.Categorical(subset_col, categories=table["subset"].tolist())
     columns = ["subset", "l2", "l1", "lineage", "n_cells", "n_donors", "resolution", "stability"]
     return table[[*columns, "rna_markers", "protein_markers"]].reset_index(drop=True)
+
+
+def _rna_features(
+    rna: ad.AnnData, cells: pd.Index
+) -> tuple[sp.csr_matrix | None, Callable | None, _Genes]:
+    """The cohort's log-normalised RNA in the order of ``cells``, or a reader of its rows.
+
+    Returns the matrix (cells x genes, CSR, sorted indices) or None and a function giving a
+    lineage's rows from the store (RNA on disk), and the genes' facts.
+    """
+    order = rna.obs_names.get_indexer(cells)
+    if (order < 0).any():
+        raise InputError(
+            "some cells of the cohort object are missing from mod['rna']",
+            key="rna",
+            hint="subset the MuData as a whole (mdata[cells]) so every modality keeps the cells",
+        )
+    x_rna, lineage_rows = None, None
+    if store_of(rna) is None:
+        x_rna = sp.csr_matrix(rna.X, dtype=np.float32)
+        if not np.array_equal(order, np.arange(x_rna.shape[0])):
+            x_rna = x_rna[order]
+        if not x_rna.has_sorted_indices:  # once here, not in each forked lineage worker
+            x_rna = x_rna.sorted_indices()
+    else:  # RNA on disk (log-normalised, so >= 0): each lineage reads its own cells
+        lineage_rows = functools.partial(_rows_of, rna, order)
+    genes = _Genes(
+        var=pd.DataFrame(index=rna.var_names.astype(str)),
+        uns={"log1p": rna.uns["log1p"]} if "log1p" in rna.uns else {},
+        informative=_informative(rna.var_names.astype(str)),
+        nonnegative=x_rna is None or x_rna.nnz == 0 or bool(x_rna.data.min() >= 0),
+    )
+    return x_rna, lineage_rows, genes
+
+
+def _protein_features(prot: ad.AnnData, cells: pd.Index) -> tuple[sp.csr_matrix, _Genes]:
+    """Normalised antibodies (cells x antibodies, CSR, isotypes left out) as the features.
+
+    Named by their alias (``CD45RA``); compared by differences of their values.
+    """
+    found = _proteins(prot, cells)
+    if found is None:
+        raise InputError(
+            "some cells of the cohort object are missing from mod['prot']",
+            key="prot",
+            hint="subset the MuData as a whole (mdata[cells]) so every modality keeps the cells",
+        )
+    values, _, alias = found
+    genes = _Genes(
+        var=pd.DataFrame(index=pd.Index(alias.to_numpy())),
+        uns={},
+        informative=np.ones(values.shape[1], dtype=bool),
+        nonnegative=bool(values.min(initial=0.0) >= 0),
+        linear=True,
+    )
+    return sp.csr_matrix(values).sorted_indices(), genes
 
 
 def _absorb_small(labels: np.ndarray, x: np.ndarray, min_cells: int) -> np.ndarray:
@@ -659,16 +742,18 @@ def _absorb_small(labels: np.ndarray, x: np.ndarray, min_cells: int) -> np.ndarr
 
 @dataclass
 class _Genes:
-    """The RNA features of a run.
+    """The features of a run: genes, or antibodies for a protein-only cohort.
 
-    ``var`` (gene symbols as index), ``uns`` (``log1p`` base), ``informative`` (genes) mask,
-    and whether all values are >= 0.
+    ``var`` (gene symbols or antibody names as index), ``uns`` (``log1p`` base),
+    ``informative`` (features) mask, whether all values are >= 0, and ``linear``: values
+    are compared by their difference (CLR / dsb), not as log1p of expression.
     """
 
     var: pd.DataFrame
     uns: dict
     informative: np.ndarray
     nonnegative: bool
+    linear: bool = False
 
 
 def _proteins(prot, cells: pd.Index) -> tuple[np.ndarray, pd.DataFrame, pd.Series] | None:
@@ -761,6 +846,15 @@ def _rank_rna(
         )
     res = pd.concat(frames, ignore_index=True).drop(columns="padj")
     column = res["feature"].astype(np.int64).to_numpy()
+    if genes.linear:  # rank_markers' fold change reads the values as log1p
+        group = res["group"].astype(str).astype(np.int64).to_numpy()
+        rest_total = stats.total[reference].sum(axis=0)
+        rest_size = stats.size[reference].sum()
+        mean_in = stats.total[group, column] / stats.size[group]
+        mean_out = (rest_total[column] - stats.total[group, column]) / (
+            rest_size - stats.size[group]
+        )
+        res["logfoldchange"] = _log2fc(mean_in, mean_out, True)
     order = np.lexsort((column, -res["statistic"].to_numpy(), res["group"].cat.codes.to_numpy()))
     res = res.iloc[order].reset_index(drop=True)
     res["feature"] = genes.var.index.to_numpy()[column[order]]
@@ -939,6 +1033,7 @@ def _cluster_lineage(shared: _Shared, rows: np.ndarray, knn: np.ndarray | None) 
             s.min_distinct_genes,
             s.min_auroc,
             s.min_logfc,
+            shared.genes.linear,
         )
     # each cluster gets one parent l2: its majority
     lin_l2 = shared.l2[rows]
