@@ -19,10 +19,10 @@ import time
 import warnings
 from pathlib import Path
 
-import mudata as md
 import pandas as pd
 from sklearn.metrics import f1_score
 
+from sccohort import read_h5mu
 from sccohort.config import load_config
 from sccohort.pipeline import run_pipeline
 from sccohort.simulate import simulate_cohort
@@ -44,7 +44,7 @@ def main() -> None:
         simulate_cohort(cohort, "paper", cells_per_donor=args.cells_per_donor, seed=0, n_jobs=2)
     if not (run / "cohort.h5mu").is_file():
         run_pipeline(load_config(cohort / "sccohort.toml"), run)
-    mdata = md.read_h5mu(run / "cohort.h5mu")
+    mdata = read_h5mu(run / "cohort.h5mu")
     truth = pd.read_csv(cohort / "truth" / "cells.csv.gz", index_col="cell_id")
     truth = truth.loc[mdata.obs_names]
     clean = ~(truth["doublet"] | truth["low_quality"] | truth["contaminant"].notna()).to_numpy()

@@ -69,6 +69,10 @@ def _error(text: str) -> None:
     console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
+def _warning(text: str) -> None:
+    console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+
 @contextlib.contextmanager
 def _console_warnings() -> Iterator[None]:
     """Show sccohort's own warnings as ``warning: <message>`` (each once), drop the rest.
@@ -81,7 +85,7 @@ def _console_warnings() -> Iterator[None]:
     def show(text: str) -> None:
         if text not in shown:
             shown.add(text)
-            console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
+            _warning(text)
 
     def show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
         if is_own_warning(category, filename):
@@ -271,9 +275,7 @@ def validate(config: Annotated[Path, typer.Argument(help="The run's TOML config.
                     unreachable.append(describe_attainable(reach, cfg.characterise.alpha))
         console.print(table)
         for text in unreachable:
-            console.print(
-                f"[bold yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True
-            )
+            _warning(text)
         console.print(_frame_table(probe_table(probes), "count files"))
 
     _guard(check)

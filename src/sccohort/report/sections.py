@@ -542,9 +542,16 @@ _PROSE = {
     "normalize": "RNA counts were scaled to {target_sum:g} per cell and log-transformed; "
     "protein counts normalised by {protein} (auto: dsb when raw droplets are given, else CLR).",
     "embedding": "{n_top_genes} highly variable genes, {n_pcs} principal components, Harmony "
-    "on {harmony_key}, a weighted-nearest-neighbour graph of RNA and protein "
-    "({n_neighbors} neighbours), Leiden clustering (resolution {resolution}) and UMAP.",
+    "on {harmony_key}, a weighted-nearest-neighbour graph of RNA and protein (one modality: "
+    "its kNN graph; {n_neighbors} neighbours), Leiden clustering (resolution {resolution}) "
+    "and UMAP.",
 }
+
+
+_PROTEIN_EMBEDDING = (
+    "Protein PCA ({n_pcs_prot} components), Harmony on {harmony_key}, a kNN graph "
+    "({n_neighbors} neighbours), Leiden clustering (resolution {resolution}) and UMAP."
+)
 
 
 def _flatten(prefix: str, value: Any) -> list[tuple[str, str]]:
@@ -601,15 +608,27 @@ def methods_section(run_json: Mapping[str, Any]) -> Section:
         )
     )
     prose = []
+    resolved = run_json.get("resolved") or {}  # "auto" settings as the data resolved them
     for key, template in _PROSE.items():
         params = config.get(key)
         if isinstance(params, Mapping):
+            params = {**params} | {
+                name.split(".", 1)[1]: value
+                for name, value in resolved.items()
+                if name.startswith(f"{key}.")
+            }
+            if key == "embedding" and params.get("n_top_genes") == "auto":  # no RNA
+                template = _PROTEIN_EMBEDDING
             try:
                 prose.append(template.format(**params))
             except (KeyError, ValueError, IndexError):
                 continue  # an older or newer config: the parameter table below lists it all
     if prose:
         blocks.append(Paragraph(" ".join(prose)))
+    skipped = run_json.get("skipped") or []
+    if skipped:
+        blocks.append(Paragraph("Not run on these data:"))
+        blocks.append(Items([f"{s['analysis']} ({s['stage']}): {s['reason']}" for s in skipped]))
     for extra in ("tests", "multiple_testing"):
         if extra in run_json:
             blocks.append(Items([f"{k}: {v}" for k, v in _flatten(extra, run_json[extra])]))

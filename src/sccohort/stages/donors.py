@@ -350,8 +350,10 @@ def stage_de(state: RunState) -> list[Path]:
             skipped.append(skips)
             for group, rows in result.groupby("subset", sort=False):
                 ranked = rows.dropna(subset=["stat"]).set_index("gene")["stat"]
-                if len(ranked) >= 50 and gene_sets:
-                    table = gsea(ranked, gene_sets, n_perm=2000, seed=seed)
+                # the genes DE could test: a set may fall below the minimum among them
+                testable = sets_covered(gene_sets, ranked.index, MIN_SET_GENES["gsea"])[0]
+                if len(ranked) >= 50 and testable:
+                    table = gsea(ranked, testable, n_perm=2000, seed=seed)
                     gsea_tables.append(table.assign(contrast=name, level=level, subset=group))
         if frames:
             table = pd.concat(frames, ignore_index=True)
