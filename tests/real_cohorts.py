@@ -82,12 +82,16 @@ def _write_tables(out: Path, rows: list[tuple], clinical: pd.DataFrame, extra: s
 
 
 def _ensembl_ids(genes: list[str], rng: np.random.Generator) -> list[str]:
-    """Ensembl ids of ``genes`` (half with a version suffix); unknown genes get unknown ids."""
+    """Ensembl ids of ``genes`` (half with a version suffix); unknown genes get unknown ids.
+
+    So does the second symbol of one id (PRH1, PRR4): a file lists each gene id once.
+    """
     table = _gene_table().set_index("symbol")["gene_id"]
-    ids = []
+    ids, used = [], set()
     for i, gene in enumerate(genes):
-        if gene in table.index:
+        if gene in table.index and table[gene] not in used:
             base = table[gene]
+            used.add(base)
             ids.append(f"{base}.{rng.integers(1, 20)}" if i % 2 else base)
         else:  # e.g. a lncRNA the shipped table does not hold
             ids.append(f"ENSG9{i:010d}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,7 +216,8 @@ INPUTS = '[inputs]\nsamples = "s.csv"\n'
         ("[inputs]\nclinical = 'c.csv'", "inputs.samples", "missing required key"),
         ('inputs = "s.csv"', "inputs", "expected a table [inputs]"),
         (INPUTS + '[contrasts."SSc vs HD"]\nvariable = "g"', "contrasts.SSc vs HD",
-         "has characters other than"),
+         "must start with a letter or digit and hold only"),
+        (INPUTS + '[contrasts."-x"]\nvariable = "g"', "contrasts.-x", "must start with a letter"),
     ],
 )  # fmt: skip
 def test_wrong_types_name_key_and_expected_type(
@@ -272,6 +275,104 @@ def test_new_section_is_one_dataclass(tmp_path: Path, monkeypatch) -> None:
     write(toml, '[inputs]\nsamples = "s.csv"\n[qc_demo.gates]\nhigh = 1\n')
     with pytest.raises(InputError, match=re.escape("key 'qc_demo.gates.high'")):
         load_config(toml)
+
+
+def _number_keys() -> list[tuple[str, dataclasses.Field]]:
+    """``(section, field)`` of every key of a registered section that takes a number."""
+    found = []
+    for name, cls in config_mod._SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            text = str(hints[f.name])
+            if re.search(r"\b(int|float)\b", text) and "bool" not in text:
+                found.append((name, f))
+    return found
+
+
+def test_every_number_key_declares_its_range() -> None:
+    keys = _number_keys()
+    assert len(keys) >= 28
+    missing = [f"{name}.{f.name}" for name, f in keys if not f.metadata.get("checks")]
+    assert not missing, f"keys without a range: {missing}"
+
+
+def test_every_default_is_in_its_range() -> None:
+    for cls in config_mod._SECTIONS.values():
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                continue
+            for check in f.metadata.get("checks", ()):
+                assert check.test(default), (cls.__name__, f.name, default, check.accepts)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        ("[run]\nseed = -1", "run.seed", "-1 is out of range: it must be from 0 to 2,147,483,647"),
+        ("[run]\nseed = 2147483647", None, None),
+        ("[characterise]\nalpha = 1.0", "characterise.alpha", "above 0 and below 1"),
+        ("[qc]\nmin_genes = -3", "qc.min_genes", "at least 0"),
+        ('[qc]\nmin_genes = "auto"', None, None),
+        ("[qc]\nplatelet_max_pct = -0.5", "qc.platelet_max_pct", "from 0 to 100"),
+        ("[qc]\nmito_floor_pct = 30.0", "qc.mito_ceiling_pct", "below mito_floor_pct = 30.0"),
+        ("[embedding]\nn_top_genes = 1", "embedding.n_top_genes", "at least 2"),
+        ("[embedding]\numap_max_cells = 10", "embedding.umap_max_cells", "at least 100"),
+        ('[embedding]\nharmony_key = ""', None, None),
+        ("[annotation]\nreference_keys = []", "annotation.reference_keys", "is empty"),
+        ("[characterise]\ntimecourse_genes = ['CD3E', '']", "characterise.timecourse_genes",
+         "got an empty one"),
+        ("[association]\ngroupings = ['ARA', 'ARA']", "association.groupings", "twice"),
+        ("[association]\nlevels = ['l3']", "association.levels", "expected a list of"),
+        ("[normalize]\ntarget_sum = inf", "normalize.target_sum", "not a finite number"),
+        ('[run]\nscheduler = "tcp://10.0.0.1:8786"', None, None),
+        ('[run]\nscheduler = "threads"', None, None),
+        ('[run]\nscheduler = "thread"', "run.scheduler", "is not accepted"),
+        ('[clinical.types]\n"" = "binary"', "clinical.types", "got an empty one"),
+    ],
+)  # fmt: skip
+def test_values_out_of_range_name_the_full_key(
+    tmp_path: Path, text: str, key: str | None, expected: str | None
+) -> None:
+    toml = write(tmp_path / "c.toml", INPUTS + text + "\n")
+    if key is None:
+        load_config(toml)
+        return
+    with pytest.raises(InputError) as info:
+        load_config(toml)
+    msg = str(info.value)
+    assert f"{toml}, key '{key}': " in msg and expected in msg
+
+
+def test_every_range_problem_is_reported_at_once(tmp_path: Path) -> None:
+    toml = write(
+        tmp_path / "c.toml",
+        INPUTS + "[run]\nseed = -1\n[qc]\nnmads = 0\n[embedding]\nn_pcs = 0\n"
+        "[association]\nn_perm = 0\n",
+    )
+    with pytest.raises(InputError, match="4 problems") as info:
+        load_config(toml)
+    keys = [p.key for p in info.value.problems]
+    assert keys == ["run.seed", "qc.nmads", "embedding.n_pcs", "association.n_perm"]
+
+
+def test_a_new_section_declares_ranges_beside_its_defaults(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(config_mod, "_SECTIONS", dict(config_mod._SECTIONS))
+
+    @config_section("demo")
+    @dataclass
+    class Demo:
+        share: float = config_mod.setting(config_mod.PROBABILITY, default=0.5)
+        names: list[str] = config_mod.setting(config_mod.at_least_one, factory=lambda: ["a"])
+
+    assert load_config(write(tmp_path / "c.toml", INPUTS)).demo == Demo()
+    toml = write(tmp_path / "c.toml", INPUTS + "[demo]\nshare = 1.5\nnames = []\n")
+    with pytest.raises(InputError, match="2 problems") as info:
+        load_config(toml)
+    assert [p.key for p in info.value.problems] == ["demo.share", "demo.names"]
 
 
 # ---------------------------------------------------------------------------------------

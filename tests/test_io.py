@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import os
+import signal
 import warnings
 from pathlib import Path
 
@@ -562,6 +565,53 @@ def test_gene_sets_differing_between_samples(tmp_path: Path) -> None:
     message = str(err.value)
     assert err.value.sample == "S3" and str(path) in message
     assert "CD19" in message and "MS4A1" in message and "reference" in message
+
+
+def test_the_odd_gene_list_is_blamed_even_when_it_comes_first(tmp_path: Path) -> None:
+    sheet, _ = _cohort(tmp_path / "good", n=2)
+    other = GENES.assign(name=GENES["name"].where(GENES["name"] != "MS4A1", "CD19"))
+    path, *_ = _write_sample(tmp_path / "S0", 3, 10, pd.concat([other, ANTIBODIES, HASHTAGS]))
+    first = pd.DataFrame({"donor_id": ["D0"], "path": [str(path)]}, index=["S0"])
+    sheet = pd.concat([first, sheet])
+    with pytest.raises(InputError, match="2 other sample") as err:
+        read_samples(sheet)
+    assert err.value.sample == "S0" and str(path) in str(err.value)
+    assert "only here CD19; missing here MS4A1" in str(err.value)
+
+
+def test_a_sample_without_cells_is_named_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "filtered_feature_bc_matrix.h5"
+    features = pd.concat([GENES, ANTIBODIES]).reset_index(drop=True)
+    write_10x_h5(path, sp.csr_matrix((0, len(features))), [], features)
+    with pytest.raises(InputError, match="no cells") as err:
+        read_sample(path, "S0")
+    assert err.value.sample == "S0" and "share no barcode" not in str(err.value)
+
+
+def test_readers_refuse_a_named_pipe_unopened(tmp_path: Path) -> None:
+    fifo = tmp_path / "counts.h5"
+    os.mkfifo(fifo)
+    with _no_hang(), pytest.raises(InputError, match="named pipe") as err:
+        read_sample(fifo, "S1")
+    assert err.value.sample == "S1"
+    with _no_hang(), pytest.raises(InputError, match="named pipe"):
+        read_sample(fifo, "S1", format="h5ad")
+
+
+@contextlib.contextmanager
+def _no_hang(seconds: int = 20):
+    """Turn a hang (a regression that opens a pipe) into a failure after ``seconds``."""
+
+    def stop(signum, frame):
+        raise TimeoutError(f"blocked for {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_sample_without_protein(tmp_path: Path) -> None:

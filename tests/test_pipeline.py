@@ -194,6 +194,109 @@ def test_a_new_run_keeps_files_it_does_not_own(cohort_dir: Path, tmp_path: Path)
     assert (out / "notes.txt").read_text() == "mine\n"
 
 
+def _regular_files(out: Path) -> set[str]:
+    return {
+        p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and not p.is_symlink()
+    }
+
+
+def test_run_json_lists_every_file_the_run_wrote(cohort_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    record = pipeline.run_pipeline(load_config(cohort_dir / "sccohort.toml"), out)
+    assert record["files"] == sorted(_regular_files(out))
+    assert {"run.json", "cohort.h5mu", "tables/cells.csv", "tables/qc_cells.csv.gz"} <= set(
+        record["files"]
+    )
+
+
+def test_a_new_run_removes_only_what_the_earlier_run_wrote(
+    cohort_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    config = load_config(cohort_dir / "sccohort.toml")
+    pipeline.run_pipeline(config, out)
+    (out / "notes.txt").write_text("mine\n")
+    (out / "checkpoints" / "mine.json").write_text("{}\n")
+    monkeypatch.setattr(pipeline, "STAGES", pipeline.STAGES[:1])  # no cells.csv this time
+    record = pipeline.run_pipeline(config, out)
+    assert not (out / "tables" / "cells.csv").exists()  # the earlier run's: removed
+    assert (out / "notes.txt").read_text() == "mine\n"
+    assert (out / "checkpoints" / "mine.json").read_text() == "{}\n"
+    assert "notes.txt" not in record["files"] and "tables/qc.csv" in record["files"]
+
+
+def test_own_files_in_tables_need_overwrite_and_are_kept(cohort_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    config = load_config(cohort_dir / "sccohort.toml")
+    pipeline.run_pipeline(config, out)
+    (out / "tables" / "mine.csv").write_text("precious\n")
+    (out / "tables" / "cells.csv").unlink()
+    before = _regular_files(out)
+    with pytest.raises(InputError, match=r"tables/mine.csv.*--overwrite"):
+        pipeline.run_pipeline(config, out)
+    assert _regular_files(out) == before
+    record = pipeline.run_pipeline(config, out, overwrite=True)
+    assert (out / "tables" / "mine.csv").read_text() == "precious\n"
+    assert "tables/mine.csv" not in record["files"] and "tables/cells.csv" in record["files"]
+
+
+def test_links_are_refused_or_left_alone(cohort_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    config = load_config(cohort_dir / "sccohort.toml")
+    pipeline.run_pipeline(config, out)
+    target = tmp_path / "elsewhere.png"
+    target.write_bytes(b"mine")
+    (out / "figures").mkdir(exist_ok=True)
+    (out / "figures" / "linked.png").symlink_to(target)
+    with pytest.raises(InputError, match="figures/linked.png"):
+        pipeline.run_pipeline(config, out)
+    pipeline.run_pipeline(config, out, overwrite=True)
+    assert (out / "figures" / "linked.png").is_symlink() and target.read_bytes() == b"mine"
+
+    saved = tmp_path / "saved"
+    (out / "tables").rename(saved)
+    (out / "tables").symlink_to(saved, target_is_directory=True)
+    for overwrite in (False, True):
+        with pytest.raises(InputError, match="'tables' in the output folder is a symbolic link"):
+            pipeline.run_pipeline(config, out, overwrite=overwrite)
+    assert (out / "run.json").is_file() and (saved / "cells.csv").is_file()
+
+
+def test_resume_takes_over_files_an_interrupted_stage_left(
+    cohort_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    config = load_config(cohort_dir / "sccohort.toml")
+    pipeline.run_pipeline(config, out)
+    # killed after the last stage wrote its table but before run.json listed it
+    record = json.loads((out / "run.json").read_text())
+    record["files"].remove("tables/cells.csv")
+    record["status"] = "running"
+    (out / "run.json").write_text(json.dumps(record))
+    (out / "checkpoints" / "02_count.json").unlink()
+    with pytest.raises(InputError, match="tables/cells.csv"):
+        pipeline.run_pipeline(config, out)  # not known to be a run's file: kept
+    resumed = pipeline.run_pipeline(config, out, resume=True)
+    assert [s["resumed"] for s in resumed["stages"]] == [True, False]
+    assert "tables/cells.csv" in resumed["files"]
+    pipeline.run_pipeline(config, out)  # now a fresh run may replace it
+
+
+def test_a_run_folder_from_before_the_file_list_keeps_its_tables(
+    cohort_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    config = load_config(cohort_dir / "sccohort.toml")
+    pipeline.run_pipeline(config, out)
+    record = json.loads((out / "run.json").read_text())
+    del record["files"]
+    (out / "run.json").write_text(json.dumps(record))
+    with pytest.raises(InputError, match="were not written by an earlier run"):
+        pipeline.run_pipeline(config, out)
+    again = pipeline.run_pipeline(config, out, overwrite=True)
+    assert "tables/cells.csv" in again["files"]
+
+
 def test_cli_validate_and_run(cohort_dir: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["validate", str(cohort_dir / "sccohort.toml")])

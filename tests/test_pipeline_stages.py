@@ -235,3 +235,30 @@ def test_associated_subsets_picks_the_best_contrast_per_subset() -> None:
     )
     chosen = associated_subsets(table, 0.05, 10)
     assert list(chosen["subset"]) == ["X"] and list(chosen["contrast"]) == ["B"]
+
+
+def test_donors_with_too_few_cells_leave_the_donor_level_tests(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    from sccohort.cohort import ClinicalTable, SampleSheet
+    from sccohort.stages import STAGES, RunState, Silent
+
+    cohort = run_dir / "cohort"
+    toml = cohort / "min_cells.toml"
+    toml.write_text((cohort / "sccohort.toml").read_text() + "\n[association]\nmin_cells = 50\n")
+    config = load_config(toml)
+    samples = SampleSheet.from_csv(cohort / "samples.csv")
+    mdata = read_h5mu(run_dir / "out" / "cohort.h5mu")
+    # SSc1 keeps 3 cells: a share of 3 cells is not a measurement
+    sample = mdata.obs["sample_id"].astype(str)
+    keep = (sample != "SSc1").to_numpy() | (np.cumsum(sample == "SSc1") <= 3).to_numpy()
+    clinical = ClinicalTable.from_csv(cohort / "clinical.csv")
+    state = RunState(config, tmp_path, samples, clinical, Silent(), mdata=mdata[keep].copy())
+    stage = next(s for s in STAGES if s.name == "association")
+    with pytest.warns(UserWarning, match=r"1 donor\(s\) left out .*SSc1: 3\b"):
+        stage.run(state)
+    assoc = pd.read_csv(tmp_path / "tables" / "association.csv")
+    default = assoc[assoc["method"] == "perm_lm_asin_log2share"]
+    assert (default[["n_case", "n_control"]] == [3, 4]).all().all()
+    reach = pd.read_csv(tmp_path / "tables" / "contrasts.csv")
+    assert reach.loc[0, "left_out"] == "SSc1 (3 cells)"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import os
+import signal
 import warnings
 from pathlib import Path
 
@@ -17,13 +20,14 @@ import scipy.sparse as sp
 from typer.testing import CliRunner
 
 from sccohort.cli import app
-from sccohort.cohort import SampleSheet
+from sccohort.cohort import SampleSheet, special_file_kind
 from sccohort.errors import InputError
-from sccohort.io import SampleProbe, probe_sample, probe_samples
+from sccohort.io import SampleProbe, probe_sample, probe_samples, verify
 from sccohort.io.features import gene_table
 from sccohort.io.probe import probe_table
-from sccohort.io.read import read_sample
+from sccohort.io.read import gene_list_mismatches, read_sample
 from sccohort.io.tenx import write_10x_h5
+from sccohort.io.verify import describe_start, file_signature, first_bad_value, hdf5_layout
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ECCITE = DATA / "eccite_pbmc"
@@ -253,13 +257,14 @@ def test_probe_of_a_simulated_cohort(tmp_path: Path) -> None:
         assert probe.sample_id == sample and probe.modalities["rna"].gene_ids == "symbols"
 
 
-def test_probe_reads_no_counts(tmp_path: Path) -> None:
+def test_probe_checks_the_counts_the_reader_would_fail_on(tmp_path: Path) -> None:
     counts = _counts(0, (len(BARCODES), len(FEATURES)))
     h5 = tmp_path / "filtered_feature_bc_matrix.h5"
     write_10x_h5(h5, counts, BARCODES, FEATURES)
     with h5py.File(h5, "a") as fh:
         del fh["matrix/data"], fh["matrix/indices"]  # the counts are gone
-    assert probe_sample(h5).n_cells == len(BARCODES)
+    with pytest.raises(InputError, match="matrix/data is missing"):
+        probe_sample(h5, sample_id="S")
     with pytest.raises(InputError):
         read_sample(h5, "S")
     mtx = tmp_path / "mtx"
@@ -268,7 +273,209 @@ def test_probe_reads_no_counts(tmp_path: Path) -> None:
     (mtx / "matrix.mtx").write_text(header + "not counts at all\n")
     FEATURES.to_csv(mtx / "features.tsv", sep="\t", header=False, index=False)
     pd.Series(BARCODES).to_csv(mtx / "barcodes.tsv", header=False, index=False)
-    assert probe_sample(mtx).modalities["prot"].n_features == 2
+    with pytest.raises(InputError, match="matrix.mtx") as err:
+        probe_sample(mtx, sample_id="S")
+    assert err.value.sample == "S"
+
+
+def test_file_signatures_and_hdf5_layouts(tmp_path: Path) -> None:
+    files = {
+        "empty": b"",
+        "text": "Cell_Index,CD3E\n1,2\nnaïve\n".encode(),
+        "gzip": gzip.compress(b"x"),
+        "binary": b"\x7fELF\x02\x01\x00\x00",
+    }
+    for kind, content in files.items():
+        (tmp_path / kind).write_bytes(content)
+        assert file_signature(tmp_path / kind) == kind
+    assert describe_start(tmp_path / "binary") == "it begins with bytes 7f 45 4c 46 02 01 00 00"
+    with h5py.File(tmp_path / "block.h5", "w", userblock_size=1024) as fh:
+        fh["x"] = np.arange(3)
+    assert file_signature(tmp_path / "block.h5") == "hdf5"
+    with h5py.File(tmp_path / "block.h5", "r") as fh:
+        assert hdf5_layout(fh) == "hdf5"
+    write_10x_h5(tmp_path / "m.h5", _counts(0, (12, 7)), BARCODES, FEATURES)
+    _h5ad(tmp_path / "a.h5ad", ["CD3E", "LYZ"])
+    for name, layout in (("m.h5", "10x_h5"), ("a.h5ad", "h5ad")):
+        with h5py.File(tmp_path / name, "r") as fh:
+            assert hdf5_layout(fh) == layout
+
+
+def test_first_bad_value_of_each_kind() -> None:
+    assert first_bad_value(np.array([0, 3, 2**31 - 1], dtype=np.int64)) is None
+    assert first_bad_value(np.array([1.0, 4.0], dtype=np.float32)) is None
+    assert first_bad_value(np.array([True, False])) is None
+    cases = {
+        "a negative value (-1)": np.array([2, -1], dtype=np.int8),
+        "a count of 4,294,967,295": np.array([1, 2**32 - 1], dtype=np.uint32),
+        "a NaN": np.array([0.0, np.nan]),
+        "an infinite value": np.array([0.0, np.inf]),
+        "a non-integer value (0.5)": np.array([1.0, 0.5]),
+    }
+    for problem, values in cases.items():
+        bad = first_bad_value(values)
+        assert bad.index == 1 and bad.problem.startswith(problem), problem
+        assert bad.normalised == (values.dtype.kind == "f" or problem.startswith("a negative"))
+    with pytest.raises(TypeError):
+        first_bad_value(np.array(["1"]))
+
+
+def test_arrays_are_read_in_slices_and_the_value_is_placed(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(verify, "CHUNK_VALUES", 8)
+    counts = _counts(4, (len(BARCODES), len(FEATURES)))
+    h5 = tmp_path / "filtered_feature_bc_matrix.h5"
+    write_10x_h5(h5, counts, BARCODES, FEATURES)
+    at = counts.nnz - 3
+    with h5py.File(h5, "a") as fh:
+        data = fh["matrix/data"][:]
+        data[at] = -5
+        del fh["matrix/data"]
+        fh.create_dataset("matrix/data", data=data, chunks=(4,))
+    cell = int(np.searchsorted(counts.indptr, at, side="right")) - 1
+    feature = FEATURES["name"].iloc[counts.indices[at]]
+    with pytest.raises(InputError, match="negative value") as err:
+        probe_sample(h5, sample_id="S")
+    assert f"cell '{BARCODES[cell]}', feature '{feature}'" in str(err.value)
+
+    dense = counts.toarray().astype(np.float64)
+    dense[10, 1] = 0.5
+    _write_adata(tmp_path / "d.h5ad", dense, list(FEATURES["name"]))
+    with pytest.raises(InputError, match="non-integer") as err:
+        probe_sample(tmp_path / "d.h5ad", sample_id="S")
+    assert f"cell '{BARCODES[10]}', feature '{FEATURES['name'].iloc[1]}'" in str(err.value)
+
+    mtx = tmp_path / "mtx"
+    mtx.mkdir()
+    scipy.io.mmwrite(mtx / "matrix.mtx", counts.T.tocoo())
+    lines = (mtx / "matrix.mtx").read_text().splitlines()
+    i, j, _ = lines[-2].split()
+    lines[-2] = f"{i} {int(j) + 40} 1"  # a cell beyond the 12 barcodes
+    (mtx / "matrix.mtx").write_text("\n".join(lines) + "\n")
+    FEATURES.to_csv(mtx / "features.tsv", sep="\t", header=False, index=False)
+    pd.Series(BARCODES).to_csv(mtx / "barcodes.tsv", header=False, index=False)
+    with pytest.raises(InputError, match=f"entry {counts.nnz - 1:,} has cell coordinate"):
+        probe_sample(mtx, sample_id="S")
+
+
+def _write_adata(path: Path, counts, names: list[str], cells=BARCODES, **var) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # names repeated on purpose
+        ad.AnnData(
+            X=counts, obs=pd.DataFrame(index=list(cells)), var=pd.DataFrame(var, index=names)
+        ).write_h5ad(path)
+
+
+def test_features_are_a_name_and_an_id(tmp_path: Path) -> None:
+    """Two symbols of one id, or one symbol of two ids, are two genes; a pair twice is not."""
+    genes = pd.DataFrame(
+        {
+            "id": ["ENSG00000111215", "ENSG00000111215", "ENSG01", "ENSG02"],
+            "name": ["PRH1", "PRR4", "TBCE", "TBCE"],
+            "feature_type": "Gene Expression",
+        }
+    )
+    write_10x_h5(tmp_path / "ok.h5", _counts(0, (12, 4)), BARCODES, genes)
+    probe = assert_probe_is_reader(tmp_path / "ok.h5")
+    assert probe.modalities["rna"].features == ("PRH1", "PRR4", "TBCE", "TBCE-1")
+    twice = genes.assign(id=["ENSG00000111215", "ENSG00000111215", "ENSG01", "ENSG01"])
+    write_10x_h5(tmp_path / "twice.h5", _counts(0, (12, 4)), BARCODES, twice)
+    with pytest.raises(InputError, match=r"feature 'TBCE \(ENSG01\)' is listed more than once"):
+        probe_sample(tmp_path / "twice.h5")
+    names = ["CD3E", "LYZ", "CD3E"]
+    _write_adata(tmp_path / "ids.h5ad", _counts(0, (12, 3)), names, gene_ids=["E1", "E2", "E3"])
+    assert assert_probe_is_reader(tmp_path / "ids.h5ad").modalities["rna"].n_features == 3
+    _write_adata(tmp_path / "names.h5ad", _counts(0, (12, 3)), names)
+    with pytest.raises(InputError, match="feature 'CD3E' is listed more than once"):
+        probe_sample(tmp_path / "names.h5ad")
+
+
+def test_samples_read_twice_and_row_number_barcodes(tmp_path: Path) -> None:
+    rows = []
+    for i in range(3):  # h5ad files whose cells are row numbers: no cell is named twice
+        path = tmp_path / f"s{i}.h5ad"
+        _write_adata(path, _counts(i, (12, 3)), ["CD3E", "LYZ", "MS4A1"], cells=map(str, range(12)))
+        rows.append((f"S{i}", f"D{i}", str(path)))
+    sheet = pd.DataFrame(rows, columns=["sample_id", "donor_id", "path"]).set_index("sample_id")
+    assert list(probe_samples(sheet)) == ["S0", "S1", "S2"]
+    for i in range(2):  # two 10x samples with the same barcodes: one sample read twice
+        write_10x_h5(tmp_path / f"t{i}.h5", _counts(i, (12, 7)), BARCODES, FEATURES)
+    sheet = pd.DataFrame(
+        {"donor_id": ["D1", "D2"], "path": [str(tmp_path / "t0.h5"), str(tmp_path / "t1.h5")]},
+        index=pd.Index(["T0", "T1"], name="sample_id"),
+    )
+    with pytest.raises(InputError, match="shares 12 barcodes") as err:
+        probe_samples(sheet)
+    assert err.value.sample == "T1" and "sample 'T0'" in str(err.value)
+    with pytest.raises(InputError, match="read the same count file") as err:
+        probe_samples(sheet.assign(path=str(tmp_path / "t0.h5")))
+    assert err.value.sample == "T1"
+
+
+def test_gene_lists_are_compared_with_the_majority() -> None:
+    genes = {"A": ["G1", "G2"], "B": ["G1", "G3"], "C": ["G1", "G3"], "D": ["G3", "G1"]}
+    [problem] = gene_list_mismatches(genes)
+    assert problem.sample == "A" and "3 other sample(s) ('B', 'C', 'D')" in str(problem)
+    assert "only here G2; missing here G3" in str(problem)
+    tie = gene_list_mismatches({"A": ["G1"], "B": ["G2"]})
+    assert [p.sample for p in tie] == ["B"]  # no majority: the first sample is the reference
+    assert gene_list_mismatches({"A": ["G1", "G2"], "B": ["G2", "G1"]}) == []
+
+
+def test_raw_droplets_are_checked_too(tmp_path: Path) -> None:
+    write_10x_h5(tmp_path / "cells.h5", _counts(0, (12, 7)), BARCODES, FEATURES)
+    (tmp_path / "raw.h5").write_bytes(b"")
+    sheet = pd.DataFrame(
+        {"donor_id": ["D1"], "path": [str(tmp_path / "cells.h5")], "raw_path": ["raw.h5"]},
+        index=pd.Index(["S1"], name="sample_id"),
+    )
+    with pytest.raises(InputError, match="empty"):
+        probe_samples(sheet.assign(raw_path=str(tmp_path / "raw.h5")))
+    assert list(probe_samples(sheet.assign(raw_path=None))) == ["S1"]
+
+
+def test_rhapsody_values_are_checked_with_their_line_and_column(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(verify, "CHUNK_VALUES", 4)  # blocks of two rows
+    path = tmp_path / "x_DBEC_MolsPerCell.csv"
+    rows = ["1,0,3", "2,1,0", "3,2,2", "4,1,-1", "5,0,0"]
+    path.write_text("##BD Rhapsody\nCell_Index,CD3E,LYZ\n" + "\n".join(rows) + "\n")
+    with pytest.raises(InputError, match="negative value") as err:
+        probe_sample(path, sample_id="S")
+    assert (err.value.row, err.value.column) == (6, "LYZ")
+
+
+def test_special_files_are_refused_by_their_type(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.h5"
+    os.mkfifo(fifo)
+    assert special_file_kind(fifo) == "a named pipe (FIFO)"
+    assert special_file_kind(tmp_path) is None and special_file_kind(tmp_path / "no") is None
+    with _no_hang(), pytest.raises(InputError, match="named pipe"):
+        probe_sample(fifo, sample_id="S")  # refused by stat, never opened
+    (tmp_path / "mtx").mkdir()
+    os.mkfifo(tmp_path / "mtx" / "matrix.mtx")
+    (tmp_path / "mtx" / "features.tsv").write_text("G1\tG1\tGene Expression\n")
+    (tmp_path / "mtx" / "barcodes.tsv").write_text("AAAC-1\n")
+    with _no_hang(), pytest.raises(InputError, match="named pipe") as err:
+        probe_sample(tmp_path / "mtx", sample_id="S")
+    assert err.value.file.endswith("matrix.mtx")
+    if Path("/dev/null").exists():
+        with pytest.raises(InputError, match="character device"):
+            probe_sample("/dev/null", format="10x_h5", sample_id="S")
+
+
+@contextlib.contextmanager
+def _no_hang(seconds: int = 20):
+    """Turn a hang (a regression that opens a pipe) into a failure after ``seconds``."""
+
+    def stop(signum, frame):
+        raise TimeoutError(f"blocked for {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_probe_errors_name_the_file_and_sample(tmp_path: Path) -> None:

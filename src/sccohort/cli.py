@@ -40,7 +40,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-console = Console(stderr=True)
+# no emoji: a message quoting a file ("root:x:0:0") must print as it is
+console = Console(stderr=True, emoji=False)
 T = TypeVar("T")
 
 
@@ -156,7 +157,12 @@ def _progress_bar() -> Progress:
 
 
 def _run(
-    config_path: Path, out: Path, resume: bool, scheduler: str | None, keep_checkpoints: bool
+    config_path: Path,
+    out: Path,
+    resume: bool,
+    scheduler: str | None,
+    keep_checkpoints: bool,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     from sccohort.config import load_config
     from sccohort.pipeline import run_pipeline
@@ -172,6 +178,7 @@ def _run(
                 scheduler=scheduler,
                 command=sys.argv,
                 keep_checkpoints=keep_checkpoints,
+                overwrite=overwrite,
             )
         except SccohortError:
             raise
@@ -213,6 +220,11 @@ KEEP_CHECKPOINTS_HELP = (
     "Keep each stage's cohort object under OUT/checkpoints after the run has finished "
     "(default: only cohort.h5mu stays)."
 )
+OVERWRITE_HELP = (
+    "Run even though OUT/tables or OUT/figures hold files no run wrote; they are kept (a file "
+    "the run writes replaces one of the same name). A run removes only what an earlier run "
+    "wrote (listed in run.json)."
+)
 
 
 @app.command()
@@ -231,18 +243,20 @@ def run(
         ),
     ] = None,
     keep_checkpoints: Annotated[bool, typer.Option(help=KEEP_CHECKPOINTS_HELP)] = False,
+    overwrite: Annotated[bool, typer.Option(help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Run the pipeline on the cohort a config describes; results go to OUT."""
-    _guard(lambda: _run(config, out, resume, scheduler, keep_checkpoints))
+    _guard(lambda: _run(config, out, resume, scheduler, keep_checkpoints, overwrite))
 
 
 @app.command()
 def validate(config: Annotated[Path, typer.Argument(help="The run's TOML config.")]) -> None:
     """Check the config, sample sheet, clinical table, contrasts and count files; write nothing.
 
-    Each sample's count file is probed without reading its counts: format, cells, modalities
-    with their feature counts, how genes are named, and how features were assigned to
-    modalities (feature types, the rule, or the sample sheet's modality column).
+    Each sample's count file is opened and checked (headers, shapes, every stored value,
+    barcodes, features) without loading its matrix; the command prints per sample its
+    format, cells, modalities with their feature counts, how genes are named, and how
+    features were assigned to modalities (feature types, the rule, or the modality column).
     """
     from sccohort.config import build_designs, load_config, load_inputs
     from sccohort.io.probe import probe_table

@@ -19,6 +19,7 @@ import io
 import math
 import os
 import re
+import stat
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,6 +90,9 @@ def _read_csv(path: str | Path, what: str) -> _Csv:
     """Read a comma-separated file into stripped strings, keeping each row's line number."""
     path = Path(path)
     if not path.is_file():
+        kind = special_file_kind(path)
+        if kind is not None:
+            raise InputError(f"{what} is {kind}, not a file", file=path, hint="Give a CSV file")
         hint = "It is a folder; give the CSV file inside it" if path.is_dir() else None
         raise InputError(f"{what} not found", file=path, hint=hint or "Check the path")
     try:
@@ -112,6 +116,7 @@ def _read_csv(path: str | Path, what: str) -> _Csv:
             if not record or all(not c.strip() for c in record):
                 continue
             cells = [c.strip() for c in record]
+            _refuse_control_characters(cells, header, path, what, start)
             if header is None:
                 header, header_line = cells, start
                 continue
@@ -150,6 +155,42 @@ def _read_csv(path: str | Path, what: str) -> _Csv:
     return _Csv(path, header, rows, lines)
 
 
+#: Control characters (C0, DEL, C1): no cell of a table may hold one. A NUL cannot be
+#: stored in HDF5 strings, and the others garble file names, tables and the console.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _refuse_control_characters(
+    cells: list[str], header: list[str] | None, path: Path, what: str, line: int
+) -> None:
+    """Raise an :class:`InputError` naming the first cell of a row with a control character.
+
+    ``header`` is ``None`` while ``cells`` is the header itself.
+    """
+    for j, cell in enumerate(cells):
+        found = CONTROL_CHARACTERS.search(cell)
+        if found is None:
+            continue
+        if header is None:
+            column, where = f"header field {j + 1}", "the header"
+        else:
+            column = header[j] if j < len(header) else f"field {j + 1}"
+            where = "this cell"
+        raise InputError(
+            f"{where} of the {what} holds the control character "
+            f"{_visible(found.group())} ({_visible(cell)})",
+            file=path,
+            row=line,
+            column=_visible(column),
+            hint="Remove it: cells hold plain text (a line break inside a quoted cell counts too)",
+        )
+
+
+def _visible(text: str) -> str:
+    r"""``text`` with each control character written as an escape (``\x00``)."""
+    return CONTROL_CHARACTERS.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
 def _require_columns(data: _Csv, required: Iterable[str], what: str) -> None:
     missing = [c for c in required if c not in data.header]
     if missing:
@@ -165,6 +206,43 @@ def _require_columns(data: _Csv, required: Iterable[str], what: str) -> None:
 def _absolute(value: str, base: Path) -> Path:
     p = Path(value).expanduser()
     return Path(os.path.abspath(p if p.is_absolute() else base / p))
+
+
+#: Kinds of path that are neither a regular file nor a folder, as `special_file_kind` names them.
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def special_file_kind(path: str | Path) -> str | None:
+    """What a path is when it is neither a regular file nor a folder, judged by ``stat``.
+
+    A count path must be a regular file or a folder (symbolic links are followed). Anything
+    else is refused by its type, without opening it: a named pipe blocks its reader until
+    something writes into it, and a device such as ``/dev/zero`` never ends.
+
+    Parameters
+    ----------
+    path
+        The path.
+
+    Returns
+    -------
+    ``"a named pipe (FIFO)"``, ``"a character device"``, ``"a block device"``, ``"a socket"``
+    or ``"neither a file nor a folder"``; None for a regular file, a folder, or a path that
+    cannot be ``stat``-ed (missing: the caller says so).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kinds = (kind for test, kind in _SPECIAL_KINDS if test(mode))
+    return next(kinds, "neither a file nor a folder")
 
 
 # ---------------------------------------------------------------------------------------
@@ -212,13 +290,23 @@ class SampleSheet:
         ----------
         path
             CSV with columns ``sample_id, donor_id, path`` and optionally ``raw_path, batch,
-            timepoint, tissue, format, modality``. Relative paths are relative to the CSV's
-            folder.
+            timepoint, tissue, format, modality``.
 
         Returns
         -------
         SampleSheet
             One row per CSV row, in file order.
+
+        Notes
+        -----
+        The path rule: a relative ``path`` / ``raw_path`` is relative to the CSV's folder;
+        absolute paths and paths that leave that folder (``..``, symbolic links) are
+        accepted, since count files often sit on shared storage. What a path names is
+        checked instead: it must exist and be a regular file or a folder, judged by
+        ``stat`` without opening it (a named pipe, a device such as ``/dev/zero`` or a
+        socket is refused here); that the file holds counts of its format (its signature,
+        header, arrays) is checked before a run by `sccohort.io.probe.probe_samples`, so
+        ``/etc/passwd`` is refused as "not a count file", quickly.
         """
         path = Path(os.path.abspath(Path(path).expanduser()))
         data = _read_csv(path, "sample sheet")
@@ -333,6 +421,17 @@ class SampleSheet:
                             column=col,
                             sample=sid,
                             hint="Relative paths are relative to the sample sheet's folder",
+                            **where,
+                        )
+                    )
+                elif (kind := special_file_kind(p)) is not None:
+                    problems.append(
+                        InputError(
+                            f"{col} '{value}' is {kind}, not a count file or folder",
+                            column=col,
+                            sample=sid,
+                            hint="Give the count file (or folder) itself; pipes, devices and "
+                            "sockets are refused without being opened",
                             **where,
                         )
                     )

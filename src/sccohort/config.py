@@ -2,18 +2,22 @@
 
 Each ``[section]`` of the TOML file is a small dataclass registered with
 :func:`config_section`; its field defaults are the study's choices, its type hints say what a
-key accepts. Adding a stage's settings is one such dataclass::
+key accepts, and `setting` declares, beside the default, the range of a value::
 
     @config_section("qc")
     @dataclass
     class QcSection:
-        max_mito_pct: float = 20.0
-        min_genes: int = 200
+        max_mito_pct: float = setting(between(0, 100), default=20.0)
+        min_genes: int = setting(at_least(0), default=200)
 
 after which ``config.qc.max_mito_pct`` works, ``to_dict()`` lists it, and a typo such as
-``max_mito_pc`` or a wrong type such as ``min_genes = "200"`` is an :class:`InputError` naming
-the key and what it accepts. Relative paths (fields typed ``Path``) are relative to the TOML
-file's folder. ``[contrasts.<name>]`` tables become :class:`~sccohort.cohort.Contrast` objects.
+``max_mito_pc``, a wrong type such as ``min_genes = "200"`` or a value out of range such as
+``max_mito_pct = 120`` is an :class:`InputError` naming the full key (``qc.max_mito_pct``) and
+what it accepts. Every value is checked: numbers are finite, strings and names are not empty
+and hold no control character, lists name nothing twice; a section may add a
+``relations()`` method for keys that must agree. Relative paths (fields typed ``Path``) are
+relative to the TOML file's folder. ``[contrasts.<name>]`` tables become
+:class:`~sccohort.cohort.Contrast` objects, checked the same way.
 
 :func:`load_inputs` then reads both tables and builds every contrast's design, collecting
 every problem it finds into one error, so ``sccohort validate`` reports them all at once.
@@ -23,11 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import tomllib
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -45,7 +51,112 @@ from sccohort.cohort import (
 from sccohort.errors import InputError
 
 _SECTIONS: dict[str, type] = {}
-_CONTRAST_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_CONTRAST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+#: Characters no config string may hold (they end up in file names, tables and the report).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: The largest seed every consumer accepts: harmonypy's C++ core takes a 32-bit signed int
+#: (``numpy.random.RandomState``, scikit-learn and UMAP take up to 2**32 - 1).
+MAX_SEED = 2**31 - 1
+#: Most principal components: more describe noise, and PCA's cost grows with them.
+MAX_PCS = 1000
+#: Most neighbours of a kNN graph.
+MAX_NEIGHBOURS = 1000
+#: Most random permutations per test (signature tests draw ten times ``prediction_perm``):
+#: 10,000,000 resolve p-values of 1e-7 and take minutes per contrast; more would seem hung.
+MAX_PERMUTATIONS = 10_000_000
+#: Most relabellings enumerated by an exact test: they are held in memory at once.
+MAX_EXACT = 1_000_000
+
+
+# ---------------------------------------------------------------------------------------
+# Ranges: what a key accepts beyond its type, declared once beside its default
+
+
+@dataclass(frozen=True)
+class Check:
+    """A condition a config value meets beyond its type, and how a message says it.
+
+    Numeric checks test numbers only (``"auto"`` of an ``int | Literal["auto"]`` key
+    passes); `at_least_one` tests lists, `matching` strings.
+    """
+
+    accepts: str  # what the value must be: "from 0 to 100"
+    test: Callable[[Any], bool]
+    wrong: str = "is out of range"  # what a value that fails is
+
+
+def _number_check(accepts: str, test: Callable[[float], bool]) -> Check:
+    def passes(value: Any) -> bool:
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        return not is_number or test(value)
+
+    return Check(accepts, passes)
+
+
+def at_least(low: float) -> Check:
+    """Numbers ``>= low``."""
+    return _number_check(f"at least {low:,}", lambda v: v >= low)
+
+
+def above(low: float) -> Check:
+    """Numbers ``> low``."""
+    return _number_check(f"above {low:,}", lambda v: v > low)
+
+
+def between(low: float, high: float) -> Check:
+    """Numbers from ``low`` to ``high``, both included."""
+    return _number_check(f"from {low:,} to {high:,}", lambda v: low <= v <= high)
+
+
+def strictly_between(low: float, high: float) -> Check:
+    """Numbers above ``low`` and below ``high``."""
+    return _number_check(f"above {low:,} and below {high:,}", lambda v: low < v < high)
+
+
+def matching(pattern: str, accepts: str) -> Check:
+    """Strings that match the regular expression ``pattern`` in full."""
+    regex = re.compile(pattern)
+    return Check(
+        accepts, lambda v: not isinstance(v, str) or bool(regex.fullmatch(v)), "is not accepted"
+    )
+
+
+#: Lists with at least one item.
+at_least_one = Check(
+    "a list of one item or more", lambda v: not isinstance(v, list) or v, "is empty"
+)
+#: A share: above 0 and below 1 (a significance level, a fraction of donors).
+PROBABILITY = strictly_between(0, 1)
+#: A percentage of UMIs: from 0 to 100.
+PERCENT = between(0, 100)
+#: Where per-sample tasks run (see :mod:`sccohort.cluster`).
+SCHEDULER = matching(
+    r"auto|local|threads|threading|sync|synchronous|[a-z][a-z0-9+.-]*://\S+|[\w.\-\[\]:]+:\d+",
+    "'auto', 'local', 'threads', 'sync' or a Dask scheduler address (tcp://HOST:PORT)",
+)
+
+
+def setting(
+    *checks: Check, default: Any = dataclasses.MISSING, factory: Any = None, why: str | None = None
+) -> Any:
+    """A section's key: the `Check` s its values pass, and its default (or ``factory``).
+
+    Parameters
+    ----------
+    checks
+        What the key accepts beyond its type, e.g. ``between(0, 100)``; :func:`load_config`
+        refuses other values, naming the key and what it accepts.
+    default
+        The study's choice.
+    factory
+        Makes the default of a list or table key (instead of ``default``).
+    why
+        Why the range is what it is, where that is not plain (the message's hint).
+    """
+    metadata = {"checks": checks, "why": why}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def config_section(name: str):
@@ -91,10 +202,14 @@ class RunSection:
     the same either way.
     """
 
-    seed: int = 0
+    seed: int = setting(
+        between(0, MAX_SEED),
+        default=0,
+        why=f"Harmony's seed is a 32-bit signed integer: at most 2**31 - 1 = {MAX_SEED:,}",
+    )
     primary_timepoint: str = DEFAULT_TIMEPOINT
     primary_tissue: str = DEFAULT_TISSUE
-    scheduler: str = "auto"
+    scheduler: str = setting(SCHEDULER, default="auto")
     rna_on_disk: Literal["auto", "always", "never"] = "auto"
 
 
@@ -118,17 +233,27 @@ class QcSection:
     """
 
     mode: Literal["adaptive", "study"] = "adaptive"
-    nmads: float = 5.0
-    min_genes: int | Literal["auto"] = "auto"
-    mito_floor_pct: float = 10.0
-    mito_ceiling_pct: float = 25.0
-    mito_ceiling_tissue_pct: float = 50.0
-    hb_max_pct: float = 10.0
-    platelet_max_pct: float = 5.0
-    min_prot_umis: float = 10.0
-    isotype_min_pct: float = 2.0
+    nmads: float = setting(above(0), default=5.0)
+    min_genes: int | Literal["auto"] = setting(at_least(0), default="auto")
+    mito_floor_pct: float = setting(PERCENT, default=10.0)
+    mito_ceiling_pct: float = setting(PERCENT, default=25.0)
+    mito_ceiling_tissue_pct: float = setting(PERCENT, default=50.0)
+    hb_max_pct: float = setting(PERCENT, default=10.0)
+    platelet_max_pct: float = setting(PERCENT, default=5.0)
+    min_prot_umis: float = setting(at_least(0), default=10.0)
+    isotype_min_pct: float = setting(PERCENT, default=2.0)
     doublet_method: Literal["cite", "scrublet", "none"] = "cite"
     doublet_neighbours: Literal["auto", "exact", "approximate"] = "auto"
+
+    def relations(self) -> list[tuple[str, str]]:
+        """``(key, problem)`` for keys that contradict each other: the mito clip bounds."""
+        floor = self.mito_floor_pct
+        return [
+            (name, f"{getattr(self, name)} is below mito_floor_pct = {floor}: the adaptive mito "
+             "cut is clipped to [floor, ceiling]")
+            for name in ("mito_ceiling_pct", "mito_ceiling_tissue_pct")
+            if getattr(self, name) < floor
+        ]  # fmt: skip
 
 
 @config_section("normalize")
@@ -140,7 +265,7 @@ class NormalizeSection:
     empty droplets dsb needs), else CLR.
     """
 
-    target_sum: float = 1e4
+    target_sum: float = setting(above(0), default=1e4)
     protein: Literal["auto", "clr", "dsb"] = "auto"
 
 
@@ -157,13 +282,17 @@ class EmbeddingSection:
     (``"sample_id"`` or ``"batch"``; ``""`` switches Harmony off).
     """
 
-    n_top_genes: int | Literal["auto"] = "auto"
-    n_pcs: int = 30
-    n_pcs_prot: int = 0
-    harmony_key: str = "sample_id"
-    n_neighbors: int = 20
-    resolution: float = 0.5
-    umap_max_cells: int = 100_000
+    n_top_genes: int | Literal["auto"] = setting(at_least(2), default="auto")
+    n_pcs: int = setting(
+        between(1, MAX_PCS),
+        default=30,
+        why="It is capped below the HVGs and the cells at run time; Seurat uses 30",
+    )
+    n_pcs_prot: int = setting(between(0, MAX_PCS), default=0)
+    harmony_key: Literal["sample_id", "batch", "donor_id", "timepoint", "tissue", ""] = "sample_id"
+    n_neighbors: int = setting(between(2, MAX_NEIGHBOURS), default=20)
+    resolution: float = setting(above(0), default=0.5)
+    umap_max_cells: int = setting(at_least(100), default=100_000)
 
 
 @config_section("subsets")
@@ -193,10 +322,10 @@ class AnnotationSection:
     """
 
     reference: Path | None = None
-    reference_keys: list[str] = field(default_factory=lambda: ["l1", "l2"])
+    reference_keys: list[str] = setting(at_least_one, factory=lambda: ["l1", "l2"])
     labels: Literal["markers", "reference"] = "markers"
-    min_confidence: float = 0.5
-    transfer_neighbors: int = 20
+    min_confidence: float = setting(between(0, 1), default=0.5)
+    transfer_neighbors: int = setting(between(1, MAX_NEIGHBOURS), default=20)
 
 
 @config_section("association")
@@ -208,23 +337,29 @@ class AssociationSection:
     parent l1 lineage, ``subset_in_l1`` / ``l2_in_l1``). The default test permutes clinical
     labels among donors (``n_perm`` random permutations, or all when there are at most
     ``max_exact``); ``classic`` adds the study's KS + Bonferroni for binary contrasts.
-    ``groupings``: variables (``"ARA"``) or crossings (``"ARA*SRC"``) compared across their
-    levels with Kruskal-Wallis + Dunn (``dunn_adjust``); donors missing a value are left
-    out. ``neighbourhoods``: Milo-style neighbourhood DA on ``milo_embedding`` (``"auto"``:
-    the embedding the embed stage used, ``X_harmony``, or ``X_harmony_prot`` for a
-    protein-only cohort) with the ``milo_preset`` parameters (``"default"``, or the study's
-    ``"study"`` / ``"study_lineage"``).
+    ``min_cells``: donors whose primary sample keeps fewer cells after QC leave every
+    donor-level test (composition, neighbourhoods, DE, prediction, signatures), with a
+    warning naming them: a share of 3 cells is not a measurement. ``groupings``: variables
+    (``"ARA"``) or crossings (``"ARA*SRC"``) compared across their levels with
+    Kruskal-Wallis + Dunn (``dunn_adjust``); donors missing a value are left out.
+    ``neighbourhoods``: Milo-style neighbourhood DA on ``milo_embedding`` (``"auto"``: the
+    embedding the embed stage used, ``X_harmony``, or ``X_harmony_prot`` for a protein-only
+    cohort) with the ``milo_preset`` parameters (``"default"``, or the study's ``"study"`` /
+    ``"study_lineage"``).
     """
 
-    levels: list[str] = field(default_factory=lambda: ["l1", "l2", "subset", "subset_in_l1"])
-    n_perm: int = 10_000
-    max_exact: int = 20_000
+    levels: list[Literal["l1", "l2", "subset", "subset_in_l1", "l2_in_l1"]] = setting(
+        at_least_one, factory=lambda: ["l1", "l2", "subset", "subset_in_l1"]
+    )
+    n_perm: int = setting(between(1, MAX_PERMUTATIONS), default=10_000)
+    max_exact: int = setting(between(0, MAX_EXACT), default=20_000)
+    min_cells: int = setting(at_least(0), default=50)
     classic: bool = True
     groupings: list[str] = field(default_factory=list)
     dunn_adjust: Literal["bonferroni", "holm"] = "bonferroni"
     neighbourhoods: bool = True
     milo_preset: Literal["default", "study", "study_lineage"] = "default"
-    milo_embedding: str = "auto"
+    milo_embedding: Literal["auto", "X_pca", "X_harmony", "X_pca_prot", "X_harmony_prot"] = "auto"
 
 
 @config_section("characterise")
@@ -245,16 +380,16 @@ class CharacteriseSection:
     and l2 label (``"all"``: thorough, slower).
     """
 
-    alpha: float = 0.05
-    max_subsets: int = 6
+    alpha: float = setting(PROBABILITY, default=0.05, why="A significance level: 0.05, say")
+    max_subsets: int = setting(at_least(0), default=6)
     gene_sets: Path | None = None
     tf_targets: Path | None = None
-    gating_max_gates: int = 3
-    gating_test_fraction: float = 0.3
-    prediction_perm: int = 200
+    gating_max_gates: int = setting(between(1, 10), default=3)
+    gating_test_fraction: float = setting(PROBABILITY, default=0.3)
+    prediction_perm: int = setting(between(1, MAX_PERMUTATIONS // 10), default=200)
     timecourse_genes: list[str] = field(default_factory=list)
     de_groups: Literal["associated", "all"] = "associated"
-    de_min_cells: int = 10
+    de_min_cells: int = setting(at_least(1), default=10)
 
 
 @dataclass
@@ -368,6 +503,10 @@ class _Mismatch(Exception):
     """A config value that does not fit its declared type."""
 
 
+class _Invalid(Exception):
+    """A config value of the right type that no key accepts (``nan``, ``""``, a NUL)."""
+
+
 def _coerce(value: Any, tp: Any, key: str, ctx: _Context) -> Any:
     """Check ``value`` against the type hint ``tp``; return it converted (paths resolved)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -385,10 +524,16 @@ def _coerce(value: Any, tp: Any, key: str, ctx: _Context) -> Any:
     if origin is list:
         if not isinstance(value, list):
             raise _Mismatch
-        return [_coerce(v, args[0], key, ctx) for v in value]
+        items = [_coerce(v, args[0], key, ctx) for v in value]
+        repeated = [v for i, v in enumerate(items) if v in items[:i]]
+        if repeated:
+            raise _Invalid(f"the list names {repeated[0]!r} twice")
+        return items
     if origin is dict:
         if not isinstance(value, dict):
             raise _Mismatch
+        for name in value:
+            _check_text(name, "a name")
         return {k: _checked(v, args[1], f"{key}.{k}", ctx) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -405,19 +550,34 @@ def _coerce(value: Any, tp: Any, key: str, ctx: _Context) -> Any:
             return value
         raise _Mismatch
     if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise _Mismatch
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise _Mismatch
+        if not math.isfinite(value):
+            raise _Invalid(f"{value!r} is not a finite number")
+        return float(value)
     if tp is str:
         if isinstance(value, str):
-            return value
+            return _check_text(value, "a string")
         raise _Mismatch
     if tp is Path:
         if isinstance(value, str) and value:
+            _check_text(value, "a path")
             p = Path(value).expanduser()
             return Path(os.path.abspath(p if p.is_absolute() else ctx.base / p))
         raise _Mismatch
     raise TypeError(f"config type {tp!r} of key '{key}' is not supported")  # a schema bug
+
+
+def _check_text(text: str, what: str) -> str:
+    """``text`` when it is not empty and holds no control character; else `_Invalid`."""
+    if not text:
+        raise _Invalid(f"expected {what}, got an empty one")
+    bad = _CONTROL.search(text)
+    if bad:
+        raise _Invalid(
+            f"{text!r} holds the control character {bad.group()!r}; {what} may not hold one"
+        )
+    return text
 
 
 def _checked(value: Any, tp: Any, key: str, ctx: _Context) -> Any:
@@ -430,6 +590,23 @@ def _checked(value: Any, tp: Any, key: str, ctx: _Context) -> Any:
             file=ctx.path,
             key=key,
         ) from None
+    except _Invalid as exc:
+        raise InputError(str(exc), file=ctx.path, key=key) from None
+
+
+def _check_range(value: Any, declared: Mapping[str, Any], key: str, ctx: _Context) -> None:
+    """Raise an :class:`InputError` naming ``key`` when ``value`` fails a declared `Check`.
+
+    ``declared``: the field's metadata (see `setting`).
+    """
+    for check in declared.get("checks", ()):
+        if not check.test(value):
+            raise InputError(
+                f"{value!r} {check.wrong}: it must be {check.accepts}",
+                file=ctx.path,
+                key=key,
+                hint=declared.get("why"),
+            )
 
 
 @dataclass
@@ -461,6 +638,7 @@ def _build(cls: type, raw: dict, prefix: str, ctx: _Context, **given: Any) -> An
         if f.name in raw:
             try:
                 kwargs[f.name] = _checked(raw[f.name], hints[f.name], key, ctx)
+                _check_range(kwargs[f.name], f.metadata, key, ctx)
             except InputError as exc:
                 problems.extend(getattr(exc, "problems", [exc]))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -473,7 +651,17 @@ def _build(cls: type, raw: dict, prefix: str, ctx: _Context, **given: Any) -> An
                 )
             )
     raise_all(problems, f"[{prefix}]")
-    return cls(**kwargs)
+    built = cls(**kwargs)
+    relations = getattr(built, "relations", None)
+    if relations is not None:
+        raise_all(
+            [
+                InputError(problem, file=ctx.path, key=f"{prefix}.{name}")
+                for name, problem in relations()
+            ],
+            f"[{prefix}]",
+        )
+    return built
 
 
 def _similar(a: str, b: str) -> bool:
@@ -564,8 +752,8 @@ def load_config(path: str | Path) -> Config:
         if not _CONTRAST_NAME.match(name):
             problems.append(
                 InputError(
-                    f"contrast name '{name}' has characters other than letters, digits, "
-                    "'_', '-', '.'",
+                    f"contrast name '{name}' must start with a letter or digit and hold only "
+                    "letters, digits, '_', '-', '.'",
                     file=path,
                     key=key,
                     hint="Names appear in file names; e.g. SSc_vs_HD",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,19 +34,110 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+#: First characters that make a spreadsheet read a cell as a formula (OWASP, "CSV
+#: injection"): ``=``, ``+``, ``-``, ``@``, tab and carriage return.
+FORMULA_START = "=+-@\t\r"
+#: Text cells that `write_csv` prefixes with a single quote: a formula start after any
+#: quotes already there (so `read_csv` can take exactly one quote off again).
+_NEUTRALISE = re.compile(r"'*[" + re.escape(FORMULA_START) + "]")
+_NEUTRALISED = re.compile(r"'+[" + re.escape(FORMULA_START) + "]")
+
+
+def neutralise_formulas(frame: pd.DataFrame, *, index: bool = False) -> pd.DataFrame:
+    """``frame`` with every text cell that a spreadsheet would run as a formula made inert.
+
+    A text cell (a value of an ``object``, ``string`` or ``category`` column, a column name,
+    and an index label when ``index``) that starts with one of `FORMULA_START`, after any
+    single quotes, gets a single quote in front (OWASP's advice for CSV injection): a donor
+    id ``=HYPERLINK("http://x","y")`` is written ``'=HYPERLINK("http://x","y")``. Numbers
+    stay numbers: numeric columns are not touched, nor texts that read as a number
+    (``"-0.5"``). `read_csv` takes the quote off again. Returns a (shallow) copy.
+    """
+    out = frame.copy(deep=False)
+    for j, (_, column) in enumerate(frame.items()):
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            categories = column.cat.categories
+            if any(map(_needs_quote, categories)):
+                out.isetitem(j, column.cat.rename_categories(categories.map(_neutral_cell)))
+        elif _is_text(column) and any(map(_needs_quote, column)):
+            out.isetitem(j, column.map(_neutral_cell))
+    if not isinstance(frame.columns, pd.MultiIndex):
+        out.columns = frame.columns.map(_neutral_cell)
+    if index and not isinstance(frame.index, pd.MultiIndex):
+        out.index = frame.index.map(_neutral_cell)
+    return out
+
+
+def _is_text(column: pd.Series) -> bool:
+    return column.dtype == object or isinstance(column.dtype, pd.StringDtype | pd.CategoricalDtype)
+
+
+def _needs_quote(value: object) -> bool:
+    return isinstance(value, str) and bool(_NEUTRALISE.match(value)) and not _is_number(value)
+
+
+def _neutral_cell(value: object) -> object:
+    return "'" + value if _needs_quote(value) else value  # type: ignore[operator]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def restore_formulas(frame: pd.DataFrame) -> pd.DataFrame:
+    """Undo `neutralise_formulas` on a table read back: take its one quote off each text."""
+
+    def restore(value: object) -> object:
+        if isinstance(value, str) and _NEUTRALISED.match(value):
+            return value[1:]
+        return value
+
+    out = frame.copy(deep=False)
+    for j, (_, column) in enumerate(frame.items()):
+        if _is_text(column):
+            out.isetitem(j, column.map(restore))
+    out.columns = frame.columns.map(restore)
+    if not isinstance(frame.index, pd.MultiIndex) and frame.index.dtype == object:
+        out.index = frame.index.map(restore)
+    return out
+
+
+def read_csv(path: str | Path, **kwargs: Any) -> pd.DataFrame:
+    """Read a table that `write_csv` wrote (``pandas.read_csv``), texts as they were given."""
+    return restore_formulas(pd.read_csv(path, **kwargs))
+
+
 def write_csv(frame: pd.DataFrame, path: str | Path, *, index: bool = False) -> Path:
     """Write a DataFrame as CSV atomically (gzip when ``path`` ends in .gz); returns ``path``.
 
-    Gzip output carries no timestamp, so equal tables give byte-identical files; it uses
+    Text cells that a spreadsheet would run as formulas are made inert first
+    (`neutralise_formulas`; `read_csv` reads them back as they were). Gzip output stores
+    neither a file name nor a time, so equal tables give byte-identical files; it uses
     level 1 (a per-cell table of 250,000 rows: 4.5 s and 14 MB, against 9.7 s and 12 MB at
     pandas' default level 9).
     """
-    compression = (
-        {"method": "gzip", "mtime": 0, "compresslevel": 1} if str(path).endswith(".gz") else None
-    )
+    frame = neutralise_formulas(frame, index=index)
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=index, lineterminator="\n", compression=compression)
+        if str(path).endswith(".gz"):
+            with (
+                open(tmp, "wb") as raw,
+                gzip.GzipFile(
+                    filename="", mode="wb", fileobj=raw, compresslevel=GZIP_CSV_LEVEL, mtime=0
+                ) as packed,
+                io.TextIOWrapper(packed, encoding="utf-8", newline="") as text,
+            ):
+                frame.to_csv(text, index=index, lineterminator="\n")
+        else:
+            frame.to_csv(tmp, index=index, lineterminator="\n")
     return Path(path)
+
+
+#: Gzip level of compressed CSV tables.
+GZIP_CSV_LEVEL = 1
 
 
 def write_json(obj: Any, path: str | Path) -> Path:

@@ -43,6 +43,7 @@ from sccohort.io.features import (
     select_declared,
     set_rule,
 )
+from sccohort.io.verify import check_regular_file
 
 MODALITY_ALIASES = {
     "rna": "rna",
@@ -347,8 +348,7 @@ def read_h5mu_modalities(path: str | Path, *, modality: str | None = None) -> di
 
 
 def _read_anndata_file(path: Path, reader, kind: str):
-    if not path.exists():
-        raise InputError("file not found", file=path, hint="Check the path in the sample sheet")
+    check_regular_file(path)  # a named pipe would block h5py: refused unopened
     try:
         return reader(path)
     except Exception as err:  # anndata/mudata/h5py raise many types on a bad file

@@ -1,25 +1,37 @@
-"""Cheap probes of count files: format, cells, modalities and feature names, without counts.
+"""Probes of count files: format, cells, modalities and feature names, every array checked.
 
 `probe_sample` tells what `sccohort.io.read.read_sample` would make of a sample (the same
-modalities, the same feature names, the same decision text of `sccohort.io.features`) while
-reading only what names the features and counts the cells:
+modalities, the same feature names, the same decision text of `sccohort.io.features`) and
+refuses, before anything is written, every file the reader would fail on. Each file is
+checked as `sccohort.io.verify` describes: a regular file (pipes and devices are refused
+unopened), a signature and layout that fit its format, barcodes and feature ids listed once,
+a sample with cells, and the stored arrays of its counts read in bounded slices:
 
-- Cell Ranger h5: the ``matrix/features/*`` datasets and ``matrix/shape`` (Cell Ranger 2:
-  ``genes``, ``gene_names``, ``shape``);
-- MTX folder: the features (or genes) and barcodes files and the matrix's size line;
-- h5ad / h5mu (with h5py): the ``var`` table and the shape of the counts matrix
-  (``layers/counts``, else ``X``, else ``raw/X``: the first that holds raw counts, judged on
-  its first million stored values, where the reader checks them all), the
-  ``obsm/protein_expression`` columns, and for an h5mu each modality's ``obs`` index (the
-  reader keeps the cells present in every modality);
-- BD Rhapsody csv: the header line and the number of lines.
+- Cell Ranger h5: ``matrix/features/*``, ``matrix/barcodes`` and ``matrix/shape`` (Cell
+  Ranger 2: ``genes``, ``gene_names``, ``shape``), then ``indptr``, ``indices`` and
+  ``data`` (`sccohort.io.tenx.check_10x_h5`);
+- MTX folder: the features (or genes) and barcodes files, the matrix's banner and size
+  line, then every entry (`sccohort.io.tenx.check_mtx_entries`);
+- h5ad / h5mu (with h5py): the ``obs`` index, the ``var`` table and the counts matrix
+  (``layers/counts``, else ``X``, else ``raw/X``: the first whose every value is a raw
+  count, as the reader chooses), the ``obsm/protein_expression`` columns, and for an h5mu
+  each modality's ``obs`` index (the reader keeps the cells present in every modality);
+- BD Rhapsody csv: the header line and every row, in blocks.
 
-`probe_samples` probes every sample of a sample sheet (``sccohort validate`` prints the
-result, `probe_table` as a table).
+A feature is its name and, where the file gives one, its id (Cell Ranger's id column,
+``var["gene_ids"]``): genes that share a symbol but not an id are accepted (the reader makes
+their names unique), and so are two symbols of one id (Ensembl's PRH1 and PRR4); a feature
+listed twice is not.
+
+`probe_samples` probes every sample of a sample sheet and then compares them: two samples
+must not read the same count file, nor hold mostly the same barcodes (a copy of one
+sample), and their RNA genes must be the same (a sample whose genes differ from the
+majority's is named). ``sccohort validate`` prints the result, `probe_table` as a table.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,22 +51,37 @@ from sccohort.io.read import (
     _resolve,
     _with_sample,
     check_rna_present,
+    gene_list_mismatches,
 )
-from sccohort.io.rhapsody import rhapsody_header, rhapsody_modalities
+from sccohort.io.rhapsody import check_rhapsody_csv, rhapsody_modalities
 from sccohort.io.tenx import (
+    MtxFiles,
     cellranger_mtx_files,
+    check_10x_h5,
+    check_mtx_entries,
     check_mtx_shape,
     modality_mtx_files,
     plan_10x,
-    read_h5_features,
-    read_mtx_shape,
+    read_mtx_header,
+)
+from sccohort.io.verify import (
+    Axis,
+    BadValue,
+    check_compressed,
+    check_dense,
+    check_has_cells,
+    check_unique,
+    open_hdf5,
 )
 
 __all__ = ["ModalityProbe", "SampleProbe", "probe_sample", "probe_samples", "probe_table"]
 
-#: Stored values of a matrix checked for raw counts (the reader checks all of them).
-COUNTS_SAMPLE = 1_000_000
 _NO_COUNTS_HINT = "Store raw integer counts in layers['counts'] (or .X) of every modality"
+#: Two samples sharing at least this share of the smaller one's barcodes are one sample
+#: read twice. Samples of one 10x whitelist share few by chance: two of 10,000 cells share
+#: ~15 (0.15 %) of Cell Ranger 3's 6.8M barcodes, ~140 (1.4 %) of Cell Ranger 2's 737,000.
+SHARED_BARCODES = 0.5
+_DUPLICATE_HINT = "Give each sample its own count file, and list a sample once"
 
 
 @dataclass(frozen=True)
@@ -108,6 +135,9 @@ class SampleProbe:
         genes)"``.
     sample_id
         The sample, when given.
+    barcodes
+        Sorted hashes (uint64) of the cells' barcodes, to find samples read twice; None
+        when the barcodes are row numbers (``0 .. n - 1`` or ``1 .. n``), which name no cell.
     """
 
     format: str
@@ -116,9 +146,29 @@ class SampleProbe:
     modalities: Mapping[str, ModalityProbe] = field(default_factory=dict)
     rule: str = ""
     sample_id: str | None = None
+    barcodes: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
-def _modality(modality: str, names: Sequence[str], ids: Sequence[str] | None) -> ModalityProbe:
+def _check_features(
+    modality: str, names: Sequence[str], ids: Sequence[str] | None, file: Path
+) -> None:
+    """Raise when a feature is listed twice: the same name with the same id (if any)."""
+    pairs = zip(names, ids if ids is not None else names, strict=True)
+    labels = [str(n) if str(n) == str(i) else f"{n} ({i})" for n, i in pairs]
+    check_unique(
+        labels,
+        "feature",
+        file=file,
+        where=f"modality '{modality}'",
+        hint="List each feature once; genes that share a symbol need their own ids (Cell "
+        "Ranger's id column, var['gene_ids'] of an h5ad)",
+    )
+
+
+def _modality(
+    modality: str, names: Sequence[str], ids: Sequence[str] | None, file: Path
+) -> ModalityProbe:
+    _check_features(modality, names, ids, file)
     var = modality_var(modality, [str(n) for n in names], ids)
     features = tuple(str(v) for v in var.index)
     if modality != "rna":
@@ -133,45 +183,73 @@ def _ordered(mods: dict[str, ModalityProbe]) -> dict[str, ModalityProbe]:
 
 # ----------------------------------------------------------------------------- Cell Ranger
 
+#: What a per-format probe finds: the cells the reader keeps, the modalities, the rule.
+Found = tuple[pd.Index, dict[str, ModalityProbe], str]
 
-def _probe_10x_h5(path: Path, modality: str | None) -> tuple[int, dict, str]:
-    feat = read_h5_features(path)
+
+def _probe_10x_h5(path: Path, modality: str | None, declared: bool) -> Found:
+    with open_hdf5(path, "10x_h5", declared=declared) as fh:
+        feat, barcodes = check_10x_h5(fh, path)
+    check_has_cells(len(barcodes), file=path)
     plan = plan_10x(feat.types, len(feat.ids), modality, file=path)
     mods = {
-        m: _modality(m, [feat.names[i] for i in idx], [feat.ids[i] for i in idx])
+        m: _modality(m, [feat.names[i] for i in idx], [feat.ids[i] for i in idx], path)
         for m, idx in plan.columns.items()
     }
-    return feat.shape[1], mods, plan.rule
+    return pd.Index(barcodes), mods, plan.rule
 
 
-def _probe_10x_mtx(folder: Path, modality: str | None) -> tuple[int, dict, str]:
+def _mtx_cells(files: MtxFiles, names: Sequence[str], where: str) -> list[str]:
+    """The barcodes of one MTX matrix, after checking it entry by entry against them."""
+    barcodes = [str(b) for b in files.barcode_list()]
+    check_unique(barcodes, "barcode", file=files.barcodes)
+    check_has_cells(len(barcodes), file=files.barcodes, where=where)
+    header = read_mtx_header(files.matrix)
+    size = (header.rows, header.columns)
+    by_features = check_mtx_shape(size, len(names), len(barcodes), files.matrix)
+    features, cells = Axis("feature", names), Axis("cell", barcodes)
+    rows, columns = (features, cells) if by_features else (cells, features)
+    check_mtx_entries(files.matrix, header, rows, columns)
+    return barcodes
+
+
+def _probe_10x_mtx(folder: Path, modality: str | None, declared: bool) -> Found:
     files = cellranger_mtx_files(folder)
     if files is not None:
         names, ids, types = files.feature_columns()
-        n_cells = len(files.barcode_list())
-        check_mtx_shape(read_mtx_shape(files.matrix), len(names), n_cells, files.matrix)
+        barcodes = _mtx_cells(files, names, "the matrix")
         plan = plan_10x(types, len(names), modality, file=files.features)
         ids = ids or names
         mods = {
-            m: _modality(m, [names[i] for i in idx], [ids[i] for i in idx])
+            m: _modality(m, [names[i] for i in idx], [ids[i] for i in idx], files.features)
             for m, idx in plan.columns.items()
         }
-        return n_cells, mods, plan.rule
+        return pd.Index(barcodes), mods, plan.rule
     kept, rule = modality_mtx_files(folder, modality)
     mods, common = {}, None
     for known, one in kept.items():
         names, ids, _ = one.feature_columns()
-        barcodes = one.barcode_list()
-        check_mtx_shape(read_mtx_shape(one.matrix), len(names), len(barcodes), one.matrix)
-        mods[known] = _modality(known, names, ids)
+        barcodes = _mtx_cells(one, names, f"modality '{known}'")
+        mods[known] = _modality(known, names, ids, one.features)
         common = _common(common, barcodes)
-    return 0 if common is None else len(common), mods, rule
+    return _shared_cells(common, folder), mods, rule
 
 
 def _common(common: pd.Index | None, barcodes: Sequence[str]) -> pd.Index:
     """Barcodes present so far in every modality (as the reader aligns them)."""
     here = pd.Index([str(b) for b in barcodes])
     return here if common is None else common[common.isin(here)]
+
+
+def _shared_cells(common: pd.Index | None, file: Path) -> pd.Index:
+    """The cells of every modality; raise when they share none (each has cells)."""
+    if common is None or len(common) == 0:
+        raise InputError(
+            "the modalities share no barcode",
+            file=file,
+            hint="The RNA, ADT and HTO matrices must come from the same cells",
+        )
+    return common
 
 
 # ----------------------------------------------------------------------------- h5ad / h5mu
@@ -187,48 +265,79 @@ def _shape(elem: Any) -> tuple[int, int] | None:
     """``(n_obs, n_vars)`` of a stored matrix (dense dataset or sparse group), or None."""
     if isinstance(elem, h5py.Dataset):
         return (int(elem.shape[0]), int(elem.shape[1])) if elem.ndim == 2 else None
-    encoding = elem.attrs.get("encoding-type", elem.attrs.get("h5sparse_format", ""))
-    if str(encoding).removesuffix("_matrix") not in ("csr", "csc"):
+    encoding = _sparse_encoding(elem)
+    if encoding is None:
         return None
     shape = elem.attrs.get("shape", elem.attrs.get("h5sparse_shape"))
     return None if shape is None else (int(shape[0]), int(shape[1]))
 
 
-def _holds_counts(elem: Any) -> bool:
-    """Whether a stored matrix's first `COUNTS_SAMPLE` values are non-negative integers."""
-    if _shape(elem) is None:
-        return False
+def _sparse_encoding(elem: Any) -> str | None:
+    """``"csr"`` or ``"csc"`` for a stored sparse matrix, else None."""
+    if not isinstance(elem, h5py.Group):
+        return None
+    encoding = elem.attrs.get("encoding-type", elem.attrs.get("h5sparse_format", ""))
+    encoding = str(encoding).removesuffix("_matrix")
+    return encoding if encoding in ("csr", "csc") else None
+
+
+def _first_non_count(
+    elem: Any, shape: tuple[int, int], cells: pd.Index, var: pd.DataFrame, file: Path, name: str
+) -> BadValue | None:
+    """The first value of a stored matrix that is not a raw count (arrays checked too)."""
+    rows, columns = Axis("cell", cells), Axis("feature", [str(v) for v in var.index])
     if isinstance(elem, h5py.Dataset):
-        rows = max(1, COUNTS_SAMPLE // max(1, elem.shape[1]))
-        values = np.asarray(elem[:rows])
-    else:
-        values = np.asarray(elem["data"][:COUNTS_SAMPLE])
-    if values.size == 0:
-        return True
-    if np.issubdtype(values.dtype, np.integer):
-        return bool((values >= 0).all())
-    if not np.issubdtype(values.dtype, np.number):
-        return False
-    return bool(
-        np.isfinite(values).all() and (values >= 0).all() and (values == np.round(values)).all()
-    )
+        return check_dense(elem, rows, columns, file=file, where=name)
+    if _sparse_encoding(elem) == "csr":
+        return check_compressed(elem, rows, columns, shape, file=file, where=name)
+    return check_compressed(elem, columns, rows, (shape[1], shape[0]), file=file, where=name)
 
 
-def _counts_slot(group: h5py.Group, file: Path, where: str) -> tuple[tuple[int, int], str]:
-    """Shape of the counts an AnnData group holds, and the key of their ``var`` table."""
+def _count_candidates(group: h5py.Group) -> list[tuple[str, Any, str]]:
+    """``(name, stored matrix, key of its var table)`` in the order the reader tries them."""
     candidates = []
     if "layers" in group and "counts" in group["layers"]:
-        candidates.append((group["layers"]["counts"], "var"))
+        candidates.append(("layers['counts']", group["layers"]["counts"], "var"))
     if "X" in group:
-        candidates.append((group["X"], "var"))
+        candidates.append(("X", group["X"], "var"))
     if "raw" in group and "X" in group["raw"]:
-        candidates.append((group["raw"]["X"], "raw/var"))
-    for elem, var_key in candidates:
-        if _holds_counts(elem):
-            return _shape(elem), var_key  # type: ignore[return-value]
+        candidates.append(("raw.X", group["raw"]["X"], "raw/var"))
+    return candidates
+
+
+def _anndata_counts(
+    group: h5py.Group, cells: pd.Index, file: Path, where: str
+) -> tuple[tuple[int, int], pd.DataFrame]:
+    """Shape and ``var`` table of the counts an AnnData group holds, every value checked.
+
+    The first of ``layers['counts']``, ``X``, ``raw.X`` whose every value is a raw count
+    is taken, as the reader does; one that breaks its own shape, or holds a count above
+    2**31 - 1, is an error.
+    """
+    seen = []
+    for name, elem, var_key in _count_candidates(group):
+        shape = _shape(elem)
+        if shape is None:
+            seen.append(f"{name} is not a matrix")
+            continue
+        var = _read_elem(group[var_key])
+        if shape != (len(cells), len(var)):
+            raise InputError(
+                f"{where}: {name} is {shape[0]:,} x {shape[1]:,} but obs lists {len(cells):,} "
+                f"cells and {var_key} {len(var):,} features",
+                file=file,
+                hint="Write the object again with anndata",
+            )
+        bad = _first_non_count(elem, shape, cells, var, file, name)
+        if bad is None:
+            return shape, var
+        if not bad.normalised:
+            raise InputError(
+                f"{where}: {name} holds {bad.problem}", file=file, hint="Give the raw UMI counts"
+            )
+        seen.append(f"{name} holds {bad.problem}")
     raise InputError(
-        f"{where} holds no raw integer counts (layers['counts'], .X and .raw are "
-        "normalised or missing)",
+        f"{where} holds no raw integer counts ({'; '.join(seen) or 'no X, layers or raw'})",
         file=file,
         hint=_NO_COUNTS_HINT,
     )
@@ -242,64 +351,73 @@ def _obs_names(group: h5py.Group) -> pd.Index:
     return pd.Index([str(v) for v in _read_elem(obs[key])])
 
 
-def _obsm_protein_names(group: h5py.Group, file: Path) -> list[str]:
+def _cells_of(group: h5py.Group, file: Path, where: str) -> pd.Index:
+    """The ``obs`` names of an AnnData group: listed once, at least one."""
+    cells = _obs_names(group)
+    check_unique(list(cells), "barcode", file=file, where=where)
+    check_has_cells(len(cells), file=file, where=where)
+    return cells
+
+
+def _obsm_proteins(group: h5py.Group, cells: pd.Index, file: Path) -> list[str]:
+    """The names of ``obsm['protein_expression']``, its values checked."""
     elem = group["obsm"][OBSM_PROTEINS]
+    where = f"obsm['{OBSM_PROTEINS}']"
     if isinstance(elem, h5py.Group) and elem.attrs.get("encoding-type") == "dataframe":
-        return [str(c) for c in elem.attrs.get("column-order", [])]
-    if "uns" not in group or "protein_names" not in group["uns"]:
-        raise InputError(
-            "obsm['protein_expression'] is an array but uns['protein_names'] is missing",
-            file=file,
-            key=OBSM_PROTEINS,
-            hint="Store the proteins as a DataFrame, or their names in uns['protein_names']",
+        names = [str(c) for c in elem.attrs.get("column-order", [])]
+        columns = [(elem.get(n), [n]) for n in names]
+    else:
+        if "uns" not in group or "protein_names" not in group["uns"]:
+            raise InputError(
+                f"{where} is an array but uns['protein_names'] is missing",
+                file=file,
+                key=OBSM_PROTEINS,
+                hint="Store the proteins as a DataFrame, or their names in uns['protein_names']",
+            )
+        names = [str(n) for n in _read_elem(group["uns"]["protein_names"])]
+        columns = [(elem, names)]
+    for column, antibodies in columns:
+        if not isinstance(column, h5py.Dataset) or column.shape[0] != len(cells):
+            raise InputError(
+                f"{where} does not hold one value per cell", file=file, key=OBSM_PROTEINS
+            )
+        bad = check_dense(
+            column, Axis("cell", cells), Axis("antibody", antibodies), file=file, where=where
         )
-    return [str(n) for n in _read_elem(group["uns"]["protein_names"])]
+        if bad is not None:
+            raise InputError(
+                f"{where} holds {bad.problem}; it needs raw counts",
+                file=file,
+                key=OBSM_PROTEINS,
+                hint=_NO_COUNTS_HINT,
+            )
+    return names
 
 
-def _anndata_counts(
-    group: h5py.Group, file: Path, where: str
-) -> tuple[tuple[int, int], pd.DataFrame]:
-    """Shape of the counts an AnnData group holds, and their ``var`` table."""
-    shape, var_key = _counts_slot(group, file, where)
-    return shape, _read_elem(group[var_key])
-
-
-def _var_probe(modality: str, var: pd.DataFrame, idx: np.ndarray) -> ModalityProbe:
+def _var_probe(modality: str, var: pd.DataFrame, idx: np.ndarray, file: Path) -> ModalityProbe:
     names = [str(v) for v in var.index[idx]]
     ids = None
     if modality == "rna" and "gene_ids" in var:
         ids = var["gene_ids"].astype(str).to_numpy()[idx].tolist()
-    return _modality(modality, names, ids)
+    return _modality(modality, names, ids, file)
 
 
-def _open(path: Path, kind: str) -> h5py.File:
-    if not path.exists():
-        raise InputError("file not found", file=path, hint="Check the path in the sample sheet")
-    try:
-        return h5py.File(path, "r")
-    except OSError as err:
-        raise InputError(
-            f"not a readable {kind} file ({type(err).__name__}: {err})",
-            file=path,
-            hint=f"Write it with {'anndata' if 'h5ad' in kind else 'mudata'} and copy it again",
-        ) from err
-
-
-def _probe_h5ad(path: Path, modality: str | None) -> tuple[int, dict, str]:
-    with _open(path, "AnnData (.h5ad)") as fh:
-        shape, var = _anndata_counts(fh, path, ".X")
+def _probe_h5ad(path: Path, modality: str | None, declared: bool) -> Found:
+    with open_hdf5(path, "h5ad", declared=declared) as fh:
+        cells = _cells_of(fh, path, "obs")
+        _, var = _anndata_counts(fh, cells, path, "the AnnData object")
         names = [str(v) for v in var.index]
         types = var["feature_types"].astype(str).tolist() if "feature_types" in var else None
         obsm = "obsm" in fh and OBSM_PROTEINS in fh["obsm"]
         plan, use_obsm = plan_h5ad(names, types, obsm, modality, file=path)
-        mods = {m: _var_probe(m, var, idx) for m, idx in plan.columns.items()}
+        mods = {m: _var_probe(m, var, idx, path) for m, idx in plan.columns.items()}
         if use_obsm:
-            mods["prot"] = _modality("prot", _obsm_protein_names(fh, path), None)
-    return shape[0], mods, plan.rule
+            mods["prot"] = _modality("prot", _obsm_proteins(fh, cells, path), None, path)
+    return cells, mods, plan.rule
 
 
-def _probe_h5mu(path: Path, modality: str | None) -> tuple[int, dict, str]:
-    with _open(path, "MuData (.h5mu)") as fh:
+def _probe_h5mu(path: Path, modality: str | None, declared: bool) -> Found:
+    with open_hdf5(path, "h5mu", declared=declared) as fh:
         if "mod" not in fh:
             raise InputError("no 'mod' group: not a MuData file", file=path)
         order = [str(m) for m in fh["mod"].attrs.get("mod-order", [])]
@@ -308,20 +426,24 @@ def _probe_h5mu(path: Path, modality: str | None) -> tuple[int, dict, str]:
         mods, common = {}, None
         for known, name in kept.items():
             group = fh["mod"][name]
-            _, var = _anndata_counts(group, path, f"modality '{name}'")
-            mods[known] = _var_probe(known, var, np.arange(len(var)))
-            common = _common(common, _obs_names(group))
-    return 0 if common is None else len(common), mods, rule
+            where = f"modality '{name}'"
+            cells = _cells_of(group, path, where)
+            _, var = _anndata_counts(group, cells, path, where)
+            mods[known] = _var_probe(known, var, np.arange(len(var)), path)
+            common = _common(common, cells)
+    return _shared_cells(common, path), mods, rule
 
 
 # ----------------------------------------------------------------------------- Rhapsody
 
 
-def _probe_rhapsody(path: Path, modality: str | None) -> tuple[int, dict, str]:
-    features, n_cells = rhapsody_header(path)
+def _probe_rhapsody(path: Path, modality: str | None, declared: bool) -> Found:
+    features, cells = check_rhapsody_csv(path)
+    check_unique(cells, "Cell_Index", file=path)
+    check_has_cells(len(cells), file=path)
     kept, rule = rhapsody_modalities(features, modality, file=path)
-    mods = {m: _modality(m, [features[i] for i in idx], None) for m, idx in kept.items()}
-    return n_cells, mods, rule
+    mods = {m: _modality(m, [features[i] for i in idx], None, path) for m, idx in kept.items()}
+    return pd.Index(cells), mods, rule
 
 
 _PROBES = {
@@ -343,7 +465,7 @@ def probe_sample(
     modality: str | None = None,
     sample_id: str | None = None,
 ) -> SampleProbe:
-    """What a sample's count file holds, read cheaply (see the module doc).
+    """What a sample's count file holds, every part checked (see the module doc).
 
     Parameters
     ----------
@@ -360,9 +482,11 @@ def probe_sample(
     Raises
     ------
     InputError
-        The file is missing, unreadable or not of its format; a ``modality`` the file does
-        not have; a Cell Ranger or Rhapsody file without Gene Expression (and no
-        ``modality``). The message names the file and the sample.
+        The file is missing, not a regular file, unreadable, damaged or not of its format;
+        a stored array that breaks the matrix's shape; a value that is not a raw count; a
+        barcode or feature listed twice; no cells; a ``modality`` the file does not have;
+        a Cell Ranger or Rhapsody file without Gene Expression (and no ``modality``). The
+        message names the file and the sample.
     """
     sample = None if sample_id is None else _check_sample_id(sample_id)
     try:
@@ -370,9 +494,22 @@ def probe_sample(
         fmt, resolved = _resolve(path, format)
     except InputError as err:
         raise _with_sample(err, sample) from err
-    n_cells, mods, rule = _call_reader(_PROBES[fmt], resolved, sample, modality)
+    declared = format is not None and str(format) != ""
+    cells, mods, rule = _call_reader(_PROBES[fmt], resolved, sample, modality, declared)
     check_rna_present(fmt, list(mods), rule, modality, resolved, sample)
-    return SampleProbe(fmt, resolved, int(n_cells), _ordered(mods), rule, sample_id)
+    return SampleProbe(
+        fmt, resolved, len(cells), _ordered(mods), rule, sample_id, _barcode_digest(cells)
+    )
+
+
+def _barcode_digest(cells: pd.Index) -> np.ndarray | None:
+    """Sorted hashes of barcodes; None for row numbers (``0 .. n - 1``, ``1 .. n``)."""
+    names = pd.Index(cells).astype(str)
+    if len(names) and names.str.isdecimal().all():
+        numbers = np.sort(names.astype(np.int64).to_numpy())
+        if numbers[0] in (0, 1) and numbers[-1] - numbers[0] == len(numbers) - 1:
+            return None
+    return np.unique(pd.util.hash_array(names.to_numpy(dtype=object)))
 
 
 def _sheet_table(samples: SampleSheet | pd.DataFrame) -> pd.DataFrame:
@@ -390,13 +527,14 @@ def _cell(table: pd.DataFrame, sample: Any, column: str) -> str | None:
 
 
 def probe_samples(samples: SampleSheet | pd.DataFrame) -> dict[str, SampleProbe]:
-    """Probe every sample of a sample sheet (`probe_sample`).
+    """Probe every sample of a sample sheet (`probe_sample`), then compare the samples.
 
     Parameters
     ----------
     samples
         A `SampleSheet`, or its table (index or column ``sample_id``; columns ``path`` and
-        optional ``format``, ``modality``).
+        optional ``format``, ``modality``, ``raw_path``). A sample's ``raw_path`` (its
+        empty droplets, for dsb) is checked as its ``path`` is, where given.
 
     Returns
     -------
@@ -405,23 +543,120 @@ def probe_samples(samples: SampleSheet | pd.DataFrame) -> dict[str, SampleProbe]
     Raises
     ------
     InputError
-        Every sample that cannot be probed, together (one problem per line).
+        Every sample that cannot be probed, together (one problem per line); else two
+        samples that read the same count file or share most of their barcodes
+        (`SHARED_BARCODES`), or samples whose RNA genes differ from the majority's.
     """
     table = _sheet_table(samples)
     probes: dict[str, SampleProbe] = {}
     problems: list[InputError] = []
     for sample in table.index:
         try:
-            probes[str(sample)] = probe_sample(
-                str(table.at[sample, "path"]),
-                format=_cell(table, sample, "format"),
-                modality=_cell(table, sample, "modality"),
-                sample_id=str(sample),
-            )
+            probes[str(sample)] = _probe_row(table, sample)
         except InputError as err:
             problems.append(err)
     raise_all(problems, "the samples' count files")
+    _compare_samples(probes, samples if isinstance(samples, SampleSheet) else None)
     return probes
+
+
+def _probe_row(table: pd.DataFrame, sample: Any) -> SampleProbe:
+    """Probe one row of a sample sheet: its ``path``, and its ``raw_path`` if given."""
+    probe = probe_sample(
+        str(table.at[sample, "path"]),
+        format=_cell(table, sample, "format"),
+        modality=_cell(table, sample, "modality"),
+        sample_id=str(sample),
+    )
+    raw = _cell(table, sample, "raw_path")
+    if raw is not None:
+        _probe_raw(raw, str(sample))
+    return probe
+
+
+def _compare_samples(probes: Mapping[str, SampleProbe], sheet: SampleSheet | None) -> None:
+    """Raise for samples read twice (one file, or most barcodes) or with odd genes."""
+    raise_all(_same_files(probes, sheet), "the samples' count files")
+    raise_all(_shared_barcodes(probes), "the samples' count files")
+    genes = {s: p.modalities["rna"].features for s, p in probes.items() if "rna" in p.modalities}
+    files = {s: p.path for s, p in probes.items()}
+    raise_all(gene_list_mismatches(genes, files), "the samples' genes")
+
+
+def _probe_raw(path: str, sample: str) -> None:
+    """Check a sample's raw (unfiltered) droplets as `probe_sample` checks its cells.
+
+    The file, its arrays and its values are checked; the droplets are not compared with
+    other samples (raw matrices of one barcode whitelist share many empty barcodes).
+    """
+    try:
+        fmt, resolved = _resolve(path, None, raw=True)
+    except InputError as err:
+        raise _with_sample(err, sample) from err
+    _call_reader(_PROBES[fmt], resolved, sample, None, False)
+
+
+def _file_key(path: Path) -> tuple[int, int] | str:
+    """What identifies a file or folder: device and inode (hard and symbolic links too)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return info.st_dev, info.st_ino
+
+
+def _same_files(probes: Mapping[str, SampleProbe], sheet: SampleSheet | None) -> list[InputError]:
+    """One problem per sample that reads the count file of an earlier sample."""
+    first: dict[Any, str] = {}
+    problems = []
+    for sample, probe in probes.items():
+        key = _file_key(probe.path)
+        other = first.setdefault(key, sample)
+        if other == sample:
+            continue
+        line = None if sheet is None else sheet.line_of(other)
+        at = f" (line {line})" if line is not None else ""
+        problems.append(
+            InputError(
+                f"samples '{other}'{at} and '{sample}' read the same count file {probe.path}",
+                file=None if sheet is None else sheet.path,
+                row=None if sheet is None else sheet.line_of(sample),
+                column="path",
+                sample=sample,
+                hint=_DUPLICATE_HINT,
+            )
+        )
+    return problems
+
+
+def _shared_barcodes(probes: Mapping[str, SampleProbe]) -> list[InputError]:
+    """One problem per pair of samples that share `SHARED_BARCODES` of the smaller's cells."""
+    digests = {s: p.barcodes for s, p in probes.items() if p.barcodes is not None}
+    if len(digests) < 2:
+        return []
+    samples = list(digests)
+    owners = np.repeat(np.arange(len(samples)), [len(d) for d in digests.values()])
+    frame = pd.DataFrame({"hash": np.concatenate(list(digests.values())), "owner": owners})
+    shared = frame[frame["hash"].duplicated(keep=False)]
+    pairs = shared.merge(shared, on="hash")
+    pairs = pairs[pairs["owner_x"] < pairs["owner_y"]]
+    problems = []
+    for (i, j), count in pairs.groupby(["owner_x", "owner_y"]).size().items():
+        a, b = samples[int(i)], samples[int(j)]
+        smaller = min(len(digests[a]), len(digests[b]))
+        if count < SHARED_BARCODES * smaller:
+            continue
+        problems.append(
+            InputError(
+                f"this sample shares {count:,} barcodes ({count / smaller:.0%} of the smaller "
+                f"sample's {smaller:,} cells) with sample '{a}' ({probes[a].path}): one "
+                "sample read twice",
+                file=probes[b].path,
+                sample=b,
+                hint=_DUPLICATE_HINT + "; a copied file holds the same cells",
+            )
+        )
+    return problems
 
 
 def probe_table(probes: Mapping[str, SampleProbe]) -> pd.DataFrame:

@@ -19,7 +19,8 @@ Conventions of every object returned here:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import scipy.sparse as sp
 from mudata import MuData
 
 from sccohort.cluster import compute
+from sccohort.cohort import raise_all, special_file_kind
 from sccohort.errors import InputError
 from sccohort.io.features import (
     GENE_IDS_KEY,
@@ -140,7 +142,20 @@ def detect_format(path: str | Path, *, raw: bool = False) -> tuple[str, Path]:
     raise InputError("unrecognised file type", file=path, hint=_FORMAT_HINT)
 
 
+def _refuse_special(path: str | Path) -> None:
+    """Refuse a named pipe, a device or a socket by its type, without opening it."""
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise InputError(
+            f"this path is {kind}, not a count file or folder",
+            file=path,
+            hint="Give the count file (or folder) itself; pipes, devices and sockets are "
+            "refused without being opened",
+        )
+
+
 def _resolve(path: str | Path, fmt: str | None, *, raw: bool = False) -> tuple[str, Path]:
+    _refuse_special(path)
     if fmt is None or (isinstance(fmt, float) and np.isnan(fmt)) or fmt == "":
         return detect_format(path, raw=raw)
     if fmt not in FORMATS:
@@ -248,6 +263,14 @@ def _finalise(
             hint="Give a file with Gene Expression (RNA) features",
         )
     for modality, adata in ordered.items():
+        if adata.n_obs == 0:
+            raise InputError(
+                f"modality '{modality}' has no cells (0 barcodes)",
+                file=file,
+                sample=sample_id,
+                hint="Give the sample's filtered matrix with its cells, or leave the sample "
+                "out of the sample sheet",
+            )
         dup = adata.obs_names[adata.obs_names.duplicated()]
         if len(dup):
             raise InputError(
@@ -569,12 +592,56 @@ def check_same_genes(
     )
 
 
+def gene_list_mismatches(
+    genes: Mapping[str, Sequence[str]], files: Mapping[str, Any] | None = None
+) -> list[InputError]:
+    """One problem per sample whose genes are not the majority's.
+
+    The gene list held by most samples is the reference (on a tie, the one of the first
+    such sample in order), so the message names the odd sample out, not a good one.
+
+    Parameters
+    ----------
+    genes
+        ``sample_id -> gene names`` in sheet order.
+    files
+        ``sample_id -> count file``, for the messages.
+
+    Returns
+    -------
+    The problems, in sheet order (empty when every sample has the same genes).
+    """
+    sets = {s: frozenset(g) for s, g in genes.items()}
+    if len(set(sets.values())) <= 1:
+        return []
+    reference = Counter(sets.values()).most_common(1)[0][0]
+    holders = [s for s, g in sets.items() if g == reference]
+    named = ", ".join(f"'{s}'" for s in holders[:3]) + (", ..." if len(holders) > 3 else "")
+    problems = []
+    for sample, here in sets.items():
+        if here == reference:
+            continue
+        only_here = [g for g in genes[sample] if g not in reference][:5]
+        missing = [g for g in genes[holders[0]] if g not in here][:5]
+        problems.append(
+            InputError(
+                f"its genes differ from those of {len(holders)} other sample(s) ({named}): "
+                f"only here {', '.join(only_here) or 'none'}; missing here "
+                f"{', '.join(missing) or 'none'}",
+                file=None if files is None else files.get(sample),
+                sample=sample,
+                hint="Quantify every sample against the same reference transcriptome "
+                "(same Cell Ranger reference and version)",
+            )
+        )
+    return problems
+
+
 def _concat_rna(results: dict[str, dict[str, ad.AnnData]], paths: pd.Series) -> ad.AnnData:
     samples = list(results)
+    genes = {s: list(results[s]["rna"].var_names) for s in samples}
+    raise_all(gene_list_mismatches(genes, paths.to_dict()), "the samples' genes")
     reference = results[samples[0]]["rna"].var_names
-    for sample in samples:
-        names = results[sample]["rna"].var_names
-        check_same_genes(samples[0], reference, sample, names, paths[sample])
     return stack_rows([results[s].pop("rna") for s in samples], reference)
 
 

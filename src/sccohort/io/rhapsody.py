@@ -11,7 +11,14 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sccohort.errors import InputError
+from sccohort.io import verify
 from sccohort.io.features import gene_var, protein_var, select_declared, set_rule
+from sccohort.io.verify import (
+    INT32_MAX,
+    check_regular_file,
+    check_text_file,
+    first_bad_value,
+)
 
 _HINT = (
     "Give the *_DBEC_MolsPerCell.csv or *_RSEC_MolsPerCell.csv that the BD Rhapsody pipeline "
@@ -65,40 +72,75 @@ def _count_comment_lines(path: Path) -> int:
     return n
 
 
-def rhapsody_header(path: str | Path) -> tuple[list[str], int]:
-    """The feature columns and the number of cells of a Rhapsody table, without its counts.
+def _check_header(columns: list[str], path: Path, line: int) -> list[str]:
+    if "Cell_Index" not in columns:
+        raise InputError("no 'Cell_Index' column in the header", file=path, row=line, hint=_HINT)
+    features = [str(c) for c in columns if c != "Cell_Index"]
+    if not features:
+        raise InputError("no feature columns after Cell_Index", file=path, row=line)
+    return features
 
-    Reads the header line (as `read_rhapsody_csv` names the columns) and counts the
-    non-blank lines after it.
+
+def _check_values(values: pd.DataFrame, path: Path, first_line: int) -> None:
+    """Raise unless a block of a Rhapsody table holds non-negative integer counts."""
+    non_numeric = [c for c in values.columns if not pd.api.types.is_numeric_dtype(values[c])]
+    if non_numeric:
+        column = non_numeric[0]
+        bad = pd.to_numeric(values[column], errors="coerce").isna().to_numpy()
+        raise InputError(
+            "counts must be numbers",
+            file=path,
+            row=first_line + int(np.flatnonzero(bad)[0]),
+            column=column,
+            hint=_HINT,
+        )
+    dense = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = first_bad_value(dense)
+    if bad is not None:
+        row, column = divmod(bad.index, dense.shape[1])
+        raise InputError(
+            f"counts must be non-negative integers up to {INT32_MAX:,}, found {bad.problem}",
+            file=path,
+            row=first_line + row,
+            column=str(values.columns[column]),
+            hint=_HINT,
+        )
+
+
+def check_rhapsody_csv(path: str | Path) -> tuple[list[str], list[str]]:
+    """The feature columns and the cells of a Rhapsody table, its counts checked in blocks.
+
+    The rows are read `sccohort.io.verify.CHUNK_VALUES` values at a time: each must hold
+    non-negative integer counts (as `read_rhapsody_csv` requires), so memory stays bounded.
+
+    Returns
+    -------
+    The feature columns (as `read_rhapsody_csv` names them) and the ``Cell_Index`` values.
 
     Raises
     ------
     InputError
-        Missing or unreadable file, no ``Cell_Index`` or no feature column.
+        Missing or unreadable file, no ``Cell_Index`` or no feature column, a count that is
+        not a number or not a non-negative integer (naming its line and column).
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError("file not found", file=path, hint="Check the path in the sample sheet")
-    opener = gzip.open if path.name.endswith(".gz") else open
+    path = check_text_file(Path(path), "rhapsody_csv")
     try:
         skip = _count_comment_lines(path)
-        columns = list(pd.read_csv(path, skiprows=skip, nrows=0).columns)
-        with opener(path, "rt", encoding="utf-8") as fh:
-            lines = sum(1 for line in fh if line.strip())
+        header = pd.read_csv(path, skiprows=skip, nrows=0).columns
+        features = _check_header(list(header), path, skip + 1)
+        rows = max(1, verify.CHUNK_VALUES // len(features))
+        cells: list[str] = []
+        chunks = pd.read_csv(path, skiprows=skip, dtype={"Cell_Index": str}, chunksize=rows)
+        for chunk in chunks:
+            _check_values(chunk[features], path, skip + 2 + len(cells))
+            cells.extend(chunk["Cell_Index"].astype(str).str.strip())
     except (OSError, EOFError, UnicodeDecodeError, pd.errors.ParserError) as err:
         raise InputError(
             f"cannot read this csv ({type(err).__name__}: {err})", file=path, hint=_HINT
         ) from err
     except pd.errors.EmptyDataError as err:
         raise InputError("the file has no header and no cells", file=path, hint=_HINT) from err
-    if "Cell_Index" not in columns:
-        raise InputError(
-            "no 'Cell_Index' column in the header", file=path, row=skip + 1, hint=_HINT
-        )
-    features = [str(c) for c in columns if c != "Cell_Index"]
-    if not features:
-        raise InputError("no feature columns after Cell_Index", file=path, row=skip + 1)
-    return features, lines - skip - 1
+    return features, cells
 
 
 def read_rhapsody_csv(path: str | Path, *, modality: str | None = None) -> dict[str, ad.AnnData]:
@@ -118,9 +160,7 @@ def read_rhapsody_csv(path: str | Path, *, modality: str | None = None) -> dict[
     ``{"rna": AnnData, "prot": AnnData}`` (``prot`` only if there are AbSeq columns), cells x
     features, raw counts (CSR) in ``.X``, ``Cell_Index`` values as ``obs_names``.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError("file not found", file=path, hint="Check the path in the sample sheet")
+    path = check_regular_file(Path(path))
     try:
         skip = _count_comment_lines(path)
         table = pd.read_csv(path, skiprows=skip, dtype={"Cell_Index": str})
@@ -131,35 +171,10 @@ def read_rhapsody_csv(path: str | Path, *, modality: str | None = None) -> dict[
     except pd.errors.EmptyDataError as err:
         raise InputError("the file has no header and no cells", file=path, hint=_HINT) from err
     header_line = skip + 1
-    if "Cell_Index" not in table.columns:
-        raise InputError(
-            "no 'Cell_Index' column in the header", file=path, row=header_line, hint=_HINT
-        )
-    features = [c for c in table.columns if c != "Cell_Index"]
-    if not features:
-        raise InputError("no feature columns after Cell_Index", file=path, row=header_line)
+    features = _check_header(list(table.columns), path, header_line)
     values = table[features]
-    non_numeric = [c for c in features if not pd.api.types.is_numeric_dtype(values[c])]
-    if non_numeric:
-        column = non_numeric[0]
-        bad = pd.to_numeric(values[column], errors="coerce").isna().to_numpy()
-        raise InputError(
-            "counts must be numbers",
-            file=path,
-            row=header_line + 1 + int(np.flatnonzero(bad)[0]),
-            column=column,
-            hint=_HINT,
-        )
+    _check_values(values, path, header_line + 1)
     dense = values.to_numpy(dtype=np.float64, na_value=np.nan)
-    bad_rows, bad_cols = np.nonzero(~np.isfinite(dense) | (dense < 0) | (dense != np.round(dense)))
-    if bad_rows.size:
-        raise InputError(
-            f"counts must be non-negative integers, found {dense[bad_rows[0], bad_cols[0]]!r}",
-            file=path,
-            row=header_line + 1 + int(bad_rows[0]),
-            column=features[bad_cols[0]],
-            hint=_HINT,
-        )
     barcodes = table["Cell_Index"].astype(str).str.strip()
     obs = pd.DataFrame(index=pd.Index(barcodes.to_list()))
     kept, rule = rhapsody_modalities(features, modality, file=path)

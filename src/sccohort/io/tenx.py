@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gzip
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import scipy.io
 import scipy.sparse as sp
 
 from sccohort.errors import InputError
+from sccohort.io import verify
 from sccohort.io.features import (
     FEATURE_TYPE_TO_MODALITY,
     ModalityPlan,
@@ -32,6 +33,14 @@ from sccohort.io.features import (
     plan_single,
     select_declared,
     set_rule,
+)
+from sccohort.io.verify import (
+    Axis,
+    check_compressed,
+    check_regular_file,
+    check_text_file,
+    check_unique,
+    first_bad_value,
 )
 
 FEATURE_TYPES = ("Gene Expression", "Antibody Capture", "Multiplexing Capture")
@@ -209,8 +218,7 @@ def _take_columns(csr: sp.csr_matrix, idx: np.ndarray) -> sp.csr_matrix:
 
 
 def _open_h5(path: Path) -> h5py.File:
-    if not path.exists():
-        raise InputError("file not found", file=path, hint="Check the path in the sample sheet")
+    check_regular_file(path)  # a named pipe would block h5py: refused unopened
     try:
         return h5py.File(path, "r")
     except OSError as err:
@@ -279,6 +287,14 @@ def _features_of(fh: h5py.File, path: Path) -> H5Features:
             file=path,
             hint=_H5_HINT,
         )
+    lengths = {"names": len(names), "feature types": len(types or ids)}
+    for what, n in lengths.items():
+        if n != len(ids):
+            raise InputError(
+                f"the file lists {len(ids):,} feature ids but {n:,} {what}",
+                file=path,
+                hint=_H5_HINT,
+            )
     return H5Features(ids, names, types, (shape[0], shape[1]), name)
 
 
@@ -293,6 +309,46 @@ def read_h5_features(path: str | Path) -> H5Features:
     path = Path(path)
     with _open_h5(path) as fh:
         return _features_of(fh, path)
+
+
+def check_10x_h5(fh: h5py.File, path: Path) -> tuple[H5Features, list[str]]:
+    """Check an open Cell Ranger h5 without holding its counts; its features and barcodes.
+
+    Reads the features, the barcodes and ``indptr`` whole, and ``indices`` and ``data`` in
+    slices (`sccohort.io.verify.check_compressed`).
+
+    Raises
+    ------
+    InputError
+        Not a Cell Ranger matrix; a shape that does not fit the features or the barcodes; a
+        barcode listed twice; broken ``indptr`` / ``indices``; a stored value
+        that is not a raw count (negative, NaN, non-integer, above 2**31 - 1).
+    """
+    features = _features_of(fh, path)
+    group = fh[features.group]
+    try:
+        barcodes = _decode(group["barcodes"][:])
+    except (KeyError, OSError, ValueError, TypeError) as err:
+        raise _h5_error(path, err) from err
+    where = features.group
+    if len(barcodes) != features.shape[1]:
+        raise InputError(
+            f"{where}/shape says {features.shape[1]:,} barcodes but {where}/barcodes lists "
+            f"{len(barcodes):,}",
+            file=path,
+            hint=_H5_HINT,
+        )
+    check_unique(barcodes, "barcode", file=path)
+    cells, feats = Axis("cell", barcodes), Axis("feature", features.names)
+    n_features, n_cells = features.shape
+    bad = check_compressed(group, cells, feats, (n_cells, n_features), file=path, where=where)
+    if bad is not None:
+        raise InputError(
+            f"{where}/data holds {bad.problem}; sccohort needs raw counts",
+            file=path,
+            hint=_H5_HINT,
+        )
+    return features, barcodes
 
 
 def _read_h5_matrix(path: Path) -> tuple[sp.csc_matrix, list[str], H5Features]:
@@ -426,25 +482,151 @@ def _read_mtx(path: Path) -> sp.coo_matrix:
     return sp.coo_matrix(matrix)
 
 
-def read_mtx_shape(path: Path) -> tuple[int, int]:
-    """``(rows, columns)`` from a MatrixMarket file's size line (the file is not read on)."""
+_MTX_HINT = "Give the matrix.mtx(.gz) that Cell Ranger (or Matrix::writeMM) wrote"
+_COPY_HINT = "Copy the file again from where it was written; the copy may have been cut short"
+
+
+@dataclass(frozen=True)
+class MtxHeader:
+    """The banner and size line of a MatrixMarket file.
+
+    Attributes
+    ----------
+    rows, columns
+        The matrix's size.
+    entries
+        Stored entries (``coordinate``), or ``rows * columns`` (``array``).
+    layout
+        ``"coordinate"`` or ``"array"``.
+    field
+        ``"integer"``, ``"real"``, ``"pattern"`` ...
+    """
+
+    rows: int
+    columns: int
+    entries: int
+    layout: str
+    field: str
+
+
+def _mtx_error(path: Path, err: Exception | str) -> InputError:
+    detail = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+    return InputError(f"not a readable MatrixMarket file ({detail})", file=path, hint=_MTX_HINT)
+
+
+def read_mtx_header(path: Path) -> MtxHeader:
+    """The banner and size line of a MatrixMarket file (the entries are not read)."""
+    check_text_file(path, "10x_mtx")
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rt", encoding="utf-8") as fh:
-            header = fh.readline()
-            if not header.startswith("%%MatrixMarket"):
+            banner = fh.readline().split()
+            if len(banner) < 5 or banner[0] != "%%MatrixMarket":
                 raise ValueError("no %%MatrixMarket header line")
+            layout, field = banner[2].lower(), banner[3].lower()
             for line in fh:
                 if line.strip() and not line.startswith("%"):
-                    rows, cols = (int(v) for v in line.split()[:2])
-                    return rows, cols
-            raise ValueError("no size line")
+                    size = [int(v) for v in line.split()]
+                    break
+            else:
+                raise ValueError("no size line")
     except (OSError, EOFError, ValueError, UnicodeDecodeError) as err:
+        raise _mtx_error(path, err) from err
+    if layout not in ("coordinate", "array") or len(size) != (3 if layout == "coordinate" else 2):
+        raise _mtx_error(path, f"a '{layout}' matrix with size line {size}")
+    if field == "complex":
+        raise _mtx_error(path, "complex values are not counts")
+    entries = size[2] if layout == "coordinate" else size[0] * size[1]
+    return MtxHeader(size[0], size[1], entries, layout, field)
+
+
+def read_mtx_shape(path: Path) -> tuple[int, int]:
+    """``(rows, columns)`` from a MatrixMarket file's size line (the file is not read on)."""
+    header = read_mtx_header(path)
+    return header.rows, header.columns
+
+
+def _mtx_chunks(path: Path, columns: int) -> Iterator[pd.DataFrame]:
+    """The entry lines of a MatrixMarket file (size line included), in chunks of rows."""
+    return pd.read_csv(
+        path,
+        sep=r"\s+",
+        header=None,
+        comment="%",
+        names=list(range(columns)),
+        dtype=np.float64,
+        chunksize=max(1, verify.CHUNK_VALUES // columns),
+    )
+
+
+def check_mtx_entries(path: Path, header: MtxHeader, rows: Axis, columns: Axis) -> None:
+    """Read a MatrixMarket file's entries in chunks and check them against its header.
+
+    Coordinates must lie within the size line's rows and columns, values be raw counts
+    (`sccohort.io.verify.first_bad_value`) and the number of entries be the size line's.
+    Memory holds one chunk (`sccohort.io.verify.CHUNK_VALUES` numbers) at a time.
+
+    Raises
+    ------
+    InputError
+        A damaged or truncated file (gzip), a coordinate outside the matrix, a value that is
+        not a count, fewer or more entries than the size line says.
+    """
+    coordinate = header.layout == "coordinate"
+    width = (2 if coordinate else 0) + (header.field != "pattern")
+    seen = 0
+    first = True
+    try:
+        for chunk in _mtx_chunks(path, max(width, 3 if coordinate else 2)):
+            if first:  # the size line
+                chunk, first = chunk.iloc[1:], False
+            values = chunk.to_numpy()
+            _check_complete(values[:, :width], path, seen)
+            if coordinate:
+                _check_coordinates(values, header, rows, columns, path, seen)
+            if header.field != "pattern":
+                bad = first_bad_value(values[:, width - 1])
+                if bad is not None:
+                    raise InputError(
+                        f"entry {seen + bad.index + 1:,} holds {bad.problem}; sccohort needs "
+                        "raw counts",
+                        file=path,
+                        hint="Give the raw UMI counts",
+                    )
+            seen += len(values)
+    except (OSError, EOFError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise _mtx_error(path, err) from err
+    if seen != header.entries:
         raise InputError(
-            f"not a readable MatrixMarket file ({type(err).__name__}: {err})",
+            f"the file holds {seen:,} entries but its size line says {header.entries:,}",
             file=path,
-            hint="Give the matrix.mtx(.gz) that Cell Ranger (or Matrix::writeMM) wrote",
-        ) from err
+            hint=_COPY_HINT,
+        )
+
+
+def _check_complete(values: np.ndarray, path: Path, seen: int) -> None:
+    cut = np.flatnonzero(np.isnan(values).any(axis=1))
+    if cut.size:
+        raise InputError(
+            f"entry {seen + int(cut[0]) + 1:,} has fewer than {values.shape[1]} numbers",
+            file=path,
+            hint=_COPY_HINT,
+        )
+
+
+def _check_coordinates(
+    values: np.ndarray, header: MtxHeader, rows: Axis, columns: Axis, path: Path, seen: int
+) -> None:
+    for j, (axis, n) in enumerate(((rows, header.rows), (columns, header.columns))):
+        where = values[:, j]
+        outside = np.flatnonzero(~((where >= 1) & (where <= n) & (where == np.floor(where))))
+        if outside.size:
+            i = int(outside[0])
+            raise InputError(
+                f"entry {seen + i + 1:,} has {axis.kind} coordinate {where[i]:g} outside 1..{n:,}",
+                file=path,
+                hint="The features and barcodes files must belong to this matrix",
+            )
 
 
 def check_mtx_shape(shape: tuple[int, int], n_features: int, n_cells: int, path: Path) -> bool:
@@ -490,6 +672,11 @@ class MtxFiles:
     matrix: Path
     features: Path
     barcodes: Path
+
+    def __post_init__(self) -> None:
+        # a named pipe or a device among them would block or never end: refused unopened
+        for path in (self.matrix, self.features, self.barcodes):
+            check_regular_file(path)
 
     def feature_columns(self) -> tuple[list[str], list[str] | None, list[str] | None]:
         """Names, ids (or None) and feature types (or None) of the features file."""

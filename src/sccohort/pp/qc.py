@@ -34,9 +34,10 @@ RNA thresholds by ``mode``:
   at 40 %.
 
 Protein-only samples (no ``rna`` modality: cytometry-like CITE-seq panels) are judged by
-their antibodies: ``no_protein`` and ``isotype_high`` as above, ``large_library`` when the
-log antibody counts exceed median + ``nmads`` MADs, and doublets simulated in antibody
-space (`sccohort.pp.doublets`); the RNA metrics are NaN and the RNA reasons never apply.
+their antibodies: ``no_protein`` (too few counts) and ``isotype_high`` as above,
+``large_library`` when the log antibody counts exceed median + ``nmads`` MADs, and doublets
+simulated in antibody space (`sccohort.pp.doublets`); the RNA metrics are NaN and the RNA
+reasons never apply (the number of antibodies detected is biology, not quality).
 """
 
 from __future__ import annotations
@@ -320,8 +321,10 @@ def _protein_library_flags(
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Large-library flags of a protein-only sample: log antibody counts above median + k MAD.
 
-    Without RNA, a droplet holding two cells shows as twice the antibody counts; the
-    lower side is the ``no_protein`` check. RNA thresholds are NaN.
+    Without RNA, a droplet holding two cells shows as twice the antibody counts; the lower
+    side is the ``no_protein`` check. No cell is low quality by the number of antibodies it
+    shows: which antibodies a cell carries is its biology (a monocyte has no CD3, CD8 or
+    CD19), not its quality. RNA thresholds are NaN.
     """
     log_prot = np.log1p(m["prot_umis"].to_numpy(float))
     med, mad = _mad(log_prot)

@@ -18,6 +18,7 @@ import pandas as pd
 from .. import pl
 from ..cohort import ClinicalTable
 from ..errors import InputError
+from ..io.atomic import read_csv
 from ..pl.embedding import MAX_CELLS
 from .build import FigureBlock, Items, Note, Paragraph, Section, TableBlock
 
@@ -53,7 +54,7 @@ def _read_table(out: Path, name: str) -> pd.DataFrame:
             file=path,
             hint="Run the pipeline stage that writes it first (sccohort run)",
         )
-    return pd.read_csv(path, keep_default_na=True)
+    return read_csv(path, keep_default_na=True)
 
 
 def clinical_frame(clinical: ClinicalTable | pd.DataFrame | None) -> pd.DataFrame | None:
@@ -174,7 +175,7 @@ def cohort_section(
     samples["donor_id"] = samples["donor_id"].astype(str)
     qc_path = out / "tables" / "qc.csv"
     if qc_path.is_file():
-        qc = pd.read_csv(qc_path)
+        qc = read_csv(qc_path)
         after = qc.set_index(qc["sample_id"].astype(str))["cells_out"]
         samples["cells_after_qc"] = samples["sample_id"].map(after)
     table = clinical_frame(clinical)
@@ -468,7 +469,7 @@ def cell_types_section(out: str | Path) -> Section:
             )
     subsets_path = out / "tables" / "subsets.csv"
     if subsets_path.is_file():
-        subsets = pd.read_csv(subsets_path)
+        subsets = read_csv(subsets_path)
         blocks.append(
             Section(
                 "Subsets",

@@ -21,6 +21,7 @@ from anndata import AnnData
 from .. import pl
 from ..cohort import ClinicalTable
 from ..errors import InputError
+from ..io.atomic import read_csv
 from ..pp.store import rna_columns, store_of
 from ..stats.abundance import DEFAULT_METHOD, describe_attainable
 from ..stats.composition import SUBSET_LEVELS, donor_shares
@@ -59,7 +60,7 @@ def read_table(out: str | Path, name: str) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     try:
-        frame = pd.read_csv(path)
+        frame = read_csv(path)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
         return None
     return frame if len(frame) else None
@@ -595,15 +596,25 @@ def association_section(
 
 
 def attainable_notes(out: Path, alpha: float) -> list[Note]:
-    """A plain warning per contrast whose design cannot reach ``padj < alpha`` (contrasts.csv)."""
+    """Warnings from contrasts.csv: designs that cannot reach ``padj < alpha``, donors left out."""
     reach = read_table(out, "contrasts.csv")
     if reach is None or "reachable" not in reach:
         return []
-    return [
+    notes = [
         Note(describe_attainable(row, alpha), "warning")
         for row in reach.to_dict("records")
         if not bool(row["reachable"])
     ]
+    left_out = reach["left_out"].dropna().astype(str) if "left_out" in reach else []
+    if len(left_out) and left_out.iloc[0]:
+        notes.append(
+            Note(
+                f"Left out of every donor-level test, too few cells after QC: {left_out.iloc[0]}"
+                " ([association] min_cells).",
+                "warning",
+            )
+        )
+    return notes
 
 
 def _neighbourhood_section(out: Path, alpha: float) -> Section:

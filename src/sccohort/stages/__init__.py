@@ -52,6 +52,7 @@ def stage_report(state: RunState) -> list[Path]:
     """
     run_json = json.loads((state.out / "run.json").read_text())
     cfg = state.config.characterise
+    before = _file_stamps(state.out / "figures")
     path = assemble_report(
         state.out,
         state.mdata,
@@ -62,8 +63,21 @@ def stage_report(state: RunState) -> list[Path]:
         max_subsets=cfg.max_subsets,
         final=True,
     )
-    figures = sorted(p for p in (state.out / "figures").glob("*") if p.is_file())
+    # the figures this report wrote: a user's own files kept there (--overwrite) are not ours
+    after = _file_stamps(state.out / "figures")
+    figures = sorted(p for p, stamp in after.items() if before.get(p) != stamp)
     return [path, *figures]
+
+
+def _file_stamps(folder: Path) -> dict[Path, tuple[int, int]]:
+    """Regular files of ``folder`` -> (inode, modification time in ns)."""
+    if not folder.is_dir():
+        return {}
+    return {
+        p: (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in folder.iterdir()
+        if p.is_file() and not p.is_symlink()
+    }
 
 
 STAGES: tuple[Stage, ...] = (

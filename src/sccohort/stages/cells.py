@@ -175,9 +175,9 @@ def _protein_method(state: RunState) -> str:
 def check_inputs(config: Config, samples: SampleSheet) -> dict[str, SampleProbe]:
     """Stage-specific input checks, run before anything is written.
 
-    Every sample's count file is probed (`sccohort.io.probe.probe_samples`: headers, not
-    counts) and checked against the settings that depend on its panel
-    (`sccohort.stages.panel.check_panel`).
+    Every sample's count file is checked (`sccohort.io.probe.probe_samples`: headers,
+    shapes and values, without loading a matrix), then the settings that depend on its
+    panel (`sccohort.stages.panel.check_panel`).
 
     Returns
     -------

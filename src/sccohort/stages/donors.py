@@ -10,9 +10,8 @@ import numpy as np
 import pandas as pd
 
 from sccohort.cohort import ContrastDesign
-from sccohort.config import build_designs
 from sccohort.errors import InputError
-from sccohort.io.atomic import write_csv
+from sccohort.io.atomic import read_csv, write_csv
 from sccohort.io.genesets import hallmark, read_gmt, read_tf_targets
 from sccohort.stages.base import RunState
 from sccohort.stats import CORE_COLUMNS
@@ -35,10 +34,44 @@ from sccohort.stats.tests import kruskal_dunn, ks_test
 
 
 def _designs(state: RunState) -> dict[str, ContrastDesign]:
-    """Every contrast's design on the donors of the primary samples ({} without contrasts)."""
+    """Every contrast's design on the measured donors of the primary samples.
+
+    Donors whose primary sample kept fewer than ``[association] min_cells`` cells
+    (`small_donors`) are left out; a contrast left without a valid design (e.g. one group
+    empty) is skipped, with the reason recorded. ``{}`` without contrasts.
+    """
     if state.clinical is None or not state.config.contrasts:
         return {}
-    return build_designs(state.config, state.samples, state.clinical)
+    primary = state.samples.primary_samples(
+        state.config.primary_timepoint, state.config.primary_tissue
+    )
+    small = small_donors(state)
+    donors = [
+        d for d in primary["donor_id"].astype(str).unique()
+        if d in state.clinical.table.index and d not in small
+    ]  # fmt: skip
+    designs = {}
+    for name, contrast in state.config.contrasts.items():
+        try:
+            designs[name] = contrast.design(state.clinical, donors)
+        except InputError as exc:
+            if not small:
+                raise
+            state.skip(
+                "association",
+                f"contrast {name}",
+                f"without the donors of fewer than {state.config.association.min_cells} cells "
+                f"({', '.join(small)}): {exc.problem}",
+            )
+    return designs
+
+
+def small_donors(state: RunState) -> dict[str, int]:
+    """Donor -> cells of its primary sample, for donors below ``[association] min_cells``."""
+    sample_of = _primary_sample_of(state)
+    cells = state.mdata.obs["sample_id"].astype(str).value_counts()
+    kept = sample_of.map(cells).fillna(0).astype(int)
+    return kept[kept < state.config.association.min_cells].to_dict()
 
 
 def _primary_sample_of(state: RunState) -> pd.Series:
@@ -96,8 +129,19 @@ def stage_association(state: RunState) -> list[Path]:
     designs = _designs(state)
     sample_of = _primary_sample_of(state)
     written = []
+    small = small_donors(state)
+    if small:
+        warnings.warn(
+            f"{len(small)} donor(s) left out of the donor-level tests: their primary sample "
+            f"kept fewer than {state.config.association.min_cells} cells after QC ("
+            + ", ".join(f"{d}: {n}" for d, n in small.items())
+            + "); [association] min_cells sets the minimum",
+            UserWarning,
+            stacklevel=2,
+        )
     if designs:
         reach = contrast_table(state, designs)
+        reach["left_out"] = "; ".join(f"{d} ({n} cells)" for d, n in small.items())
         written.append(write_csv(reach, state.out / "tables" / "contrasts.csv"))
     frames = []
     steps, done = len(designs) * len(levels), 0
@@ -158,7 +202,8 @@ def _subgroups(
             hint="Add [inputs] clinical, or remove the groupings",
         )
     clinical = state.clinical.table
-    donors = [d for d in sample_of.index if d in clinical.index]
+    small = small_donors(state)
+    donors = [d for d in sample_of.index if d in clinical.index and d not in small]
     frames = []
     for grouping in cfg.groupings:
         variables = [v.strip() for v in grouping.split("*")]
@@ -267,7 +312,7 @@ def _parent_l1(obs: pd.DataFrame, subset: str) -> str:
 
 def _read_table(state: RunState, name: str) -> pd.DataFrame:
     path = state.out / "tables" / name
-    return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    return read_csv(path) if path.is_file() else pd.DataFrame()
 
 
 #: Genes of a set that must be in the data: marker ORA, preranked GSEA, signature scores.

@@ -9,6 +9,7 @@ sample and the key to change, before anything is written.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 
 from sccohort.config import Config
@@ -32,12 +33,22 @@ def check_panel(config: Config, probes: Mapping[str, SampleProbe]) -> None:
     Raises
     ------
     InputError
-        Samples that differ in which of RNA / protein they hold; an explicit
+        Samples that differ in which of RNA / protein they hold; ``embedding.n_neighbors``
+        not below the cohort's cells; an explicit
         ``embedding.n_top_genes`` above the genes a panel can offer (mitochondrial, ribosomal
         and haemoglobin genes aside); an explicit ``qc.min_genes`` at or above a panel's
         genes; an explicit ``embedding.n_pcs_prot`` at or above a panel's antibodies.
     """
     _check_same_modalities(config, probes)
+    cells = sum(p.n_cells for p in probes.values())
+    if probes and config.embedding.n_neighbors >= cells:
+        raise InputError(
+            f"n_neighbors = {config.embedding.n_neighbors} but the samples hold {cells} cells "
+            "in all (before QC)",
+            file=config.path,
+            key="embedding.n_neighbors",
+            hint="Set it well below the number of cells (default 20)",
+        )
     for sample, probe in probes.items():
         rna, prot = probe.modalities.get("rna"), probe.modalities.get("prot")
         if rna is not None:
@@ -78,15 +89,18 @@ def _check_rna(config: Config, sample: str, genes: tuple[str, ...]) -> None:
 
 
 def _check_same_modalities(config: Config, probes: Mapping[str, SampleProbe]) -> None:
+    """Every sample holds the modalities most samples hold; the odd one out is named."""
     kinds = {s: frozenset(p.modalities) & {"rna", "prot"} for s, p in probes.items()}
     if not kinds:
         return
-    first, reference = next(iter(kinds.items()))
+    counts = Counter(kinds.values())
+    reference = max(counts, key=lambda kind: (counts[kind], len(kind)))
     for sample, kind in kinds.items():
         if kind != reference:
+            others = counts[reference]
             raise InputError(
                 f"this sample holds {' + '.join(sorted(kind)) or 'no RNA or protein'} while "
-                f"sample '{first}' holds {' + '.join(sorted(reference))}",
+                f"{others} other sample(s) hold {' + '.join(sorted(reference))}",
                 file=config.samples,
                 sample=sample,
                 column="modality",
