@@ -8,8 +8,11 @@ Both commands run in-process (typer's ``CliRunner``), so a case costs millisecon
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +116,19 @@ def assert_refused(config: Path, out: Path, *mentions: str, commands=("validate"
     else:
         assert snapshot(out) == out_before, "the run changed the output folder"
     return message
+
+
+@contextlib.contextmanager
+def no_hang(seconds: int = 20) -> Iterator[None]:
+    """Turn a hang (a regression that opens a pipe) into a failure after ``seconds``."""
+
+    def stop(signum, frame):  # noqa: ANN001
+        raise TimeoutError(f"blocked for {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

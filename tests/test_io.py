@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
-import signal
 import warnings
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pandas as pd
 import pytest
 import scipy.io
 import scipy.sparse as sp
+from corpus import no_hang
 
 from sccohort.errors import InputError
 from sccohort.io.features import (
@@ -591,27 +590,11 @@ def test_a_sample_without_cells_is_named_as_such(tmp_path: Path) -> None:
 def test_readers_refuse_a_named_pipe_unopened(tmp_path: Path) -> None:
     fifo = tmp_path / "counts.h5"
     os.mkfifo(fifo)
-    with _no_hang(), pytest.raises(InputError, match="named pipe") as err:
+    with no_hang(), pytest.raises(InputError, match="named pipe") as err:
         read_sample(fifo, "S1")
     assert err.value.sample == "S1"
-    with _no_hang(), pytest.raises(InputError, match="named pipe"):
+    with no_hang(), pytest.raises(InputError, match="named pipe"):
         read_sample(fifo, "S1", format="h5ad")
-
-
-@contextlib.contextmanager
-def _no_hang(seconds: int = 20):
-    """Turn a hang (a regression that opens a pipe) into a failure after ``seconds``."""
-
-    def stop(signum, frame):
-        raise TimeoutError(f"blocked for {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def test_sample_without_protein(tmp_path: Path) -> None:

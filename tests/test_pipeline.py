@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from corpus import DONORS, PROTEINS, tiny_cohort
 from typer.testing import CliRunner
 
 from sccohort import pipeline
@@ -20,21 +21,6 @@ from sccohort.cli import app
 from sccohort.config import load_config
 from sccohort.errors import InputError
 from sccohort.io.atomic import write_csv
-from sccohort.io.tenx import write_10x_h5
-
-GENES = [f"GENE{i}" for i in range(40)] + ["MT-CO1", "MT-ND1"]
-PROTEINS = ["CD3", "CD4", "CD14", "CD19", "Mouse IgG1"]
-DONORS = {"D1": ("case", 50), "D2": ("control", 60), "D3": ("case", 70), "D4": ("control", 55)}
-
-
-def _features() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "id": [f"ENSG{i:011d}" for i in range(len(GENES))] + PROTEINS,
-            "name": GENES + PROTEINS,
-            "feature_type": ["Gene Expression"] * len(GENES) + ["Antibody Capture"] * len(PROTEINS),
-        }
-    )
 
 
 def _count_cells(state: pipeline.RunState) -> list[Path]:
@@ -54,32 +40,7 @@ def light_stages(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def cohort_dir(tmp_path: Path) -> Path:
     """Four donors, one sample each, small random counts, a config with one contrast."""
-    rng = np.random.default_rng(1)
-    rows = []
-    for i, donor in enumerate(DONORS):
-        n_cells = 30 + 5 * i
-        counts = sp.random(n_cells, len(GENES) + len(PROTEINS), density=0.4, random_state=rng)
-        counts.data = rng.integers(1, 20, counts.nnz).astype(float)
-        barcodes = [f"{''.join(rng.choice(list('ACGT'), 16))}-1" for _ in range(n_cells)]
-        (tmp_path / donor).mkdir()
-        write_10x_h5(
-            tmp_path / donor / "filtered_feature_bc_matrix.h5", counts, barcodes, _features()
-        )
-        rows.append((f"S_{donor}", donor, f"{donor}/filtered_feature_bc_matrix.h5", f"lane{i % 2}"))
-    pd.DataFrame(rows, columns=["sample_id", "donor_id", "path", "batch"]).to_csv(
-        tmp_path / "samples.csv", index=False
-    )
-    pd.DataFrame(
-        [(d, g, a) for d, (g, a) in DONORS.items()], columns=["donor_id", "status", "age"]
-    ).to_csv(tmp_path / "clinical.csv", index=False)
-    (tmp_path / "sccohort.toml").write_text(
-        '[inputs]\nsamples = "samples.csv"\nclinical = "clinical.csv"\n\n'
-        "[run]\nseed = 3\n\n"
-        "[qc]\nmin_genes = 5\nmin_prot_umis = 0.0\nisotype_min_pct = 100.0\n"
-        'doublet_method = "none"\n\n'
-        '[contrasts.status]\nvariable = "status"\ncase = "case"\ncontrol = "control"\n'
-    )
-    return tmp_path
+    return tiny_cohort(tmp_path).parent
 
 
 def test_run_writes_tables_cohort_and_run_json(cohort_dir: Path, tmp_path: Path) -> None:

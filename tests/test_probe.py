@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
-import signal
 import warnings
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pandas as pd
 import pytest
 import scipy.io
 import scipy.sparse as sp
+from corpus import no_hang
 from typer.testing import CliRunner
 
 from sccohort.cli import app
@@ -448,34 +447,18 @@ def test_special_files_are_refused_by_their_type(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     assert special_file_kind(fifo) == "a named pipe (FIFO)"
     assert special_file_kind(tmp_path) is None and special_file_kind(tmp_path / "no") is None
-    with _no_hang(), pytest.raises(InputError, match="named pipe"):
+    with no_hang(), pytest.raises(InputError, match="named pipe"):
         probe_sample(fifo, sample_id="S")  # refused by stat, never opened
     (tmp_path / "mtx").mkdir()
     os.mkfifo(tmp_path / "mtx" / "matrix.mtx")
     (tmp_path / "mtx" / "features.tsv").write_text("G1\tG1\tGene Expression\n")
     (tmp_path / "mtx" / "barcodes.tsv").write_text("AAAC-1\n")
-    with _no_hang(), pytest.raises(InputError, match="named pipe") as err:
+    with no_hang(), pytest.raises(InputError, match="named pipe") as err:
         probe_sample(tmp_path / "mtx", sample_id="S")
     assert err.value.file.endswith("matrix.mtx")
     if Path("/dev/null").exists():
         with pytest.raises(InputError, match="character device"):
             probe_sample("/dev/null", format="10x_h5", sample_id="S")
-
-
-@contextlib.contextmanager
-def _no_hang(seconds: int = 20):
-    """Turn a hang (a regression that opens a pipe) into a failure after ``seconds``."""
-
-    def stop(signum, frame):
-        raise TimeoutError(f"blocked for {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def test_probe_errors_name_the_file_and_sample(tmp_path: Path) -> None:

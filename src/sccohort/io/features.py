@@ -5,7 +5,7 @@ way whatever file they came from:
 
 - genes: ``var_names`` are symbols without a genome prefix (``hg19_CD3E`` -> ``CD3E``).
   Ensembl gene ids (``ENSG00000121410``, with or without a version suffix ``.12``; other
-  species' ``ENS<XXX>G`` ids are recognised too) are mapped to symbols offline with the
+  species' ``ENS<species>G`` ids are recognised too) are mapped to symbols offline with the
   shipped gene table (``resources/genes_human.tsv.gz``: NCBI Entrez Gene via org.Hs.eg.db;
   human ids only); an id that does not map keeps its id without the version. Names are made
   unique like anndata's ``var_names_make_unique`` (``name``, ``name-1``, ``name-2``...);

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+from collections.abc import Iterator
 from pathlib import Path
 
 import anndata as ad
@@ -124,7 +126,7 @@ def check_rhapsody_csv(path: str | Path) -> tuple[list[str], list[str]]:
         not a number or not a non-negative integer (naming its line and column).
     """
     path = check_text_file(Path(path), "rhapsody_csv")
-    try:
+    with _csv_errors(path):
         skip = _count_comment_lines(path)
         header = pd.read_csv(path, skiprows=skip, nrows=0).columns
         features = _check_header(list(header), path, skip + 1)
@@ -134,13 +136,20 @@ def check_rhapsody_csv(path: str | Path) -> tuple[list[str], list[str]]:
         for chunk in chunks:
             _check_values(chunk[features], path, skip + 2 + len(cells))
             cells.extend(chunk["Cell_Index"].astype(str).str.strip())
+    return features, cells
+
+
+@contextlib.contextmanager
+def _csv_errors(path: Path) -> Iterator[None]:
+    """A csv that cannot be parsed becomes an InputError naming the file."""
+    try:
+        yield
     except (OSError, EOFError, UnicodeDecodeError, pd.errors.ParserError) as err:
         raise InputError(
             f"cannot read this csv ({type(err).__name__}: {err})", file=path, hint=_HINT
         ) from err
     except pd.errors.EmptyDataError as err:
         raise InputError("the file has no header and no cells", file=path, hint=_HINT) from err
-    return features, cells
 
 
 def read_rhapsody_csv(path: str | Path, *, modality: str | None = None) -> dict[str, ad.AnnData]:
@@ -161,15 +170,9 @@ def read_rhapsody_csv(path: str | Path, *, modality: str | None = None) -> dict[
     features, raw counts (CSR) in ``.X``, ``Cell_Index`` values as ``obs_names``.
     """
     path = check_regular_file(Path(path))
-    try:
+    with _csv_errors(path):
         skip = _count_comment_lines(path)
         table = pd.read_csv(path, skiprows=skip, dtype={"Cell_Index": str})
-    except (OSError, EOFError, UnicodeDecodeError, pd.errors.ParserError) as err:
-        raise InputError(
-            f"cannot read this csv ({type(err).__name__}: {err})", file=path, hint=_HINT
-        ) from err
-    except pd.errors.EmptyDataError as err:
-        raise InputError("the file has no header and no cells", file=path, hint=_HINT) from err
     header_line = skip + 1
     features = _check_header(list(table.columns), path, header_line)
     values = table[features]
