@@ -11,7 +11,7 @@ associated with that variable by design).
 Settings:
 
 - ``counts_<contrast>_fold<f>``: perfect labels, 1,500 cells per donor drawn multinomially;
-  methods that work on counts: ``default`` (`sccohort.stats.abundance.test_abundance`,
+  methods that work on counts: ``default`` (`sccohort.stats.abundance.compare_abundance`,
   score -log10 p, called padj < 0.05), ``ks_bonferroni`` (the study's test,
   `sccohort.stats.tests.ks_test`, score -log10 p, called Bonferroni p < 0.05) and ``sccoda``
   (pertpy 1.0.3 ``Sccoda``, formula ``term + age`` with age standardised, automatic
@@ -324,7 +324,7 @@ def main(n_cohorts: int) -> pd.DataFrame:
 
 
 NOTES = {
-    "default": "test_abundance asin + moderated t + Freedman-Lane perms; padj BH",
+    "default": "compare_abundance asin + moderated t + Freedman-Lane perms; padj BH",
     "ks_bonferroni": "study's KS on shares; Bonferroni",
     "sccoda": "pertpy Sccoda NUTS; score inclusion prob; called credible at est. FDR 0.05",
     "milo": "sccohort neighbourhoods (k=30 prop=0.1); subset = best nhood by majority label; "

@@ -14,7 +14,7 @@ with age) with the reference study's 27 donors and ages; each donor gets ``--cel
 fraction of cohorts where it has padj < 0.05 (BH over the 38 subsets; Bonferroni for the
 study's KS as published), with the false discoveries among the other subsets.
 
-Methods: the default test (``sccohort.stats.abundance.test_abundance``: arcsine-sqrt shares,
+Methods: the default test (``sccohort.stats.abundance.compare_abundance``: arcsine-sqrt shares,
 moderated t, age covariate, Freedman-Lane permutations), the same on log2 shares
 (``default_log2``), the default without covariate (exact enumeration where <= 20,000
 relabellings), the default's moderated t with parametric p-values (= propeller with
@@ -44,7 +44,7 @@ from statsmodels.stats.multitest import multipletests
 from sccohort.cohort import ClinicalTable, Contrast
 from sccohort.simulate.biology import SUBSETS
 from sccohort.simulate.design import SimParams, base_shares, clinical_table, donor_shares
-from sccohort.stats.abundance import test_abundance
+from sccohort.stats.abundance import compare_abundance
 from sccohort.stats.tests import ks_test
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -129,20 +129,20 @@ def run_methods(
     )
     out, seconds = {}, {}
     t0 = time.perf_counter()
-    res = test_abundance(c, total, design_cov, level="subset", n_perm=n_perm, seed=seed)
+    res = compare_abundance(c, total, design_cov, level="subset", n_perm=n_perm, seed=seed)
     seconds["default"] = time.perf_counter() - t0
     out["default"] = res["pvalue"].to_numpy()
     n, p = design_cov.matrix.shape
     dof = n - p + res["df_prior"].to_numpy()
     out["propeller_param"] = 2 * stats.t.sf(np.abs(res["statistic"].to_numpy()), dof)
     t0 = time.perf_counter()
-    res = test_abundance(
+    res = compare_abundance(
         c, total, design_cov, level="subset", n_perm=n_perm, seed=seed, transform="log2"
     )
     seconds["default_log2"] = time.perf_counter() - t0
     out["default_log2"] = res["pvalue"].to_numpy()
     t0 = time.perf_counter()
-    res = test_abundance(c, total, design_plain, level="subset", n_perm=n_perm, seed=seed)
+    res = compare_abundance(c, total, design_plain, level="subset", n_perm=n_perm, seed=seed)
     seconds["default_nocov"] = time.perf_counter() - t0
     out["default_nocov"] = res["pvalue"].to_numpy()
     shares = c / total
@@ -185,7 +185,7 @@ def check_limma(counts: pd.DataFrame, design) -> float | None:
         index=c.index,
         columns=c.columns,
     )
-    ours = test_abundance(c, total, design, level="subset", n_perm=10)["statistic"].to_numpy()
+    ours = compare_abundance(c, total, design, level="subset", n_perm=10)["statistic"].to_numpy()
     y = np.arcsin(np.sqrt(c / total))
     with tempfile.TemporaryDirectory() as tmp:
         y.to_csv(f"{tmp}/y.csv")

@@ -2,7 +2,7 @@
 
 Donor compositions come from the simulator's model (`sccohort.simulate.design`, drawn by
 benchmarks/paper_cohort.py), 2,000 cells per donor drawn multinomially (perfect labels); the
-default test (`test_abundance`, age as covariate, 4,000 permutations) runs SRC (4 vs 17) and
+default test (`compare_abundance`, age as covariate, 4,000 permutations) runs SRC (4 vs 17) and
 ILD (12 vs 9) within SSc. Prints and writes ``benchmarks/results/demo_power.csv``: per fold,
 the share of cohorts where CD14_EGR1 (SRC), CD8_TEM_T2ISG (ILD) and both reach padj < 0.05.
 

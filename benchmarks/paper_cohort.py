@@ -14,7 +14,7 @@ import pandas as pd
 
 from sccohort.cohort import ClinicalTable, Contrast, ContrastDesign
 from sccohort.simulate.design import SimParams, baseline_counts, clinical_table
-from sccohort.stats.abundance import test_abundance
+from sccohort.stats.abundance import compare_abundance
 
 TYPES = {"group": "binary", "age": "continuous", "sex": "binary", "SRC": "binary"}
 TYPES |= {"ILD": "binary", "ARA": "binary"}
@@ -33,10 +33,10 @@ def within_ssc(variable: str, donors: list[str]) -> ContrastDesign:
 
 
 def default_test(counts: pd.DataFrame, design: ContrastDesign, n_perm: int) -> pd.DataFrame:
-    """`test_abundance` of every subset's share of all the donor's cells (seed 1)."""
+    """`compare_abundance` of every subset's share of all the donor's cells (seed 1)."""
     totals = pd.DataFrame(
         np.repeat(counts.sum(axis=1).to_numpy()[:, None], counts.shape[1], axis=1),
         index=counts.index,
         columns=counts.columns,
     )
-    return test_abundance(counts, totals, design, level="subset", n_perm=n_perm, seed=1)
+    return compare_abundance(counts, totals, design, level="subset", n_perm=n_perm, seed=1)

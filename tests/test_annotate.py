@@ -129,7 +129,7 @@ def test_real_eccite_agrees_with_protein_gates() -> None:
         pytest.skip(f"real ECCITE-seq data not found at {ECCITE}")
     from sccohort.io.read import read_sample
     from sccohort.pp.normalize import clr, normalize_rna
-    from sccohort.tl.embed import highly_variable_genes, leiden, pca_prot, pca_rna
+    from sccohort.tl import highly_variable_genes, leiden, pca_prot, pca_rna
     from sccohort.tl.wnn import wnn
 
     mdata = read_sample(ECCITE, "ctrl")
@@ -142,7 +142,7 @@ def test_real_eccite_agrees_with_protein_gates() -> None:
     graph = ad.AnnData(obs=pd.DataFrame(index=mdata.obs_names))
     graph.obsm["rna"] = rna[mdata.obs_names].obsm["X_pca"]
     graph.obsm["prot"] = prot[mdata.obs_names].obsm["X_pca_prot"]
-    wnn(graph, {"rna": "rna", "prot": "prot"}, n_neighbors=20, random_state=0)
+    wnn(graph, {"rna": "rna", "prot": "prot"}, n_neighbors=20, seed=0)
     leiden(graph, neighbors_key="wnn", resolution=1.0, seed=0)
     mdata.obs["leiden"] = graph.obs["leiden"].to_numpy()
     mdata.obsp["wnn_connectivities"] = graph.obsp["wnn_connectivities"]

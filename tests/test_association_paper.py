@@ -17,7 +17,7 @@ import pandas as pd
 from sccohort.cohort import ClinicalTable, Contrast
 from sccohort.simulate.biology import SUBSETS
 from sccohort.simulate.design import SimParams, baseline_counts, clinical_table
-from sccohort.stats.abundance import test_abundance as abundance
+from sccohort.stats.abundance import compare_abundance as abundance
 
 CELLS = 1500
 

@@ -12,8 +12,9 @@ import pytest
 import scanpy as sc
 import scipy.sparse as sp
 
+from sccohort import tl
 from sccohort.errors import InputError
-from sccohort.tl import embed, metrics
+from sccohort.tl import clustering, metrics
 
 # --------------------------------------------------------------------------------------------
 # synthetic data
@@ -68,14 +69,14 @@ def test_hvg_picks_planted_variable_genes_and_matches_scanpy() -> None:
     a.var_names = names
     a.obs["sample_id"] = rng.choice(["s1", "s2", "s3"], n)
 
-    embed.highly_variable_genes(a, n_top_genes=30)
+    tl.highly_variable_genes(a, n_top_genes=30)
     chosen = set(np.flatnonzero(a.var["highly_variable"]))
     assert set(planted[3:]) <= chosen
     assert not chosen & {20, 21, 22}
     assert a.var.loc[["MT-ND1", "RPL13", "HBB"], "hvg_excluded"].all()
     assert a.var["hvg_excluded"].sum() == 3
 
-    embed.highly_variable_genes(a, n_top_genes=50, exclude=())
+    tl.highly_variable_genes(a, n_top_genes=50, exclude=())
     ref = a.copy()
     sc.pp.highly_variable_genes(ref, n_top_genes=50, flavor="seurat", batch_key="sample_id")
     assert (a.var["highly_variable"] == ref.var["highly_variable"]).all()
@@ -95,7 +96,7 @@ def test_hvg_equals_scanpy_bit_for_bit_with_uneven_batches() -> None:
     a.obs["sample_id"] = batch
     for key in ("sample_id", None):
         ours = a.copy()
-        embed.highly_variable_genes(ours, n_top_genes=60, batch_key=key, exclude=())
+        tl.highly_variable_genes(ours, n_top_genes=60, batch_key=key, exclude=())
         ref = sc.pp.highly_variable_genes(
             a.copy(), n_top_genes=60, flavor="seurat", batch_key=key, inplace=False
         )
@@ -109,17 +110,17 @@ def test_hvg_equals_scanpy_bit_for_bit_with_uneven_batches() -> None:
             )
     dense = a.copy()  # dense .X goes through scanpy itself: the same selection
     dense.X = dense.X.toarray()
-    embed.highly_variable_genes(dense, n_top_genes=60, exclude=())
-    embed.highly_variable_genes(a, n_top_genes=60, exclude=())
+    tl.highly_variable_genes(dense, n_top_genes=60, exclude=())
+    tl.highly_variable_genes(a, n_top_genes=60, exclude=())
     np.testing.assert_array_equal(dense.var["highly_variable"], a.var["highly_variable"])
 
 
 def test_hvg_bad_input() -> None:
     a = ad.AnnData(sp.csr_matrix(np.ones((10, 5), dtype=np.float32)))
     with pytest.raises(InputError, match="batch column 'sample_id'"):
-        embed.highly_variable_genes(a, n_top_genes=2)
+        tl.highly_variable_genes(a, n_top_genes=2)
     with pytest.raises(InputError, match="unknown gene group"):
-        embed.highly_variable_genes(a, n_top_genes=2, batch_key=None, exclude=("mitochondria",))
+        tl.highly_variable_genes(a, n_top_genes=2, batch_key=None, exclude=("mitochondria",))
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,7 +133,7 @@ def test_pca_rna_equals_dense_scale_and_pca(dtype: str) -> None:
     a = ad.AnnData(x)
     a.var["highly_variable"] = np.arange(120) % 3 != 0  # 80 genes incl. the spiky ones
     a.var.loc[a.var_names[:5], "highly_variable"] = True
-    embed.pca_rna(a, n_comps=15, block_cells=128, dtype=dtype)
+    tl.pca_rna(a, n_comps=15, block_cells=128, dtype=dtype)
 
     dense = a[:, a.var["highly_variable"]].to_memory()
     dense.X = dense.X.toarray().astype(np.float64)
@@ -155,11 +156,11 @@ def test_pca_rna_equals_dense_scale_and_pca(dtype: str) -> None:
 def test_scaled_pca_reads_csr_columns_in_place_like_the_dense_path() -> None:
     x, _ = _log_counts(700, 90, 3, seed=6)
     cols = np.flatnonzero(np.arange(90) % 4 != 1)
-    sparse_res = embed.scaled_pca(x, 12, columns=cols, block_cells=100)
-    dense_res = embed.scaled_pca(x.toarray(), 12, columns=cols, block_cells=100)
+    sparse_res = tl.scaled_pca(x, 12, columns=cols, block_cells=100)
+    dense_res = tl.scaled_pca(x.toarray(), 12, columns=cols, block_cells=100)
     for got, ref in zip(sparse_res, dense_res, strict=True):  # dense sums add in another order
         np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-9)
-    subset = embed.scaled_pca(x[:, cols], 12, block_cells=100)
+    subset = tl.scaled_pca(x[:, cols], 12, block_cells=100)
     np.testing.assert_array_equal(subset[0], sparse_res[0])
 
 
@@ -171,11 +172,11 @@ def test_pca_prot_excludes_isotypes_and_defaults_comps() -> None:
     p.var_names = [f"CD{i}" for i in range(12)]
     p.var["isotype"] = False
     p.var.loc["CD3", "isotype"] = True
-    embed.pca_prot(p)
+    tl.pca_prot(p)
     assert p.obsm["X_pca_prot"].shape == (300, 10)  # min(11 - 1, 30)
     assert (p.varm["X_pca_prot_loadings"][3] == 0).all()
     with pytest.raises(InputError, match="n_comps"):
-        embed.pca_prot(p, n_comps=12)
+        tl.pca_prot(p, n_comps=12)
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,16 +208,16 @@ def test_harmony_mixes_batches_and_keeps_cell_types() -> None:
     emb, types, batches = _blobs(150, 5, 3, shift=2.0, seed=5)
     a = ad.AnnData(obs=pd.DataFrame({"sample_id": batches}, index=map(str, range(len(types)))))
     a.obsm["X_pca"] = emb.astype(np.float32)
-    embed.harmony(a, "X_pca", batch_key="sample_id", seed=0)
+    tl.harmony(a, "X_pca", batch_key="sample_id", seed=0)
     before = metrics.ilisi(emb, batches)
     after = metrics.ilisi(a.obsm["X_harmony"], batches)
     assert before < 1.1 and after > 2.2  # random labels give ~2.6 (see above)
     assert metrics.silhouette(a.obsm["X_harmony"], types) > 0.5
     sc.pp.neighbors(a, use_rep="X_harmony", n_neighbors=15, method="gauss")
-    embed.leiden(a, resolution=0.3, seed=0)
+    tl.leiden(a, resolution=0.3, seed=0)
     assert metrics.ari(a.obs["leiden"].to_numpy(), types) > 0.95
     again = a.copy()
-    embed.harmony(again, "X_pca", batch_key="sample_id", seed=0)
+    tl.harmony(again, "X_pca", batch_key="sample_id", seed=0)
     assert np.array_equal(again.obsm["X_harmony"], a.obsm["X_harmony"])  # deterministic
 
 
@@ -232,14 +233,14 @@ def test_leiden_equals_scanpy_igraph_leiden_with_half_the_edges() -> None:
     a.obsp["snn"] = snn
     a.uns["snn"] = {"connectivities_key": "snn", "distances_key": "distances"}
     for key, res in (("neighbors", 0.5), ("snn", 1.0)):
-        graph = embed._igraph_undirected(a.obsp[a.uns[key]["connectivities_key"]])
+        graph = clustering._igraph_undirected(a.obsp[a.uns[key]["connectivities_key"]])
         adj = a.obsp[a.uns[key]["connectivities_key"]]
         assert graph.ecount() == (sp.triu(adj).nnz)
         # the node strengths of scanpy's graph, which has every pair twice (a loop counts 2x)
         np.testing.assert_allclose(
             graph.strength(weights="weight"), 2 * np.asarray(adj.astype(float).sum(axis=1)).ravel()
         )
-        embed.leiden(a, neighbors_key=key, resolution=res, seed=3)
+        tl.leiden(a, neighbors_key=key, resolution=res, seed=3)
         ref = a.copy()
         sc.tl.leiden(
             ref, neighbors_key=key, resolution=res, flavor="igraph", n_iterations=2,
@@ -265,7 +266,7 @@ def test_umap_subsample_places_all_cells_near_their_type(monkeypatch: pytest.Mon
         small.obsm["X_umap"] = small.obsm["X_pca"][:, :2]
 
     monkeypatch.setattr(sc.tl, "umap", fake_umap)
-    embed.umap(a, max_cells=300, seed=0)
+    tl.umap(a, max_cells=300, seed=0)
     xy = a.obsm["X_umap"]
     assert laid_out == [300] and np.isfinite(xy).all()
     assert a.uns["umap"]["n_laid_out"] == 300 and a.uns["umap"]["n_placed"] == 500
@@ -281,11 +282,11 @@ def test_umap_from_a_pca_start_keeps_types_apart() -> None:
     a = ad.AnnData(obs=pd.DataFrame({"t": types}, index=map(str, range(len(types)))))
     a.obsm["X_pca"] = emb.astype(np.float32)
     sc.pp.neighbors(a, use_rep="X_pca", n_neighbors=15)
-    embed.umap(a, init="X_pca", seed=0)
+    tl.umap(a, init="X_pca", seed=0)
     assert a.uns["umap"]["init"] == "X_pca" and "_umap_init" not in a.obsm
     assert metrics.silhouette(a.obsm["X_umap"], types) > 0.5
     with pytest.raises(InputError, match="no embedding 'X_nope'"):
-        embed.umap(a, init="X_nope")
+        tl.umap(a, init="X_nope")
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,13 +325,13 @@ def test_simulated_cohort_harmony_mixes_samples_and_keeps_l2(
     cohort: tuple[ad.AnnData, ad.AnnData, pd.Series],
 ) -> None:
     rna, prot, l2 = cohort
-    embed.highly_variable_genes(rna, n_top_genes=1000, batch_key="sample_id")
+    tl.highly_variable_genes(rna, n_top_genes=1000, batch_key="sample_id")
     assert not rna.var.loc[rna.var["highly_variable"]].index.str.startswith("MT-").any()
-    embed.pca_rna(rna, n_comps=30)
-    embed.pca_prot(prot)
+    tl.pca_rna(rna, n_comps=30)
+    tl.pca_prot(prot)
     assert prot.obsm["X_pca_prot"].shape[1] == 30
-    embed.harmony(rna, "X_pca", key_added="X_harmony")
-    embed.harmony(prot, "X_pca_prot", key_added="X_harmony_prot")
+    tl.harmony(rna, "X_pca", key_added="X_harmony")
+    tl.harmony(prot, "X_pca_prot", key_added="X_harmony_prot")
 
     batch = rna.obs["batch"].to_numpy()
     for before, after in (("X_pca", "X_harmony"), ("X_pca_prot", "X_harmony_prot")):
@@ -343,6 +344,6 @@ def test_simulated_cohort_harmony_mixes_samples_and_keeps_l2(
     rna.obsm["X_both"] = both
     # "gauss" connectivities: the same kNN graph without umap's numba compilation (~30 s)
     sc.pp.neighbors(rna, use_rep="X_both", n_neighbors=15, key_added="both", method="gauss")
-    embed.leiden(rna, neighbors_key="both", resolution=1.0, seed=0)
+    tl.leiden(rna, neighbors_key="both", resolution=1.0, seed=0)
     assert metrics.ari(rna.obs["leiden"].to_numpy(), l2.to_numpy()) >= 0.8
     assert metrics.silhouette(rna.obsm["X_harmony"], l2.to_numpy()) > 0.1

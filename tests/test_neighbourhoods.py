@@ -12,7 +12,8 @@ from statsmodels.stats.multitest import multipletests
 
 from sccohort.cohort import ClinicalTable, Contrast, ContrastDesign
 from sccohort.errors import InputError
-from sccohort.stats.neighbourhoods import PRESETS, neighbourhoods, spatial_fdr
+from sccohort.stats import spatial_fdr
+from sccohort.stats.neighbourhoods import PRESETS, neighbourhoods
 
 
 def blobs(

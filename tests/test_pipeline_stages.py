@@ -219,8 +219,8 @@ def test_characterisation_tables(run_dir: Path) -> None:
     assert tests["pvalue"].dropna().between(0, 1).all()
 
 
-def test_associated_subsets_picks_the_best_contrast_per_subset() -> None:
-    from sccohort.stages import associated_subsets
+def test_characterised_subsets_are_the_significant_ones_by_padj() -> None:
+    from sccohort.stats import associated_subsets, characterised_subsets
 
     method = "perm_lm_asin_log2share"
     table = pd.DataFrame(
@@ -233,8 +233,9 @@ def test_associated_subsets_picks_the_best_contrast_per_subset() -> None:
             "method": [method, method, method, method, "ks_bonferroni"],
         }
     )
-    chosen = associated_subsets(table, 0.05, 10)
-    assert list(chosen["subset"]) == ["X"] and list(chosen["contrast"]) == ["B"]
+    table = associated_subsets(table, alpha=0.05, n_candidates=0)
+    assert list(table["subset"]) == ["X", "X"] and list(table["contrast"]) == ["B", "A"]
+    assert characterised_subsets(table, max_subsets=10, candidates=0) == (["X"], True)
 
 
 def test_donors_with_too_few_cells_leave_the_donor_level_tests(
@@ -262,3 +263,23 @@ def test_donors_with_too_few_cells_leave_the_donor_level_tests(
     assert (default[["n_case", "n_control"]] == [3, 4]).all().all()
     reach = pd.read_csv(tmp_path / "tables" / "contrasts.csv")
     assert reach.loc[0, "left_out"] == "SSc1 (3 cells)"
+
+
+def test_without_harmony_the_run_ends_in_a_report(run_dir: Path, tmp_path: Path) -> None:
+    """``harmony_key = ""``: later stages read the uncorrected PCA that embed recorded."""
+    config = tmp_path / "sccohort.toml"
+    text = (run_dir / "cohort" / "sccohort.toml").read_text()
+    base = (run_dir / "cohort").as_posix()
+    text = text.replace('"samples.csv"', f'"{base}/samples.csv"')
+    text = text.replace('"clinical.csv"', f'"{base}/clinical.csv"')
+    config.write_text(text + '\n[embedding]\nharmony_key = ""\n')
+    out = tmp_path / "out"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        record = pipeline.run_pipeline(load_config(config), out)
+    assert record["status"] == "finished"
+    assert (out / "report.html").is_file() and (out / "tables" / "association.csv").is_file()
+    cohort = read_h5mu(out)
+    assert cohort.uns["embed"]["use_rep"] == "X_pca"
+    assert "X_harmony" not in cohort.obsm
+    assert cohort.obs["subset"].nunique() > 5

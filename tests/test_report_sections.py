@@ -13,16 +13,16 @@ import pytest
 
 from sccohort import pl
 from sccohort.errors import InputError
+from sccohort.io import CORE_COLUMNS
 from sccohort.report import FigureBlock, Note, Section, TableBlock, build_report
 from sccohort.report.assemble import assemble_report
 from sccohort.report.stats_sections import (
-    associated_subsets,
     association_section,
     characterisation_section,
     composition_section,
     contrast_groups,
 )
-from sccohort.stats import CORE_COLUMNS
+from sccohort.stats import associated_subsets
 from sccohort.stats.composition import composition
 
 EVIL_SUB = "<b>Sub&1</b>"

@@ -12,7 +12,7 @@ from statsmodels.stats.multitest import multipletests
 
 from sccohort.cohort import ClinicalTable, Contrast, ContrastDesign
 from sccohort.errors import InputError
-from sccohort.stats import CORE_COLUMNS
+from sccohort.io import CORE_COLUMNS
 from sccohort.stats.tests import (
     dunn_z,
     kruskal_dunn,

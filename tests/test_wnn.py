@@ -41,7 +41,7 @@ def leiden_labels(graph, resolution=0.5):
     adata = ad.AnnData(np.zeros((graph.shape[0], 1), dtype=np.float32))
     sc.tl.leiden(
         adata, adjacency=graph, resolution=resolution, flavor="igraph", n_iterations=-1,
-        random_state=0,
+        seed=0,
     )  # fmt: skip
     return adata.obs["leiden"].to_numpy()
 
@@ -92,8 +92,8 @@ def test_leiden_on_wnn_recovers_clusters_no_single_modality_resolves(data):
 def test_deterministic_for_a_seed_also_with_the_approximate_search():
     a, b, _ = two_modalities(n_per=80, seed=3)
     for method in ("exact", "ivf"):
-        r1 = wnn_graph({"a": a, "b": b}, knn_method=method, random_state=7)
-        r2 = wnn_graph({"a": a, "b": b}, knn_method=method, random_state=7)
+        r1 = wnn_graph({"a": a, "b": b}, knn_method=method, seed=7)
+        r2 = wnn_graph({"a": a, "b": b}, knn_method=method, seed=7)
         np.testing.assert_array_equal(r1.weights, r2.weights)
         np.testing.assert_array_equal(r1.knn_indices, r2.knn_indices)
         assert (r1.snn != r2.snn).nnz == 0

@@ -373,6 +373,12 @@ def demo(
     cells_per_donor: Annotated[int, typer.Option(help="Cells per sample.")] = 2000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     keep_checkpoints: Annotated[bool, typer.Option(help=KEEP_CHECKPOINTS_HELP)] = False,
+    input_only: Annotated[
+        bool,
+        typer.Option(
+            help="Only write the cohort's input files (OUT/input), e.g. for the API tutorial."
+        ),
+    ] = False,
 ) -> None:
     """Simulate the reference study's cohort into OUT/input and run the whole pipeline on it.
 
@@ -386,6 +392,8 @@ def demo(
             out / "input", "paper", cells_per_donor, seed, egr1_fold=DEMO_FOLD,
             t2isg_fold=DEMO_FOLD,
         )  # fmt: skip
+        if input_only:
+            return
         _run(cohort / "sccohort.toml", out, False, None, keep_checkpoints)
         console.print(escape(f"demo finished: results in {out}"))
 

@@ -1,14 +1,53 @@
-"""Readers and writers of count files and cohort objects."""
+"""Readers and writers: count files, cohort tables, gene sets and the run's tables.
 
-from typing import Any
+Every name in ``__all__`` is public API (scanpy's conventions: AnnData / MuData in and out,
+tidy tables).
+"""
 
-__all__ = ["ModalityProbe", "SampleProbe", "probe_sample", "probe_samples", "probe_table"]
+from sccohort.cohort import ClinicalTable, SampleSheet
+from sccohort.io.atomic import read_csv, write_csv, write_h5mu
+from sccohort.io.features import gene_table
+from sccohort.io.genesets import hallmark, read_gmt, read_tf_targets
+from sccohort.io.probe import ModalityProbe, SampleProbe, probe_sample, probe_samples, probe_table
+from sccohort.io.read import read_raw_droplets, read_sample, read_samples
+from sccohort.io.read_cohort import read_cohort
+from sccohort.io.rhapsody import read_rhapsody_csv
+from sccohort.io.tables import (
+    CORE_COLUMNS,
+    TABLES,
+    read_table,
+    table_files,
+    table_path,
+    write_table,
+)
+from sccohort.io.tenx import read_10x_h5, read_10x_mtx
 
-
-def __getattr__(name: str) -> Any:
-    # imported on first use: the readers' dependencies stay unloaded for `sccohort.io.features`
-    if name in __all__:
-        from sccohort.io import probe
-
-        return getattr(probe, name)
-    raise AttributeError(f"module 'sccohort.io' has no attribute '{name}'")
+__all__ = [
+    "CORE_COLUMNS",
+    "TABLES",
+    "ClinicalTable",
+    "ModalityProbe",
+    "SampleProbe",
+    "SampleSheet",
+    "gene_table",
+    "hallmark",
+    "probe_sample",
+    "probe_samples",
+    "probe_table",
+    "read_10x_h5",
+    "read_10x_mtx",
+    "read_cohort",
+    "read_csv",
+    "read_gmt",
+    "read_raw_droplets",
+    "read_rhapsody_csv",
+    "read_sample",
+    "read_samples",
+    "read_table",
+    "read_tf_targets",
+    "table_files",
+    "table_path",
+    "write_csv",
+    "write_h5mu",
+    "write_table",
+]

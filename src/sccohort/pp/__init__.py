@@ -1,1 +1,28 @@
-"""Per-sample work: summaries, QC, doublets, normalisation."""
+"""Per-sample work: summaries, QC, doublets, normalisation (one sample at a time).
+
+Every name in ``__all__`` is public API (scanpy's conventions).
+"""
+
+from sccohort.pp.doublets import DoubletResult, call_doublets
+from sccohort.pp.normalize import clr, dsb, isotype_controls, normalize_rna
+from sccohort.pp.qc import auto_min_genes, protein_metrics, qc_sample, rna_metrics, run_qc
+from sccohort.pp.sample import PreparedSample, prepare_sample
+from sccohort.pp.summary import summarise_sample, summary_table
+
+__all__ = [
+    "DoubletResult",
+    "PreparedSample",
+    "auto_min_genes",
+    "call_doublets",
+    "clr",
+    "dsb",
+    "isotype_controls",
+    "normalize_rna",
+    "prepare_sample",
+    "protein_metrics",
+    "qc_sample",
+    "rna_metrics",
+    "run_qc",
+    "summarise_sample",
+    "summary_table",
+]

@@ -19,7 +19,6 @@ from .sections import (
     umap_section,
 )
 from .stats_sections import (
-    associated_subsets,
     association_section,
     characterisation_section,
     composition_section,
@@ -33,7 +32,6 @@ __all__ = [
     "Section",
     "TableBlock",
     "assemble_report",
-    "associated_subsets",
     "association_section",
     "build_report",
     "cell_types_section",

@@ -20,6 +20,7 @@ import pandas as pd
 
 from ..cohort import ClinicalTable
 from ..errors import SccohortWarning
+from ..io.tables import TABLES, read_table, table_files
 from ..stats.abundance import DEFAULT_METHOD, VALUES_METHOD
 from .build import Items, Note, Paragraph, Section, build_report
 from .sections import (
@@ -37,7 +38,6 @@ from .stats_sections import (
     association_section,
     characterisation_section,
     composition_section,
-    read_table,
 )
 
 __all__ = ["TEST_DESCRIPTIONS", "ReportWarning", "assemble_report", "finished_record"]
@@ -129,7 +129,7 @@ class FinishTime:
 
 
 def _summary(out: Path, mdata: Any, clinical: pd.DataFrame | None, alpha: float) -> Section:
-    samples = read_table(out, "samples.csv")
+    samples = read_table(out, "samples")
     obs = getattr(mdata, "obs", None)
     n_donors = (
         samples["donor_id"].nunique()
@@ -164,17 +164,14 @@ def _summary(out: Path, mdata: Any, clinical: pd.DataFrame | None, alpha: float)
 
 def _tests_used(out: Path) -> list[str]:
     methods: dict[str, str] = {}
-    for name in ("association.csv", "neighbourhoods.csv", "subgroups.csv", "signature_tests.csv",
-                 "prediction.csv"):  # fmt: skip
-        table = read_table(out, name)
+    sources = [(name, {}) for name in ("association", "neighbourhoods", "subgroups",
+                                       "signature_tests", "prediction")]  # fmt: skip
+    sources += [("de", {"contrast": contrast}) for contrast in table_files(out, "de")]
+    for name, fields in sources:
+        table = read_table(out, name, **fields)
         if table is not None and "method" in table:
             for method in pd.unique(table["method"].dropna().astype(str)):
-                methods.setdefault(method, name)
-    for path in sorted((out / "tables").glob("de_*.csv")) if (out / "tables").is_dir() else []:
-        table = read_table(out, path.name)
-        if table is not None and "method" in table:
-            for method in pd.unique(table["method"].dropna().astype(str)):
-                methods.setdefault(method, "de_<contrast>.csv")
+                methods.setdefault(method, TABLES[name].file.replace("{contrast}", "<contrast>"))
     return [
         f"{method} (tables/{source})"
         + (f": {TEST_DESCRIPTIONS[method]}" if method in TEST_DESCRIPTIONS else "")
@@ -186,7 +183,7 @@ def _limitations(
     contrasts: Mapping[str, dict], clinical: pd.DataFrame | None, out: Path
 ) -> list[str]:
     notes: list[str] = []
-    samples = read_table(out, "samples.csv")
+    samples = read_table(out, "samples")
     if clinical is None or not contrasts:
         return notes
     donors = (

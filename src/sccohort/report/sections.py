@@ -18,7 +18,7 @@ import pandas as pd
 from .. import pl
 from ..cohort import ClinicalTable
 from ..errors import InputError
-from ..io.atomic import read_csv
+from ..io.tables import read_table, table_path
 from ..pl.embedding import MAX_CELLS
 from .build import FigureBlock, Items, Note, Paragraph, Section, TableBlock
 
@@ -44,17 +44,6 @@ UMAP_COLUMNS = {
     "sample_id": "sample",
     "rna_weight": "WNN RNA weight",
 }
-
-
-def _read_table(out: Path, name: str) -> pd.DataFrame:
-    path = Path(out) / "tables" / name
-    if not path.is_file():
-        raise InputError(
-            f"the run has no tables/{name}",
-            file=path,
-            hint="Run the pipeline stage that writes it first (sccohort run)",
-        )
-    return read_csv(path, keep_default_na=True)
 
 
 def clinical_frame(clinical: ClinicalTable | pd.DataFrame | None) -> pd.DataFrame | None:
@@ -170,12 +159,11 @@ def cohort_section(
         Anchor ``cohort``.
     """
     out = Path(out)
-    samples = _read_table(out, "samples.csv")
+    samples = read_table(out, "samples", required=True)
     samples["sample_id"] = samples["sample_id"].astype(str)
     samples["donor_id"] = samples["donor_id"].astype(str)
-    qc_path = out / "tables" / "qc.csv"
-    if qc_path.is_file():
-        qc = read_csv(qc_path)
+    if table_path(out, "qc").is_file():
+        qc = read_table(out, "qc", required=True)
         after = qc.set_index(qc["sample_id"].astype(str))["cells_out"]
         samples["cells_after_qc"] = samples["sample_id"].map(after)
     table = clinical_frame(clinical)
@@ -293,7 +281,7 @@ def qc_section(out: str | Path, *, min_kept: float = 0.7) -> Section:
     Section
         Anchor ``qc``.
     """
-    qc = _read_table(Path(out), "qc.csv")
+    qc = read_table(out, "qc", required=True)
     qc["sample_id"] = qc["sample_id"].astype(str)
     kept = qc["cells_out"] / qc["cells_in"].where(qc["cells_in"] > 0)
     total_in, total_out = int(qc["cells_in"].sum()), int(qc["cells_out"].sum())
@@ -438,7 +426,7 @@ def cell_types_section(out: str | Path) -> Section:
         Anchor ``cell-types``.
     """
     out = Path(out)
-    types = _read_table(out, "cell_types.csv")
+    types = read_table(out, "cell_types", required=True)
     called = types[types["n_cells"] > 0] if "n_cells" in types else types
     blocks: list[Any] = [
         Paragraph(
@@ -467,9 +455,8 @@ def cell_types_section(out: str | Path) -> Section:
                     "warning",
                 )
             )
-    subsets_path = out / "tables" / "subsets.csv"
-    if subsets_path.is_file():
-        subsets = read_csv(subsets_path)
+    if table_path(out, "subsets").is_file():
+        subsets = read_table(out, "subsets", required=True)
         blocks.append(
             Section(
                 "Subsets",

@@ -21,30 +21,27 @@ from anndata import AnnData
 from .. import pl
 from ..cohort import ClinicalTable
 from ..errors import InputError
-from ..io.atomic import read_csv
+from ..io.tables import TABLES, read_table, table_files
 from ..pp.store import rna_columns, store_of
 from ..stats.abundance import DEFAULT_METHOD, describe_attainable
-from ..stats.composition import SUBSET_LEVELS, donor_shares
+from ..stats.composition import donor_shares
+from ..stats.selection import (
+    MAX_CHARACTERISED,
+    associated_subsets,
+    characterised_subsets,
+    default_test_rows,
+)
 from ..stats.tests import proportion_biplot
 from .build import FigureBlock, Note, Paragraph, Section, TableBlock
 from .sections import clinical_frame, group_column, skipped_notes
 
 __all__ = [
-    "CLASSIC_METHOD",
-    "DEFAULT_METHOD",
-    "associated_subsets",
     "association_section",
     "characterisation_section",
-    "characterised_subsets",
     "composition_section",
     "contrast_groups",
-    "read_table",
 ]
 
-#: ``method`` of the study's classic test (two-sample KS, Bonferroni).
-CLASSIC_METHOD = "ks_bonferroni"
-#: Most subsets characterised in detail (matplotlib figures are the report's slow part).
-MAX_CHARACTERISED = 6
 _LEVEL_WORDS = {
     "subset": "share of all cells",
     "subset_in_l1": "share of its lineage (l1)",
@@ -54,20 +51,9 @@ _LEVEL_WORDS = {
 }
 
 
-def read_table(out: str | Path, name: str) -> pd.DataFrame | None:
-    """``OUT/tables/<name>`` as a DataFrame, or ``None`` when it is missing or has no rows."""
-    path = Path(out) / "tables" / name
-    if not path.is_file():
-        return None
-    try:
-        frame = read_csv(path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
-        return None
-    return frame if len(frame) else None
-
-
 def _missing(name: str, what: str) -> Note:
-    return Note(f"No {what} in this run (tables/{name} is missing or empty).")
+    file = TABLES[name].file
+    return Note(f"No {what} in this run (tables/{file} is missing or empty).")
 
 
 # ---------------------------------------------------------------------------- contrasts
@@ -146,142 +132,6 @@ def contrast_groups(
 # ---------------------------------------------------------------------- the headline table
 
 
-def _pick(association: pd.DataFrame, method: str, levels: Sequence[str]) -> pd.DataFrame:
-    data = association
-    if "method" in data.columns:
-        methods = data["method"].astype(str)
-        chosen = method if (methods == method).any() else methods.iloc[0]
-        data = data[methods == chosen]
-    if "level" in data.columns:
-        present = [lv for lv in levels if (data["level"].astype(str) == lv).any()]
-        if present:
-            data = data[data["level"].astype(str).isin(present)]
-            rank = {lv: i for i, lv in enumerate(present)}
-            data = data.assign(_rank=data["level"].astype(str).map(rank))
-    if "_rank" not in data.columns:
-        data = data.assign(_rank=0)
-    return data
-
-
-def associated_subsets(
-    association: pd.DataFrame | None,
-    *,
-    alpha: float = 0.05,
-    method: str = DEFAULT_METHOD,
-    levels: Sequence[str] = SUBSET_LEVELS,
-    n_candidates: int = 5,
-) -> pd.DataFrame:
-    """Subset x contrast associations: the significant ones first, then the best candidates.
-
-    For every subset and contrast the row of the default test (``method``) with the smallest
-    padj among ``levels`` is taken (ties: the first level). Rows with ``padj < alpha`` come
-    first, by padj; then up to ``n_candidates`` rows with nominal ``pvalue < alpha`` that did
-    not survive the multiple-testing correction, marked ``significant = False``.
-
-    Not the same selection as :func:`sccohort.stages.associated_subsets`, on purpose: that
-    one picks what the pipeline characterises (significant rows only, one row per subset,
-    its best contrast, at most ``max_subsets``, the association table's own columns); this
-    one is the report's display table (one row per subset x contrast, nominal candidates
-    too, method fallback, fold changes and the classic test's padj added).
-
-    Parameters
-    ----------
-    association
-        ``tables/association.csv`` (core columns; ``method``, ``level``; optionally
-        ``mean_share_case``, ``mean_share_control``); ``None`` gives an empty table.
-    alpha
-        Significance threshold on padj (and on the nominal p of candidates).
-    method
-        The default test's ``method`` (falls back to the first method of the table).
-    levels
-        Composition levels considered, in order of preference.
-    n_candidates
-        Most non-significant rows listed after the significant ones.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``subset, contrast, level, significant, fold_change, fc_ci_low, fc_ci_high,
-        ci`` (text), ``effect`` (log2), ``pvalue, padj, ks_padj`` (the classic test, when
-        run), ``n_case, n_control, mean_share_case, mean_share_control, method``.
-    """
-    columns = [
-        "subset", "contrast", "level", "significant", "fold_change", "fc_ci_low", "fc_ci_high",
-        "ci", "effect", "pvalue", "padj", "ks_padj", "n_case", "n_control", "mean_share_case",
-        "mean_share_control", "method",
-    ]  # fmt: skip
-    need = ("contrast", "subset", "effect", "padj")
-    if association is None or association.empty or any(c not in association for c in need):
-        return pd.DataFrame(columns=columns)
-    data = _pick(association, method, levels).copy()
-    data = data.dropna(subset=["padj"])
-    if data.empty:
-        return pd.DataFrame(columns=columns)
-    for c in ("subset", "contrast"):
-        data[c] = data[c].astype(str)
-    if "level" not in data:
-        data["level"] = ""
-    data = data.sort_values(["padj", "_rank"], kind="stable")
-    best = data.drop_duplicates(["contrast", "subset"], keep="first").copy()
-    best["significant"] = best["padj"] < alpha
-    pvalue = best["pvalue"] if "pvalue" in best else best["padj"]
-    best["pvalue"] = pvalue
-    significant = best[best["significant"]].sort_values(["padj", "pvalue"], kind="stable")
-    rest = best[~best["significant"] & (best["pvalue"] < alpha)]
-    rest = rest.sort_values(["padj", "pvalue"], kind="stable").head(n_candidates)
-    table = pd.concat([significant, rest], ignore_index=True)
-    table["fold_change"] = np.exp2(table["effect"].astype(float))
-    for side in ("ci_low", "ci_high"):
-        values = table[side] if side in table else pd.Series(np.nan, index=table.index)
-        table[f"fc_{side}"] = np.exp2(values.astype(float))
-    table["ci"] = [
-        f"{lo:.2f} to {hi:.2f}" if np.isfinite(lo) and np.isfinite(hi) else ""
-        for lo, hi in zip(table["fc_ci_low"], table["fc_ci_high"], strict=True)
-    ]
-    table["ks_padj"] = np.nan
-    if "method" in association and (association["method"].astype(str) == CLASSIC_METHOD).any():
-        ks = association[association["method"].astype(str) == CLASSIC_METHOD]
-        key = ["contrast", "level", "subset"] if "level" in ks else ["contrast", "subset"]
-        ks = ks.assign(**{k: ks[k].astype(str) for k in key}).drop_duplicates(key)
-        lookup = ks.set_index(key)["padj"]
-        table["ks_padj"] = [
-            lookup.get(tuple(str(r[k]) for k in key) if len(key) > 1 else str(r[key[0]]))
-            for _, r in table.iterrows()
-        ]
-    for c in columns:
-        if c not in table:
-            table[c] = np.nan
-    return table[columns].reset_index(drop=True)
-
-
-def characterised_subsets(
-    associated: pd.DataFrame, *, max_subsets: int = MAX_CHARACTERISED
-) -> tuple[list[str], bool]:
-    """The subsets characterised in detail and whether they are significant.
-
-    Parameters
-    ----------
-    associated
-        From :func:`associated_subsets`.
-    max_subsets
-        Most subsets returned.
-
-    Returns
-    -------
-    subsets : list of str
-        Significant subsets by their smallest padj (at most ``max_subsets``); when none is
-        significant, the candidates (at most 3).
-    significant : bool
-        Whether the subsets are significant (False: exploratory candidates).
-    """
-    if associated.empty:
-        return [], False
-    sig = associated[associated["significant"].astype(bool)]
-    if len(sig):
-        return list(pd.unique(sig["subset"].astype(str)))[:max_subsets], True
-    return list(pd.unique(associated["subset"].astype(str)))[: min(3, max_subsets)], False
-
-
 def _count(value: Any) -> str:
     return str(int(value)) if pd.notna(value) else "?"
 
@@ -358,9 +208,9 @@ def _associated_block(table: pd.DataFrame, alpha: float) -> list[Any]:
 
 def associated_summary(out: str | Path, *, alpha: float = 0.05) -> list[Any]:
     """The headline blocks (text + "Associated subsets" table) for the report's summary."""
-    association = read_table(out, "association.csv")
+    association = read_table(out, "association")
     if association is None:
-        return [_missing("association.csv", "association tests")]
+        return [_missing("association", "association tests")]
     table = associated_subsets(association, alpha=alpha)
     if table["significant"].astype(bool).any():  # the headline: significant rows only
         table = table[table["significant"].astype(bool)].reset_index(drop=True)
@@ -429,13 +279,13 @@ def composition_section(
     Section
         Anchor ``composition``.
     """
-    comp = read_table(out, "composition.csv")
+    comp = read_table(out, "composition")
     if comp is None and mdata is not None and "subset" in getattr(mdata, "obs", {}):
         from ..stats.composition import composition
 
         comp = composition(mdata.obs, ("l1", "l2", "subset"))
     if comp is None or not (comp["level"].astype(str) == "subset").any():
-        return Section("Composition", "composition", [_missing("composition.csv", "composition")])
+        return Section("Composition", "composition", [_missing("composition", "composition")])
     samples = _primary_samples(comp, primary_timepoint, primary_tissue)
     shares = donor_shares(comp, "subset", samples)
     frame = clinical_frame(clinical)
@@ -477,7 +327,7 @@ def composition_section(
         )
     except InputError as exc:
         blocks.append(Note(f"No PCA biplot: {exc}"))
-    association = read_table(out, "association.csv")
+    association = read_table(out, "association")
     top = associated_subsets(association, alpha=alpha)
     groups = contrast_groups(contrasts, clinical)
     panels: list[dict[str, Any]] = []
@@ -553,14 +403,14 @@ def association_section(
         Anchor ``association``; its first table is "Associated subsets".
     """
     out = Path(out)
-    association = read_table(out, "association.csv")
+    association = read_table(out, "association")
     blocks: list[Any] = attainable_notes(out, alpha)
     if association is None:
-        blocks.append(_missing("association.csv", "association tests"))
+        blocks.append(_missing("association", "association tests"))
     else:
         table = associated_subsets(association, alpha=alpha)
         blocks.extend(_associated_block(table, alpha))
-        default = _pick(association, DEFAULT_METHOD, ("subset",)).drop(columns="_rank")
+        default = default_test_rows(association, DEFAULT_METHOD, ("subset",)).drop(columns="_rank")
         if {"contrast", "subset", "effect", "padj"} <= set(default.columns):
             default = default.drop_duplicates(["contrast", "subset"])
             blocks.append(
@@ -597,7 +447,7 @@ def association_section(
 
 def attainable_notes(out: Path, alpha: float) -> list[Note]:
     """Warnings from contrasts.csv: designs that cannot reach ``padj < alpha``, donors left out."""
-    reach = read_table(out, "contrasts.csv")
+    reach = read_table(out, "contrasts")
     if reach is None or "reachable" not in reach:
         return []
     notes = [
@@ -618,10 +468,10 @@ def attainable_notes(out: Path, alpha: float) -> list[Note]:
 
 
 def _neighbourhood_section(out: Path, alpha: float) -> Section:
-    nh = read_table(out, "neighbourhoods.csv")
+    nh = read_table(out, "neighbourhoods")
     if nh is None or not {"contrast", "subset", "effect", "padj"} <= set(nh.columns):
         return Section(
-            "Neighbourhoods", "neighbourhoods", [_missing("neighbourhoods.csv", "neighbourhoods")]
+            "Neighbourhoods", "neighbourhoods", [_missing("neighbourhoods", "neighbourhoods")]
         )
     blocks: list[Any] = [
         Paragraph(
@@ -650,14 +500,11 @@ def _neighbourhood_section(out: Path, alpha: float) -> Section:
 
 
 def _de_section(out: Path, alpha: float) -> Section:
-    files = sorted((out / "tables").glob("de_*.csv")) if (out / "tables").is_dir() else []
-    files = [f for f in files if f.name != "de_skipped.csv"]
     blocks: list[Any] = []
-    for k, path in enumerate(files):
-        de = read_table(out, path.name)
+    for k, (contrast, path) in enumerate(table_files(out, "de").items()):
+        de = read_table(out, "de", contrast=contrast)
         if de is None or not {"effect", "pvalue", "padj"} <= set(de.columns):
             continue
-        contrast = path.stem.removeprefix("de_")
         if "contrast" in de and de["contrast"].notna().any():
             contrast = str(de["contrast"].dropna().iloc[0])
         gene = "gene" if "gene" in de else "feature" if "feature" in de else None
@@ -690,7 +537,7 @@ def _de_section(out: Path, alpha: float) -> Section:
             )
     if not blocks:
         blocks.append(Note("No pseudobulk differential expression in this run (tables/de_*.csv)."))
-    skipped = read_table(out, "de_skipped.csv")
+    skipped = read_table(out, "de_skipped")
     if skipped is not None and {"contrast", "subset"} <= set(skipped.columns):
         per = skipped.groupby(skipped["contrast"].astype(str))["subset"].size()
         blocks.append(
@@ -704,11 +551,9 @@ def _de_section(out: Path, alpha: float) -> Section:
 
 
 def _subgroup_section(out: Path, alpha: float) -> Section:
-    sub = read_table(out, "subgroups.csv")
+    sub = read_table(out, "subgroups")
     if sub is None or not {"contrast", "subset", "padj", "method"} <= set(sub.columns):
-        return Section(
-            "Subgroups", "subgroups", [_missing("subgroups.csv", "subgroup comparisons")]
-        )
+        return Section("Subgroups", "subgroups", [_missing("subgroups", "subgroup comparisons")])
     method = sub["method"].astype(str)
     kw = sub[method.str.startswith("kruskal")].sort_values(["padj", "pvalue"], kind="stable")
     dunn = sub[method.str.startswith("dunn")]
@@ -767,7 +612,7 @@ def _subgroup_section(out: Path, alpha: float) -> Section:
 def _subset_lineage(
     out: Path, obs: pd.DataFrame | None, subset: str
 ) -> tuple[str | None, str | None]:
-    subsets = read_table(out, "subsets.csv")
+    subsets = read_table(out, "subsets")
     if subsets is not None and "subset" in subsets:
         row = subsets[subsets["subset"].astype(str) == subset]
         if len(row):
@@ -820,7 +665,7 @@ def _marker_rna(out: Path, mdata: Any, subsets: Sequence[str]) -> Any:
     rna = getattr(mdata, "mod", {}).get("rna")
     if rna is None or store_of(rna) is None:
         return rna
-    table = read_table(out, "markers_rna.csv")
+    table = read_table(out, "markers", modality="rna")
     genes = list(
         dict.fromkeys(
             g for s in subsets for g in _top_features(table, s, N_DOT_GENES, rna.var_names)
@@ -841,12 +686,14 @@ def _markers_figure(
     prot = getattr(mdata, "mod", {}).get("prot")
     panels: dict[str, tuple[Any, list[str]]] = {}
     if rna is not None:
-        table = read_table(out, "markers_rna.csv")
+        table = read_table(out, "markers", modality="rna")
         genes = _top_features(table, subset, N_DOT_GENES, rna.var_names)
         if genes:
             panels["RNA"] = (rna, genes)
     if prot is not None:
-        proteins = _top_features(read_table(out, "markers_prot.csv"), subset, 5, prot.var_names)
+        proteins = _top_features(
+            read_table(out, "markers", modality="prot"), subset, 5, prot.var_names
+        )
         if proteins:
             panels["protein"] = (prot, proteins)
     if not panels:
@@ -876,9 +723,9 @@ def _markers_figure(
 
 
 def _enrichment_blocks(out: Path, subset: str, k: int, alpha: float) -> list[Any]:
-    table = read_table(out, "enrichment.csv")
+    table = read_table(out, "enrichment")
     if table is None or "subset" not in table:
-        return [_missing("enrichment.csv", "gene-set enrichment")]
+        return [_missing("enrichment", "gene-set enrichment")]
     rows = table[table["subset"].astype(str) == subset]
     if rows.empty:
         return [Note(f"No gene-set enrichment rows for {subset}.")]
@@ -894,7 +741,7 @@ def _enrichment_blocks(out: Path, subset: str, k: int, alpha: float) -> list[Any
 
 
 def _gsea_blocks(out: Path, subset: str, contrast: str, n_rows: int = 8) -> list[Any]:
-    table = read_table(out, "enrichment_de.csv")
+    table = read_table(out, "enrichment_de")
     if table is None or not {"contrast", "subset", "set", "padj"} <= set(table.columns):
         return []
     rows = table[
@@ -918,16 +765,16 @@ def _gsea_blocks(out: Path, subset: str, contrast: str, n_rows: int = 8) -> list
 def _signature_blocks(
     out: Path, subset: str, contrast: str, groups: Mapping[str, pd.Series], k: int
 ) -> list[Any]:
-    table = read_table(out, "signatures.csv")
+    table = read_table(out, "signatures")
     if table is None or not {"donor_id", "subset", "set", "score"} <= set(table.columns):
-        return [_missing("signatures.csv", "signature scores")]
+        return [_missing("signatures", "signature scores")]
     rows = table[table["subset"].astype(str) == subset]
     if rows.empty:
         return [Note(f"No signature scores for {subset}.")]
     if contrast not in groups:
         return [Note(f"Contrast {contrast} has no two arms to compare signature scores in.")]
     arms = groups[contrast]
-    tests = read_table(out, "signature_tests.csv")
+    tests = read_table(out, "signature_tests")
     pvalues: dict[str, float] = {}
     untested = ""
     if tests is not None and {"contrast", "subset", "padj"} <= set(tests.columns):
@@ -969,10 +816,10 @@ def _signature_blocks(
 
 
 def _gating_blocks(out: Path, mdata: Any, subset: str, l1: str | None, k: int) -> list[Any]:
-    table = read_table(out, "gating.csv")
+    table = read_table(out, "gating")
     need = {"subset", "step", "protein", "direction", "threshold", "split"}
     if table is None or not need <= set(table.columns):
-        return [_missing("gating.csv", "gating strategy")]
+        return [_missing("gating", "gating strategy")]
     rows = table[table["subset"].astype(str) == subset]
     if rows.empty:
         return [Note(f"No gating strategy for {subset}.")]
@@ -1016,15 +863,15 @@ def _gating_blocks(out: Path, mdata: Any, subset: str, l1: str | None, k: int) -
 
 
 def _roc_blocks(out: Path, contrast: str, k: int) -> list[Any]:
-    donors = read_table(out, "prediction_donors.csv")
+    donors = read_table(out, "prediction_donors")
     if donors is None or "contrast" not in donors:
-        return [_missing("prediction_donors.csv", "donor-level prediction")]
+        return [_missing("prediction_donors", "donor-level prediction")]
     rows = donors[donors["contrast"].astype(str) == contrast]
     truth = "y" if "y" in rows else "truth" if "truth" in rows else None
     score = "score" if "score" in rows else "prob" if "prob" in rows else None
     if rows.empty or truth is None or score is None or rows[truth].nunique() < 2:
         return [Note(f"No donor-level prediction for {contrast}.")]
-    summary = read_table(out, "prediction.csv")
+    summary = read_table(out, "prediction")
     text = ""
     if summary is not None and "contrast" in summary:
         s = summary[summary["contrast"].astype(str) == contrast]
@@ -1062,8 +909,8 @@ def _population_column(expression: pd.DataFrame) -> str | None:
 def _timecourse_blocks(
     out: Path, subset: str, l1: str | None, l2: str | None, k: int
 ) -> tuple[list[Any], bool]:
-    shares = read_table(out, "timecourse.csv")
-    expression = read_table(out, "timecourse_expression.csv")
+    shares = read_table(out, "timecourse")
+    expression = read_table(out, "timecourse_expression")
     if shares is not None and "subset" in shares:
         shares = shares[shares["subset"].astype(str) == subset]
         if "level" in shares and shares["level"].nunique() > 1:
@@ -1129,7 +976,7 @@ def characterisation_section(
         Anchor ``characterisation``.
     """
     out = Path(out)
-    table = associated_subsets(read_table(out, "association.csv"), alpha=alpha)
+    table = associated_subsets(read_table(out, "association"), alpha=alpha)
     subsets, significant = characterised_subsets(table, max_subsets=max_subsets)
     skipped = skipped_notes(out, "characterise")
     if not subsets:
@@ -1188,7 +1035,7 @@ def characterisation_section(
         parts.extend(time_blocks)
         any_timecourse |= drawn
         blocks.append(Section(subset, f"subset-{subset}", parts))
-    expression = read_table(out, "timecourse_expression.csv")
+    expression = read_table(out, "timecourse_expression")
     if expression is not None and _population_column(expression) is None:
         blocks.append(
             Section(

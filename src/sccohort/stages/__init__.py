@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sccohort.io.tables import CORE_COLUMNS
 from sccohort.report.assemble import assemble_report
 from sccohort.stages.base import Progress, RunState, Silent, Stage
 from sccohort.stages.cells import (
@@ -22,14 +23,12 @@ from sccohort.stages.cells import (
     stage_umap,
 )
 from sccohort.stages.donors import (
-    associated_subsets,
     stage_association,
     stage_characterise,
     stage_composition,
     stage_de,
     stage_neighbourhoods,
 )
-from sccohort.stats import CORE_COLUMNS
 
 __all__ = [
     "CORE_COLUMNS",
@@ -38,7 +37,6 @@ __all__ = [
     "RunState",
     "Silent",
     "Stage",
-    "associated_subsets",
     "check_inputs",
 ]
 

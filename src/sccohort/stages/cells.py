@@ -18,9 +18,9 @@ from sccohort.cluster import Background, compute
 from sccohort.cohort import SampleSheet
 from sccohort.config import Config
 from sccohort.errors import InputError
-from sccohort.io.atomic import write_csv
 from sccohort.io.probe import SampleProbe, probe_samples
 from sccohort.io.read import combine_samples
+from sccohort.io.tables import table_path, write_table
 from sccohort.pp.normalize import clr, dsb, normalize_rna
 from sccohort.pp.qc import METRICS as QC_METRICS
 from sccohort.pp.qc import auto_min_genes
@@ -29,8 +29,7 @@ from sccohort.pp.store import RNA_STORE_FILE, STORE_KEY, RnaCollector
 from sccohort.pp.summary import summary_table
 from sccohort.stages.base import RunState
 from sccohort.stages.panel import check_panel
-from sccohort.tl.annotate import UNASSIGNED, annotate
-from sccohort.tl.embed import (
+from sccohort.tl import (
     harmony,
     highly_variable_genes,
     hvg_count,
@@ -39,6 +38,7 @@ from sccohort.tl.embed import (
     pca_rna,
     umap,
 )
+from sccohort.tl.annotate import UNASSIGNED, annotate
 from sccohort.tl.markers import rank_markers
 from sccohort.tl.subsets import subsets
 from sccohort.tl.transfer import load_reference, transfer_labels
@@ -103,18 +103,18 @@ def stage_preprocess(state: RunState) -> list[Path]:
     columns = ["sample_id", "qc_pass", "qc_reason", "doublet_score", *QC_METRICS]
     qc_cells.insert(0, "sample_id", [c.split(":", 1)[0] for c in qc_cells.index])
     written = [
-        write_csv(summary, state.out / "tables" / "samples.csv"),
-        write_csv(qc_table, state.out / "tables" / "qc.csv"),
-        write_csv(
-            qc_cells[[c for c in columns if c in qc_cells]].rename_axis("cell_id"),
-            state.out / "tables" / "qc_cells.csv.gz",
-            index=True,
+        write_table(state.out, "samples", summary),
+        write_table(state.out, "qc", qc_table),
+        write_table(
+            state.out,
+            "qc_cells",
+            qc_cells[[c for c in columns if c in qc_cells]].rename_axis("cell_id").reset_index(),
         ),
     ]
     if mdata.n_obs == 0:
         raise InputError(
             "no cell of any sample passed quality control",
-            file=state.out / "tables" / "qc.csv",
+            file=table_path(state.out, "qc"),
             hint="check the QC table; for unusual data set [qc] mode or thresholds in the config",
         )
     if "rna" in mdata.mod:
@@ -297,11 +297,10 @@ def stage_embed(state: RunState) -> list[Path]:
             graph,
             {m: f"{m}_{k}" for m, k in reps.items()},
             n_neighbors=cfg.n_neighbors,
-            random_state=seed,
+            seed=seed,
         )
         # cluster the shared-nearest-neighbour graph, as Seurat's FindClusters on "wsnn"
         # (ARI 0.99 with Seurat on the real ECCITE cells, 0.87 on the UMAP connectivities)
-        graph.uns["wnn_snn"] = graph.uns["wnn"] | {"connectivities_key": "wnn_snn"}
         cluster_key = "wnn_snn"
     else:  # one modality: its kNN graph stands in for the WNN graph, under the same name
         ((modality, key),) = reps.items()
@@ -406,7 +405,7 @@ def stage_annotate(state: RunState) -> list[Path]:
             for key in ("l1", "l2"):
                 mdata.obs[key] = pd.Categorical(mdata.obs[f"ref_{key}"].astype(str))
                 mdata.obs[f"{key}_confidence"] = mdata.obs[f"ref_{key}_confidence"]
-        written.append(write_csv(transferred, state.out / "tables" / "label_transfer.csv"))
+        written.append(write_table(state.out, "label_transfer", transferred))
     obs = mdata.obs
     table = (
         obs.groupby(["l1", "l2"], observed=True)
@@ -421,7 +420,7 @@ def stage_annotate(state: RunState) -> list[Path]:
     table = table.sort_values(["l1", "n_cells"], ascending=[True, False], kind="stable")
     if section.labels == "markers":
         table = with_coverage(table, coverage)
-    return [*written, write_csv(table, state.out / "tables" / "cell_types.csv")]
+    return [*written, write_table(state.out, "cell_types", table)]
 
 
 def with_coverage(table: pd.DataFrame, coverage: pd.DataFrame) -> pd.DataFrame:
@@ -462,7 +461,7 @@ def stage_subsets(state: RunState) -> list[Path]:
         neighbours=state.config.subsets.neighbours,
         seed=state.config.seed,
     )
-    return [write_csv(table, state.out / "tables" / "subsets.csv")]
+    return [write_table(state.out, "subsets", table)]
 
 
 #: Markers kept per subset in ``tables/markers_<modality>.csv`` (by statistic).
@@ -499,5 +498,5 @@ def stage_markers(state: RunState) -> list[Path]:
         if modality == "rna":
             table = table.groupby("group", observed=True, sort=False).head(MARKERS_PER_SUBSET)
         table = table.rename(columns={"group": "subset"})
-        written.append(write_csv(table, state.out / "tables" / f"markers_{modality}.csv"))
+        written.append(write_table(state.out, "markers", table, modality=modality))
     return written

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 
@@ -11,26 +10,37 @@ import pandas as pd
 
 from sccohort.cohort import ContrastDesign
 from sccohort.errors import InputError
-from sccohort.io.atomic import read_csv, write_csv
-from sccohort.io.genesets import hallmark, read_gmt, read_tf_targets
+from sccohort.io import hallmark, read_gmt, read_tf_targets
+from sccohort.io.atomic import read_csv
+from sccohort.io.tables import table_path, write_table
 from sccohort.stages.base import RunState
-from sccohort.stats import CORE_COLUMNS
-from sccohort.stats.abundance import (
-    DEFAULT_METHOD,
+from sccohort.stats import (
+    associated_subsets,
     attainable_significance,
+    characterised_subsets,
+    compare_abundance,
     compare_donor_values,
+    composition,
     describe_attainable,
-    test_abundance,
+    donor_counts,
+    donor_scores,
+    donor_shares,
+    enrich_markers,
+    expression_trajectory,
+    gate_subsets,
+    gsea,
+    kruskal_dunn,
+    ks_test,
+    neighbourhoods,
+    paired_test,
+    predict_phenotype,
+    pseudobulk,
+    pseudobulk_de_all,
+    score_cells,
+    sets_covered,
+    signature_sets,
+    trajectories,
 )
-from sccohort.stats.composition import SUBSET_LEVELS, composition, donor_counts, donor_shares
-from sccohort.stats.enrichment import enrich_markers, gsea, sets_covered
-from sccohort.stats.gating import gate_subsets
-from sccohort.stats.longitudinal import expression_trajectory, paired_test, trajectories
-from sccohort.stats.neighbourhoods import neighbourhoods
-from sccohort.stats.predict import predict_phenotype
-from sccohort.stats.pseudobulk import pseudobulk, pseudobulk_de_all
-from sccohort.stats.signatures import donor_scores, score_cells, signature_sets
-from sccohort.stats.tests import kruskal_dunn, ks_test
 
 
 def _designs(state: RunState) -> dict[str, ContrastDesign]:
@@ -101,17 +111,10 @@ def _check_levels(state: RunState, table: pd.DataFrame) -> list[str]:
     return levels
 
 
-def _core_first(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Concatenate tidy result frames with the DESIGN core columns first."""
-    table = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
-    core = [c for c in CORE_COLUMNS if c in table.columns]
-    return table[core + [c for c in table.columns if c not in core]]
-
-
 def stage_composition(state: RunState) -> list[Path]:
     """Counts and shares per sample at every level and within parents -> composition.csv."""
     table = _composition(state)
-    return [write_csv(table, state.out / "tables" / "composition.csv")]
+    return [write_table(state.out, "composition", table)]
 
 
 def stage_association(state: RunState) -> list[Path]:
@@ -142,7 +145,7 @@ def stage_association(state: RunState) -> list[Path]:
     if designs:
         reach = contrast_table(state, designs)
         reach["left_out"] = "; ".join(f"{d} ({n} cells)" for d, n in small.items())
-        written.append(write_csv(reach, state.out / "tables" / "contrasts.csv"))
+        written.append(write_table(state.out, "contrasts", reach))
     frames = []
     steps, done = len(designs) * len(levels), 0
     for design in designs.values():
@@ -150,7 +153,7 @@ def stage_association(state: RunState) -> list[Path]:
         for level in levels:
             counts, totals = donor_counts(table, level, samples)
             frames.append(
-                test_abundance(
+                compare_abundance(
                     counts,
                     totals,
                     design,
@@ -166,10 +169,10 @@ def stage_association(state: RunState) -> list[Path]:
             done += 1
             state.progress.advance(done, steps)
     if frames:
-        written.append(write_csv(_core_first(frames), state.out / "tables" / "association.csv"))
+        written.append(write_table(state.out, "association", frames))
     subgroups = _subgroups(state, table, levels, sample_of)
     if subgroups is not None:
-        written.append(write_csv(subgroups, state.out / "tables" / "subgroups.csv"))
+        written.append(write_table(state.out, "subgroups", subgroups))
     return written
 
 
@@ -189,8 +192,8 @@ def contrast_table(state: RunState, designs: dict[str, ContrastDesign]) -> pd.Da
 
 def _subgroups(
     state: RunState, table: pd.DataFrame, levels: list[str], sample_of: pd.Series
-) -> pd.DataFrame | None:
-    """Kruskal-Wallis + Dunn across the levels of each configured grouping."""
+) -> list[pd.DataFrame] | None:
+    """Kruskal-Wallis + Dunn across the levels of each configured grouping (result frames)."""
     cfg = state.config.association
     if not cfg.groupings:
         return None
@@ -239,7 +242,7 @@ def _subgroups(
                 shares, groups, level, adjust=cfg.dunn_adjust, seed=state.config.seed
             )
             frames += [omnibus, pairs]
-    return _core_first(frames)
+    return frames
 
 
 def stage_neighbourhoods(state: RunState) -> list[Path]:
@@ -274,35 +277,15 @@ def stage_neighbourhoods(state: RunState) -> list[Path]:
             )
         )
         state.progress.advance(i, len(designs))
-    return [write_csv(_core_first(frames), state.out / "tables" / "neighbourhoods.csv")]
+    return [write_table(state.out, "neighbourhoods", frames)]
 
 
-def associated_subsets(association: pd.DataFrame, alpha: float, limit: int) -> pd.DataFrame:
-    """The best (lowest padj) contrast of each subset significant in the default test.
-
-    What the pipeline characterises. The report's display table,
-    :func:`sccohort.report.stats_sections.associated_subsets`, differs on purpose (one row per
-    subset x contrast, nominal candidates too).
-
-    Parameters
-    ----------
-    association
-        ``tables/association.csv``.
-    alpha, limit
-        Significance threshold on ``padj``; at most ``limit`` subsets, by ``padj``.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Rows of ``association`` (``subset`` unique), sorted by ``padj``.
-    """
-    rows = association[
-        (association["method"] == DEFAULT_METHOD)
-        & association["level"].isin(SUBSET_LEVELS)
-        & (association["padj"] < alpha)
-    ]
-    rows = rows.sort_values(["padj", "pvalue", "subset"], kind="stable")
-    return rows.drop_duplicates("subset").head(limit).reset_index(drop=True)
+def _characterised(association: pd.DataFrame | None, alpha: float, limit: int) -> list[str]:
+    """The significant subsets to characterise, by padj (`characterised_subsets`)."""
+    if association is None or not len(association):
+        return []
+    table = associated_subsets(association, alpha=alpha, n_candidates=0)
+    return characterised_subsets(table, max_subsets=limit, candidates=0)[0]
 
 
 def _parent_l1(obs: pd.DataFrame, subset: str) -> str:
@@ -310,8 +293,9 @@ def _parent_l1(obs: pd.DataFrame, subset: str) -> str:
     return str(obs.loc[obs["subset"] == subset, "l1"].astype(str).value_counts().index[0])
 
 
-def _read_table(state: RunState, name: str) -> pd.DataFrame:
-    path = state.out / "tables" / name
+def _read_table(state: RunState, name: str, **fields: str) -> pd.DataFrame:
+    """A table an earlier stage wrote, as written (empty when the stage wrote none)."""
+    path = table_path(state.out, name, **fields)
     return read_csv(path) if path.is_file() else pd.DataFrame()
 
 
@@ -339,11 +323,6 @@ def covered_sets(
 NO_RNA = "the cohort has no RNA (protein only)"
 
 
-def _file_name(name: str) -> str:
-    """A contrast name made safe for a file name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
 def stage_de(state: RunState) -> list[Path]:
     """Pseudobulk DE (raw counts summed per donor) between the groups of each contrast.
 
@@ -359,7 +338,7 @@ def stage_de(state: RunState) -> list[Path]:
     if "rna" not in state.mdata.mod:
         state.skip("de", "pseudobulk differential expression", f"{NO_RNA}: DE needs gene counts")
         return []
-    association = _read_table(state, "association.csv")
+    association = _read_table(state, "association")
     obs = state.mdata.obs
     sample_of = _primary_sample_of(state)
     counts = {
@@ -376,11 +355,7 @@ def stage_de(state: RunState) -> list[Path]:
             groups = {level: sorted(counts[level]) for level in counts}
         else:
             rows = association[association["contrast"] == name] if len(association) else None
-            chosen = (
-                associated_subsets(rows, cfg.alpha, cfg.max_subsets)["subset"].tolist()
-                if rows is not None and len(rows)
-                else []
-            )
+            chosen = _characterised(rows, cfg.alpha, cfg.max_subsets)
             parents = [
                 str(obs.loc[obs["subset"] == s, "l2"].astype(str).value_counts().index[0])
                 for s in chosen
@@ -402,19 +377,13 @@ def stage_de(state: RunState) -> list[Path]:
                     gsea_tables.append(table.assign(contrast=name, level=level, subset=group))
         if frames:
             table = pd.concat(frames, ignore_index=True)
-            written.append(write_csv(table, state.out / "tables" / f"de_{_file_name(name)}.csv"))
+            written.append(write_table(state.out, "de", table, contrast=name))
         state.progress.advance(i, len(designs))
     skipped = [s for s in skipped if len(s)]
     if skipped:
-        written.append(
-            write_csv(
-                pd.concat(skipped, ignore_index=True), state.out / "tables" / "de_skipped.csv"
-            )
-        )
+        written.append(write_table(state.out, "de_skipped", pd.concat(skipped, ignore_index=True)))
     if gsea_tables:
-        written.append(
-            write_csv(_core_first(gsea_tables), state.out / "tables" / "enrichment_de.csv")
-        )
+        written.append(write_table(state.out, "enrichment_de", gsea_tables))
     return written
 
 
@@ -431,20 +400,14 @@ def stage_characterise(state: RunState) -> list[Path]:
     to report are not written.
     """
     cfg, seed, mdata = state.config.characterise, state.config.seed, state.mdata
-    tables = state.out / "tables"
-    association = _read_table(state, "association.csv")
-    chosen = (
-        associated_subsets(association, cfg.alpha, cfg.max_subsets)
-        if len(association)
-        else pd.DataFrame(columns=["subset", "contrast"])
-    )
-    subsets_ = list(chosen["subset"])
+    association = _read_table(state, "association")
+    subsets_ = _characterised(association, cfg.alpha, cfg.max_subsets)
     obs = mdata.obs
     written = []
     steps = 5
 
     # 1. enrichment of the markers of each associated subset
-    markers = _read_table(state, "markers_rna.csv")
+    markers = _read_table(state, "markers", modality="rna")
     rna = mdata.mod.get("rna")
     if subsets_ and rna is None:
         state.skip("characterise", "marker enrichment", f"{NO_RNA}: no gene markers")
@@ -459,7 +422,7 @@ def stage_characterise(state: RunState) -> list[Path]:
         if gene_sets:
             chosen_markers = markers[markers["subset"].isin(subsets_)]
             enrichment = enrich_markers(chosen_markers, gene_sets, universe)
-            written.append(write_csv(enrichment, tables / "enrichment.csv"))
+            written.append(write_table(state.out, "enrichment", enrichment))
     state.progress.advance(1, steps)
 
     # 2. protein gating of each associated subset
@@ -479,9 +442,9 @@ def stage_characterise(state: RunState) -> list[Path]:
             max_gates=cfg.gating_max_gates, test_donors=cfg.gating_test_fraction, seed=seed,
         )  # fmt: skip
         gates = pd.concat([result.to_frame() for result, _ in results], ignore_index=True)
-        written.append(write_csv(gates, tables / "gating.csv"))
+        written.append(write_table(state.out, "gating", gates))
         proteins = pd.concat([table for _, table in results], ignore_index=True)
-        written.append(write_csv(proteins, tables / "protein_markers.csv"))
+        written.append(write_table(state.out, "protein_markers", proteins))
     state.progress.advance(2, steps)
 
     # 3. donor-level prediction of each binary contrast from subset shares
@@ -502,9 +465,9 @@ def stage_characterise(state: RunState) -> list[Path]:
         summaries.append(result.to_frame("summary").assign(level="subset"))
         predictions.append(result.to_frame("predictions"))
     if summaries:
-        written.append(write_csv(_core_first(summaries), tables / "prediction.csv"))
+        written.append(write_table(state.out, "prediction", summaries))
         written.append(
-            write_csv(pd.concat(predictions, ignore_index=True), tables / "prediction_donors.csv")
+            write_table(state.out, "prediction_donors", pd.concat(predictions, ignore_index=True))
         )
     state.progress.advance(3, steps)
 
@@ -520,7 +483,7 @@ def stage_characterise(state: RunState) -> list[Path]:
     if signatures:
         scores = score_cells(rna, signatures, seed=seed)
         donor = donor_scores(scores, obs.loc[rna.obs_names], samples=list(sample_of))
-        written.append(write_csv(donor, tables / "signatures.csv"))
+        written.append(write_table(state.out, "signatures", donor))
     for design in designs.values() if signatures else ():
         for name, rows in donor.groupby("set", sort=False):
             values = rows.pivot(index="donor_id", columns="subset", values="score")
@@ -532,21 +495,21 @@ def stage_characterise(state: RunState) -> list[Path]:
                 )
             )  # fmt: skip
     if tests:
-        written.append(write_csv(_core_first(tests), tables / "signature_tests.csv"))
+        written.append(write_table(state.out, "signature_tests", tests))
     state.progress.advance(4, steps)
 
     # 5. time courses of the associated subsets and their named genes
     longitudinal = state.samples.table.groupby("donor_id")["timepoint"].nunique()
     if subsets_ and (longitudinal >= 2).any():
         traj = trajectories(table, state.samples.table, "subset_in_l1", subsets_)
-        written.append(write_csv(traj, tables / "timecourse.csv"))
+        written.append(write_table(state.out, "timecourse", traj))
         order = traj.drop_duplicates("timepoint").sort_values("timepoint_order")["timepoint"]
         pairs = [
             paired_test(traj, first, second, seed=seed)
             for first, second in zip(order[:-1], order[1:], strict=True)
         ]
         if pairs:
-            written.append(write_csv(_core_first(pairs), tables / "timecourse_tests.csv"))
+            written.append(write_table(state.out, "timecourse_tests", pairs))
         frames = []
         for subset in subsets_:
             named = subset.rsplit("_", 1)[-1]
@@ -558,6 +521,6 @@ def stage_characterise(state: RunState) -> list[Path]:
                 frames.append(expression.assign(subset=subset, cells=lineage))
         if frames:
             expression = pd.concat(frames, ignore_index=True)
-            written.append(write_csv(expression, tables / "timecourse_expression.csv"))
+            written.append(write_table(state.out, "timecourse_expression", expression))
     state.progress.advance(5, steps)
     return written

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from sccohort.config import Config
 from sccohort.errors import InputError
 from sccohort.io.probe import SampleProbe
-from sccohort.tl.embed import hvg_count, qc_gene_mask
+from sccohort.tl.hvg import hvg_count, qc_gene_mask
 
 __all__ = ["check_panel"]
 

@@ -1,16 +1,68 @@
-"""Donor-level statistics: composition, classic tests, longitudinal summaries, associations."""
+"""Donor-level statistics: composition, association tests, DA, pseudobulk DE, enrichment, gating.
 
-#: The columns every statistics table starts with (DESIGN.md); method-specific extras follow.
-CORE_COLUMNS = (
-    "contrast",
-    "level",
-    "subset",
-    "effect",
-    "ci_low",
-    "ci_high",
-    "pvalue",
-    "padj",
-    "method",
-    "n_case",
-    "n_control",
+Every name in ``__all__`` is public API; each function takes tidy tables or AnnData and
+returns tidy tables whose first columns are :data:`sccohort.io.CORE_COLUMNS`.
+"""
+
+from sccohort.cohort import Contrast, ContrastDesign
+from sccohort.multitest import adjust_pvalues, spatial_fdr
+from sccohort.stats.abundance import (
+    attainable_significance,
+    compare_abundance,
+    compare_donor_values,
+    describe_attainable,
 )
+from sccohort.stats.composition import composition, donor_counts, donor_shares
+from sccohort.stats.deseq2 import deseq2_wald
+from sccohort.stats.enrichment import enrich_markers, gsea, ora, sets_covered
+from sccohort.stats.gating import Gate, GatingResult, gate_subsets, gating_strategy, protein_markers
+from sccohort.stats.longitudinal import expression_trajectory, paired_test, trajectories
+from sccohort.stats.neighbourhoods import neighbourhoods
+from sccohort.stats.predict import PredictionResult, delong_ci, predict_phenotype
+from sccohort.stats.pseudobulk import filter_by_expr, pseudobulk, pseudobulk_de, pseudobulk_de_all
+from sccohort.stats.selection import associated_subsets, characterised_subsets
+from sccohort.stats.signatures import donor_scores, score_cells, signature_sets
+from sccohort.stats.tests import kruskal_dunn, ks_test, proportion_biplot
+
+__all__ = [
+    "Contrast",
+    "ContrastDesign",
+    "Gate",
+    "GatingResult",
+    "PredictionResult",
+    "adjust_pvalues",
+    "associated_subsets",
+    "attainable_significance",
+    "characterised_subsets",
+    "compare_abundance",
+    "compare_donor_values",
+    "composition",
+    "delong_ci",
+    "describe_attainable",
+    "deseq2_wald",
+    "donor_counts",
+    "donor_scores",
+    "donor_shares",
+    "enrich_markers",
+    "expression_trajectory",
+    "filter_by_expr",
+    "gate_subsets",
+    "gating_strategy",
+    "gsea",
+    "kruskal_dunn",
+    "ks_test",
+    "neighbourhoods",
+    "ora",
+    "paired_test",
+    "predict_phenotype",
+    "protein_markers",
+    "proportion_biplot",
+    "pseudobulk",
+    "pseudobulk_de",
+    "pseudobulk_de_all",
+    "score_cells",
+    "sets_covered",
+    "signature_sets",
+    "spatial_fdr",
+    "trajectories",
+]

@@ -35,12 +35,12 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from scipy import special, stats
-from statsmodels.stats.multitest import multipletests
 from threadpoolctl import threadpool_limits
 
 from sccohort.cohort import ContrastDesign
 from sccohort.errors import InputError
-from sccohort.stats import CORE_COLUMNS
+from sccohort.io.tables import CORE_COLUMNS
+from sccohort.multitest import adjust_pvalues
 
 __all__ = [
     "DEFAULT_METHOD",
@@ -48,7 +48,7 @@ __all__ = [
     "attainable_significance",
     "compare_donor_values",
     "describe_attainable",
-    "test_abundance",
+    "compare_abundance",
 ]
 
 #: Added to every count (and twice to every total) before the log2 share.
@@ -75,7 +75,7 @@ _COLUMNS = [
 ]
 
 
-def test_abundance(
+def compare_abundance(
     counts: pd.DataFrame,
     totals: pd.DataFrame,
     design: ContrastDesign,
@@ -229,14 +229,11 @@ def test_abundance(
         fit = _permutation_test(
             y_test, log2_share, x, term, covariates, n_perm, max_exact, seed, moderate
         )
-        fit["padj"] = multipletests(fit["pvalue"], method="fdr_bh")[1]
+        fit["padj"] = adjust_pvalues(fit["pvalue"])
         for col, values in fit.items():
             columns[col][tested] = values  # type: ignore[index]
     return pd.DataFrame(columns)[_COLUMNS]
 
-
-# pytest would otherwise collect the imported function as a test.
-test_abundance.__test__ = False  # type: ignore[attr-defined]
 
 #: ``method`` of `compare_donor_values` rows.
 VALUES_METHOD = "perm_lm_difference"
@@ -254,7 +251,7 @@ def compare_donor_values(
     """The default test's model and permutations for donor-level values other than shares.
 
     Each column (e.g. a signature score of one subset, averaged per donor) is tested with
-    the design's linear model and the permutation scheme of `test_abundance` (exact
+    the design's linear model and the permutation scheme of `compare_abundance` (exact
     relabellings, or Freedman-Lane with covariates); variances are moderated across the
     columns that share the same donors. A donor without a value in a column (too few cells)
     leaves that column's test; columns left with fewer than 2 donors per group (3 for a
@@ -270,7 +267,7 @@ def compare_donor_values(
     level
         Copied into the ``level`` column (e.g. ``"signature:CD14_EGR1"``).
     n_perm, max_exact, seed
-        As for `test_abundance`.
+        As for `compare_abundance`.
 
     Returns
     -------
@@ -350,7 +347,7 @@ def compare_donor_values(
     p = columns["pvalue"]
     tested = np.isfinite(p)  # type: ignore[arg-type]
     if tested.any():
-        columns["padj"][tested] = multipletests(p[tested], method="fdr_bh")[1]  # type: ignore[index]
+        columns["padj"][tested] = adjust_pvalues(p[tested])  # type: ignore[index]
     order = [*CORE_COLUMNS, "statistic", "scheme", "n_perm", "mean_case", "mean_control", "note"]
     return pd.DataFrame(columns)[order]
 
@@ -371,14 +368,14 @@ def attainable_significance(
     design
         The contrast's design (:meth:`sccohort.cohort.Contrast.design`).
     n_perm, max_exact
-        As in `test_abundance` (they decide between enumeration and random permutations).
+        As in `compare_abundance` (they decide between enumeration and random permutations).
     alpha
         The significance threshold the run uses (``[characterise] alpha``).
 
     Returns
     -------
     dict
-        ``contrast, n_case, n_control, covariates, scheme`` (as `test_abundance` would
+        ``contrast, n_case, n_control, covariates, scheme`` (as `compare_abundance` would
         choose it), ``n_relabellings`` (distinct labellings enumerated, or the random
         permutations + 1), ``min_pvalue``, ``min_padj`` (the BH bound: reached only when every
         subset has the smallest p-value) and ``reachable`` (``min_padj < alpha``).

@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from sccohort.multitest import adjust_pvalues
+
 from ..errors import InputError
 
 __all__ = ["ORA_COLUMNS", "GSEA_COLUMNS", "ora", "gsea", "enrich_markers", "sets_covered"]
@@ -59,13 +61,6 @@ GSEA_COLUMNS = [
     "method",
     "leading_edge",
 ]
-
-
-def _bh(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (NaN-free input)."""
-    if p.size == 0:
-        return p.astype(float)
-    return stats.false_discovery_control(p, method="bh")
 
 
 def _check_sets(gene_sets: Mapping[str, Sequence[str]]) -> None:
@@ -237,7 +232,7 @@ def _ora(genes: Sequence[str], sets: _Restricted) -> pd.DataFrame:
             "odds_ratio": odds,
             "effect": np.log2(odds),
             "pvalue": pvalue,
-            "padj": _bh(pvalue),
+            "padj": adjust_pvalues(pvalue),
             "method": ORA_METHOD,
             "genes": hit_genes,
         }
@@ -564,7 +559,7 @@ def gsea(
         rows.append((name, k, es, nes, pval, ";".join(ranked_genes[edge])))
     out = pd.DataFrame(rows, columns=["set", "set_size", "es", "nes", "pvalue", "leading_edge"])
     out["effect"] = out["nes"]
-    out["padj"] = _bh(out["pvalue"].to_numpy())
+    out["padj"] = adjust_pvalues(out["pvalue"].to_numpy())
     out["method"] = GSEA_METHOD
     order_rows = np.lexsort((out["set"].to_numpy(), out["pvalue"].to_numpy()))
     return out.iloc[order_rows].reset_index(drop=True)[GSEA_COLUMNS]

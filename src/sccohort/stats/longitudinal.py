@@ -24,6 +24,8 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import stats
 
+from sccohort.multitest import adjust_pvalues
+
 from ..cohort import DEFAULT_TISSUE, SampleSheet
 from ..errors import InputError
 from ..pp.store import rna_columns
@@ -313,7 +315,7 @@ def paired_test(
         )
     out = pd.DataFrame(rows)
     p = out["pvalue"].to_numpy(dtype=float)
-    out["padj"] = np.minimum(p * np.isfinite(p).sum(), 1.0)
+    out["padj"] = adjust_pvalues(p, "bonferroni")
     return out
 
 

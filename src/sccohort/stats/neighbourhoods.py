@@ -35,6 +35,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from sccohort.cohort import ContrastDesign
 from sccohort.errors import InputError
+from sccohort.multitest import spatial_fdr
 
 METHOD = "milo_nb_qlf"
 
@@ -189,40 +190,6 @@ def neighbourhoods(
         }
     )
     return out.sort_values(["pvalue", "nhood"], kind="stable").reset_index(drop=True)
-
-
-def spatial_fdr(pvalues: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Milo's spatial FDR: Benjamini-Hochberg with weights (Cydar's weighted BH).
-
-    Parameters
-    ----------
-    pvalues
-        (n,) p-values; NaN stays NaN.
-    weights
-        (n,) non-negative weights, e.g. 1 / k-th nearest-neighbour distance of the index cell.
-
-    Returns
-    -------
-    numpy.ndarray
-        (n,) adjusted p-values: for the i-th smallest p, ``min_{j >= i} sum(w) p_(j) /
-        sum_{l <= j} w_(l)``, capped at 1.
-    """
-    p = np.asarray(pvalues, dtype=float)
-    w = np.asarray(weights, dtype=float)
-    out = np.full(p.shape, np.nan)
-    ok = np.isfinite(p)
-    if not ok.any():
-        return out
-    pv, wv = p[ok], w[ok]
-    order = np.argsort(pv, kind="stable")
-    cum = np.cumsum(wv[order])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        adj = np.where(cum > 0, wv.sum() * pv[order] / cum, 1.0)
-    adj = np.minimum.accumulate(adj[::-1])[::-1]
-    res = np.empty_like(pv)
-    res[order] = np.minimum(adj, 1.0)
-    out[ok] = res
-    return out
 
 
 # ---------------------------------------------------------------------------------------

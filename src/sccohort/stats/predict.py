@@ -58,7 +58,7 @@ from threadpoolctl import threadpool_limits
 
 from ..cohort import ContrastDesign
 from ..errors import InputError
-from . import CORE_COLUMNS
+from ..io.tables import CORE_COLUMNS
 
 __all__ = ["PredictionResult", "delong_ci", "predict_phenotype"]
 

@@ -30,8 +30,9 @@ from scipy import stats
 
 from sccohort.cohort import ContrastDesign
 from sccohort.errors import InputError
+from sccohort.io.tables import CORE_COLUMNS
+from sccohort.multitest import adjust_pvalues
 from sccohort.pp.store import rna_blocks, store_of
-from sccohort.stats import CORE_COLUMNS
 from sccohort.stats.deseq2 import deseq2_wald, pydeseq2_wald
 
 __all__ = [
@@ -340,14 +341,6 @@ def _align(
     return counts.loc[donors], matrix, n_case, n_control, reason
 
 
-def _bh(p: np.ndarray) -> np.ndarray:
-    out = np.full(p.shape, np.nan)
-    ok = ~np.isnan(p)
-    if ok.any():
-        out[ok] = stats.false_discovery_control(p[ok], method="bh")
-    return out
-
-
 def pseudobulk_de(
     counts: pd.DataFrame,
     design: ContrastDesign,
@@ -447,7 +440,7 @@ def pseudobulk_de(
             "ci_low": lfc - _Z975 * se,
             "ci_high": lfc + _Z975 * se,
             "pvalue": pvalue,
-            "padj": _bh(pvalue),
+            "padj": adjust_pvalues(pvalue),
             "method": f"pseudobulk DESeq2 Wald ({engine}), log2 fold change"
             + (" per unit" if design.is_continuous else ""),
             "n_case": n_case,

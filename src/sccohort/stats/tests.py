@@ -15,8 +15,8 @@ replacement within each group, seeded).
 
 Dunn's test is written here (a dozen lines): scipy has no Dunn test and scikit-posthocs
 would be a dependency for one formula; it is checked against a hand computation and
-against scikit-posthocs 0.17.1 in tests/test_stats_classic.py. Holm's adjustment is written
-out too (see `_holm`).
+against scikit-posthocs 0.17.1 in tests/test_stats_classic.py. Adjustments come from
+:mod:`sccohort.multitest`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from sklearn.decomposition import PCA
 
 from ..cohort import ContrastDesign
 from ..errors import InputError
+from ..multitest import adjust_pvalues
 
 __all__ = [
     "dunn_z",
@@ -131,34 +132,6 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _bonferroni(p: np.ndarray) -> np.ndarray:
-    m = np.isfinite(p).sum()
-    return np.minimum(p * m, 1.0)
-
-
-def _holm(p: np.ndarray) -> np.ndarray:
-    """Holm step-down adjusted p-values of finite p-values (m,).
-
-    Written out because statsmodels 0.15's ``multipletests(method="holm")`` calls
-    ``gc.collect()`` on every call (0.35 s each inside a loaded process).
-    """
-    m = len(p)
-    order = np.argsort(p, kind="stable")
-    stepped = np.maximum.accumulate(p[order] * np.arange(m, 0, -1))
-    out = np.empty(m)
-    out[order] = np.minimum(stepped, 1.0)
-    return out
-
-
-def _adjust(p: np.ndarray, method: str) -> np.ndarray:
-    """Bonferroni or Holm over the finite p-values; NaN stays NaN."""
-    out = np.full(p.shape, np.nan)
-    ok = np.isfinite(p)
-    if ok.any():
-        out[ok] = _bonferroni(p[ok]) if method == "bonferroni" else _holm(p[ok])
-    return out
-
-
 def _check_boot(n_boot: int, ci: float) -> None:
     if int(n_boot) < 1:
         raise InputError(f"n_boot must be >= 1, got {n_boot}", key="n_boot")
@@ -243,7 +216,7 @@ def ks_test(
             "ci_low": low,
             "ci_high": high,
             "pvalue": pval,
-            "padj": _bonferroni(pval),
+            "padj": adjust_pvalues(pval, "bonferroni"),
             "method": "ks_bonferroni",
             "n_case": n_case.astype(int),
             "n_control": n_control.astype(int),
@@ -396,7 +369,7 @@ def kruskal_dunn(
         n = int(ok.sum())
         omni_rows.append((subset, h, p, n, len(samples) - 1, len(samples)))
         dunn = _dunn_rows(v, lab, levels)
-        padj = _adjust(np.array([r[3] for r in dunn], dtype=float), adjust)
+        padj = adjust_pvalues(np.array([r[3] for r in dunn], dtype=float), adjust)
         pair_rows += [(subset, *r, q) for r, q in zip(dunn, padj, strict=True)]
 
     omni = pd.DataFrame(omni_rows, columns=["subset", "H", "pvalue", "n", "df", "n_groups"])
@@ -409,7 +382,7 @@ def kruskal_dunn(
             "ci_low": np.nan,
             "ci_high": np.nan,
             "pvalue": omni["pvalue"],
-            "padj": _adjust(omni["pvalue"].to_numpy(), adjust),
+            "padj": adjust_pvalues(omni["pvalue"].to_numpy(), adjust),
             "method": f"kruskal_wallis_{adjust}",
             "n_case": omni["n"].astype(int),
             "n_control": 0,

@@ -1,1 +1,47 @@
-"""Cohort-level cell tools: neighbourhood graphs, clustering and embeddings."""
+"""Cohort-level cell work: HVGs, PCA, Harmony, WNN, Leiden, UMAP, annotation, subsets, markers.
+
+Every name in ``__all__`` is public API (scanpy's conventions: ``use_rep``, ``groupby``,
+``key_added``, ``seed``).
+"""
+
+from sccohort.tl.annotate import annotate, label_coverage, load_markers
+from sccohort.tl.clustering import leiden, leiden_membership
+from sccohort.tl.embed import harmony, umap
+from sccohort.tl.hvg import highly_variable_genes, hvg_count
+from sccohort.tl.knn import knn_exact, knn_ivf
+from sccohort.tl.markers import rank_genes_groups, rank_markers
+from sccohort.tl.metrics import ari, ilisi, kbet_acceptance, lisi, silhouette
+from sccohort.tl.pca import pca_prot, pca_rna, scaled_pca
+from sccohort.tl.subsets import subsets
+from sccohort.tl.transfer import load_reference, transfer_labels
+from sccohort.tl.wnn import WNNResult, wnn, wnn_graph
+
+__all__ = [
+    "WNNResult",
+    "annotate",
+    "ari",
+    "harmony",
+    "highly_variable_genes",
+    "hvg_count",
+    "ilisi",
+    "kbet_acceptance",
+    "knn_exact",
+    "knn_ivf",
+    "label_coverage",
+    "leiden",
+    "leiden_membership",
+    "lisi",
+    "load_markers",
+    "load_reference",
+    "pca_prot",
+    "pca_rna",
+    "rank_genes_groups",
+    "rank_markers",
+    "scaled_pca",
+    "silhouette",
+    "subsets",
+    "transfer_labels",
+    "umap",
+    "wnn",
+    "wnn_graph",
+]

@@ -432,7 +432,7 @@ def annotate(
         raise InputError(
             f"obs has no column {cluster_key!r}",
             key="cluster_key",
-            hint="cluster first (sccohort.tl.embed.leiden) or pass cluster_key",
+            hint="cluster first (sccohort.tl.leiden) or pass cluster_key",
         )
     tables = {m: (markers or {}).get(m) for m in modalities}
     tables = {m: t if t is not None else load_markers(m) for m, t in tables.items()}

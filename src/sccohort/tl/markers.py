@@ -30,6 +30,8 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scipy import stats
 
+from sccohort.multitest import adjust_pvalues
+
 from ..errors import InputError
 from ..pp.store import rna_blocks, store_of
 
@@ -371,18 +373,6 @@ def _group_stats(
     }
 
 
-def _bh(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (as statsmodels' ``fdr_bh``), NaN read as 1."""
-    p = np.where(np.isnan(p), 1.0, p)
-    n = p.size
-    order = np.argsort(p)
-    scaled = p[order] * n / np.arange(1, n + 1)
-    adj = np.minimum.accumulate(scaled[::-1])[::-1]
-    out = np.empty(n)
-    out[order] = np.minimum(adj, 1.0)
-    return out
-
-
 def _wilcoxon(
     rank_sum: np.ndarray, n_in: int, n_out: int, tie_term: np.ndarray, tie_correct: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -622,7 +612,7 @@ def _group_frame(
             "pct_in": (nnz_in / n_in)[order],
             "pct_out": (nnz_out / n_out)[order],
             "pvalue": pval[order],
-            "padj": _bh(pval)[order],
+            "padj": adjust_pvalues(pval)[order],
             "mean_in": mean_in[order],
             "mean_out": mean_out[order],
         }

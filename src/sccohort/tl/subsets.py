@@ -49,6 +49,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from ..errors import InputError
 from ..pp.store import CompactRows, store_of
+from .clustering import leiden_membership
 from .knn import knn_ivf
 from .markers import rank_markers
 
@@ -133,15 +134,10 @@ def _graph_from_knn(idx: np.ndarray) -> ig.Graph:
 
 
 def _leiden(g: ig.Graph, resolution: float, seed: int) -> np.ndarray:
-    """Leiden (modularity, 2 iterations) membership of ``g``, deterministic for ``seed``."""
-    ig.set_random_number_generator(random.Random(seed))
-    try:
-        membership, _ = ig.GraphBase.community_leiden(
-            g, resolution=resolution, normalize_resolution=True, beta=0.01, n_iterations=2
-        )
-    finally:
-        ig.set_random_number_generator(random)
-    return np.asarray(membership, dtype=np.int64)
+    """Leiden membership of ``g`` (`leiden_membership`, ``"er"``), deterministic for ``seed``."""
+    return leiden_membership(
+        g, resolution=resolution, objective="er", generator=random.Random(seed)
+    )
 
 
 def _stable_resolution(
@@ -465,7 +461,7 @@ def _check(
         raise InputError(
             f"the cohort object has no obsm['{use_rep}']",
             key="use_rep",
-            hint="run the pipeline's embedding stage (sccohort.tl.embed.harmony) first, or "
+            hint="run the pipeline's embedding stage (sccohort.tl.harmony) first, or "
             f"name one of: {', '.join(mdata.obsm) or 'none'}",
         )
     if features not in ("rna", "prot"):

@@ -29,7 +29,8 @@ from sklearn.neighbors import NearestNeighbors
 from ..errors import InputError
 from ..pp.store import store_of
 from .annotate import UNASSIGNED
-from .embed import harmony, scaled_pca
+from .embed import harmony
+from .pca import scaled_pca
 
 __all__ = ["load_reference", "transfer_labels"]
 

@@ -543,7 +543,7 @@ def wnn_graph(
     cross_constant: float = 1e-4,
     sd_scale: float = 1.0,
     knn_method: str = "auto",
-    random_state: int = 0,
+    seed: int = 0,
     n_jobs: int | None = None,
 ) -> WNNResult:
     """Weighted nearest-neighbour graph of several modalities (Hao et al. 2021; Seurat 4.3).
@@ -566,7 +566,7 @@ def wnn_graph(
     knn_method
         ``"exact"`` (blocked brute force), ``"ivf"`` (approximate: k-means inverted lists,
         for many cells) or ``"auto"`` (exact up to 20,000 cells).
-    random_state
+    seed
         Seed of the approximate search's k-means; the result is deterministic for a seed.
     n_jobs
         Threads for the per-cell work; default: all numba threads.
@@ -588,7 +588,7 @@ def wnn_graph(
     normed = _check_embeddings(embeddings, n_neighbors)
     names = tuple(normed)
     n = next(iter(normed.values())).shape[0]
-    rng = np.random.default_rng(random_state)
+    rng = np.random.default_rng(seed)
     range_k = int(min(max(knn_range, n_neighbors), n - 1))
 
     old_threads = numba.get_num_threads()
@@ -638,7 +638,7 @@ def wnn_graph(
         "cross_constant": float(cross_constant),
         "sd_scale": float(sd_scale),
         "knn_method": knn_method,
-        "random_state": int(random_state),
+        "seed": int(seed),
     }
     return WNNResult(
         modalities=names,
@@ -685,7 +685,7 @@ def wnn(
     prune_snn: float = 1 / 15,
     cross_constant: float = 1e-4,
     knn_method: str = "auto",
-    random_state: int = 0,
+    seed: int = 0,
     key_added: str = "wnn",
     copy: bool = False,
 ) -> Any:
@@ -700,13 +700,14 @@ def wnn(
         ``{"rna": "X_pca", "prot": "X_pca_prot"}``.
     n_dims
         Modality name -> number of leading dimensions to use (default: all).
-    n_neighbors, knn_range, prune_snn, cross_constant, knn_method, random_state
+    n_neighbors, knn_range, prune_snn, cross_constant, knn_method, seed
         As in :func:`wnn_graph`.
     key_added
         Writes ``obsp[f"{key_added}_connectivities"]``, ``obsp[f"{key_added}_distances"]``,
         ``obsp[f"{key_added}_snn"]``, ``obsm[f"{key_added}_weights"]``, ``obs[f"{m}_weight"]``
-        per modality and ``uns[key_added]`` (so ``sc.tl.leiden(..., neighbors_key=key_added)``
-        and ``sc.tl.umap(..., neighbors_key=key_added)`` use it).
+        per modality, ``uns[key_added]`` (so ``sc.tl.leiden(..., neighbors_key=key_added)``
+        and ``sc.tl.umap(..., neighbors_key=key_added)`` use it) and
+        ``uns[f"{key_added}_snn"]`` (the SNN graph, as Seurat clusters on ``"wsnn"``).
     copy
         Work on and return a copy instead of writing into ``data``.
 
@@ -735,7 +736,7 @@ def wnn(
         prune_snn=prune_snn,
         cross_constant=cross_constant,
         knn_method=knn_method,
-        random_state=random_state,
+        seed=seed,
     )
     conn_key = f"{key_added}_connectivities"
     dist_key = f"{key_added}_distances"
@@ -755,4 +756,7 @@ def wnn(
         "distances_key": dist_key,
         "params": params,
     }
+    # the shared-nearest-neighbour graph as a graph of its own: leiden(neighbors_key=...) on
+    # it is Seurat's FindClusters on "wsnn"
+    data.uns[f"{key_added}_snn"] = data.uns[key_added] | {"connectivities_key": f"{key_added}_snn"}
     return data if copy else None

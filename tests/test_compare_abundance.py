@@ -11,7 +11,7 @@ import pytest
 
 from sccohort.cohort import ClinicalTable, Contrast
 from sccohort.errors import InputError
-from sccohort.stats.abundance import test_abundance as abundance
+from sccohort.stats.abundance import compare_abundance as abundance
 
 #: 20 subsets with realistic PBMC shares; S10 is the 3% subset that gets planted effects and S3
 #: the one whose share falls with age.
