@@ -555,3 +555,15 @@ def test_design_collinear_continuous_covariates(tmp_path: Path) -> None:
     c = ClinicalTable.from_csv(write(tmp_path / "c.csv", "\n".join(rows) + "\n"))
     with raises("design column 'b' is collinear with the columns before it", "column 'b'"):
         Contrast("t", "g", case="x", covariates=["a", "b"]).design(c)
+
+
+def test_design_donor_table_is_what_the_report_reads(clinical: ClinicalTable) -> None:
+    design = Contrast("SRC", "SRC", case="yes", within={"group": "SSc"}).design(clinical)
+    table = design.donor_table()
+    assert list(table.columns) == ["contrast", "variable", "kind", "donor_id", "group", "arm"]
+    assert list(table["donor_id"]) == list(design.donors.astype(str))
+    assert (table["group"] == "case").sum() == design.n_case
+    assert set(table.loc[table["group"] == "case", "arm"]) == {"yes"}
+    assert set(table.loc[table["group"] == "control", "arm"]) == {"no"}
+    age = Contrast("age", "age").design(clinical).donor_table()
+    assert (age["kind"] == "continuous").all() and (age["arm"] == "").all()

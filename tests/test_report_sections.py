@@ -111,6 +111,7 @@ def _association() -> pd.DataFrame:
 def _write_tables(out: Path, mdata: md.MuData) -> None:
     tables = out / "tables"
     tables.mkdir(parents=True, exist_ok=True)
+    _contrast_donors().to_csv(tables / "contrast_donors.csv", index=False)
     obs = mdata.obs
     samples = (
         obs.groupby("sample_id", sort=False)
@@ -342,12 +343,32 @@ def test_associated_subsets_lists_significant_rows_first_by_padj() -> None:
     assert associated_subsets(None).empty
 
 
-def test_contrast_groups_from_dict_spec() -> None:
-    groups = contrast_groups(CONTRASTS, _clinical())[EVIL_CONTRAST]
-    assert set(groups[groups == "yes"].index) == set(CASES)
-    assert set(groups[groups == "no"].index) == set(DONORS) - set(CASES)
-    within = {"c": {"variable": "flag", "case": "yes", "control": "no", "within": {"group": "SSc"}}}
-    assert set(contrast_groups(within, _clinical())["c"].index) == set(DONORS[:6])
+def _contrast_donors() -> pd.DataFrame:
+    """``tables/contrast_donors.csv`` of the run: the design of CONTRASTS on _clinical()."""
+    case = pd.Series(DONORS).isin(CASES).to_numpy()
+    return pd.DataFrame(
+        {
+            "contrast": EVIL_CONTRAST,
+            "variable": "flag",
+            "kind": "binary",
+            "donor_id": DONORS,
+            "group": np.where(case, "case", "control"),
+            "arm": np.where(case, "yes", "no"),
+        }
+    )
+
+
+def test_contrast_groups_are_the_designs_the_run_saved(tmp_path: Path) -> None:
+    assert contrast_groups(tmp_path) == {}  # no contrast tested
+    (tmp_path / "tables").mkdir()
+    table = _contrast_donors()
+    continuous = table.assign(contrast="age", variable="age", kind="continuous", arm="")
+    pd.concat([table, continuous]).to_csv(tmp_path / "tables" / "contrast_donors.csv")
+    groups = contrast_groups(tmp_path)
+    assert list(groups) == [EVIL_CONTRAST]  # continuous contrasts have no arms
+    arms = groups[EVIL_CONTRAST]
+    assert set(arms[arms == "yes"].index) == set(CASES) and arms.attrs["control"] == "no"
+    assert set(arms[arms == "no"].index) == set(DONORS) - set(CASES) and arms.name == "flag"
 
 
 def test_sections_degrade_without_tables(tmp_path: Path, cohort: md.MuData) -> None:
@@ -356,7 +377,7 @@ def test_sections_degrade_without_tables(tmp_path: Path, cohort: md.MuData) -> N
     sections = [
         composition_section(tmp_path),
         association_section(tmp_path),
-        characterisation_section(tmp_path, cohort, _clinical(), CONTRASTS),
+        characterisation_section(tmp_path, cohort),
     ]
     for section in sections:
         blocks = _blocks(section)
@@ -369,12 +390,12 @@ def test_sections_degrade_without_tables(tmp_path: Path, cohort: md.MuData) -> N
 
 def test_sections_from_tables_make_figures(tmp_path: Path, cohort: md.MuData) -> None:
     _write_tables(tmp_path, cohort)
-    comp = composition_section(
-        tmp_path, cohort, _clinical(), CONTRASTS, primary_timepoint="baseline"
-    )
+    comp = composition_section(tmp_path, cohort, _clinical(), primary_timepoint="baseline")
     names = {b.name for b in _blocks(comp) if isinstance(b, FigureBlock)}
     assert {"composition_bars", "composition_pca", "composition_top_subsets"} <= names
+    (tmp_path / "tables" / "contrast_donors.csv").unlink()
     plain = composition_section(tmp_path)  # no clinical table, no contrasts: no comparisons
+    _contrast_donors().to_csv(tmp_path / "tables" / "contrast_donors.csv", index=False)
     names = {b.name for b in _blocks(plain) if isinstance(b, FigureBlock)}
     assert names == {"composition_bars", "composition_pca"}
     assoc = association_section(tmp_path)
@@ -384,7 +405,7 @@ def test_sections_from_tables_make_figures(tmp_path: Path, cohort: md.MuData) ->
     names = {b.name for b in _blocks(assoc) if isinstance(b, FigureBlock)}
     assert {"association_heatmap", "nhood_0_" + EVIL_CONTRAST} <= names
     assert any(n.startswith("volcano_") for n in names)
-    char = characterisation_section(tmp_path, cohort, _clinical(), CONTRASTS)
+    char = characterisation_section(tmp_path, cohort)
     subsections = [b for b in char.blocks if isinstance(b, Section)]
     assert [s.title for s in subsections] == [EVIL_SUB, "T_A"]
     names = {b.name.split("_")[0] for b in _blocks(subsections[0]) if isinstance(b, FigureBlock)}

@@ -896,6 +896,32 @@ class ContrastDesign:
         """Whether the tested variable is continuous (effect per unit)."""
         return self.kind == "continuous"
 
+    def donor_table(self) -> pd.DataFrame:
+        """One row per donor of the design: ``contrast, variable, kind, donor_id, group, arm``.
+
+        ``group``: ``"case"`` / ``"control"``, or the value of a continuous variable (as text);
+        ``arm``: the levels of the donor's group (``"yes"``, ``"SSc, HD"``), empty for a
+        continuous variable. The run writes it as ``tables/contrast_donors.csv``.
+        """
+        if self.is_continuous:
+            arm = pd.Series("", index=self.group.index)
+        else:
+            labels = {
+                "case": ", ".join(map(str, self.case_levels)) or "case",
+                "control": ", ".join(map(str, self.control_levels)) or "control",
+            }
+            arm = self.group.astype(str).map(labels)
+        return pd.DataFrame(
+            {
+                "contrast": self.contrast.name,
+                "variable": self.contrast.variable,
+                "kind": self.kind,
+                "donor_id": self.donors.astype(str),
+                "group": self.group.astype(str).to_numpy(),
+                "arm": arm.to_numpy(),
+            }
+        )
+
     def describe(self) -> str:
         """One line for logs and reports, e.g. ``SRC: yes (n=4) vs no (n=17) within ...``."""
         c = self.contrast

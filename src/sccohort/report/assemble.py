@@ -183,15 +183,9 @@ def _limitations(
     contrasts: Mapping[str, dict], clinical: pd.DataFrame | None, out: Path
 ) -> list[str]:
     notes: list[str] = []
-    samples = read_table(out, "samples")
     if clinical is None or not contrasts:
         return notes
-    donors = (
-        list(pd.unique(samples["donor_id"].astype(str)))
-        if samples is not None and "donor_id" in samples
-        else list(clinical.index)
-    )
-    sizes = contrast_sizes(contrasts, clinical, donors)
+    sizes = contrast_sizes(contrasts, out)
     for row in sizes.itertuples(index=False):
         for arm, n in (("case", row.n_case), ("control", row.n_control)):
             if pd.notna(n) and n < SMALL_GROUP:
@@ -291,7 +285,6 @@ def assemble_report(
                 out,
                 mdata,
                 clinical,
-                contrasts,
                 primary_timepoint=timepoint,
                 primary_tissue=tissue,
                 alpha=alpha,
@@ -305,9 +298,7 @@ def assemble_report(
         (
             "Characterisation of associated subsets",
             "characterisation",
-            lambda: characterisation_section(
-                out, mdata, clinical, contrasts, alpha=alpha, max_subsets=max_subsets
-            ),
+            lambda: characterisation_section(out, mdata, alpha=alpha, max_subsets=max_subsets),
         ),
         ("Methods", "methods", methods),
     ]

@@ -8,7 +8,7 @@ writes a file (:func:`~sccohort.report.build.build_report` does).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,36 +84,25 @@ def group_column(clinical: pd.DataFrame | None, group: str | None) -> str | None
     return None
 
 
-def contrast_sizes(
-    contrasts: Mapping[str, Mapping[str, Any]], clinical: pd.DataFrame, donors: Sequence[str]
-) -> pd.DataFrame:
-    """Donors per arm of each declared contrast (only donors with a primary sample)."""
+def contrast_sizes(contrasts: Mapping[str, Mapping[str, Any]], out: str | Path) -> pd.DataFrame:
+    """Each declared contrast's settings and donors per arm, as the run's design tested them.
+
+    The donors come from ``tables/contrast_donors.csv``; a contrast the run did not test
+    has 0 donors.
+    """
     rows = []
-    table = clinical.loc[[d for d in donors if d in clinical.index]]
+    donors = read_table(out, "contrast_donors")
+    if donors is None:
+        donors = pd.DataFrame(columns=["contrast", "group"])
     for name, spec in contrasts.items():
-        keep = pd.Series(True, index=table.index)
-        for variable, level in dict(spec.get("within") or {}).items():
-            levels = level if isinstance(level, list | tuple) else [level]
-            if variable in table:
-                keep &= table[variable].astype(str).isin([str(v) for v in levels])
+        part = donors[donors["contrast"].astype(str) == str(name)]
         variable = spec.get("variable")
-        values = table.loc[keep, variable] if variable in table else pd.Series(dtype=object)
         case, control = spec.get("case"), spec.get("control")
         if case is None:  # continuous
-            n_case, n_control = int(values.notna().sum()), np.nan
+            n_case, n_control = len(part), np.nan
         else:
-            text = values.dropna().astype(str)
-            n_case = int((text == str(case)).sum())
-            controls = (
-                [str(c) for c in control]
-                if isinstance(control, list | tuple)
-                else [str(control)]
-                if control is not None
-                else None
-            )
-            n_control = int(
-                text.isin(controls).sum() if controls is not None else (text != str(case)).sum()
-            )
+            n_case = int((part["group"].astype(str) == "case").sum())
+            n_control = int((part["group"].astype(str) == "control").sum())
         within = ", ".join(f"{k} = {v}" for k, v in dict(spec.get("within") or {}).items())
         rows.append(
             {
@@ -238,7 +227,7 @@ def cohort_section(
             )
         )
         if contrasts:
-            sizes = contrast_sizes(contrasts, table, donors)
+            sizes = contrast_sizes(contrasts, out)
             blocks.append(
                 TableBlock(
                     sizes,

@@ -65,68 +65,34 @@ def _levels(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
 
 
-def _spec_groups(spec: Mapping[str, Any], clinical: pd.DataFrame) -> pd.Series | None:
-    variable, case = spec.get("variable"), spec.get("case")
-    if variable not in clinical.columns or case is None:
-        return None
-    table = clinical
-    for var, level in dict(spec.get("within") or {}).items():
-        if var in table.columns:
-            table = table[table[var].astype(str).isin(_levels(level))]
-    values = table[variable].dropna().astype(str)
-    cases = _levels(case)
-    controls = _levels(spec.get("control"))
-    case_label = ", ".join(cases)
-    control_label = ", ".join(controls) if controls else f"not {case_label}"
-    keep = values.isin(cases) | (values.isin(controls) if controls else ~values.isin(cases))
-    values = values[keep]
-    labels = np.where(values.isin(cases), case_label, control_label)
-    group = pd.Series(labels, index=values.index.astype(str), name=str(variable))
-    group.attrs["control"] = control_label
-    return group
+def contrast_groups(out: str | Path) -> dict[str, pd.Series]:
+    """Donor -> arm label of every binary/categorical contrast, as the run's designs had them.
 
-
-def contrast_groups(
-    contrasts: Mapping[str, Any] | None, clinical: ClinicalTable | pd.DataFrame | None
-) -> dict[str, pd.Series]:
-    """Donor -> arm label (the case and control levels) of every binary/categorical contrast.
-
-    Parameters
-    ----------
-    contrasts
-        Name -> a :class:`~sccohort.cohort.ContrastDesign`, a
-        :class:`~sccohort.cohort.Contrast`, or its dict form (``run.json`` config:
-        ``variable, case, control, within``).
-    clinical
-        The clinical table (needed for contrasts not given as designs).
+    Reads ``tables/contrast_donors.csv`` (`sccohort.cohort.ContrastDesign.donor_table`).
 
     Returns
     -------
     dict
-        Contrast name -> Series indexed by donor_id (e.g. ``"yes"`` / ``"no"``); continuous
-        contrasts and contrasts whose variable is missing are left out.
+        Contrast name -> Series indexed by donor_id (e.g. ``"yes"`` / ``"no"``), named by the
+        contrast's variable, ``attrs["control"]`` the control arm's label; continuous
+        contrasts are left out. ``{}`` when the run tested no contrast.
     """
-    frame = clinical_frame(clinical)
-    out: dict[str, pd.Series] = {}
-    for name, item in dict(contrasts or {}).items():
-        if hasattr(item, "group") and hasattr(item, "kind"):  # a ContrastDesign
-            if item.kind == "continuous":
-                continue
-            case = ", ".join(map(str, getattr(item, "case_levels", []) or [])) or "case"
-            control = ", ".join(map(str, getattr(item, "control_levels", []) or [])) or "control"
-            group = item.group.astype(str).map({"case": case, "control": control})
-            group.index = group.index.astype(str)
-            group = group.dropna()
-            group.attrs["control"] = control
-            out[str(name)] = group
+    table = read_table(out, "contrast_donors")
+    if table is None:
+        return {}
+    out_: dict[str, pd.Series] = {}
+    for name, rows in table.groupby(table["contrast"].astype(str), sort=False):
+        if str(rows["kind"].iloc[0]) == "continuous":
             continue
-        spec = item.to_dict() if hasattr(item, "to_dict") else item
-        if frame is None or not isinstance(spec, Mapping):
-            continue
-        group = _spec_groups(spec, frame)
-        if group is not None and group.nunique() == 2:
-            out[str(name)] = group
-    return out
+        group = pd.Series(
+            rows["arm"].astype(str).to_numpy(),
+            index=pd.Index(rows["donor_id"].astype(str)),
+            name=str(rows["variable"].iloc[0]),
+        )
+        control = rows.loc[rows["group"].astype(str) == "control", "arm"]
+        group.attrs["control"] = str(control.iloc[0]) if len(control) else ""
+        out_[str(name)] = group
+    return out_
 
 
 # ---------------------------------------------------------------------- the headline table
@@ -247,7 +213,6 @@ def composition_section(
     out: str | Path,
     mdata: Any = None,
     clinical: ClinicalTable | pd.DataFrame | None = None,
-    contrasts: Mapping[str, Any] | None = None,
     *,
     primary_timepoint: str | None = None,
     primary_tissue: str | None = None,
@@ -259,14 +224,12 @@ def composition_section(
     Parameters
     ----------
     out
-        Run folder with ``tables/composition.csv`` (and ``tables/association.csv`` for the
-        group comparisons).
+        Run folder with ``tables/composition.csv`` (and ``association.csv``,
+        ``contrast_donors.csv`` for the group comparisons).
     mdata
         Unused except as a fallback source of ``obs`` when ``composition.csv`` is missing.
     clinical
         Clinical table (colours donors by its ``group``-like variable).
-    contrasts
-        Name -> design, Contrast or dict (see :func:`contrast_groups`).
     primary_timepoint, primary_tissue
         The sample representing each donor (default: each donor's first sample).
     alpha
@@ -329,7 +292,7 @@ def composition_section(
         blocks.append(Note(f"No PCA biplot: {exc}"))
     association = read_table(out, "association")
     top = associated_subsets(association, alpha=alpha)
-    groups = contrast_groups(contrasts, clinical)
+    groups = contrast_groups(out)
     panels: list[dict[str, Any]] = []
     described: list[str] = []
     for row in top.itertuples(index=False):
@@ -941,8 +904,6 @@ def _timecourse_blocks(
 def characterisation_section(
     out: str | Path,
     mdata: Any = None,
-    clinical: ClinicalTable | pd.DataFrame | None = None,
-    contrasts: Mapping[str, Any] | None = None,
     *,
     alpha: float = 0.05,
     max_subsets: int = MAX_CHARACTERISED,
@@ -963,8 +924,6 @@ def characterisation_section(
     mdata
         The cohort (``obs`` with ``subset``, ``l1``; ``mod["rna"]``, ``mod["prot"]``) for the
         marker dot plots and gating plots; ``None`` leaves them out.
-    clinical, contrasts
-        For the group comparisons of signature scores (see :func:`contrast_groups`).
     alpha
         Significance threshold of the associated subsets and of the enrichment.
     max_subsets
@@ -985,7 +944,7 @@ def characterisation_section(
             "characterisation",
             [Note("No subset to characterise: no association table or no candidate."), *skipped],
         )
-    groups = contrast_groups(contrasts, clinical)
+    groups = contrast_groups(out)
     blocks: list[Any] = list(skipped)
     if not significant:
         blocks.append(

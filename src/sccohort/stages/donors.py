@@ -146,6 +146,8 @@ def stage_association(state: RunState) -> list[Path]:
         reach = contrast_table(state, designs)
         reach["left_out"] = "; ".join(f"{d} ({n} cells)" for d, n in small.items())
         written.append(write_table(state.out, "contrasts", reach))
+        donors = [design.donor_table() for design in designs.values()]
+        written.append(write_table(state.out, "contrast_donors", donors))
     frames = []
     steps, done = len(designs) * len(levels), 0
     for design in designs.values():
