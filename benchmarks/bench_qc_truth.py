@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from sccohort import read_cohort
-from sccohort.pp.qc import QCWarning, qc_sample
+from sccohort.pp.qc import QCParams, QCWarning, qc_sample
 from sccohort.simulate import simulate_cohort
 
 OUT = Path(__file__).resolve().parent / "results" / "qc_truth.csv"
@@ -54,9 +54,11 @@ def main() -> None:
             warnings.simplefilter("ignore", QCWarning)
             frame, row = qc_sample(
                 one,
-                mode=args.mode,
-                doublet_method=args.doublet_method,
-                doublet_neighbours=args.doublet_neighbours,
+                QCParams(
+                    mode=args.mode,
+                    doublet_method=args.doublet_method,
+                    doublet_neighbours=args.doublet_neighbours,
+                ),
             )
         seconds = time.perf_counter() - start
         frames.append(frame)

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from sccohort.errors import InputError
 from sccohort.io.features import gene_var, protein_var
 from sccohort.pp.doublets import call_doublets, otsu_threshold
-from sccohort.pp.qc import REASONS, QCWarning, qc_sample, run_qc
+from sccohort.pp.qc import REASONS, QCParams, QCWarning, qc_sample, run_qc
 
 GENERIC = [f"GENE{i}" for i in range(6000)]
 SPECIAL = ["MT-CO1", "MT-ND1", "HBB", "HBA1", "HBA2", "PPBP", "PF4", "RPL3"]
@@ -65,7 +65,7 @@ def _mdata(
 def _qc(m: md.MuData, **params):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", QCWarning)
-        return qc_sample(m, doublet_method="none", **params)
+        return qc_sample(m, QCParams(doublet_method="none", **params))
 
 
 def test_study_thresholds_exact_boundaries():
@@ -166,7 +166,9 @@ def test_adaptive_mode_mad_bounds_and_hard_floors():
 def test_zero_cells_after_qc_warns_and_row_shows_zero():
     cells = [_cell(50) for _ in range(5)]
     with pytest.warns(QCWarning, match="sample 'Bad1'.*no cell passes"):
-        obs, row = qc_sample(_mdata(cells, sample="Bad1"), mode="study", doublet_method="none")
+        obs, row = qc_sample(
+            _mdata(cells, sample="Bad1"), QCParams(mode="study", doublet_method="none")
+        )
     assert row["cells_out"] == 0 and row["removed_low_quality"] == 5
     assert not obs["qc_pass"].any()
 
@@ -175,7 +177,9 @@ def test_sample_without_protein_skips_protein_qc():
     cells = [_cell(1000), _cell(1200)]
     with warnings.catch_warnings():
         warnings.simplefilter("error", QCWarning)  # RNA only is usual: a note, no warning
-        obs, row = qc_sample(_mdata(cells, sample="RNAonly", prot=None), doublet_method="none")
+        obs, row = qc_sample(
+            _mdata(cells, sample="RNAonly", prot=None), QCParams(doublet_method="none")
+        )
     assert obs["prot_umis"].isna().all()
     assert "no protein data" in row["notes"]
     assert np.isnan(row["prot_umis_min"])
@@ -185,7 +189,7 @@ def test_sample_without_protein_skips_protein_qc():
 def test_all_zero_protein_columns_are_ignored_and_named():
     cells = [_cell(1000, start=i) for i in range(20)]
     with pytest.warns(QCWarning, match="Empty_ADT"):
-        obs, row = qc_sample(_mdata(cells), doublet_method="none")
+        obs, row = qc_sample(_mdata(cells), QCParams(doublet_method="none"))
     # the all-zero antibody does not count in the detected antibodies
     assert (obs["prot_n"] == 5).all()
     assert (obs["prot_umis"] == 330).all()
@@ -195,7 +199,7 @@ def test_all_zero_protein_columns_are_ignored_and_named():
 def test_too_few_cells_for_doublets_warns_and_passes():
     cells = [_cell(1000, start=i) for i in range(30)]
     with pytest.warns(QCWarning, match="sample 'Tiny'.*doublet calling skipped"):
-        obs, row = qc_sample(_mdata(cells, sample="Tiny"), doublet_method="cite")
+        obs, row = qc_sample(_mdata(cells, sample="Tiny"), QCParams(doublet_method="cite"))
     assert obs["doublet_score"].isna().all()
     assert row["removed_doublet"] == 0 and row["doublet_method"] == "none"
     assert "fewer than the 100" in row["notes"]
@@ -204,13 +208,15 @@ def test_too_few_cells_for_doublets_warns_and_passes():
 def test_bad_parameters_raise_input_error():
     m = _mdata([_cell(500)])
     with pytest.raises(InputError, match="key 'mode'"):
-        qc_sample(m, mode="strict")
-    with pytest.raises(InputError, match="key 'nmad'"):
-        qc_sample(m, nmad=3)
+        qc_sample(m, QCParams(mode="strict"))
+    with pytest.raises(TypeError, match="nmad"):
+        qc_sample(m, QCParams(nmad=3))
     with pytest.raises(InputError, match="key 'hb_max_pct'"):
-        qc_sample(m, hb_max_pct=-1)
+        qc_sample(m, QCParams(hb_max_pct=-1))
+    with pytest.raises(InputError, match="key 'nmads'"):
+        qc_sample(m, QCParams(nmads=0))
     with pytest.raises(InputError, match="key 'doublet_neighbours'"):
-        qc_sample(m, doublet_neighbours="fast")
+        qc_sample(m, QCParams(doublet_neighbours="fast"))
 
 
 def test_otsu_threshold_between_modes():
@@ -382,7 +388,7 @@ def _recall(removed: np.ndarray, mask: np.ndarray) -> float:
 
 def test_simulated_truth_is_recovered(simulated):
     m, truth = simulated
-    table = run_qc(m, mode="adaptive", seed=0)
+    table = run_qc(m, QCParams(mode="adaptive", seed=0))
     obs = m.obs
     tr = truth.loc[obs.index]
     removed = ~obs["qc_pass"].to_numpy(bool)
@@ -409,8 +415,8 @@ def test_simulated_truth_is_recovered(simulated):
 def test_simulated_sample_is_deterministic(simulated):
     m, _ = simulated
     one = m[m.obs["sample_id"] == m.obs["sample_id"].iloc[0]]
-    a, row_a = qc_sample(one, seed=3)
-    b, row_b = qc_sample(one, seed=3)
+    a, row_a = qc_sample(one, QCParams(seed=3))
+    b, row_b = qc_sample(one, QCParams(seed=3))
     pd.testing.assert_frame_equal(a, b)
     assert row_a["cells_out"] == row_b["cells_out"]
     assert row_a["doublet_threshold"] == row_b["doublet_threshold"]
@@ -419,8 +425,8 @@ def test_simulated_sample_is_deterministic(simulated):
 def test_approximate_neighbours_call_the_same_doublets(simulated):
     m, truth = simulated
     one = m[m.obs["sample_id"] == m.obs["sample_id"].iloc[0]]
-    exact, _ = qc_sample(one, doublet_neighbours="exact")
-    approx, _ = qc_sample(one, doublet_neighbours="approximate")
+    exact, _ = qc_sample(one, QCParams(doublet_neighbours="exact"))
+    approx, _ = qc_sample(one, QCParams(doublet_neighbours="approximate"))
     a = (exact["qc_reason"] == "doublet").to_numpy()
     b = (approx["qc_reason"] == "doublet").to_numpy()
     assert (a & b).sum() / (a | b).sum() >= 0.9
@@ -493,7 +499,7 @@ def test_protein_only_sample_is_judged_by_its_antibodies():
     doublets = t[:12] + b[:12]  # heterotypic: CD3 and CD19 together
     empty = rng.poisson([1, 0, 1, 0, 0, 0], size=(6, 6))  # droplets without antibodies
     prot = np.vstack([t, b, doublets, empty])
-    obs, row = qc_sample(_protein_only(prot), doublet_method="cite")
+    obs, row = qc_sample(_protein_only(prot), QCParams(doublet_method="cite"))
     assert obs[["n_umis", "n_genes", "pct_mito"]].isna().all().all()
     assert "protein-only" in row["notes"] and row["doublet_method"] == "cite"
     reason = obs["qc_reason"].to_numpy()
@@ -508,7 +514,7 @@ def test_protein_only_sample_is_judged_by_its_antibodies():
 def test_large_loss_to_one_reason_warns_with_the_key():
     cells = [_cell(1000, start=i) for i in range(6)] + [_cell(1000, {"HBB": 500}) for _ in range(6)]
     with pytest.warns(QCWarning, match=r"sample 'S1': QC removed 6 of 12 .*red_cell.*hb_max_pct"):
-        qc_sample(_mdata(cells), doublet_method="none")
+        qc_sample(_mdata(cells), QCParams(doublet_method="none"))
 
 
 def test_min_genes_auto_scales_to_a_targeted_panel():
@@ -518,8 +524,8 @@ def test_min_genes_auto_scales_to_a_targeted_panel():
     assert auto_min_genes(1_000) == 5 and auto_min_genes(400) == 2
     # 6,008 genes: a panel, so a cell with 40 genes is not low quality by the floor
     cells = [_cell(40 + i % 5, start=i) for i in range(30)]
-    obs, row = qc_sample(_mdata(cells), doublet_method="none")
+    obs, row = qc_sample(_mdata(cells), QCParams(doublet_method="none"))
     assert row["removed_low_quality"] == 0
     assert "targeted panel of 6008 genes: min_genes 30" in row["notes"]
-    obs, row = qc_sample(_mdata(cells), doublet_method="none", min_genes=100)
+    obs, row = qc_sample(_mdata(cells), QCParams(doublet_method="none", min_genes=100))
     assert row["removed_low_quality"] == 30

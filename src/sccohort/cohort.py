@@ -21,10 +21,10 @@ import os
 import re
 import stat
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -310,52 +310,21 @@ class SampleSheet:
         """
         path = Path(os.path.abspath(Path(path).expanduser()))
         data = _read_csv(path, "sample sheet")
-        _require_columns(data, SAMPLE_REQUIRED, "the sample sheet")
+        _check_sheet_header(data, path)
         allowed = SAMPLE_REQUIRED + SAMPLE_OPTIONAL
-        unknown = [c for c in data.header if c not in allowed]
-        if unknown:
-            raise InputError(
-                f"unknown column(s) {', '.join(repr(c) for c in unknown)}",
-                file=path,
-                row=1,
-                column=unknown[0],
-                hint=f"Allowed columns: {', '.join(allowed)}; clinical variables belong in "
-                "the clinical table",
-            )
-        if not data.rows:
-            raise InputError(
-                "the sample sheet has a header but no samples",
-                file=path,
-                hint="Add one row per sample",
-            )
-        base = path.parent
+        get = {c: (data.header.index(c) if c in data.header else None) for c in allowed}
         problems: list[InputError] = []
         records: list[dict] = []
         first_line: dict[str, int] = {}
         seen_visit: dict[tuple[str, str, str], tuple[str, int]] = {}
-        get = {c: (data.header.index(c) if c in data.header else None) for c in allowed}
         for row, line in zip(data.rows, data.lines, strict=True):
-
-            def cell(name: str, row: list[str] = row) -> str:
-                j = get[name]
-                return "" if j is None else row[j]
-
-            sid, donor = cell("sample_id"), cell("donor_id")
+            cells = {c: ("" if j is None else row[j]) for c, j in get.items()}
             where = {"file": path, "row": line}
+            sid = cells["sample_id"]
             if not sid:
                 problems.append(InputError("empty sample_id", column="sample_id", **where))
                 continue
-            if ":" in sid or "/" in sid:
-                problems.append(
-                    InputError(
-                        f"sample_id '{sid}' contains ':' or '/'",
-                        column="sample_id",
-                        sample=sid,
-                        hint="Cell ids are '<sample_id>:<barcode>' and sample ids name files; "
-                        "use letters, digits, '_', '-' or '.'",
-                        **where,
-                    )
-                )
+            problems += _sample_id_problems(sid, where)
             if sid in first_line:
                 problems.append(
                     InputError(
@@ -368,116 +337,15 @@ class SampleSheet:
                 )
                 continue
             first_line[sid] = line
-            if not donor:
-                problems.append(
-                    InputError("empty donor_id", column="donor_id", sample=sid, **where)
-                )
-            fmt = cell("format").lower()
-            if fmt and fmt not in FORMATS:
-                problems.append(
-                    InputError(
-                        f"unknown format '{cell('format')}'",
-                        column="format",
-                        sample=sid,
-                        hint=f"Use one of {', '.join(FORMATS)}, or leave it empty to detect it",
-                        **where,
-                    )
-                )
-            modality = cell("modality").lower()
-            if modality and modality not in MODALITIES:
-                problems.append(
-                    InputError(
-                        f"unknown modality '{cell('modality')}'",
-                        column="modality",
-                        sample=sid,
-                        hint=f"Use one of {', '.join(MODALITIES)} (what a count file without "
-                        "feature types holds, or the one modality to read from a file with "
-                        "several), or leave it empty to let the file decide",
-                        **where,
-                    )
-                )
-            paths: dict[str, Path | None] = {}
-            for col in ("path", "raw_path"):
-                value = cell(col)
-                if not value:
-                    paths[col] = None
-                    if col == "path":
-                        problems.append(
-                            InputError(
-                                "empty path",
-                                column=col,
-                                sample=sid,
-                                hint="Give the counts file or folder of this sample",
-                                **where,
-                            )
-                        )
-                    continue
-                p = _absolute(value, base)
-                paths[col] = p
-                if not p.exists():
-                    problems.append(
-                        InputError(
-                            f"{col} '{value}' does not exist (looked for {p})",
-                            column=col,
-                            sample=sid,
-                            hint="Relative paths are relative to the sample sheet's folder",
-                            **where,
-                        )
-                    )
-                elif (kind := special_file_kind(p)) is not None:
-                    problems.append(
-                        InputError(
-                            f"{col} '{value}' is {kind}, not a count file or folder",
-                            column=col,
-                            sample=sid,
-                            hint="Give the count file (or folder) itself; pipes, devices and "
-                            "sockets are refused without being opened",
-                            **where,
-                        )
-                    )
-                elif col == "path" and fmt in FORMATS and p.is_dir() != (fmt == "10x_mtx"):
-                    kind = "a folder" if p.is_dir() else "a file"
-                    problems.append(
-                        InputError(
-                            f"path {p} is {kind}, which does not fit format '{fmt}'",
-                            column=col,
-                            sample=sid,
-                            hint="10x_mtx is a folder, the other formats are files",
-                            **where,
-                        )
-                    )
-            timepoint = cell("timepoint") or DEFAULT_TIMEPOINT
-            tissue = cell("tissue") or DEFAULT_TISSUE
-            if donor:
-                visit = (donor, timepoint, tissue)
+            record = _sample_record(cells, path.parent)
+            problems += _record_problems(cells, record, where)
+            if record["donor_id"]:
+                visit = (record["donor_id"], record["timepoint"], record["tissue"])
                 if visit in seen_visit:
-                    other, other_line = seen_visit[visit]
-                    problems.append(
-                        InputError(
-                            f"donor '{donor}' has two samples at timepoint '{timepoint}' in "
-                            f"tissue '{tissue}': '{other}' (line {other_line}) and '{sid}'",
-                            column="timepoint",
-                            sample=sid,
-                            hint="Give each visit its own timepoint, or drop the repeat sample",
-                            **where,
-                        )
-                    )
+                    problems.append(_repeat_visit(visit, seen_visit[visit], sid, where))
                 else:
                     seen_visit[visit] = (sid, line)
-            records.append(
-                {
-                    "sample_id": sid,
-                    "donor_id": donor,
-                    "path": paths["path"],
-                    "raw_path": paths["raw_path"],
-                    "batch": cell("batch") or sid,
-                    "timepoint": timepoint,
-                    "tissue": tissue,
-                    "format": fmt,
-                    "modality": modality,
-                    "line": line,
-                }
-            )
+            records.append(record | {"line": line})
         raise_all(problems)
         table = pd.DataFrame.from_records(records).set_index("sample_id")
         lines = table.pop("line").astype(int)
@@ -543,6 +411,158 @@ class SampleSheet:
 
 # ---------------------------------------------------------------------------------------
 # Clinical table
+
+
+def _check_sheet_header(data: _Csv, path: Path) -> None:
+    """The sample sheet has the required columns, no unknown one, and rows."""
+    _require_columns(data, SAMPLE_REQUIRED, "the sample sheet")
+    allowed = SAMPLE_REQUIRED + SAMPLE_OPTIONAL
+    unknown = [c for c in data.header if c not in allowed]
+    if unknown:
+        raise InputError(
+            f"unknown column(s) {', '.join(repr(c) for c in unknown)}",
+            file=path,
+            row=1,
+            column=unknown[0],
+            hint=f"Allowed columns: {', '.join(allowed)}; clinical variables belong in "
+            "the clinical table",
+        )
+    if not data.rows:
+        raise InputError(
+            "the sample sheet has a header but no samples",
+            file=path,
+            hint="Add one row per sample",
+        )
+
+
+def _sample_record(cells: dict[str, str], base: Path) -> dict[str, Any]:
+    """One sample sheet row as the table holds it (defaults filled, paths made absolute)."""
+    sid = cells["sample_id"]
+    return {
+        "sample_id": sid,
+        "donor_id": cells["donor_id"],
+        "path": _absolute(cells["path"], base) if cells["path"] else None,
+        "raw_path": _absolute(cells["raw_path"], base) if cells["raw_path"] else None,
+        "batch": cells["batch"] or sid,
+        "timepoint": cells["timepoint"] or DEFAULT_TIMEPOINT,
+        "tissue": cells["tissue"] or DEFAULT_TISSUE,
+        "format": cells["format"].lower(),
+        "modality": cells["modality"].lower(),
+    }
+
+
+def _sample_id_problems(sid: str, where: dict[str, Any]) -> list[InputError]:
+    if ":" not in sid and "/" not in sid:
+        return []
+    return [
+        InputError(
+            f"sample_id '{sid}' contains ':' or '/'",
+            column="sample_id",
+            sample=sid,
+            hint="Cell ids are '<sample_id>:<barcode>' and sample ids name files; "
+            "use letters, digits, '_', '-' or '.'",
+            **where,
+        )
+    ]
+
+
+def _record_problems(
+    cells: dict[str, str], record: dict[str, Any], where: dict[str, Any]
+) -> list[InputError]:
+    """What is wrong with one sample's donor, format, modality and paths."""
+    sid, fmt, problems = record["sample_id"], record["format"], []
+    if not record["donor_id"]:
+        problems.append(InputError("empty donor_id", column="donor_id", sample=sid, **where))
+    if fmt and fmt not in FORMATS:
+        problems.append(
+            InputError(
+                f"unknown format '{cells['format']}'",
+                column="format",
+                sample=sid,
+                hint=f"Use one of {', '.join(FORMATS)}, or leave it empty to detect it",
+                **where,
+            )
+        )
+    if record["modality"] and record["modality"] not in MODALITIES:
+        problems.append(
+            InputError(
+                f"unknown modality '{cells['modality']}'",
+                column="modality",
+                sample=sid,
+                hint=f"Use one of {', '.join(MODALITIES)} (what a count file without "
+                "feature types holds, or the one modality to read from a file with "
+                "several), or leave it empty to let the file decide",
+                **where,
+            )
+        )
+    for col in ("path", "raw_path"):
+        problems += _path_problems(col, cells[col], record[col], fmt, sid, where)
+    return problems
+
+
+def _path_problems(
+    col: str, value: str, p: Path | None, fmt: str, sid: str, where: dict[str, Any]
+) -> list[InputError]:
+    """What is wrong with a sample's ``path`` or ``raw_path`` (judged by ``stat``)."""
+    if p is None:
+        if col != "path":
+            return []
+        return [
+            InputError(
+                "empty path",
+                column=col,
+                sample=sid,
+                hint="Give the counts file or folder of this sample",
+                **where,
+            )
+        ]
+    if not p.exists():
+        return [
+            InputError(
+                f"{col} '{value}' does not exist (looked for {p})",
+                column=col,
+                sample=sid,
+                hint="Relative paths are relative to the sample sheet's folder",
+                **where,
+            )
+        ]
+    if (kind := special_file_kind(p)) is not None:
+        return [
+            InputError(
+                f"{col} '{value}' is {kind}, not a count file or folder",
+                column=col,
+                sample=sid,
+                hint="Give the count file (or folder) itself; pipes, devices and "
+                "sockets are refused without being opened",
+                **where,
+            )
+        ]
+    if col == "path" and fmt in FORMATS and p.is_dir() != (fmt == "10x_mtx"):
+        kind = "a folder" if p.is_dir() else "a file"
+        return [
+            InputError(
+                f"path {p} is {kind}, which does not fit format '{fmt}'",
+                column=col,
+                sample=sid,
+                hint="10x_mtx is a folder, the other formats are files",
+                **where,
+            )
+        ]
+    return []
+
+
+def _repeat_visit(
+    visit: tuple[str, str, str], first: tuple[str, int], sid: str, where: dict[str, Any]
+) -> InputError:
+    (donor, timepoint, tissue), (other, other_line) = visit, first
+    return InputError(
+        f"donor '{donor}' has two samples at timepoint '{timepoint}' in "
+        f"tissue '{tissue}': '{other}' (line {other_line}) and '{sid}'",
+        column="timepoint",
+        sample=sid,
+        hint="Give each visit its own timepoint, or drop the repeat sample",
+        **where,
+    )
 
 
 def _parse_float(text: str) -> float | None:
@@ -994,24 +1014,78 @@ class Contrast:
         ContrastDesign
             Donors, groups and an n x p design matrix of full column rank.
         """
-        prefix = f"contrasts.{self.name}"
+        fail = self._failure(clinical)
         table = clinical.table
-
-        def fail(problem: str, field_: str, column: str | None = None, hint: str | None = None):
-            return InputError(
-                problem, file=clinical.path, column=column, key=f"{prefix}.{field_}", hint=hint
-            )
-
-        variables = list(table.columns)
         if self.variable not in table.columns:
             raise fail(
                 f"unknown variable '{self.variable}'",
                 "variable",
-                hint=f"Variables of the clinical table: {', '.join(variables)}",
+                hint=f"Variables of the clinical table: {', '.join(table.columns)}",
             )
         kind = clinical.types[self.variable]
+        chosen, restriction = self._restrict(clinical, donors, fail)
+        values = table.loc[chosen, self.variable]
+        dropped = {d: f"missing {self.variable}" for d in values.index[values.isna()]}
+        case_levels, control_levels = self._levels(clinical, kind, fail)
+        if kind != "continuous":
+            for d, v in values.items():
+                if d not in dropped and v not in case_levels and v not in control_levels:
+                    dropped[d] = f"{self.variable} = {v}, in neither group"
+        kept = [d for d in chosen if d not in dropped]
+        missing = [d for d, why in dropped.items() if why.startswith("missing")]
+        missing_note = (
+            f"; dropped for missing {self.variable}: {', '.join(missing)}" if missing else ""
+        )
+        how = "; ".join(restriction) + missing_note
+        group, term, tested = self._tested(
+            table, kind, kept, case_levels, control_levels, how, fail
+        )
+        if dropped:
+            warnings.warn(
+                f"contrast '{self.name}': {len(dropped)} donor(s) left out: "
+                + ", ".join(f"{d} ({why})" for d, why in dropped.items()),
+                UserWarning,
+                stacklevel=2,
+            )
+        columns = {INTERCEPT: np.ones(len(kept)), term: tested}
+        columns |= self._covariate_columns(clinical, kept, how, fail)
+        index = pd.Index(kept, name="donor_id")
+        matrix = pd.DataFrame(columns, index=index)
+        _check_rank(matrix, term, fail)
+        n_case = len(kept) if kind == "continuous" else int((group == "case").sum())
+        return ContrastDesign(
+            contrast=self,
+            kind=kind,
+            donors=index,
+            group=group,
+            matrix=matrix,
+            n_case=n_case,
+            n_control=len(kept) - n_case if kind != "continuous" else 0,
+            term=term,
+            case_levels=case_levels,
+            control_levels=control_levels,
+            dropped=dropped,
+        )
 
-        # Which donors: those given, then the `within` restriction.
+    def _failure(self, clinical: ClinicalTable) -> Callable[..., InputError]:
+        """An `InputError` factory naming the clinical table and ``contrasts.<name>.<field>``."""
+
+        def fail(problem: str, field_: str, column: str | None = None, hint: str | None = None):
+            return InputError(
+                problem,
+                file=clinical.path,
+                column=column,
+                key=f"contrasts.{self.name}.{field_}",
+                hint=hint,
+            )
+
+        return fail
+
+    def _restrict(
+        self, clinical: ClinicalTable, donors: Iterable[str] | None, fail: Callable
+    ) -> tuple[list[str], list[str]]:
+        """The donors given (default: all), restricted by `within`; and how, in words."""
+        table = clinical.table
         if donors is None:
             chosen = list(table.index)
             restriction = [f"all {len(chosen)} donors of the clinical table"]
@@ -1031,7 +1105,7 @@ class Contrast:
                     f"unknown within column '{col}'",
                     "within",
                     column=col,
-                    hint=f"Variables of the clinical table: {', '.join(variables)}",
+                    hint=f"Variables of the clinical table: {', '.join(table.columns)}",
                 )
             if clinical.types[col] == "continuous":
                 raise fail(
@@ -1040,25 +1114,22 @@ class Contrast:
                     column=col,
                     hint="Restrict on a binary or categorical variable",
                 )
-            levels = clinical.levels(col)
-            keep_levels = []
-            for value in _as_list(wanted):
-                level = _match_level(value, levels)
-                if level is None:
-                    raise fail(
-                        f"within level '{value}' does not occur in column '{col}'",
-                        "within",
-                        column=col,
-                        hint=f"Levels: {', '.join(levels)}",
-                    )
-                keep_levels.append(level)
+            keep_levels = _matched_levels(
+                wanted, clinical.levels(col), lambda value, levels, col=col: fail(
+                    f"within level '{value}' does not occur in column '{col}'",
+                    "within",
+                    column=col,
+                    hint=f"Levels: {', '.join(levels)}",
+                ),
+            )  # fmt: skip
             chosen = [d for d in chosen if table.at[d, col] in keep_levels]
             restriction.append(f"within {col} = {'/'.join(keep_levels)}: {len(chosen)} left")
+        return chosen, restriction
 
-        values = table.loc[chosen, self.variable]
-        dropped = {d: f"missing {self.variable}" for d in values.index[values.isna()]}
-        case_levels: list[str] = []
-        control_levels: list[str] = []
+    def _levels(
+        self, clinical: ClinicalTable, kind: str, fail: Callable
+    ) -> tuple[list[str], list[str]]:
+        """The case and control levels of the tested variable (both empty if continuous)."""
         if kind == "continuous":
             for name in ("case", "control"):
                 if getattr(self, name) is not None:
@@ -1068,59 +1139,55 @@ class Contrast:
                         column=self.variable,
                         hint="Remove case and control: the effect is per unit of the variable",
                     )
-        else:
-            levels = clinical.levels(self.variable)
-            if self.case is None:
-                raise fail(
-                    f"'{self.variable}' is {kind}; the contrast needs a case level",
-                    "case",
-                    column=self.variable,
-                    hint=f"Set case to one of {', '.join(levels)}",
-                )
-            case = _match_level(self.case, levels)
-            if case is None:
-                raise fail(
-                    f"case level '{self.case}' does not occur in column '{self.variable}'",
-                    "case",
-                    column=self.variable,
-                    hint=f"Levels: {', '.join(levels)}",
-                )
-            case_levels = [case]
-            if self.control is None:
-                control_levels = [lv for lv in levels if lv != case]
-            else:
-                for value in _as_list(self.control):
-                    level = _match_level(value, levels)
-                    if level is None:
-                        raise fail(
-                            f"control level '{value}' does not occur in column '{self.variable}'",
-                            "control",
-                            column=self.variable,
-                            hint=f"Levels: {', '.join(levels)}",
-                        )
-                    if level == case:
-                        raise fail(
-                            f"level '{level}' is both case and control",
-                            "control",
-                            column=self.variable,
-                            hint="The control must be other level(s) than the case",
-                        )
-                    control_levels.append(level)
-            for d, v in values.items():
-                if d not in dropped and v not in case_levels and v not in control_levels:
-                    dropped[d] = f"{self.variable} = {v}, in neither group"
-        kept = [d for d in chosen if d not in dropped]
-        index = pd.Index(kept, name="donor_id")
-        missing = [d for d, why in dropped.items() if why.startswith("missing")]
-        missing_note = (
-            f"; dropped for missing {self.variable}: {', '.join(missing)}" if missing else ""
-        )
-        how = "; ".join(restriction) + missing_note
+            return [], []
+        levels = clinical.levels(self.variable)
+        if self.case is None:
+            raise fail(
+                f"'{self.variable}' is {kind}; the contrast needs a case level",
+                "case",
+                column=self.variable,
+                hint=f"Set case to one of {', '.join(levels)}",
+            )
+        case = _match_level(self.case, levels)
+        if case is None:
+            raise fail(
+                f"case level '{self.case}' does not occur in column '{self.variable}'",
+                "case",
+                column=self.variable,
+                hint=f"Levels: {', '.join(levels)}",
+            )
+        if self.control is None:
+            return [case], [lv for lv in levels if lv != case]
+        controls = _matched_levels(
+            self.control, levels, lambda value, levels: fail(
+                f"control level '{value}' does not occur in column '{self.variable}'",
+                "control",
+                column=self.variable,
+                hint=f"Levels: {', '.join(levels)}",
+            ),
+        )  # fmt: skip
+        if case in controls:
+            raise fail(
+                f"level '{case}' is both case and control",
+                "control",
+                column=self.variable,
+                hint="The control must be other level(s) than the case",
+            )
+        return [case], controls
 
+    def _tested(
+        self,
+        table: pd.DataFrame,
+        kind: str,
+        kept: list[str],
+        case_levels: list[str],
+        control_levels: list[str],
+        how: str,
+        fail: Callable,
+    ) -> tuple[pd.Series, str, np.ndarray]:
+        """The group of each kept donor, the tested column's name and its values."""
         if kind == "continuous":
             group = table.loc[kept, self.variable].astype(float).rename(self.variable)
-            n_case, n_control = len(kept), 0
-            term = self.variable
             if len(kept) < 3 or group.nunique() < 2:
                 raise fail(
                     f"only {len(kept)} donor(s) with {group.nunique()} distinct value(s) of "
@@ -1129,43 +1196,36 @@ class Contrast:
                     column=self.variable,
                     hint="A continuous contrast needs at least 3 donors with 2 distinct values",
                 )
-            tested = group.to_numpy(dtype=float)
-        else:
-            is_case = table.loc[kept, self.variable].isin(case_levels)
-            group = pd.Series(np.where(is_case, "case", "control"), index=index, name="group")
-            n_case, n_control = int(is_case.sum()), int((~is_case).sum())
-            term = f"{self.variable}[{case_levels[0]}]"
-            if n_case < 2 or n_control < 2:
-                small = "case" if n_case < 2 else "control"
-                raise fail(
-                    f"after restriction ({how}) the case group "
-                    f"({'/'.join(case_levels)}) has {n_case} donor(s) and the control group "
-                    f"({'/'.join(control_levels) or 'none'}) has {n_control}",
-                    small,
-                    column=self.variable,
-                    hint="Each group needs at least 2 donors; check the levels, the within "
-                    "restriction and the samples",
-                )
-            tested = is_case.to_numpy(dtype=float)
-        if dropped:
-            warnings.warn(
-                f"contrast '{self.name}': {len(dropped)} donor(s) left out: "
-                + ", ".join(f"{d} ({why})" for d, why in dropped.items()),
-                UserWarning,
-                stacklevel=2,
+            return group, self.variable, group.to_numpy(dtype=float)
+        is_case = table.loc[kept, self.variable].isin(case_levels)
+        index = pd.Index(kept, name="donor_id")
+        group = pd.Series(np.where(is_case, "case", "control"), index=index, name="group")
+        n_case, n_control = int(is_case.sum()), int((~is_case).sum())
+        if n_case < 2 or n_control < 2:
+            small = "case" if n_case < 2 else "control"
+            raise fail(
+                f"after restriction ({how}) the case group "
+                f"({'/'.join(case_levels)}) has {n_case} donor(s) and the control group "
+                f"({'/'.join(control_levels) or 'none'}) has {n_control}",
+                small,
+                column=self.variable,
+                hint="Each group needs at least 2 donors; check the levels, the within "
+                "restriction and the samples",
             )
+        return group, f"{self.variable}[{case_levels[0]}]", is_case.to_numpy(dtype=float)
 
-        columns: dict[str, np.ndarray] = {
-            INTERCEPT: np.ones(len(kept)),
-            term: tested,
-        }
+    def _covariate_columns(
+        self, clinical: ClinicalTable, kept: list[str], how: str, fail: Callable
+    ) -> dict[str, np.ndarray]:
+        """Design columns of the covariates: continuous as is, categorical one-hot."""
+        table, columns = clinical.table, {}
         for cov in self.covariates:
             if cov not in table.columns:
                 raise fail(
                     f"unknown covariate '{cov}'",
                     "covariates",
                     column=cov,
-                    hint=f"Variables of the clinical table: {', '.join(variables)}",
+                    hint=f"Variables of the clinical table: {', '.join(table.columns)}",
                 )
             if cov == self.variable:
                 raise fail(
@@ -1186,34 +1246,33 @@ class Contrast:
                 )
             if clinical.types[cov] == "continuous":
                 columns[cov] = cov_values.to_numpy(dtype=float)
-            else:
-                cov_levels = clinical.levels(cov, kept)
-                for level in cov_levels[1:]:
-                    columns[f"{cov}[{level}]"] = (cov_values == level).to_numpy(dtype=float)
-                if len(cov_levels) == 1:
-                    raise fail(
-                        f"covariate '{cov}' has the single level '{cov_levels[0]}' among the "
-                        f"{len(kept)} donors of this contrast ({how}), so it is collinear with "
-                        "the intercept",
-                        "covariates",
-                        column=cov,
-                        hint="Remove it from covariates",
-                    )
-        matrix = pd.DataFrame(columns, index=index)
-        _check_rank(matrix, term, fail)
-        return ContrastDesign(
-            contrast=self,
-            kind=kind,
-            donors=index,
-            group=group,
-            matrix=matrix,
-            n_case=n_case,
-            n_control=n_control,
-            term=term,
-            case_levels=case_levels,
-            control_levels=control_levels,
-            dropped=dropped,
-        )
+                continue
+            cov_levels = clinical.levels(cov, kept)
+            for level in cov_levels[1:]:
+                columns[f"{cov}[{level}]"] = (cov_values == level).to_numpy(dtype=float)
+            if len(cov_levels) == 1:
+                raise fail(
+                    f"covariate '{cov}' has the single level '{cov_levels[0]}' among the "
+                    f"{len(kept)} donors of this contrast ({how}), so it is collinear with "
+                    "the intercept",
+                    "covariates",
+                    column=cov,
+                    hint="Remove it from covariates",
+                )
+        return columns
+
+
+def _matched_levels(
+    wanted: Level | Sequence[Level], levels: list[str], unknown: Callable[..., InputError]
+) -> list[str]:
+    """The levels of ``levels`` that ``wanted`` names; ``unknown(value, levels)`` is raised."""
+    matched = []
+    for value in _as_list(wanted):
+        level = _match_level(value, levels)
+        if level is None:
+            raise unknown(value, levels)
+        matched.append(level)
+    return matched
 
 
 def _check_rank(matrix: pd.DataFrame, term: str, fail) -> None:

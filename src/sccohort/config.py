@@ -61,7 +61,7 @@ MAX_SEED = 2**31 - 1
 MAX_PCS = 1000
 #: Most neighbours of a kNN graph.
 MAX_NEIGHBOURS = 1000
-#: Most random permutations per test (signature tests draw ten times ``prediction_perm``):
+#: Most random permutations per test:
 #: 10,000,000 resolve p-values of 1e-7 and take minutes per contrast; more would seem hung.
 MAX_PERMUTATIONS = 10_000_000
 #: Most relabellings enumerated by an exact test: they are held in memory at once.
@@ -374,10 +374,12 @@ class CharacteriseSection:
     strategy (``gating_max_gates`` thresholds, ``gating_test_fraction`` of donors held out)
     and time courses (shares, and the subset's named gene plus ``timecourse_genes`` in its
     parent lineage). Every binary contrast gets a donor-level prediction from subset shares
-    (``prediction_perm`` permutations) and donor-level signature scores. Pseudobulk DE
-    (samples x groups with at least ``de_min_cells`` cells) runs, per contrast, for its
-    associated subsets and their parent l2 (``de_groups = "associated"``) or for every subset
-    and l2 label (``"all"``: thorough, slower).
+    (``prediction_perm`` permutations) and donor-level signature scores (tested with
+    ``signature_perm`` permutations). Pseudobulk DE (samples x groups with at least
+    ``de_min_cells`` cells) runs, per contrast, for its associated subsets and their parent
+    l2 (``de_groups = "associated"``) or for every subset and l2 label (``"all"``: thorough,
+    slower); each group's Wald statistics, when at least ``gsea_min_genes`` genes were
+    tested, get a preranked GSEA with ``gsea_perm`` permutations.
     """
 
     alpha: float = setting(PROBABILITY, default=0.05, why="A significance level: 0.05, say")
@@ -386,10 +388,13 @@ class CharacteriseSection:
     tf_targets: Path | None = None
     gating_max_gates: int = setting(between(1, 10), default=3)
     gating_test_fraction: float = setting(PROBABILITY, default=0.3)
-    prediction_perm: int = setting(between(1, MAX_PERMUTATIONS // 10), default=200)
+    prediction_perm: int = setting(between(1, MAX_PERMUTATIONS), default=200)
+    signature_perm: int = setting(between(1, MAX_PERMUTATIONS), default=2000)
     timecourse_genes: list[str] = field(default_factory=list)
     de_groups: Literal["associated", "all"] = "associated"
     de_min_cells: int = setting(at_least(1), default=10)
+    gsea_perm: int = setting(between(1, MAX_PERMUTATIONS), default=2000)
+    gsea_min_genes: int = setting(at_least(1), default=50)
 
 
 @dataclass

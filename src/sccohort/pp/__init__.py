@@ -5,13 +5,21 @@ Every name in ``__all__`` is public API (scanpy's conventions).
 
 from sccohort.pp.doublets import DoubletResult, call_doublets
 from sccohort.pp.normalize import clr, dsb, isotype_controls, normalize_rna
-from sccohort.pp.qc import auto_min_genes, protein_metrics, qc_sample, rna_metrics, run_qc
+from sccohort.pp.qc import (
+    QCParams,
+    auto_min_genes,
+    protein_metrics,
+    qc_sample,
+    rna_metrics,
+    run_qc,
+)
 from sccohort.pp.sample import PreparedSample, prepare_sample
 from sccohort.pp.summary import summarise_sample, summary_table
 
 __all__ = [
     "DoubletResult",
     "PreparedSample",
+    "QCParams",
     "auto_min_genes",
     "call_doublets",
     "clr",

@@ -44,15 +44,23 @@ from __future__ import annotations
 
 import functools
 import warnings
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from anndata import AnnData
 from mudata import MuData
 
 from sccohort.errors import InputError, SccohortWarning
-from sccohort.pp.doublets import METHODS, MIN_CELLS_DOUBLETS, NEIGHBOURS, call_doublets
+from sccohort.pp.doublets import (
+    METHODS,
+    MIN_CELLS_DOUBLETS,
+    NEIGHBOURS,
+    DoubletResult,
+    call_doublets,
+)
 
 #: Reasons a cell is removed, in the order they are tested.
 REASONS = (
@@ -94,64 +102,68 @@ class QCWarning(SccohortWarning):
     """A sample-level QC event: no cells left, many cells lost, skipped doublet calling."""
 
 
-DEFAULTS: dict[str, Any] = {
-    "mode": "adaptive",
-    "nmads": 5.0,
-    "min_genes": "auto",
-    "mito_floor_pct": 10.0,
-    "mito_ceiling_pct": 25.0,
-    "mito_ceiling_tissue_pct": 50.0,
-    "study_mito_max_pct": 20.0,
-    "study_mito_max_tissue_pct": 40.0,
-    "study_genes_min": 200,
-    "study_genes_max": 5000,
-    "hb_max_pct": 10.0,
-    "platelet_max_pct": 5.0,
-    "min_prot_umis": 10.0,
-    "isotype_min_pct": 2.0,
-    "doublet_method": "cite",
-    "doublet_neighbours": "auto",
-    "doublet_min_cells": MIN_CELLS_DOUBLETS,
-    "seed": 0,
-}
+@dataclass(frozen=True)
+class QCParams:
+    """The settings of `qc_sample` and `run_qc` (the config's ``[qc]`` section plus a seed).
+
+    ``mode``: ``"adaptive"`` or ``"study"``; ``nmads`` and the hard limits (module
+    docstring); ``hb_max_pct``, ``platelet_max_pct``, ``min_prot_umis``,
+    ``isotype_min_pct``; ``doublet_method`` (``"cite"``, ``"scrublet"``, ``"none"``),
+    ``doublet_neighbours`` (``"auto"``, ``"exact"``, ``"approximate"``: see
+    `sccohort.pp.doublets`), ``doublet_min_cells``; ``seed``. Checked when made: an
+    `InputError` names the bad field.
+
+    Examples
+    --------
+    >>> from sccohort.pp import QCParams
+    >>> QCParams(mode="study", doublet_method="none").nmads
+    5.0
+    """
+
+    mode: str = "adaptive"
+    nmads: float = 5.0
+    min_genes: int | str = "auto"
+    mito_floor_pct: float = 10.0
+    mito_ceiling_pct: float = 25.0
+    mito_ceiling_tissue_pct: float = 50.0
+    study_mito_max_pct: float = 20.0
+    study_mito_max_tissue_pct: float = 40.0
+    study_genes_min: int = 200
+    study_genes_max: int = 5000
+    hb_max_pct: float = 10.0
+    platelet_max_pct: float = 5.0
+    min_prot_umis: float = 10.0
+    isotype_min_pct: float = 2.0
+    doublet_method: str = "cite"
+    doublet_neighbours: str = "auto"
+    doublet_min_cells: int = MIN_CELLS_DOUBLETS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        choices = {"mode": MODES, "doublet_method": METHODS, "doublet_neighbours": NEIGHBOURS}
+        words = {
+            "mode": "QC mode",
+            "doublet_method": "doublet method",
+            "doublet_neighbours": "doublet neighbour search",
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise InputError(
+                    f"unknown {words[key]} {getattr(self, key)!r}",
+                    key=key,
+                    hint=f"use one of {', '.join(allowed)}",
+                )
+        for key, value in asdict(self).items():
+            if key in (*choices, "seed") or (key == "min_genes" and value == "auto"):
+                continue
+            if not isinstance(value, int | float) or not np.isfinite(value) or value < 0:
+                raise InputError("must be a number >= 0", key=key, hint=f"got {value!r}")
+        if self.nmads <= 0:
+            raise InputError("must be > 0", key="nmads", hint=f"got {self.nmads!r}")
 
 
-def _check_params(params: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise InputError(
-            "unknown QC parameter",
-            key=unknown[0],
-            hint=f"use one of: {', '.join(sorted(DEFAULTS))}",
-        )
-    p = DEFAULTS | params
-    if p["mode"] not in MODES:
-        raise InputError(
-            f"unknown QC mode {p['mode']!r}", key="mode", hint=f"use one of {', '.join(MODES)}"
-        )
-    if p["doublet_method"] not in METHODS:
-        raise InputError(
-            f"unknown doublet method {p['doublet_method']!r}",
-            key="doublet_method",
-            hint=f"use one of {', '.join(METHODS)}",
-        )
-    if p["doublet_neighbours"] not in NEIGHBOURS:
-        raise InputError(
-            f"unknown doublet neighbour search {p['doublet_neighbours']!r}",
-            key="doublet_neighbours",
-            hint=f"use one of {', '.join(NEIGHBOURS)}",
-        )
-    for key in DEFAULTS:
-        if key in ("mode", "doublet_method", "doublet_neighbours", "seed"):
-            continue
-        value = p[key]
-        if key == "min_genes" and value == "auto":
-            continue
-        if not isinstance(value, int | float) or not np.isfinite(value) or value < 0:
-            raise InputError("must be a number >= 0", key=key, hint=f"got {value!r}")
-    if p["nmads"] <= 0:
-        raise InputError("must be > 0", key="nmads", hint=f"got {p['nmads']!r}")
-    return p
+#: The default settings, by name.
+DEFAULTS: dict[str, Any] = asdict(QCParams())
 
 
 def auto_min_genes(n_genes: int) -> int:
@@ -269,7 +281,7 @@ def protein_metrics(
 
 
 def _rna_flags(
-    m: pd.DataFrame, p: dict[str, Any], blood: bool
+    m: pd.DataFrame, p: QCParams, blood: bool
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Low-quality and large-library flags and thresholds of one sample.
 
@@ -280,30 +292,27 @@ def _rna_flags(
     genes = m["n_genes"].to_numpy(float)
     umis = m["n_umis"].to_numpy(float)
     mito = m["pct_mito"].to_numpy(float)
-    if p["mode"] == "study":
+    if p.mode == "study":
         cuts = {
-            "mito_max": float(p["study_mito_max_pct"] if blood else p["study_mito_max_tissue_pct"]),
-            "genes_min": float(p["study_genes_min"]),
-            "genes_max": float(p["study_genes_max"]),
+            "mito_max": float(p.study_mito_max_pct if blood else p.study_mito_max_tissue_pct),
+            "genes_min": float(p.study_genes_min),
+            "genes_max": float(p.study_genes_max),
             "umis_min": float("nan"),
             "umis_max": float("nan"),
         }
         low = (mito >= cuts["mito_max"]) | (genes <= cuts["genes_min"])
         return low, genes >= cuts["genes_max"], cuts
-    k = p["nmads"]
+    k = p.nmads
     log_u = np.log(np.maximum(umis, 1.0))
     log_g = np.log(np.maximum(genes, 1.0))
     med_u, mad_u = _mad(log_u)
     med_g, mad_g = _mad(log_g)
     med_m, mad_m = _mad(mito)
-    ceiling = p["mito_ceiling_pct"] if blood else p["mito_ceiling_tissue_pct"]
-    mito_max = float(np.clip(med_m + k * mad_m, p["mito_floor_pct"], ceiling))
-    genes_lo = max(med_g - k * mad_g, np.log(max(p["min_genes"], 1.0)))
+    ceiling = p.mito_ceiling_pct if blood else p.mito_ceiling_tissue_pct
+    mito_max = float(np.clip(med_m + k * mad_m, p.mito_floor_pct, ceiling))
+    genes_lo = max(med_g - k * mad_g, np.log(max(p.min_genes, 1.0)))
     low = (
-        (mito > mito_max)
-        | (genes < p["min_genes"])
-        | (log_g < genes_lo)
-        | (log_u < med_u - k * mad_u)
+        (mito > mito_max) | (genes < p.min_genes) | (log_g < genes_lo) | (log_u < med_u - k * mad_u)
     )
     large = (log_g > med_g + k * mad_g) | (log_u > med_u + k * mad_u)
     cuts = {
@@ -316,9 +325,7 @@ def _rna_flags(
     return low, large, cuts
 
 
-def _protein_library_flags(
-    m: pd.DataFrame, p: dict[str, Any]
-) -> tuple[np.ndarray, dict[str, float]]:
+def _protein_library_flags(m: pd.DataFrame, p: QCParams) -> tuple[np.ndarray, dict[str, float]]:
     """Large-library flags of a protein-only sample: log antibody counts above median + k MAD.
 
     Without RNA, a droplet holding two cells shows as twice the antibody counts; the lower
@@ -328,7 +335,7 @@ def _protein_library_flags(
     """
     log_prot = np.log1p(m["prot_umis"].to_numpy(float))
     med, mad = _mad(log_prot)
-    cut = med + p["nmads"] * mad
+    cut = med + p.nmads * mad
     large = np.isfinite(log_prot) & (log_prot > cut) if np.isfinite(cut) else np.zeros(len(m), bool)
     cuts = dict.fromkeys(("mito_max", "genes_min", "genes_max", "umis_min", "umis_max"), np.nan)
     cuts["prot_umis_max"] = float(np.expm1(cut))
@@ -352,7 +359,7 @@ def _positions(adata, cells: pd.Index, sample: str, what: str) -> np.ndarray:
 
 
 def _protein_flags(
-    m: pd.DataFrame, p: dict[str, Any], rows: np.ndarray
+    m: pd.DataFrame, p: QCParams, rows: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """No-protein and isotype-high flags and thresholds of one sample.
 
@@ -360,19 +367,19 @@ def _protein_flags(
     checks, so that dead cells and contaminants do not widen it. Comparisons are made on
     the log scale on which the cuts are computed.
     """
-    k = p["nmads"]
+    k = p.nmads
     log_prot = np.log1p(m["prot_umis"].to_numpy(float))
     log_iso = np.log1p(m["pct_isotype"].to_numpy(float))
     med_p, mad_p = _mad(log_prot[rows])
     med_i, mad_i = _mad(log_iso[rows])
-    prot_cut = np.log1p(p["min_prot_umis"])
+    prot_cut = np.log1p(p.min_prot_umis)
     if np.isfinite(med_p):
         prot_cut = max(prot_cut, med_p - k * mad_p)
     no_protein = log_prot < prot_cut
     iso_cut = float("nan")
     isotype_high = np.zeros(len(m), bool)
     if np.isfinite(med_i):
-        iso_cut = max(np.log1p(p["isotype_min_pct"]), med_i + k * mad_i)
+        iso_cut = max(np.log1p(p.isotype_min_pct), med_i + k * mad_i)
         isotype_high = np.isfinite(log_iso) & (log_iso > iso_cut)
     cuts = {"prot_umis_min": float(np.expm1(prot_cut)), "isotype_max": float(np.expm1(iso_cut))}
     return no_protein, isotype_high, cuts
@@ -424,7 +431,7 @@ def _sample_values(obs: pd.DataFrame, column: str, default: str) -> str:
     return str(values[0]) if len(values) else default
 
 
-def qc_sample(mdata: MuData, **params: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
+def qc_sample(mdata: MuData, params: QCParams | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Quality control of one sample's cells (pure: reads ``mdata``, changes nothing).
 
     Parameters
@@ -434,12 +441,8 @@ def qc_sample(mdata: MuData, **params: Any) -> tuple[pd.DataFrame, dict[str, Any
         ``prot`` (``var["isotype"]`` bool; without it no antibody counts as an isotype),
         raw counts in each modality's ``layers["counts"]`` (``.X`` if there is no such
         layer); ``obs`` with ``sample_id`` and ``tissue`` (missing tissue = ``"blood"``).
-    **params
-        Any key of `DEFAULTS`: ``mode`` (``"adaptive"`` or ``"study"``), ``nmads``, the
-        hard limits (see the module docstring), ``hb_max_pct``, ``platelet_max_pct``,
-        ``min_prot_umis``, ``isotype_min_pct``, ``doublet_method`` (``"cite"``,
-        ``"scrublet"``, ``"none"``), ``doublet_neighbours`` (``"auto"``, ``"exact"``,
-        ``"approximate"``: see `sccohort.pp.doublets`), ``doublet_min_cells``, ``seed``.
+    params
+        The settings (`QCParams`; default: its defaults).
 
     Returns
     -------
@@ -466,148 +469,55 @@ def qc_sample(mdata: MuData, **params: Any) -> tuple[pd.DataFrame, dict[str, Any
     Raises
     ------
     InputError
-        Unknown or negative parameters, a sample with neither ``rna`` nor ``prot``, or
-        cells missing from a modality.
+        A sample with neither ``rna`` nor ``prot``, or cells missing from a modality.
     """
-    p = _check_params(params)
+    p = QCParams() if params is None else params
     sample = _sample_values(mdata.obs, "sample_id", "?")
     tissue = _sample_values(mdata.obs, "tissue", "blood")
-    blood = tissue.lower() == "blood"
     if "rna" not in mdata.mod and "prot" not in mdata.mod:
         raise InputError(
             "neither RNA nor protein counts; QC needs one of them",
             sample=sample,
             hint="read the sample with its Gene Expression or Antibody Capture library",
         )
-    cells = mdata.obs_names
-    n = len(cells)
     notes: list[str] = []
-
-    rna_counts = None
-    if "rna" in mdata.mod:
-        rna = mdata.mod["rna"]
-        pos = _positions(rna, cells, sample, "RNA")
-        rna_counts = _take_rows(_counts(rna), pos)
-        m = rna_metrics(rna_counts, rna.var_names)
-        if p["min_genes"] == "auto":
-            p["min_genes"] = auto_min_genes(rna.n_vars)
-            if rna.n_vars < PANEL_MAX_GENES:
-                notes.append(f"targeted panel of {rna.n_vars} genes: min_genes {p['min_genes']}")
-    else:
-        m = pd.DataFrame({c: np.full(n, np.nan) for c in METRICS[:6]})
-        notes.append("protein-only sample: RNA QC skipped, cells judged by their antibodies")
-    m.index = cells
-
-    prot_counts = None
-    if "prot" in mdata.mod:
-        prot = mdata.mod["prot"]
-        ppos = prot.obs_names.get_indexer(cells)
-        if (ppos < 0).any():
-            if rna_counts is None:
-                _positions(prot, cells, sample, "antibody")  # raises
-            notes.append(f"protein QC skipped: {int((ppos < 0).sum())} cells lack antibodies")
-        else:
-            pc = _take_rows(_counts(prot), ppos)
-            isotype = (
-                prot.var["isotype"].to_numpy(bool)
-                if "isotype" in prot.var
-                else np.zeros(prot.n_vars, bool)
-            )
-            pm, zero = protein_metrics(pc, isotype)
-            if zero.all():
-                notes.append("protein QC skipped: every antibody has zero counts")
-            else:
-                if zero.any():
-                    names = list(prot.var_names[zero])
-                    shown = ", ".join(names[:_MAX_NAMED])
-                    more = f" and {len(names) - _MAX_NAMED} more" if len(names) > _MAX_NAMED else ""
-                    warnings.warn(
-                        f"sample '{sample}': {len(names)} antibodies with no counts ignored "
-                        f"by protein QC: {shown}{more}",
-                        QCWarning,
-                        stacklevel=2,
-                    )
-                    notes.append(f"{len(names)} all-zero antibodies ignored")
-                m[pm.columns] = pm.to_numpy()
-                prot_counts = pc[:, np.flatnonzero(~isotype & ~zero)]
-    else:
-        notes.append("protein QC skipped: no protein data")
-    if prot_counts is None:
-        for column in ("prot_umis", "prot_n", "pct_isotype"):
-            m[column] = np.nan
-        if rna_counts is None:  # protein-only and nothing to judge the cells by
-            warnings.warn(
-                f"sample '{sample}': no RNA and every antibody has zero counts; QC keeps "
-                "every cell",
-                QCWarning,
-                stacklevel=2,
-            )
-
-    flags: dict[str, np.ndarray] = {}
-    flags["red_cell"] = m["pct_hb"].to_numpy() >= p["hb_max_pct"]
-    flags["platelet"] = m["pct_platelet"].to_numpy() >= p["platelet_max_pct"]
-    if rna_counts is not None:
-        flags["low_quality"], flags["large_library"], cuts = _rna_flags(m, p, blood)
-    else:
-        flags["low_quality"] = np.zeros(n, bool)
-        flags["large_library"], cuts = _protein_library_flags(m, p)
-    cuts.setdefault("prot_umis_max", float("nan"))
+    m, rna_counts, p = _rna_part(mdata, sample, p, notes)
+    prot_counts = _protein_part(mdata, m, sample, rna_counts is None, notes)
+    flags, cuts = _library_flags(m, rna_counts is not None, p, tissue.lower() == "blood")
     before = ~(
         flags["red_cell"] | flags["platelet"] | flags["low_quality"] | flags["large_library"]
     )
-
-    score = np.full(n, np.nan)
-    flags["doublet"] = np.zeros(n, bool)
     rows = np.flatnonzero(before)
-    result = call_doublets(
-        None if rna_counts is None else _take_rows(rna_counts, rows),
-        None if prot_counts is None else _take_rows(prot_counts, rows),
-        method=p["doublet_method"],
-        neighbours=p["doublet_neighbours"],
-        min_cells=int(p["doublet_min_cells"]),
-        seed=int(p["seed"]),
-    )
-    score[rows] = result.score
-    flags["doublet"][rows] = result.called
+    score, flags["doublet"], result = _doublet_part(rna_counts, prot_counts, rows, p, sample)
     if result.note:
         notes.append(f"doublets: {result.note}")
-        if p["doublet_method"] != "none":
-            warnings.warn(
-                f"sample '{sample}': doublet calling skipped ({result.note}); "
-                "doublet_score is NaN and no cell is removed as a doublet",
-                QCWarning,
-                stacklevel=2,
-            )
-
     if prot_counts is not None:
         flags["no_protein"], flags["isotype_high"], pcuts = _protein_flags(m, p, rows)
     else:
         pcuts = {"prot_umis_min": float("nan"), "isotype_max": float("nan")}
-        flags["no_protein"] = np.zeros(n, bool)
-        flags["isotype_high"] = np.zeros(n, bool)
-
-    reason = _first_reason(flags, n)
+        flags["no_protein"] = np.zeros(len(m), bool)
+        flags["isotype_high"] = np.zeros(len(m), bool)
+    reason = _first_reason(flags, len(m))
     m["doublet_score"] = score
     m["qc_pass"] = reason == ""
     m["qc_reason"] = reason.astype(str)
-    cells_out = int(m["qc_pass"].sum())
-    if cells_out == 0:
+    if not m["qc_pass"].any():
         warnings.warn(
-            f"sample '{sample}': no cell passes QC ({n} cells in)", QCWarning, stacklevel=2
+            f"sample '{sample}': no cell passes QC ({len(m)} cells in)", QCWarning, stacklevel=2
         )
-    _warn_large_loss(pd.Series(reason).value_counts(), n, sample)
+    _warn_large_loss(pd.Series(reason).value_counts(), len(m), sample)
     row: dict[str, Any] = {
         "sample_id": sample,
         "tissue": tissue,
-        "mode": p["mode"],
-        "cells_in": n,
+        "mode": p.mode,
+        "cells_in": len(m),
     }
     counts = pd.Series(reason).value_counts()
     for name in REASONS:
         row[f"removed_{name}"] = int(counts.get(name, 0))
-    row["cells_out"] = cells_out
+    row["cells_out"] = int(m["qc_pass"].sum())
     row |= cuts
-    row |= {"hb_max": float(p["hb_max_pct"]), "platelet_max": float(p["platelet_max_pct"])}
+    row |= {"hb_max": float(p.hb_max_pct), "platelet_max": float(p.platelet_max_pct)}
     row |= pcuts
     row["doublet_threshold"] = result.threshold
     row["doublet_method"] = result.method
@@ -615,7 +525,131 @@ def qc_sample(mdata: MuData, **params: Any) -> tuple[pd.DataFrame, dict[str, Any
     return m, row
 
 
-def run_qc(mdata: MuData, **params: Any) -> pd.DataFrame:
+def _rna_part(
+    mdata: MuData, sample: str, p: QCParams, notes: list[str]
+) -> tuple[pd.DataFrame, sp.csr_matrix | None, QCParams]:
+    """RNA metrics of the cells (NaN without RNA), their counts, ``min_genes`` resolved."""
+    cells = mdata.obs_names
+    if "rna" not in mdata.mod:
+        notes.append("protein-only sample: RNA QC skipped, cells judged by their antibodies")
+        m = pd.DataFrame({c: np.full(len(cells), np.nan) for c in METRICS[:6]})
+        m.index = cells
+        return m, None, p
+    rna = mdata.mod["rna"]
+    pos = _positions(rna, cells, sample, "RNA")
+    rna_counts = _take_rows(_counts(rna), pos)
+    m = rna_metrics(rna_counts, rna.var_names)
+    if p.min_genes == "auto":
+        p = replace(p, min_genes=auto_min_genes(rna.n_vars))
+        if rna.n_vars < PANEL_MAX_GENES:
+            notes.append(f"targeted panel of {rna.n_vars} genes: min_genes {p.min_genes}")
+    m.index = cells
+    return m, rna_counts, p
+
+
+def _protein_part(
+    mdata: MuData, m: pd.DataFrame, sample: str, protein_only: bool, notes: list[str]
+) -> sp.csr_matrix | None:
+    """Protein metrics into ``m``; the counts of the antibodies QC judges by (or None)."""
+    cells = mdata.obs_names
+    prot_counts = None
+    if "prot" not in mdata.mod:
+        notes.append("protein QC skipped: no protein data")
+    else:
+        prot = mdata.mod["prot"]
+        ppos = prot.obs_names.get_indexer(cells)
+        if (ppos < 0).any():
+            if protein_only:
+                _positions(prot, cells, sample, "antibody")  # raises
+            notes.append(f"protein QC skipped: {int((ppos < 0).sum())} cells lack antibodies")
+        else:
+            prot_counts = _antibody_metrics(prot, _take_rows(_counts(prot), ppos), m, sample, notes)
+    if prot_counts is None:
+        for column in ("prot_umis", "prot_n", "pct_isotype"):
+            m[column] = np.nan
+        if protein_only:  # and nothing to judge the cells by
+            warnings.warn(
+                f"sample '{sample}': no RNA and every antibody has zero counts; QC keeps "
+                "every cell",
+                QCWarning,
+                stacklevel=3,
+            )
+    return prot_counts
+
+
+def _antibody_metrics(
+    prot: AnnData, pc: sp.csr_matrix, m: pd.DataFrame, sample: str, notes: list[str]
+) -> sp.csr_matrix | None:
+    """Antibody metrics of one sample's cells into ``m``; counts of the informative ones."""
+    isotype = (
+        prot.var["isotype"].to_numpy(bool) if "isotype" in prot.var else np.zeros(prot.n_vars, bool)
+    )
+    pm, zero = protein_metrics(pc, isotype)
+    if zero.all():
+        notes.append("protein QC skipped: every antibody has zero counts")
+        return None
+    if zero.any():
+        names = list(prot.var_names[zero])
+        shown = ", ".join(names[:_MAX_NAMED])
+        more = f" and {len(names) - _MAX_NAMED} more" if len(names) > _MAX_NAMED else ""
+        warnings.warn(
+            f"sample '{sample}': {len(names)} antibodies with no counts ignored "
+            f"by protein QC: {shown}{more}",
+            QCWarning,
+            stacklevel=4,
+        )
+        notes.append(f"{len(names)} all-zero antibodies ignored")
+    m[pm.columns] = pm.to_numpy()
+    return pc[:, np.flatnonzero(~isotype & ~zero)]
+
+
+def _library_flags(
+    m: pd.DataFrame, has_rna: bool, p: QCParams, blood: bool
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Contaminant, low-quality and large-library flags; the thresholds used."""
+    flags: dict[str, np.ndarray] = {}
+    flags["red_cell"] = m["pct_hb"].to_numpy() >= p.hb_max_pct
+    flags["platelet"] = m["pct_platelet"].to_numpy() >= p.platelet_max_pct
+    if has_rna:
+        flags["low_quality"], flags["large_library"], cuts = _rna_flags(m, p, blood)
+    else:
+        flags["low_quality"] = np.zeros(len(m), bool)
+        flags["large_library"], cuts = _protein_library_flags(m, p)
+    cuts.setdefault("prot_umis_max", float("nan"))
+    return flags, cuts
+
+
+def _doublet_part(
+    rna_counts: sp.csr_matrix | None,
+    prot_counts: sp.csr_matrix | None,
+    rows: np.ndarray,
+    p: QCParams,
+    sample: str,
+) -> tuple[np.ndarray, np.ndarray, DoubletResult]:
+    """Doublet scores (NaN outside ``rows``) and calls of the cells; the caller's result."""
+    n = len(rna_counts.indptr) - 1 if rna_counts is not None else prot_counts.shape[0]
+    score, called = np.full(n, np.nan), np.zeros(n, bool)
+    result = call_doublets(
+        None if rna_counts is None else _take_rows(rna_counts, rows),
+        None if prot_counts is None else _take_rows(prot_counts, rows),
+        method=p.doublet_method,
+        neighbours=p.doublet_neighbours,
+        min_cells=int(p.doublet_min_cells),
+        seed=int(p.seed),
+    )
+    score[rows] = result.score
+    called[rows] = result.called
+    if result.note and p.doublet_method != "none":
+        warnings.warn(
+            f"sample '{sample}': doublet calling skipped ({result.note}); "
+            "doublet_score is NaN and no cell is removed as a doublet",
+            QCWarning,
+            stacklevel=3,
+        )
+    return score, called, result
+
+
+def run_qc(mdata: MuData, params: QCParams | None = None) -> pd.DataFrame:
     """Quality control of every sample of a cohort, one sample at a time.
 
     Parameters
@@ -624,8 +658,13 @@ def run_qc(mdata: MuData, **params: Any) -> pd.DataFrame:
         Cohort object with ``obs["sample_id"]`` (and ``tissue``), modalities ``rna`` and
         optionally ``prot`` (see `qc_sample`). Changed in place: ``obs`` receives the
         `METRICS`, ``doublet_score``, ``qc_pass`` and ``qc_reason`` of every cell.
-    **params
-        Passed to `qc_sample` (same for every sample; ``seed`` too).
+    params
+        The settings of `qc_sample`, the same for every sample (`QCParams`).
+
+    Examples
+    --------
+    >>> from sccohort.pp import QCParams, run_qc
+    >>> table = run_qc(mdata, QCParams(doublet_method="none"))  # doctest: +SKIP
 
     Returns
     -------
@@ -637,7 +676,6 @@ def run_qc(mdata: MuData, **params: Any) -> pd.DataFrame:
     InputError
         No ``sample_id`` column in ``obs``, or as in `qc_sample`.
     """
-    _check_params(params)
     if "sample_id" not in mdata.obs:
         raise InputError(
             "obs has no 'sample_id' column",
@@ -648,7 +686,7 @@ def run_qc(mdata: MuData, **params: Any) -> pd.DataFrame:
     frames, rows = [], []
     for sample in pd.unique(sample_ids):
         mask = (sample_ids == sample).to_numpy()
-        frame, row = qc_sample(mdata[mask], **params)
+        frame, row = qc_sample(mdata[mask], params)
         frames.append(frame)
         rows.append(row)
     result = pd.concat(frames).reindex(mdata.obs_names)

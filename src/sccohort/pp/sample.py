@@ -26,7 +26,7 @@ from anndata import AnnData
 from sccohort.errors import InputError
 from sccohort.io.read import read_raw_droplets, read_sample
 from sccohort.pp.normalize import dsb
-from sccohort.pp.qc import qc_sample
+from sccohort.pp.qc import QCParams, qc_sample
 from sccohort.pp.summary import summarise_sample
 
 
@@ -78,7 +78,7 @@ def prepare_sample(
     format: str | None = None,
     modality: str | None = None,
     tissue: str | None = None,
-    qc: dict[str, Any] | None = None,
+    qc: QCParams | None = None,
     raw_path: str | Path | None = None,
 ) -> PreparedSample:
     """Read, summarise and quality-control one sample; read its empty droplets.
@@ -91,7 +91,7 @@ def prepare_sample(
     tissue
         The sample's tissue (QC thresholds differ for tissue; None or NaN = blood).
     qc
-        Parameters of `sccohort.pp.qc.qc_sample` (``mode``, thresholds, ``seed``, ...).
+        The settings of `sccohort.pp.qc_sample` (default: `QCParams`'s defaults).
     raw_path
         The sample's raw (unfiltered) droplets for dsb; None reads none.
 
@@ -111,7 +111,7 @@ def prepare_sample(
         mdata.obs["tissue"] = "blood" if tissue is None or pd.isna(tissue) else str(tissue)
         mods = dict(mdata.mod)
         summary = summarise_sample(mods)
-        qc_cells, qc_row = qc_sample(mdata, **(qc or {}))
+        qc_cells, qc_row = qc_sample(mdata, qc)
         keep = qc_cells["qc_pass"].to_numpy(dtype=bool)
         kept: dict[str, AnnData] = {}
         for modality, adata in mods.items():

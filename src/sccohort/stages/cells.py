@@ -21,12 +21,17 @@ from sccohort.errors import InputError
 from sccohort.io.probe import SampleProbe, probe_samples
 from sccohort.io.read import combine_samples
 from sccohort.io.tables import table_path, write_table
-from sccohort.pp.normalize import clr, dsb, normalize_rna
+from sccohort.pp import (
+    QCParams,
+    auto_min_genes,
+    clr,
+    dsb,
+    normalize_rna,
+    prepare_sample,
+    summary_table,
+)
 from sccohort.pp.qc import METRICS as QC_METRICS
-from sccohort.pp.qc import auto_min_genes
-from sccohort.pp.sample import prepare_sample
 from sccohort.pp.store import RNA_STORE_FILE, STORE_KEY, RnaCollector
-from sccohort.pp.summary import summary_table
 from sccohort.stages.base import RunState
 from sccohort.stages.panel import check_panel
 from sccohort.tl import (
@@ -55,7 +60,7 @@ def stage_preprocess(state: RunState) -> list[Path]:
     cells keeps its rows in the tables (a warning names it).
     """
     table = state.samples.table
-    params = dataclasses.asdict(state.config.qc) | {"seed": state.config.seed}
+    params = QCParams(**dataclasses.asdict(state.config.qc), seed=state.config.seed)
     use_dsb = _protein_method(state) == "dsb"
     formats, tissues, raws = (
         table[name] if name in table else pd.Series(None, index=table.index)

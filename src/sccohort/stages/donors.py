@@ -38,6 +38,7 @@ from sccohort.stats import (
     pseudobulk_de_all,
     score_cells,
     sets_covered,
+    share_logits,
     signature_sets,
     trajectories,
 )
@@ -374,8 +375,8 @@ def stage_de(state: RunState) -> list[Path]:
                 ranked = rows.dropna(subset=["stat"]).set_index("gene")["stat"]
                 # the genes DE could test: a set may fall below the minimum among them
                 testable = sets_covered(gene_sets, ranked.index, MIN_SET_GENES["gsea"])[0]
-                if len(ranked) >= 50 and testable:
-                    table = gsea(ranked, testable, n_perm=2000, seed=seed)
+                if len(ranked) >= cfg.gsea_min_genes and testable:
+                    table = gsea(ranked, testable, n_perm=cfg.gsea_perm, seed=seed)
                     gsea_tables.append(table.assign(contrast=name, level=level, subset=group))
         if frames:
             table = pd.concat(frames, ignore_index=True)
@@ -401,128 +402,152 @@ def stage_characterise(state: RunState) -> list[Path]:
     ``timecourse_expression.csv`` when donors have several timepoints. Tables with nothing
     to report are not written.
     """
-    cfg, seed, mdata = state.config.characterise, state.config.seed, state.mdata
-    association = _read_table(state, "association")
-    subsets_ = _characterised(association, cfg.alpha, cfg.max_subsets)
-    obs = mdata.obs
-    written = []
-    steps = 5
+    cfg = state.config.characterise
+    subsets_ = _characterised(_read_table(state, "association"), cfg.alpha, cfg.max_subsets)
+    steps = (
+        _marker_enrichment,
+        _gating,
+        _prediction,
+        _signatures,
+        _timecourses,
+    )
+    written: list[Path] = []
+    for done, step in enumerate(steps, start=1):
+        written += step(state, subsets_)
+        state.progress.advance(done, len(steps))
+    return written
 
-    # 1. enrichment of the markers of each associated subset
+
+def _marker_enrichment(state: RunState, subsets_: list[str]) -> list[Path]:
+    """ORA of each associated subset's RNA markers in Hallmark (+ configured) gene sets."""
+    cfg, rna = state.config.characterise, state.mdata.mod.get("rna")
     markers = _read_table(state, "markers", modality="rna")
-    rna = mdata.mod.get("rna")
     if subsets_ and rna is None:
         state.skip("characterise", "marker enrichment", f"{NO_RNA}: no gene markers")
-    elif subsets_ and len(markers):
-        gene_sets = dict(hallmark())
-        if cfg.gene_sets is not None:
-            gene_sets |= read_gmt(cfg.gene_sets)
-        if cfg.tf_targets is not None:
-            gene_sets |= {f"TF_{k}": v for k, v in read_tf_targets(cfg.tf_targets).items()}
-        universe = list(rna.var_names)
-        gene_sets = covered_sets(state, "characterise", "enrichment", gene_sets, universe)
-        if gene_sets:
-            chosen_markers = markers[markers["subset"].isin(subsets_)]
-            enrichment = enrich_markers(chosen_markers, gene_sets, universe)
-            written.append(write_table(state.out, "enrichment", enrichment))
-    state.progress.advance(1, steps)
+    if not subsets_ or rna is None or not len(markers):
+        return []
+    gene_sets = dict(hallmark())
+    if cfg.gene_sets is not None:
+        gene_sets |= read_gmt(cfg.gene_sets)
+    if cfg.tf_targets is not None:
+        gene_sets |= {f"TF_{k}": v for k, v in read_tf_targets(cfg.tf_targets).items()}
+    universe = list(rna.var_names)
+    gene_sets = covered_sets(state, "characterise", "enrichment", gene_sets, universe)
+    if not gene_sets:
+        return []
+    chosen_markers = markers[markers["subset"].isin(subsets_)]
+    enrichment = enrich_markers(chosen_markers, gene_sets, universe)
+    return [write_table(state.out, "enrichment", enrichment)]
 
-    # 2. protein gating of each associated subset
-    if subsets_ and "prot" in mdata.mod:
-        prot = mdata.mod["prot"]
-        cell_obs = obs.loc[prot.obs_names]
-        l1 = cell_obs["l1"].astype(str)
-        masks = {}
-        for subset in subsets_:
-            target = (cell_obs["subset"] == subset).to_numpy()
-            parent = (l1 == _parent_l1(obs, subset)).to_numpy()
-            # a subset that is its whole lineage (a panel that cannot split it) is gated
-            # against all cells
-            masks[subset] = (target, parent if (parent & ~target).any() else np.ones_like(parent))
-        results = gate_subsets(
-            prot, masks, cell_obs["donor_id"].astype(str).to_numpy(),
-            max_gates=cfg.gating_max_gates, test_donors=cfg.gating_test_fraction, seed=seed,
-        )  # fmt: skip
-        gates = pd.concat([result.to_frame() for result, _ in results], ignore_index=True)
-        written.append(write_table(state.out, "gating", gates))
-        proteins = pd.concat([table for _, table in results], ignore_index=True)
-        written.append(write_table(state.out, "protein_markers", proteins))
-    state.progress.advance(2, steps)
 
-    # 3. donor-level prediction of each binary contrast from subset shares
-    designs = _designs(state)
+def _gating(state: RunState, subsets_: list[str]) -> list[Path]:
+    """Protein gating strategy and protein markers of each associated subset."""
+    cfg, mdata = state.config.characterise, state.mdata
+    if not subsets_ or "prot" not in mdata.mod:
+        return []
+    prot, obs = mdata.mod["prot"], mdata.obs
+    cell_obs = obs.loc[prot.obs_names]
+    l1 = cell_obs["l1"].astype(str)
+    masks = {}
+    for subset in subsets_:
+        target = (cell_obs["subset"] == subset).to_numpy()
+        parent = (l1 == _parent_l1(obs, subset)).to_numpy()
+        # a subset that is its whole lineage (a panel that cannot split it) is gated
+        # against all cells
+        masks[subset] = (target, parent if (parent & ~target).any() else np.ones_like(parent))
+    results = gate_subsets(
+        prot, masks, cell_obs["donor_id"].astype(str).to_numpy(),
+        max_gates=cfg.gating_max_gates, test_donors=cfg.gating_test_fraction,
+        seed=state.config.seed,
+    )  # fmt: skip
+    gates = pd.concat([result.to_frame() for result, _ in results], ignore_index=True)
+    proteins = pd.concat([table for _, table in results], ignore_index=True)
+    return [
+        write_table(state.out, "gating", gates),
+        write_table(state.out, "protein_markers", proteins),
+    ]
+
+
+def _prediction(state: RunState, subsets_: list[str]) -> list[Path]:
+    """Donor-level prediction of each binary contrast from the logits of subset shares."""
+    cfg = state.config.characterise
     sample_of = _primary_sample_of(state)
     table = _composition(state)
     summaries, predictions = [], []
-    for design in designs.values():
+    for design in _designs(state).values():
         if design.is_continuous:
             continue
         shares = donor_shares(table, "subset", list(sample_of.loc[design.donors.astype(str)]))
-        shares = shares.loc[:, shares.notna().all() & (shares.sum() > 0)]
-        pseudo = 0.5 / max(float(np.median(table["total"][table["total"] > 0])), 1.0)
-        logit = np.log((shares + pseudo) / (1 - shares + pseudo))
+        logit = share_logits(shares, table["total"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the report flags small groups
-            result = predict_phenotype(logit, design, n_perm=cfg.prediction_perm, seed=seed)
+            result = predict_phenotype(
+                logit, design, n_perm=cfg.prediction_perm, seed=state.config.seed
+            )
         summaries.append(result.to_frame("summary").assign(level="subset"))
         predictions.append(result.to_frame("predictions"))
-    if summaries:
-        written.append(write_table(state.out, "prediction", summaries))
-        written.append(
-            write_table(state.out, "prediction_donors", pd.concat(predictions, ignore_index=True))
-        )
-    state.progress.advance(3, steps)
+    if not summaries:
+        return []
+    return [
+        write_table(state.out, "prediction", summaries),
+        write_table(state.out, "prediction_donors", pd.concat(predictions, ignore_index=True)),
+    ]
 
-    # 4. signature scores per donor and subset (primary samples)
-    signatures = {}
+
+def _signatures(state: RunState, subsets_: list[str]) -> list[Path]:
+    """Signature scores per donor and subset (primary samples), tested in every contrast."""
+    cfg, seed, rna = state.config.characterise, state.config.seed, state.mdata.mod.get("rna")
     if rna is None:
         state.skip("characterise", "signature scores", f"{NO_RNA}: signatures are gene sets")
-    else:
-        signatures = covered_sets(
-            state, "characterise", "signatures", signature_sets(), rna.var_names
-        )
+        return []
+    signatures = covered_sets(state, "characterise", "signatures", signature_sets(), rna.var_names)
+    if not signatures:
+        return []
+    scores = score_cells(rna, signatures, seed=seed)
+    obs = state.mdata.obs.loc[rna.obs_names]
+    donor = donor_scores(scores, obs, samples=list(_primary_sample_of(state)))
+    written = [write_table(state.out, "signatures", donor)]
     tests = []
-    if signatures:
-        scores = score_cells(rna, signatures, seed=seed)
-        donor = donor_scores(scores, obs.loc[rna.obs_names], samples=list(sample_of))
-        written.append(write_table(state.out, "signatures", donor))
-    for design in designs.values() if signatures else ():
+    for design in _designs(state).values():
         for name, rows in donor.groupby("set", sort=False):
             values = rows.pivot(index="donor_id", columns="subset", values="score")
             values = values.reindex(design.donors.astype(str))
             tests.append(
                 compare_donor_values(
-                    values, design, level=f"signature:{name}", n_perm=cfg.prediction_perm * 10,
+                    values, design, level=f"signature:{name}", n_perm=cfg.signature_perm,
                     seed=seed,
                 )
             )  # fmt: skip
     if tests:
         written.append(write_table(state.out, "signature_tests", tests))
-    state.progress.advance(4, steps)
+    return written
 
-    # 5. time courses of the associated subsets and their named genes
+
+def _timecourses(state: RunState, subsets_: list[str]) -> list[Path]:
+    """Shares and named genes of the associated subsets over the donors' timepoints."""
+    cfg, mdata = state.config.characterise, state.mdata
     longitudinal = state.samples.table.groupby("donor_id")["timepoint"].nunique()
-    if subsets_ and (longitudinal >= 2).any():
-        traj = trajectories(table, state.samples.table, "subset_in_l1", subsets_)
-        written.append(write_table(state.out, "timecourse", traj))
-        order = traj.drop_duplicates("timepoint").sort_values("timepoint_order")["timepoint"]
-        pairs = [
-            paired_test(traj, first, second, seed=seed)
-            for first, second in zip(order[:-1], order[1:], strict=True)
-        ]
-        if pairs:
-            written.append(write_table(state.out, "timecourse_tests", pairs))
-        frames = []
-        for subset in subsets_:
-            named = subset.rsplit("_", 1)[-1]
-            wanted = dict.fromkeys([named, *cfg.timecourse_genes])
-            genes = [g for g in wanted if rna is not None and g in rna.var_names]
-            if genes:
-                lineage = _parent_l1(obs, subset)
-                expression = expression_trajectory(mdata, genes, {"l1": lineage})
-                frames.append(expression.assign(subset=subset, cells=lineage))
-        if frames:
-            expression = pd.concat(frames, ignore_index=True)
-            written.append(write_table(state.out, "timecourse_expression", expression))
-    state.progress.advance(5, steps)
+    if not subsets_ or not (longitudinal >= 2).any():
+        return []
+    traj = trajectories(_composition(state), state.samples.table, "subset_in_l1", subsets_)
+    written = [write_table(state.out, "timecourse", traj)]
+    order = traj.drop_duplicates("timepoint").sort_values("timepoint_order")["timepoint"]
+    pairs = [
+        paired_test(traj, first, second, seed=state.config.seed)
+        for first, second in zip(order[:-1], order[1:], strict=True)
+    ]
+    if pairs:
+        written.append(write_table(state.out, "timecourse_tests", pairs))
+    rna, frames = mdata.mod.get("rna"), []
+    for subset in subsets_:
+        named = subset.rsplit("_", 1)[-1]
+        wanted = dict.fromkeys([named, *cfg.timecourse_genes])
+        genes = [g for g in wanted if rna is not None and g in rna.var_names]
+        if genes:
+            lineage = _parent_l1(mdata.obs, subset)
+            expression = expression_trajectory(mdata, genes, {"l1": lineage})
+            frames.append(expression.assign(subset=subset, cells=lineage))
+    if frames:
+        expression = pd.concat(frames, ignore_index=True)
+        written.append(write_table(state.out, "timecourse_expression", expression))
     return written

@@ -18,7 +18,7 @@ from sccohort.stats.enrichment import enrich_markers, gsea, ora, sets_covered
 from sccohort.stats.gating import Gate, GatingResult, gate_subsets, gating_strategy, protein_markers
 from sccohort.stats.longitudinal import expression_trajectory, paired_test, trajectories
 from sccohort.stats.neighbourhoods import neighbourhoods
-from sccohort.stats.predict import PredictionResult, delong_ci, predict_phenotype
+from sccohort.stats.predict import PredictionResult, delong_ci, predict_phenotype, share_logits
 from sccohort.stats.pseudobulk import filter_by_expr, pseudobulk, pseudobulk_de, pseudobulk_de_all
 from sccohort.stats.selection import associated_subsets, characterised_subsets
 from sccohort.stats.signatures import donor_scores, score_cells, signature_sets
@@ -62,6 +62,7 @@ __all__ = [
     "pseudobulk_de_all",
     "score_cells",
     "sets_covered",
+    "share_logits",
     "signature_sets",
     "spatial_fdr",
     "trajectories",

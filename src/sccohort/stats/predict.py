@@ -60,7 +60,7 @@ from ..cohort import ContrastDesign
 from ..errors import InputError
 from ..io.tables import CORE_COLUMNS
 
-__all__ = ["PredictionResult", "delong_ci", "predict_phenotype"]
+__all__ = ["PredictionResult", "delong_ci", "predict_phenotype", "share_logits"]
 
 SUMMARY_COLUMNS = [
     *CORE_COLUMNS,
@@ -546,6 +546,39 @@ def _nested_loo(
         crit = _alo_logloss(full.x1, full.w, labels, theta_all, lev_all)
         best_full = crit.reshape(n_lab, n_c).argmin(axis=1)
     return score, prob, best.T, best_full
+
+
+def share_logits(shares: pd.DataFrame, totals: pd.Series | np.ndarray) -> pd.DataFrame:
+    """Logits of donor x subset shares, the features `predict_phenotype` is given.
+
+    Subsets with a missing share or no cell in any donor are left out; shares are moved off
+    0 and 1 by half a cell of the median sample (``0.5 / median(totals > 0)``).
+
+    Parameters
+    ----------
+    shares
+        Donors x subsets, shares in [0, 1] (`donor_shares`).
+    totals
+        Cells per sample (any length; only their median matters).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Donors x kept subsets: ``log((share + c) / (1 - share + c))``.
+
+    Examples
+    --------
+    >>> from sccohort.stats import share_logits
+    >>> shares = pd.DataFrame({"A": [0.1, 0.5], "B": [0.0, 0.0]}, index=["D1", "D2"])
+    >>> share_logits(shares, [100, 300]).round(3)
+            A
+    D1 -2.175
+    D2  0.000
+    """
+    totals = np.asarray(totals, dtype=float)
+    shares = shares.loc[:, shares.notna().all() & (shares.sum() > 0)]
+    pseudo = 0.5 / max(float(np.median(totals[totals > 0])), 1.0)
+    return np.log((shares + pseudo) / (1 - shares + pseudo))
 
 
 def predict_phenotype(
