@@ -27,6 +27,7 @@ Run: ``python benchmarks/bench_milo.py [--null-runs 10]``
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import subprocess
 import sys
@@ -43,7 +44,8 @@ from scipy import sparse, stats
 
 from sccohort.cohort import ClinicalTable, Contrast
 from sccohort.config import load_config
-from sccohort.stats import neighbourhoods as nb
+
+nb = importlib.import_module("sccohort.stats.neighbourhoods")
 
 RESULTS = Path(__file__).resolve().parent / "results" / "milo_agreement.csv"
 COHORT = Path("/tmp/devcohort/run/cohort.h5mu")

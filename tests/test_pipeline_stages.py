@@ -228,6 +228,7 @@ def test_characterised_subsets_are_the_significant_ones_by_padj() -> None:
             "contrast": ["A", "B", "A", "A", "B"],
             "level": ["subset", "subset_in_l1", "subset", "l2", "subset"],
             "subset": ["X", "X", "Y", "CD14 Mono", "Z"],
+            "effect": [1.0, 1.2, 0.3, 2.0, 0.8],
             "padj": [0.01, 0.001, 0.2, 0.0001, 0.04],
             "pvalue": [0.001, 0.0001, 0.1, 0.00001, 0.004],
             "method": [method, method, method, method, "ks_bonferroni"],

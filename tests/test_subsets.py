@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import warnings
 
 import anndata as ad
@@ -14,7 +15,6 @@ from sklearn.metrics import adjusted_rand_score
 from sccohort import read_h5mu
 from sccohort.errors import InputError
 from sccohort.pp.store import CompactRows
-from sccohort.tl import subsets as subsets_module
 from sccohort.tl.markers import rank_markers
 from sccohort.tl.subsets import (
     EGR1_GENES,
@@ -27,6 +27,8 @@ from sccohort.tl.subsets import (
     _top_features,
     subsets,
 )
+
+subsets_module = importlib.import_module("sccohort.tl.subsets")
 
 
 @pytest.fixture(scope="module")

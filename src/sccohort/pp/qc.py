@@ -488,7 +488,9 @@ def qc_sample(mdata: MuData, params: QCParams | None = None) -> tuple[pd.DataFra
         flags["red_cell"] | flags["platelet"] | flags["low_quality"] | flags["large_library"]
     )
     rows = np.flatnonzero(before)
-    score, flags["doublet"], result = _doublet_part(rna_counts, prot_counts, rows, p, sample)
+    score, flags["doublet"], result = _doublet_part(
+        rna_counts, prot_counts, rows, p, sample, len(m)
+    )
     if result.note:
         notes.append(f"doublets: {result.note}")
     if prot_counts is not None:
@@ -625,9 +627,9 @@ def _doublet_part(
     rows: np.ndarray,
     p: QCParams,
     sample: str,
+    n: int,
 ) -> tuple[np.ndarray, np.ndarray, DoubletResult]:
-    """Doublet scores (NaN outside ``rows``) and calls of the cells; the caller's result."""
-    n = len(rna_counts.indptr) - 1 if rna_counts is not None else prot_counts.shape[0]
+    """Doublet scores (NaN outside ``rows``) and calls of the ``n`` cells; the caller's result."""
     score, called = np.full(n, np.nan), np.zeros(n, bool)
     result = call_doublets(
         None if rna_counts is None else _take_rows(rna_counts, rows),

@@ -675,8 +675,60 @@ def _gating(
     seed: int = 0,
 ) -> GatingResult:
     """`gating_strategy` on a checked panel and masks."""
-    xs, names = panel.cells.xt, panel.names  # proteins x cells
     donors = np.asarray(donors).astype(str)
+    _check_gating(panel, donors, max_gates, start)
+    train_donors, test_donors_ = _split_donors(donors, test_donors, seed, subset)
+    is_train = np.isin(donors, train_donors)
+    if not (target & is_train).any():
+        raise InputError(
+            f"subset '{subset}' has no cells in the training donors",
+            key="test_donors",
+            hint="Hold out other donors (test_donors=) or another seed",
+        )
+    if not (target & ~is_train).any():
+        warnings.warn(
+            f"subset '{subset}' has no cells in the held-out donors "
+            f"({', '.join(test_donors_)}); test recall and F1 are undefined",
+            UserWarning,
+            stacklevel=2,
+        )
+    train = panel.train(is_train)
+    markers = _markers(train, panel.names, target[is_train], parent[is_train], subset)
+    by_parent = markers["protein"].tolist()[:n_candidates]
+    by_all = markers.sort_values("auroc_all", key=lambda s: -(s - 0.5).abs(), kind="stable")
+    candidates = list(dict.fromkeys(by_parent + by_all["protein"].tolist()[:n_candidates]))
+    start_train = parent[is_train] if start == "parent" else np.ones(int(is_train.sum()), bool)
+    gates = _beam_search(
+        train, panel.names, target[is_train], start_train, candidates,
+        max_gates=int(max_gates), beam_width=beam_width, min_gain=min_gain,
+    )  # fmt: skip
+    start_mask = parent if start == "parent" else np.ones(len(target), dtype=bool)
+    label = "parent" if start == "parent" else "all cells"
+    steps, final = _gating_steps(panel, gates, target, start_mask, is_train, label, subset)
+    per_donor = _per_donor(final, target, donors, test_donors_)
+    params = {
+        "max_gates": int(max_gates),
+        "test_donors": test_donors if isinstance(test_donors, float) else list(test_donors_),
+        "start": start,
+        "n_candidates": n_candidates,
+        "beam_width": beam_width,
+        "min_gain": min_gain,
+        "seed": seed,
+    }
+    return GatingResult(
+        subset=subset,
+        gates=gates,
+        start=start,
+        steps=steps,
+        per_donor=per_donor,
+        markers=markers,
+        train_donors=train_donors,
+        test_donors=test_donors_,
+        params=params,
+    )
+
+
+def _check_gating(panel: _Panel, donors: np.ndarray, max_gates: int, start: str) -> None:
     if donors.shape != (panel.n_obs,):
         raise InputError(
             f"donors has shape {donors.shape} but the protein modality has {panel.n_obs} cells",
@@ -693,38 +745,29 @@ def _gating(
         raise InputError(
             f"start = {start!r} is neither 'all' nor 'parent'", key="start", hint="Use 'all'"
         )
-    train_donors, test_donors_ = _split_donors(donors, test_donors, seed, subset)
-    is_train = np.isin(donors, train_donors)
-    if not (target & is_train).any():
-        raise InputError(
-            f"subset '{subset}' has no cells in the training donors",
-            key="test_donors",
-            hint="Hold out other donors (test_donors=) or another seed",
-        )
-    if not (target & ~is_train).any():
-        warnings.warn(
-            f"subset '{subset}' has no cells in the held-out donors "
-            f"({', '.join(test_donors_)}); test recall and F1 are undefined",
-            UserWarning,
-            stacklevel=2,
-        )
 
-    train = panel.train(is_train)
-    xt, tt = train.xt, target[is_train]  # training cells: proteins x cells
-    markers = _markers(train, names, tt, parent[is_train], subset)
-    by_parent = markers["protein"].tolist()[:n_candidates]
-    by_all = markers.sort_values("auroc_all", key=lambda s: -(s - 0.5).abs(), kind="stable")
-    candidates = list(dict.fromkeys(by_parent + by_all["protein"].tolist()[:n_candidates]))
+
+def _beam_search(
+    train: _SortedCells,
+    names: Sequence[str],
+    tt: np.ndarray,
+    start_train: np.ndarray,
+    candidates: list[str],
+    *,
+    max_gates: int,
+    beam_width: int,
+    min_gain: float,
+) -> list[Gate]:
+    """The gates of the best F1 on the training cells: a beam search over thresholds."""
+    xt = train.xt  # training cells: proteins x cells
     col = {name: i for i, name in enumerate(names)}
-
     n_target_train = int(tt.sum())
     # each candidate's training cells in ascending (stable) order, once: a population's
     # order is this order restricted to its cells
     ascending = {c: train.order(col[c]) for c in candidates}
-    start_train = parent[is_train] if start == "parent" else np.ones(len(tt), dtype=bool)
     root = _State((), start_train, _metrics(start_train, tt)[4])
     best, beam = root, [root]
-    for _ in range(int(max_gates)):
+    for _ in range(max_gates):
         proposals: dict[frozenset, _State] = {}
         for state in beam:
             used = {(g.protein, g.direction) for g in state.gates}
@@ -751,12 +794,23 @@ def _gating(
             beam.append(_State(state.gates, mask, state.f1))
         if beam[0].f1 > best.f1 + min_gain:
             best = beam[0]
+    return list(best.gates)
 
-    gates = list(best.gates)
+
+def _gating_steps(
+    panel: _Panel,
+    gates: list[Gate],
+    target: np.ndarray,
+    start_mask: np.ndarray,
+    is_train: np.ndarray,
+    label: str,
+    subset: str,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Purity and recall after each gate, training and held-out cells; the final test gate."""
+    xs, col = panel.cells.xt, {name: i for i, name in enumerate(panel.names)}
     rows = []
     for split, in_split in (("train", is_train), ("test", ~is_train)):
-        mask = (parent if start == "parent" else np.ones(len(target), dtype=bool)) & in_split
-        label = "parent" if start == "parent" else "all cells"
+        mask = start_mask & in_split
         for step in range(len(gates) + 1):
             gate = gates[step - 1] if step else None
             if gate is not None:
@@ -779,15 +833,18 @@ def _gating(
                     "f1": f1,
                 }
             )
-        if split == "test":
-            final = mask
-    steps = pd.DataFrame(rows, columns=GATING_COLUMNS)
+    return pd.DataFrame(rows, columns=GATING_COLUMNS), mask
 
-    donor_rows = []
-    for donor in test_donors_:
+
+def _per_donor(
+    final: np.ndarray, target: np.ndarray, donors: np.ndarray, test_donors: list[str]
+) -> pd.DataFrame:
+    """Purity and recall of the whole strategy in each held-out donor."""
+    rows = []
+    for donor in test_donors:
         cells = donors == donor
         n_gated, n_target, purity, recall, f1 = _metrics(final & cells, target & cells)
-        donor_rows.append(
+        rows.append(
             {
                 "donor": donor,
                 "n_cells": int(cells.sum()),
@@ -798,26 +855,6 @@ def _gating(
                 "f1": f1,
             }
         )
-    per_donor = pd.DataFrame(
-        donor_rows, columns=["donor", "n_cells", "n_target", "n_gated", "purity", "recall", "f1"]
-    )
-    params = {
-        "max_gates": int(max_gates),
-        "test_donors": test_donors if isinstance(test_donors, float) else list(test_donors_),
-        "start": start,
-        "n_candidates": n_candidates,
-        "beam_width": beam_width,
-        "min_gain": min_gain,
-        "seed": seed,
-    }
-    return GatingResult(
-        subset=subset,
-        gates=gates,
-        start=start,
-        steps=steps,
-        per_donor=per_donor,
-        markers=markers,
-        train_donors=train_donors,
-        test_donors=test_donors_,
-        params=params,
+    return pd.DataFrame(
+        rows, columns=["donor", "n_cells", "n_target", "n_gated", "purity", "recall", "f1"]
     )

@@ -606,8 +606,27 @@ def subsets(
     tasks = [(lineage, rows) for lineage, rows in tasks if rows.size]
     results = _cluster_lineages(shared, tasks, n_jobs)
 
+    names, table = _named_subsets(tasks, results, l2, lineages)
+    if features == "prot":
+        table["protein_markers"], table["rna_markers"] = table["rna_markers"], ""
+    subset_col = pd.Series(names, index=obs.index, dtype=object)
+    table = _describe_subsets(table, subset_col, obs)
+    mdata.obs[key_added] = pd.Categorical(subset_col, categories=table["subset"].tolist())
+    return table
+
+
+def _named_subsets(
+    tasks: list[tuple[str, np.ndarray]],
+    results: list,
+    l2: np.ndarray,
+    lineages: Mapping[str, Sequence[str]],
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Each cell's subset name and one row per subset (l2 outside the lineages kept as is).
+
+    Names are unique: a repeated base name gets ``_2``, ``_3``, ...
+    """
     names = np.array(l2, dtype=object)
-    clusters = np.full(obs.shape[0], -1, dtype=np.int64)  # global cluster id per cell
+    clusters = np.full(len(l2), -1, dtype=np.int64)  # global cluster id per cell
     in_lineage = np.isin(l2, [label for labels in lineages.values() for label in labels])
     others = pd.Series(l2[~in_lineage]).value_counts()
     used = set(others.index)  # subset names taken so far
@@ -649,9 +668,13 @@ def subsets(
         }
     )
     table = pd.concat([table.drop(columns="cluster"), rest], ignore_index=True)
-    if features == "prot":
-        table["protein_markers"], table["rna_markers"] = table["rna_markers"], ""
-    subset_col = pd.Series(names, index=obs.index, dtype=object)
+    return names, table
+
+
+def _describe_subsets(
+    table: pd.DataFrame, subset_col: pd.Series, obs: pd.DataFrame
+) -> pd.DataFrame:
+    """The subsets table with l1, cells and donors, ordered by l1, l2 and size."""
     l1_of = obs.groupby(subset_col.to_numpy(), observed=True)["l1"].agg(
         lambda s: s.astype(str).value_counts().index[0]
     )
@@ -661,7 +684,6 @@ def subsets(
     table["n_cells"] = table["subset"].map(counts).astype(int)
     table["n_donors"] = table["subset"].map(donors).astype(int)
     table = table.sort_values(["l1", "l2", "n_cells"], ascending=[True, True, False], kind="stable")
-    mdata.obs[key_added] = pd.Categorical(subset_col, categories=table["subset"].tolist())
     columns = ["subset", "l2", "l1", "lineage", "n_cells", "n_donors", "resolution", "stability"]
     return table[[*columns, "rna_markers", "protein_markers"]].reset_index(drop=True)
 
