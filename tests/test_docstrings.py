@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import importlib.util
 import inspect
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -52,3 +54,11 @@ def test_example_runs(name: str, test: doctest.DocTest) -> None:
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS)
     result = runner.run(test, out=lambda text: pytest.fail(text, pytrace=False))
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_api_page_is_current() -> None:
+    script = Path(__file__).resolve().parents[1] / "scripts" / "api_docs.py"
+    spec = importlib.util.spec_from_file_location("api_docs", script)
+    api_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(api_docs)
+    assert api_docs.API.read_text() == api_docs.render(), "run python scripts/api_docs.py"

@@ -302,7 +302,19 @@ def test_sections_from_run_tables(tmp_path):
     contrasts = {
         "SRC": {"variable": "SRC", "case": "yes", "control": "no", "within": {"group": "SSc"}},
         "age": {"variable": "age", "case": None, "control": None, "within": {}},
+        "ILD": {"variable": "ILD", "case": "yes", "control": "no", "within": {}},
     }
+    # the designs the run tested (ILD was not: its row shows no donors)
+    pd.DataFrame(
+        {
+            "contrast": ["SRC"] * 3 + ["age"] * 4,
+            "variable": ["SRC"] * 3 + ["age"] * 4,
+            "kind": ["binary"] * 3 + ["continuous"] * 4,
+            "donor_id": ["SSc1", "SSc2", "SSc3", *donors],
+            "group": ["case", "control", "control", "60.0", "50.0", "70.0", "40.0"],
+            "arm": ["yes", "no", "no", "", "", "", ""],
+        }
+    ).to_csv(out / "tables" / "contrast_donors.csv", index=False)
     cohort = cohort_section(out, clinical, contrasts=contrasts)
     text = str(cohort.blocks[0].text)
     assert (
@@ -315,6 +327,8 @@ def test_sections_from_run_tables(tmp_path):
     sizes = next(b for b in cohort.blocks if getattr(b, "csv", "") == "tables/report_contrasts.csv")
     src = sizes.frame.set_index("contrast").loc["SRC"]
     assert (src["n_case"], src["n_control"]) == (1, 2)
+    assert sizes.frame.set_index("contrast").loc["age", "n_case"] == 4
+    assert sizes.frame.set_index("contrast").loc["ILD", ["n_case", "n_control"]].isna().all()
     warnings = [b.text for b in cohort.blocks if isinstance(b, Note) and b.kind == "warning"]
     assert any("group = HD has only 1 donor" in w for w in warnings)
     assert any("contrast SRC: only 1 case donor" in w for w in warnings)

@@ -16,9 +16,9 @@ from sccohort.errors import InputError
 from sccohort.io import CORE_COLUMNS
 from sccohort.report import FigureBlock, Note, Section, TableBlock, build_report
 from sccohort.report.assemble import assemble_report
+from sccohort.report.characterisation import characterisation_section
 from sccohort.report.stats_sections import (
     association_section,
-    characterisation_section,
     composition_section,
     contrast_groups,
 )

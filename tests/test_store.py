@@ -220,7 +220,7 @@ def test_the_reports_marker_genes_are_read_once_with_the_same_values(
 ) -> None:
     """The report reads the dot plots' genes of all subsets together (one pass of the store)."""
     from sccohort.pl import dot_values
-    from sccohort.report.stats_sections import _marker_rna
+    from sccohort.report.characterisation import _marker_rna
 
     memory, disk = pair
     tables = tmp_path / "run" / "tables"

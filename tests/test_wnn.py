@@ -41,7 +41,7 @@ def leiden_labels(graph, resolution=0.5):
     adata = ad.AnnData(np.zeros((graph.shape[0], 1), dtype=np.float32))
     sc.tl.leiden(
         adata, adjacency=graph, resolution=resolution, flavor="igraph", n_iterations=-1,
-        seed=0,
+        random_state=0,
     )  # fmt: skip
     return adata.obs["leiden"].to_numpy()
 

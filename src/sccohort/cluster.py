@@ -42,12 +42,11 @@ from sccohort.errors import InputError
 
 #: Dask settings of the local cluster. Its default housekeeping (the workers' statistical
 #: profiler every 10 ms, event-loop ticks every 20 ms, memory and system monitors) kept an
-#: idle 2-worker cluster at 21 % of a core, and the wake-ups stall the parallel numba loops
-#: of the main process: the 230k embed stage took 148 s beside an idle cluster, 138 s with
-#: these settings (idle cluster: 3 % of a core). Dask also starts workers with
-#: MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's adaptive mmap threshold, so every
-#: large temporary array is mapped afresh (page faults): 8 samples of the 230k cohort took
-#: 39.2 s with it, 34.0 s without; freed memory is handed back after each compute
+#: idle 2-worker cluster busy on a fifth of a core, and the wake-ups stall the parallel
+#: numba loops of the main process (the 230k embed stage ran measurably slower beside it).
+#: Dask also starts workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's
+#: adaptive mmap threshold, so every large temporary array is mapped afresh (page faults,
+#: slower per-sample tasks); freed memory is handed back after each compute instead
 #: (`release_memory`).
 QUIET_LOCAL_CLUSTER = {
     "distributed.worker.profile.enabled": False,

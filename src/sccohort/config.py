@@ -480,7 +480,7 @@ def _plain(value: Any) -> Any:
 # Schema checking
 
 
-def _describe(tp: Any) -> str:
+def _describe(tp: Any) -> str:  # noqa: PLR0911 - one return per kind of type hint
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is type(None):
         return "nothing"
@@ -512,7 +512,7 @@ class _Invalid(Exception):
     """A config value of the right type that no key accepts (``nan``, ``""``, a NUL)."""
 
 
-def _coerce(value: Any, tp: Any, key: str, ctx: _Context) -> Any:
+def _coerce(value: Any, tp: Any, key: str, ctx: _Context) -> Any:  # noqa: C901, PLR0911, PLR0912 - a dispatch on the type hint, one flat branch per TOML type
     """Check ``value`` against the type hint ``tp``; return it converted (paths resolved)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):

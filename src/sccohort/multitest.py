@@ -1,6 +1,6 @@
 """Multiple-testing adjustment: the one place for every correction the library applies.
 
-A foundation module (beside ``cohort.py``) because cell-level markers (``tl``) adjust too;
+A foundation module (beside ``sccohort.cohort``) because cell-level markers (``tl``) adjust too;
 :mod:`sccohort.stats` exports its functions.
 
 One rule for missing values everywhere: a NaN p-value (a test that was not run) stays NaN

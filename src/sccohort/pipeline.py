@@ -115,7 +115,7 @@ def tree_memory(root: psutil.Process) -> int | None:
     RSS for each process, except where a child was forked from its parent (same command
     line: a forked helper pool): those children and their parents count their PSS, which
     splits the pages they share, so shared pages count once. Reading PSS walks every page
-    of a process (about 0.1 s for 6 GB of small arrays), so it is read only then. None when
+    of a process (slow for large ones), so it is read only then. None when
     the tree changed while it was read (a fork's shared pages would count twice).
     """
     try:
@@ -156,9 +156,9 @@ def _pss(proc: psutil.Process) -> int:
 
 
 #: A memory sampler uses at most this share of one core: after a sample that took t seconds
-#: it waits at least t / SAMPLER_DUTY. Reading the PSS of a 10 GB process and its forked
-#: helpers takes about 0.3 s; sampled every 0.5 s regardless, it took 8 % of a million-cell
-#: run's CPU time (py-spy).
+#: it waits at least t / SAMPLER_DUTY. Reading the PSS of a large process and its forked
+#: helpers takes a sizeable part of a second; sampled at a fixed period regardless, the
+#: sampler took a noticeable share of a million-cell run's CPU time.
 SAMPLER_DUTY = 0.03
 
 
@@ -892,7 +892,7 @@ def write_cohort(mdata: Any, path: Path, *, final: bool) -> None:
 
     Left out, and listed in ``uns["left_out"]`` with how to rebuild them (`read_h5mu`
     does): the RNA ``.X`` when it is ``log1p`` of ``layers["counts"]``
-    (`sccohort.pp.normalize.normalize_rna`; half the file: 3 of 6 GB at 230,000 cells), another
+    (`sccohort.pp.normalize.normalize_rna`; about half the file), another
     modality's ``.X`` that is its counts as float32 (hashtags), and a modality's ``obsm``
     arrays and ``obs`` columns that repeat the MuData's own. The object in memory is
     left as it was.
@@ -942,7 +942,7 @@ def read_h5mu(path: str | Path) -> Any:
 
 
 @contextlib.contextmanager
-def _left_out(mdata: Any) -> Iterator[None]:
+def _left_out(mdata: Any) -> Iterator[None]:  # noqa: PLR0912 - takes values out and puts them back; both halves stay side by side
     """Take the derived values out of ``mdata`` (noted in ``uns``) and put them back after."""
     taken: list[tuple[Any, str, str, Any]] = []  # (container, kind, key, value)
     note: dict[str, Any] = {}

@@ -52,7 +52,7 @@ def _add(sets: dict[str, list[str]], seen: dict[str, set[str]], name: str, gene:
 
 
 def read_gmt(path: str | Path) -> dict[str, list[str]]:
-    """Read a GMT file (one set a line: name, description, genes; tab-separated).
+    r"""Read a GMT file (one set a line: name, description, genes; tab-separated).
 
     Parameters
     ----------
@@ -70,6 +70,15 @@ def read_gmt(path: str | Path) -> dict[str, list[str]]:
     InputError
         A line with fewer than three fields, an empty set name, a set without genes, or a set
         name given twice.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> from sccohort.io import read_gmt
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "sets.gmt"
+    >>> _ = path.write_text("A\tmy set\tG1\tG2\nB\tother\tG3\n")
+    >>> read_gmt(path)
+    {'A': ['G1', 'G2'], 'B': ['G3']}
     """
     path = Path(path)
     sets: dict[str, list[str]] = {}
@@ -182,6 +191,13 @@ def hallmark() -> dict[str, list[str]]:
     dict
         ``{HALLMARK_...: [gene, ...]}``, 50 sets of 32-200 genes. CC BY 4.0: cite Liberzon et
         al. 2015, Cell Systems 1:417 (see ``resources/MSIGDB_HALLMARK_LICENSE.md``).
+
+    Examples
+    --------
+    >>> from sccohort.io import hallmark
+    >>> sets = hallmark()
+    >>> len(sets), "EGR1" in sets["HALLMARK_TNFA_SIGNALING_VIA_NFKB"]
+    (50, True)
     """
     ref = resources.files("sccohort.resources").joinpath(HALLMARK_FILE)
     with resources.as_file(ref) as file:

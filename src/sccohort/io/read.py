@@ -88,7 +88,7 @@ def _from_folder(folder: Path, h5_names: Sequence[str], mtx_names: Sequence[str]
     return None
 
 
-def detect_format(path: str | Path, *, raw: bool = False) -> tuple[str, Path]:
+def detect_format(path: str | Path, *, raw: bool = False) -> tuple[str, Path]:  # noqa: PLR0911 - one return per layout it recognises
     """Which reader a path needs, and the file or folder to give it.
 
     Parameters

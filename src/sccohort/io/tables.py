@@ -124,6 +124,17 @@ def write_table(
 
     ``frame`` may be a list of frames, concatenated (empty ones left out). Tables marked
     ``core`` get :data:`CORE_COLUMNS` first.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from sccohort.io import read_table, write_table
+    >>> out = tempfile.mkdtemp()
+    >>> frame = pd.DataFrame({"note": [""], "padj": [0.01], "contrast": ["SRC"]})
+    >>> write_table(out, "association", frame).name
+    'association.csv'
+    >>> read_table(out, "association").columns.tolist()  # core columns first
+    ['contrast', 'padj', 'note']
     """
     if isinstance(frame, list):
         frame = pd.concat([f for f in frame if len(f)] or frame[:1], ignore_index=True)

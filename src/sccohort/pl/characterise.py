@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -224,6 +225,92 @@ def signature_scores(
     return fig
 
 
+def _gating_inputs(
+    values: pd.DataFrame,
+    target: np.ndarray,
+    gates: pd.DataFrame,
+    start: np.ndarray | None,
+    subset: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The target and start population as boolean arrays, after checking them and the gates."""
+    target = np.asarray(target, dtype=bool)
+    n = len(values)
+    if len(target) != n:
+        raise InputError(
+            f"target has {len(target)} cells but values has {n}", key="target", sample=subset
+        )
+    mask = np.ones(n, dtype=bool) if start is None else np.asarray(start, dtype=bool).copy()
+    missing = [p for p in gates["protein"].astype(str) if p not in values.columns]
+    if missing:
+        raise InputError(
+            f"protein '{missing[0]}' of the gates of '{subset}' is not in the protein data",
+            column=missing[0],
+            hint="Pass the protein modality the gates were found on",
+        )
+    return target, mask
+
+
+def _gate_panel(
+    ax: Axes,
+    k: int,
+    gate: Any,
+    x: np.ndarray,
+    mask: np.ndarray,
+    target: np.ndarray,
+    *,
+    subset: str,
+    bins: int,
+) -> np.ndarray:
+    """One gate's panel (histograms, kept side shaded); returns the cells the gate keeps."""
+    pop_t, pop_o = x[mask & target], x[mask & ~target]
+    edges = np.histogram_bin_edges(x[mask] if mask.any() else x, bins=bins)
+    for arr, colour, name in ((pop_o, OTHER, "other cells"), (pop_t, TARGET, subset)):
+        if len(arr):
+            ax.hist(arr, bins=edges, density=True, histtype="stepfilled", alpha=0.45,
+                    color=colour, label=f"{name} ({len(arr):,})")  # fmt: skip
+    thr = float(gate.threshold)
+    ax.axvline(thr, color="black", lw=1.2)
+    lo, hi = edges[0], edges[-1]
+    if gate.direction == ">":
+        ax.axvspan(thr, hi, color="#f4d03f", alpha=0.15, zorder=0)
+    else:
+        ax.axvspan(lo, thr, color="#f4d03f", alpha=0.15, zorder=0)
+    ax.set_xlim(lo, hi)
+    ax.set_title(f"gate {k + 1}: {gate.protein} {gate.direction} {thr:.3g}",
+                 fontsize=FONT["label"])  # fmt: skip
+    ax.set_xlabel(f"{gate.protein} (normalised)", fontsize=FONT["label"])
+    ax.tick_params(labelsize=FONT["tick"])
+    ax.legend(fontsize=FONT["small"], frameon=False, loc="best")
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return x > thr if gate.direction == ">" else x < thr
+
+
+def _gating_metrics_panel(ax: Axes, metrics: pd.DataFrame) -> None:
+    """Purity and recall after each gate, training vs held-out donors."""
+    require_columns(metrics, ("step", "split", "purity", "recall"), "the gating metrics")
+    for split, ls in (("train", "-"), ("test", "--")):
+        part = metrics[metrics["split"].astype(str) == split].sort_values("step")
+        if part.empty:
+            continue
+        name = "training donors" if split == "train" else "held-out donors"
+        ax.plot(part["step"], part["purity"], ls=ls, marker="o", color="#1f77b4",
+                label=f"purity, {name}")  # fmt: skip
+        ax.plot(part["step"], part["recall"], ls=ls, marker="s", color="#ff7f0e",
+                label=f"recall, {name}")  # fmt: skip
+    steps = sorted(pd.unique(metrics["step"]))
+    ax.set_xticks(steps, [str(int(s)) for s in steps], fontsize=FONT["tick"])
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_xlabel("after gate (0 = start)", fontsize=FONT["label"])
+    ax.set_title("purity and recall", fontsize=FONT["label"])
+    ax.tick_params(labelsize=FONT["tick"])
+    ax.legend(
+        fontsize=FONT["small"], frameon=False, loc="upper center", ncol=2,
+        bbox_to_anchor=(0.5, -0.2),
+    )  # fmt: skip
+    ax.grid(color="#eeeeee", lw=0.5)
+
+
 def gating_plot(
     values: pd.DataFrame,
     target: np.ndarray,
@@ -261,75 +348,18 @@ def gating_plot(
         the kept side of each threshold is shaded.
     """
     require_columns(gates, ("protein", "direction", "threshold"), "the gate table")
-    target = np.asarray(target, dtype=bool)
-    n = len(values)
-    if len(target) != n:
-        raise InputError(
-            f"target has {len(target)} cells but values has {n}", key="target", sample=subset
-        )
-    mask = np.ones(n, dtype=bool) if start is None else np.asarray(start, dtype=bool).copy()
-    missing = [p for p in gates["protein"].astype(str) if p not in values.columns]
-    if missing:
-        raise InputError(
-            f"protein '{missing[0]}' of the gates of '{subset}' is not in the protein data",
-            column=missing[0],
-            hint="Pass the protein modality the gates were found on",
-        )
+    target, mask = _gating_inputs(values, target, gates, start, subset)
     has_metrics = metrics is not None and not metrics.empty
     n_panels = len(gates) + int(has_metrics)
     fig = new_figure(max(5.0, 3.0 * n_panels), 3.9)
     axes = fig.subplots(1, max(n_panels, 1), squeeze=False)[0]
     for k, gate in enumerate(gates.itertuples(index=False)):
-        ax = axes[k]
         x = values[str(gate.protein)].to_numpy(dtype=float)
-        pop_t, pop_o = x[mask & target], x[mask & ~target]
-        edges = np.histogram_bin_edges(x[mask] if mask.any() else x, bins=bins)
-        for arr, colour, name in ((pop_o, OTHER, "other cells"), (pop_t, TARGET, subset)):
-            if len(arr):
-                ax.hist(arr, bins=edges, density=True, histtype="stepfilled", alpha=0.45,
-                        color=colour, label=f"{name} ({len(arr):,})")  # fmt: skip
-        thr = float(gate.threshold)
-        ax.axvline(thr, color="black", lw=1.2)
-        lo, hi = edges[0], edges[-1]
-        if gate.direction == ">":
-            ax.axvspan(thr, hi, color="#f4d03f", alpha=0.15, zorder=0)
-        else:
-            ax.axvspan(lo, thr, color="#f4d03f", alpha=0.15, zorder=0)
-        ax.set_xlim(lo, hi)
-        ax.set_title(f"gate {k + 1}: {gate.protein} {gate.direction} {thr:.3g}",
-                     fontsize=FONT["label"])  # fmt: skip
-        ax.set_xlabel(f"{gate.protein} (normalised)", fontsize=FONT["label"])
-        ax.tick_params(labelsize=FONT["tick"])
-        ax.legend(fontsize=FONT["small"], frameon=False, loc="best")
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
-        keep = x > thr if gate.direction == ">" else x < thr
-        mask = mask & keep
+        mask = mask & _gate_panel(axes[k], k, gate, x, mask, target, subset=subset, bins=bins)
     if len(gates):
         axes[0].set_ylabel("density", fontsize=FONT["label"])
     if has_metrics:
-        require_columns(metrics, ("step", "split", "purity", "recall"), "the gating metrics")
-        ax = axes[-1]
-        for split, ls in (("train", "-"), ("test", "--")):
-            part = metrics[metrics["split"].astype(str) == split].sort_values("step")
-            if part.empty:
-                continue
-            name = "training donors" if split == "train" else "held-out donors"
-            ax.plot(part["step"], part["purity"], ls=ls, marker="o", color="#1f77b4",
-                    label=f"purity, {name}")  # fmt: skip
-            ax.plot(part["step"], part["recall"], ls=ls, marker="s", color="#ff7f0e",
-                    label=f"recall, {name}")  # fmt: skip
-        steps = sorted(pd.unique(metrics["step"]))
-        ax.set_xticks(steps, [str(int(s)) for s in steps], fontsize=FONT["tick"])
-        ax.set_ylim(-0.02, 1.05)
-        ax.set_xlabel("after gate (0 = start)", fontsize=FONT["label"])
-        ax.set_title("purity and recall", fontsize=FONT["label"])
-        ax.tick_params(labelsize=FONT["tick"])
-        ax.legend(
-            fontsize=FONT["small"], frameon=False, loc="upper center", ncol=2,
-            bbox_to_anchor=(0.5, -0.2),
-        )  # fmt: skip
-        ax.grid(color="#eeeeee", lw=0.5)
+        _gating_metrics_panel(axes[-1], metrics)
     if not len(gates) and not has_metrics:
         axes[0].text(0.5, 0.5, "no gate improves on the start population", ha="center",
                      va="center", transform=axes[0].transAxes)  # fmt: skip

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -209,6 +210,95 @@ def group_comparison(
     return fig
 
 
+def _pca_tables(
+    pca: Mapping[str, pd.DataFrame | np.ndarray], components: tuple[int, int]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The PCA's scores and loadings as DataFrames, after checking the components exist."""
+    for key in ("scores", "loadings"):
+        if key not in pca:
+            raise InputError(
+                f"the PCA result has no '{key}'",
+                key=key,
+                hint="Pass a dict with 'scores' (donors x PCs) and 'loadings' (subsets x PCs)",
+            )
+    scores = pd.DataFrame(pca["scores"])
+    loadings = pd.DataFrame(pca["loadings"])
+    c1, c2 = components
+    if max(c1, c2) >= min(scores.shape[1], loadings.shape[1]):
+        raise InputError(
+            f"components {components} requested but the PCA has {scores.shape[1]}",
+            key="components",
+        )
+    return scores, loadings
+
+
+def _draw_pca_donors(
+    ax: Axes,
+    donors: pd.Index,
+    sx: np.ndarray,
+    sy: np.ndarray,
+    groups: pd.Series,
+    levels: list[str],
+    colours: Mapping[str, str],
+    centroids: pd.DataFrame,
+    components: tuple[int, int],
+) -> None:
+    """Donor points coloured by group, each group's centroid and each donor's name."""
+    c1, c2 = components
+    for lv in levels:
+        mask = (groups == lv).to_numpy()
+        ax.scatter(
+            sx[mask], sy[mask], s=36, color=colours[lv], edgecolors="black", linewidths=0.4,
+            label=f"{lv} (n={int(mask.sum())})", zorder=3,
+        )  # fmt: skip
+    for lv in levels:
+        if lv in centroids.index:
+            cx, cy = centroids.loc[lv].iloc[c1], centroids.loc[lv].iloc[c2]
+            ax.scatter(
+                [cx], [cy], s=180, marker="X", color=colours[lv], edgecolors="black",
+                linewidths=1.0, zorder=4,
+            )  # fmt: skip
+    for donor, px, py in zip(donors, sx, sy, strict=True):
+        ax.annotate(
+            donor, (px, py), xytext=(3, 3), textcoords="offset points", fontsize=6.5,
+            color="#444444",
+        )  # fmt: skip
+
+
+def _draw_loadings(
+    ax: Axes,
+    loadings: pd.DataFrame,
+    components: tuple[int, int],
+    sx: np.ndarray,
+    sy: np.ndarray,
+    n_loadings: int,
+) -> None:
+    """Arrows of the ``n_loadings`` longest loadings, scaled to the reach of the scores."""
+    c1, c2 = components
+    lx, ly = loadings.iloc[:, c1].to_numpy(), loadings.iloc[:, c2].to_numpy()
+    length = np.hypot(lx, ly)
+    chosen = np.argsort(-length, kind="stable")[:n_loadings]
+    if len(chosen) and length[chosen[0]] > 0:
+        reach = 0.9 * min(np.abs(sx).max() or 1.0, np.abs(sy).max() or 1.0)
+        factor = reach / length[chosen[0]]
+        for i in chosen:
+            ax.annotate(
+                "", xy=(lx[i] * factor, ly[i] * factor), xytext=(0, 0),
+                arrowprops={"arrowstyle": "->", "color": "#b22222", "lw": 1.1},
+            )  # fmt: skip
+            ax.text(
+                lx[i] * factor * 1.08, ly[i] * factor * 1.08, str(loadings.index[i]),
+                color="#b22222", fontsize=FONT["small"], ha="center", va="center",
+            )  # fmt: skip
+
+
+def _pc_label(explained: Sequence[float] | np.ndarray | None, c: int) -> str:
+    """Axis label of component ``c``, with its share of the variance when known."""
+    if explained is not None and len(explained) > c:
+        return f"PC{c + 1} ({100 * float(explained[c]):.1f}% of variance)"
+    return f"PC{c + 1}"
+
+
 def pca_biplot(
     pca: Mapping[str, pd.DataFrame | np.ndarray],
     group: pd.Series,
@@ -238,21 +328,8 @@ def pca_biplot(
     -------
     matplotlib.figure.Figure
     """
-    for key in ("scores", "loadings"):
-        if key not in pca:
-            raise InputError(
-                f"the PCA result has no '{key}'",
-                key=key,
-                hint="Pass a dict with 'scores' (donors x PCs) and 'loadings' (subsets x PCs)",
-            )
-    scores = pd.DataFrame(pca["scores"])
-    loadings = pd.DataFrame(pca["loadings"])
+    scores, loadings = _pca_tables(pca, components)
     c1, c2 = components
-    if max(c1, c2) >= min(scores.shape[1], loadings.shape[1]):
-        raise InputError(
-            f"components {components} requested but the PCA has {scores.shape[1]}",
-            key="components",
-        )
     scores.index = scores.index.astype(str)
     groups = _donor_groups(group, list(scores.index), "the PCA scores")
     levels = ordered_levels(groups)
@@ -266,49 +343,12 @@ def pca_biplot(
     fig = new_figure(7.5, 6.2)
     ax = fig.add_subplot()
     sx, sy = scores.iloc[:, c1].to_numpy(), scores.iloc[:, c2].to_numpy()
-    for lv in levels:
-        mask = (groups == lv).to_numpy()
-        ax.scatter(
-            sx[mask], sy[mask], s=36, color=colours[lv], edgecolors="black", linewidths=0.4,
-            label=f"{lv} (n={int(mask.sum())})", zorder=3,
-        )  # fmt: skip
-    for lv in levels:
-        if lv in centroids.index:
-            cx, cy = centroids.loc[lv].iloc[c1], centroids.loc[lv].iloc[c2]
-            ax.scatter(
-                [cx], [cy], s=180, marker="X", color=colours[lv], edgecolors="black",
-                linewidths=1.0, zorder=4,
-            )  # fmt: skip
-    for donor, px, py in zip(scores.index, sx, sy, strict=True):
-        ax.annotate(
-            donor, (px, py), xytext=(3, 3), textcoords="offset points", fontsize=6.5,
-            color="#444444",
-        )  # fmt: skip
-    lx, ly = loadings.iloc[:, c1].to_numpy(), loadings.iloc[:, c2].to_numpy()
-    length = np.hypot(lx, ly)
-    chosen = np.argsort(-length, kind="stable")[:n_loadings]
-    if len(chosen) and length[chosen[0]] > 0:
-        reach = 0.9 * min(np.abs(sx).max() or 1.0, np.abs(sy).max() or 1.0)
-        factor = reach / length[chosen[0]]
-        for i in chosen:
-            ax.annotate(
-                "", xy=(lx[i] * factor, ly[i] * factor), xytext=(0, 0),
-                arrowprops={"arrowstyle": "->", "color": "#b22222", "lw": 1.1},
-            )  # fmt: skip
-            ax.text(
-                lx[i] * factor * 1.08, ly[i] * factor * 1.08, str(loadings.index[i]),
-                color="#b22222", fontsize=FONT["small"], ha="center", va="center",
-            )  # fmt: skip
+    _draw_pca_donors(ax, scores.index, sx, sy, groups, levels, colours, centroids, components)
+    _draw_loadings(ax, loadings, components, sx, sy, n_loadings)
     ax.axhline(0, color="#cccccc", lw=0.7, zorder=0)
     ax.axvline(0, color="#cccccc", lw=0.7, zorder=0)
-
-    def axis_label(c: int) -> str:
-        if explained is not None and len(explained) > c:
-            return f"PC{c + 1} ({100 * float(explained[c]):.1f}% of variance)"
-        return f"PC{c + 1}"
-
-    ax.set_xlabel(axis_label(c1), fontsize=FONT["label"])
-    ax.set_ylabel(axis_label(c2), fontsize=FONT["label"])
+    ax.set_xlabel(_pc_label(explained, c1), fontsize=FONT["label"])
+    ax.set_ylabel(_pc_label(explained, c2), fontsize=FONT["label"])
     ax.tick_params(labelsize=FONT["tick"])
     handles, labels = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], marker="X", ls="", color="grey", markersize=10))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -14,6 +15,106 @@ from ._common import FONT, category_colours, new_figure, ordered_levels
 MAX_CELLS = 30_000
 #: Categories with fewer drawn cells get no name written on the plot (the legend has them).
 MIN_LABELLED = 10
+
+
+def _check_inputs(
+    coords: np.ndarray, values: pd.Series | np.ndarray, name: str, max_cells: int, basis: str
+) -> tuple[np.ndarray, pd.Series]:
+    """The coordinates as floats and the values as a Series, after checking their shapes."""
+    coords = np.asarray(coords, dtype=float)
+    if coords.ndim != 2 or coords.shape[1] < 2:
+        raise InputError(
+            f"embedding coordinates must be (n_cells, 2), got shape {coords.shape}",
+            key=basis,
+            hint="Pass e.g. mdata.obsm['X_umap']",
+        )
+    series = pd.Series(values).reset_index(drop=True)
+    if len(series) != len(coords):
+        raise InputError(
+            f"{len(series)} values for {len(coords)} cells",
+            column=name,
+            hint="Pass one value per row of the coordinates",
+        )
+    if max_cells < 1:
+        raise InputError("max_cells must be at least 1", key="max_cells")
+    return coords, series
+
+
+def _subsample(n_total: int, max_cells: int, seed: int) -> np.ndarray:
+    """Indices of at most ``max_cells`` cells drawn with ``seed``, in a random drawing order."""
+    rng = np.random.default_rng(seed)
+    keep = (
+        np.sort(rng.choice(n_total, size=max_cells, replace=False))
+        if n_total > max_cells
+        else np.arange(n_total)
+    )
+    # draw in a random order so no category systematically hides another
+    return keep[rng.permutation(len(keep))]
+
+
+def _draw_categorical(
+    ax: Axes,
+    xy: np.ndarray,
+    vals: pd.Series,
+    series: pd.Series,
+    levels: list[str],
+    *,
+    name: str,
+    size: float,
+    label_on_data: bool | None,
+) -> None:
+    """Points coloured by category, a legend with cell counts and names written on the data."""
+    colours = category_colours(levels)
+    text = vals.astype(str).to_numpy()
+    ax.scatter(
+        xy[:, 0], xy[:, 1], s=size, c=[colours.get(t, "#bbbbbb") for t in text],
+        linewidths=0, rasterized=True,
+    )  # fmt: skip
+    counts = pd.Series(series.astype(str)).value_counts()
+    handles = [
+        Line2D([], [], marker="o", ls="", color=colours[lv], label=f"{lv} ({counts[lv]:,})")
+        for lv in levels
+    ]
+    ax.legend(
+        handles=handles, title=f"{name} (cells)", loc="upper left", bbox_to_anchor=(1.01, 1),
+        fontsize=FONT["small"], title_fontsize=FONT["tick"], frameon=False,
+        ncol=1 if len(levels) <= 26 else 2, handletextpad=0.2, borderaxespad=0,
+    )  # fmt: skip
+    if label_on_data if label_on_data is not None else len(levels) <= 40:
+        _label_on_data(ax, xy, text, levels)
+
+
+def _label_on_data(ax: Axes, xy: np.ndarray, text: np.ndarray, levels: list[str]) -> None:
+    """Each category's name on its member cell nearest the members' median position."""
+    for level in levels:
+        members = np.flatnonzero(text == level)
+        if len(members) < MIN_LABELLED:
+            continue  # too few drawn cells for a name to point anywhere useful
+        # write the name on the member cell nearest the median, so it sits on cells
+        centre = np.median(xy[members], axis=0)
+        nearest = members[np.argmin(((xy[members] - centre) ** 2).sum(axis=1))]
+        ax.text(
+            xy[nearest, 0], xy[nearest, 1], str(level), fontsize=FONT["small"],
+            ha="center", va="center", weight="bold",
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.6},
+        )  # fmt: skip
+
+
+def _draw_continuous(
+    fig: Figure, ax: Axes, xy: np.ndarray, vals: pd.Series, *, name: str, size: float, cmap: str
+) -> None:
+    """Points coloured by a continuous value (high values on top) and its colour bar."""
+    numbers = pd.to_numeric(vals, errors="coerce").to_numpy(dtype=float)
+    if not np.isfinite(numbers).any():
+        raise InputError(f"'{name}' has no finite value to colour by", column=name)
+    order = np.argsort(numbers, kind="stable")  # high values on top
+    points = ax.scatter(
+        xy[order, 0], xy[order, 1], s=size, c=numbers[order], cmap=cmap, linewidths=0,
+        rasterized=True, plotnonfinite=True,
+    )  # fmt: skip
+    bar = fig.colorbar(points, ax=ax, shrink=0.6, pad=0.01)
+    bar.set_label(name, fontsize=FONT["label"])
+    bar.ax.tick_params(labelsize=FONT["tick"])
 
 
 def embedding(
@@ -59,31 +160,9 @@ def embedding(
     matplotlib.figure.Figure
         Points are rasterised (an SVG of 30,000 points stays small).
     """
-    coords = np.asarray(coords, dtype=float)
-    if coords.ndim != 2 or coords.shape[1] < 2:
-        raise InputError(
-            f"embedding coordinates must be (n_cells, 2), got shape {coords.shape}",
-            key=basis,
-            hint="Pass e.g. mdata.obsm['X_umap']",
-        )
-    series = pd.Series(values).reset_index(drop=True)
-    if len(series) != len(coords):
-        raise InputError(
-            f"{len(series)} values for {len(coords)} cells",
-            column=name,
-            hint="Pass one value per row of the coordinates",
-        )
-    if max_cells < 1:
-        raise InputError("max_cells must be at least 1", key="max_cells")
+    coords, series = _check_inputs(coords, values, name, max_cells, basis)
     n_total = len(coords)
-    rng = np.random.default_rng(seed)
-    keep = (
-        np.sort(rng.choice(n_total, size=max_cells, replace=False))
-        if n_total > max_cells
-        else np.arange(n_total)
-    )
-    # draw in a random order so no category systematically hides another
-    keep = keep[rng.permutation(len(keep))]
+    keep = _subsample(n_total, max_cells, seed)
     xy = coords[keep, :2]
     vals = series.iloc[keep]
     if categorical is None:
@@ -97,47 +176,11 @@ def embedding(
     fig = new_figure(10.5 if wide else 8.0, 6.5)
     ax = fig.add_subplot()
     if categorical:
-        colours = category_colours(levels)
-        text = vals.astype(str).to_numpy()
-        ax.scatter(
-            xy[:, 0], xy[:, 1], s=size, c=[colours.get(t, "#bbbbbb") for t in text],
-            linewidths=0, rasterized=True,
-        )  # fmt: skip
-        counts = pd.Series(series.astype(str)).value_counts()
-        handles = [
-            Line2D([], [], marker="o", ls="", color=colours[lv], label=f"{lv} ({counts[lv]:,})")
-            for lv in levels
-        ]
-        ax.legend(
-            handles=handles, title=f"{name} (cells)", loc="upper left", bbox_to_anchor=(1.01, 1),
-            fontsize=FONT["small"], title_fontsize=FONT["tick"], frameon=False,
-            ncol=1 if len(levels) <= 26 else 2, handletextpad=0.2, borderaxespad=0,
-        )  # fmt: skip
-        if label_on_data if label_on_data is not None else len(levels) <= 40:
-            for level in levels:
-                members = np.flatnonzero(text == level)
-                if len(members) < MIN_LABELLED:
-                    continue  # too few drawn cells for a name to point anywhere useful
-                # write the name on the member cell nearest the median, so it sits on cells
-                centre = np.median(xy[members], axis=0)
-                nearest = members[np.argmin(((xy[members] - centre) ** 2).sum(axis=1))]
-                ax.text(
-                    xy[nearest, 0], xy[nearest, 1], str(level), fontsize=FONT["small"],
-                    ha="center", va="center", weight="bold",
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.6},
-                )  # fmt: skip
+        _draw_categorical(
+            ax, xy, vals, series, levels, name=name, size=size, label_on_data=label_on_data
+        )
     else:
-        numbers = pd.to_numeric(vals, errors="coerce").to_numpy(dtype=float)
-        if not np.isfinite(numbers).any():
-            raise InputError(f"'{name}' has no finite value to colour by", column=name)
-        order = np.argsort(numbers, kind="stable")  # high values on top
-        points = ax.scatter(
-            xy[order, 0], xy[order, 1], s=size, c=numbers[order], cmap=cmap, linewidths=0,
-            rasterized=True, plotnonfinite=True,
-        )  # fmt: skip
-        bar = fig.colorbar(points, ax=ax, shrink=0.6, pad=0.01)
-        bar.set_label(name, fontsize=FONT["label"])
-        bar.ax.tick_params(labelsize=FONT["tick"])
+        _draw_continuous(fig, ax, xy, vals, name=name, size=size, cmap=cmap)
     drawn = f"{len(keep):,} of {n_total:,} cells" if len(keep) < n_total else f"{n_total:,} cells"
     ax.set_title(title or f"{basis} by {name} ({drawn})", fontsize=FONT["title"])
     ax.set_xlabel(f"{basis} 1", fontsize=FONT["label"])

@@ -514,31 +514,10 @@ def dsb(
         background = gmm2_background_mean(z, max_iter=max_iter)
         covariate = background
         if use_isotype_control:
-            used_names = adata.var_names[use]
-            iso_used = [n for n in iso_names if n in set(used_names)]
-            dropped = [n for n in iso_names if n not in set(iso_used)]
-            if dropped:
-                warnings.warn(
-                    f"dsb: isotype controls {', '.join(dropped)} have zero counts in every cell "
-                    "or no spread in empty droplets and are not used",
-                    UserWarning,
-                    stacklevel=2,
-                )
-            if not iso_used:
-                raise InputError(
-                    "isotype controls were requested but none is usable "
-                    f"({', '.join(iso_names)} have zero counts in every cell)",
-                    sample=sample,
-                    hint="pass use_isotype_control=False",
-                )
-            iso_cols = np.flatnonzero(np.isin(used_names, iso_used))
+            iso_used, iso_cols = _usable_isotypes(adata.var_names[use], iso_names, sample)
             covariate = _pc1(np.column_stack([z[:, iso_cols], background]), background)
         technical = covariate
-        centred = covariate - covariate.mean()
-        ss = float(centred @ centred)
-        if ss > 0:
-            slopes = (centred @ z) / ss  # least-squares slopes with an intercept
-            z = z - np.outer(covariate, slopes)  # residual + intercept
+        z = _regress_out(z, covariate)
 
     out = np.zeros(x.shape, dtype=np.float32)
     out[:, use] = z
@@ -555,6 +534,39 @@ def dsb(
         "isotypes": iso_used,
         "n_empty_droplets": int(e.shape[0]),
     }
+
+
+def _usable_isotypes(
+    used_names: pd.Index, iso_names: list[str], sample: str | None
+) -> tuple[list[str], np.ndarray]:
+    """Isotypes among the normalised antibodies and their columns; warns about the others."""
+    iso_used = [n for n in iso_names if n in set(used_names)]
+    dropped = [n for n in iso_names if n not in set(iso_used)]
+    if dropped:
+        warnings.warn(
+            f"dsb: isotype controls {', '.join(dropped)} have zero counts in every cell "
+            "or no spread in empty droplets and are not used",
+            UserWarning,
+            stacklevel=3,
+        )
+    if not iso_used:
+        raise InputError(
+            "isotype controls were requested but none is usable "
+            f"({', '.join(iso_names)} have zero counts in every cell)",
+            sample=sample,
+            hint="pass use_isotype_control=False",
+        )
+    return iso_used, np.flatnonzero(np.isin(used_names, iso_used))
+
+
+def _regress_out(z: np.ndarray, covariate: np.ndarray) -> np.ndarray:
+    """Residual plus intercept of each column of ``z`` regressed on ``covariate``."""
+    centred = covariate - covariate.mean()
+    ss = float(centred @ centred)
+    if ss > 0:
+        slopes = (centred @ z) / ss  # least-squares slopes with an intercept
+        z = z - np.outer(covariate, slopes)  # residual + intercept
+    return z
 
 
 def _checked_empty(adata: AnnData, empty: AnnData | None, sample: str | None) -> AnnData:

@@ -114,11 +114,11 @@ def prepare_sample(
         qc_cells, qc_row = qc_sample(mdata, qc)
         keep = qc_cells["qc_pass"].to_numpy(dtype=bool)
         kept: dict[str, AnnData] = {}
-        for modality, adata in mods.items():
+        for name, adata in mods.items():
             part = adata[keep].copy()
-            if modality != "hto":
+            if name != "hto":
                 part.X = None
-            kept[modality] = part
+            kept[name] = part
         empty = prot_dsb = None
         if raw_path is not None and "prot" in mods:
             # every barcode Cell Ranger called a cell (QC-failed ones too) is not background

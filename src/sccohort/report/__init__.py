@@ -11,6 +11,7 @@ from .build import (
     build_report,
     format_value,
 )
+from .characterisation import characterisation_section
 from .sections import (
     cell_types_section,
     cohort_section,
@@ -20,7 +21,6 @@ from .sections import (
 )
 from .stats_sections import (
     association_section,
-    characterisation_section,
     composition_section,
 )
 

@@ -23,6 +23,7 @@ from ..errors import SccohortWarning
 from ..io.tables import TABLES, read_table, table_files
 from ..stats.abundance import DEFAULT_METHOD, VALUES_METHOD
 from .build import Items, Note, Paragraph, Section, build_report
+from .characterisation import characterisation_section
 from .sections import (
     SMALL_GROUP,
     cell_types_section,
@@ -36,7 +37,6 @@ from .sections import (
 from .stats_sections import (
     associated_summary,
     association_section,
-    characterisation_section,
     composition_section,
 )
 

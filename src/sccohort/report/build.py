@@ -116,7 +116,7 @@ class Section:
 _PVALUE_COLUMNS = re.compile(r"(^|_)(p|pvalue|padj|pval|fdr|qvalue|spatial_fdr)$", re.I)
 
 
-def format_value(value: Any, column: str = "") -> str:
+def format_value(value: Any, column: str = "") -> str:  # noqa: PLR0911 - one return per kind of cell
     """A table cell as text: p-values in scientific notation when small, floats to 4 digits.
 
     Parameters

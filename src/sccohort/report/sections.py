@@ -88,7 +88,7 @@ def contrast_sizes(contrasts: Mapping[str, Mapping[str, Any]], out: str | Path) 
     """Each declared contrast's settings and donors per arm, as the run's design tested them.
 
     The donors come from ``tables/contrast_donors.csv``; a contrast the run did not test
-    has 0 donors.
+    (its design was refused, see the skipped analyses) has no donor counts (NaN).
     """
     rows = []
     donors = read_table(out, "contrast_donors")
@@ -98,7 +98,9 @@ def contrast_sizes(contrasts: Mapping[str, Mapping[str, Any]], out: str | Path) 
         part = donors[donors["contrast"].astype(str) == str(name)]
         variable = spec.get("variable")
         case, control = spec.get("case"), spec.get("control")
-        if case is None:  # continuous
+        if part.empty:
+            n_case = n_control = np.nan
+        elif case is None:  # continuous
             n_case, n_control = len(part), np.nan
         else:
             n_case = int((part["group"].astype(str) == "case").sum())
@@ -117,6 +119,109 @@ def contrast_sizes(contrasts: Mapping[str, Mapping[str, Any]], out: str | Path) 
             }
         )
     return pd.DataFrame(rows)
+
+
+def _run_samples(out: Path) -> pd.DataFrame:
+    """``tables/samples.csv`` with text ids and, when QC ran, the cells after QC per sample."""
+    samples = read_table(out, "samples", required=True)
+    samples["sample_id"] = samples["sample_id"].astype(str)
+    samples["donor_id"] = samples["donor_id"].astype(str)
+    if table_path(out, "qc").is_file():
+        qc = read_table(out, "qc", required=True)
+        after = qc.set_index(qc["sample_id"].astype(str))["cells_out"]
+        samples["cells_after_qc"] = samples["sample_id"].map(after)
+    return samples
+
+
+def _cohort_paragraphs(samples: pd.DataFrame, donors: list[str]) -> list[Any]:
+    """Donors, samples and cells in one sentence; samples per timepoint when several."""
+    n_cells = int(samples["n_cells"].sum()) if "n_cells" in samples else 0
+    kept = int(samples["cells_after_qc"].sum()) if "cells_after_qc" in samples else None
+    text = f"{len(donors)} donors contributed {len(samples)} samples with {n_cells:,} cells" + (
+        f", of which {kept:,} passed quality control." if kept is not None else "."
+    )
+    blocks: list[Any] = [Paragraph(text)]
+    if "timepoint" in samples and samples["timepoint"].nunique() > 1:
+        per = samples.groupby("timepoint", sort=False)["sample_id"].size()
+        blocks.append(
+            Paragraph(
+                "Samples per timepoint: " + ", ".join(f"{k} {v}" for k, v in per.items()) + "."
+            )
+        )
+    return blocks
+
+
+def _group_sizes(
+    samples: pd.DataFrame, table: pd.DataFrame, column: str, donors: list[str], small_group: int
+) -> tuple[TableBlock, list[str]]:
+    """Donors, samples and cells per level of ``column``; warnings on small groups."""
+    groups = table[column].reindex(donors).fillna("(missing)").astype(str)
+    per_donor = samples.groupby("donor_id")
+    summary = pd.DataFrame(
+        {
+            column: groups.to_numpy(),
+            "samples": per_donor.size().reindex(donors).to_numpy(),
+            "cells": per_donor["n_cells"].sum().reindex(donors).to_numpy()
+            if "n_cells" in samples
+            else np.nan,
+        },
+        index=donors,
+    )
+    if "cells_after_qc" in samples:
+        summary["cells_after_qc"] = per_donor["cells_after_qc"].sum().reindex(donors)
+    by_group = summary.groupby(column, sort=True).agg(
+        donors=(column, "size"),
+        **{c: (c, "sum") for c in summary.columns if c != column},
+    )
+    block = TableBlock(
+        by_group.reset_index(),
+        caption=f"Donors, samples and cells per {column}",
+        csv="tables/report_cohort_groups.csv",
+    )
+    warnings = [
+        f"{column} = {level} has only {n} donor(s): group-level estimates for it "
+        "are imprecise and tests involving it have little power"
+        for level, n in by_group["donors"].items()
+        if n < small_group
+    ]
+    return block, warnings
+
+
+def _donor_table(samples: pd.DataFrame, table: pd.DataFrame, donors: list[str]) -> TableBlock:
+    """The clinical rows of the donors with samples, with their samples (and cells after QC)."""
+    donor_table = table.reindex(donors)
+    donor_table.insert(0, "samples", samples.groupby("donor_id").size().reindex(donors))
+    if "cells_after_qc" in samples:
+        donor_table.insert(1, "cells_after_qc", samples.groupby("donor_id")["cells_after_qc"].sum())
+    return TableBlock(
+        donor_table,
+        caption="Donors and their clinical variables",
+        csv="tables/report_cohort_donors.csv",
+        index=True,
+        max_rows=200,
+    )
+
+
+def _contrast_arms(
+    contrasts: Mapping[str, Mapping[str, Any]], out: Path, small_group: int
+) -> tuple[TableBlock, list[str]]:
+    """The declared contrasts with donors per arm; warnings on arms with few donors."""
+    sizes = contrast_sizes(contrasts, out)
+    block = TableBlock(
+        sizes,
+        caption="Declared contrasts and the donors in each arm",
+        csv="tables/report_contrasts.csv",
+    )
+    warnings = []
+    for row in sizes.itertuples(index=False):
+        arms = [("case", row.n_case), ("control", row.n_control)]
+        for arm, n in arms:
+            if np.isfinite(n) and n < small_group:
+                warnings.append(
+                    f"contrast {row.contrast}: only {int(n)} {arm} donor(s); effects are "
+                    "estimated with wide uncertainty and a single donor can drive them"
+                )
+    return block, warnings
 
 
 def cohort_section(
@@ -148,29 +253,11 @@ def cohort_section(
         Anchor ``cohort``.
     """
     out = Path(out)
-    samples = read_table(out, "samples", required=True)
-    samples["sample_id"] = samples["sample_id"].astype(str)
-    samples["donor_id"] = samples["donor_id"].astype(str)
-    if table_path(out, "qc").is_file():
-        qc = read_table(out, "qc", required=True)
-        after = qc.set_index(qc["sample_id"].astype(str))["cells_out"]
-        samples["cells_after_qc"] = samples["sample_id"].map(after)
+    samples = _run_samples(out)
     table = clinical_frame(clinical)
     column = group_column(table, group)
-    n_cells = int(samples["n_cells"].sum()) if "n_cells" in samples else 0
-    kept = int(samples["cells_after_qc"].sum()) if "cells_after_qc" in samples else None
     donors = list(pd.unique(samples["donor_id"]))
-    text = f"{len(donors)} donors contributed {len(samples)} samples with {n_cells:,} cells" + (
-        f", of which {kept:,} passed quality control." if kept is not None else "."
-    )
-    blocks: list[Any] = [Paragraph(text)]
-    if "timepoint" in samples and samples["timepoint"].nunique() > 1:
-        per = samples.groupby("timepoint", sort=False)["sample_id"].size()
-        blocks.append(
-            Paragraph(
-                "Samples per timepoint: " + ", ".join(f"{k} {v}" for k, v in per.items()) + "."
-            )
-        )
+    blocks: list[Any] = _cohort_paragraphs(samples, donors)
     warnings: list[str] = []
     if table is not None:
         no_clinical = [d for d in donors if d not in table.index]
@@ -180,69 +267,14 @@ def cohort_section(
                 + ", ".join(no_clinical)
             )
         if column is not None:
-            groups = table[column].reindex(donors).fillna("(missing)").astype(str)
-            per_donor = samples.groupby("donor_id")
-            summary = pd.DataFrame(
-                {
-                    column: groups.to_numpy(),
-                    "samples": per_donor.size().reindex(donors).to_numpy(),
-                    "cells": per_donor["n_cells"].sum().reindex(donors).to_numpy()
-                    if "n_cells" in samples
-                    else np.nan,
-                },
-                index=donors,
-            )
-            if "cells_after_qc" in samples:
-                summary["cells_after_qc"] = per_donor["cells_after_qc"].sum().reindex(donors)
-            by_group = summary.groupby(column, sort=True).agg(
-                donors=(column, "size"),
-                **{c: (c, "sum") for c in summary.columns if c != column},
-            )
-            blocks.append(
-                TableBlock(
-                    by_group.reset_index(),
-                    caption=f"Donors, samples and cells per {column}",
-                    csv="tables/report_cohort_groups.csv",
-                )
-            )
-            for level, n in by_group["donors"].items():
-                if n < small_group:
-                    warnings.append(
-                        f"{column} = {level} has only {n} donor(s): group-level estimates for it "
-                        "are imprecise and tests involving it have little power"
-                    )
-        donor_table = table.reindex(donors)
-        donor_table.insert(0, "samples", samples.groupby("donor_id").size().reindex(donors))
-        if "cells_after_qc" in samples:
-            donor_table.insert(
-                1, "cells_after_qc", samples.groupby("donor_id")["cells_after_qc"].sum()
-            )
-        blocks.append(
-            TableBlock(
-                donor_table,
-                caption="Donors and their clinical variables",
-                csv="tables/report_cohort_donors.csv",
-                index=True,
-                max_rows=200,
-            )
-        )
+            block, notes = _group_sizes(samples, table, column, donors, small_group)
+            blocks.append(block)
+            warnings.extend(notes)
+        blocks.append(_donor_table(samples, table, donors))
         if contrasts:
-            sizes = contrast_sizes(contrasts, out)
-            blocks.append(
-                TableBlock(
-                    sizes,
-                    caption="Declared contrasts and the donors in each arm",
-                    csv="tables/report_contrasts.csv",
-                )
-            )
-            for row in sizes.itertuples(index=False):
-                arms = [("case", row.n_case), ("control", row.n_control)]
-                for arm, n in arms:
-                    if np.isfinite(n) and n < small_group:
-                        warnings.append(
-                            f"contrast {row.contrast}: only {int(n)} {arm} donor(s); effects are "
-                            "estimated with wide uncertainty and a single donor can drive them"
-                        )
+            block, notes = _contrast_arms(contrasts, out, small_group)
+            blocks.append(block)
+            warnings.extend(notes)
     blocks.extend(Note(w, "warning") for w in warnings)
     blocks.append(
         TableBlock(
@@ -584,22 +616,7 @@ def methods_section(run_json: Mapping[str, Any]) -> Section:
             f" (status: {status})."
         )
     )
-    prose = []
-    resolved = run_json.get("resolved") or {}  # "auto" settings as the data resolved them
-    for key, template in _PROSE.items():
-        params = config.get(key)
-        if isinstance(params, Mapping):
-            params = {**params} | {
-                name.split(".", 1)[1]: value
-                for name, value in resolved.items()
-                if name.startswith(f"{key}.")
-            }
-            if key == "embedding" and params.get("n_top_genes") == "auto":  # no RNA
-                template = _PROTEIN_EMBEDDING
-            try:
-                prose.append(template.format(**params))
-            except (KeyError, ValueError, IndexError):
-                continue  # an older or newer config: the parameter table below lists it all
+    prose = _methods_prose(config, run_json.get("resolved") or {})
     if prose:
         blocks.append(Paragraph(" ".join(prose)))
     skipped = run_json.get("skipped") or []
@@ -618,6 +635,35 @@ def methods_section(run_json: Mapping[str, Any]) -> Section:
         )
     if run_json.get("command"):
         blocks.append(Paragraph("Command: " + " ".join(map(str, run_json["command"]))))
+    blocks += _methods_tables(config, versions, run_json)
+    return Section("Methods", "methods", blocks)
+
+
+def _methods_prose(config: Mapping[str, Any], resolved: Mapping[str, Any]) -> list[str]:
+    """Sentences of the methods from each config section, "auto" settings as resolved."""
+    prose = []
+    for key, template in _PROSE.items():
+        params = config.get(key)
+        if isinstance(params, Mapping):
+            params = {**params} | {
+                name.split(".", 1)[1]: value
+                for name, value in resolved.items()
+                if name.startswith(f"{key}.")
+            }
+            if key == "embedding" and params.get("n_top_genes") == "auto":  # no RNA
+                template = _PROTEIN_EMBEDDING
+            try:
+                prose.append(template.format(**params))
+            except (KeyError, ValueError, IndexError):
+                continue  # an older or newer config: the parameter table below lists it all
+    return prose
+
+
+def _methods_tables(
+    config: Mapping[str, Any], versions: Mapping[str, Any], run_json: Mapping[str, Any]
+) -> list[Any]:
+    """The contrasts, parameters, versions, timings, machine and inputs of a run."""
+    blocks: list[Any] = []
     contrasts = config.get("contrasts", {})
     if contrasts:
         rows = [
@@ -670,4 +716,4 @@ def methods_section(run_json: Mapping[str, Any]) -> Section:
                 f"(fingerprint {str(run_json.get('fingerprint', ''))[:16]}...)."
             )
         )
-    return Section("Methods", "methods", blocks)
+    return blocks

@@ -5,6 +5,9 @@ housekeeping background, a lineage (Azimuth l1) program of hundreds of genes, an
 program of a few tens and a subset program of a few tens (named markers first). The
 biology is fixed (its random parts use a constant seed), so marker genes are the same
 for every simulated cohort; only the sampling depends on the user's seed.
+
+Long: most of the module is data (the 60 subsets with their markers and programs, the
+antibody panel's targets), kept beside the few functions that read it.
 """
 
 from __future__ import annotations

@@ -226,7 +226,8 @@ def _sample_profiles(
     return prof, donor_prot * batch_prot, np.full(n_ab, batch_ambient)
 
 
-def simulate_sample(
+# long: one random stream drawn in a fixed order; split, that order would be hidden
+def simulate_sample(  # noqa: PLR0915 - see the comment above
     spec: SampleSpec,
     donor: pd.Series,
     design: str,

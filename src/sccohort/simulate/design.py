@@ -446,6 +446,90 @@ def baseline_counts(design: str, params: SimParams, cells: int, seed: int) -> pd
     return pd.DataFrame(counts, index=[s.name for s in SUBSETS]).T
 
 
+def _age_slope_effect(params: SimParams) -> tuple:
+    """The `effects_table` row of the age effect on naive CD8 T cells."""
+    naive_share = base_shares(params)[[s.name for s in SUBSETS].index("CD8_Naive")]
+    return (
+        "age_slope",
+        "CD8_Naive",
+        "age",
+        "",
+        "",
+        "",
+        float(np.exp(params.age_slope)),
+        naive_share,
+        "",
+        "",
+        "",
+    )
+
+
+def _clinical_effects(params: SimParams) -> list[tuple]:
+    """The `effects_table` rows of the planted share folds between clinical groups."""
+    return [
+        (
+            "composition",
+            "CD14_EGR1",
+            "SRC",
+            "yes",
+            "no",
+            "group=SSc",
+            params.egr1_fold,
+            params.egr1_base_share,
+            "",
+            "",
+            "",
+        ),
+        (
+            "composition",
+            "CD8_TEM_T2ISG",
+            "ILD",
+            "yes",
+            "no",
+            "group=SSc",
+            params.t2isg_fold,
+            params.t2isg_base_share,
+            "",
+            "",
+            "",
+        ),
+    ]
+
+
+def _timecourse_effects(params: SimParams) -> list[tuple]:
+    """The `effects_table` rows of the longitudinal donor's share and program time courses."""
+    shares = [f if f is not None else params.egr1_fold for f in params.timecourse_share]
+    tps = [tp for _, tp in TIMEPOINTS]
+    return [
+        (
+            "composition_timecourse",
+            "CD14_EGR1",
+            "timepoint",
+            "",
+            "",
+            "",
+            params.egr1_fold,
+            params.egr1_base_share,
+            LONGITUDINAL_DONOR,
+            ";".join(f"{t}:{f:g}" for t, f in zip(tps, shares, strict=True)),
+            "",
+        ),
+        (
+            "program_timecourse",
+            "Mono",
+            "timepoint",
+            "",
+            "",
+            "",
+            max(params.timecourse_expression),
+            float("nan"),
+            LONGITUDINAL_DONOR,
+            ";".join(f"{t}:{f:g}" for t, f in zip(tps, params.timecourse_expression, strict=True)),
+            ";".join(EGR1_PROGRAM),
+        ),
+    ]
+
+
 def effects_table(design: str, params: SimParams) -> pd.DataFrame:
     """One row per planted effect.
 
@@ -470,79 +554,7 @@ def effects_table(design: str, params: SimParams) -> pd.DataFrame:
         "timepoints",
         "program",
     ]
-    naive_share = base_shares(params)[[s.name for s in SUBSETS].index("CD8_Naive")]
-    rows = [
-        (
-            "age_slope",
-            "CD8_Naive",
-            "age",
-            "",
-            "",
-            "",
-            float(np.exp(params.age_slope)),
-            naive_share,
-            "",
-            "",
-            "",
-        ),
-    ]
+    rows = [_age_slope_effect(params)]
     if design == "paper":
-        shares = [f if f is not None else params.egr1_fold for f in params.timecourse_share]
-        tps = [tp for _, tp in TIMEPOINTS]
-        rows += [
-            (
-                "composition",
-                "CD14_EGR1",
-                "SRC",
-                "yes",
-                "no",
-                "group=SSc",
-                params.egr1_fold,
-                params.egr1_base_share,
-                "",
-                "",
-                "",
-            ),
-            (
-                "composition",
-                "CD8_TEM_T2ISG",
-                "ILD",
-                "yes",
-                "no",
-                "group=SSc",
-                params.t2isg_fold,
-                params.t2isg_base_share,
-                "",
-                "",
-                "",
-            ),
-            (
-                "composition_timecourse",
-                "CD14_EGR1",
-                "timepoint",
-                "",
-                "",
-                "",
-                params.egr1_fold,
-                params.egr1_base_share,
-                LONGITUDINAL_DONOR,
-                ";".join(f"{t}:{f:g}" for t, f in zip(tps, shares, strict=True)),
-                "",
-            ),
-            (
-                "program_timecourse",
-                "Mono",
-                "timepoint",
-                "",
-                "",
-                "",
-                max(params.timecourse_expression),
-                float("nan"),
-                LONGITUDINAL_DONOR,
-                ";".join(
-                    f"{t}:{f:g}" for t, f in zip(tps, params.timecourse_expression, strict=True)
-                ),
-                ";".join(EGR1_PROGRAM),
-            ),
-        ]
+        rows += _clinical_effects(params) + _timecourse_effects(params)
     return pd.DataFrame(rows, columns=cols)

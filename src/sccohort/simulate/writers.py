@@ -158,6 +158,105 @@ def _id_ranges(clinical: pd.DataFrame) -> str:
     return ", ".join(f"{g}1..{g}{counts[g]}" for g in ("SSc", "HD"))
 
 
+def _cohort_plan(
+    design: str,
+    cells_per_donor: int,
+    donors: Sequence[str] | None,
+    n_donors: int | None,
+    params: dict[str, object],
+) -> tuple[SimParams, pd.DataFrame, list[SampleSpec]]:
+    """The checked parameters, clinical table and samples to simulate of `write_cohort`."""
+    if design not in DESIGNS:
+        raise InputError(
+            f"unknown design {design!r}", key="design", hint=f"use one of {', '.join(DESIGNS)}"
+        )
+    if int(cells_per_donor) < 10:
+        raise InputError("too few cells per donor", key="cells_per_donor", hint="use at least 10")
+    if n_donors is not None:
+        n_donors = check_n_donors(n_donors)
+        params.setdefault("n_batches", default_batches(n_donors))
+    p = SimParams.from_kwargs(**params)
+    clinical = clinical_table(n_donors)
+    specs = sample_specs(int(p.n_batches), n_donors)
+    donor_ids = list(clinical["donor_id"])
+    if donors is not None:
+        unknown = sorted(set(donors) - set(donor_ids))
+        if unknown or not donors:
+            raise InputError(
+                f"unknown donors {unknown}" if unknown else "no donors selected",
+                key="donors",
+                hint=f"use donor ids of the design: {_id_ranges(clinical)}",
+            )
+        specs = [s for s in specs if s.donor_id in set(donors)]
+    return p, clinical, specs
+
+
+def _sample_jobs(
+    out: Path,
+    specs: Sequence[SampleSpec],
+    clinical: pd.DataFrame,
+    design: str,
+    p: SimParams,
+    cells_per_donor: int,
+    seed: int,
+) -> list[tuple[Path, SampleSpec, dict, str, SimParams, int, int, int, int]]:
+    """One `_run_sample` job per sample: its donor's clinical row, donor and lane index."""
+    by_donor = clinical.set_index("donor_id")
+    position = {d: i for i, d in enumerate(clinical["donor_id"])}
+    return [
+        (
+            out,
+            s,
+            by_donor.loc[s.donor_id].to_dict() | {"donor_id": s.donor_id},
+            design,
+            p,
+            cells_per_donor,
+            seed,
+            position[s.donor_id],
+            int(s.batch[1:]) - 1,
+        )
+        for s in specs
+    ]
+
+
+def _write_truth_cells(
+    cells_path: Path,
+    jobs: list,
+    n_jobs: int,
+    progress: Callable[[int, int], None] | None,
+) -> list[pd.DataFrame]:
+    """Run the jobs, streaming each sample's truth to ``cells_path``; returns compositions."""
+    tmp = cells_path.with_name(cells_path.name + ".tmp")
+    compositions = []
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        text = io.TextIOWrapper(gz, encoding="utf-8", newline="\n")
+        for done, (truth, comp) in enumerate(_results(jobs, n_jobs), start=1):
+            truth.to_csv(text, index=False, header=done == 1, lineterminator="\n")
+            compositions.append(comp)
+            if progress is not None:
+                progress(done, len(jobs))
+        text.flush()
+        text.detach()
+    os.replace(tmp, cells_path)
+    return compositions
+
+
+def _samples_table(specs: Sequence[SampleSpec]) -> pd.DataFrame:
+    """``samples.csv`` of the simulated samples: h5 paths, lane and timepoint."""
+    return pd.DataFrame(
+        {
+            "sample_id": [s.sample_id for s in specs],
+            "donor_id": [s.donor_id for s in specs],
+            "path": [f"{s.sample_id}/filtered_feature_bc_matrix.h5" for s in specs],
+            "raw_path": [f"{s.sample_id}/raw_feature_bc_matrix.h5" for s in specs],
+            "batch": [s.batch for s in specs],
+            "timepoint": [s.timepoint for s in specs],
+            "tissue": "blood",
+            "format": "10x_h5",
+        }
+    )
+
+
 def write_cohort(
     out_dir: str | Path,
     design: str = "paper",
@@ -209,75 +308,14 @@ def write_cohort(
     Path
         The output folder.
     """
-    if design not in DESIGNS:
-        raise InputError(
-            f"unknown design {design!r}", key="design", hint=f"use one of {', '.join(DESIGNS)}"
-        )
-    if int(cells_per_donor) < 10:
-        raise InputError("too few cells per donor", key="cells_per_donor", hint="use at least 10")
-    if n_donors is not None:
-        n_donors = check_n_donors(n_donors)
-        params.setdefault("n_batches", default_batches(n_donors))
-    p = SimParams.from_kwargs(**params)
-    clinical = clinical_table(n_donors)
-    specs = sample_specs(int(p.n_batches), n_donors)
-    donor_ids = list(clinical["donor_id"])
-    if donors is not None:
-        unknown = sorted(set(donors) - set(donor_ids))
-        if unknown or not donors:
-            raise InputError(
-                f"unknown donors {unknown}" if unknown else "no donors selected",
-                key="donors",
-                hint=f"use donor ids of the design: {_id_ranges(clinical)}",
-            )
-        specs = [s for s in specs if s.donor_id in set(donors)]
+    p, clinical, specs = _cohort_plan(design, cells_per_donor, donors, n_donors, params)
     out = Path(out_dir)
     (out / "truth").mkdir(parents=True, exist_ok=True)
-    by_donor = clinical.set_index("donor_id")
-    position = {d: i for i, d in enumerate(donor_ids)}
-    jobs = [
-        (
-            out,
-            s,
-            by_donor.loc[s.donor_id].to_dict() | {"donor_id": s.donor_id},
-            design,
-            p,
-            int(cells_per_donor),
-            int(seed),
-            position[s.donor_id],
-            int(s.batch[1:]) - 1,
-        )
-        for s in specs
-    ]
-
-    cells_path = out / "truth" / "cells.csv.gz"
-    tmp = cells_path.with_name(cells_path.name + ".tmp")
-    compositions = []
-    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
-        text = io.TextIOWrapper(gz, encoding="utf-8", newline="\n")
-        for done, (truth, comp) in enumerate(_results(jobs, n_jobs), start=1):
-            truth.to_csv(text, index=False, header=done == 1, lineterminator="\n")
-            compositions.append(comp)
-            if progress is not None:
-                progress(done, len(jobs))
-        text.flush()
-        text.detach()
-    os.replace(tmp, cells_path)
-
+    jobs = _sample_jobs(out, specs, clinical, design, p, int(cells_per_donor), int(seed))
+    compositions = _write_truth_cells(out / "truth" / "cells.csv.gz", jobs, n_jobs, progress)
     _atomic_csv(out / "truth" / "donor_composition.csv", pd.concat(compositions))
     _atomic_csv(out / "truth" / "effects.csv", effects_table(design, p))
-    samples = pd.DataFrame(
-        {
-            "sample_id": [s.sample_id for s in specs],
-            "donor_id": [s.donor_id for s in specs],
-            "path": [f"{s.sample_id}/filtered_feature_bc_matrix.h5" for s in specs],
-            "raw_path": [f"{s.sample_id}/raw_feature_bc_matrix.h5" for s in specs],
-            "batch": [s.batch for s in specs],
-            "timepoint": [s.timepoint for s in specs],
-            "tissue": "blood",
-            "format": "10x_h5",
-        }
-    )
+    samples = _samples_table(specs)
     _atomic_csv(out / "samples.csv", samples)
     _atomic_csv(out / "clinical.csv", clinical[clinical["donor_id"].isin(samples["donor_id"])])
     _atomic_text(out / "sccohort.toml", CONFIG_TEMPLATE.format(seed=int(seed)))

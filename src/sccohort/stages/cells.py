@@ -304,8 +304,9 @@ def stage_embed(state: RunState) -> list[Path]:
             n_neighbors=cfg.n_neighbors,
             seed=seed,
         )
-        # cluster the shared-nearest-neighbour graph, as Seurat's FindClusters on "wsnn"
-        # (ARI 0.99 with Seurat on the real ECCITE cells, 0.87 on the UMAP connectivities)
+        # cluster the shared-nearest-neighbour graph, as Seurat's FindClusters on "wsnn":
+        # that is what agrees with Seurat (benchmarks/bench_wnn_seurat.py), the UMAP
+        # connectivities do not
         cluster_key = "wnn_snn"
     else:  # one modality: its kNN graph stands in for the WNN graph, under the same name
         ((modality, key),) = reps.items()

@@ -161,40 +161,36 @@ def compare_abundance(
         Donors of the design missing from ``counts``; ``counts`` and ``totals`` with different
         labels; missing, negative or non-integer values; a count above its total; a donor
         without any cell (all totals 0).
+
+    Examples
+    --------
+    >>> from sccohort.stats import compare_abundance
+    >>> from sccohort.io import ClinicalTable
+    >>> from sccohort.stats import Contrast
+    >>> donors = pd.Index([f"D{i}" for i in range(1, 9)], name="donor_id")
+    >>> clinical = ClinicalTable(
+    ...     pd.DataFrame({"SRC": ["yes"] * 4 + ["no"] * 4}, index=donors), {"SRC": "binary"}
+    ... )
+    >>> design = Contrast("SRC", "SRC", case="yes", control="no").design(clinical)
+    >>> totals = pd.DataFrame(1000, index=donors, columns=["Mono_A", "T_B"])
+    >>> counts = pd.DataFrame(
+    ...     {
+    ...         "Mono_A": [80, 90, 75, 85, 30, 35, 40, 28],
+    ...         "T_B": [200, 210, 190, 205, 198, 202, 207, 195],
+    ...     },
+    ...     index=donors,
+    ... )
+    >>> result = compare_abundance(counts, totals, design, level="subset", seed=0)
+    >>> result[["subset", "effect", "pvalue", "padj"]].round(4)
+       subset  effect  pvalue    padj
+    0  Mono_A  1.3084  0.0286  0.0571
+    1     T_B  0.0048  0.9143  0.9143
     """
     name = design.contrast.name
-    if transform not in ("asin", "log2"):
-        raise InputError(
-            f"unknown transform '{transform}'",
-            key=f"contrasts.{name}",
-            hint="Use 'asin' (the default) or 'log2'",
-        )
-    n_perm, max_exact = int(n_perm), int(max_exact)
-    if n_perm < 1 or max_exact < 0:
-        raise InputError(
-            f"n_perm must be >= 1 and max_exact >= 0 (got {n_perm}, {max_exact})",
-            key=f"contrasts.{name}",
-            hint="Use e.g. n_perm = 10000, max_exact = 20000",
-        )
+    n_perm, max_exact = _checked_options(name, transform, n_perm, max_exact)
     count_values, total_values = _validated(counts, totals, design, level)
     subsets = list(counts.columns)
-    n_donors = len(design.donors)
-
-    # Which subsets can be tested.
-    notes = np.full(len(subsets), "", dtype=object)
-    absent = count_values.sum(axis=0) == 0
-    zero_total = (total_values == 0).any(axis=0)
-    for g in np.flatnonzero(absent):
-        notes[g] = f"not tested: no cells in any of the {n_donors} donors"
-    for g in np.flatnonzero(zero_total & ~absent):
-        donors = list(design.donors[total_values[:, g] == 0])
-        notes[g] = f"not tested: total is 0 (share undefined) in donor(s) {', '.join(donors)}"
-    share = np.divide(
-        count_values, total_values, out=np.zeros_like(count_values), where=total_values > 0
-    )
-    constant = (share.max(axis=0) == share.min(axis=0)) & ~absent & ~zero_total
-    for g in np.flatnonzero(constant):
-        notes[g] = f"not tested: the share is {share[0, g]:.4g} in every donor"
+    notes, share = _untested_notes(count_values, total_values, design.donors)
     tested = np.flatnonzero(notes == "")
 
     x = design.matrix.loc[design.donors].to_numpy(dtype=float)
@@ -233,6 +229,46 @@ def compare_abundance(
         for col, values in fit.items():
             columns[col][tested] = values  # type: ignore[index]
     return pd.DataFrame(columns)[_COLUMNS]
+
+
+def _checked_options(name: str, transform: str, n_perm: int, max_exact: int) -> tuple[int, int]:
+    """Check the test scale and permutation counts; return the counts as ints."""
+    if transform not in ("asin", "log2"):
+        raise InputError(
+            f"unknown transform '{transform}'",
+            key=f"contrasts.{name}",
+            hint="Use 'asin' (the default) or 'log2'",
+        )
+    n_perm, max_exact = int(n_perm), int(max_exact)
+    if n_perm < 1 or max_exact < 0:
+        raise InputError(
+            f"n_perm must be >= 1 and max_exact >= 0 (got {n_perm}, {max_exact})",
+            key=f"contrasts.{name}",
+            hint="Use e.g. n_perm = 10000, max_exact = 20000",
+        )
+    return n_perm, max_exact
+
+
+def _untested_notes(
+    count_values: np.ndarray, total_values: np.ndarray, donors: pd.Index
+) -> tuple[np.ndarray, np.ndarray]:
+    """Why each subset is not tested ("" if it is), and the donors x subsets shares."""
+    n_donors = len(donors)
+    notes = np.full(count_values.shape[1], "", dtype=object)
+    absent = count_values.sum(axis=0) == 0
+    zero_total = (total_values == 0).any(axis=0)
+    for g in np.flatnonzero(absent):
+        notes[g] = f"not tested: no cells in any of the {n_donors} donors"
+    for g in np.flatnonzero(zero_total & ~absent):
+        zero = list(donors[total_values[:, g] == 0])
+        notes[g] = f"not tested: total is 0 (share undefined) in donor(s) {', '.join(zero)}"
+    share = np.divide(
+        count_values, total_values, out=np.zeros_like(count_values), where=total_values > 0
+    )
+    constant = (share.max(axis=0) == share.min(axis=0)) & ~absent & ~zero_total
+    for g in np.flatnonzero(constant):
+        notes[g] = f"not tested: the share is {share[0, g]:.4g} in every donor"
+    return notes, share
 
 
 #: ``method`` of `compare_donor_values` rows.
@@ -287,40 +323,17 @@ def compare_donor_values(
             key=f"contrasts.{name}",
         )
     y = values.loc[design.donors].to_numpy(dtype=float)
-    k = y.shape[1]
     is_case = (design.group.loc[design.donors] == "case").to_numpy()
-    columns: dict[str, object] = {
-        "contrast": name,
-        "level": level,
-        "subset": list(values.columns),
-        "method": VALUES_METHOD,
-        "n_case": np.zeros(k, dtype=int),
-        "n_control": np.zeros(k, dtype=int),
-        "mean_case": np.full(k, np.nan),
-        "mean_control": np.full(k, np.nan),
-        "scheme": np.full(k, "", dtype=object),
-        "n_perm": np.zeros(k, dtype=int),
-        "note": np.full(k, "", dtype=object),
-    }
-    for col in ("effect", "ci_low", "ci_high", "pvalue", "padj", "statistic"):
-        columns[col] = np.full(k, np.nan)
+    columns = _value_columns(name, level, list(values.columns))
     present = np.isfinite(y)
     x_all = design.matrix.loc[design.donors].to_numpy(dtype=float)
     term = list(design.matrix.columns).index(design.term)
     patterns: dict[bytes, list[int]] = {}
-    for g in range(k):
+    for g in range(y.shape[1]):
         patterns.setdefault(present[:, g].tobytes(), []).append(g)
     for key, cols in patterns.items():
         rows = np.frombuffer(key, dtype=bool)
-        n_case, n_control = int((rows & is_case).sum()), int((rows & ~is_case).sum())
-        if design.is_continuous:
-            n_case, n_control = int(rows.sum()), 0
-        columns["n_case"][cols] = n_case  # type: ignore[index]
-        columns["n_control"][cols] = n_control  # type: ignore[index]
-        if not design.is_continuous:
-            for arm, members in (("mean_case", rows & is_case), ("mean_control", rows & ~is_case)):
-                if members.any():  # an arm without donors keeps NaN (no mean of nothing)
-                    columns[arm][cols] = y[members][:, cols].mean(axis=0)  # type: ignore[index]
+        n_case, n_control = _arm_summaries(columns, y, rows, cols, is_case, design.is_continuous)
         x = x_all[rows]
         lacking = ", ".join(map(str, design.donors[~rows]))
         too_few = (n_case < 3) if design.is_continuous else min(n_case, n_control) < 2
@@ -352,6 +365,48 @@ def compare_donor_values(
     return pd.DataFrame(columns)[order]
 
 
+def _value_columns(name: str, level: str, subsets: list) -> dict[str, object]:
+    """The columns of `compare_donor_values`, before any test (NaN statistics, no notes)."""
+    k = len(subsets)
+    columns: dict[str, object] = {
+        "contrast": name,
+        "level": level,
+        "subset": subsets,
+        "method": VALUES_METHOD,
+        "n_case": np.zeros(k, dtype=int),
+        "n_control": np.zeros(k, dtype=int),
+        "mean_case": np.full(k, np.nan),
+        "mean_control": np.full(k, np.nan),
+        "scheme": np.full(k, "", dtype=object),
+        "n_perm": np.zeros(k, dtype=int),
+        "note": np.full(k, "", dtype=object),
+    }
+    for col in ("effect", "ci_low", "ci_high", "pvalue", "padj", "statistic"):
+        columns[col] = np.full(k, np.nan)
+    return columns
+
+
+def _arm_summaries(
+    columns: dict[str, object],
+    y: np.ndarray,
+    rows: np.ndarray,
+    cols: list[int],
+    is_case: np.ndarray,
+    continuous: bool,
+) -> tuple[int, int]:
+    """Fill the donor counts and arm means of the columns ``cols`` with donors ``rows``."""
+    n_case, n_control = int((rows & is_case).sum()), int((rows & ~is_case).sum())
+    if continuous:
+        n_case, n_control = int(rows.sum()), 0
+    columns["n_case"][cols] = n_case  # type: ignore[index]
+    columns["n_control"][cols] = n_control  # type: ignore[index]
+    if not continuous:
+        for arm, members in (("mean_case", rows & is_case), ("mean_control", rows & ~is_case)):
+            if members.any():  # an arm without donors keeps NaN (no mean of nothing)
+                columns[arm][cols] = y[members][:, cols].mean(axis=0)  # type: ignore[index]
+    return n_case, n_control
+
+
 def attainable_significance(
     design: ContrastDesign, *, n_perm: int = 10_000, max_exact: int = 20_000, alpha: float = 0.05
 ) -> dict[str, object]:
@@ -379,6 +434,20 @@ def attainable_significance(
         choose it), ``n_relabellings`` (distinct labellings enumerated, or the random
         permutations + 1), ``min_pvalue``, ``min_padj`` (the BH bound: reached only when every
         subset has the smallest p-value) and ``reachable`` (``min_padj < alpha``).
+
+    Examples
+    --------
+    >>> from sccohort.stats import attainable_significance
+    >>> from sccohort.io import ClinicalTable
+    >>> from sccohort.stats import Contrast
+    >>> donors = pd.Index([f"D{i}" for i in range(1, 9)], name="donor_id")
+    >>> clinical = ClinicalTable(
+    ...     pd.DataFrame({"SRC": ["yes"] * 4 + ["no"] * 4}, index=donors), {"SRC": "binary"}
+    ... )
+    >>> design = Contrast("SRC", "SRC", case="yes", control="no").design(clinical)
+    >>> reach = attainable_significance(design)
+    >>> reach["n_relabellings"], round(reach["min_pvalue"], 4), reach["reachable"]
+    (70, 0.0286, True)
     """
     x = design.matrix.to_numpy(dtype=float)
     term = design.matrix.columns.get_loc(design.term)
@@ -413,7 +482,26 @@ def attainable_significance(
 
 
 def describe_attainable(row: dict, alpha: float) -> str:
-    """A plain sentence on an `attainable_significance` row whose bound is not below ``alpha``."""
+    """A plain sentence on an `attainable_significance` row whose bound is not below ``alpha``.
+
+    Examples
+    --------
+    >>> from sccohort.stats import attainable_significance, describe_attainable
+    >>> from sccohort.io import ClinicalTable
+    >>> from sccohort.stats import Contrast
+    >>> donors = pd.Index([f"D{i}" for i in range(1, 9)], name="donor_id")
+    >>> clinical = ClinicalTable(
+    ...     pd.DataFrame({"SRC": ["yes"] * 4 + ["no"] * 4}, index=donors), {"SRC": "binary"}
+    ... )
+    >>> design = Contrast("SRC", "SRC", case="yes", control="no").design(clinical)
+    >>> three = Contrast("SRC", "SRC", case="yes").design(clinical, donors[[0, 1, 2, 4, 5, 6]])
+    >>> text = describe_attainable(attainable_significance(three), alpha=0.05)
+    >>> import textwrap
+    >>> print(textwrap.fill(text, 88))
+    contrast 'SRC': with 3 vs 3 donors the smallest p-value the donor-level test can give is
+    0.1 (20 relabellings of the donors), so no subset can reach padj < 0.05 whatever the
+    data; add donors, or read its effects as descriptive
+    """
     sizes = f"{row['n_case']} vs {row['n_control']}" if row["n_control"] else f"{row['n_case']}"
     return (
         f"contrast '{row['contrast']}': with {sizes} donors the smallest p-value the "

@@ -178,6 +178,23 @@ def composition(obs: pd.DataFrame, levels: Sequence[str] = ("l1", "l2", "subset"
         row per sample x level x label, zeros included; ordered by level (each column, then
         its ``_in_l1`` level), sample (categories or first appearance in ``obs``), then
         parent and label (categories if categorical, else sorted).
+
+    Examples
+    --------
+    >>> from sccohort.stats import composition
+    >>> obs = pd.DataFrame({
+    ...     "sample_id": ["S1", "S1", "S1", "S2", "S2"],
+    ...     "donor_id": ["D1", "D1", "D1", "D2", "D2"],
+    ...     "l1": ["Mono", "Mono", "B", "Mono", "B"],
+    ...     "l2": ["CD14 Mono", "CD14 Mono", "B naive", "CD14 Mono", "B naive"],
+    ... })
+    >>> comp = composition(obs, levels=("l1", "l2"))
+    >>> comp[comp["level"] == "l1"][["sample_id", "subset", "count", "total", "share"]]
+      sample_id subset  count  total     share
+    0        S1      B      1      3  0.333333
+    1        S1   Mono      2      3  0.666667
+    2        S2      B      1      2  0.500000
+    3        S2   Mono      1      2  0.500000
     """
     levels = list(dict.fromkeys(levels))
     if not levels:
@@ -273,6 +290,22 @@ def donor_counts(
         Same shape: the denominator of each count (cells of the donor's sample in the
         subset's parent). Always a DataFrame, also for levels whose parent is ``"all"``
         (then every column is the same), so ``counts / totals`` are the shares.
+
+    Examples
+    --------
+    >>> from sccohort.stats import composition, donor_counts
+    >>> obs = pd.DataFrame({
+    ...     "sample_id": ["S1", "S1", "S1", "S2", "S2"],
+    ...     "donor_id": ["D1", "D1", "D1", "D2", "D2"],
+    ...     "l1": ["Mono", "Mono", "B", "Mono", "B"],
+    ...     "l2": ["CD14 Mono", "CD14 Mono", "B naive", "CD14 Mono", "B naive"],
+    ... })
+    >>> counts, totals = donor_counts(composition(obs, ("l1",)), "l1", ["S1", "S2"])
+    >>> counts
+    subset    B  Mono
+    donor_id
+    D1        1     2
+    D2        1     1
     """
     rows = level_rows(table, level)
     samples = [str(s) for s in samples]
@@ -325,6 +358,21 @@ def donor_shares(table: pd.DataFrame, level: str, samples: Sequence[str]) -> pd.
     -------
     pandas.DataFrame
         Donors x subsets, floats in [0, 1].
+
+    Examples
+    --------
+    >>> from sccohort.stats import composition, donor_shares
+    >>> obs = pd.DataFrame({
+    ...     "sample_id": ["S1", "S1", "S1", "S2", "S2"],
+    ...     "donor_id": ["D1", "D1", "D1", "D2", "D2"],
+    ...     "l1": ["Mono", "Mono", "B", "Mono", "B"],
+    ...     "l2": ["CD14 Mono", "CD14 Mono", "B naive", "CD14 Mono", "B naive"],
+    ... })
+    >>> donor_shares(composition(obs, ("l1",)), "l1", ["S1", "S2"]).round(3)
+    subset        B   Mono
+    donor_id
+    D1        0.333  0.667
+    D2        0.500  0.500
     """
     counts, totals = donor_counts(table, level, samples)
     return (counts / totals.where(totals > 0)).astype(float)

@@ -121,6 +121,16 @@ def ora(
     ------
     InputError
         No query gene in the universe, or no set within the size bounds.
+
+    Examples
+    --------
+    >>> from sccohort.stats import ora
+    >>> universe = [f"G{i}" for i in range(1, 41)]
+    >>> sets = {"A": ["G1", "G2", "G3"], "B": ["G4", "G5", "G6"]}
+    >>> ora(["G1", "G2"], sets, universe, min_size=2)[["set", "overlap", "pvalue", "padj"]]
+      set  overlap    pvalue      padj
+    0   A        2  0.003846  0.007692
+    1   B        0  1.000000  1.000000
     """
     return _ora(genes, _restrict(gene_sets, universe, min_size, max_size))
 
@@ -156,6 +166,12 @@ def sets_covered(
         ``{name: [gene, ...]}`` of the sets with enough genes (members as given).
     dropped
         ``{name: genes present}`` of the others.
+
+    Examples
+    --------
+    >>> from sccohort.stats import sets_covered
+    >>> sets_covered({"A": ["G1", "G2", "G3"], "B": ["G4"]}, ["G1", "G2", "G3", "G4"], 2)
+    ({'A': ['G1', 'G2', 'G3']}, {'B': 1})
     """
     uni = set(map(str, universe))
     kept, dropped = {}, {}

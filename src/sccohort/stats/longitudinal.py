@@ -243,24 +243,7 @@ def paired_test(
         plus ``mean_first``, ``mean_second``, ``median_diff`` and ``note`` (why a row is not
         tested: fewer than 2 donors have both timepoints).
     """
-    need = ["donor_id", "subset", "timepoint", "share"]
-    missing = [c for c in need if c not in traj.columns]
-    if missing:
-        raise InputError(
-            f"not a trajectory table: no column(s) {', '.join(missing)}",
-            column=missing[0],
-            hint="Build it with sccohort.stats.longitudinal.trajectories(...)",
-        )
-    timepoints = set(traj["timepoint"].astype(str))
-    for key, tp in (("first", first), ("second", second)):
-        if tp not in timepoints:
-            raise InputError(
-                f"timepoint '{tp}' is not in the trajectories",
-                key=key,
-                hint="Timepoints present: " + ", ".join(sorted(timepoints)),
-            )
-    if first == second:
-        raise InputError("first and second are the same timepoint", key="second")
+    _check_paired(traj, first, second)
     level = str(traj["level"].iloc[0]) if "level" in traj.columns and len(traj) else ""
     wide = traj.pivot_table(
         index=["subset", "donor_id"], columns="timepoint", values="share", sort=False
@@ -277,21 +260,7 @@ def paired_test(
         a, b = pair[first].to_numpy(), pair[second].to_numpy()
         n = len(pair)
         diff = b - a
-        note = ""
-        p = np.nan
-        low = high = np.nan
-        if n < _MIN_DONORS:
-            note = f"a paired test needs >= {_MIN_DONORS} donors with both timepoints; {n} here"
-        else:
-            w = rng.multinomial(n, np.full(n, 1.0 / n), size=int(n_boot)) / n
-            boot = np.log2((w @ b + c) / (w @ a + c))
-            low, high = np.quantile(boot, [(1 - ci) / 2, (1 + ci) / 2])
-            if np.all(diff == 0):
-                p = 1.0
-            else:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # exact p with ties/zeros: normal approx
-                    p = float(stats.wilcoxon(b, a, alternative="two-sided").pvalue)
+        p, low, high, note = _paired_wilcoxon(a, b, c, int(n_boot), ci, rng)
         mean_a = float(a.mean()) if n else np.nan
         mean_b = float(b.mean()) if n else np.nan
         rows.append(
@@ -317,6 +286,51 @@ def paired_test(
     p = out["pvalue"].to_numpy(dtype=float)
     out["padj"] = adjust_pvalues(p, "bonferroni")
     return out
+
+
+def _check_paired(traj: pd.DataFrame, first: str, second: str) -> None:
+    """Check that ``traj`` is a trajectory table holding two distinct timepoints."""
+    need = ["donor_id", "subset", "timepoint", "share"]
+    missing = [c for c in need if c not in traj.columns]
+    if missing:
+        raise InputError(
+            f"not a trajectory table: no column(s) {', '.join(missing)}",
+            column=missing[0],
+            hint="Build it with sccohort.stats.longitudinal.trajectories(...)",
+        )
+    timepoints = set(traj["timepoint"].astype(str))
+    for key, tp in (("first", first), ("second", second)):
+        if tp not in timepoints:
+            raise InputError(
+                f"timepoint '{tp}' is not in the trajectories",
+                key=key,
+                hint="Timepoints present: " + ", ".join(sorted(timepoints)),
+            )
+    if first == second:
+        raise InputError("first and second are the same timepoint", key="second")
+
+
+def _paired_wilcoxon(
+    a: np.ndarray, b: np.ndarray, c: float, n_boot: int, ci: float, rng: np.random.Generator
+) -> tuple[float, float, float, str]:
+    """Wilcoxon p-value, bootstrap CI of the log2 mean ratio b / a, and why not tested."""
+    n = len(a)
+    note = ""
+    p = np.nan
+    low = high = np.nan
+    if n < _MIN_DONORS:
+        note = f"a paired test needs >= {_MIN_DONORS} donors with both timepoints; {n} here"
+    else:
+        w = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot) / n
+        boot = np.log2((w @ b + c) / (w @ a + c))
+        low, high = np.quantile(boot, [(1 - ci) / 2, (1 + ci) / 2])
+        if np.all(b - a == 0):
+            p = 1.0
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # exact p with ties/zeros: normal approx
+                p = float(stats.wilcoxon(b, a, alternative="two-sided").pvalue)
+    return p, low, high, note
 
 
 def _cell_mask(obs: pd.DataFrame, cells: Any) -> np.ndarray:
@@ -381,51 +395,13 @@ def expression_trajectory(
         row per sample x gene of donors with >= 2 timepoints, ordered by donor, gene, time.
         Samples without chosen cells get ``mean``/``frac`` NaN and ``n_cells`` 0.
     """
-    adata = mdata.mod[modality] if hasattr(mdata, "mod") else mdata
-    obs = mdata.obs
-    if len(obs) != adata.n_obs or not obs.index.equals(adata.obs_names):
-        obs = obs.reindex(adata.obs_names)
-    need = [c for c in ("sample_id", "donor_id", "timepoint") if c not in obs.columns]
-    if need:
-        raise InputError(
-            f"cell table lacks column(s) {', '.join(need)}",
-            column=need[0],
-            hint="Read the cohort with sccohort.io.read_cohort",
-        )
-    genes = [str(g) for g in genes]
-    unknown = [g for g in genes if g not in adata.var_names]
-    if unknown or not genes:
-        raise InputError(
-            f"gene(s) {', '.join(unknown)} not in modality '{modality}'"
-            if unknown
-            else "no gene given",
-            key="genes",
-            hint="Use var_names (gene symbols) of the RNA modality",
-        )
+    adata, obs = _cell_table(mdata, modality)
+    genes = _checked_genes(genes, adata, modality)
     mask = _cell_mask(obs, cells)
     if "qc_pass" in obs.columns:
         mask &= obs["qc_pass"].fillna(False).astype(bool).to_numpy()
     ids = obs["sample_id"]
-    sample_ids = (
-        [str(c) for c in ids.cat.categories if (ids == c).any()]
-        if isinstance(ids.dtype, pd.CategoricalDtype)
-        else [str(s) for s in pd.unique(ids.astype(str))]
-    )
-    meta = (
-        obs.assign(sample_id=ids.astype(str))
-        .drop_duplicates("sample_id")
-        .set_index("sample_id")
-        .loc[sample_ids]
-    )
-    sheet = pd.DataFrame(
-        {
-            "donor_id": meta["donor_id"].astype(str),
-            "timepoint": meta["timepoint"].astype(str),
-            "tissue": meta["tissue"].astype(str) if "tissue" in meta else DEFAULT_TISSUE,
-        },
-        index=pd.Index(sample_ids, name="sample_id"),
-    )
-    chosen, tp_order = _longitudinal_samples(sheet, tissue, order)
+    chosen, tp_order = _longitudinal_samples(_obs_sample_sheet(obs), tissue, order)
     columns = ["donor_id", "sample_id", "timepoint", "timepoint_order", "gene", "mean"]
     columns += ["frac", "n_cells"]
     if chosen.empty:
@@ -439,19 +415,8 @@ def expression_trajectory(
     else:
         x = adata.X[np.flatnonzero(keep)][:, gidx]
     x = x.tocsr() if sp.issparse(x) else sp.csr_matrix(np.asarray(x))
+    n_cells, mean, frac = _sample_means(x, codes[keep], len(chosen))
     n_samples = len(chosen)
-    member = sp.csr_matrix(
-        (np.ones(keep.sum()), (codes[keep], np.arange(keep.sum()))),
-        shape=(n_samples, keep.sum()),
-    )
-    n_cells = np.asarray(member.sum(axis=1)).ravel()
-    sums = np.asarray((member @ x).todense())
-    positive = x.copy()
-    positive.data = (positive.data > 0).astype(float)
-    n_pos = np.asarray((member @ positive).todense())
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(n_cells[:, None] > 0, sums / n_cells[:, None], np.nan)
-        frac = np.where(n_cells[:, None] > 0, n_pos / n_cells[:, None], np.nan)
     tp_rank = {t: i for i, t in enumerate(tp_order)}
     out = pd.DataFrame(
         {
@@ -471,3 +436,75 @@ def expression_trajectory(
         ["_d", "_g", "timepoint_order"], kind="stable"
     )
     return out[columns].reset_index(drop=True)
+
+
+def _cell_table(mdata: Any, modality: str) -> tuple[Any, pd.DataFrame]:
+    """The modality's AnnData and the cell table aligned to it, checked for sample columns."""
+    adata = mdata.mod[modality] if hasattr(mdata, "mod") else mdata
+    obs = mdata.obs
+    if len(obs) != adata.n_obs or not obs.index.equals(adata.obs_names):
+        obs = obs.reindex(adata.obs_names)
+    need = [c for c in ("sample_id", "donor_id", "timepoint") if c not in obs.columns]
+    if need:
+        raise InputError(
+            f"cell table lacks column(s) {', '.join(need)}",
+            column=need[0],
+            hint="Read the cohort with sccohort.io.read_cohort",
+        )
+    return adata, obs
+
+
+def _checked_genes(genes: Sequence[str], adata: Any, modality: str) -> list[str]:
+    """The genes as strings, each checked to be a ``var_name`` of the modality."""
+    genes = [str(g) for g in genes]
+    unknown = [g for g in genes if g not in adata.var_names]
+    if unknown or not genes:
+        raise InputError(
+            f"gene(s) {', '.join(unknown)} not in modality '{modality}'"
+            if unknown
+            else "no gene given",
+            key="genes",
+            hint="Use var_names (gene symbols) of the RNA modality",
+        )
+    return genes
+
+
+def _obs_sample_sheet(obs: pd.DataFrame) -> pd.DataFrame:
+    """Donor, timepoint and tissue per sample of the cell table, samples in ``obs`` order."""
+    ids = obs["sample_id"]
+    sample_ids = (
+        [str(c) for c in ids.cat.categories if (ids == c).any()]
+        if isinstance(ids.dtype, pd.CategoricalDtype)
+        else [str(s) for s in pd.unique(ids.astype(str))]
+    )
+    meta = (
+        obs.assign(sample_id=ids.astype(str))
+        .drop_duplicates("sample_id")
+        .set_index("sample_id")
+        .loc[sample_ids]
+    )
+    return pd.DataFrame(
+        {
+            "donor_id": meta["donor_id"].astype(str),
+            "timepoint": meta["timepoint"].astype(str),
+            "tissue": meta["tissue"].astype(str) if "tissue" in meta else DEFAULT_TISSUE,
+        },
+        index=pd.Index(sample_ids, name="sample_id"),
+    )
+
+
+def _sample_means(
+    x: sp.csr_matrix, codes: np.ndarray, n_samples: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cells per sample, and per sample x gene the mean of ``x`` and the fraction above 0."""
+    n = len(codes)
+    member = sp.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(n_samples, n))
+    n_cells = np.asarray(member.sum(axis=1)).ravel()
+    sums = np.asarray((member @ x).todense())
+    positive = x.copy()
+    positive.data = (positive.data > 0).astype(float)
+    n_pos = np.asarray((member @ positive).todense())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n_cells[:, None] > 0, sums / n_cells[:, None], np.nan)
+        frac = np.where(n_cells[:, None] > 0, n_pos / n_cells[:, None], np.nan)
+    return n_cells, mean, frac

@@ -152,12 +152,7 @@ def neighbourhoods(
     index_cells = _refined_index_cells(x, knn_index, nn, params.prop, rng)
     members = _membership(knn_index, index_cells)  # kept cells x nhoods, 0/1
 
-    codes = pd.Categorical(cell_sample[keep], categories=wanted).codes
-    onehot = sparse.csr_matrix(
-        (np.ones(len(keep)), (np.arange(len(keep)), codes)), shape=(len(keep), len(wanted))
-    )
-    counts = np.asarray((members.T @ onehot).todense())  # nhoods x samples
-    n_cells_per_sample = np.bincount(codes, minlength=len(wanted)).astype(float)
+    counts, n_cells_per_sample = _sample_counts(members, cell_sample[keep], wanted)
 
     donors = list(sample_of_donor.keys())
     matrix = design.matrix.loc[donors]
@@ -344,6 +339,17 @@ def _refined_index_cells(
     medians = np.median(x[knn_index[drawn]], axis=1)  # n_draw x dims
     nearest = nn.kneighbors(medians, n_neighbors=1, return_distance=False)[:, 0]
     return np.unique(nearest)
+
+
+def _sample_counts(
+    members: sparse.csc_matrix, kept_samples: np.ndarray, wanted: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cells per neighbourhood x sample (``wanted`` order) and kept cells per sample (float)."""
+    n = len(kept_samples)
+    codes = pd.Categorical(kept_samples, categories=wanted).codes
+    onehot = sparse.csr_matrix((np.ones(n), (np.arange(n), codes)), shape=(n, len(wanted)))
+    counts = np.asarray((members.T @ onehot).todense())  # nhoods x samples
+    return counts, np.bincount(codes, minlength=len(wanted)).astype(float)
 
 
 def _membership(knn_index: np.ndarray, index_cells: np.ndarray) -> sparse.csc_matrix:

@@ -234,8 +234,9 @@ def _forward(lower: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         out[a] = t / lower[a, a]
 
 
+# long: numba kernel, one compiled loop nest; helpers would be calls per fold
 @numba.njit(cache=True, nogil=True)
-def _newton(x1, w, y, lam, theta, lev, tol, chord_from, max_iter):  # pragma: no cover
+def _newton(x1, w, y, lam, theta, lev, tol, chord_from, max_iter):  # pragma: no cover  # noqa: C901, PLR0912 - numba kernel: one compiled loop nest, helpers would be calls per fold
     """Kernel of :func:`_fit_batch`: updates ``theta`` (F, K, q) and fills ``lev`` (F, K, n)."""
     n_fold, n, q = x1.shape
     hess = np.empty((q, q))  # Cholesky factor of the last Hessian formed
@@ -627,27 +628,8 @@ def predict_phenotype(
     """
     x = _check(features, design, use_covariates)
     name = design.contrast.name
-    if int(n_perm) < 0:
-        raise InputError(
-            f"n_perm = {n_perm} is negative", key="n_perm", hint="Use 0 (no p-value) or more"
-        )
-    cs = np.asarray(sorted(float(c) for c in Cs))
-    if len(cs) == 0 or not np.all(np.isfinite(cs)) or (cs <= 0).any():
-        raise InputError(
-            f"Cs = {list(Cs)} must be positive finite numbers",
-            key="Cs",
-            hint="Use e.g. numpy.logspace(-2, 1, 7)",
-        )
-    small = min(design.n_case, design.n_control)
-    if small < MIN_CLASS:
-        which = "case" if design.n_case <= design.n_control else "control"
-        warnings.warn(
-            f"contrast '{name}': the smaller class ({which}) has only {small} donors "
-            f"(< {MIN_CLASS}); the cross-validated AUROC and its interval are unstable, rely "
-            "on the permutation p-value",
-            UserWarning,
-            stacklevel=2,
-        )
+    cs = _checked_cs(n_perm, Cs)
+    _warn_small_class(design, name)
 
     y = (design.group == "case").to_numpy(dtype=float)
     n = len(y)
@@ -661,30 +643,11 @@ def predict_phenotype(
         score, prob, c_idx, c_full = _nested_loo(held, full, y[None], lam)
         auroc = float(_auroc(score[0], y))
         ci_low, ci_high = delong_ci(score[0], y)
-
-        rng = np.random.default_rng(seed)
-        perms = [rng.permutation(y) for _ in range(int(n_perm))]
-        # permutations solved together, bounded to about 64 MB of fits and leverages
-        r = full.x1.shape[2]
-        block = max(1, int(_BLOCK_BYTES // (8 * (n + 1) * len(cs) * (2 * r + 3 * n))))
-        null = np.zeros(len(perms))
-        for start in range(0, len(perms), block):
-            labels = np.array(perms[start : start + block])
-            scores = _nested_loo(held, full, labels, lam, c_full=False)[0]
-            null[start : start + len(labels)] = _auroc(scores, labels)
+        null = _null_aurocs(held, full, y, lam, n_perm, seed)
     pvalue = float((1 + (null >= auroc - 1e-12).sum()) / (1 + len(null))) if len(null) else np.nan
 
     c_best = float(cs[int(c_full[0])])
-    xs = _standardise(x, np.ones((1, n)))[0][0]
-    model = LogisticRegression(C=c_best, tol=1e-8, max_iter=1000).fit(xs, y)
-    names = list(map(str, features.columns))
-    if use_covariates:
-        names += [c for c in design.matrix.columns if c not in ("intercept", design.term)]
-    coef = pd.DataFrame({"feature": names, "coef": model.coef_[0]})
-    coef["odds_ratio_per_sd"] = np.exp(coef["coef"])
-    coef = coef.iloc[np.argsort(-np.abs(coef["coef"].to_numpy()), kind="stable")]
-    coef = coef.reset_index(drop=True).assign(rank=lambda d: np.arange(1, len(d) + 1))
-
+    coef = _coefficients(x, y, c_best, features, design, use_covariates)
     predictions = pd.DataFrame(
         {
             "donor_id": list(design.donors),
@@ -721,3 +684,71 @@ def predict_phenotype(
             "seed": seed,
         },
     )
+
+
+def _checked_cs(n_perm: int, Cs: Sequence[float]) -> np.ndarray:
+    """Check ``n_perm`` and return the candidate ``Cs`` sorted, as an array."""
+    if int(n_perm) < 0:
+        raise InputError(
+            f"n_perm = {n_perm} is negative", key="n_perm", hint="Use 0 (no p-value) or more"
+        )
+    cs = np.asarray(sorted(float(c) for c in Cs))
+    if len(cs) == 0 or not np.all(np.isfinite(cs)) or (cs <= 0).any():
+        raise InputError(
+            f"Cs = {list(Cs)} must be positive finite numbers",
+            key="Cs",
+            hint="Use e.g. numpy.logspace(-2, 1, 7)",
+        )
+    return cs
+
+
+def _warn_small_class(design: ContrastDesign, name: str) -> None:
+    """Warn (at the caller of `predict_phenotype`) when the smaller class is small."""
+    small = min(design.n_case, design.n_control)
+    if small < MIN_CLASS:
+        which = "case" if design.n_case <= design.n_control else "control"
+        warnings.warn(
+            f"contrast '{name}': the smaller class ({which}) has only {small} donors "
+            f"(< {MIN_CLASS}); the cross-validated AUROC and its interval are unstable, rely "
+            "on the permutation p-value",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _null_aurocs(
+    held: _Folds, full: _Folds, y: np.ndarray, lam: np.ndarray, n_perm: int, seed: int
+) -> np.ndarray:
+    """AUROCs of the nested procedure on ``n_perm`` seeded permutations of the labels ``y``."""
+    n = len(y)
+    rng = np.random.default_rng(seed)
+    perms = [rng.permutation(y) for _ in range(int(n_perm))]
+    # permutations solved together, bounded to about 64 MB of fits and leverages
+    r = full.x1.shape[2]
+    block = max(1, int(_BLOCK_BYTES // (8 * (n + 1) * len(lam) * (2 * r + 3 * n))))
+    null = np.zeros(len(perms))
+    for start in range(0, len(perms), block):
+        labels = np.array(perms[start : start + block])
+        scores = _nested_loo(held, full, labels, lam, c_full=False)[0]
+        null[start : start + len(labels)] = _auroc(scores, labels)
+    return null
+
+
+def _coefficients(
+    x: np.ndarray,
+    y: np.ndarray,
+    c_best: float,
+    features: pd.DataFrame,
+    design: ContrastDesign,
+    use_covariates: bool,
+) -> pd.DataFrame:
+    """Coefficients of scikit-learn's fit on all donors (standardised), largest first."""
+    xs = _standardise(x, np.ones((1, len(y))))[0][0]
+    model = LogisticRegression(C=c_best, tol=1e-8, max_iter=1000).fit(xs, y)
+    names = list(map(str, features.columns))
+    if use_covariates:
+        names += [c for c in design.matrix.columns if c not in ("intercept", design.term)]
+    coef = pd.DataFrame({"feature": names, "coef": model.coef_[0]})
+    coef["odds_ratio_per_sd"] = np.exp(coef["coef"])
+    coef = coef.iloc[np.argsort(-np.abs(coef["coef"].to_numpy()), kind="stable")]
+    return coef.reset_index(drop=True).assign(rank=lambda d: np.arange(1, len(d) + 1))

@@ -123,6 +123,41 @@ def _group_sums(x: sp.csr_matrix | np.ndarray, cells: np.ndarray, codes: np.ndar
     return out if integer else np.rint(out).astype(np.int64)
 
 
+def _rna_and_obs(adata: AnnData) -> tuple[AnnData, pd.DataFrame]:
+    """The RNA AnnData and its cells' obs (a MuData's ``"rna"`` with the MuData's labels)."""
+    if not hasattr(adata, "mod"):
+        return adata, adata.obs
+    if "rna" not in adata.mod:
+        raise InputError("the MuData has no 'rna' modality", key="mod", hint="Pass the RNA")
+    obs = adata.obs
+    rna = adata.mod["rna"]
+    if not obs.index.equals(rna.obs_names):
+        obs = obs.reindex(rna.obs_names)
+    return rna, obs
+
+
+def _chosen_samples(samples: Sequence[str], donor_of: pd.Series) -> list[str]:
+    """The given samples, deduplicated; each must have cells and a donor of its own."""
+    chosen = list(dict.fromkeys(samples))
+    unknown = [s for s in chosen if s not in donor_of.index]
+    if unknown:
+        raise InputError(
+            f"sample(s) {', '.join(unknown)} have no cells",
+            sample=unknown[0],
+            hint=f"Samples with cells: {', '.join(donor_of.index)}",
+        )
+    donors = donor_of.loc[chosen]
+    twice = donors[donors.duplicated(keep=False)]
+    if len(twice):
+        raise InputError(
+            f"donor '{twice.iloc[0]}' has several of the given samples "
+            f"({', '.join(twice.index[twice == twice.iloc[0]])})",
+            sample=twice.index[0],
+            hint="Give one sample per donor (e.g. SampleSheet.primary_samples())",
+        )
+    return chosen
+
+
 def pseudobulk(
     adata: AnnData,
     groupby: str = "subset",
@@ -154,16 +189,7 @@ def pseudobulk(
         One row per sample x group combination with at least one cell: ``group, sample_id,
         donor_id, n_cells, kept``.
     """
-    if hasattr(adata, "mod"):
-        if "rna" not in adata.mod:
-            raise InputError("the MuData has no 'rna' modality", key="mod", hint="Pass the RNA")
-        obs = adata.obs
-        rna = adata.mod["rna"]
-        if not obs.index.equals(rna.obs_names):
-            obs = obs.reindex(rna.obs_names)
-        adata = rna
-    else:
-        obs = adata.obs
+    adata, obs = _rna_and_obs(adata)
     for column in ("sample_id", "donor_id", groupby):
         if column not in obs.columns:
             raise InputError(
@@ -180,23 +206,7 @@ def pseudobulk(
     use = obs[groupby].notna().to_numpy()
     by_donor = samples is not None
     if by_donor:
-        chosen = list(dict.fromkeys(samples))
-        unknown = [s for s in chosen if s not in donor_of.index]
-        if unknown:
-            raise InputError(
-                f"sample(s) {', '.join(unknown)} have no cells",
-                sample=unknown[0],
-                hint=f"Samples with cells: {', '.join(donor_of.index)}",
-            )
-        donors = donor_of.loc[chosen]
-        twice = donors[donors.duplicated(keep=False)]
-        if len(twice):
-            raise InputError(
-                f"donor '{twice.iloc[0]}' has several of the given samples "
-                f"({', '.join(twice.index[twice == twice.iloc[0]])})",
-                sample=twice.index[0],
-                hint="Give one sample per donor (e.g. SampleSheet.primary_samples())",
-            )
+        chosen = _chosen_samples(samples, donor_of)
         use &= sample.isin(chosen).to_numpy()
 
     cells = np.flatnonzero(use)

@@ -90,6 +90,29 @@ def associated_subsets(
         Columns ``subset, contrast, level, significant, fold_change, fc_ci_low, fc_ci_high,
         ci`` (text), ``effect`` (log2), ``pvalue, padj, ks_padj`` (the classic test, when
         run), ``n_case, n_control, mean_share_case, mean_share_control, method``.
+
+    Examples
+    --------
+    >>> from sccohort.stats import associated_subsets, compare_abundance
+    >>> from sccohort.io import ClinicalTable
+    >>> from sccohort.stats import Contrast
+    >>> donors = pd.Index([f"D{i}" for i in range(1, 9)], name="donor_id")
+    >>> clinical = ClinicalTable(
+    ...     pd.DataFrame({"SRC": ["yes"] * 4 + ["no"] * 4}, index=donors), {"SRC": "binary"}
+    ... )
+    >>> design = Contrast("SRC", "SRC", case="yes", control="no").design(clinical)
+    >>> totals = pd.DataFrame(1000, index=donors, columns=["Mono_A", "T_B"])
+    >>> counts = pd.DataFrame(
+    ...     {
+    ...         "Mono_A": [80, 90, 75, 85, 30, 35, 40, 28],
+    ...         "T_B": [200, 210, 190, 205, 198, 202, 207, 195],
+    ...     },
+    ...     index=donors,
+    ... )
+    >>> tests = compare_abundance(counts, totals, design, level="subset", seed=0)
+    >>> associated_subsets(tests, alpha=0.1)[["contrast", "subset", "fold_change", "padj"]].round(3)
+      contrast  subset  fold_change   padj
+    0      SRC  Mono_A        2.477  0.057
     """
     columns = [
         "subset", "contrast", "level", "significant", "fold_change", "fc_ci_low", "fc_ci_high",
@@ -162,6 +185,13 @@ def characterised_subsets(
         significant, the candidates (at most ``candidates``).
     significant : bool
         Whether the subsets are significant (False: exploratory candidates).
+
+    Examples
+    --------
+    >>> from sccohort.stats import characterised_subsets
+    >>> table = pd.DataFrame({"subset": ["A", "B", "A"], "significant": [True, True, False]})
+    >>> characterised_subsets(table, max_subsets=6)
+    (['A', 'B'], True)
     """
     if associated.empty:
         return [], False

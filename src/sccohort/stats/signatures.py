@@ -297,25 +297,24 @@ def donor_scores(
                 raise InputError(
                     "samples were given but obs has no sample_id column", column="sample_id"
                 )
-        else:
-            if samples is not None:
-                unknown = pd.Index(samples).difference(meta["sample_id"].unique())
-                if len(unknown):
-                    raise InputError(
-                        f"sample(s) without scored cells: {', '.join(map(str, unknown))}",
-                        sample=str(unknown[0]),
-                    )
-                keep = meta["sample_id"].isin(list(samples)).to_numpy()
-            elif "donor_id" in by and "sample_id" not in by:
-                per_donor = meta.groupby("donor_id", observed=True)["sample_id"].nunique()
-                multi = per_donor.index[per_donor > 1]
-                if len(multi):
-                    raise InputError(
-                        f"donor(s) with cells from several samples: {', '.join(map(str, multi))}",
-                        column="donor_id",
-                        hint="Pass samples= (one per donor, e.g. SampleSheet.primary_samples(..."
-                        ").index) or group by sample_id.",
-                    )
+        elif samples is not None:
+            unknown = pd.Index(samples).difference(meta["sample_id"].unique())
+            if len(unknown):
+                raise InputError(
+                    f"sample(s) without scored cells: {', '.join(map(str, unknown))}",
+                    sample=str(unknown[0]),
+                )
+            keep = meta["sample_id"].isin(list(samples)).to_numpy()
+        elif "donor_id" in by and "sample_id" not in by:
+            per_donor = meta.groupby("donor_id", observed=True)["sample_id"].nunique()
+            multi = per_donor.index[per_donor > 1]
+            if len(multi):
+                raise InputError(
+                    f"donor(s) with cells from several samples: {', '.join(map(str, multi))}",
+                    column="donor_id",
+                    hint="Pass samples= (one per donor, e.g. SampleSheet.primary_samples(..."
+                    ").index) or group by sample_id.",
+                )
     meta = meta.loc[keep, by]
     values = scores.loc[keep]
     keys = [meta[c].astype(str).to_numpy() for c in by]

@@ -172,6 +172,29 @@ def ks_test(
         ``padj`` = min(1, p x number of tested subsets); ``method = "ks_bonferroni"``;
         ``n_case`` / ``n_control`` donors with a share) plus ``statistic`` (D),
         ``mean_case``, ``mean_control``, ``pseudo_share``.
+
+    Examples
+    --------
+    >>> from sccohort.stats import ks_test
+    >>> from sccohort.io import ClinicalTable
+    >>> from sccohort.stats import Contrast
+    >>> donors = pd.Index([f"D{i}" for i in range(1, 9)], name="donor_id")
+    >>> clinical = ClinicalTable(
+    ...     pd.DataFrame({"SRC": ["yes"] * 4 + ["no"] * 4}, index=donors), {"SRC": "binary"}
+    ... )
+    >>> design = Contrast("SRC", "SRC", case="yes", control="no").design(clinical)
+    >>> totals = pd.DataFrame(1000, index=donors, columns=["Mono_A", "T_B"])
+    >>> counts = pd.DataFrame(
+    ...     {
+    ...         "Mono_A": [80, 90, 75, 85, 30, 35, 40, 28],
+    ...         "T_B": [200, 210, 190, 205, 198, 202, 207, 195],
+    ...     },
+    ...     index=donors,
+    ... )
+    >>> ks_test(counts / totals, design, "subset", seed=0)[["subset", "pvalue", "padj"]].round(4)
+       subset  pvalue    padj
+    0  Mono_A  0.0286  0.0571
+    1     T_B  1.0000  1.0000
     """
     name = design.contrast.name
     if design.is_continuous:
@@ -337,6 +360,22 @@ def kruskal_dunn(
             f"unknown adjustment {adjust!r}", key="adjust", hint="use 'bonferroni' or 'holm'"
         )
     _check_boot(n_boot, ci)
+    name, groups, levels = _dunn_grouping(groups)
+    values = _donor_rows(_numeric_shares(shares), groups.index, f"grouping '{name}'")
+    labels = groups.loc[values.index].astype(str).to_numpy()
+    x = values.to_numpy()
+    subsets = [str(s) for s in values.columns]
+    c = pseudo_share(x)
+    rng = np.random.default_rng(seed)
+    omni_rows, pair_rows = _kruskal_dunn_rows(x, labels, levels, subsets, adjust)
+    omnibus = _omnibus_frame(omni_rows, name, level, adjust)
+    pairs = pd.DataFrame(pair_rows, columns=["subset", *_DUNN_COLUMNS, "padj"])
+    effect, low, high = _pair_effects(x, labels, levels, len(pairs), c, int(n_boot), rng, ci)
+    return omnibus, _pairs_frame(pairs, effect, low, high, name, level, adjust)
+
+
+def _dunn_grouping(groups: pd.Series) -> tuple[str, pd.Series, list[str]]:
+    """The grouping's name, its donors with a group (index as str) and its >= 3 levels."""
     if not isinstance(groups, pd.Series):
         raise InputError("groups must be a pandas Series donor -> group", key="groups")
     name = str(groups.name) if groups.name is not None else "group"
@@ -350,13 +389,13 @@ def kruskal_dunn(
             key="groups",
             hint="Compare two groups with ks_test or the association test",
         )
-    values = _donor_rows(_numeric_shares(shares), groups.index, f"grouping '{name}'")
-    labels = groups.loc[values.index].astype(str).to_numpy()
-    x = values.to_numpy()
-    subsets = [str(s) for s in values.columns]
-    c = pseudo_share(x)
-    rng = np.random.default_rng(seed)
+    return name, groups, levels
 
+
+def _kruskal_dunn_rows(
+    x: np.ndarray, labels: np.ndarray, levels: list[str], subsets: list[str], adjust: str
+) -> tuple[list[tuple], list[tuple]]:
+    """Kruskal-Wallis rows and Dunn rows (p-values adjusted over each subset's pairs)."""
     omni_rows = []
     pair_rows: list[tuple] = []
     for j, subset in enumerate(subsets):
@@ -371,9 +410,13 @@ def kruskal_dunn(
         dunn = _dunn_rows(v, lab, levels)
         padj = adjust_pvalues(np.array([r[3] for r in dunn], dtype=float), adjust)
         pair_rows += [(subset, *r, q) for r, q in zip(dunn, padj, strict=True)]
+    return omni_rows, pair_rows
 
+
+def _omnibus_frame(omni_rows: list[tuple], name: str, level: str, adjust: str) -> pd.DataFrame:
+    """The omnibus table of `kruskal_dunn` from its Kruskal-Wallis rows."""
     omni = pd.DataFrame(omni_rows, columns=["subset", "H", "pvalue", "n", "df", "n_groups"])
-    omnibus = pd.DataFrame(
+    return pd.DataFrame(
         {
             "contrast": name,
             "level": level,
@@ -393,18 +436,43 @@ def kruskal_dunn(
         }
     )
 
-    pairs = pd.DataFrame(pair_rows, columns=["subset", *_DUNN_COLUMNS, "padj"])
-    effect = np.full(len(pairs), np.nan)
-    low = np.full(len(pairs), np.nan)
-    high = np.full(len(pairs), np.nan)
+
+def _pair_effects(
+    x: np.ndarray,
+    labels: np.ndarray,
+    levels: list[str],
+    n_rows: int,
+    c: float,
+    n_boot: int,
+    rng: np.random.Generator,
+    ci: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Log2 mean share ratio and bootstrap CI of each subset x pair row (subset-major)."""
+    effect = np.full(n_rows, np.nan)
+    low = np.full(n_rows, np.nan)
+    high = np.full(n_rows, np.nan)
+    n_subsets = x.shape[1]
     n_pairs = len(levels) * (len(levels) - 1) // 2
     with np.errstate(invalid="ignore"), _quiet():
         for k, (g1, g2) in enumerate(combinations(levels, 2)):
             a, b = x[labels == g1], x[labels == g2]
-            rows = np.arange(len(subsets)) * n_pairs + k  # pairs are subset-major
+            rows = np.arange(n_subsets) * n_pairs + k  # pairs are subset-major
             effect[rows] = _log2_ratio(np.nanmean(a, axis=0), np.nanmean(b, axis=0), c)
-            low[rows], high[rows] = _boot_ci(a, b, c, int(n_boot), rng, ci)
-    pairs_out = pd.DataFrame(
+            low[rows], high[rows] = _boot_ci(a, b, c, n_boot, rng, ci)
+    return effect, low, high
+
+
+def _pairs_frame(
+    pairs: pd.DataFrame,
+    effect: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    name: str,
+    level: str,
+    adjust: str,
+) -> pd.DataFrame:
+    """The pairwise table of `kruskal_dunn` from its Dunn rows and effects."""
+    return pd.DataFrame(
         {
             "contrast": [
                 f"{name}: {g1} vs {g2}" for g1, g2 in zip(pairs.group1, pairs.group2, strict=True)
@@ -426,7 +494,6 @@ def kruskal_dunn(
             "mean_rank2": pairs["mean_rank2"],
         }
     )
-    return omnibus, pairs_out
 
 
 def proportion_biplot(

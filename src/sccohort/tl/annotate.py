@@ -374,6 +374,52 @@ def _assign(
     return best, confidence
 
 
+def _assign_l2(
+    mods: dict[str, AnnData],
+    obs_names: pd.Index,
+    l2_tables: dict[str, pd.DataFrame],
+    l1_labels: list[str],
+    l1: np.ndarray,
+    l1_conf: np.ndarray,
+    callable_l2: set[str],
+    clusters: np.ndarray,
+    graph: sp.csr_matrix | None,
+    min_confidence: float,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """l2 label and confidence per cell, within each l1 lineage, and the l2 category order."""
+    n = len(l1)
+    l2 = np.full(n, UNASSIGNED, dtype=object)
+    l2_conf = np.zeros(n)
+    l2_order: list[str] = []
+    for parent in l1_labels:
+        children = list(
+            dict.fromkeys(
+                lab for t in l2_tables.values() for lab in t.loc[t["parent"] == parent, "label"]
+            )
+        )
+        rows = np.flatnonzero(l1 == parent)
+        usable = [c for c in children if c in callable_l2]
+        if children and len(usable) < 2:  # the panel cannot tell this lineage's types apart
+            l2_order.append(parent)
+            l2[rows] = parent
+            l2_conf[rows] = l1_conf[rows]
+            continue
+        l2_order += children
+        if not children or rows.size == 0:
+            continue
+        sub = {m: t[t["parent"] == parent] for m, t in l2_tables.items()}
+        child_scores = _label_scores(mods, obs_names, sub, children, rows, _L2_LOW)
+        missing = [j for j, lab in enumerate(children) if lab not in callable_l2]
+        child_scores[:, missing] = -np.inf
+        sub_graph = graph[rows][:, rows] if graph is not None else None
+        idx, conf = _assign(
+            child_scores, clusters[rows], sub_graph, min_confidence, positive=bool(missing)
+        )
+        l2[rows] = np.where(idx >= 0, np.array(children, dtype=object)[idx], UNASSIGNED)
+        l2_conf[rows] = conf
+    return l2, l2_conf, l2_order
+
+
 def annotate(
     mdata,
     *,
@@ -459,36 +505,19 @@ def annotate(
     l1_idx, l1_conf = _assign(scores, clusters, graph, min_confidence, positive=bool(missing))
     l1 = np.where(l1_idx >= 0, np.array(l1_labels, dtype=object)[l1_idx], UNASSIGNED)
 
-    l2 = np.full(n, UNASSIGNED, dtype=object)
-    l2_conf = np.zeros(n)
     l2_tables = {m: t[t["level"] == "l2"] for m, t in tables.items()}
-    l2_order: list[str] = []
-    for parent in l1_labels:
-        children = list(
-            dict.fromkeys(
-                lab for t in l2_tables.values() for lab in t.loc[t["parent"] == parent, "label"]
-            )
-        )
-        rows = np.flatnonzero(l1 == parent)
-        usable = [c for c in children if c in callable_["l2"]]
-        if children and len(usable) < 2:  # the panel cannot tell this lineage's types apart
-            l2_order.append(parent)
-            l2[rows] = parent
-            l2_conf[rows] = l1_conf[rows]
-            continue
-        l2_order += children
-        if not children or rows.size == 0:
-            continue
-        sub = {m: t[t["parent"] == parent] for m, t in l2_tables.items()}
-        child_scores = _label_scores(mods, mdata.obs_names, sub, children, rows, _L2_LOW)
-        missing = [j for j, lab in enumerate(children) if lab not in callable_["l2"]]
-        child_scores[:, missing] = -np.inf
-        sub_graph = graph[rows][:, rows] if graph is not None else None
-        idx, conf = _assign(
-            child_scores, clusters[rows], sub_graph, min_confidence, positive=bool(missing)
-        )
-        l2[rows] = np.where(idx >= 0, np.array(children, dtype=object)[idx], UNASSIGNED)
-        l2_conf[rows] = conf
+    l2, l2_conf, l2_order = _assign_l2(
+        mods,
+        mdata.obs_names,
+        l2_tables,
+        l1_labels,
+        l1,
+        l1_conf,
+        callable_["l2"],
+        clusters,
+        graph,
+        min_confidence,
+    )
 
     index = mdata.obs_names
     mdata.obs[key_prefix + "l1"] = pd.Categorical(l1, categories=[*l1_labels, UNASSIGNED])

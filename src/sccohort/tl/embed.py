@@ -171,7 +171,7 @@ def umap(
         ``obsm`` key of an embedding whose first two columns start the layout (e.g. the
         Harmony PCs), or None for UMAP's spectral initialisation. PCA initialisation keeps
         the global structure as well as the spectral one (Kobak & Linderman 2021, Nat.
-        Biotechnol.) and skips its eigendecomposition: 31 s instead of 67 s on 58,000 cells.
+        Biotechnol.) and skips its eigendecomposition (about half the layout's time).
     seed
         Random seed of the subsample and of UMAP.
 

@@ -516,71 +516,115 @@ def rank_markers(
     def expm1(v: np.ndarray) -> np.ndarray:
         return np.expm1(v * np.log(base)) if base is not None else np.expm1(v)
 
-    label_str = np.asarray(labels.astype(object))
-    frames = []
     if reference == "rest":
-        # category code -> position among the selected groups; other and missing -> last
-        n_codes = len(selected) + 1
-        lut = np.full(len(labels.categories) + 1, len(selected), dtype=np.int64)
-        lut[[list(labels.categories).index(g) for g in selected]] = np.arange(len(selected))
-        codes = lut[np.asarray(labels.codes, dtype=np.int64)]
-        if store is None:
-            res = _group_stats(x, codes, n_codes, chunk_genes, n_jobs)
-        else:  # gene blocks from disk: each gene's statistics do not depend on the others
-            parts = [
-                _group_stats(block, codes, n_codes, chunk_genes, n_jobs)
-                for _, _, block in rna_blocks(adata)
-            ]
-            res = {key: np.concatenate([p[key] for p in parts], axis=-1) for key in parts[0]}
-        n_cells = adata.n_obs
-        total_nnz = res["nnz"].sum(axis=0)
-        total_sum = res["value_sum"].sum(axis=0)
-        sizes = np.bincount(codes, minlength=n_codes)
-        for i, g in enumerate(selected):
-            n_in, n_out = int(sizes[i]), n_cells - int(sizes[i])
-            frames.append(
-                _group_frame(
-                    g,
-                    names,
-                    res["rank_sum"][i],
-                    res["tie_term"],
-                    n_in,
-                    n_out,
-                    res["nnz"][i],
-                    total_nnz - res["nnz"][i],
-                    res["value_sum"][i],
-                    total_sum - res["value_sum"][i],
-                    tie_correct,
-                    expm1,
-                )
-            )
+        res, sizes = _rest_stats(adata, x, labels, selected, chunk_genes, n_jobs)
+        frames = _rest_frames(res, sizes, adata.n_obs, selected, names, tie_correct, expm1)
     else:
-        for g in selected:
-            rows = np.flatnonzero((label_str == g) | (label_str == reference))
-            codes = (label_str[rows] == reference).astype(np.int64)
-            res = _group_stats(_as_sparse(x[rows]), codes, 2, chunk_genes, n_jobs)
-            sizes = np.bincount(codes, minlength=2)
-            frames.append(
-                _group_frame(
-                    g,
-                    names,
-                    res["rank_sum"][0],
-                    res["tie_term"],
-                    int(sizes[0]),
-                    int(sizes[1]),
-                    res["nnz"][0],
-                    res["nnz"][1],
-                    res["value_sum"][0],
-                    res["value_sum"][1],
-                    tie_correct,
-                    expm1,
-                )
-            )
+        frames = _reference_frames(
+            x, labels, selected, reference, names, chunk_genes, n_jobs, tie_correct, expm1
+        )
     out = pd.concat(frames, ignore_index=True)
     out["group"] = pd.Categorical(out["group"], categories=selected)
     if min_fraction > 0:
         out = out[out["pct_in"] >= min_fraction].reset_index(drop=True)
     return out[COLUMNS]
+
+
+def _rest_stats(
+    adata: AnnData,
+    x: sp.csr_matrix | sp.csc_matrix | None,
+    labels: pd.Categorical,
+    selected: list[str],
+    chunk_genes: int | None,
+    n_jobs: int,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Group statistics of each selected group and the rest (last code), with group sizes."""
+    # category code -> position among the selected groups; other and missing -> last
+    n_codes = len(selected) + 1
+    lut = np.full(len(labels.categories) + 1, len(selected), dtype=np.int64)
+    lut[[list(labels.categories).index(g) for g in selected]] = np.arange(len(selected))
+    codes = lut[np.asarray(labels.codes, dtype=np.int64)]
+    if x is not None:
+        res = _group_stats(x, codes, n_codes, chunk_genes, n_jobs)
+    else:  # gene blocks from disk: each gene's statistics do not depend on the others
+        parts = [
+            _group_stats(block, codes, n_codes, chunk_genes, n_jobs)
+            for _, _, block in rna_blocks(adata)
+        ]
+        res = {key: np.concatenate([p[key] for p in parts], axis=-1) for key in parts[0]}
+    return res, np.bincount(codes, minlength=n_codes)
+
+
+def _rest_frames(
+    res: dict[str, np.ndarray],
+    sizes: np.ndarray,
+    n_cells: int,
+    selected: list[str],
+    names: np.ndarray,
+    tie_correct: bool,
+    expm1,
+) -> list[pd.DataFrame]:
+    """One ranked table per selected group against all other cells."""
+    total_nnz = res["nnz"].sum(axis=0)
+    total_sum = res["value_sum"].sum(axis=0)
+    frames = []
+    for i, g in enumerate(selected):
+        n_in, n_out = int(sizes[i]), n_cells - int(sizes[i])
+        frames.append(
+            _group_frame(
+                g,
+                names,
+                res["rank_sum"][i],
+                res["tie_term"],
+                n_in,
+                n_out,
+                res["nnz"][i],
+                total_nnz - res["nnz"][i],
+                res["value_sum"][i],
+                total_sum - res["value_sum"][i],
+                tie_correct,
+                expm1,
+            )
+        )
+    return frames
+
+
+def _reference_frames(
+    x: sp.csr_matrix | sp.csc_matrix,
+    labels: pd.Categorical,
+    selected: list[str],
+    reference: str,
+    names: np.ndarray,
+    chunk_genes: int | None,
+    n_jobs: int,
+    tie_correct: bool,
+    expm1,
+) -> list[pd.DataFrame]:
+    """One ranked table per selected group against the reference group's cells."""
+    label_str = np.asarray(labels.astype(object))
+    frames = []
+    for g in selected:
+        rows = np.flatnonzero((label_str == g) | (label_str == reference))
+        codes = (label_str[rows] == reference).astype(np.int64)
+        res = _group_stats(_as_sparse(x[rows]), codes, 2, chunk_genes, n_jobs)
+        sizes = np.bincount(codes, minlength=2)
+        frames.append(
+            _group_frame(
+                g,
+                names,
+                res["rank_sum"][0],
+                res["tie_term"],
+                int(sizes[0]),
+                int(sizes[1]),
+                res["nnz"][0],
+                res["nnz"][1],
+                res["value_sum"][0],
+                res["value_sum"][1],
+                tie_correct,
+                expm1,
+            )
+        )
+    return frames
 
 
 def _group_frame(

@@ -195,7 +195,14 @@ def silhouette(
 
 
 def ari(labels: np.ndarray, truth: np.ndarray) -> float:
-    """Adjusted Rand index of a clustering ``(n_cells,)`` against true labels ``(n_cells,)``."""
+    """Adjusted Rand index of a clustering ``(n_cells,)`` against true labels ``(n_cells,)``.
+
+    Examples
+    --------
+    >>> from sccohort.tl import ari
+    >>> ari(np.array([0, 0, 1, 1]), np.array(["a", "a", "b", "b"]))
+    1.0
+    """
     labels = np.asarray(labels).astype(str)
     codes, _ = _codes(truth, labels.shape[0], "truth")
     return float(adjusted_rand_score(labels, codes))

@@ -9,9 +9,8 @@ are merged. Each cluster is named ``<l2 short name>_<top distinctive gene>`` aga
 siblings of the same l2, or by a signature (``ISG``, ``T2ISG``, ``EGR1`` for the
 immediate-early / NF-kB program) when its top genes are a known program; the main body of an
 l2 (largest, nothing distinctive) keeps the plain l2 name. The graph uses RNA only: adding
-the Harmony protein PCs did not improve the planted subsets (F1 0.993 / 0.996 vs 0.995 /
-0.996 on the 27-donor simulation) and split naive / central-memory T cells into spurious
-subsets.
+the Harmony protein PCs did not find the planted subsets better and split naive /
+central-memory T cells into spurious subsets.
 
 Speed: resolutions are tried from the highest down (the first stable one is the answer);
 per-cluster sums are computed once per lineage and added when clusters merge; markers are
@@ -22,8 +21,8 @@ the same seed gives the same subsets as an exhaustive, serial run.
 Memory: a lineage reads its cells' RNA in place from the cohort matrix (shared with the
 forked workers; or, with the RNA on disk, its own cells' rows from the store) and copies only
 the cells x genes block a test needs, the genes of a marker ranking in blocks of at most
-`_RANK_BLOCK_VALUES` stored values; at 230,000 cells the stage adds about 0.8 GB to the
-cohort instead of 5 GB.
+`_RANK_BLOCK_VALUES` stored values, so the stage's memory grows with the largest lineage
+block, not with the cohort.
 """
 
 from __future__ import annotations

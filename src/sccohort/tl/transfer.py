@@ -179,6 +179,47 @@ def _vote(
     return chosen, confidence
 
 
+def _align(
+    ref_emb: np.ndarray,
+    query_emb: np.ndarray,
+    query: ad.AnnData,
+    batch_key: str | None,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reference and query embeddings aligned by Harmony (reference one batch, query by batch)."""
+    n_ref = ref_emb.shape[0]
+    query_batch = (
+        query.obs[batch_key].astype(str).to_numpy()
+        if batch_key is not None
+        else np.full(query.n_obs, "cohort")
+    )
+    both = ad.AnnData(
+        obs=pd.DataFrame(
+            {"batch": np.concatenate([np.full(n_ref, "reference"), query_batch])},
+            index=[f"r{i}" for i in range(n_ref)] + [f"q{i}" for i in range(query.n_obs)],
+        )
+    )
+    both.obsm["X_proj"] = np.vstack([ref_emb, query_emb])
+    harmony(both, basis="X_proj", batch_key="batch", key_added="X_aligned", seed=seed)
+    return both.obsm["X_aligned"][:n_ref], both.obsm["X_aligned"][n_ref:]
+
+
+def _summary(
+    query: ad.AnnData, key: str, chosen: np.ndarray, confidence: np.ndarray
+) -> pd.DataFrame:
+    """Per transferred label of one key: cells, share, median confidence, agreement."""
+    frame = pd.DataFrame({"label": chosen, "confidence": confidence})
+    if key in query.obs.columns:
+        frame["agree"] = chosen == query.obs[key].astype(str).to_numpy()
+    summary = frame.groupby("label", sort=True).agg(
+        n_cells=("label", "size"), median_confidence=("confidence", "median")
+    )
+    if "agree" in frame:
+        summary["agreement"] = frame.groupby("label", sort=True)["agree"].mean()
+    summary.insert(1, "share", summary["n_cells"] / query.n_obs)
+    return summary.reset_index().assign(key=key)
+
+
 def transfer_labels(
     query: ad.AnnData,
     reference: ad.AnnData,
@@ -270,22 +311,7 @@ def transfer_labels(
     query_emb = _project(query_x, mean, std, loadings, offset)
 
     if integrate:
-        query_batch = (
-            query.obs[batch_key].astype(str).to_numpy()
-            if batch_key is not None
-            else np.full(query.n_obs, "cohort")
-        )
-        both = ad.AnnData(
-            obs=pd.DataFrame(
-                {"batch": np.concatenate([np.full(reference.n_obs, "reference"), query_batch])},
-                index=[f"r{i}" for i in range(reference.n_obs)]
-                + [f"q{i}" for i in range(query.n_obs)],
-            )
-        )
-        both.obsm["X_proj"] = np.vstack([ref_emb, query_emb])
-        harmony(both, basis="X_proj", batch_key="batch", key_added="X_aligned", seed=seed)
-        ref_emb = both.obsm["X_aligned"][: reference.n_obs]
-        query_emb = both.obsm["X_aligned"][reference.n_obs :]
+        ref_emb, query_emb = _align(ref_emb, query_emb, query, batch_key, seed)
 
     k = min(n_neighbors, reference.n_obs)
     distance, index = NearestNeighbors(n_neighbors=k).fit(ref_emb).kneighbors(query_emb)
@@ -297,15 +323,6 @@ def transfer_labels(
         column = f"{key_prefix}{key}"
         query.obs[column] = pd.Categorical(chosen)
         query.obs[f"{column}_confidence"] = confidence.astype(np.float32)
-        frame = pd.DataFrame({"label": chosen, "confidence": confidence})
-        if key in query.obs.columns:
-            frame["agree"] = chosen == query.obs[key].astype(str).to_numpy()
-        summary = frame.groupby("label", sort=True).agg(
-            n_cells=("label", "size"), median_confidence=("confidence", "median")
-        )
-        if "agree" in frame:
-            summary["agreement"] = frame.groupby("label", sort=True)["agree"].mean()
-        summary.insert(1, "share", summary["n_cells"] / query.n_obs)
-        rows.append(summary.reset_index().assign(key=key))
+        rows.append(_summary(query, key, chosen, confidence))
     table = pd.concat(rows, ignore_index=True)
     return table[["key", *[c for c in table.columns if c != "key"]]]

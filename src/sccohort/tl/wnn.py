@@ -219,7 +219,7 @@ def _snn_width(x, nn, rev_ptr, rev_idx, nearest, n_far, max_touch):  # pragma: n
 
 
 @numba.njit(parallel=True, cache=True)
-def _weighted_select(x, bounds, cand, weights, sigma, nearest, k):  # pragma: no cover - numba
+def _weighted_select(x, bounds, cand, weights, sigma, nearest, k):  # pragma: no cover - numba  # noqa: C901, PLR0912 - numba kernel: one compiled loop per cell
     """WNN neighbours of each cell among its candidates: ``(indices, affinities)``, (n, k).
 
     Duplicate candidates count once (the first occurrence); the ``k`` highest affinities are
@@ -534,6 +534,37 @@ def _wnn_steps(
     return weights, sigma, knn_idx, aff, snn
 
 
+def _modality_knn(
+    normed: dict[str, np.ndarray], range_k: int, knn_method: str, rng: np.random.Generator
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``range_k`` neighbours per modality and the first IVF search's cell order (or 0..n-1)."""
+    knn_self = {}
+    perm = None
+    for m, x in normed.items():
+        others, order = _knn(x.astype(np.float32), range_k, knn_method, rng)
+        knn_self[m] = others
+        perm = order if perm is None else perm
+    if perm is None:
+        perm = np.arange(next(iter(normed.values())).shape[0], dtype=np.int64)
+    return knn_self, perm
+
+
+def _renumber_knn(
+    knn_self: dict[str, np.ndarray], perm: np.ndarray, inv: np.ndarray, range_k: int
+) -> None:
+    """Renumber each modality's neighbours to the order ``perm`` in place (int32, self first)."""
+    n = perm.shape[0]
+    inv32 = inv.astype(np.int32)
+    for m in list(knn_self):  # int32 (half the memory), renumbered a block at a time
+        others = knn_self[m]
+        renumbered = np.empty((n, range_k + 1), dtype=np.int32)
+        renumbered[:, 0] = np.arange(n, dtype=np.int32)
+        for s in range(0, n, 65_536):
+            renumbered[s : s + 65_536, 1:] = inv32[others[perm[s : s + 65_536]]]
+        knn_self[m] = renumbered
+        del others
+
+
 def wnn_graph(
     embeddings: Mapping[str, np.ndarray],
     *,
@@ -594,30 +625,14 @@ def wnn_graph(
     old_threads = numba.get_num_threads()
     numba.set_num_threads(max(1, min(n_jobs or old_threads, os.cpu_count() or 1, old_threads)))
     try:
-        # neighbours per modality, the cell itself in column 0 (as Annoy returns it in Seurat)
-        knn_self = {}
-        perm = None
-        for m in names:
-            others, order = _knn(normed[m].astype(np.float32), range_k, knn_method, rng)
-            knn_self[m] = others
-            perm = order if perm is None else perm
+        knn_self, perm = _modality_knn(normed, range_k, knn_method, rng)
         # The per-cell steps below read the rows of neighbours: renumber the cells so that
         # neighbours lie close in memory (IVF list order). Every per-cell result is unchanged.
-        if perm is None:
-            perm = np.arange(n, dtype=np.int64)
         inv = np.empty(n, dtype=np.int64)
         inv[perm] = np.arange(n, dtype=np.int64)
         x_all = np.ascontiguousarray(np.hstack([normed[m] for m in names])[perm])
         bounds = np.cumsum([0] + [normed[m].shape[1] for m in names]).astype(np.int64)
-        inv32 = inv.astype(np.int32)
-        for m in names:  # int32 (half the memory), renumbered a block at a time
-            others = knn_self[m]
-            renumbered = np.empty((n, range_k + 1), dtype=np.int32)
-            renumbered[:, 0] = np.arange(n, dtype=np.int32)
-            for s in range(0, n, 65_536):
-                renumbered[s : s + 65_536, 1:] = inv32[others[perm[s : s + 65_536]]]
-            knn_self[m] = renumbered
-            del others
+        _renumber_knn(knn_self, perm, inv, range_k)
         weights, sigma, knn_idx, aff, snn = _wnn_steps(
             x_all, bounds, names, knn_self, n_neighbors, sd_scale, cross_constant, prune_snn
         )

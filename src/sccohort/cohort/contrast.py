@@ -1,0 +1,497 @@
+"""Contrasts: a declared clinical comparison and the donor-level design it makes."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from sccohort.cohort._tables import INTERCEPT, Level, VariableType
+from sccohort.cohort.clinical import ClinicalTable, _parse_float
+from sccohort.errors import InputError
+
+# ---------------------------------------------------------------------------------------
+# Contrasts
+
+
+def _match_level(value: Level, levels: Sequence[str]) -> str | None:
+    """The level of ``levels`` that a config value means: exact text, number, or any case."""
+    text = str(value)
+    if text in levels:
+        return text
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        hits = [lv for lv in levels if _parse_float(lv) == float(value)]
+        if len(hits) == 1:
+            return hits[0]
+    hits = [lv for lv in levels if lv.lower() == text.lower()]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _as_list(value: Level | Sequence[Level] | None) -> list[Level]:
+    if value is None:
+        return []
+    if isinstance(value, str | int | float | bool):
+        return [value]
+    return list(value)
+
+
+@dataclass
+class ContrastDesign:
+    """The donor-level design of one contrast.
+
+    Attributes
+    ----------
+    contrast
+        The :class:`Contrast` it was built from.
+    kind
+        Type of the tested variable: ``"binary"``, ``"categorical"`` or ``"continuous"``.
+    donors
+        The donors in the design (``Index``, length n).
+    group
+        ``Series`` (n,): ``"case"`` / ``"control"``, or the continuous value (``float``).
+    matrix
+        ``DataFrame`` (n x p): ``intercept``, the tested column :attr:`term` (0/1 indicator
+        of the case group, or the continuous value), then the covariates (continuous as
+        float; categorical one-hot as ``"<covariate>[<level>]"`` without the reference level,
+        the first of :meth:`ClinicalTable.levels`).
+    n_case, n_control
+        Donors per group; for a continuous variable ``n_case`` is the number of donors and
+        ``n_control`` 0.
+    term
+        Column of :attr:`matrix` whose coefficient is tested: ``"<variable>[<case>]"``, or
+        ``"<variable>"`` (effect per unit) for a continuous variable.
+    case_levels, control_levels
+        The levels in each group (empty for a continuous variable).
+    dropped
+        Donor -> why it left the design after the ``within`` restriction (missing phenotype,
+        or a level in neither group).
+    """
+
+    contrast: Contrast
+    kind: VariableType
+    donors: pd.Index
+    group: pd.Series
+    matrix: pd.DataFrame
+    n_case: int
+    n_control: int
+    term: str
+    case_levels: list[str] = field(default_factory=list)
+    control_levels: list[str] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_continuous(self) -> bool:
+        """Whether the tested variable is continuous (effect per unit)."""
+        return self.kind == "continuous"
+
+    def donor_table(self) -> pd.DataFrame:
+        """One row per donor of the design: ``contrast, variable, kind, donor_id, group, arm``.
+
+        ``group``: ``"case"`` / ``"control"``, or the value of a continuous variable (as text);
+        ``arm``: the levels of the donor's group (``"yes"``, ``"SSc, HD"``), empty for a
+        continuous variable. The run writes it as ``tables/contrast_donors.csv``.
+        """
+        if self.is_continuous:
+            arm = pd.Series("", index=self.group.index)
+        else:
+            labels = {
+                "case": ", ".join(map(str, self.case_levels)) or "case",
+                "control": ", ".join(map(str, self.control_levels)) or "control",
+            }
+            arm = self.group.astype(str).map(labels)
+        return pd.DataFrame(
+            {
+                "contrast": self.contrast.name,
+                "variable": self.contrast.variable,
+                "kind": self.kind,
+                "donor_id": self.donors.astype(str),
+                "group": self.group.astype(str).to_numpy(),
+                "arm": arm.to_numpy(),
+            }
+        )
+
+    def describe(self) -> str:
+        """One line for logs and reports, e.g. ``SRC: yes (n=4) vs no (n=17) within ...``."""
+        c = self.contrast
+        within = "".join(f", within {k} = {v}" for k, v in c.within.items())
+        covs = f", adjusted for {', '.join(c.covariates)}" if c.covariates else ""
+        if self.is_continuous:
+            head = f"{c.name}: {c.variable} per unit (n={self.n_case})"
+        else:
+            head = (
+                f"{c.name}: {c.variable} {'/'.join(self.case_levels)} (n={self.n_case}) vs "
+                f"{'/'.join(self.control_levels)} (n={self.n_control})"
+            )
+        dropped = f", {len(self.dropped)} donor(s) dropped" if self.dropped else ""
+        return head + within + covs + dropped
+
+
+@dataclass
+class Contrast:
+    """A declared clinical comparison (one ``[contrasts.<name>]`` table of the config).
+
+    Parameters
+    ----------
+    name
+        The contrast's name, used in tables and file names.
+    variable
+        Clinical variable tested.
+    case
+        Binary/categorical variable: the case level. Continuous variable: ``None``.
+    control
+        The control level(s); ``None`` = every other level. ``None`` for a continuous one.
+    within
+        Restriction to donors with these levels, e.g. ``{"group": "SSc"}``; a list value
+        keeps donors with any of the levels.
+    covariates
+        Clinical variables adjusted for (categorical ones are one-hot encoded).
+
+    Examples
+    --------
+    >>> from sccohort.io import ClinicalTable
+    >>> from sccohort.stats import Contrast
+    >>> donors = pd.Index([f"D{i}" for i in range(1, 9)], name="donor_id")
+    >>> clinical = ClinicalTable(
+    ...     pd.DataFrame({"SRC": ["yes"] * 4 + ["no"] * 4}, index=donors), {"SRC": "binary"}
+    ... )
+    >>> design = Contrast("SRC", "SRC", case="yes", control="no").design(clinical)
+    >>> design.describe()
+    'SRC: SRC yes (n=4) vs no (n=4)'
+    >>> design.matrix.columns.tolist()
+    ['intercept', 'SRC[yes]']
+    """
+
+    name: str
+    variable: str
+    case: Level | None = None
+    control: Level | list[Level] | None = None
+    within: dict[str, Level | list[Level]] = field(default_factory=dict)
+    covariates: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """The contrast as plain data (config / ``run.json`` form, without the name)."""
+        control = self.control if not isinstance(self.control, tuple) else list(self.control)
+        return {
+            "variable": self.variable,
+            "case": self.case,
+            "control": control,
+            "within": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.within.items()},
+            "covariates": list(self.covariates),
+        }
+
+    def design(
+        self, clinical: ClinicalTable, donors: Iterable[str] | None = None
+    ) -> ContrastDesign:
+        """Build and validate the donor-level design of this contrast.
+
+        Parameters
+        ----------
+        clinical
+            The clinical table.
+        donors
+            The donors to use (those with a sample); ``None`` = every donor of the table.
+
+        Returns
+        -------
+        ContrastDesign
+            Donors, groups and an n x p design matrix of full column rank.
+        """
+        fail = self._failure(clinical)
+        table = clinical.table
+        if self.variable not in table.columns:
+            raise fail(
+                f"unknown variable '{self.variable}'",
+                "variable",
+                hint=f"Variables of the clinical table: {', '.join(table.columns)}",
+            )
+        kind = clinical.types[self.variable]
+        chosen, restriction = self._restrict(clinical, donors, fail)
+        values = table.loc[chosen, self.variable]
+        dropped = {d: f"missing {self.variable}" for d in values.index[values.isna()]}
+        case_levels, control_levels = self._levels(clinical, kind, fail)
+        if kind != "continuous":
+            for d, v in values.items():
+                if d not in dropped and v not in case_levels and v not in control_levels:
+                    dropped[d] = f"{self.variable} = {v}, in neither group"
+        kept = [d for d in chosen if d not in dropped]
+        missing = [d for d, why in dropped.items() if why.startswith("missing")]
+        missing_note = (
+            f"; dropped for missing {self.variable}: {', '.join(missing)}" if missing else ""
+        )
+        how = "; ".join(restriction) + missing_note
+        group, term, tested = self._tested(
+            table, kind, kept, case_levels, control_levels, how, fail
+        )
+        if dropped:
+            warnings.warn(
+                f"contrast '{self.name}': {len(dropped)} donor(s) left out: "
+                + ", ".join(f"{d} ({why})" for d, why in dropped.items()),
+                UserWarning,
+                stacklevel=2,
+            )
+        columns = {INTERCEPT: np.ones(len(kept)), term: tested}
+        columns |= self._covariate_columns(clinical, kept, how, fail)
+        index = pd.Index(kept, name="donor_id")
+        matrix = pd.DataFrame(columns, index=index)
+        _check_rank(matrix, term, fail)
+        n_case = len(kept) if kind == "continuous" else int((group == "case").sum())
+        return ContrastDesign(
+            contrast=self,
+            kind=kind,
+            donors=index,
+            group=group,
+            matrix=matrix,
+            n_case=n_case,
+            n_control=len(kept) - n_case if kind != "continuous" else 0,
+            term=term,
+            case_levels=case_levels,
+            control_levels=control_levels,
+            dropped=dropped,
+        )
+
+    def _failure(self, clinical: ClinicalTable) -> Callable[..., InputError]:
+        """An `InputError` factory naming the clinical table and ``contrasts.<name>.<field>``."""
+
+        def fail(problem: str, field_: str, column: str | None = None, hint: str | None = None):
+            return InputError(
+                problem,
+                file=clinical.path,
+                column=column,
+                key=f"contrasts.{self.name}.{field_}",
+                hint=hint,
+            )
+
+        return fail
+
+    def _restrict(
+        self, clinical: ClinicalTable, donors: Iterable[str] | None, fail: Callable
+    ) -> tuple[list[str], list[str]]:
+        """The donors given (default: all), restricted by `within`; and how, in words."""
+        table = clinical.table
+        if donors is None:
+            chosen = list(table.index)
+            restriction = [f"all {len(chosen)} donors of the clinical table"]
+        else:
+            chosen = list(dict.fromkeys(donors))
+            unknown = [d for d in chosen if d not in table.index]
+            if unknown:
+                raise fail(
+                    f"donor(s) {', '.join(unknown)} are not in the clinical table",
+                    "variable",
+                    hint="Add them to the clinical table",
+                )
+            restriction = [f"{len(chosen)} donors with samples"]
+        for col, wanted in self.within.items():
+            if col not in table.columns:
+                raise fail(
+                    f"unknown within column '{col}'",
+                    "within",
+                    column=col,
+                    hint=f"Variables of the clinical table: {', '.join(table.columns)}",
+                )
+            if clinical.types[col] == "continuous":
+                raise fail(
+                    f"within column '{col}' is continuous; within needs levels",
+                    "within",
+                    column=col,
+                    hint="Restrict on a binary or categorical variable",
+                )
+            keep_levels = _matched_levels(
+                wanted, clinical.levels(col), lambda value, levels, col=col: fail(
+                    f"within level '{value}' does not occur in column '{col}'",
+                    "within",
+                    column=col,
+                    hint=f"Levels: {', '.join(levels)}",
+                ),
+            )  # fmt: skip
+            chosen = [d for d in chosen if table.at[d, col] in keep_levels]
+            restriction.append(f"within {col} = {'/'.join(keep_levels)}: {len(chosen)} left")
+        return chosen, restriction
+
+    def _levels(
+        self, clinical: ClinicalTable, kind: str, fail: Callable
+    ) -> tuple[list[str], list[str]]:
+        """The case and control levels of the tested variable (both empty if continuous)."""
+        if kind == "continuous":
+            for name in ("case", "control"):
+                if getattr(self, name) is not None:
+                    raise fail(
+                        f"'{self.variable}' is continuous, so {name} must not be set",
+                        name,
+                        column=self.variable,
+                        hint="Remove case and control: the effect is per unit of the variable",
+                    )
+            return [], []
+        levels = clinical.levels(self.variable)
+        if self.case is None:
+            raise fail(
+                f"'{self.variable}' is {kind}; the contrast needs a case level",
+                "case",
+                column=self.variable,
+                hint=f"Set case to one of {', '.join(levels)}",
+            )
+        case = _match_level(self.case, levels)
+        if case is None:
+            raise fail(
+                f"case level '{self.case}' does not occur in column '{self.variable}'",
+                "case",
+                column=self.variable,
+                hint=f"Levels: {', '.join(levels)}",
+            )
+        if self.control is None:
+            return [case], [lv for lv in levels if lv != case]
+        controls = _matched_levels(
+            self.control, levels, lambda value, levels: fail(
+                f"control level '{value}' does not occur in column '{self.variable}'",
+                "control",
+                column=self.variable,
+                hint=f"Levels: {', '.join(levels)}",
+            ),
+        )  # fmt: skip
+        if case in controls:
+            raise fail(
+                f"level '{case}' is both case and control",
+                "control",
+                column=self.variable,
+                hint="The control must be other level(s) than the case",
+            )
+        return [case], controls
+
+    def _tested(
+        self,
+        table: pd.DataFrame,
+        kind: str,
+        kept: list[str],
+        case_levels: list[str],
+        control_levels: list[str],
+        how: str,
+        fail: Callable,
+    ) -> tuple[pd.Series, str, np.ndarray]:
+        """The group of each kept donor, the tested column's name and its values."""
+        if kind == "continuous":
+            group = table.loc[kept, self.variable].astype(float).rename(self.variable)
+            if len(kept) < 3 or group.nunique() < 2:
+                raise fail(
+                    f"only {len(kept)} donor(s) with {group.nunique()} distinct value(s) of "
+                    f"'{self.variable}' after restriction ({how})",
+                    "variable",
+                    column=self.variable,
+                    hint="A continuous contrast needs at least 3 donors with 2 distinct values",
+                )
+            return group, self.variable, group.to_numpy(dtype=float)
+        is_case = table.loc[kept, self.variable].isin(case_levels)
+        index = pd.Index(kept, name="donor_id")
+        group = pd.Series(np.where(is_case, "case", "control"), index=index, name="group")
+        n_case, n_control = int(is_case.sum()), int((~is_case).sum())
+        if n_case < 2 or n_control < 2:
+            small = "case" if n_case < 2 else "control"
+            raise fail(
+                f"after restriction ({how}) the case group "
+                f"({'/'.join(case_levels)}) has {n_case} donor(s) and the control group "
+                f"({'/'.join(control_levels) or 'none'}) has {n_control}",
+                small,
+                column=self.variable,
+                hint="Each group needs at least 2 donors; check the levels, the within "
+                "restriction and the samples",
+            )
+        return group, f"{self.variable}[{case_levels[0]}]", is_case.to_numpy(dtype=float)
+
+    def _covariate_columns(
+        self, clinical: ClinicalTable, kept: list[str], how: str, fail: Callable
+    ) -> dict[str, np.ndarray]:
+        """Design columns of the covariates: continuous as is, categorical one-hot."""
+        table, columns = clinical.table, {}
+        for cov in self.covariates:
+            if cov not in table.columns:
+                raise fail(
+                    f"unknown covariate '{cov}'",
+                    "covariates",
+                    column=cov,
+                    hint=f"Variables of the clinical table: {', '.join(table.columns)}",
+                )
+            if cov == self.variable:
+                raise fail(
+                    f"covariate '{cov}' is the tested variable",
+                    "covariates",
+                    column=cov,
+                    hint="Remove it from covariates",
+                )
+            cov_values = table.loc[kept, cov]
+            if cov_values.isna().any():
+                missing = list(cov_values.index[cov_values.isna()])
+                raise fail(
+                    f"covariate '{cov}' is missing for donor(s) {', '.join(missing)}",
+                    "covariates",
+                    column=cov,
+                    hint=f"Fill in '{cov}' for them in the clinical table, or remove '{cov}' "
+                    "from covariates",
+                )
+            if clinical.types[cov] == "continuous":
+                columns[cov] = cov_values.to_numpy(dtype=float)
+                continue
+            cov_levels = clinical.levels(cov, kept)
+            for level in cov_levels[1:]:
+                columns[f"{cov}[{level}]"] = (cov_values == level).to_numpy(dtype=float)
+            if len(cov_levels) == 1:
+                raise fail(
+                    f"covariate '{cov}' has the single level '{cov_levels[0]}' among the "
+                    f"{len(kept)} donors of this contrast ({how}), so it is collinear with "
+                    "the intercept",
+                    "covariates",
+                    column=cov,
+                    hint="Remove it from covariates",
+                )
+        return columns
+
+
+def _matched_levels(
+    wanted: Level | Sequence[Level], levels: list[str], unknown: Callable[..., InputError]
+) -> list[str]:
+    """The levels of ``levels`` that ``wanted`` names; ``unknown(value, levels)`` is raised."""
+    matched = []
+    for value in _as_list(wanted):
+        level = _match_level(value, levels)
+        if level is None:
+            raise unknown(value, levels)
+        matched.append(level)
+    return matched
+
+
+def _check_rank(matrix: pd.DataFrame, term: str, fail) -> None:
+    """Raise, naming the culprit column, if the design matrix is not of full column rank."""
+    n, p = matrix.shape
+    x = matrix.to_numpy(dtype=float)
+    if n <= p:
+        raise fail(
+            f"the design has {p} columns ({', '.join(matrix.columns)}) but only {n} donors",
+            "covariates",
+            hint="Use fewer covariates: a model needs more donors than columns",
+        )
+
+    def rank(cols: list[int]) -> int:
+        return int(np.linalg.matrix_rank(x[:, cols]))
+
+    for j in range(2, p):
+        if rank(list(range(j + 1))) == j + 1:
+            continue
+        col = matrix.columns[j]
+        cov = re.sub(r"\[.*\]$", "", col)
+        if rank([0, j]) < 2:
+            partner = "the intercept (it is constant)"
+        elif rank([0, 1, j]) < 3:
+            partner = f"the tested group column '{term}'"
+        else:
+            partner = "the columns before it: " + ", ".join(matrix.columns[:j])
+        raise fail(
+            f"design column '{col}' is collinear with {partner}; the design matrix is rank "
+            "deficient",
+            "covariates",
+            column=cov,
+            hint=f"Remove '{cov}' from covariates",
+        )
+    if rank(list(range(p))) < p:  # pragma: no cover - the loop above finds every case
+        raise fail("the design matrix is rank deficient", "covariates")
