@@ -31,10 +31,10 @@ import numpy as np
 import pandas as pd
 
 from sccohort.stages.donors import _parent_l1
-from sccohort.stats.gating import gate_subsets, gating_strategy, protein_markers
+from sccohort.stats.gating import GatingOptions, gate_subsets, gating_strategy, protein_markers
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gating.csv"
-OPTIONS = {"max_gates": 3, "test_donors": 0.3, "seed": 0}  # the stage's defaults
+OPTIONS = GatingOptions(max_gates=3, test_donors=0.3, seed=0)  # the stage's defaults
 
 
 def _as_written(frame: pd.DataFrame) -> pd.DataFrame:
@@ -57,15 +57,15 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
     small = np.arange(prot.n_obs) % max(prot.n_obs // 20_000, 1) == 0  # warm-up: compile
     first = subsets[0]
     gate_subsets(prot[small], {first: (masks[first][0][small], masks[first][1][small])},
-                 donors[small], **OPTIONS)  # fmt: skip
+                 donors[small], OPTIONS)  # fmt: skip
 
     start = time.perf_counter()
-    shared = gate_subsets(prot, masks, donors, **OPTIONS)
+    shared = gate_subsets(prot, masks, donors, OPTIONS)
     t_shared = time.perf_counter() - start
     start = time.perf_counter()
     alone = [
         (
-            gating_strategy(prot, t, p, donors, subset=s, **OPTIONS),
+            gating_strategy(prot, t, p, donors, subset=s, options=OPTIONS),
             protein_markers(prot, t, p, subset=s),
         )
         for s, (t, p) in masks.items()

@@ -20,6 +20,7 @@ from sccohort.stats.gating import (
     GATING_COLUMNS,
     MARKER_COLUMNS,
     Gate,
+    GatingOptions,
     gating_strategy,
     protein_markers,
 )
@@ -33,8 +34,12 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Simulated cells with CLR-normalised proteins and the simulator's truth labels."""
     out = simulate_cohort(
         tmp_path_factory.mktemp("gating") / "cohort",
-        design="paper", cells_per_donor=400, seed=3, donors=DONORS, n_empty=10,
-    )  # fmt: skip
+        design="paper",
+        cells_per_donor=400,
+        seed=3,
+        donors=DONORS,
+        n_empty=10,
+    )
     samples = pd.read_csv(out / "samples.csv")
     prot = ad.concat(
         [read_sample(out / r.path, r.sample_id).mod["prot"] for r in samples.itertuples()],
@@ -139,10 +144,12 @@ def test_gate_subsets_equal_one_subset_at_a_time():
         "B_low": (parent & (x[:, 1] < -1.0), parent),
         "outside": (~parent & (x[:, 0] > 1.5), ~parent),
     }
-    results = G.gate_subsets(prot, subsets, donors, max_gates=2, seed=4)
+    results = G.gate_subsets(prot, subsets, donors, GatingOptions(max_gates=2, seed=4))
     assert len(results) == len(subsets)
     for (name, (target, lineage)), (result, table) in zip(subsets.items(), results, strict=True):
-        one = gating_strategy(prot, target, lineage, donors, subset=name, max_gates=2, seed=4)
+        one = gating_strategy(
+            prot, target, lineage, donors, subset=name, options=GatingOptions(max_gates=2, seed=4)
+        )
         pd.testing.assert_frame_equal(result.to_frame(), one.to_frame(), check_exact=True)
         pd.testing.assert_frame_equal(result.markers, one.markers, check_exact=True)
         pd.testing.assert_frame_equal(result.per_donor, one.per_donor, check_exact=True)
@@ -157,8 +164,10 @@ def test_best_thresholds_match_brute_force():
     values = np.round(rng.normal(size=300), 1)  # ties
     target = values + rng.normal(scale=0.5, size=300) > 0.8
     order = np.argsort(values, kind="stable")
-    found = {d: (t, q, f1) for d, t, q, f1 in G._best_thresholds(
-        values[order], target[order], int(target.sum()))}  # fmt: skip
+    found = {
+        d: (t, q, f1)
+        for d, t, q, f1 in G._best_thresholds(values[order], target[order], int(target.sum()))
+    }
     distinct = np.unique(values)
     for direction in (">", "<"):
         best = -1.0
@@ -175,9 +184,13 @@ def test_best_thresholds_match_brute_force():
 
 def test_gating_egr1_on_held_out_donors(sim):
     res = gating_strategy(
-        sim["prot"], sim["target"], sim["parent"], sim["donors"],
-        subset="CD14_EGR1", test_donors=["SSc20", "HD2"],
-    )  # fmt: skip
+        sim["prot"],
+        sim["target"],
+        sim["parent"],
+        sim["donors"],
+        subset="CD14_EGR1",
+        options=GatingOptions(test_donors=["SSc20", "HD2"]),
+    )
     assert res.test_donors == ["HD2", "SSc20"] and "SSc20" not in res.train_donors
     assert 1 <= len(res.gates) <= 3
     assert res.gates[0].protein == "CD191" and res.gates[0].direction == ">"
@@ -205,13 +218,21 @@ def test_gating_egr1_on_held_out_donors(sim):
 
 
 def test_gating_from_parent_and_seeded_split(sim):
-    a = gating_strategy(sim["prot"], sim["target"], sim["parent"], sim["donors"], seed=4)
-    b = gating_strategy(sim["prot"], sim["target"], sim["parent"], sim["donors"], seed=4)
+    a = gating_strategy(
+        sim["prot"], sim["target"], sim["parent"], sim["donors"], options=GatingOptions(seed=4)
+    )
+    b = gating_strategy(
+        sim["prot"], sim["target"], sim["parent"], sim["donors"], options=GatingOptions(seed=4)
+    )
     pd.testing.assert_frame_equal(a.to_frame(), b.to_frame())
     assert not set(a.test_donors) & set(a.train_donors)
     assert len(a.test_donors) == round(0.3 * len(DONORS))
     par = gating_strategy(
-        sim["prot"], sim["target"], sim["parent"], sim["donors"], start="parent", seed=4
+        sim["prot"],
+        sim["target"],
+        sim["parent"],
+        sim["donors"],
+        options=GatingOptions(start="parent", seed=4),
     )
     first = par.to_frame().query("step == 0 and split == 'train'").iloc[0]
     assert first["gate"] == "parent"
@@ -223,7 +244,11 @@ def test_gating_from_parent_and_seeded_split(sim):
 def test_toy_two_gates_recovered_and_isotype_ignored():
     toy = _toy()
     res = gating_strategy(
-        toy["prot"], toy["target"], toy["parent"], toy["donors"], max_gates=3, seed=1
+        toy["prot"],
+        toy["target"],
+        toy["parent"],
+        toy["donors"],
+        options=GatingOptions(max_gates=3, seed=1),
     )
     used = {(g.protein, g.direction) for g in res.gates}
     assert {("A", ">"), ("B", "<")} <= used and "Iso" not in {g.protein for g in res.gates}
@@ -231,7 +256,9 @@ def test_toy_two_gates_recovered_and_isotype_ignored():
     assert by["A"].threshold == pytest.approx(1.0, abs=0.25)
     assert by["B"].threshold == pytest.approx(0.0, abs=0.25)
     assert res.f1 > 0.9
-    one = gating_strategy(toy["prot"], toy["target"], toy["parent"], toy["donors"], max_gates=1)
+    one = gating_strategy(
+        toy["prot"], toy["target"], toy["parent"], toy["donors"], options=GatingOptions(max_gates=1)
+    )
     assert len(one.gates) == 1 and one.f1 < res.f1
     assert str(Gate("A", ">", 1.0, 0.8)) == "A > 1"
 
@@ -253,7 +280,11 @@ def test_gating_warns_without_held_out_target_cells():
     toy["target"][toy["donors"] == "d3"] = False
     with pytest.warns(UserWarning, match="no cells in the held-out donors"):
         res = gating_strategy(
-            toy["prot"], toy["target"], toy["parent"], toy["donors"], test_donors=["d3"]
+            toy["prot"],
+            toy["target"],
+            toy["parent"],
+            toy["donors"],
+            options=GatingOptions(test_donors=["d3"]),
         )
     assert np.isnan(res.recall)
 
@@ -270,18 +301,20 @@ def test_gating_input_errors():
     with pytest.raises(InputError, match="outside the subset"):
         protein_markers(prot, target, target)
     with pytest.raises(InputError, match="d9"):
-        gating_strategy(prot, target, parent, donors, test_donors=["d9"])
+        gating_strategy(prot, target, parent, donors, options=GatingOptions(test_donors=["d9"]))
     with pytest.raises(InputError, match="Hold out at least one donor"):
-        gating_strategy(prot, target, parent, donors, test_donors=["d0", "d1", "d2"])
+        gating_strategy(
+            prot, target, parent, donors, options=GatingOptions(test_donors=["d0", "d1", "d2"])
+        )
     with pytest.raises(InputError, match="fraction"):
-        gating_strategy(prot, target, parent, donors, test_donors=1.5)
+        gating_strategy(prot, target, parent, donors, options=GatingOptions(test_donors=1.5))
     with pytest.raises(InputError, match="at least 2 donors"):
         gating_strategy(prot, target, parent, np.full(len(target), "d0"))
     with pytest.raises(InputError, match="max_gates"):
-        gating_strategy(prot, target, parent, donors, max_gates=0)
+        gating_strategy(prot, target, parent, donors, options=GatingOptions(max_gates=0))
     with pytest.raises(InputError, match="no cells in the training donors"):
         only_d0 = target & (donors == "d0")
-        gating_strategy(prot, only_d0, parent, donors, test_donors=["d0"])
+        gating_strategy(prot, only_d0, parent, donors, options=GatingOptions(test_donors=["d0"]))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(InputError, match="AnnData"):

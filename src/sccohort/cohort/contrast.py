@@ -152,13 +152,9 @@ class Contrast:
 
     Examples
     --------
-    >>> from sccohort.io import ClinicalTable
+    >>> from sccohort.simulate import toy
     >>> from sccohort.stats import Contrast
-    >>> donors = pd.Index([f"D{i}" for i in range(1, 9)], name="donor_id")
-    >>> clinical = ClinicalTable(
-    ...     pd.DataFrame({"SRC": ["yes"] * 4 + ["no"] * 4}, index=donors), {"SRC": "binary"}
-    ... )
-    >>> design = Contrast("SRC", "SRC", case="yes", control="no").design(clinical)
+    >>> design = Contrast("SRC", "SRC", case="yes", control="no").design(toy().clinical)
     >>> design.describe()
     'SRC: SRC yes (n=4) vs no (n=4)'
     >>> design.matrix.columns.tolist()

@@ -10,6 +10,7 @@ donors by default; ``n_donors=N`` draws a cohort of N donors in the same proport
 from sccohort.simulate.biology import EGR1_PROGRAM, L1_LEVELS, T2ISG_PROGRAM, subset_table
 from sccohort.simulate.design import DESIGNS, SimParams, clinical_table
 from sccohort.simulate.proteins import protein_panel
+from sccohort.simulate.toy import Toy, toy
 from sccohort.simulate.writers import TRUTH_DOUBLET_NOTE, features_table, write_cohort
 
 #: Alias of `write_cohort`, the name the command-line interface calls.
@@ -17,6 +18,7 @@ simulate_cohort = write_cohort
 
 __all__ = [
     "DESIGNS",
+    "Toy",
     "EGR1_PROGRAM",
     "L1_LEVELS",
     "T2ISG_PROGRAM",
@@ -28,4 +30,5 @@ __all__ = [
     "simulate_cohort",
     "subset_table",
     "write_cohort",
+    "toy",
 ]

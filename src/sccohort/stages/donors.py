@@ -15,6 +15,7 @@ from sccohort.io.atomic import read_csv
 from sccohort.io.tables import table_path, write_table
 from sccohort.stages.base import RunState
 from sccohort.stats import (
+    GatingOptions,
     associated_subsets,
     attainable_significance,
     characterised_subsets,
@@ -457,8 +458,10 @@ def _gating(state: RunState, subsets_: list[str]) -> list[Path]:
         masks[subset] = (target, parent if (parent & ~target).any() else np.ones_like(parent))
     results = gate_subsets(
         prot, masks, cell_obs["donor_id"].astype(str).to_numpy(),
-        max_gates=cfg.gating_max_gates, test_donors=cfg.gating_test_fraction,
-        seed=state.config.seed,
+        GatingOptions(
+            max_gates=cfg.gating_max_gates, test_donors=cfg.gating_test_fraction,
+            seed=state.config.seed,
+        ),
     )  # fmt: skip
     gates = pd.concat([result.to_frame() for result, _ in results], ignore_index=True)
     proteins = pd.concat([table for _, table in results], ignore_index=True)

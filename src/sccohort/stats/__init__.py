@@ -15,7 +15,14 @@ from sccohort.stats.abundance import (
 from sccohort.stats.composition import composition, donor_counts, donor_shares
 from sccohort.stats.deseq2 import deseq2_wald
 from sccohort.stats.enrichment import enrich_markers, gsea, ora, sets_covered
-from sccohort.stats.gating import Gate, GatingResult, gate_subsets, gating_strategy, protein_markers
+from sccohort.stats.gating import (
+    Gate,
+    GatingOptions,
+    GatingResult,
+    gate_subsets,
+    gating_strategy,
+    protein_markers,
+)
 from sccohort.stats.longitudinal import expression_trajectory, paired_test, trajectories
 from sccohort.stats.neighbourhoods import neighbourhoods
 from sccohort.stats.predict import PredictionResult, delong_ci, predict_phenotype, share_logits
@@ -28,6 +35,7 @@ __all__ = [
     "Contrast",
     "ContrastDesign",
     "Gate",
+    "GatingOptions",
     "GatingResult",
     "PredictionResult",
     "adjust_pvalues",

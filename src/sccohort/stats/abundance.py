@@ -165,21 +165,9 @@ def compare_abundance(
     Examples
     --------
     >>> from sccohort.stats import compare_abundance
-    >>> from sccohort.io import ClinicalTable
-    >>> from sccohort.stats import Contrast
-    >>> donors = pd.Index([f"D{i}" for i in range(1, 9)], name="donor_id")
-    >>> clinical = ClinicalTable(
-    ...     pd.DataFrame({"SRC": ["yes"] * 4 + ["no"] * 4}, index=donors), {"SRC": "binary"}
-    ... )
-    >>> design = Contrast("SRC", "SRC", case="yes", control="no").design(clinical)
-    >>> totals = pd.DataFrame(1000, index=donors, columns=["Mono_A", "T_B"])
-    >>> counts = pd.DataFrame(
-    ...     {
-    ...         "Mono_A": [80, 90, 75, 85, 30, 35, 40, 28],
-    ...         "T_B": [200, 210, 190, 205, 198, 202, 207, 195],
-    ...     },
-    ...     index=donors,
-    ... )
+    >>> from sccohort.simulate import toy
+    >>> data = toy()
+    >>> design, counts, totals = data.design, data.counts, data.totals
     >>> result = compare_abundance(counts, totals, design, level="subset", seed=0)
     >>> result[["subset", "effect", "pvalue", "padj"]].round(4)
        subset  effect  pvalue    padj
@@ -438,13 +426,9 @@ def attainable_significance(
     Examples
     --------
     >>> from sccohort.stats import attainable_significance
-    >>> from sccohort.io import ClinicalTable
-    >>> from sccohort.stats import Contrast
-    >>> donors = pd.Index([f"D{i}" for i in range(1, 9)], name="donor_id")
-    >>> clinical = ClinicalTable(
-    ...     pd.DataFrame({"SRC": ["yes"] * 4 + ["no"] * 4}, index=donors), {"SRC": "binary"}
-    ... )
-    >>> design = Contrast("SRC", "SRC", case="yes", control="no").design(clinical)
+    >>> from sccohort.simulate import toy
+    >>> data = toy()
+    >>> design, counts, totals = data.design, data.counts, data.totals
     >>> reach = attainable_significance(design)
     >>> reach["n_relabellings"], round(reach["min_pvalue"], 4), reach["reachable"]
     (70, 0.0286, True)
@@ -487,14 +471,11 @@ def describe_attainable(row: dict, alpha: float) -> str:
     Examples
     --------
     >>> from sccohort.stats import attainable_significance, describe_attainable
-    >>> from sccohort.io import ClinicalTable
+    >>> from sccohort.simulate import toy
     >>> from sccohort.stats import Contrast
-    >>> donors = pd.Index([f"D{i}" for i in range(1, 9)], name="donor_id")
-    >>> clinical = ClinicalTable(
-    ...     pd.DataFrame({"SRC": ["yes"] * 4 + ["no"] * 4}, index=donors), {"SRC": "binary"}
-    ... )
-    >>> design = Contrast("SRC", "SRC", case="yes", control="no").design(clinical)
-    >>> three = Contrast("SRC", "SRC", case="yes").design(clinical, donors[[0, 1, 2, 4, 5, 6]])
+    >>> data = toy()
+    >>> six = ["D1", "D2", "D3", "D5", "D6", "D7"]
+    >>> three = Contrast("SRC", "SRC", case="yes").design(data.clinical, six)
     >>> text = describe_attainable(attainable_significance(three), alpha=0.05)
     >>> import textwrap
     >>> print(textwrap.fill(text, 88))

@@ -566,6 +566,74 @@ def _best_thresholds(
     return out
 
 
+@dataclass(frozen=True)
+class GatingOptions:
+    """The settings of a gating search (`gating_strategy`, `gate_subsets`), checked when made.
+
+    Attributes
+    ----------
+    max_gates
+        At most this many gates (1-5).
+    test_donors
+        Fraction of donors held out (at least one donor each side), or the held-out donor
+        ids.
+    start
+        ``"all"``: gate from all cells (proteins only). ``"parent"``: start from the parent
+        lineage as given (e.g. a lineage gate the lab already uses).
+    n_candidates
+        Proteins considered: the top ``n_candidates`` by AUROC against the parent's rest and
+        the top ``n_candidates`` against all other cells.
+    beam_width
+        Sequences kept after each step.
+    min_gain
+        Smallest rise of training F1 that justifies one more gate.
+    seed
+        Seed of the donor split.
+
+    Examples
+    --------
+    >>> from sccohort.stats import GatingOptions
+    >>> GatingOptions(max_gates=2).beam_width
+    5
+    """
+
+    max_gates: int = 3
+    test_donors: float | Sequence[str] = 0.3
+    start: Literal["all", "parent"] = "all"
+    n_candidates: int = 12
+    beam_width: int = 5
+    min_gain: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= int(self.max_gates) <= 5:
+            raise InputError(
+                f"max_gates = {self.max_gates} is outside 1-5",
+                key="max_gates",
+                hint="A gating strategy has a few gates; use 1 to 5",
+            )
+        if self.start not in ("all", "parent"):
+            raise InputError(
+                f"start = {self.start!r} is neither 'all' nor 'parent'",
+                key="start",
+                hint="Use 'all'",
+            )
+
+    def to_dict(self, held_out: list[str]) -> dict[str, Any]:
+        """The options as `GatingResult.params` records them (the held-out donors named)."""
+        return {
+            "max_gates": int(self.max_gates),
+            "test_donors": self.test_donors
+            if isinstance(self.test_donors, float)
+            else list(held_out),
+            "start": self.start,
+            "n_candidates": self.n_candidates,
+            "beam_width": self.beam_width,
+            "min_gain": self.min_gain,
+            "seed": self.seed,
+        }
+
+
 def gating_strategy(
     prot: AnnData,
     target: np.ndarray,
@@ -573,13 +641,7 @@ def gating_strategy(
     donors: np.ndarray | Sequence[str],
     *,
     subset: str = "subset",
-    max_gates: int = 3,
-    test_donors: float | Sequence[str] = 0.3,
-    start: Literal["all", "parent"] = "all",
-    n_candidates: int = 12,
-    beam_width: int = 5,
-    min_gain: float = 0.01,
-    seed: int = 0,
+    options: GatingOptions | None = None,
 ) -> GatingResult:
     """Find a short sequence of protein thresholds that gates a subset, tested on new donors.
 
@@ -605,23 +667,8 @@ def gating_strategy(
         Donor id of each cell, (n_cells,).
     subset
         The subset's name, for tables and messages.
-    max_gates
-        At most this many gates (1-5).
-    test_donors
-        Fraction of donors held out (at least one donor each side), or the held-out donor
-        ids.
-    start
-        ``"all"``: gate from all cells (proteins only). ``"parent"``: start from the parent
-        lineage as given (e.g. a lineage gate the lab already uses).
-    n_candidates
-        Proteins considered: the top ``n_candidates`` by AUROC against the parent's rest and
-        the top ``n_candidates`` against all other cells.
-    beam_width
-        Sequences kept after each step.
-    min_gain
-        Smallest rise of training F1 that justifies one more gate.
-    seed
-        Seed of the donor split.
+    options
+        The search's settings (`GatingOptions`; default: its defaults).
 
     Returns
     -------
@@ -630,31 +677,30 @@ def gating_strategy(
         (:meth:`GatingResult.to_frame`), held-out per-donor results, the training markers.
     """
     panel = _Panel(prot)
-    return _gating(
-        panel, *panel.masks(target, parent, subset), donors, subset=subset,
-        max_gates=max_gates, test_donors=test_donors, start=start, n_candidates=n_candidates,
-        beam_width=beam_width, min_gain=min_gain, seed=seed,
-    )  # fmt: skip
+    target, parent = panel.masks(target, parent, subset)
+    return _gating(panel, target, parent, donors, subset, options or GatingOptions())
 
 
 def gate_subsets(
     prot: AnnData,
     subsets: Mapping[str, tuple[np.ndarray, np.ndarray]],
     donors: np.ndarray | Sequence[str],
-    **options: Any,
+    options: GatingOptions | None = None,
 ) -> list[tuple[GatingResult, pd.DataFrame]]:
     """`gating_strategy` and `protein_markers` of several subsets of one antibody panel.
 
-    ``subsets``: name -> (target, parent) boolean masks (n_cells,); ``options``: those of
-    `gating_strategy`. Returns one (gating result, protein marker table) per subset, in
-    order; the same results as the two functions subset by subset, with the panel checked
-    and the sorts of all cells, of each lineage and of the training donors' cells made once.
+    ``subsets``: name -> (target, parent) boolean masks (n_cells,); ``options``: the
+    search's settings (`GatingOptions`). Returns one (gating result, protein marker table)
+    per subset, in order; the same results as the two functions subset by subset, with the
+    panel checked and the sorts of all cells, of each lineage and of the training donors'
+    cells made once.
     """
     panel = _Panel(prot)
+    options = options or GatingOptions()
     out = []
     for subset, (target, parent) in subsets.items():
         target, parent = panel.masks(target, parent, subset)
-        result = _gating(panel, target, parent, donors, subset=subset, **options)
+        result = _gating(panel, target, parent, donors, subset, options)
         out.append((result, _markers(panel.cells, panel.names, target, parent, subset)))
     return out
 
@@ -664,20 +710,13 @@ def _gating(
     target: np.ndarray,
     parent: np.ndarray,
     donors: np.ndarray | Sequence[str],
-    *,
-    subset: str = "subset",
-    max_gates: int = 3,
-    test_donors: float | Sequence[str] = 0.3,
-    start: Literal["all", "parent"] = "all",
-    n_candidates: int = 12,
-    beam_width: int = 5,
-    min_gain: float = 0.01,
-    seed: int = 0,
+    subset: str,
+    options: GatingOptions,
 ) -> GatingResult:
     """`gating_strategy` on a checked panel and masks."""
     donors = np.asarray(donors).astype(str)
-    _check_gating(panel, donors, max_gates, start)
-    train_donors, test_donors_ = _split_donors(donors, test_donors, seed, subset)
+    _check_donors(panel, donors)
+    train_donors, test_donors_ = _split_donors(donors, options.test_donors, options.seed, subset)
     is_train = np.isin(donors, train_donors)
     if not (target & is_train).any():
         raise InputError(
@@ -694,31 +733,26 @@ def _gating(
         )
     train = panel.train(is_train)
     markers = _markers(train, panel.names, target[is_train], parent[is_train], subset)
-    by_parent = markers["protein"].tolist()[:n_candidates]
+    by_parent = markers["protein"].tolist()[: options.n_candidates]
     by_all = markers.sort_values("auroc_all", key=lambda s: -(s - 0.5).abs(), kind="stable")
-    candidates = list(dict.fromkeys(by_parent + by_all["protein"].tolist()[:n_candidates]))
-    start_train = parent[is_train] if start == "parent" else np.ones(int(is_train.sum()), bool)
+    candidates = list(dict.fromkeys(by_parent + by_all["protein"].tolist()[: options.n_candidates]))
+    start_train = (
+        parent[is_train] if options.start == "parent" else np.ones(int(is_train.sum()), bool)
+    )
     gates = _beam_search(
         train, panel.names, target[is_train], start_train, candidates,
-        max_gates=int(max_gates), beam_width=beam_width, min_gain=min_gain,
+        max_gates=int(options.max_gates), beam_width=options.beam_width,
+        min_gain=options.min_gain,
     )  # fmt: skip
-    start_mask = parent if start == "parent" else np.ones(len(target), dtype=bool)
-    label = "parent" if start == "parent" else "all cells"
+    start_mask = parent if options.start == "parent" else np.ones(len(target), dtype=bool)
+    label = "parent" if options.start == "parent" else "all cells"
     steps, final = _gating_steps(panel, gates, target, start_mask, is_train, label, subset)
     per_donor = _per_donor(final, target, donors, test_donors_)
-    params = {
-        "max_gates": int(max_gates),
-        "test_donors": test_donors if isinstance(test_donors, float) else list(test_donors_),
-        "start": start,
-        "n_candidates": n_candidates,
-        "beam_width": beam_width,
-        "min_gain": min_gain,
-        "seed": seed,
-    }
+    params = options.to_dict(test_donors_)
     return GatingResult(
         subset=subset,
         gates=gates,
-        start=start,
+        start=options.start,
         steps=steps,
         per_donor=per_donor,
         markers=markers,
@@ -728,22 +762,12 @@ def _gating(
     )
 
 
-def _check_gating(panel: _Panel, donors: np.ndarray, max_gates: int, start: str) -> None:
+def _check_donors(panel: _Panel, donors: np.ndarray) -> None:
     if donors.shape != (panel.n_obs,):
         raise InputError(
             f"donors has shape {donors.shape} but the protein modality has {panel.n_obs} cells",
             key="donors",
             hint="Pass the donor id of each cell, e.g. mdata.obs['donor_id'].to_numpy()",
-        )
-    if not 1 <= int(max_gates) <= 5:
-        raise InputError(
-            f"max_gates = {max_gates} is outside 1-5",
-            key="max_gates",
-            hint="A gating strategy has a few gates; use 1 to 5",
-        )
-    if start not in ("all", "parent"):
-        raise InputError(
-            f"start = {start!r} is neither 'all' nor 'parent'", key="start", hint="Use 'all'"
         )
 
 

@@ -94,21 +94,9 @@ def associated_subsets(
     Examples
     --------
     >>> from sccohort.stats import associated_subsets, compare_abundance
-    >>> from sccohort.io import ClinicalTable
-    >>> from sccohort.stats import Contrast
-    >>> donors = pd.Index([f"D{i}" for i in range(1, 9)], name="donor_id")
-    >>> clinical = ClinicalTable(
-    ...     pd.DataFrame({"SRC": ["yes"] * 4 + ["no"] * 4}, index=donors), {"SRC": "binary"}
-    ... )
-    >>> design = Contrast("SRC", "SRC", case="yes", control="no").design(clinical)
-    >>> totals = pd.DataFrame(1000, index=donors, columns=["Mono_A", "T_B"])
-    >>> counts = pd.DataFrame(
-    ...     {
-    ...         "Mono_A": [80, 90, 75, 85, 30, 35, 40, 28],
-    ...         "T_B": [200, 210, 190, 205, 198, 202, 207, 195],
-    ...     },
-    ...     index=donors,
-    ... )
+    >>> from sccohort.simulate import toy
+    >>> data = toy()
+    >>> design, counts, totals = data.design, data.counts, data.totals
     >>> tests = compare_abundance(counts, totals, design, level="subset", seed=0)
     >>> associated_subsets(tests, alpha=0.1)[["contrast", "subset", "fold_change", "padj"]].round(3)
       contrast  subset  fold_change   padj

@@ -176,21 +176,9 @@ def ks_test(
     Examples
     --------
     >>> from sccohort.stats import ks_test
-    >>> from sccohort.io import ClinicalTable
-    >>> from sccohort.stats import Contrast
-    >>> donors = pd.Index([f"D{i}" for i in range(1, 9)], name="donor_id")
-    >>> clinical = ClinicalTable(
-    ...     pd.DataFrame({"SRC": ["yes"] * 4 + ["no"] * 4}, index=donors), {"SRC": "binary"}
-    ... )
-    >>> design = Contrast("SRC", "SRC", case="yes", control="no").design(clinical)
-    >>> totals = pd.DataFrame(1000, index=donors, columns=["Mono_A", "T_B"])
-    >>> counts = pd.DataFrame(
-    ...     {
-    ...         "Mono_A": [80, 90, 75, 85, 30, 35, 40, 28],
-    ...         "T_B": [200, 210, 190, 205, 198, 202, 207, 195],
-    ...     },
-    ...     index=donors,
-    ... )
+    >>> from sccohort.simulate import toy
+    >>> data = toy()
+    >>> design, counts, totals = data.design, data.counts, data.totals
     >>> ks_test(counts / totals, design, "subset", seed=0)[["subset", "pvalue", "padj"]].round(4)
        subset  pvalue    padj
     0  Mono_A  0.0286  0.0571
