@@ -502,6 +502,16 @@ def call_doublets(
     Returns
     -------
     DoubletResult
+
+    Examples
+    --------
+    >>> from sccohort.pp import call_doublets
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> one = mdata[mdata.obs["sample_id"] == "SSc1"]
+    >>> result = call_doublets(one["rna"].layers["counts"], one["prot"].layers["counts"], seed=0)
+    >>> result.method, result.score.shape, int(result.called.sum())
+    ('cite', (300,), 13)
     """
     if method not in METHODS:
         raise ValueError(f"unknown doublet method {method!r}; use one of {METHODS}")

@@ -381,6 +381,14 @@ def isotype_controls(adata: AnnData) -> list[str]:
     Returns
     -------
     Isotype-control names in ``var_names`` order (possibly empty).
+
+    Examples
+    --------
+    >>> from sccohort.pp import isotype_controls
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> isotype_controls(mdata["prot"])[:2]
+    ['Mouse IgG1 isotype', 'Mouse IgG2a isotype']
     """
     if "isotype" in adata.var.columns:
         mask = adata.var["isotype"].fillna(False).astype(bool).to_numpy()

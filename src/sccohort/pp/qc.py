@@ -171,6 +171,12 @@ def auto_min_genes(n_genes: int) -> int:
 
     A 1,000-gene panel gets 5: cells detect a fraction of a panel's genes, and the adaptive
     (MAD) bound does the rest.
+
+    Examples
+    --------
+    >>> from sccohort.pp import auto_min_genes
+    >>> auto_min_genes(1000), auto_min_genes(20000)
+    (5, 100)
     """
     if n_genes >= PANEL_MAX_GENES:
         return WHOLE_MIN_GENES
@@ -217,6 +223,15 @@ def rna_metrics(counts: sp.spmatrix, gene_names: pd.Index) -> pd.DataFrame:
     -------
     DataFrame (n_cells rows): ``n_umis, n_genes, pct_mito, pct_ribo, pct_hb, pct_platelet``
     (percentages of the cell's UMIs).
+
+    Examples
+    --------
+    >>> from sccohort.pp import rna_metrics
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> rna = mdata["rna"]
+    >>> rna_metrics(rna.layers["counts"], rna.var_names).columns.tolist()
+    ['n_umis', 'n_genes', 'pct_mito', 'pct_ribo', 'pct_hb', 'pct_platelet']
     """
     csr = sp.csr_matrix(counts)
     totals = np.asarray(csr.sum(axis=1)).ravel().astype(np.float64)
@@ -257,6 +272,16 @@ def protein_metrics(
         percentage of all antibody counts; NaN when the panel has no isotype control).
     zero
         (n_antibodies,) bool, the all-zero antibodies (left out of the metrics).
+
+    Examples
+    --------
+    >>> from sccohort.pp import protein_metrics
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> prot = mdata["prot"]
+    >>> metrics, all_zero = protein_metrics(prot.layers["counts"], prot.var["isotype"].to_numpy())
+    >>> metrics.columns.tolist(), int(all_zero.sum())
+    (['prot_umis', 'prot_n', 'pct_isotype'], 0)
     """
     csc = sp.csc_matrix(counts)
     isotype = np.asarray(isotype, dtype=bool)
@@ -470,6 +495,16 @@ def qc_sample(mdata: MuData, params: QCParams | None = None) -> tuple[pd.DataFra
     ------
     InputError
         A sample with neither ``rna`` nor ``prot``, or cells missing from a modality.
+
+    Examples
+    --------
+    >>> from sccohort.pp import QCParams, qc_sample
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> one = mdata[mdata.obs["sample_id"] == "SSc1"].copy()
+    >>> cells, row = qc_sample(one, QCParams(doublet_method="none"))
+    >>> row["cells_in"], row["cells_out"], cells["qc_pass"].sum() == row["cells_out"]
+    (300, 288, np.True_)
     """
     p = QCParams() if params is None else params
     sample = _sample_values(mdata.obs, "sample_id", "?")

@@ -43,6 +43,16 @@ def summarise_sample(mods: Mapping[str, AnnData]) -> dict[str, Any]:
     read: ``modalities`` (``"rna + prot"``), ``n_genes`` (0 without RNA), ``gene_ids``
     (``"symbols"``, ``"ensembl: 982/1,000 mapped"``...; ``""`` without RNA) and
     ``modality_rule`` (the readers' ``uns["modality_rule"]``, ``""`` if absent).
+
+    Examples
+    --------
+    >>> from sccohort.pp import summarise_sample
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> one = mdata[mdata.obs["sample_id"] == "SSc1"]
+    >>> summary = summarise_sample(dict(one.mod))
+    >>> summary["n_cells"], summary["modalities"]
+    (300, 'rna + prot')
     """
     row: dict[str, Any] = {"n_cells": next(iter(mods.values())).n_obs}
     row.update(_how_read(mods))

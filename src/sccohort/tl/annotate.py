@@ -465,6 +465,21 @@ def annotate(
     -----
     UserWarning
         Naming the labels that are not callable and their missing markers.
+
+    Examples
+    --------
+    >>> from sccohort.tl import annotate, highly_variable_genes, leiden, pca_prot, pca_rna, wnn
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> highly_variable_genes(mdata["rna"], n_top_genes=500, batch_key=None)
+    >>> pca_rna(mdata["rna"], n_comps=20)
+    >>> pca_prot(mdata["prot"], n_comps=10)
+    >>> wnn(mdata, {"rna": "X_pca", "prot": "X_pca_prot"}, n_neighbors=20, seed=0)
+    >>> leiden(mdata, neighbors_key="wnn_snn", seed=0)
+    >>> coverage = annotate(mdata, use=("rna", "prot"))
+    >>> found = mdata.obs["l1"].astype(str) == toy_mudata().obs["l1"].astype(str)
+    >>> bool(found.mean() > 0.85)
+    True
     """
     modalities = [m for m in use if m in mdata.mod]
     unknown = [m for m in use if m not in _FEATURE_COLUMN]

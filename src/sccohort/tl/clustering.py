@@ -160,6 +160,19 @@ def leiden(
     Returns
     -------
     None. Writes ``obs[key_added]`` and ``uns[key_added]["params"]``.
+
+    Examples
+    --------
+    >>> from sccohort.tl import highly_variable_genes, leiden, pca_prot, pca_rna, wnn
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> highly_variable_genes(mdata["rna"], n_top_genes=500, batch_key=None)
+    >>> pca_rna(mdata["rna"], n_comps=20)
+    >>> pca_prot(mdata["prot"], n_comps=10)
+    >>> wnn(mdata, {"rna": "X_pca", "prot": "X_pca_prot"}, n_neighbors=20, seed=0)
+    >>> leiden(mdata, neighbors_key="wnn_snn", seed=0)
+    >>> mdata.obs["leiden"].nunique() > 5
+    True
     """
     _, entry = _neighbors_entry(adata, neighbors_key)
     graph = _igraph_undirected(adata.obsp[entry["connectivities_key"]])

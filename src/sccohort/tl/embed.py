@@ -66,6 +66,18 @@ def harmony(
     Returns
     -------
     None.
+
+    Examples
+    --------
+    >>> from sccohort.tl import harmony, pca_prot
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> prot = mdata["prot"]
+    >>> prot.obs["sample_id"] = mdata.obs["sample_id"].to_numpy()
+    >>> pca_prot(prot, n_comps=10)
+    >>> harmony(prot, basis="X_pca_prot", batch_key="sample_id", key_added="X_harmony_prot")
+    >>> prot.obsm["X_harmony_prot"].shape
+    (1200, 10)
     """
     import logging
 
@@ -179,6 +191,19 @@ def umap(
     -------
     None. Writes ``obsm[key_added]`` and ``uns[key_added without "X_"]`` (parameters, number
     of cells laid out, placed and unplaced).
+
+    Examples
+    --------
+    >>> from sccohort.tl import highly_variable_genes, pca_prot, pca_rna, umap, wnn
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> highly_variable_genes(mdata["rna"], n_top_genes=500, batch_key=None)
+    >>> pca_rna(mdata["rna"], n_comps=20)
+    >>> pca_prot(mdata["prot"], n_comps=10)
+    >>> wnn(mdata, {"rna": "X_pca", "prot": "X_pca_prot"}, n_neighbors=20, seed=0)
+    >>> umap(mdata, neighbors_key="wnn", seed=0)
+    >>> mdata.obsm["X_umap"].shape
+    (1200, 2)
     """
     import scanpy as sc
 

@@ -57,6 +57,14 @@ def hvg_count(
     """The number of HVGs to select: ``n_top_genes``, or 2,000 for ``"auto"``.
 
     A panel with fewer genes (not ``exclude``d) than that selects every one of them.
+
+    Examples
+    --------
+    >>> from sccohort.tl import hvg_count
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> hvg_count("auto", mdata["rna"].var_names), hvg_count(500, mdata["rna"].var_names)
+    (2000, 500)
     """
     if n_top_genes != "auto":
         return int(n_top_genes)
@@ -243,6 +251,17 @@ def highly_variable_genes(
     -------
     None. Writes ``var[key_added]`` (bool), ``var["hvg_excluded"]``, ``var["means"]``,
     ``var["dispersions_norm"]``, ``var["highly_variable_nbatches"]`` and ``uns["hvg"]``.
+
+    Examples
+    --------
+    >>> from sccohort.tl import highly_variable_genes
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> rna = mdata["rna"]
+    >>> rna.obs["sample_id"] = mdata.obs["sample_id"].to_numpy()
+    >>> highly_variable_genes(rna, n_top_genes=500, batch_key="sample_id")
+    >>> int(rna.var["highly_variable"].sum())
+    500
     """
     import scanpy as sc
 

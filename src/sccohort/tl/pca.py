@@ -235,6 +235,17 @@ def pca_rna(
     Returns
     -------
     None.
+
+    Examples
+    --------
+    >>> from sccohort.tl import highly_variable_genes, pca_rna
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> rna = mdata["rna"]
+    >>> highly_variable_genes(rna, n_top_genes=500, batch_key=None)
+    >>> pca_rna(rna, n_comps=20)
+    >>> rna.obsm["X_pca"].shape
+    (1200, 20)
     """
     if mask_var is None:
         genes = np.arange(adata.n_vars)
@@ -299,6 +310,15 @@ def pca_prot(
     Returns
     -------
     None.
+
+    Examples
+    --------
+    >>> from sccohort.tl import pca_prot
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> pca_prot(mdata["prot"], n_comps=10)
+    >>> mdata["prot"].obsm["X_pca_prot"].shape
+    (1200, 10)
     """
     from sccohort.pp.normalize import isotype_controls
 

@@ -729,6 +729,20 @@ def wnn(
     Returns
     -------
     The copy if ``copy`` is true, else ``None``.
+
+    Examples
+    --------
+    >>> from sccohort.tl import highly_variable_genes, pca_prot, pca_rna, wnn
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> highly_variable_genes(mdata["rna"], n_top_genes=500, batch_key=None)
+    >>> pca_rna(mdata["rna"], n_comps=20)
+    >>> pca_prot(mdata["prot"], n_comps=10)
+    >>> wnn(mdata, {"rna": "X_pca", "prot": "X_pca_prot"}, n_neighbors=20, seed=0)
+    >>> sorted(mdata.obsp.keys())
+    ['wnn_connectivities', 'wnn_distances', 'wnn_snn']
+    >>> bool(mdata.obs["rna_weight"].between(0, 1).all())
+    True
     """
     reps = dict(reps or {"rna": "X_pca", "prot": "X_pca_prot"})
     data = data.copy() if copy else data
