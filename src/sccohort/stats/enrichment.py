@@ -515,6 +515,17 @@ def gsea(
     InputError
         Missing or duplicated genes or statistics, fewer than 100 permutations, or no set
         within the size bounds.
+
+    Examples
+    --------
+    >>> from sccohort.stats import gsea
+    >>> genes = [f"G{i}" for i in range(200)]
+    >>> ranked = pd.Series(np.linspace(3, -3, 200), index=genes)
+    >>> sets = {"TOP": genes[:20], "BOTTOM": genes[180:]}
+    >>> gsea(ranked, sets, n_perm=1000, min_size=5, seed=0)[["set", "nes", "pvalue"]].round(3)
+          set    nes  pvalue
+    0     TOP  3.486   0.002
+    1  BOTTOM -3.473   0.002
     """
     _check_sets(gene_sets)
     if not isinstance(stats, pd.Series):

@@ -477,6 +477,17 @@ def protein_markers(
         parent's rest and of all other cells, and the cell counts. Sorted by
         ``|auroc_parent - 0.5|`` then ``|auroc_all - 0.5|``, descending (``rank`` 1 = best).
         AUROCs are cell-level effect sizes, not donor-level tests.
+
+    Examples
+    --------
+    >>> from sccohort.stats import protein_markers
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> target = (mdata.obs["subset"] == "CD14_EGR1").to_numpy()
+    >>> parent = (mdata.obs["l1"] == "Mono").to_numpy()
+    >>> table = protein_markers(mdata["prot"], target, parent, subset="CD14_EGR1")
+    >>> table["protein"].iloc[0], table["direction"].iloc[0]
+    ('CD191', 'up')
     """
     panel = _Panel(prot)
     target, parent = panel.masks(target, parent, subset)
@@ -675,6 +686,19 @@ def gating_strategy(
     GatingResult
         Gates, per-step purity / recall / F1 on training and held-out cells
         (:meth:`GatingResult.to_frame`), held-out per-donor results, the training markers.
+
+    Examples
+    --------
+    >>> from sccohort.stats import GatingOptions, gating_strategy
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> target = (mdata.obs["subset"] == "CD14_EGR1").to_numpy()
+    >>> parent = (mdata.obs["l1"] == "Mono").to_numpy()
+    >>> donors = mdata.obs["donor_id"].to_numpy()
+    >>> options = GatingOptions(test_donors=["HD1"])
+    >>> result = gating_strategy(mdata["prot"], target, parent, donors, options=options)
+    >>> [str(gate) for gate in result.gates]
+    ['CD191 > 1.56', 'CD16 < 1.22']
     """
     panel = _Panel(prot)
     target, parent = panel.masks(target, parent, subset)
@@ -694,6 +718,21 @@ def gate_subsets(
     per subset, in order; the same results as the two functions subset by subset, with the
     panel checked and the sorts of all cells, of each lineage and of the training donors'
     cells made once.
+
+    Examples
+    --------
+    >>> from sccohort.stats import GatingOptions, gate_subsets
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> target = (mdata.obs["subset"] == "CD14_EGR1").to_numpy()
+    >>> parent = (mdata.obs["l1"] == "Mono").to_numpy()
+    >>> donors = mdata.obs["donor_id"].to_numpy()
+    >>> options = GatingOptions(test_donors=["HD1"])
+    >>> ((result, markers),) = gate_subsets(
+    ...     mdata["prot"], {"EGR1": (target, parent)}, donors, options
+    ... )
+    >>> [str(gate) for gate in result.gates], markers["protein"].iloc[0]
+    (['CD191 > 1.56', 'CD16 < 1.22'], 'CD191')
     """
     panel = _Panel(prot)
     options = options or GatingOptions()

@@ -191,6 +191,12 @@ def delong_ci(scores: np.ndarray, y: np.ndarray, level: float = 0.95) -> tuple[f
     Returns
     -------
     (low, high), clipped to [0, 1]. Zero-width when the classes are perfectly separated.
+
+    Examples
+    --------
+    >>> from sccohort.stats import delong_ci
+    >>> delong_ci(np.array([0.9, 0.8, 0.7, 0.3, 0.4, 0.2]), np.array([1, 1, 1, 0, 0, 0]))
+    (1.0, 1.0)
     """
     scores = np.asarray(scores, dtype=float)
     y = np.asarray(y).astype(bool)

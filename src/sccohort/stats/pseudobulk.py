@@ -188,6 +188,17 @@ def pseudobulk(
     meta
         One row per sample x group combination with at least one cell: ``group, sample_id,
         donor_id, n_cells, kept``.
+
+    Examples
+    --------
+    >>> from sccohort.stats import pseudobulk
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> counts, meta = pseudobulk(mdata, "l1", min_cells=10)
+    >>> counts["Mono"].shape  # 4 samples x genes, summed raw counts
+    (4, 19409)
+    >>> meta.columns.tolist()
+    ['group', 'sample_id', 'donor_id', 'n_cells', 'kept']
     """
     adata, obs = _rna_and_obs(adata)
     for column in ("sample_id", "donor_id", groupby):

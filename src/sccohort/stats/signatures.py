@@ -54,6 +54,12 @@ def signature_sets(names: Sequence[str] = tuple(SIGNATURES)) -> dict[str, list[s
     -------
     dict
         ``{name: [gene, ...]}`` in the order of ``names``.
+
+    Examples
+    --------
+    >>> from sccohort.stats import signature_sets
+    >>> list(signature_sets())[:2]
+    ['HALLMARK_TNFA_SIGNALING_VIA_NFKB', 'HALLMARK_INTERFERON_GAMMA_RESPONSE']
     """
     sets = hallmark()
     unknown = [n for n in names if n not in sets]
@@ -182,6 +188,15 @@ def score_cells(
     pandas.DataFrame
         Scores, shape ``(n_cells, n_sets)``, index ``adata.obs_names``, columns the set
         names.
+
+    Examples
+    --------
+    >>> from sccohort.stats import score_cells
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> scores = score_cells(mdata["rna"], {"IFN": ["ISG15", "IFI6", "MX1", "IFIT1", "IFIT3"]})
+    >>> scores.shape, scores.columns.tolist()
+    ((1200, 1), ['IFN'])
     """
     if method not in ("score_genes", "mean_z"):
         raise InputError(f"unknown method {method!r}", hint="Use 'score_genes' or 'mean_z'.")
@@ -272,6 +287,16 @@ def donor_scores(
     pandas.DataFrame
         Long table, one row per group x set: the ``by`` columns, ``set``, ``score`` (mean),
         ``sd`` (of the cells' scores), ``n_cells``; sorted by the ``by`` columns then set.
+
+    Examples
+    --------
+    >>> from sccohort.stats import donor_scores, score_cells
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> scores = score_cells(mdata["rna"], {"IFN": ["ISG15", "IFI6", "MX1", "IFIT1", "IFIT3"]})
+    >>> table = donor_scores(scores, mdata.obs, by=("donor_id", "l1"))
+    >>> table.columns.tolist()
+    ['donor_id', 'l1', 'set', 'score', 'sd', 'n_cells']
     """
     by = list(by)
     if not by:

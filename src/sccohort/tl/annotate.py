@@ -80,6 +80,12 @@ def load_markers(modality: str, path: str | Path | None = None) -> pd.DataFrame:
     -------
     DataFrame with columns ``level, label, parent, program, feature, direction, weight``
     (``feature`` renamed from ``gene``/``protein``; ``weight`` float, signed by direction).
+
+    Examples
+    --------
+    >>> from sccohort.tl import load_markers
+    >>> load_markers("rna").columns.tolist()
+    ['level', 'label', 'parent', 'program', 'feature', 'direction', 'weight']
     """
     if modality not in _FEATURE_COLUMN:
         raise InputError(

@@ -499,6 +499,16 @@ def rank_markers(
         ``logfoldchange``, ``pct_in``, ``pct_out`` (fraction of nonzero cells), ``pvalue``,
         ``padj`` (Benjamini-Hochberg within the group), ``mean_in``, ``mean_out``; sorted by
         group (category order) then statistic descending.
+
+    Examples
+    --------
+    >>> from sccohort.tl import rank_markers
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> rna = mdata["rna"]
+    >>> rna.obs["l1"] = mdata.obs["l1"].to_numpy()
+    >>> rank_markers(rna, "l1", groups=["Mono"]).head(3)["feature"].tolist()
+    ['MNDA', 'FCN1', 'LYZ']
     """
     labels, selected = _check_inputs(adata, groupby, layer, groups, reference)
     store = store_of(adata) if layer is None else None
