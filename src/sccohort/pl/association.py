@@ -49,6 +49,17 @@ def association_heatmap(
     -------
     matplotlib.figure.Figure
         Colours are centred at 0 (red: higher in cases).
+
+    Examples
+    --------
+    >>> from sccohort import pl
+    >>> from sccohort.stats import compare_abundance
+    >>> from sccohort.simulate import toy
+    >>> data = toy()
+    >>> tests = compare_abundance(data.counts, data.totals, data.design, level="subset", seed=0)
+    >>> fig = pl.association_heatmap(tests, alpha=0.1)
+    >>> type(fig).__name__
+    'Figure'
     """
     require_columns(table, ("contrast", "subset", "effect", "padj"), "the association table")
     data = table.copy()
@@ -145,6 +156,17 @@ def volcano(
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> from sccohort import pl
+    >>> rng = np.random.default_rng(0)
+    >>> table = pd.DataFrame({"feature": [f"G{i}" for i in range(50)]})
+    >>> table["effect"] = rng.normal(size=50)
+    >>> table["pvalue"] = rng.uniform(size=50) ** 3
+    >>> table["padj"] = np.minimum(table["pvalue"] * 5, 1)
+    >>> type(pl.volcano(table, label="feature")).__name__
+    'Figure'
     """
     require_columns(table, ("effect", "pvalue", "padj", label), "the volcano table")
     data = table.dropna(subset=["effect", "pvalue"])
@@ -234,6 +256,16 @@ def nhood_beeswarm(
     -------
     matplotlib.figure.Figure
         Rows sorted by median logFC, each labelled with its number of neighbourhoods.
+
+    Examples
+    --------
+    >>> from sccohort import pl
+    >>> rng = np.random.default_rng(0)
+    >>> nhoods = pd.DataFrame({"subset": np.repeat(["Mono_A", "T_B"], 30)})
+    >>> nhoods["logFC"] = rng.normal(size=60)
+    >>> nhoods["spatial_fdr"] = rng.uniform(size=60)
+    >>> type(pl.nhood_beeswarm(nhoods)).__name__
+    'Figure'
     """
     require_columns(nhoods, (label, logfc, fdr), "the neighbourhood table")
     data = nhoods.dropna(subset=[label, logfc]).copy()

@@ -66,6 +66,16 @@ def enrichment_bars(
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> from sccohort import pl
+    >>> from sccohort.stats import ora
+    >>> universe = [f"G{i}" for i in range(1, 41)]
+    >>> sets = {"A": ["G1", "G2", "G3"], "B": ["G4", "G5"]}
+    >>> table = ora(["G1", "G2"], sets, universe, min_size=2)
+    >>> type(pl.enrichment_bars(table)).__name__
+    'Figure'
     """
     require_columns(table, ("set", "padj"), "the enrichment table")
     data = table.dropna(subset=["padj"]).sort_values("padj", kind="stable").head(n_sets)
@@ -122,6 +132,16 @@ def comparison_panels(
     -------
     matplotlib.figure.Figure
         Tick labels carry the number of donors per group.
+
+    Examples
+    --------
+    >>> from sccohort import pl
+    >>> from sccohort.simulate import toy
+    >>> data = toy()
+    >>> shares = data.counts / data.totals
+    >>> panels = [{"values": shares[s], "group": data.design.group, "title": s} for s in shares]
+    >>> len(pl.comparison_panels(panels).axes)
+    2
     """
     if not panels:
         raise InputError("no comparison to draw", key="panels")
@@ -190,6 +210,16 @@ def signature_scores(
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> from sccohort import pl
+    >>> from sccohort.simulate import toy
+    >>> data = toy()
+    >>> scores = pd.DataFrame({"donor_id": data.design.donors, "set": "HALLMARK_X",
+    ...                        "score": np.linspace(0, 1, 8)})
+    >>> type(pl.signature_scores(scores, data.design.group)).__name__
+    'Figure'
     """
     require_columns(scores, ("donor_id", "set", "score"), "the signature score table")
     grp = pd.Series(group).dropna().astype(str)
@@ -346,6 +376,16 @@ def gating_plot(
     matplotlib.figure.Figure
         Histograms of the target cells and the other cells (density, each normalised to 1);
         the kept side of each threshold is shaded.
+
+    Examples
+    --------
+    >>> from sccohort import pl
+    >>> rng = np.random.default_rng(0)
+    >>> values = pd.DataFrame({"CD191": rng.normal(size=200)})
+    >>> target = values["CD191"].to_numpy() > 1
+    >>> gates = pd.DataFrame({"protein": ["CD191"], "direction": [">"], "threshold": [1.0]})
+    >>> len(pl.gating_plot(values, target, gates).axes)
+    1
     """
     require_columns(gates, ("protein", "direction", "threshold"), "the gate table")
     target, mask = _gating_inputs(values, target, gates, start, subset)
@@ -402,6 +442,14 @@ def timecourse_panels(
     -------
     matplotlib.figure.Figure
         One line per donor (same colour in every panel).
+
+    Examples
+    --------
+    >>> from sccohort import pl
+    >>> shares = pd.DataFrame({"donor_id": "D1", "subset": "Mono_A", "timepoint": ["pre", "post"],
+    ...                        "timepoint_order": [0, 1], "share": [0.1, 0.05]})
+    >>> type(pl.timecourse_panels(shares)).__name__
+    'Figure'
     """
     panels: list[tuple[str, pd.DataFrame, str, str]] = []
     if shares is not None and len(shares):

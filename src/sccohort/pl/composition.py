@@ -64,6 +64,16 @@ def composition_bars(
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> from sccohort import pl
+    >>> from sccohort.simulate import toy
+    >>> data = toy()
+    >>> shares = data.counts / data.totals
+    >>> fig = pl.composition_bars(shares, data.design.group)
+    >>> type(fig).__name__
+    'Figure'
     """
     if not isinstance(shares, pd.DataFrame) or shares.empty:
         raise InputError(
@@ -159,6 +169,16 @@ def group_comparison(
     -------
     matplotlib.figure.Figure
         Tick labels carry the number of donors per group.
+
+    Examples
+    --------
+    >>> from sccohort import pl
+    >>> from sccohort.simulate import toy
+    >>> data = toy()
+    >>> shares = data.counts["Mono_A"] / data.totals["Mono_A"]
+    >>> fig = pl.group_comparison(shares, data.design.group, subset="Mono_A")
+    >>> type(fig).__name__
+    'Figure'
     """
     data = pd.DataFrame({"value": pd.Series(values, dtype=float)})
     data.index = data.index.astype(str)
@@ -327,6 +347,23 @@ def pca_biplot(
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> from sccohort import pl
+    >>> from sccohort.stats import proportion_biplot
+    >>> rng = np.random.default_rng(0)
+    >>> shares = pd.DataFrame(rng.dirichlet(np.ones(5), size=8), columns=list("ABCDE"))
+    >>> group = pd.Series(["x"] * 4 + ["y"] * 4, index=shares.index)
+    >>> pca = proportion_biplot(shares, group)
+    >>> scores = pca["scores"][[c for c in pca["scores"].columns if str(c).startswith("PC")]]
+    >>> fig = pl.pca_biplot(
+    ...     {"scores": scores, "loadings": pca["loadings"],
+    ...      "explained": np.asarray(pca["variance_explained"]), "centroids": pca["centroids"]},
+    ...     group,
+    ... )
+    >>> type(fig).__name__
+    'Figure'
     """
     scores, loadings = _pca_tables(pca, components)
     c1, c2 = components
@@ -376,6 +413,15 @@ def label_shares(table: pd.DataFrame, *, title: str | None = None) -> Figure:
     -------
     matplotlib.figure.Figure
         Bars sorted by l1 then share; each labelled with its cell count.
+
+    Examples
+    --------
+    >>> from sccohort import pl
+    >>> table = pd.DataFrame({"l1": ["Mono", "Mono", "B"]})
+    >>> table["l2"] = ["CD14 Mono", "CD16 Mono", "B naive"]
+    >>> table["n_cells"], table["share"] = [60, 10, 30], [0.6, 0.1, 0.3]
+    >>> type(pl.label_shares(table)).__name__
+    'Figure'
     """
     require_columns(table, ("l1", "l2", "n_cells", "share"), "the cell type table")
     data = table.sort_values(["l1", "share"], ascending=[True, False], kind="stable")

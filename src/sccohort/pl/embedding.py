@@ -159,6 +159,15 @@ def embedding(
     -------
     matplotlib.figure.Figure
         Points are rasterised (an SVG of 30,000 points stays small).
+
+    Examples
+    --------
+    >>> from sccohort import pl
+    >>> rng = np.random.default_rng(0)
+    >>> coords = rng.normal(size=(300, 2))
+    >>> fig = pl.embedding(coords, pd.Series(rng.choice(["A", "B"], 300)), name="type")
+    >>> type(fig).__name__
+    'Figure'
     """
     coords, series = _check_inputs(coords, values, name, max_cells, basis)
     n_total = len(coords)

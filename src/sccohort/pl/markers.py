@@ -45,6 +45,16 @@ def dot_values(
     -------
     mean, fraction : pandas.DataFrame
         Groups x markers.
+
+    Examples
+    --------
+    >>> from sccohort import pl
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> groups = pd.Series(mdata.obs["l1"].to_numpy(), index=mdata["rna"].obs_names)
+    >>> mean, fraction = pl.dot_values(mdata["rna"], ["LYZ", "CD3E"], groups)
+    >>> bool(mean.loc["Mono", "LYZ"] > mean.loc["CD4 T", "LYZ"])
+    True
     """
     missing = [m for m in markers if m not in adata.var_names]
     if missing:
@@ -128,6 +138,16 @@ def marker_dotplot(
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> from sccohort import pl
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> groups = pd.Series(mdata.obs["l1"].to_numpy(), index=mdata["rna"].obs_names)
+    >>> fig = pl.marker_dotplot({"RNA": (mdata["rna"], ["LYZ", "CD3E", "MS4A1"])}, groups)
+    >>> type(fig).__name__
+    'Figure'
     """
     if not panels:
         raise InputError("no panels given", key="panels", hint="e.g. {'RNA': (rna, ['EGR1'])}")

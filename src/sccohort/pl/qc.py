@@ -30,6 +30,15 @@ def qc_cells(qc: pd.DataFrame, *, title: str | None = None) -> Figure:
     -------
     matplotlib.figure.Figure
         Bar lengths per sample sum to ``cells_in``.
+
+    Examples
+    --------
+    >>> from sccohort import pl
+    >>> qc = pd.DataFrame({"sample_id": ["S1", "S2"], "cells_in": [100, 120]})
+    >>> qc["cells_out"] = [90, 100]
+    >>> qc["removed_low_quality"], qc["removed_doublet"] = [10, 15], [0, 5]
+    >>> type(pl.qc_cells(qc)).__name__
+    'Figure'
     """
     require_columns(qc, ("sample_id", "cells_in", "cells_out"), "the QC table")
     reasons = [c for c in qc.columns if str(c).startswith("removed_")]

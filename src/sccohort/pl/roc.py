@@ -38,6 +38,14 @@ def roc(
     -------
     matplotlib.figure.Figure
         The legend gives each model's AUC.
+
+    Examples
+    --------
+    >>> from sccohort import pl
+    >>> predictions = pd.DataFrame({"truth": [1, 1, 1, 0, 0, 0]})
+    >>> predictions["score"] = [0.9, 0.7, 0.4, 0.5, 0.2, 0.1]
+    >>> type(pl.roc(predictions)).__name__
+    'Figure'
     """
     require_columns(predictions, (truth, score), "the prediction table")
     data = predictions.dropna(subset=[truth, score])
