@@ -51,6 +51,16 @@ class ClinicalTable:
         The CSV file it was read from, or ``None``.
     lines
         ``Series`` donor_id -> line of the CSV.
+
+    Examples
+    --------
+    >>> from sccohort.io import ClinicalTable
+    >>> import tempfile
+    >>> from sccohort.simulate import toy_files
+    >>> samples = toy_files(tempfile.mkdtemp())
+    >>> clinical = ClinicalTable.from_csv(samples.parent / "clinical.csv")
+    >>> clinical.types["SRC"], clinical.types["age"], clinical.levels("group")
+    ('binary', 'continuous', ['HD', 'SSc'])
     """
 
     def __init__(

@@ -45,6 +45,16 @@ class SampleSheet:
         The CSV file it was read from (absolute), or ``None``.
     lines
         ``Series`` sample_id -> line of the CSV the sample is on.
+
+    Examples
+    --------
+    >>> from sccohort.io import SampleSheet
+    >>> import tempfile
+    >>> from sccohort.simulate import toy_files
+    >>> samples = toy_files(tempfile.mkdtemp())
+    >>> sheet = SampleSheet.from_csv(samples)
+    >>> len(sheet), list(sheet.donors)
+    (4, ['SSc1', 'SSc2', 'SSc19', 'HD1'])
     """
 
     def __init__(self, table: pd.DataFrame, path: Path | None, lines: pd.Series) -> None:

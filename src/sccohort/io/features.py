@@ -267,6 +267,13 @@ def gene_table() -> pd.DataFrame:
     DataFrame with columns ``symbol`` (unique), ``gene_id`` (Ensembl), ``kind`` (see
     `CORE_GENE_KINDS`; other kinds are Entrez gene types of genes kept to map ids) and
     ``other_ids`` (further Ensembl ids of the gene, ``;``-separated, or ``""``).
+
+    Examples
+    --------
+    >>> from sccohort.io import gene_table
+    >>> table = gene_table()
+    >>> table.columns.tolist()[:3], len(table) > 30000
+    (['symbol', 'gene_id', 'kind'], True)
     """
     ref = resources.files("sccohort.resources").joinpath("genes_human.tsv.gz")
     with ref.open("rb") as raw, gzip.open(raw, "rt") as fh:

@@ -487,6 +487,17 @@ def probe_sample(
         barcode or feature listed twice; no cells; a ``modality`` the file does not have;
         a Cell Ranger or Rhapsody file without Gene Expression (and no ``modality``). The
         message names the file and the sample.
+
+    Examples
+    --------
+    >>> from sccohort.io import probe_sample
+    >>> import tempfile
+    >>> from sccohort.simulate import toy_files
+    >>> samples = toy_files(tempfile.mkdtemp())
+    >>> h5 = samples.parent / "SSc1" / "filtered_feature_bc_matrix.h5"
+    >>> probe = probe_sample(h5)
+    >>> probe.format, probe.n_cells, list(probe.modalities)
+    ('10x_h5', 300, ['rna', 'prot'])
     """
     sample = None if sample_id is None else _check_sample_id(sample_id)
     try:
@@ -546,6 +557,20 @@ def probe_samples(samples: SampleSheet | pd.DataFrame) -> dict[str, SampleProbe]
         Every sample that cannot be probed, together (one problem per line); else two
         samples that read the same count file or share most of their barcodes
         (`SHARED_BARCODES`), or samples whose RNA genes differ from the majority's.
+
+    Examples
+    --------
+    >>> from sccohort.io import SampleSheet, probe_samples, probe_table
+    >>> import tempfile
+    >>> from sccohort.simulate import toy_files
+    >>> samples = toy_files(tempfile.mkdtemp())
+    >>> probes = probe_samples(SampleSheet.from_csv(samples))
+    >>> probe_table(probes)[["sample_id", "format", "n_cells"]]
+      sample_id  format  n_cells
+    0      SSc1  10x_h5      300
+    1      SSc2  10x_h5      300
+    2     SSc19  10x_h5      300
+    3       HD1  10x_h5      300
     """
     table = _sheet_table(samples)
     probes: dict[str, SampleProbe] = {}

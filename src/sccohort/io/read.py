@@ -439,6 +439,17 @@ def read_sample(
         Missing, unreadable or corrupt files, non-integer counts, a 10x/Rhapsody file
         without Gene Expression features (unless ``modality`` is given), a ``modality``
         the file does not have; the message names the file and the sample.
+
+    Examples
+    --------
+    >>> from sccohort.io import read_sample
+    >>> import tempfile
+    >>> from sccohort.simulate import toy_files
+    >>> samples = toy_files(tempfile.mkdtemp())
+    >>> h5 = samples.parent / "SSc1" / "filtered_feature_bc_matrix.h5"
+    >>> mdata = read_sample(h5, "SSc1")
+    >>> mdata.shape, mdata.obs_names[0]
+    ((300, 19548), 'SSc1:AAAATTCTGGAGACGA-1')
     """
     sample_id = str(sample_id)
     mods = _read_modalities(path, sample_id, format, modality)

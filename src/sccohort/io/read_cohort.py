@@ -40,6 +40,16 @@ def read_cohort(
     each modality's ``layers["counts"]``, cell ids ``<sample_id>:<barcode>``, and
     ``obs`` columns ``sample_id, donor_id, batch, timepoint, tissue``. The clinical table,
     when given, is in ``uns["clinical"]`` (index ``donor_id``).
+
+    Examples
+    --------
+    >>> from sccohort.io import read_cohort
+    >>> import tempfile
+    >>> from sccohort.simulate import toy_files
+    >>> samples = toy_files(tempfile.mkdtemp())
+    >>> mdata = read_cohort(samples, samples.parent / "clinical.csv")
+    >>> mdata.shape, mdata.obs["donor_id"].nunique()
+    ((1200, 19548), 4)
     """
     sheet = SampleSheet.from_csv(samples_csv)
     clinical = None

@@ -391,6 +391,16 @@ def read_10x_h5(path: str | Path, *, modality: str | None = None) -> dict[str, a
     ``{modality: AnnData}``, each cells x features with raw counts (CSR) in ``.X``, barcodes
     as ``obs_names``, the ``var`` tables of `sccohort.io.features` and the decision in
     ``uns["modality_rule"]``.
+
+    Examples
+    --------
+    >>> from sccohort.io import read_10x_h5
+    >>> import tempfile
+    >>> from sccohort.simulate import toy_files
+    >>> samples = toy_files(tempfile.mkdtemp())
+    >>> h5 = samples.parent / "SSc1" / "filtered_feature_bc_matrix.h5"
+    >>> {name: adata.shape for name, adata in read_10x_h5(h5).items()}
+    {'rna': (300, 19409), 'prot': (300, 139)}
     """
     path = Path(path)
     matrix, barcodes, feat = _read_h5_matrix(path)

@@ -193,6 +193,17 @@ def normalize_rna(
     Returns
     -------
     None. Writes ``.X`` and ``uns["normalize_rna"]`` (method and parameters).
+
+    Examples
+    --------
+    >>> from sccohort.pp import normalize_rna
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> rna = mdata["rna"]
+    >>> rna.X = rna.layers["counts"].copy()
+    >>> normalize_rna(rna)
+    >>> rna.uns["normalize_rna"]
+    {'method': 'log1p', 'target_sum': 10000.0}
     """
     if method not in ("log1p", "pearson_residuals"):
         raise InputError(
@@ -345,6 +356,17 @@ def clr(
     ``obs["zero_protein_counts"]`` (cells with no counts: their CLR values are all 0),
     ``var["zero_in_all_cells"]`` (antibodies never detected: value 0; they still count in
     ``length(x)`` as in Seurat) and ``uns["clr"]``.
+
+    Examples
+    --------
+    >>> from sccohort.pp import clr
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> prot = mdata["prot"]
+    >>> prot.X = prot.layers["counts"].copy()
+    >>> clr(prot, margin="cell")
+    >>> prot.uns["clr"]
+    {'margin': 'cell'}
     """
     if margin not in ("cell", "feature"):
         raise InputError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,7 @@ from sccohort.simulate.counts import simulate_sample
 from sccohort.simulate.design import SimParams, clinical_table, default_batches, sample_specs
 from sccohort.simulate.writers import features_table
 
-__all__ = ["Toy", "toy", "toy_mudata"]
+__all__ = ["Toy", "toy", "toy_files", "toy_mudata"]
 
 #: The donors of `toy_mudata`: two with renal crisis (SRC), one without, one healthy.
 TOY_DONORS = ("SSc1", "SSc19", "SSc2", "HD1")
@@ -143,3 +144,39 @@ def _toy_parts(
     prot = AnnData(sp.csr_matrix(adt), obs=pd.DataFrame(index=index), var=prot_var)
     prot.layers["counts"] = sp.csr_matrix(adt)
     return rna, prot, obs, clinical.loc[list(TOY_DONORS)]
+
+
+def toy_files(folder: str | Path, cells_per_donor: int = 300, seed: int = 0) -> Path:
+    """Write `toy_mudata`'s cells as a cohort on disk; returns its ``samples.csv``.
+
+    One Cell Ranger ``filtered_feature_bc_matrix.h5`` per donor (raw counts, RNA and
+    antibodies), ``samples.csv`` and ``clinical.csv`` (the donors' clinical rows) in
+    ``folder``, which is created.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from sccohort.simulate import toy_files
+    >>> samples = toy_files(tempfile.mkdtemp())
+    >>> sorted(p.name for p in samples.parent.iterdir())
+    ['HD1', 'SSc1', 'SSc19', 'SSc2', 'clinical.csv', 'samples.csv']
+    """
+    from sccohort.io.tenx import write_10x_h5
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rna, prot, obs, clinical = _toy_parts(int(cells_per_donor), int(seed))
+    features = features_table()
+    counts = sp.hstack([rna.layers["counts"], prot.layers["counts"]], format="csr")
+    rows = []
+    for sample in pd.unique(obs["sample_id"]):
+        cells = np.flatnonzero((obs["sample_id"] == sample).to_numpy())
+        barcodes = [c.split(":", 1)[1] for c in obs.index[cells]]
+        (folder / sample).mkdir(exist_ok=True)
+        path = folder / sample / "filtered_feature_bc_matrix.h5"
+        write_10x_h5(path, counts[cells].astype(np.int32), barcodes, features, library_id=sample)
+        donor = str(obs["donor_id"].iloc[cells[0]])
+        rows.append({"sample_id": sample, "donor_id": donor, "path": f"{sample}/{path.name}"})
+    pd.DataFrame(rows).to_csv(folder / "samples.csv", index=False)
+    clinical.reset_index().to_csv(folder / "clinical.csv", index=False)
+    return folder / "samples.csv"

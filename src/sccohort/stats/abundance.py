@@ -301,6 +301,18 @@ def compare_donor_values(
         variable, with its moderated-t 95% CI; permutation ``pvalue``; ``padj`` BH over the
         tested columns; ``n_case`` / ``n_control`` the donors used), plus ``statistic``,
         ``scheme``, ``n_perm``, ``mean_case``, ``mean_control`` and ``note``.
+
+    Examples
+    --------
+    >>> from sccohort.stats import compare_donor_values
+    >>> from sccohort.simulate import toy
+    >>> data = toy()
+    >>> values = pd.DataFrame({"score": np.linspace(0, 1, 8)}, index=data.design.donors)
+    >>> compare_donor_values(values, data.design, level="signature", seed=0)[
+    ...     ["subset", "effect", "pvalue"]
+    ... ].round(3)
+      subset  effect  pvalue
+    0  score  -0.571   0.029
     """
     name = design.contrast.name
     missing = [d for d in design.donors if d not in values.index]

@@ -284,6 +284,18 @@ def filter_by_expr(
     -------
     pandas.Series
         Boolean per gene (index = genes).
+
+    Examples
+    --------
+    >>> from sccohort.stats import filter_by_expr
+    >>> from sccohort.simulate import toy
+    >>> data = toy()
+    >>> genes = [f"G{i}" for i in range(60)]
+    >>> values = np.random.default_rng(1).poisson(50, size=(8, 60))
+    >>> counts = pd.DataFrame(values, index=data.design.donors, columns=genes)
+    >>> counts.iloc[:4, 0] *= 4  # G0 up in the 4 cases
+    >>> int(filter_by_expr(counts, data.design.matrix).sum())  # genes kept
+    60
     """
     y = counts.to_numpy(dtype=float)
     x = design.to_numpy(dtype=float)
@@ -424,6 +436,19 @@ def pseudobulk_de(
     InputError
         Unknown engine, non-integer counts, counts not indexed by the design's donors, or
         too few donors per side (`pseudobulk_de_all` records those as skips instead).
+
+    Examples
+    --------
+    >>> from sccohort.stats import pseudobulk_de
+    >>> from sccohort.simulate import toy
+    >>> data = toy()
+    >>> genes = [f"G{i}" for i in range(60)]
+    >>> values = np.random.default_rng(1).poisson(50, size=(8, 60))
+    >>> counts = pd.DataFrame(values, index=data.design.donors, columns=genes)
+    >>> counts.iloc[:4, 0] *= 4  # G0 up in the 4 cases
+    >>> de = pseudobulk_de(counts, data.design, group="Mono_A")
+    >>> de.iloc[0]["gene"], bool(de.iloc[0]["padj"] < 0.01)
+    ('G0', True)
     """
     if engine not in ENGINES:
         raise InputError(
@@ -507,6 +532,19 @@ def pseudobulk_de_all(
         The concatenated DE tables (`DE_COLUMNS`), groups in order.
     skipped
         One row per skipped group: ``contrast, level, subset, n_case, n_control, reason``.
+
+    Examples
+    --------
+    >>> from sccohort.stats import pseudobulk_de_all
+    >>> from sccohort.simulate import toy
+    >>> data = toy()
+    >>> genes = [f"G{i}" for i in range(60)]
+    >>> values = np.random.default_rng(1).poisson(50, size=(8, 60))
+    >>> counts = pd.DataFrame(values, index=data.design.donors, columns=genes)
+    >>> counts.iloc[:4, 0] *= 4  # G0 up in the 4 cases
+    >>> result, skipped = pseudobulk_de_all({"Mono_A": counts}, data.design)
+    >>> result.iloc[0]["gene"], len(skipped)
+    ('G0', 0)
     """
     names = sorted(counts) if groups is None else list(groups)
     tables: list[pd.DataFrame] = []

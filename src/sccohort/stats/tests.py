@@ -342,6 +342,18 @@ def kruskal_dunn(
         ``effect`` = log2 mean share ratio g1 / g2 with bootstrap CI, ``method =
         "dunn_<adjust>"``, ``n_case`` / ``n_control`` = donors in g1 / g2), plus ``group1``,
         ``group2``, ``z``, ``mean_rank1``, ``mean_rank2``.
+
+    Examples
+    --------
+    >>> from sccohort.stats import kruskal_dunn
+    >>> from sccohort.simulate import toy
+    >>> data = toy()
+    >>> groups = pd.Series(list("aaabbbcc"), index=data.design.donors, name="grade")
+    >>> omnibus, pairs = kruskal_dunn(data.counts / data.totals, groups, "subset", seed=0)
+    >>> omnibus[["subset", "pvalue"]].round(3)
+       subset  pvalue
+    0  Mono_A   0.208
+    1     T_B   0.986
     """
     if adjust not in _ADJUST:
         raise InputError(
@@ -515,6 +527,15 @@ def proportion_biplot(
         correlation matrix; ``centroids``: DataFrame group x ``PC1..PCk`` (empty without
         groups); ``scaling``: DataFrame subsets x ``mean, sd``; ``dropped``: dict subset ->
         reason.
+
+    Examples
+    --------
+    >>> from sccohort.stats import proportion_biplot
+    >>> from sccohort.simulate import toy
+    >>> data = toy()
+    >>> pca = proportion_biplot(data.counts / data.totals, data.design.group)
+    >>> sorted(pca)[:4]
+    ['arrow_scale', 'centroids', 'dropped', 'eigenvalues']
     """
     values = _numeric_shares(shares)
     dropped: dict[str, str] = {}

@@ -26,7 +26,15 @@ N_PROBE = 16
 
 
 def knn_exact(x: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
-    """Exact ``k`` nearest other cells of each row of L2-normalised ``x``; ``(n, k)`` int32."""
+    """Exact ``k`` nearest other cells of each row of L2-normalised ``x``; ``(n, k)`` int32.
+
+    Examples
+    --------
+    >>> from sccohort.tl import knn_exact
+    >>> x = np.random.default_rng(0).normal(size=(200, 5))
+    >>> knn_exact(x, 5).shape  # neighbour indices, cells x k
+    (200, 5)
+    """
     n = x.shape[0]
     out = np.empty((n, k), dtype=np.int32)
     xt = np.ascontiguousarray(x.T)
@@ -166,6 +174,13 @@ def knn_ivf(
     BLAS product) with all cells of the ``n_probe`` lists whose centroids are nearest to their
     list's centroid (more lists where those hold fewer than ``4 (k + 1)`` cells), and a
     bounded heap keeps each query's ``k`` best. Deterministic for the state of ``rng``.
+
+    Examples
+    --------
+    >>> from sccohort.tl import knn_ivf
+    >>> x = np.random.default_rng(0).normal(size=(200, 5)).astype(np.float32)
+    >>> knn_ivf(x, 5, np.random.default_rng(0)).shape
+    (200, 5)
     """
     if metric not in ("cosine", "euclidean"):
         raise ValueError(f"unknown metric {metric!r}: use 'cosine' or 'euclidean'")

@@ -130,6 +130,13 @@ def scaled_pca(
         ``n_features x n_comps`` (unit columns; largest loading of each positive).
     variance, variance_ratio
         ``(n_comps,)`` variance of each component and its share of the total variance.
+
+    Examples
+    --------
+    >>> from sccohort.tl import scaled_pca
+    >>> x = np.random.default_rng(0).normal(size=(200, 5))
+    >>> scaled_pca(x, 2)[0].shape  # the cells' scores first
+    (200, 2)
     """
     n = x.shape[0]
     columns = np.arange(x.shape[1]) if columns is None else np.asarray(columns)

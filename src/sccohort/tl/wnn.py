@@ -607,6 +607,14 @@ def wnn_graph(
     WNNResult
         Weights ``(n, M)``, WNN neighbours and distances ``(n, n_neighbors)``, and ``(n, n)``
         connectivity, distance and SNN graphs.
+
+    Examples
+    --------
+    >>> from sccohort.tl import wnn_graph
+    >>> x = np.random.default_rng(0).normal(size=(200, 5))
+    >>> result = wnn_graph({"a": x, "b": x[:, :3]}, n_neighbors=10)
+    >>> result.connectivities.shape, result.weights.shape
+    ((200, 200), (200, 2))
     """
     if n_neighbors < 2:
         raise WNNInputError(f"n_neighbors must be at least 2, got {n_neighbors}")
