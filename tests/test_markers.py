@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from sklearn.metrics import roc_auc_score
 
 from sccohort.errors import InputError
-from sccohort.tl.markers import COLUMNS, rank_genes_groups, rank_markers
+from sccohort.tl.markers import COLUMNS, rank_markers
 
 N_MARKERS = 5
 
@@ -204,9 +204,9 @@ def test_log1p_base_is_honoured() -> None:
     _assert_same_as_scanpy(ours, _scanpy(adata, "cluster"))
 
 
-def test_wrapper_stores_table() -> None:
+def test_key_added_stores_table() -> None:
     adata = _rna()
-    table = rank_genes_groups(adata, "cluster", key_added="markers", tie_correct=True)
+    table = rank_markers(adata, "cluster", key_added="markers", tie_correct=True)
     assert adata.uns["markers"]["table"] is table
     assert adata.uns["markers"]["params"]["tie_correct"] is True
 

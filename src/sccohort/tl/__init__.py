@@ -9,7 +9,7 @@ from sccohort.tl.clustering import leiden, leiden_membership
 from sccohort.tl.embed import harmony, umap
 from sccohort.tl.hvg import highly_variable_genes, hvg_count
 from sccohort.tl.knn import knn_exact, knn_ivf
-from sccohort.tl.markers import rank_genes_groups, rank_markers
+from sccohort.tl.markers import rank_markers
 from sccohort.tl.metrics import ari, ilisi, kbet_acceptance, lisi, silhouette
 from sccohort.tl.pca import pca_prot, pca_rna, scaled_pca
 from sccohort.tl.subsets import subsets
@@ -35,7 +35,6 @@ __all__ = [
     "load_reference",
     "pca_prot",
     "pca_rna",
-    "rank_genes_groups",
     "rank_markers",
     "scaled_pca",
     "silhouette",

@@ -35,7 +35,7 @@ from sccohort.multitest import adjust_pvalues
 from ..errors import InputError
 from ..pp.store import rna_blocks, store_of
 
-__all__ = ["rank_markers", "rank_genes_groups"]
+__all__ = ["rank_markers"]
 
 _MAX_GROUPS = 65_535  # group codes use 16 bits of a key; the last code marks "no group"
 _KEYS_PER_BLOCK = 8_000_000  # target stored values per block (~64 MB of keys)
@@ -463,6 +463,7 @@ def rank_markers(
     min_fraction: float = 0.0,
     chunk_genes: int | None = None,
     n_jobs: int = 2,
+    key_added: str | None = None,
 ) -> pd.DataFrame:
     """Rank every feature for every group with scanpy's Wilcoxon rank-sum statistics.
 
@@ -490,6 +491,9 @@ def rank_markers(
         Features per block (default: about eight million stored values per block).
     n_jobs
         Threads working on blocks.
+    key_added
+        When given, ``adata.uns[key_added]`` also receives ``{"params": ..., "table": ...}``
+        (as ``sc.tl.rank_genes_groups`` stores its results).
 
     Returns
     -------
@@ -537,7 +541,19 @@ def rank_markers(
     out["group"] = pd.Categorical(out["group"], categories=selected)
     if min_fraction > 0:
         out = out[out["pct_in"] >= min_fraction].reset_index(drop=True)
-    return out[COLUMNS]
+    out = out[COLUMNS]
+    if key_added is not None:
+        params = {
+            "groupby": groupby,
+            "method": "wilcoxon",
+            "layer": layer,
+            "groups": groups,
+            "reference": reference,
+            "tie_correct": tie_correct,
+            "min_fraction": min_fraction,
+        }
+        adata.uns[key_added] = {"params": params, "table": out}
+    return out
 
 
 def _rest_stats(
@@ -671,30 +687,3 @@ def _group_frame(
             "mean_out": mean_out[order],
         }
     )
-
-
-def rank_genes_groups(
-    adata: AnnData,
-    groupby: str,
-    *,
-    key_added: str = "rank_genes_groups",
-    **kwargs,
-) -> pd.DataFrame:
-    """Run :func:`rank_markers` and store its table in ``adata.uns[key_added]``.
-
-    Parameters
-    ----------
-    adata, groupby, kwargs
-        As for :func:`rank_markers`.
-    key_added
-        Key of ``adata.uns`` receiving ``{"params": ..., "table": DataFrame}``.
-
-    Returns
-    -------
-    pandas.DataFrame
-        The table of :func:`rank_markers` (also stored).
-    """
-    table = rank_markers(adata, groupby, **kwargs)
-    params = {"groupby": groupby, "method": "wilcoxon", **{k: v for k, v in kwargs.items()}}
-    adata.uns[key_added] = {"params": params, "table": table}
-    return table
