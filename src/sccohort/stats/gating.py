@@ -90,6 +90,13 @@ class Gate:
     quantile
         Where the threshold lies among the training cells of the population being gated
         (the cells that passed the previous gates), in ``[0, 1]``.
+
+    Examples
+    --------
+    >>> from sccohort.stats import Gate
+    >>> gate = Gate("CD14", ">", 1.0, 0.8)
+    >>> str(gate), gate.keep(np.array([0.5, 2.0])).tolist()
+    ('CD14 > 1', [False, True])
     """
 
     protein: str

@@ -631,6 +631,16 @@ def predict_phenotype(
     -----
     UserWarning
         When the smaller class has fewer than 5 donors.
+
+    Examples
+    --------
+    >>> from sccohort.simulate import toy
+    >>> from sccohort.stats import predict_phenotype
+    >>> data = toy()
+    >>> features = np.log(data.counts[["Mono_A"]] / 1000)
+    >>> result = predict_phenotype(features, data.design, n_perm=50, seed=0)
+    >>> round(result.auroc, 3), round(result.pvalue, 3)
+    (1.0, 0.059)
     """
     x = _check(features, design, use_covariates)
     name = design.contrast.name
