@@ -107,7 +107,17 @@ def restore_formulas(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_csv(path: str | Path, **kwargs: Any) -> pd.DataFrame:
-    """Read a table that `write_csv` wrote (``pandas.read_csv``), texts as they were given."""
+    """Read a table that `write_csv` wrote (``pandas.read_csv``), texts as they were given.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> from sccohort.io import read_csv, write_csv
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "t.csv"
+    >>> _ = write_csv(pd.DataFrame({"name": ["@SUM(A1)"]}), path)
+    >>> read_csv(path)["name"].tolist()
+    ['@SUM(A1)']
+    """
     return restore_formulas(pd.read_csv(path, **kwargs))
 
 
@@ -177,6 +187,17 @@ def write_h5mu(mdata: Any, path: str | Path, *, compression: str | None = "gzip"
     compression
         A filter of `COMPRESSIONS` for every array (anndata leaves scalars uncompressed),
         or ``None``.
+
+    Examples
+    --------
+    >>> import pathlib
+    >>> from sccohort.io import read_cohort, write_h5mu
+    >>> import tempfile
+    >>> from sccohort.simulate import toy_files
+    >>> samples = toy_files(tempfile.mkdtemp())
+    >>> h5 = samples.parent / "SSc1" / "filtered_feature_bc_matrix.h5"
+    >>> write_h5mu(read_cohort(samples), pathlib.Path(tempfile.mkdtemp()) / "cohort.h5mu").name
+    'cohort.h5mu'
     """
     if compression is not None and compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS} or None, not {compression!r}")

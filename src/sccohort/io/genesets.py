@@ -118,7 +118,7 @@ def read_gmt(path: str | Path) -> dict[str, list[str]]:
 def read_tf_targets(
     path: str | Path, *, modes: Sequence[str] | None = None
 ) -> dict[str, list[str]]:
-    """Read a TF -> target table (TRRUST raw-data style) into one target set per TF.
+    r"""Read a TF -> target table (TRRUST raw-data style) into one target set per TF.
 
     Parameters
     ----------
@@ -141,6 +141,15 @@ def read_tf_targets(
     InputError
         A line with fewer than two fields or an empty TF or target; ``modes`` given but a row
         has no mode column; no rows left.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> from sccohort.io import read_tf_targets
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "trrust.tsv"
+    >>> _ = path.write_text("EGR1\tFOS\tActivation\t1\nEGR1\tJUN\tActivation\t2\n")
+    >>> read_tf_targets(path)
+    {'EGR1': ['FOS', 'JUN']}
     """
     path = Path(path)
     wanted = None if modes is None else {m.strip().lower() for m in modes}

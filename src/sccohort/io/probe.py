@@ -99,6 +99,17 @@ class ModalityProbe:
         ``"names"`` for proteins and hashtags.
     n_ensembl, n_mapped
         Ensembl ids among the names, and those mapped to a symbol (0 for ``"names"``).
+
+    Examples
+    --------
+    >>> from sccohort.io import probe_sample
+    >>> import tempfile
+    >>> from sccohort.simulate import toy_files
+    >>> samples = toy_files(tempfile.mkdtemp())
+    >>> h5 = samples.parent / "SSc1" / "filtered_feature_bc_matrix.h5"
+    >>> rna = probe_sample(h5).modalities["rna"]
+    >>> rna.n_features, rna.id_kind
+    (19409, 'symbols')
     """
 
     features: tuple[str, ...]
@@ -138,6 +149,17 @@ class SampleProbe:
     barcodes
         Sorted hashes (uint64) of the cells' barcodes, to find samples read twice; None
         when the barcodes are row numbers (``0 .. n - 1`` or ``1 .. n``), which name no cell.
+
+    Examples
+    --------
+    >>> from sccohort.io import probe_sample
+    >>> import tempfile
+    >>> from sccohort.simulate import toy_files
+    >>> samples = toy_files(tempfile.mkdtemp())
+    >>> h5 = samples.parent / "SSc1" / "filtered_feature_bc_matrix.h5"
+    >>> probe = probe_sample(h5)
+    >>> probe.format, probe.n_cells
+    ('10x_h5', 300)
     """
 
     format: str
@@ -692,6 +714,17 @@ def probe_table(probes: Mapping[str, SampleProbe]) -> pd.DataFrame:
     DataFrame with columns ``sample_id, format, n_cells, features`` (``"rna 1,000, prot
     9"``), ``gene_ids`` (``"ensembl: 982/1,000 mapped"``; ``""`` without RNA) and
     ``modality_rule``.
+
+    Examples
+    --------
+    >>> from sccohort.io import probe_sample, probe_table
+    >>> import tempfile
+    >>> from sccohort.simulate import toy_files
+    >>> samples = toy_files(tempfile.mkdtemp())
+    >>> h5 = samples.parent / "SSc1" / "filtered_feature_bc_matrix.h5"
+    >>> probe_table({"SSc1": probe_sample(h5)})[["sample_id", "format", "n_cells"]]
+      sample_id  format  n_cells
+    0      SSc1  10x_h5      300
     """
     rows = []
     for sample, probe in probes.items():

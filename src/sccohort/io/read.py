@@ -488,6 +488,17 @@ def read_raw_droplets(
     -------
     AnnData (droplets x features) if one modality is asked for, else MuData; counts as in
     `read_sample`, ids ``<sample_id>:<barcode>``.
+
+    Examples
+    --------
+    >>> from sccohort.io import read_raw_droplets
+    >>> import tempfile
+    >>> from sccohort.simulate import toy_files
+    >>> samples = toy_files(tempfile.mkdtemp())
+    >>> h5 = samples.parent / "SSc1" / "filtered_feature_bc_matrix.h5"
+    >>> empty = read_raw_droplets(h5, [], "SSc1")  # no barcode called a cell: all "empty"
+    >>> empty.shape
+    (300, 139)
     """
     sample_id = _check_sample_id(sample_id)
     prefix = f"{sample_id}:"
@@ -836,6 +847,16 @@ def read_samples(
     InputError
         A sample cannot be read; RNA gene sets differ between samples; some samples have
         protein (or RNA) data and others none.
+
+    Examples
+    --------
+    >>> from sccohort.io import SampleSheet, read_samples
+    >>> import tempfile
+    >>> from sccohort.simulate import toy_files
+    >>> samples = toy_files(tempfile.mkdtemp())
+    >>> h5 = samples.parent / "SSc1" / "filtered_feature_bc_matrix.h5"
+    >>> read_samples(SampleSheet.from_csv(samples).table).shape
+    (1200, 19548)
     """
     table = _sheet(samples)
     formats, modalities = (

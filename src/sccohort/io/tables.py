@@ -106,6 +106,15 @@ def table_files(out: str | Path, name: str) -> dict[str, Path]:
     """The files of a table with one placeholder (``de``, ``markers``): value -> path, sorted.
 
     The value is as it stands in the file name (made safe by `table_path`).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from sccohort.io import table_files, write_table
+    >>> out = tempfile.mkdtemp()
+    >>> _ = write_table(out, "de", pd.DataFrame({"gene": ["EGR1"]}), contrast="SRC")
+    >>> {contrast: path.name for contrast, path in table_files(out, "de").items()}
+    {'SRC': 'de_SRC.csv'}
     """
     head, _, tail = TABLES[name].file.partition("{")
     tail = tail.partition("}")[2]
@@ -151,6 +160,15 @@ def read_table(
 
     With ``required=True`` a missing table is an `InputError` naming the file, and an empty
     one is returned as it is.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from sccohort.io import read_table, write_table
+    >>> out = tempfile.mkdtemp()
+    >>> _ = write_table(out, "de", pd.DataFrame({"gene": ["EGR1"]}), contrast="SRC")
+    >>> read_table(out, "de", contrast="SRC")["gene"].tolist(), read_table(out, "association")
+    (['EGR1'], None)
     """
     path = table_path(out, name, **fields)
     if not path.is_file():

@@ -103,6 +103,17 @@ def prepare_sample(
     ------
     InputError
         Unreadable or inconsistent files (naming the file and sample), bad QC parameters.
+
+    Examples
+    --------
+    >>> from sccohort.pp import QCParams, prepare_sample
+    >>> import tempfile
+    >>> from sccohort.simulate import toy_files
+    >>> samples = toy_files(tempfile.mkdtemp())
+    >>> h5 = samples.parent / "SSc1" / "filtered_feature_bc_matrix.h5"
+    >>> prepared = prepare_sample(h5, "SSc1", qc=QCParams(doublet_method="none"))
+    >>> prepared.qc_row["cells_out"], list(prepared.mods)
+    (288, ['rna', 'prot'])
     """
     # the previous task's AnnData objects on this worker hold reference cycles: free them
     gc.collect()

@@ -106,6 +106,19 @@ def summary_table(
     ``gene_ids`` (``"symbols"``, ``"ensembl: 982/1,000 mapped"``, ``"mixed: ..."``) and
     ``modality_rule`` (how the features were assigned to modalities: feature types, the
     rule, or the sample sheet's ``modality`` column).
+
+    Examples
+    --------
+    >>> from sccohort.io import SampleSheet
+    >>> from sccohort.pp import QCParams, prepare_sample, summary_table
+    >>> import tempfile
+    >>> from sccohort.simulate import toy_files
+    >>> samples = toy_files(tempfile.mkdtemp())
+    >>> h5 = samples.parent / "SSc1" / "filtered_feature_bc_matrix.h5"
+    >>> prepared = prepare_sample(h5, "SSc1", qc=QCParams(doublet_method="none"))
+    >>> sheet = SampleSheet.from_csv(samples).table.loc[["SSc1"]]
+    >>> summary_table({"SSc1": prepared.summary}, sheet, None).columns.tolist()[:4]
+    ['sample_id', 'donor_id', 'batch', 'timepoint']
     """
     table = pd.DataFrame(index=samples.index.astype(str))
     table.index.name = "sample_id"
