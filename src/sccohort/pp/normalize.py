@@ -501,6 +501,17 @@ def dsb(
         No or fewer than ``MIN_EMPTY_DROPLETS`` empty droplets; antibody panels of cells and
         empty droplets differ (the missing ones are named); isotypes named but absent, or
         requested but none found; ``pseudocount <= 0``.
+
+    Examples
+    --------
+    >>> from sccohort.pp import dsb
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> healthy = (mdata.obs["donor_id"] == "HD1").to_numpy()
+    >>> cells, empty = mdata["prot"][~healthy].copy(), mdata["prot"][healthy].copy()
+    >>> dsb(cells, empty)  # HD1's cells stand in for empty droplets here
+    >>> cells.X.shape, cells.uns["dsb"]["n_empty_droplets"]
+    ((900, 139), 300)
     """
     sample = _sample_of(adata)
     if not pseudocount > 0:

@@ -361,6 +361,19 @@ def deseq2_wald(counts: pd.DataFrame, matrix: pd.DataFrame, term: str) -> pd.Dat
     start; parametric trend; MAP dispersions with the log-normal prior (gene-wise kept for
     dispersion outliers); ridge-stabilised NB GLM (DESeq2's IRLS) and Wald test; Cook's
     distance filtering over donors whose design row is shared by >= 3 donors.
+
+    Examples
+    --------
+    >>> from sccohort.stats import deseq2_wald
+    >>> from sccohort.simulate import toy
+    >>> data = toy()
+    >>> genes = [f"G{i}" for i in range(60)]
+    >>> values = np.random.default_rng(1).poisson(50, size=(8, 60))
+    >>> counts = pd.DataFrame(values, index=data.design.donors, columns=genes)
+    >>> counts.iloc[:4, 0] *= 4  # G0 up in the 4 cases
+    >>> wald = deseq2_wald(counts, data.design.matrix, data.design.term)
+    >>> wald.columns.tolist()[:4], round(float(wald.loc["G0", "log2FoldChange"]), 1)
+    (['baseMean', 'log2FoldChange', 'lfcSE', 'stat'], 1.6)
     """
     y = counts.to_numpy(dtype=float).T
     x = matrix.to_numpy(dtype=float)

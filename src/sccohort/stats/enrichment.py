@@ -328,6 +328,18 @@ def enrich_markers(
         One row per subset x tested set: ``subset`` then the columns of :func:`ora`; sorted
         by subset (table order) then p-value. Subsets without any gene passing the filters
         are left out with a warning.
+
+    Examples
+    --------
+    >>> from sccohort.stats import enrich_markers
+    >>> markers = pd.DataFrame({"subset": "Mono_A", "feature": [f"G{i}" for i in range(10)],
+    ...                         "padj": 0.001, "logfoldchange": 2.0, "statistic": range(10, 0, -1)})
+    >>> sets = {"S": ["G0", "G1", "G2", "G3", "G4", "X1"], "T": [f"G{i}" for i in range(30, 36)]}
+    >>> universe = [f"G{i}" for i in range(40)] + ["X1"]
+    >>> enrich_markers(markers, sets, universe)[["subset", "set", "overlap", "padj"]].round(4)
+       subset set  overlap    padj
+    0  Mono_A   S        5  0.0036
+    1  Mono_A   T        0  1.0000
     """
     if direction not in ("up", "down", "both"):
         raise InputError(f"unknown direction {direction!r}", hint="Use 'up', 'down' or 'both'.")

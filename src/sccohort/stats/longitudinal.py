@@ -166,6 +166,24 @@ def trajectories(
         timepoint order), ``sample_id, level, parent, share, count, total``; ordered by donor (sheet
         order), subset (table order), time. Empty (same columns) when no donor has two
         timepoints.
+
+    Examples
+    --------
+    >>> from sccohort.stats import trajectories
+    >>> sheet = pd.DataFrame({"sample_id": ["A_pre", "A_post", "B_pre", "B_post"],
+    ...                       "donor_id": ["A", "A", "B", "B"], "timepoint": ["pre", "post"] * 2})
+    >>> comp = pd.DataFrame({"sample_id": sheet["sample_id"].repeat(2).to_numpy(),
+    ...                      "subset": ["X", "Y"] * 4, "count": [10, 90, 5, 95, 20, 80, 8, 92]})
+    >>> comp = comp.merge(sheet, on="sample_id").assign(tissue="blood", level="subset",
+    ...                                                  parent="all", total=100)
+    >>> comp["share"] = comp["count"] / comp["total"]
+    >>> traj = trajectories(comp, sheet, "subset", ["X"], order=["pre", "post"])
+    >>> traj[["donor_id", "timepoint", "share"]]
+      donor_id timepoint  share
+    0        A       pre   0.10
+    1        A      post   0.05
+    2        B       pre   0.20
+    3        B      post   0.08
     """
     rows = level_rows(composition_table, level)
     all_subsets = [str(s) for s in pd.unique(rows["subset"])]
@@ -242,6 +260,21 @@ def paired_test(
         "wilcoxon_signed_rank"``; ``n_case`` = ``n_control`` = donors with both timepoints),
         plus ``mean_first``, ``mean_second``, ``median_diff`` and ``note`` (why a row is not
         tested: fewer than 2 donors have both timepoints).
+
+    Examples
+    --------
+    >>> from sccohort.stats import paired_test, trajectories
+    >>> sheet = pd.DataFrame({"sample_id": ["A_pre", "A_post", "B_pre", "B_post"],
+    ...                       "donor_id": ["A", "A", "B", "B"], "timepoint": ["pre", "post"] * 2})
+    >>> comp = pd.DataFrame({"sample_id": sheet["sample_id"].repeat(2).to_numpy(),
+    ...                      "subset": ["X", "Y"] * 4, "count": [10, 90, 5, 95, 20, 80, 8, 92]})
+    >>> comp = comp.merge(sheet, on="sample_id").assign(tissue="blood", level="subset",
+    ...                                                  parent="all", total=100)
+    >>> comp["share"] = comp["count"] / comp["total"]
+    >>> traj = trajectories(comp, sheet, "subset", ["X"], order=["pre", "post"])
+    >>> paired_test(traj, "pre", "post", seed=0)[["subset", "pvalue"]]
+      subset  pvalue
+    0      X     0.5
     """
     _check_paired(traj, first, second)
     level = str(traj["level"].iloc[0]) if "level" in traj.columns and len(traj) else ""

@@ -272,6 +272,15 @@ def label_coverage(tables: dict[str, pd.DataFrame], mods: dict[str, AnnData]) ->
         ``marker_coverage`` (the best program's share of ``+`` marker weight in the data),
         ``program`` (that program, modality-prefixed), ``distinctive`` (its distinctive ``+``
         markers present) and ``missing_markers`` (its ``+`` markers absent), ";"-joined.
+
+    Examples
+    --------
+    >>> from sccohort.tl import label_coverage, load_markers
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> coverage = label_coverage({"rna": load_markers("rna")}, {"rna": mdata["rna"]})
+    >>> coverage.columns.tolist()[:5]
+    ['level', 'label', 'parent', 'callable', 'marker_coverage']
     """
     rows = []
     for modality, table in tables.items():

@@ -101,6 +101,17 @@ def leiden_membership(
     the objective of the subsets' stability search. ``generator`` is igraph's random source
     for this call (``random.Random(seed)``, or the numpy adapter scanpy installs); igraph's
     global source is restored afterwards.
+
+    Examples
+    --------
+    >>> import random
+    >>> import igraph
+    >>> from sccohort.tl import leiden_membership
+    >>> graph = igraph.Graph.Famous("Zachary")
+    >>> graph.es["weight"] = 1.0
+    >>> membership = leiden_membership(graph, resolution=1.0, generator=random.Random(0))
+    >>> membership.shape, len(set(membership))
+    ((34,), 4)
     """
     import igraph
 
