@@ -69,6 +69,15 @@ class ContrastDesign:
     dropped
         Donor -> why it left the design after the ``within`` restriction (missing phenotype,
         or a level in neither group).
+
+    Examples
+    --------
+    >>> from sccohort.simulate import toy
+    >>> design = toy().design
+    >>> design.n_case, design.n_control, design.term
+    (4, 4, 'SRC[yes]')
+    >>> design.donor_table()["arm"].tolist()[:2]
+    ['yes', 'yes']
     """
 
     contrast: Contrast

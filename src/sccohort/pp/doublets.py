@@ -58,6 +58,16 @@ class DoubletResult:
         The method that ran, or ``"none"`` when skipped.
     note
         Why calling was skipped or degraded (empty when it ran as asked).
+
+    Examples
+    --------
+    >>> from sccohort.pp import call_doublets
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> one = mdata[mdata.obs["sample_id"] == "SSc1"]
+    >>> result = call_doublets(one["rna"].layers["counts"], None, method="none")
+    >>> result.method, bool(result.called.any())
+    ('none', False)
     """
 
     score: np.ndarray

@@ -135,6 +135,18 @@ class GatingResult:
         :func:`protein_markers` on the training cells (the candidates of the search).
     train_donors, test_donors
         The donor split.
+
+    Examples
+    --------
+    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.stats import GatingOptions, gating_strategy
+    >>> mdata = toy_mudata()
+    >>> target = (mdata.obs["subset"] == "CD14_EGR1").to_numpy()
+    >>> parent = (mdata.obs["l1"] == "Mono").to_numpy()
+    >>> result = gating_strategy(mdata["prot"], target, parent, mdata.obs["donor_id"].to_numpy(),
+    ...                          options=GatingOptions(test_donors=["HD1"]))
+    >>> result.test_donors, result.to_frame()["split"].unique().tolist()
+    (['HD1'], ['train', 'test'])
     """
 
     subset: str

@@ -105,6 +105,15 @@ class PredictionResult:
         Penalty chosen on all donors (for :attr:`coefficients`).
     null_auroc
         AUROCs of the permuted runs, shape (n_perm,).
+
+    Examples
+    --------
+    >>> from sccohort.simulate import toy
+    >>> from sccohort.stats import predict_phenotype
+    >>> data = toy()
+    >>> result = predict_phenotype(np.log(data.counts[["Mono_A"]] / 1000), data.design, n_perm=50)
+    >>> result.to_frame("predictions").columns.tolist()[:3]
+    ['donor_id', 'group', 'y']
     """
 
     contrast: str
