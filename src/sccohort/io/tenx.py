@@ -776,7 +776,7 @@ def modality_mtx_files(
 
 
 def read_10x_mtx(path: str | Path, *, modality: str | None = None) -> dict[str, ad.AnnData]:
-    """Read an MTX folder: Cell Ranger's form, or one MatrixMarket file per modality.
+    r"""Read an MTX folder: Cell Ranger's form, or one MatrixMarket file per modality.
 
     Two layouts are recognised:
 
@@ -799,6 +799,22 @@ def read_10x_mtx(path: str | Path, *, modality: str | None = None) -> dict[str, 
     Returns
     -------
     ``{modality: AnnData}`` as in `read_10x_h5`.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> import scipy.io, scipy.sparse as sp
+    >>> from sccohort.io import read_10x_mtx
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> counts = sp.coo_matrix(np.array([[1, 0], [0, 3], [2, 1]]))  # genes x cells
+    >>> scipy.io.mmwrite(str(folder / "matrix.mtx"), counts)
+    >>> features = pd.DataFrame({"id": ["E1", "E2", "E3"], "name": ["CD3E", "LYZ", "MS4A1"],
+    ...                          "type": "Gene Expression"})
+    >>> features.to_csv(folder / "features.tsv", sep="\t", header=False, index=False)
+    >>> pd.Series(["AAAC-1", "AAAG-1"]).to_csv(folder / "barcodes.tsv", header=False, index=False)
+    >>> rna = read_10x_mtx(folder)["rna"]
+    >>> rna.shape, list(rna.var_names)
+    ((2, 3), ['CD3E', 'LYZ', 'MS4A1'])
     """
     folder = Path(path)
     if not folder.is_dir():

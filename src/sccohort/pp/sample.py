@@ -59,6 +59,17 @@ class PreparedSample:
         ``(category, message, filename, lineno)`` of the warnings raised while preparing;
         the caller re-emits them from where they came (a remote worker's warnings would
         otherwise be lost; the place tells sccohort's own warnings from libraries').
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from sccohort.pp import QCParams, prepare_sample
+    >>> from sccohort.simulate import toy_files
+    >>> samples = toy_files(tempfile.mkdtemp())
+    >>> h5 = samples.parent / "SSc1" / "filtered_feature_bc_matrix.h5"
+    >>> prepared = prepare_sample(h5, "SSc1", qc=QCParams(doublet_method="none"))
+    >>> prepared.sample_id, prepared.mods["rna"].n_obs, len(prepared.qc_cells)
+    ('SSc1', 288, 300)
     """
 
     sample_id: str

@@ -427,6 +427,18 @@ def expression_trajectory(
         ``.X`` over the chosen cells), ``frac`` (fraction with ``.X > 0``), ``n_cells``; one
         row per sample x gene of donors with >= 2 timepoints, ordered by donor, gene, time.
         Samples without chosen cells get ``mean``/``frac`` NaN and ``n_cells`` 0.
+
+    Examples
+    --------
+    >>> from sccohort.stats import expression_trajectory
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> visit = np.where(np.arange(mdata.n_obs) % 2 == 0, "pre", "post")  # two visits a donor
+    >>> mdata.obs["timepoint"], mdata.obs["tissue"] = visit, "blood"
+    >>> mdata.obs["sample_id"] = mdata.obs["donor_id"].astype(str) + "_" + visit
+    >>> table = expression_trajectory(mdata, ["LYZ"], {"l1": "Mono"}, order=["pre", "post"])
+    >>> len(table), table["donor_id"].nunique()
+    (8, 4)
     """
     adata, obs = _cell_table(mdata, modality)
     genes = _checked_genes(genes, adata, modality)

@@ -566,6 +566,21 @@ def subsets(
         the l2's only cluster; ";"-joined), ``protein_markers`` (top 3, isotypes excluded;
         top 5 and ``rna_markers`` empty with ``features="prot"``).
         Other cells (l2 outside every lineage) keep their l2 as subset, with empty markers.
+
+    Examples
+    --------
+    >>> from sccohort.tl import highly_variable_genes, pca_rna, subsets
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> highly_variable_genes(mdata["rna"], n_top_genes=500, batch_key=None)
+    >>> pca_rna(mdata["rna"], n_comps=20)
+    >>> mdata.obsm["X_pca"] = mdata["rna"].obsm["X_pca"]
+    >>> table = subsets(mdata, use_rep="X_pca", lineages={"Mono": ["CD14 Mono", "CD16 Mono"]})
+    >>> table[table["lineage"] == "Mono"][["subset", "l2", "n_cells"]]
+           subset         l2  n_cells
+    16  CD14_Mono  CD14 Mono      207
+    17  CD14_EGR1  CD14 Mono       50
+    18  CD16_Mono  CD16 Mono       56
     """
     _check(mdata, lineages, resolution, neighbours, use_rep, features)
     lineages = LINEAGES if lineages is None else lineages

@@ -55,6 +55,22 @@ def load_reference(path: str | Path, keys: Sequence[str]) -> ad.AnnData:
     AnnData
         ``n_ref_cells x n_genes`` with ``obs[keys]`` (from the MuData's global ``obs``
         when the RNA modality lacks them).
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> from sccohort.tl import load_reference
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> healthy = (mdata.obs["donor_id"] == "HD1").to_numpy()
+    >>> query, reference = mdata["rna"][~healthy].copy(), mdata["rna"][healthy].copy()
+    >>> reference.obs["l1"] = mdata.obs["l1"].astype(str).to_numpy()[healthy]
+    >>> query.obs["sample_id"] = mdata.obs["sample_id"].to_numpy()[~healthy]
+    >>> reference.obs["sample_id"] = "HD1"
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "reference.h5ad"
+    >>> reference.write_h5ad(path)
+    >>> load_reference(path, ["l1"]).shape
+    (300, 19409)
     """
     path = Path(path)
     if not path.is_file():
@@ -272,6 +288,21 @@ def transfer_labels(
         of those cells whose existing label is the same). Writes
         ``query.obs[key_prefix + key]`` (categorical) and ``key_prefix + key +
         "_confidence"`` (float in [0, 1]).
+
+    Examples
+    --------
+    >>> from sccohort.tl import transfer_labels
+    >>> from sccohort.simulate import toy_mudata
+    >>> mdata = toy_mudata()
+    >>> healthy = (mdata.obs["donor_id"] == "HD1").to_numpy()
+    >>> query, reference = mdata["rna"][~healthy].copy(), mdata["rna"][healthy].copy()
+    >>> reference.obs["l1"] = mdata.obs["l1"].astype(str).to_numpy()[healthy]
+    >>> query.obs["sample_id"] = mdata.obs["sample_id"].to_numpy()[~healthy]
+    >>> reference.obs["sample_id"] = "HD1"
+    >>> summary = transfer_labels(query, reference, keys=("l1",), n_top_genes=500, n_comps=20)
+    >>> truth = mdata.obs["l1"].astype(str).to_numpy()[~healthy]
+    >>> bool((query.obs["ref_l1"].astype(str) == truth).mean() > 0.7)
+    True
     """
     shared = query.var_names.intersection(reference.var_names, sort=False)
     if len(shared) < max(50, n_comps + 1):

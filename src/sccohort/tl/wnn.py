@@ -69,6 +69,14 @@ class WNNResult:
         ``(n, M)`` per-cell kernel widths of each modality.
     params
         The parameters used.
+
+    Examples
+    --------
+    >>> from sccohort.tl import wnn_graph
+    >>> x = np.random.default_rng(0).normal(size=(200, 5))
+    >>> result = wnn_graph({"a": x, "b": x[:, :3]}, n_neighbors=10)
+    >>> result.modalities, result.snn.shape
+    (('a', 'b'), (200, 200))
     """
 
     modalities: tuple[str, ...]
