@@ -62,3 +62,10 @@ def test_api_page_is_current() -> None:
     api_docs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(api_docs)
     assert api_docs.API.read_text() == api_docs.render(), "run python scripts/api_docs.py"
+
+
+def test_every_public_function_has_an_example() -> None:
+    missing = [n for n, obj in _public() if "Examples\n--------" not in (inspect.getdoc(obj) or "")]
+    documented = {name for name, _ in EXAMPLES}
+    missing += [name for name, _ in _public() if name not in documented and name not in missing]
+    assert not missing, f"no runnable Examples section: {missing}"

@@ -153,7 +153,7 @@ def _csv_errors(path: Path) -> Iterator[None]:
 
 
 def read_rhapsody_csv(path: str | Path, *, modality: str | None = None) -> dict[str, ad.AnnData]:
-    """Read a BD Rhapsody molecules-per-cell table.
+    r"""Read a BD Rhapsody molecules-per-cell table.
 
     Parameters
     ----------
@@ -168,6 +168,16 @@ def read_rhapsody_csv(path: str | Path, *, modality: str | None = None) -> dict[
     -------
     ``{"rna": AnnData, "prot": AnnData}`` (``prot`` only if there are AbSeq columns), cells x
     features, raw counts (CSR) in ``.X``, ``Cell_Index`` values as ``obs_names``.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> from sccohort.io import read_rhapsody_csv
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "S1_MolsPerCell.csv"
+    >>> header = "Cell_Index,CD3E,LYZ,CD14:MPHIP9|CD14|AHS0037|pAbO"
+    >>> _ = path.write_text(f"##Sample S1\n{header}\n101,3,0,2\n102,0,7,40\n")
+    >>> {name: adata.shape for name, adata in read_rhapsody_csv(path).items()}
+    {'rna': (2, 2), 'prot': (2, 1)}
     """
     path = check_regular_file(Path(path))
     with _csv_errors(path):

@@ -122,6 +122,21 @@ def neighbourhoods(
         ``pvalue`` (QL F-test), ``padj`` (spatial FDR), ``method``, ``n_case, n_control``,
         ``nhood`` (index cell id), ``n_cells``, ``label_fraction``, ``kth_distance``,
         ``logcpm``; sorted by ``pvalue``.
+
+    Examples
+    --------
+    >>> from sccohort.io import ClinicalTable
+    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.stats import Contrast, neighbourhoods
+    >>> mdata = toy_mudata()
+    >>> donors = pd.Index(["SSc1", "SSc19", "SSc2", "HD1"], name="donor_id")
+    >>> clinical = ClinicalTable(pd.DataFrame({"SRC": ["yes", "yes", "no", "no"]}, index=donors),
+    ...                          {"SRC": "binary"})
+    >>> design = Contrast("SRC", "SRC", case="yes").design(clinical)
+    >>> embedding = np.asarray(mdata["prot"].X)[:, :20]  # CLR values as an embedding
+    >>> result = neighbourhoods(embedding, mdata.obs, design, samples=list(donors), seed=0)
+    >>> result.columns.tolist()[:4], len(result) > 10
+    (['contrast', 'level', 'subset', 'effect'], True)
     """
     params = _resolve_params(preset, k=k, d=d, prop=prop, cells_per_sample=cells_per_sample)
     if normalisation not in ("tmm", "total"):
