@@ -34,7 +34,9 @@ import numpy as np
 import pandas as pd
 import scipy.stats as st
 
-from sccohort.pp.normalize import clr, dsb, gmm2_background_mean, isotype_controls
+from sccohort.pp.dsb import dsb, isotype_controls
+from sccohort.pp.gmm import gmm2_background_mean
+from sccohort.pp.normalize import clr
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "dsb_pbmc_adt"

@@ -15,7 +15,8 @@ from statsmodels.stats.multitest import multipletests
 
 from sccohort.errors import InputError
 from sccohort.io.genesets import hallmark, read_gmt, read_tf_targets
-from sccohort.stats.enrichment import GSEA_COLUMNS, ORA_COLUMNS, enrich_markers, gsea, ora
+from sccohort.stats.enrichment import ORA_COLUMNS, enrich_markers, ora
+from sccohort.stats.gsea import GSEA_COLUMNS, gsea
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GENESETS = DATA / "genesets"

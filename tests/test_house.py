@@ -52,7 +52,6 @@ TO_SPLIT = {
     "io/read.py",
     "io/tenx.py",
     "pipeline.py",
-    "pp/normalize.py",
     "pp/qc.py",
     "report/sections.py",
     "stats/abundance.py",

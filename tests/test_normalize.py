@@ -13,13 +13,9 @@ import scipy.sparse as sp
 import scipy.stats as st
 
 from sccohort.errors import InputError
-from sccohort.pp.normalize import (
-    clr,
-    dsb,
-    gmm2_background_mean,
-    isotype_controls,
-    normalize_rna,
-)
+from sccohort.pp.dsb import dsb, isotype_controls
+from sccohort.pp.gmm import gmm2_background_mean
+from sccohort.pp.normalize import clr, normalize_rna
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb_pbmc_adt"
 

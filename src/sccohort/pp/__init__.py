@@ -4,7 +4,8 @@ Every name in ``__all__`` is public API (scanpy's conventions).
 """
 
 from sccohort.pp.doublets import DoubletResult, call_doublets
-from sccohort.pp.normalize import clr, dsb, isotype_controls, normalize_rna
+from sccohort.pp.dsb import dsb, isotype_controls
+from sccohort.pp.normalize import clr, normalize_rna
 from sccohort.pp.qc import (
     QCParams,
     auto_min_genes,

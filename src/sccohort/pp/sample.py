@@ -25,7 +25,7 @@ from anndata import AnnData
 
 from sccohort.errors import InputError
 from sccohort.io.read import read_raw_droplets, read_sample
-from sccohort.pp.normalize import dsb
+from sccohort.pp.dsb import dsb
 from sccohort.pp.qc import QCParams, qc_sample
 from sccohort.pp.summary import summarise_sample
 

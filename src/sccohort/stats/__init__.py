@@ -14,7 +14,7 @@ from sccohort.stats.abundance import (
 )
 from sccohort.stats.composition import composition, donor_counts, donor_shares
 from sccohort.stats.deseq2 import deseq2_wald
-from sccohort.stats.enrichment import enrich_markers, gsea, ora, sets_covered
+from sccohort.stats.enrichment import enrich_markers, ora, sets_covered
 from sccohort.stats.gating import (
     Gate,
     GatingOptions,
@@ -23,6 +23,7 @@ from sccohort.stats.gating import (
     gating_strategy,
     protein_markers,
 )
+from sccohort.stats.gsea import gsea
 from sccohort.stats.longitudinal import expression_trajectory, paired_test, trajectories
 from sccohort.stats.neighbourhoods import neighbourhoods
 from sccohort.stats.predict import PredictionResult, delong_ci, predict_phenotype, share_logits

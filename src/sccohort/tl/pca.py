@@ -327,7 +327,7 @@ def pca_prot(
     >>> mdata["prot"].obsm["X_pca_prot"].shape
     (1200, 10)
     """
-    from sccohort.pp.normalize import isotype_controls
+    from sccohort.pp.dsb import isotype_controls
 
     use = np.ones(adata.n_vars, dtype=bool)
     if exclude_isotypes:
