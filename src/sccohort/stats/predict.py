@@ -620,7 +620,7 @@ def predict_phenotype(
         :class:`InputError`.
     n_perm
         Label permutations for the p-value (0 = none); each repeats the whole nested
-        procedure (about 0.1 s each for 21 donors and 31 features on a busy 2-core machine).
+        procedure, so the time grows with it.
     Cs
         Candidate inverse penalties (scikit-learn's ``C``), chosen in the inner loop.
     use_covariates

@@ -9,10 +9,9 @@ donor is the unit) with DESeq2's negative binomial Wald test;
 Engines, chosen by measurement (benchmarks/bench_pseudobulk_deseq2.py, results in
 benchmarks/results/pseudobulk_deseq2.csv): ``"deseq2"`` (default) is DESeq2's algorithm with
 R's defaults, vectorised over genes (:mod:`sccohort.stats.deseq2`); ``"pydeseq2"``
-runs the pydeseq2 package, which fits genes one at a time in Python. On the dev cohort's
-pseudobulks (18-54 donors x 700-6,700 genes) both reproduce R DESeq2 (Spearman of log2 fold
-changes 1.000, largest difference < 0.002, same significant genes), but in one run on a
-busy 2-core machine ``deseq2`` took 0.3-1.7 s per subset, R 9-23 s and pydeseq2 48-333 s.
+runs the pydeseq2 package, which fits genes one at a time in Python. Both reproduce R
+DESeq2 on the benchmark's pseudobulks; ``deseq2`` is one to two orders of magnitude faster
+than pydeseq2 and than R (the README quotes the numbers).
 Written by hand because no maintained Python package runs DESeq2 at array speed; edgeR's
 quasi-likelihood port (edgepython) is fast but is a different test (measured in the benchmark).
 """
