@@ -16,11 +16,13 @@ import pandas as pd
 import pytest
 
 NAMESPACES = ("io", "pp", "tl", "stats", "pl")
+#: Modules whose examples run too (not namespaces of the API).
+EXTRA = ("datasets",)
 
 
-def _public() -> list[tuple[str, object]]:
+def _public(extra: bool = False) -> list[tuple[str, object]]:
     items = []
-    for name in NAMESPACES:
+    for name in NAMESPACES + (EXTRA if extra else ()):
         namespace = importlib.import_module(f"sccohort.{name}")
         for attr in namespace.__all__:
             obj = getattr(namespace, attr)
@@ -32,7 +34,7 @@ def _public() -> list[tuple[str, object]]:
 def _examples() -> list[tuple[str, doctest.DocTest]]:
     finder = doctest.DocTestFinder(recurse=False)
     found = []
-    for name, obj in _public():
+    for name, obj in _public(extra=True):
         for test in finder.find(obj, name, globs={"np": np, "pd": pd}):
             if test.examples:
                 found.append((name, test))

@@ -56,7 +56,7 @@ class ClinicalTable:
     --------
     >>> from sccohort.io import ClinicalTable
     >>> import tempfile
-    >>> from sccohort.simulate import toy_files
+    >>> from sccohort.datasets import toy_files
     >>> samples = toy_files(tempfile.mkdtemp())
     >>> clinical = ClinicalTable.from_csv(samples.parent / "clinical.csv")
     >>> clinical.types["SRC"], clinical.types["age"], clinical.levels("group")

@@ -72,7 +72,7 @@ class ContrastDesign:
 
     Examples
     --------
-    >>> from sccohort.simulate import toy
+    >>> from sccohort.datasets import toy
     >>> design = toy().design
     >>> design.n_case, design.n_control, design.term
     (4, 4, 'SRC[yes]')
@@ -161,7 +161,7 @@ class Contrast:
 
     Examples
     --------
-    >>> from sccohort.simulate import toy
+    >>> from sccohort.datasets import toy
     >>> from sccohort.stats import Contrast
     >>> design = Contrast("SRC", "SRC", case="yes", control="no").design(toy().clinical)
     >>> design.describe()

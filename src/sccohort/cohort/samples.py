@@ -50,7 +50,7 @@ class SampleSheet:
     --------
     >>> from sccohort.io import SampleSheet
     >>> import tempfile
-    >>> from sccohort.simulate import toy_files
+    >>> from sccohort.datasets import toy_files
     >>> samples = toy_files(tempfile.mkdtemp())
     >>> sheet = SampleSheet.from_csv(samples)
     >>> len(sheet), list(sheet.donors)

@@ -193,7 +193,7 @@ def write_h5mu(mdata: Any, path: str | Path, *, compression: str | None = "gzip"
     >>> import pathlib
     >>> from sccohort.io import read_cohort, write_h5mu
     >>> import tempfile
-    >>> from sccohort.simulate import toy_files
+    >>> from sccohort.datasets import toy_files
     >>> samples = toy_files(tempfile.mkdtemp())
     >>> h5 = samples.parent / "SSc1" / "filtered_feature_bc_matrix.h5"
     >>> write_h5mu(read_cohort(samples), pathlib.Path(tempfile.mkdtemp()) / "cohort.h5mu").name

@@ -104,7 +104,7 @@ class ModalityProbe:
     --------
     >>> from sccohort.io import probe_sample
     >>> import tempfile
-    >>> from sccohort.simulate import toy_files
+    >>> from sccohort.datasets import toy_files
     >>> samples = toy_files(tempfile.mkdtemp())
     >>> h5 = samples.parent / "SSc1" / "filtered_feature_bc_matrix.h5"
     >>> rna = probe_sample(h5).modalities["rna"]
@@ -154,7 +154,7 @@ class SampleProbe:
     --------
     >>> from sccohort.io import probe_sample
     >>> import tempfile
-    >>> from sccohort.simulate import toy_files
+    >>> from sccohort.datasets import toy_files
     >>> samples = toy_files(tempfile.mkdtemp())
     >>> h5 = samples.parent / "SSc1" / "filtered_feature_bc_matrix.h5"
     >>> probe = probe_sample(h5)
@@ -514,7 +514,7 @@ def probe_sample(
     --------
     >>> from sccohort.io import probe_sample
     >>> import tempfile
-    >>> from sccohort.simulate import toy_files
+    >>> from sccohort.datasets import toy_files
     >>> samples = toy_files(tempfile.mkdtemp())
     >>> h5 = samples.parent / "SSc1" / "filtered_feature_bc_matrix.h5"
     >>> probe = probe_sample(h5)
@@ -584,7 +584,7 @@ def probe_samples(samples: SampleSheet | pd.DataFrame) -> dict[str, SampleProbe]
     --------
     >>> from sccohort.io import SampleSheet, probe_samples, probe_table
     >>> import tempfile
-    >>> from sccohort.simulate import toy_files
+    >>> from sccohort.datasets import toy_files
     >>> samples = toy_files(tempfile.mkdtemp())
     >>> probes = probe_samples(SampleSheet.from_csv(samples))
     >>> probe_table(probes)[["sample_id", "format", "n_cells"]]
@@ -719,7 +719,7 @@ def probe_table(probes: Mapping[str, SampleProbe]) -> pd.DataFrame:
     --------
     >>> from sccohort.io import probe_sample, probe_table
     >>> import tempfile
-    >>> from sccohort.simulate import toy_files
+    >>> from sccohort.datasets import toy_files
     >>> samples = toy_files(tempfile.mkdtemp())
     >>> h5 = samples.parent / "SSc1" / "filtered_feature_bc_matrix.h5"
     >>> probe_table({"SSc1": probe_sample(h5)})[["sample_id", "format", "n_cells"]]

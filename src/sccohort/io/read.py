@@ -444,7 +444,7 @@ def read_sample(
     --------
     >>> from sccohort.io import read_sample
     >>> import tempfile
-    >>> from sccohort.simulate import toy_files
+    >>> from sccohort.datasets import toy_files
     >>> samples = toy_files(tempfile.mkdtemp())
     >>> h5 = samples.parent / "SSc1" / "filtered_feature_bc_matrix.h5"
     >>> mdata = read_sample(h5, "SSc1")
@@ -493,7 +493,7 @@ def read_raw_droplets(
     --------
     >>> from sccohort.io import read_raw_droplets
     >>> import tempfile
-    >>> from sccohort.simulate import toy_files
+    >>> from sccohort.datasets import toy_files
     >>> samples = toy_files(tempfile.mkdtemp())
     >>> h5 = samples.parent / "SSc1" / "filtered_feature_bc_matrix.h5"
     >>> empty = read_raw_droplets(h5, [], "SSc1")  # no barcode called a cell: all "empty"
@@ -852,7 +852,7 @@ def read_samples(
     --------
     >>> from sccohort.io import SampleSheet, read_samples
     >>> import tempfile
-    >>> from sccohort.simulate import toy_files
+    >>> from sccohort.datasets import toy_files
     >>> samples = toy_files(tempfile.mkdtemp())
     >>> h5 = samples.parent / "SSc1" / "filtered_feature_bc_matrix.h5"
     >>> read_samples(SampleSheet.from_csv(samples).table).shape

@@ -45,7 +45,7 @@ def read_cohort(
     --------
     >>> from sccohort.io import read_cohort
     >>> import tempfile
-    >>> from sccohort.simulate import toy_files
+    >>> from sccohort.datasets import toy_files
     >>> samples = toy_files(tempfile.mkdtemp())
     >>> mdata = read_cohort(samples, samples.parent / "clinical.csv")
     >>> mdata.shape, mdata.obs["donor_id"].nunique()

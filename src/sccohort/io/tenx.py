@@ -396,7 +396,7 @@ def read_10x_h5(path: str | Path, *, modality: str | None = None) -> dict[str, a
     --------
     >>> from sccohort.io import read_10x_h5
     >>> import tempfile
-    >>> from sccohort.simulate import toy_files
+    >>> from sccohort.datasets import toy_files
     >>> samples = toy_files(tempfile.mkdtemp())
     >>> h5 = samples.parent / "SSc1" / "filtered_feature_bc_matrix.h5"
     >>> {name: adata.shape for name, adata in read_10x_h5(h5).items()}

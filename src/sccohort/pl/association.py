@@ -54,7 +54,7 @@ def association_heatmap(
     --------
     >>> from sccohort import pl
     >>> from sccohort.stats import compare_abundance
-    >>> from sccohort.simulate import toy
+    >>> from sccohort.datasets import toy
     >>> data = toy()
     >>> tests = compare_abundance(data.counts, data.totals, data.design, level="subset", seed=0)
     >>> fig = pl.association_heatmap(tests, alpha=0.1)

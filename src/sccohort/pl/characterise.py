@@ -136,7 +136,7 @@ def comparison_panels(
     Examples
     --------
     >>> from sccohort import pl
-    >>> from sccohort.simulate import toy
+    >>> from sccohort.datasets import toy
     >>> data = toy()
     >>> shares = data.counts / data.totals
     >>> panels = [{"values": shares[s], "group": data.design.group, "title": s} for s in shares]
@@ -214,7 +214,7 @@ def signature_scores(
     Examples
     --------
     >>> from sccohort import pl
-    >>> from sccohort.simulate import toy
+    >>> from sccohort.datasets import toy
     >>> data = toy()
     >>> scores = pd.DataFrame({"donor_id": data.design.donors, "set": "HALLMARK_X",
     ...                        "score": np.linspace(0, 1, 8)})

@@ -68,7 +68,7 @@ def composition_bars(
     Examples
     --------
     >>> from sccohort import pl
-    >>> from sccohort.simulate import toy
+    >>> from sccohort.datasets import toy
     >>> data = toy()
     >>> shares = data.counts / data.totals
     >>> fig = pl.composition_bars(shares, data.design.group)
@@ -173,7 +173,7 @@ def group_comparison(
     Examples
     --------
     >>> from sccohort import pl
-    >>> from sccohort.simulate import toy
+    >>> from sccohort.datasets import toy
     >>> data = toy()
     >>> shares = data.counts["Mono_A"] / data.totals["Mono_A"]
     >>> fig = pl.group_comparison(shares, data.design.group, subset="Mono_A")

@@ -49,7 +49,7 @@ def dot_values(
     Examples
     --------
     >>> from sccohort import pl
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> groups = pd.Series(mdata.obs["l1"].to_numpy(), index=mdata["rna"].obs_names)
     >>> mean, fraction = pl.dot_values(mdata["rna"], ["LYZ", "CD3E"], groups)
@@ -142,7 +142,7 @@ def marker_dotplot(
     Examples
     --------
     >>> from sccohort import pl
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> groups = pd.Series(mdata.obs["l1"].to_numpy(), index=mdata["rna"].obs_names)
     >>> fig = pl.marker_dotplot({"RNA": (mdata["rna"], ["LYZ", "CD3E", "MS4A1"])}, groups)

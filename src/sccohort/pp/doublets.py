@@ -62,7 +62,7 @@ class DoubletResult:
     Examples
     --------
     >>> from sccohort.pp import call_doublets
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> one = mdata[mdata.obs["sample_id"] == "SSc1"]
     >>> result = call_doublets(one["rna"].layers["counts"], None, method="none")
@@ -516,7 +516,7 @@ def call_doublets(
     Examples
     --------
     >>> from sccohort.pp import call_doublets
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> one = mdata[mdata.obs["sample_id"] == "SSc1"]
     >>> result = call_doublets(one["rna"].layers["counts"], one["prot"].layers["counts"], seed=0)

@@ -56,7 +56,7 @@ def isotype_controls(adata: AnnData) -> list[str]:
     Examples
     --------
     >>> from sccohort.pp import isotype_controls
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> isotype_controls(mdata["prot"])[:2]
     ['Mouse IgG1 isotype', 'Mouse IgG2a isotype']
@@ -154,7 +154,7 @@ def dsb(
     Examples
     --------
     >>> from sccohort.pp import dsb
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> healthy = (mdata.obs["donor_id"] == "HD1").to_numpy()
     >>> cells, empty = mdata["prot"][~healthy].copy(), mdata["prot"][healthy].copy()

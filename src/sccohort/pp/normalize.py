@@ -192,7 +192,7 @@ def normalize_rna(
     Examples
     --------
     >>> from sccohort.pp import normalize_rna
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> rna = mdata["rna"]
     >>> rna.X = rna.layers["counts"].copy()
@@ -355,7 +355,7 @@ def clr(
     Examples
     --------
     >>> from sccohort.pp import clr
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> prot = mdata["prot"]
     >>> prot.X = prot.layers["counts"].copy()

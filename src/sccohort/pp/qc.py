@@ -227,7 +227,7 @@ def rna_metrics(counts: sp.spmatrix, gene_names: pd.Index) -> pd.DataFrame:
     Examples
     --------
     >>> from sccohort.pp import rna_metrics
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> rna = mdata["rna"]
     >>> rna_metrics(rna.layers["counts"], rna.var_names).columns.tolist()
@@ -276,7 +276,7 @@ def protein_metrics(
     Examples
     --------
     >>> from sccohort.pp import protein_metrics
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> prot = mdata["prot"]
     >>> metrics, all_zero = protein_metrics(prot.layers["counts"], prot.var["isotype"].to_numpy())
@@ -499,7 +499,7 @@ def qc_sample(mdata: MuData, params: QCParams | None = None) -> tuple[pd.DataFra
     Examples
     --------
     >>> from sccohort.pp import QCParams, qc_sample
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> one = mdata[mdata.obs["sample_id"] == "SSc1"].copy()
     >>> cells, row = qc_sample(one, QCParams(doublet_method="none"))

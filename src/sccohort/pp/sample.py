@@ -64,7 +64,7 @@ class PreparedSample:
     --------
     >>> import tempfile
     >>> from sccohort.pp import QCParams, prepare_sample
-    >>> from sccohort.simulate import toy_files
+    >>> from sccohort.datasets import toy_files
     >>> samples = toy_files(tempfile.mkdtemp())
     >>> h5 = samples.parent / "SSc1" / "filtered_feature_bc_matrix.h5"
     >>> prepared = prepare_sample(h5, "SSc1", qc=QCParams(doublet_method="none"))
@@ -119,7 +119,7 @@ def prepare_sample(
     --------
     >>> from sccohort.pp import QCParams, prepare_sample
     >>> import tempfile
-    >>> from sccohort.simulate import toy_files
+    >>> from sccohort.datasets import toy_files
     >>> samples = toy_files(tempfile.mkdtemp())
     >>> h5 = samples.parent / "SSc1" / "filtered_feature_bc_matrix.h5"
     >>> prepared = prepare_sample(h5, "SSc1", qc=QCParams(doublet_method="none"))

@@ -47,7 +47,7 @@ def summarise_sample(mods: Mapping[str, AnnData]) -> dict[str, Any]:
     Examples
     --------
     >>> from sccohort.pp import summarise_sample
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> one = mdata[mdata.obs["sample_id"] == "SSc1"]
     >>> summary = summarise_sample(dict(one.mod))
@@ -112,7 +112,7 @@ def summary_table(
     >>> from sccohort.io import SampleSheet
     >>> from sccohort.pp import QCParams, prepare_sample, summary_table
     >>> import tempfile
-    >>> from sccohort.simulate import toy_files
+    >>> from sccohort.datasets import toy_files
     >>> samples = toy_files(tempfile.mkdtemp())
     >>> h5 = samples.parent / "SSc1" / "filtered_feature_bc_matrix.h5"
     >>> prepared = prepare_sample(h5, "SSc1", qc=QCParams(doublet_method="none"))

@@ -10,7 +10,6 @@ donors by default; ``n_donors=N`` draws a cohort of N donors in the same proport
 from sccohort.simulate.biology import EGR1_PROGRAM, L1_LEVELS, T2ISG_PROGRAM, subset_table
 from sccohort.simulate.design import DESIGNS, SimParams, clinical_table
 from sccohort.simulate.proteins import protein_panel
-from sccohort.simulate.toy import Toy, toy, toy_files, toy_mudata
 from sccohort.simulate.writers import TRUTH_DOUBLET_NOTE, features_table, write_cohort
 
 #: Alias of `write_cohort`, the name the command-line interface calls.
@@ -18,7 +17,6 @@ simulate_cohort = write_cohort
 
 __all__ = [
     "DESIGNS",
-    "Toy",
     "EGR1_PROGRAM",
     "L1_LEVELS",
     "T2ISG_PROGRAM",
@@ -30,7 +28,4 @@ __all__ = [
     "simulate_cohort",
     "subset_table",
     "write_cohort",
-    "toy",
-    "toy_files",
-    "toy_mudata",
 ]

@@ -165,7 +165,7 @@ def compare_abundance(
     Examples
     --------
     >>> from sccohort.stats import compare_abundance
-    >>> from sccohort.simulate import toy
+    >>> from sccohort.datasets import toy
     >>> data = toy()
     >>> design, counts, totals = data.design, data.counts, data.totals
     >>> result = compare_abundance(counts, totals, design, level="subset", seed=0)
@@ -305,7 +305,7 @@ def compare_donor_values(
     Examples
     --------
     >>> from sccohort.stats import compare_donor_values
-    >>> from sccohort.simulate import toy
+    >>> from sccohort.datasets import toy
     >>> data = toy()
     >>> values = pd.DataFrame({"score": np.linspace(0, 1, 8)}, index=data.design.donors)
     >>> compare_donor_values(values, data.design, level="signature", seed=0)[
@@ -438,7 +438,7 @@ def attainable_significance(
     Examples
     --------
     >>> from sccohort.stats import attainable_significance
-    >>> from sccohort.simulate import toy
+    >>> from sccohort.datasets import toy
     >>> data = toy()
     >>> design, counts, totals = data.design, data.counts, data.totals
     >>> reach = attainable_significance(design)
@@ -483,7 +483,7 @@ def describe_attainable(row: dict, alpha: float) -> str:
     Examples
     --------
     >>> from sccohort.stats import attainable_significance, describe_attainable
-    >>> from sccohort.simulate import toy
+    >>> from sccohort.datasets import toy
     >>> from sccohort.stats import Contrast
     >>> data = toy()
     >>> six = ["D1", "D2", "D3", "D5", "D6", "D7"]

@@ -365,7 +365,7 @@ def deseq2_wald(counts: pd.DataFrame, matrix: pd.DataFrame, term: str) -> pd.Dat
     Examples
     --------
     >>> from sccohort.stats import deseq2_wald
-    >>> from sccohort.simulate import toy
+    >>> from sccohort.datasets import toy
     >>> data = toy()
     >>> genes = [f"G{i}" for i in range(60)]
     >>> values = np.random.default_rng(1).poisson(50, size=(8, 60))

@@ -138,7 +138,7 @@ class GatingResult:
 
     Examples
     --------
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> from sccohort.stats import GatingOptions, gating_strategy
     >>> mdata = toy_mudata()
     >>> target = (mdata.obs["subset"] == "CD14_EGR1").to_numpy()
@@ -500,7 +500,7 @@ def protein_markers(
     Examples
     --------
     >>> from sccohort.stats import protein_markers
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> target = (mdata.obs["subset"] == "CD14_EGR1").to_numpy()
     >>> parent = (mdata.obs["l1"] == "Mono").to_numpy()
@@ -709,7 +709,7 @@ def gating_strategy(
     Examples
     --------
     >>> from sccohort.stats import GatingOptions, gating_strategy
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> target = (mdata.obs["subset"] == "CD14_EGR1").to_numpy()
     >>> parent = (mdata.obs["l1"] == "Mono").to_numpy()
@@ -741,7 +741,7 @@ def gate_subsets(
     Examples
     --------
     >>> from sccohort.stats import GatingOptions, gate_subsets
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> target = (mdata.obs["subset"] == "CD14_EGR1").to_numpy()
     >>> parent = (mdata.obs["l1"] == "Mono").to_numpy()

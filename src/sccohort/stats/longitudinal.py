@@ -431,7 +431,7 @@ def expression_trajectory(
     Examples
     --------
     >>> from sccohort.stats import expression_trajectory
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> visit = np.where(np.arange(mdata.n_obs) % 2 == 0, "pre", "post")  # two visits a donor
     >>> mdata.obs["timepoint"], mdata.obs["tissue"] = visit, "blood"

@@ -126,7 +126,7 @@ def neighbourhoods(
     Examples
     --------
     >>> from sccohort.io import ClinicalTable
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> from sccohort.stats import Contrast, neighbourhoods
     >>> mdata = toy_mudata()
     >>> donors = pd.Index(["SSc1", "SSc19", "SSc2", "HD1"], name="donor_id")

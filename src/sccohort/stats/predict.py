@@ -108,7 +108,7 @@ class PredictionResult:
 
     Examples
     --------
-    >>> from sccohort.simulate import toy
+    >>> from sccohort.datasets import toy
     >>> from sccohort.stats import predict_phenotype
     >>> data = toy()
     >>> result = predict_phenotype(np.log(data.counts[["Mono_A"]] / 1000), data.design, n_perm=50)
@@ -643,7 +643,7 @@ def predict_phenotype(
 
     Examples
     --------
-    >>> from sccohort.simulate import toy
+    >>> from sccohort.datasets import toy
     >>> from sccohort.stats import predict_phenotype
     >>> data = toy()
     >>> features = np.log(data.counts[["Mono_A"]] / 1000)

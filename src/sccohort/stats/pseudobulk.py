@@ -191,7 +191,7 @@ def pseudobulk(
     Examples
     --------
     >>> from sccohort.stats import pseudobulk
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> counts, meta = pseudobulk(mdata, "l1", min_cells=10)
     >>> counts["Mono"].shape  # 4 samples x genes, summed raw counts
@@ -287,7 +287,7 @@ def filter_by_expr(
     Examples
     --------
     >>> from sccohort.stats import filter_by_expr
-    >>> from sccohort.simulate import toy
+    >>> from sccohort.datasets import toy
     >>> data = toy()
     >>> genes = [f"G{i}" for i in range(60)]
     >>> values = np.random.default_rng(1).poisson(50, size=(8, 60))
@@ -439,7 +439,7 @@ def pseudobulk_de(
     Examples
     --------
     >>> from sccohort.stats import pseudobulk_de
-    >>> from sccohort.simulate import toy
+    >>> from sccohort.datasets import toy
     >>> data = toy()
     >>> genes = [f"G{i}" for i in range(60)]
     >>> values = np.random.default_rng(1).poisson(50, size=(8, 60))
@@ -535,7 +535,7 @@ def pseudobulk_de_all(
     Examples
     --------
     >>> from sccohort.stats import pseudobulk_de_all
-    >>> from sccohort.simulate import toy
+    >>> from sccohort.datasets import toy
     >>> data = toy()
     >>> genes = [f"G{i}" for i in range(60)]
     >>> values = np.random.default_rng(1).poisson(50, size=(8, 60))

@@ -94,7 +94,7 @@ def associated_subsets(
     Examples
     --------
     >>> from sccohort.stats import associated_subsets, compare_abundance
-    >>> from sccohort.simulate import toy
+    >>> from sccohort.datasets import toy
     >>> data = toy()
     >>> design, counts, totals = data.design, data.counts, data.totals
     >>> tests = compare_abundance(counts, totals, design, level="subset", seed=0)

@@ -192,7 +192,7 @@ def score_cells(
     Examples
     --------
     >>> from sccohort.stats import score_cells
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> scores = score_cells(mdata["rna"], {"IFN": ["ISG15", "IFI6", "MX1", "IFIT1", "IFIT3"]})
     >>> scores.shape, scores.columns.tolist()
@@ -291,7 +291,7 @@ def donor_scores(
     Examples
     --------
     >>> from sccohort.stats import donor_scores, score_cells
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> scores = score_cells(mdata["rna"], {"IFN": ["ISG15", "IFI6", "MX1", "IFIT1", "IFIT3"]})
     >>> table = donor_scores(scores, mdata.obs, by=("donor_id", "l1"))

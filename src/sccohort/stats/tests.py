@@ -176,7 +176,7 @@ def ks_test(
     Examples
     --------
     >>> from sccohort.stats import ks_test
-    >>> from sccohort.simulate import toy
+    >>> from sccohort.datasets import toy
     >>> data = toy()
     >>> design, counts, totals = data.design, data.counts, data.totals
     >>> ks_test(counts / totals, design, "subset", seed=0)[["subset", "pvalue", "padj"]].round(4)
@@ -346,7 +346,7 @@ def kruskal_dunn(
     Examples
     --------
     >>> from sccohort.stats import kruskal_dunn
-    >>> from sccohort.simulate import toy
+    >>> from sccohort.datasets import toy
     >>> data = toy()
     >>> groups = pd.Series(list("aaabbbcc"), index=data.design.donors, name="grade")
     >>> omnibus, pairs = kruskal_dunn(data.counts / data.totals, groups, "subset", seed=0)
@@ -531,7 +531,7 @@ def proportion_biplot(
     Examples
     --------
     >>> from sccohort.stats import proportion_biplot
-    >>> from sccohort.simulate import toy
+    >>> from sccohort.datasets import toy
     >>> data = toy()
     >>> pca = proportion_biplot(data.counts / data.totals, data.design.group)
     >>> sorted(pca)[:4]

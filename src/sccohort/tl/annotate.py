@@ -276,7 +276,7 @@ def label_coverage(tables: dict[str, pd.DataFrame], mods: dict[str, AnnData]) ->
     Examples
     --------
     >>> from sccohort.tl import label_coverage, load_markers
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> coverage = label_coverage({"rna": load_markers("rna")}, {"rna": mdata["rna"]})
     >>> coverage.columns.tolist()[:5]
@@ -484,7 +484,7 @@ def annotate(
     Examples
     --------
     >>> from sccohort.tl import annotate, highly_variable_genes, leiden, pca_prot, pca_rna, wnn
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> highly_variable_genes(mdata["rna"], n_top_genes=500, batch_key=None)
     >>> pca_rna(mdata["rna"], n_comps=20)

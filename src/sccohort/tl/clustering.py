@@ -175,7 +175,7 @@ def leiden(
     Examples
     --------
     >>> from sccohort.tl import highly_variable_genes, leiden, pca_prot, pca_rna, wnn
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> highly_variable_genes(mdata["rna"], n_top_genes=500, batch_key=None)
     >>> pca_rna(mdata["rna"], n_comps=20)

@@ -70,7 +70,7 @@ def harmony(
     Examples
     --------
     >>> from sccohort.tl import harmony, pca_prot
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> prot = mdata["prot"]
     >>> prot.obs["sample_id"] = mdata.obs["sample_id"].to_numpy()
@@ -195,7 +195,7 @@ def umap(
     Examples
     --------
     >>> from sccohort.tl import highly_variable_genes, pca_prot, pca_rna, umap, wnn
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> highly_variable_genes(mdata["rna"], n_top_genes=500, batch_key=None)
     >>> pca_rna(mdata["rna"], n_comps=20)

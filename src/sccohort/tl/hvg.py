@@ -61,7 +61,7 @@ def hvg_count(
     Examples
     --------
     >>> from sccohort.tl import hvg_count
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> hvg_count("auto", mdata["rna"].var_names), hvg_count(500, mdata["rna"].var_names)
     (2000, 500)
@@ -255,7 +255,7 @@ def highly_variable_genes(
     Examples
     --------
     >>> from sccohort.tl import highly_variable_genes
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> rna = mdata["rna"]
     >>> rna.obs["sample_id"] = mdata.obs["sample_id"].to_numpy()

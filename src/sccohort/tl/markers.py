@@ -507,7 +507,7 @@ def rank_markers(
     Examples
     --------
     >>> from sccohort.tl import rank_markers
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> rna = mdata["rna"]
     >>> rna.obs["l1"] = mdata.obs["l1"].to_numpy()

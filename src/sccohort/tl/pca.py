@@ -246,7 +246,7 @@ def pca_rna(
     Examples
     --------
     >>> from sccohort.tl import highly_variable_genes, pca_rna
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> rna = mdata["rna"]
     >>> highly_variable_genes(rna, n_top_genes=500, batch_key=None)
@@ -321,7 +321,7 @@ def pca_prot(
     Examples
     --------
     >>> from sccohort.tl import pca_prot
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> pca_prot(mdata["prot"], n_comps=10)
     >>> mdata["prot"].obsm["X_pca_prot"].shape

@@ -60,7 +60,7 @@ def load_reference(path: str | Path, keys: Sequence[str]) -> ad.AnnData:
     --------
     >>> import pathlib, tempfile
     >>> from sccohort.tl import load_reference
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> healthy = (mdata.obs["donor_id"] == "HD1").to_numpy()
     >>> query, reference = mdata["rna"][~healthy].copy(), mdata["rna"][healthy].copy()
@@ -292,7 +292,7 @@ def transfer_labels(
     Examples
     --------
     >>> from sccohort.tl import transfer_labels
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> healthy = (mdata.obs["donor_id"] == "HD1").to_numpy()
     >>> query, reference = mdata["rna"][~healthy].copy(), mdata["rna"][healthy].copy()

@@ -1,9 +1,10 @@
-"""Toy cohorts for the docstring examples and quick trials.
+"""Toy cohorts for the docstring examples and quick trials (built with the simulator).
 
 ``toy()`` gives donor-level inputs of the statistics functions (counts, totals, a clinical
 table and a contrast's design) in a few milliseconds; ``toy_mudata()`` gives cells: 4
 donors x 300 simulated PBMC with RNA and antibodies, normalised, with the simulator's
-labels. For a whole cohort on disk use `sccohort.simulate.write_cohort`.
+labels. For a whole cohort on disk use `sccohort.simulate.write_cohort`. A top-level
+module below ``pp`` in the layering: it normalises with `sccohort.pp`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from mudata import MuData
 from sccohort.cohort import ClinicalTable, Contrast, ContrastDesign
 from sccohort.io.features import gene_var, protein_var
 from sccohort.io.h5 import mudata_options
+from sccohort.pp.normalize import clr, normalize_rna
 from sccohort.simulate.counts import simulate_sample
 from sccohort.simulate.design import SimParams, clinical_table, default_batches, sample_specs
 from sccohort.simulate.writers import features_table
@@ -55,7 +57,7 @@ def toy() -> Toy:
 
     Examples
     --------
-    >>> from sccohort.simulate import toy
+    >>> from sccohort.datasets import toy
     >>> data = toy()
     >>> data.design.describe()
     'SRC: SRC yes (n=4) vs no (n=4)'
@@ -87,15 +89,13 @@ def toy_mudata(cells_per_donor: int = 300, seed: int = 0) -> MuData:
 
     Examples
     --------
-    >>> from sccohort.simulate import toy_mudata
+    >>> from sccohort.datasets import toy_mudata
     >>> mdata = toy_mudata()
     >>> mdata.n_obs, mdata["rna"].n_vars, mdata["prot"].n_vars
     (1200, 19409, 139)
     >>> sorted(mdata.obs["donor_id"].unique())
     ['HD1', 'SSc1', 'SSc19', 'SSc2']
     """
-    from sccohort.pp.normalize import clr, normalize_rna
-
     rna, prot, obs, clinical = _toy_parts(int(cells_per_donor), int(seed))
     rna, prot = rna.copy(), prot.copy()
     normalize_rna(rna)
@@ -156,7 +156,7 @@ def toy_files(folder: str | Path, cells_per_donor: int = 300, seed: int = 0) -> 
     Examples
     --------
     >>> import tempfile
-    >>> from sccohort.simulate import toy_files
+    >>> from sccohort.datasets import toy_files
     >>> samples = toy_files(tempfile.mkdtemp())
     >>> sorted(p.name for p in samples.parent.iterdir())
     ['HD1', 'SSc1', 'SSc19', 'SSc2', 'clinical.csv', 'samples.csv']
