@@ -4,7 +4,7 @@
 table and a contrast's design) in a few milliseconds; ``toy_mudata()`` gives cells: 4
 donors x 300 simulated PBMC with RNA and antibodies, normalised, with the simulator's
 labels. For a whole cohort on disk use `sccohort.simulate.write_cohort`. A top-level
-module below ``pp`` in the layering: it normalises with `sccohort.pp`.
+module below ``pp`` and ``tl`` in the layering: it normalises and embeds with them.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from sccohort.pp.normalize import clr, normalize_rna
 from sccohort.simulate.counts import simulate_sample
 from sccohort.simulate.design import SimParams, clinical_table, default_batches, sample_specs
 from sccohort.simulate.writers import features_table
+from sccohort.tl import highly_variable_genes, pca_prot, pca_rna, wnn
 
-__all__ = ["Toy", "toy", "toy_files", "toy_mudata"]
+__all__ = ["Toy", "toy", "toy_counts", "toy_files", "toy_mudata"]
 
 #: The donors of `toy_mudata`: two with renal crisis (SRC), one without, one healthy.
 TOY_DONORS = ("SSc1", "SSc19", "SSc2", "HD1")
@@ -78,7 +79,24 @@ def toy() -> Toy:
     return Toy(clinical, design, counts, pd.DataFrame(1000, index=donors, columns=counts.columns))
 
 
-def toy_mudata(cells_per_donor: int = 300, seed: int = 0) -> MuData:
+def toy_counts() -> pd.DataFrame:
+    """Pseudobulk counts of `toy`'s 8 donors x 60 genes; ``G0`` is 4-fold up in D1-D4 (SRC).
+
+    Examples
+    --------
+    >>> from sccohort.datasets import toy_counts
+    >>> counts = toy_counts()
+    >>> counts.shape, bool(counts["G0"].iloc[:4].mean() > 3 * counts["G0"].iloc[4:].mean())
+    ((8, 60), True)
+    """
+    donors = toy().design.donors
+    values = np.random.default_rng(1).poisson(50, size=(8, 60))
+    counts = pd.DataFrame(values, index=donors, columns=[f"G{i}" for i in range(60)])
+    counts.iloc[:4, 0] *= 4
+    return counts
+
+
+def toy_mudata(cells_per_donor: int = 300, seed: int = 0, *, embedded: bool = False) -> MuData:
     """4 donors x ``cells_per_donor`` simulated PBMC: RNA (20,000 genes) and 139 antibodies.
 
     The donors are `TOY_DONORS` of the simulator's paper cohort, one baseline sample each.
@@ -86,6 +104,8 @@ def toy_mudata(cells_per_donor: int = 300, seed: int = 0) -> MuData:
     and CLR protein values. ``obs`` has ``sample_id, donor_id`` and the simulator's
     ``l1, l2, subset`` labels (truth, doublets included); ``uns["clinical"]`` the donors'
     clinical rows. Each call returns a new object (the simulation is made once).
+    ``embedded=True`` adds 500 HVGs, RNA (20) and protein (10) PCs and the WNN graph
+    (``obsp["wnn_*"]``, ``uns["wnn"]``, ``uns["wnn_snn"]``), as the pipeline's embed stage.
 
     Examples
     --------
@@ -105,6 +125,11 @@ def toy_mudata(cells_per_donor: int = 300, seed: int = 0) -> MuData:
         mdata = MuData({"rna": rna, "prot": prot})
     mdata.obs = obs.copy()
     mdata.uns["clinical"] = clinical.copy()
+    if embedded:
+        highly_variable_genes(mdata["rna"], n_top_genes=500, batch_key=None)
+        pca_rna(mdata["rna"], n_comps=20)
+        pca_prot(mdata["prot"], n_comps=10)
+        wnn(mdata, {"rna": "X_pca", "prot": "X_pca_prot"}, n_neighbors=20, seed=seed)
     return mdata
 
 

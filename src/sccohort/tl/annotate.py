@@ -483,13 +483,9 @@ def annotate(
 
     Examples
     --------
-    >>> from sccohort.tl import annotate, highly_variable_genes, leiden, pca_prot, pca_rna, wnn
+    >>> from sccohort.tl import annotate, leiden
     >>> from sccohort.datasets import toy_mudata
-    >>> mdata = toy_mudata()
-    >>> highly_variable_genes(mdata["rna"], n_top_genes=500, batch_key=None)
-    >>> pca_rna(mdata["rna"], n_comps=20)
-    >>> pca_prot(mdata["prot"], n_comps=10)
-    >>> wnn(mdata, {"rna": "X_pca", "prot": "X_pca_prot"}, n_neighbors=20, seed=0)
+    >>> mdata = toy_mudata(embedded=True)  # HVGs, PCs and the WNN graph
     >>> leiden(mdata, neighbors_key="wnn_snn", seed=0)
     >>> coverage = annotate(mdata, use=("rna", "prot"))
     >>> found = mdata.obs["l1"].astype(str) == toy_mudata().obs["l1"].astype(str)

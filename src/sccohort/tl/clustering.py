@@ -174,13 +174,9 @@ def leiden(
 
     Examples
     --------
-    >>> from sccohort.tl import highly_variable_genes, leiden, pca_prot, pca_rna, wnn
+    >>> from sccohort.tl import leiden
     >>> from sccohort.datasets import toy_mudata
-    >>> mdata = toy_mudata()
-    >>> highly_variable_genes(mdata["rna"], n_top_genes=500, batch_key=None)
-    >>> pca_rna(mdata["rna"], n_comps=20)
-    >>> pca_prot(mdata["prot"], n_comps=10)
-    >>> wnn(mdata, {"rna": "X_pca", "prot": "X_pca_prot"}, n_neighbors=20, seed=0)
+    >>> mdata = toy_mudata(embedded=True)  # HVGs, PCs and the WNN graph
     >>> leiden(mdata, neighbors_key="wnn_snn", seed=0)
     >>> mdata.obs["leiden"].nunique() > 5
     True

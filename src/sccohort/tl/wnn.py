@@ -748,8 +748,8 @@ def wnn(
 
     Examples
     --------
-    >>> from sccohort.tl import highly_variable_genes, pca_prot, pca_rna, wnn
     >>> from sccohort.datasets import toy_mudata
+    >>> from sccohort.tl import highly_variable_genes, pca_prot, pca_rna, wnn
     >>> mdata = toy_mudata()
     >>> highly_variable_genes(mdata["rna"], n_top_genes=500, batch_key=None)
     >>> pca_rna(mdata["rna"], n_comps=20)
