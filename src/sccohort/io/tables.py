@@ -88,7 +88,7 @@ TABLES: dict[str, TableSpec] = {
 def table_path(out: str | Path, name: str, **fields: str) -> Path:
     """``OUT/tables/<file>`` of the table ``name`` (a key of :data:`TABLES`).
 
-    ``fields`` fill the file name's placeholders (``contrast=``, ``modality=``); each is made
+    ``fields`` fill the file name's template fields (``contrast=``, ``modality=``); each is made
     safe for a file name (runs of other characters than letters, digits, ``_.-`` become ``_``).
 
     Examples
@@ -103,7 +103,7 @@ def table_path(out: str | Path, name: str, **fields: str) -> Path:
 
 
 def table_files(out: str | Path, name: str) -> dict[str, Path]:
-    """The files of a table with one placeholder (``de``, ``markers``): value -> path, sorted.
+    """Files of a table named by a template (``de``, ``markers``): field value -> path, sorted.
 
     The value is as it stands in the file name (made safe by `table_path`).
 
