@@ -34,7 +34,8 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.neighbors import NearestNeighbors
 
 from sccohort.tl.knn import knn_ivf
-from sccohort.tl.subsets import IVF_PROBES, LINEAGES, _graph_from_knn, _leiden
+from sccohort.tl.lineage_graph import IVF_PROBES, _graph_from_knn, _leiden
+from sccohort.tl.subsets import LINEAGES
 
 RESULTS = Path(__file__).resolve().parent / "results" / "subset_knn.csv"
 K = 15

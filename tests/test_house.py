@@ -58,7 +58,6 @@ TO_SPLIT = {
     "stats/gating.py",
     "stats/predict.py",
     "tl/markers.py",
-    "tl/subsets.py",
     "tl/wnn.py",
 }
 

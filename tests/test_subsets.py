@@ -15,20 +15,13 @@ from sklearn.metrics import adjusted_rand_score
 from sccohort import read_h5mu
 from sccohort.errors import InputError
 from sccohort.pp.store import CompactRows
+from sccohort.tl.lineage_graph import _graph_from_knn, _knn, _leiden, _stable_resolution
+from sccohort.tl.lineage_sums import _LineageRNA
 from sccohort.tl.markers import rank_markers
-from sccohort.tl.subsets import (
-    EGR1_GENES,
-    RESOLUTIONS,
-    T2ISG_GENES,
-    _graph_from_knn,
-    _knn,
-    _leiden,
-    _stable_resolution,
-    _top_features,
-    subsets,
-)
+from sccohort.tl.subset_names import EGR1_GENES, T2ISG_GENES, _top_features
+from sccohort.tl.subsets import RESOLUTIONS, subsets
 
-subsets_module = importlib.import_module("sccohort.tl.subsets")
+graph_module = importlib.import_module("sccohort.tl.lineage_graph")
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +156,7 @@ def test_resolution_search_from_the_top_equals_scoring_every_resolution(threshol
     assert g.vcount() == 480 and g.ecount() >= 480 * 15 // 2
     ref_chosen, ref_labels, ref_scores = _scan_every_resolution(g, RESOLUTIONS, 2, threshold, 4)
     calls = []
-    monkeypatch.setattr(subsets_module, "_leiden", lambda *a: calls.append(a) or _leiden(*a))
+    monkeypatch.setattr(graph_module, "_leiden", lambda *a: calls.append(a) or _leiden(*a))
     chosen, labels, scores = _stable_resolution(g, RESOLUTIONS, 2, threshold, seed=4)
     assert chosen == ref_chosen
     np.testing.assert_array_equal(labels, ref_labels)
@@ -201,7 +194,7 @@ def test_lineage_rna_sums_and_blocks_equal_scipy_on_the_rows_of_the_shared_matri
     x.data[::97] = 0  # stored zeros count as values, not as non-zeros
     rows = np.sort(rng.choice(3000, 1700, replace=False))
     labels = rng.integers(0, 7, rows.size)
-    lineage = subsets_module._LineageRNA(x, rows)
+    lineage = _LineageRNA(x, rows)
     sums = lineage.sums(labels, 7)
     xl = x[rows]
     onehot = sp.csr_matrix(
@@ -228,10 +221,10 @@ def test_lineage_rna_sums_and_blocks_equal_scipy_on_the_rows_of_the_shared_matri
         )
     unsorted.has_sorted_indices = False
     compact = CompactRows(xl.data, xl.indices.astype(np.int16), xl.indptr, xl.shape)
-    compact_sums = subsets_module._LineageRNA(compact, np.arange(rows.size)).sums(labels, 7)
+    compact_sums = _LineageRNA(compact, np.arange(rows.size)).sums(labels, 7)
     np.testing.assert_array_equal(compact_sums.total, sums.total)  # the store's int16 rows
     for matrix, lineage_rows in ((x, rows), (unsorted, rows), (compact, np.arange(rows.size))):
-        part = subsets_module._LineageRNA(matrix, lineage_rows)
+        part = _LineageRNA(matrix, lineage_rows)
         for cols in (np.arange(200, 260), np.array([499, 3, 250]), np.array([0])):
             got = part.take(cells, cols, sums.nonzero[:3].sum(axis=0)[cols])
             want = xl.tocsc()[:, cols][cells]
