@@ -72,9 +72,9 @@ WNN_TIMEOUT_S = 900  # muon's WNN is slow (185 s on 500 cells in bench_wnn_seura
 
 
 class TreeSampler:
-    """Memory of a process and all its descendants (`sccohort.pipeline.tree_memory`: RSS,
+    """Memory of a process and all its descendants (`sccohort.run_log.tree_memory`: RSS,
     PSS where a helper was forked), sampled every ``interval`` s (less often while samples
-    are costly: `sccohort.pipeline.sampler_wait`)."""
+    are costly: `sccohort.run_log.sampler_wait`)."""
 
     def __init__(self, pid: int, interval: float = 0.5) -> None:
         self.root = psutil.Process(pid)
@@ -85,7 +85,7 @@ class TreeSampler:
         self._thread.start()
 
     def _loop(self) -> None:
-        from sccohort.pipeline import sampler_wait, tree_memory
+        from sccohort.run_log import sampler_wait, tree_memory
 
         while not self._stop.is_set():
             start = time.perf_counter()

@@ -20,6 +20,7 @@ from sccohort import pipeline
 from sccohort.cli import app
 from sccohort.config import load_config
 from sccohort.errors import InputError
+from sccohort.io import cohort_file
 from sccohort.io.atomic import write_csv
 
 
@@ -351,8 +352,8 @@ def test_cohort_files_leave_out_rna_x_and_reading_rebuilds_it(tmp_path: Path) ->
     normalize_rna(rna, target_sum=1e4)
     cohort = mudata.MuData({"rna": rna})
     x = rna.X.copy()
-    pipeline.write_cohort(cohort, tmp_path / "mid.h5mu", final=False)
-    pipeline.write_cohort(cohort, tmp_path / "final.h5mu", final=True)
+    cohort_file.write_cohort(cohort, tmp_path / "mid.h5mu", final=False)
+    cohort_file.write_cohort(cohort, tmp_path / "final.h5mu", final=True)
     assert (cohort.mod["rna"].X != x).nnz == 0  # the object in memory keeps its .X
     assert "left_out" not in cohort.uns
     for name, filter_ in (("mid", "lzf"), ("final", "gzip")):
@@ -361,7 +362,7 @@ def test_cohort_files_leave_out_rna_x_and_reading_rebuilds_it(tmp_path: Path) ->
         assert "normalize_rna" in plain.uns["left_out"]["rna"]["X"]
         with h5py.File(tmp_path / f"{name}.h5mu") as f:
             assert f["mod/rna/layers/counts/data"].compression == filter_
-        back = pipeline.read_h5mu(tmp_path / f"{name}.h5mu")
+        back = cohort_file.read_h5mu(tmp_path / f"{name}.h5mu")
         assert "left_out" not in back.uns
         assert back.mod["rna"].X.dtype == np.float32
         np.testing.assert_array_equal(back.mod["rna"].X.toarray(), x.toarray())
@@ -378,7 +379,7 @@ def test_a_modified_rna_x_is_kept(tmp_path: Path) -> None:
     rna.layers["counts"] = counts
     normalize_rna(rna, target_sum=1e4)
     rna.X = rna.X * 2  # no longer the log-normalised counts
-    pipeline.write_cohort(mudata.MuData({"rna": rna}), tmp_path / "c.h5mu", final=True)
+    cohort_file.write_cohort(mudata.MuData({"rna": rna}), tmp_path / "c.h5mu", final=True)
     plain = mudata.read_h5mu(tmp_path / "c.h5mu")
     assert plain.mod["rna"].X is not None and "left_out" not in plain.uns
     np.testing.assert_array_equal(plain.mod["rna"].X.toarray(), rna.X.toarray())
@@ -600,7 +601,7 @@ def test_tree_memory_counts_pages_shared_with_a_forked_child_once() -> None:
 
     import psutil
 
-    from sccohort.pipeline import tree_memory
+    from sccohort.run_log import tree_memory
 
     if "fork" not in mp.get_all_start_methods():
         pytest.skip("needs fork")
@@ -632,10 +633,10 @@ def test_tree_memory_counts_pages_shared_with_a_forked_child_once() -> None:
 def test_the_memory_sampler_waits_longer_while_samples_are_costly(monkeypatch) -> None:
     import time
 
-    import sccohort.pipeline as pipeline
+    import sccohort.run_log as run_log
 
-    assert pipeline.sampler_wait(0.5, 0.001) == 0.5
-    assert pipeline.sampler_wait(0.5, 0.3) == pytest.approx(0.3 / pipeline.SAMPLER_DUTY)
+    assert run_log.sampler_wait(0.5, 0.001) == 0.5
+    assert run_log.sampler_wait(0.5, 0.3) == pytest.approx(0.3 / run_log.SAMPLER_DUTY)
     calls = []
 
     def slow_sample(root):  # a sample taking 30 ms: the next one waits about 1 s
@@ -643,8 +644,8 @@ def test_the_memory_sampler_waits_longer_while_samples_are_costly(monkeypatch) -
         time.sleep(0.03)
         return 2**30
 
-    monkeypatch.setattr(pipeline, "tree_memory", slow_sample)
-    with pipeline.PeakMemory(interval=0.001) as memory:
+    monkeypatch.setattr(run_log, "tree_memory", slow_sample)
+    with run_log.PeakMemory(interval=0.001) as memory:
         time.sleep(0.6)
     # entry, one loop sample after 1 ms, exit: every 1 ms it would be about 20
     assert len(calls) <= 3, len(calls)

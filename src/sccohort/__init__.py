@@ -24,7 +24,7 @@ def __getattr__(name: str) -> Any:
 
         return read_cohort
     if name == "read_h5mu":
-        from sccohort.pipeline import read_h5mu
+        from sccohort.io.cohort_file import read_h5mu
 
         return read_h5mu
     raise AttributeError(f"module 'sccohort' has no attribute '{name}'")
