@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 
 from sccohort.stages.donors import _parent_l1
-from sccohort.stats.gating import GatingOptions, gate_subsets, gating_strategy, protein_markers
+from sccohort.stats.gating import GatingOptions, gate_subsets, gating_strategy
+from sccohort.stats.protein_markers import protein_markers
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gating.csv"
 OPTIONS = GatingOptions(max_gates=3, test_donors=0.3, seed=0)  # the stage's defaults

@@ -16,14 +16,9 @@ from sccohort.io.read import read_sample
 from sccohort.pp.normalize import clr
 from sccohort.simulate import simulate_cohort
 from sccohort.stats import gating as G
-from sccohort.stats.gating import (
-    GATING_COLUMNS,
-    MARKER_COLUMNS,
-    Gate,
-    GatingOptions,
-    gating_strategy,
-    protein_markers,
-)
+from sccohort.stats.gating import GatingOptions, gating_strategy
+from sccohort.stats.gating_result import GATING_COLUMNS, Gate
+from sccohort.stats.protein_markers import MARKER_COLUMNS, protein_markers
 
 #: Three renal-crisis donors (CD14_EGR1 3x) and five others.
 DONORS = ["SSc1", "SSc19", "SSc20", "SSc2", "SSc5", "HD1", "HD2", "HD3"]

@@ -15,18 +15,13 @@ from sccohort.stats.abundance import (
 from sccohort.stats.composition import composition, donor_counts, donor_shares
 from sccohort.stats.deseq2 import deseq2_wald
 from sccohort.stats.enrichment import enrich_markers, ora, sets_covered
-from sccohort.stats.gating import (
-    Gate,
-    GatingOptions,
-    GatingResult,
-    gate_subsets,
-    gating_strategy,
-    protein_markers,
-)
+from sccohort.stats.gating import GatingOptions, gate_subsets, gating_strategy
+from sccohort.stats.gating_result import Gate, GatingResult
 from sccohort.stats.gsea import gsea
 from sccohort.stats.longitudinal import expression_trajectory, paired_test, trajectories
 from sccohort.stats.neighbourhoods import neighbourhoods
 from sccohort.stats.predict import PredictionResult, delong_ci, predict_phenotype, share_logits
+from sccohort.stats.protein_markers import protein_markers
 from sccohort.stats.pseudobulk import filter_by_expr, pseudobulk, pseudobulk_de, pseudobulk_de_all
 from sccohort.stats.selection import associated_subsets, characterised_subsets
 from sccohort.stats.signatures import donor_scores, score_cells, signature_sets
