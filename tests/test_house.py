@@ -49,14 +49,12 @@ TO_SPLIT = {
     "config.py",
     "io/features.py",
     "io/probe.py",
-    "io/read.py",
     "io/tenx.py",
     "pp/qc.py",
     "report/sections.py",
     "stats/abundance.py",
     "stats/predict.py",
     "tl/markers.py",
-    "tl/wnn.py",
 }
 
 

@@ -29,14 +29,10 @@ from sccohort.io.features import (
     protein_alias,
     strip_genome_prefix,
 )
+from sccohort.io.formats import detect_format
 from sccohort.io.h5 import looks_like_proteins
-from sccohort.io.read import (
-    detect_format,
-    read_raw_droplets,
-    read_sample,
-    read_samples,
-    stack_rows,
-)
+from sccohort.io.read import read_raw_droplets, read_sample, read_samples
+from sccohort.io.stack import stack_rows
 from sccohort.io.tenx import write_10x_h5
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -24,7 +24,8 @@ from sccohort.errors import InputError
 from sccohort.io import SampleProbe, probe_sample, probe_samples, verify
 from sccohort.io.features import gene_table
 from sccohort.io.probe import probe_table
-from sccohort.io.read import gene_list_mismatches, read_sample
+from sccohort.io.read import read_sample
+from sccohort.io.stack import gene_list_mismatches
 from sccohort.io.tenx import write_10x_h5
 from sccohort.io.verify import describe_start, file_signature, first_bad_value, hdf5_layout
 

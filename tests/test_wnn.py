@@ -9,13 +9,8 @@ from sklearn.neighbors import kneighbors_graph
 
 from sccohort.errors import InputError
 from sccohort.tl.knn import knn_exact
-from sccohort.tl.wnn import (
-    WNNInputError,
-    _weighted_select,
-    _wnn_steps,
-    wnn,
-    wnn_graph,
-)
+from sccohort.tl.wnn import WNNInputError, wnn, wnn_graph
+from sccohort.tl.wnn_kernels import _weighted_select, _wnn_steps
 
 
 def two_modalities(n_per: int = 120, seed: int = 0):

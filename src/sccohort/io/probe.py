@@ -44,16 +44,11 @@ import pandas as pd
 from sccohort.cohort import SampleSheet, raise_all
 from sccohort.errors import InputError
 from sccohort.io.features import GeneIds, check_modality, gene_ids_of, modality_var
+from sccohort.io.formats import _resolve
 from sccohort.io.h5 import OBSM_PROTEINS, h5mu_modalities, plan_h5ad
-from sccohort.io.read import (
-    _call_reader,
-    _check_sample_id,
-    _resolve,
-    _with_sample,
-    check_rna_present,
-    gene_list_mismatches,
-)
+from sccohort.io.read import _call_reader, _check_sample_id, _with_sample, check_rna_present
 from sccohort.io.rhapsody import check_rhapsody_csv, rhapsody_modalities
+from sccohort.io.stack import gene_list_mismatches
 from sccohort.io.tenx import (
     MtxFiles,
     cellranger_mtx_files,
@@ -133,7 +128,7 @@ class SampleProbe:
     Attributes
     ----------
     format
-        One of `sccohort.io.read.FORMATS`.
+        One of `sccohort.cohort.FORMATS`.
     path
         The file or folder read (resolved from a run folder, as the reader does).
     n_cells

@@ -417,7 +417,7 @@ class RnaCollector:
         return sample
 
     def _flush(self) -> None:
-        from sccohort.io.read import check_same_genes
+        from sccohort.io.stack import check_same_genes
 
         if self.writer is None:
             self.first = next(iter(self.waiting))
