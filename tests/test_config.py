@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from sccohort import config as config_mod
+from sccohort import config_checks
 from sccohort.cohort import ClinicalTable, Contrast, SampleSheet
-from sccohort.config import Config, build_designs, config_section, load_config, load_inputs
+from sccohort.config import Config, build_designs, load_config, load_inputs
+from sccohort.config_checks import config_section
 from sccohort.errors import InputError
 
 SSC_AGES = [67, 56, 82, 72, 64, 60, 80, 58, 47, 76, 81, 57, 46, 61, 50, 62, 77, 67, 53, 74, 73]
@@ -255,7 +256,7 @@ class QcDemo:
 
 
 def test_new_section_is_one_dataclass(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(config_mod, "_SECTIONS", dict(config_mod._SECTIONS))
+    monkeypatch.setattr(config_checks, "SECTIONS", dict(config_checks.SECTIONS))
     config_section("qc_demo")(QcDemo)
     toml = write(
         tmp_path / "c.toml",
@@ -280,7 +281,7 @@ def test_new_section_is_one_dataclass(tmp_path: Path, monkeypatch) -> None:
 def _number_keys() -> list[tuple[str, dataclasses.Field]]:
     """``(section, field)`` of every key of a registered section that takes a number."""
     found = []
-    for name, cls in config_mod._SECTIONS.items():
+    for name, cls in config_checks.SECTIONS.items():
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             text = str(hints[f.name])
@@ -297,7 +298,7 @@ def test_every_number_key_declares_its_range() -> None:
 
 
 def test_every_default_is_in_its_range() -> None:
-    for cls in config_mod._SECTIONS.values():
+    for cls in config_checks.SECTIONS.values():
         for f in dataclasses.fields(cls):
             if f.default is not dataclasses.MISSING:
                 default = f.default
@@ -360,13 +361,13 @@ def test_every_range_problem_is_reported_at_once(tmp_path: Path) -> None:
 
 
 def test_a_new_section_declares_ranges_beside_its_defaults(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(config_mod, "_SECTIONS", dict(config_mod._SECTIONS))
+    monkeypatch.setattr(config_checks, "SECTIONS", dict(config_checks.SECTIONS))
 
     @config_section("demo")
     @dataclass
     class Demo:
-        share: float = config_mod.setting(config_mod.PROBABILITY, default=0.5)
-        names: list[str] = config_mod.setting(config_mod.at_least_one, factory=lambda: ["a"])
+        share: float = config_checks.setting(config_checks.PROBABILITY, default=0.5)
+        names: list[str] = config_checks.setting(config_checks.at_least_one, factory=lambda: ["a"])
 
     assert load_config(write(tmp_path / "c.toml", INPUTS)).demo == Demo()
     toml = write(tmp_path / "c.toml", INPUTS + "[demo]\nshare = 1.5\nnames = []\n")

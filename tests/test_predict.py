@@ -12,6 +12,7 @@ from sklearn.linear_model import LogisticRegression
 
 from sccohort.cohort import ClinicalTable, Contrast
 from sccohort.errors import InputError
+from sccohort.stats import logistic as L
 from sccohort.stats import predict as P
 from sccohort.stats.predict import SUMMARY_COLUMNS, delong_ci, predict_phenotype
 
@@ -44,12 +45,12 @@ def test_batch_solver_matches_sklearn_and_alo_matches_exact_loo():
     x = rng.normal(size=(n, p))
     y = (x[:, 0] + rng.normal(size=n) > 0).astype(float)
     w = np.ones((1, n))
-    xs = P._standardise(x, w)[0]
+    xs = L._standardise(x, w)[0]
     x1 = np.concatenate([np.ones((1, n, 1)), xs], axis=2)
     cs = np.array([0.05, 0.5, 10.0])
     labels = np.repeat(y[None], len(cs), axis=0)
-    theta, lev = P._fit_batch(x1, w, labels, 1.0 / cs)
-    alo = P._alo_logloss(x1, w, labels, theta, lev)[0]
+    theta, lev = L._fit_batch(x1, w, labels, 1.0 / cs)
+    alo = L._alo_logloss(x1, w, labels, theta, lev)[0]
     for k, c in enumerate(cs):
         ref = LogisticRegression(C=c, tol=1e-10, max_iter=10_000).fit(xs[0], y)
         np.testing.assert_allclose(theta[0, k, 1:], ref.coef_[0], atol=1e-6)
@@ -70,7 +71,7 @@ def test_batch_solver_matches_sklearn_and_alo_matches_exact_loo():
         assert alo[k] == pytest.approx(exact, rel=0.02)  # one Newton step from the fit
     # the optimum does not depend on the starting point (warm starts, chord steps)
     far = rng.normal(scale=3.0, size=theta.shape)
-    np.testing.assert_allclose(P._fit_batch(x1, w, labels, 1.0 / cs, far)[0], theta, atol=1e-10)
+    np.testing.assert_allclose(L._fit_batch(x1, w, labels, 1.0 / cs, far)[0], theta, atol=1e-10)
 
 
 def test_rotated_folds_solve_the_same_problems():
@@ -81,15 +82,15 @@ def test_rotated_folds_solve_the_same_problems():
     y = np.r_[np.ones(4), np.zeros(5)]
     w = np.ones((n, n))
     w[np.arange(n), np.arange(n)] = 0.0
-    held = P._Folds.build(x, w)
+    held = L._Folds.build(x, w)
     assert held.basis is not None and held.x1.shape == (n, n, n - 1)  # n - 2 slopes + 1
-    xs, mean, sd = P._standardise(x, w)
-    plain = P._Folds(np.concatenate([np.ones((n, n, 1)), xs], axis=2), w, mean, sd, None)
+    xs, mean, sd = L._standardise(x, w)
+    plain = L._Folds(np.concatenate([np.ones((n, n, 1)), xs], axis=2), w, mean, sd, None)
     labels = np.array([y, rng.permutation(y)])
     lam = 1.0 / np.array([0.1, 1.0, 10.0])
     lab, lams = np.repeat(labels, 3, axis=0), np.tile(lam, 2)
-    rot, rot_lev = P._fit_batch(held.x1, w, lab, lams)
-    full, full_lev = P._fit_batch(plain.x1, w, lab, lams)
+    rot, rot_lev = L._fit_batch(held.x1, w, lab, lams)
+    full, full_lev = L._fit_batch(plain.x1, w, lab, lams)
     b0, beta = held.raw(rot)
     b0_ref, beta_ref = plain.raw(full)
     np.testing.assert_allclose(beta, beta_ref, atol=1e-8)
@@ -97,12 +98,12 @@ def test_rotated_folds_solve_the_same_problems():
     train = w[:, None, :].astype(bool) & np.ones(lab.shape[0], dtype=bool)[None, :, None]
     np.testing.assert_allclose(rot_lev[train], full_lev[train], rtol=1e-7)
     # and the whole nested procedure agrees with the unrotated one
-    full_fold = P._Folds.build(x, np.ones((1, n)))
-    xs1, mean1, sd1 = P._standardise(x, np.ones((1, n)))
-    plain1 = P._Folds(np.concatenate([np.ones((1, n, 1)), xs1], axis=2), np.ones((1, n)),
+    full_fold = L._Folds.build(x, np.ones((1, n)))
+    xs1, mean1, sd1 = L._standardise(x, np.ones((1, n)))
+    plain1 = L._Folds(np.concatenate([np.ones((1, n, 1)), xs1], axis=2), np.ones((1, n)),
                       mean1, sd1, None)  # fmt: skip
-    got = P._nested_loo(held, full_fold, labels, lam)
-    ref = P._nested_loo(plain, plain1, labels, lam)
+    got = L._nested_loo(held, full_fold, labels, lam)
+    ref = L._nested_loo(plain, plain1, labels, lam)
     np.testing.assert_allclose(got[0], ref[0], atol=1e-8)
     np.testing.assert_allclose(got[1], ref[1], atol=1e-8)
     np.testing.assert_array_equal(got[2], ref[2])
