@@ -8,6 +8,7 @@ from sccohort.cohort import ClinicalTable, SampleSheet
 from sccohort.io.atomic import read_csv, write_csv, write_h5mu
 from sccohort.io.features import gene_table
 from sccohort.io.genesets import hallmark, read_gmt, read_tf_targets
+from sccohort.io.mtx import read_10x_mtx
 from sccohort.io.probe import ModalityProbe, SampleProbe, probe_sample, probe_samples, probe_table
 from sccohort.io.read import read_raw_droplets, read_sample, read_samples
 from sccohort.io.read_cohort import read_cohort
@@ -20,7 +21,7 @@ from sccohort.io.tables import (
     table_path,
     write_table,
 )
-from sccohort.io.tenx import read_10x_h5, read_10x_mtx
+from sccohort.io.tenx import read_10x_h5
 
 __all__ = [
     "CORE_COLUMNS",

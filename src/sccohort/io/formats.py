@@ -15,7 +15,7 @@ import numpy as np
 
 from sccohort.cohort import FORMATS, special_file_kind
 from sccohort.errors import InputError
-from sccohort.io.tenx import find_file
+from sccohort.io.mtx import find_file
 
 _FILTERED_H5 = (
     "filtered_feature_bc_matrix.h5",

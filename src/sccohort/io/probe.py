@@ -46,19 +46,18 @@ from sccohort.errors import InputError
 from sccohort.io.features import GeneIds, check_modality, gene_ids_of, modality_var
 from sccohort.io.formats import _resolve
 from sccohort.io.h5 import OBSM_PROTEINS, h5mu_modalities, plan_h5ad
-from sccohort.io.read import _call_reader, _check_sample_id, _with_sample, check_rna_present
-from sccohort.io.rhapsody import check_rhapsody_csv, rhapsody_modalities
-from sccohort.io.stack import gene_list_mismatches
-from sccohort.io.tenx import (
+from sccohort.io.mtx import (
     MtxFiles,
     cellranger_mtx_files,
-    check_10x_h5,
     check_mtx_entries,
     check_mtx_shape,
     modality_mtx_files,
-    plan_10x,
     read_mtx_header,
 )
+from sccohort.io.read import _call_reader, _check_sample_id, _with_sample, check_rna_present
+from sccohort.io.rhapsody import check_rhapsody_csv, rhapsody_modalities
+from sccohort.io.stack import gene_list_mismatches
+from sccohort.io.tenx import check_10x_h5, plan_10x
 from sccohort.io.verify import (
     Axis,
     BadValue,

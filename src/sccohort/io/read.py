@@ -40,9 +40,10 @@ from sccohort.io.features import (
 )
 from sccohort.io.formats import _resolve
 from sccohort.io.h5 import mudata_options, read_h5ad_modalities, read_h5mu_modalities
+from sccohort.io.mtx import read_10x_mtx
 from sccohort.io.rhapsody import read_rhapsody_csv
 from sccohort.io.stack import _INT32_MAX, _concat_hto, _concat_prot, _concat_rna
-from sccohort.io.tenx import read_10x_h5, read_10x_h5_droplets, read_10x_mtx
+from sccohort.io.tenx import read_10x_h5, read_10x_h5_droplets
 
 MODALITY_ORDER = ("rna", "prot", "hto")
 SHEET_CATEGORIES = ("sample_id", "donor_id", "batch", "timepoint", "tissue")
