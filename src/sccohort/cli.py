@@ -382,9 +382,9 @@ def demo(
 ) -> None:
     """Simulate the reference study's cohort into OUT/input and run the whole pipeline on it.
 
-    The demo plants 4-fold expansions of CD14_EGR1 (SRC) and CD8_TEM_T2ISG (ILD): with the
-    donors' own variation, 27 donors find both in 97 % of simulated cohorts at 4-fold and
-    57 % at the simulator's default 3-fold (benchmarks/bench_demo_power.py).
+    The demo plants 4-fold expansions of CD14_EGR1 (SRC) and CD8_TEM_T2ISG (ILD), not the
+    simulator's default 3-fold: with the donors' own variation, 27 donors find both far more
+    often at 4-fold (benchmarks/bench_demo_power.py; numbers in the README).
     """
 
     def go() -> None:

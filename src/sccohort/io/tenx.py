@@ -71,8 +71,8 @@ def write_10x_h5(
     library_id
         Stored in the file's ``library_ids`` attribute.
     compression_level
-        gzip level of the arrays (Cell Ranger's files are gzip; 1 writes ~3x faster than 4
-        for a few percent more bytes).
+        gzip level of the arrays (Cell Ranger's files are gzip; a low level writes much
+        faster for a few percent more bytes).
     """
     path = Path(path)
     csr = sp.csr_matrix(counts)  # cells x features == features x cells in CSC

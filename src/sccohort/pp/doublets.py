@@ -293,7 +293,7 @@ def _nearest_centroid(x: np.ndarray, cent: np.ndarray) -> np.ndarray:
 def _neighbour_share_ivf(
     emb: np.ndarray, n_obs: int, queries: np.ndarray, k: int, seed: int, n_probe: int = N_PROBE
 ) -> np.ndarray:
-    """`_neighbour_share` over an inverted file: approximate, about 4x faster at 24k droplets.
+    """`_neighbour_share` over an inverted file: approximate, and faster on many droplets.
 
     Droplets are grouped into ``sqrt(n)`` k-means lists; the queries of one list are compared
     with the droplets of the ``n_probe`` lists whose centroids lie nearest its centroid (more

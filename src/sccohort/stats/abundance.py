@@ -9,16 +9,13 @@ moderation re-estimated in every permutation. The effect is the term's coefficie
 model fitted to the log2 shares: the log2 fold change of the share (case vs control, or per
 unit of a continuous variable), with the moderated-t 95% CI.
 
-Why arcsine-sqrt for the test (benchmarks/bench_association_calibration.py, 4 vs 17 donors,
-38 subsets, 2,000 cells per donor, 120 cohorts per fold): with 4 cases an expansion in the cases
-widens only the cases' spread, which the pooled variance mostly ignores, so a scale less
-compressive than log finds expansions a little more often (power at FDR 0.05 for a 3% subset:
-2-fold 0.50 vs 0.43 on log2 shares, 2.5-fold 0.86 vs 0.84, 3-fold 0.98 vs 0.96) and depletions
-less often (0.4-fold 0.68 vs 0.77). Both scales are calibrated by the permutations (type-I error
-at 0.05: 0.045-0.051 for 4 vs 17, 12 vs 9 and 21 vs 6 with an age covariate). The same moderated
-t with parametric p-values (propeller) was calibrated there too and more powerful (2.5-fold:
-0.97): on well-behaved Dirichlet-multinomial data the permutations cost power; they are the
-default because their validity needs only exchangeable donors, not normal residuals.
+Why arcsine-sqrt for the test: with few cases an expansion in the cases widens only the
+cases' spread, which the pooled variance mostly ignores, so a scale less compressive than log
+finds expansions more often (and depletions less often); both scales are calibrated by the
+permutations. The permutations cost some power against propeller's parametric p-values on
+well-behaved Dirichlet-multinomial data; they are the default because their validity needs
+only exchangeable donors, not normal residuals. The measured calibration and power are in
+``benchmarks/bench_association_calibration.py`` and the README.
 
 Why by hand: limma/propeller are R-only; Python peers (statsmodels, pertpy) offer neither a
 moderated t nor an exact or Freedman-Lane permutation engine. The matrix algebra here computes
