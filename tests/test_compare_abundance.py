@@ -392,7 +392,7 @@ def test_compare_donor_values_finds_a_planted_score_shift() -> None:
     ],
 )
 def test_attainable_significance_is_the_smallest_p_value(n, n_case, covariates, bound) -> None:
-    from sccohort.stats.abundance import attainable_significance
+    from sccohort.stats.permutation import attainable_significance
 
     counts, clinical = binary_cohort(np.random.default_rng(3), n=n, n_case=n_case)
     design = src_design(clinical, covariates)

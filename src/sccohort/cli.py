@@ -261,7 +261,7 @@ def validate(config: Annotated[Path, typer.Argument(help="The run's TOML config.
     from sccohort.config import build_designs, load_config, load_inputs
     from sccohort.io.probe import probe_table
     from sccohort.stages import check_inputs
-    from sccohort.stats.abundance import attainable_significance, describe_attainable
+    from sccohort.stats.permutation import attainable_significance, describe_attainable
 
     def check() -> None:
         cfg = load_config(config)

@@ -20,8 +20,9 @@ from .. import pl
 from ..cohort import ClinicalTable
 from ..errors import InputError
 from ..io.tables import TABLES, read_table, table_files
-from ..stats.abundance import DEFAULT_METHOD, describe_attainable
+from ..stats.abundance import DEFAULT_METHOD
 from ..stats.composition import donor_shares
+from ..stats.permutation import describe_attainable
 from ..stats.selection import (
     associated_subsets,
     default_test_rows,

@@ -6,12 +6,7 @@ returns tidy tables whose first columns are :data:`sccohort.io.CORE_COLUMNS`.
 
 from sccohort.cohort import Contrast, ContrastDesign
 from sccohort.multitest import adjust_pvalues, spatial_fdr
-from sccohort.stats.abundance import (
-    attainable_significance,
-    compare_abundance,
-    compare_donor_values,
-    describe_attainable,
-)
+from sccohort.stats.abundance import compare_abundance, compare_donor_values
 from sccohort.stats.composition import composition, donor_counts, donor_shares
 from sccohort.stats.deseq2 import deseq2_wald
 from sccohort.stats.enrichment import enrich_markers, ora, sets_covered
@@ -20,6 +15,7 @@ from sccohort.stats.gating_result import Gate, GatingResult
 from sccohort.stats.gsea import gsea
 from sccohort.stats.longitudinal import expression_trajectory, paired_test, trajectories
 from sccohort.stats.neighbourhoods import neighbourhoods
+from sccohort.stats.permutation import attainable_significance, describe_attainable
 from sccohort.stats.predict import PredictionResult, delong_ci, predict_phenotype, share_logits
 from sccohort.stats.protein_markers import protein_markers
 from sccohort.stats.pseudobulk import filter_by_expr, pseudobulk, pseudobulk_de, pseudobulk_de_all

@@ -24,38 +24,25 @@ every permutation's statistics for all subsets with a few matrix products.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator
-from itertools import combinations, permutations
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-from scipy import special, stats
-from threadpoolctl import threadpool_limits
 
 from sccohort.cohort import ContrastDesign
 from sccohort.errors import InputError
 from sccohort.io.tables import CORE_COLUMNS
 from sccohort.multitest import adjust_pvalues
+from sccohort.stats.permutation import (
+    _permutation_test,
+)
 
-__all__ = [
-    "DEFAULT_METHOD",
-    "PSEUDOCOUNT",
-    "attainable_significance",
-    "compare_donor_values",
-    "describe_attainable",
-    "compare_abundance",
-]
+__all__ = ["DEFAULT_METHOD", "PSEUDOCOUNT", "compare_abundance", "compare_donor_values"]
 
 #: Added to every count (and twice to every total) before the log2 share.
 PSEUDOCOUNT = 0.5
 #: ``method`` of the default test's rows (moderated, arcsine-square-root scale).
 DEFAULT_METHOD = "perm_lm_asin_log2share"
-#: Permutations evaluated per matrix product (bounds memory to a few MB).
-_BATCH = 2048
-#: Relative tolerance when counting permuted statistics as extreme as the observed one.
-_TIES = 1e-9
 
 _COLUMNS = [
     *CORE_COLUMNS,
@@ -404,103 +391,6 @@ def _arm_summaries(
     return n_case, n_control
 
 
-def attainable_significance(
-    design: ContrastDesign, *, n_perm: int = 10_000, max_exact: int = 20_000, alpha: float = 0.05
-) -> dict[str, object]:
-    """The smallest p-value the default test can give on a design, before running it.
-
-    A permutation p-value cannot be smaller than one over the number of relabellings of the
-    donors: with 2 cases and 2 controls there are 6, two of which (the observed labelling and
-    its mirror) give the same |t|, so p >= 1/3 whatever the data. Benjamini-Hochberg cannot
-    adjust a p-value below itself, so nothing reaches ``padj < alpha`` when that bound is
-    above ``alpha``.
-
-    Parameters
-    ----------
-    design
-        The contrast's design (:meth:`sccohort.cohort.Contrast.design`).
-    n_perm, max_exact
-        As in `compare_abundance` (they decide between enumeration and random permutations).
-    alpha
-        The significance threshold the run uses (``[characterise] alpha``).
-
-    Returns
-    -------
-    dict
-        ``contrast, n_case, n_control, covariates, scheme`` (as `compare_abundance` would
-        choose it), ``n_relabellings`` (distinct labellings enumerated, or the random
-        permutations + 1), ``min_pvalue``, ``min_padj`` (the BH bound: reached only when every
-        subset has the smallest p-value) and ``reachable`` (``min_padj < alpha``).
-
-    Examples
-    --------
-    >>> from sccohort.stats import attainable_significance
-    >>> from sccohort.datasets import toy
-    >>> data = toy()
-    >>> design, counts, totals = data.design, data.counts, data.totals
-    >>> reach = attainable_significance(design)
-    >>> reach["n_relabellings"], round(reach["min_pvalue"], 4), reach["reachable"]
-    (70, 0.0286, True)
-    """
-    x = design.matrix.to_numpy(dtype=float)
-    term = design.matrix.columns.get_loc(design.term)
-    n = x.shape[0]
-    covariates = x.shape[1] > 2
-    if covariates:
-        count = math.factorial(n)
-        exact = count <= max_exact
-        scheme = "freedman-lane-exact" if exact else "freedman-lane"
-        mirrors = 1
-    else:
-        count = _n_arrangements(x[:, term])
-        exact = count <= max_exact
-        scheme = "exact" if exact else "random"
-        # equal groups: swapping cases and controls flips t, so |t| ties with its mirror
-        mirrors = 2 if not design.is_continuous and design.n_case == design.n_control else 1
-    if exact:
-        min_p, relabellings = mirrors / count, count
-    else:
-        min_p, relabellings = 1 / (1 + int(n_perm)), int(n_perm) + 1
-    return {
-        "contrast": design.contrast.name,
-        "n_case": design.n_case,
-        "n_control": design.n_control,
-        "covariates": ";".join(design.contrast.covariates),
-        "scheme": scheme,
-        "n_relabellings": relabellings,
-        "min_pvalue": min(1.0, min_p),
-        "min_padj": min(1.0, min_p),
-        "reachable": bool(min_p < alpha),
-    }
-
-
-def describe_attainable(row: dict, alpha: float) -> str:
-    """A plain sentence on an `attainable_significance` row whose bound is not below ``alpha``.
-
-    Examples
-    --------
-    >>> from sccohort.stats import attainable_significance, describe_attainable
-    >>> from sccohort.datasets import toy
-    >>> from sccohort.stats import Contrast
-    >>> data = toy()
-    >>> six = ["D1", "D2", "D3", "D5", "D6", "D7"]
-    >>> three = Contrast("SRC", "SRC", case="yes").design(data.clinical, six)
-    >>> text = describe_attainable(attainable_significance(three), alpha=0.05)
-    >>> import textwrap
-    >>> print(textwrap.fill(text, 88))
-    contrast 'SRC': with 3 vs 3 donors the smallest p-value the donor-level test can give is
-    0.1 (20 relabellings of the donors), so no subset can reach padj < 0.05 whatever the
-    data; add donors, or read its effects as descriptive
-    """
-    sizes = f"{row['n_case']} vs {row['n_control']}" if row["n_control"] else f"{row['n_case']}"
-    return (
-        f"contrast '{row['contrast']}': with {sizes} donors the smallest p-value the "
-        f"donor-level test can give is {row['min_pvalue']:.3g} "
-        f"({int(row['n_relabellings']):,} relabellings of the donors), so no subset can reach "
-        f"padj < {alpha:g} whatever the data; add donors, or read its effects as descriptive"
-    )
-
-
 def _validated(
     counts: pd.DataFrame, totals: pd.DataFrame, design: ContrastDesign, level: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -581,175 +471,3 @@ def _validated(
             hint="Check their samples' QC, or leave them out of the contrast",
         )
     return count_values, total_values
-
-
-def _model(
-    y: np.ndarray, x: np.ndarray, term: int, moderate: bool
-) -> Callable[[np.ndarray], tuple[np.ndarray, ...]]:
-    """Statistics of the term for every column of ``y`` (n x G) under rearrangements.
-
-    The returned function maps index arrays ``order`` (B x n) to the coefficient, the
-    (moderated) t, the posterior variance (B x G each) and the prior df (B,). Row b tests the
-    design's rows rearranged by ``order[b]`` against the reduced model's residuals, which equals
-    refitting the full model to the residuals permuted by the inverse arrangement
-    (Freedman-Lane; with the intercept only, a plain relabelling of the donors). The identity
-    gives the observed fit.
-    """
-    n, p = x.shape
-    resid_df = n - p
-    reduced = np.delete(x, term, axis=1)
-    r = y - reduced @ np.linalg.lstsq(reduced, y, rcond=None)[0]
-    weights = np.linalg.pinv(x)[term]  # coefficient of the term = weights @ y
-    basis = np.linalg.qr(x)[0]  # n x p orthonormal basis of the design's span
-    unscaled_var = float(weights @ weights)  # [(X'X)^-1]_term,term
-    r_ss = (r**2).sum(axis=0)
-
-    def statistics(order: np.ndarray) -> tuple[np.ndarray, ...]:
-        coef = weights[order] @ r
-        fitted_ss = ((basis[order].transpose(0, 2, 1) @ r) ** 2).sum(axis=1)
-        s2 = np.maximum(r_ss - fitted_ss, 1e-12 * r_ss) / resid_df
-        s2_post, d0 = _squeeze(s2, resid_df) if moderate else (s2, np.zeros(len(order)))
-        return coef, coef / np.sqrt(s2_post * unscaled_var), s2_post * unscaled_var, d0
-
-    return statistics
-
-
-def _permutation_test(
-    y_test: np.ndarray,
-    y_effect: np.ndarray,
-    x: np.ndarray,
-    term: int,
-    covariates: bool,
-    n_perm: int,
-    max_exact: int,
-    seed: int,
-    moderate: bool,
-) -> dict[str, np.ndarray | str | int | bool | float]:
-    """Permutation p-values of the term's t on ``y_test`` and the effect fitted on ``y_effect``."""
-    n, p = x.shape
-    if covariates:
-        exact = math.factorial(n) <= max_exact
-        scheme = "freedman-lane-exact" if exact else "freedman-lane"
-        batches = _all_permutations(n) if exact else _random_permutations(n, n_perm, seed)
-    else:
-        exact = _n_arrangements(x[:, term]) <= max_exact
-        scheme = "exact" if exact else "random"
-        batches = _arrangements(x[:, term]) if exact else _random_permutations(n, n_perm, seed)
-    identity = np.arange(n)[None, :]
-    # Small matrix products: BLAS threads only add overhead (and thrash on a busy machine).
-    with threadpool_limits(1, user_api="blas"):
-        test = _model(y_test, x, term, moderate)
-        t_obs, d0_test = (a[0] for a in test(identity)[1::2])
-        coef, _, var, d0 = (a[0] for a in _model(y_effect, x, term, moderate)(identity))
-        threshold = np.abs(t_obs) * (1 - _TIES)
-        extreme = np.zeros(y_test.shape[1])
-        evaluated = 0
-        for order in batches:
-            extreme += (np.abs(test(order)[1]) >= threshold).sum(axis=0)
-            evaluated += len(order)
-    pvalue = extreme / evaluated if exact else (1 + extreme) / (1 + evaluated)
-
-    se = np.sqrt(var)
-    df = n - p + d0
-    quantile = stats.t.ppf(0.975, df) if np.isfinite(df) else stats.norm.ppf(0.975)
-    return {
-        "effect": coef,
-        "ci_low": coef - quantile * se,
-        "ci_high": coef + quantile * se,
-        "pvalue": np.minimum(pvalue, 1.0),
-        "statistic": t_obs,
-        "se": se,
-        "df_prior": float(d0_test),
-        "scheme": scheme,
-        "n_perm": evaluated,
-        "exact": exact,
-    }
-
-
-def _squeeze(s2: np.ndarray, df: int) -> tuple[np.ndarray, np.ndarray]:
-    """Squeeze each row of ``s2`` (B x G) as limma's ``squeezeVar`` (not robust).
-
-    Returns posterior variances (B x G) and prior degrees of freedom (B,); with fewer than 3
-    columns, no squeezing.
-    """
-    b, g = s2.shape
-    if g < 3:
-        return s2, np.zeros(b)
-    half = df / 2
-    e = np.log(s2) - special.digamma(half) + np.log(half)
-    e_mean = e.mean(axis=1)
-    e_var = e.var(axis=1, ddof=1) - special.polygamma(1, half)
-    finite = e_var > 0
-    d0 = np.full(b, np.inf)
-    d0[finite] = 2 * _trigamma_inverse(e_var[finite])
-    s0 = np.exp(e_mean)
-    s0[finite] *= np.exp(special.digamma(d0[finite] / 2) - np.log(d0[finite] / 2))
-    post = np.empty_like(s2)
-    # no excess spread: the pooled variance (limma since 2017; the limit above is larger)
-    post[~finite] = s2[~finite].mean(axis=1, keepdims=True)
-    w = d0[finite, None]
-    post[finite] = (w * s0[finite, None] + df * s2[finite]) / (w + df)
-    return post, d0
-
-
-def _trigamma_inverse(x: np.ndarray) -> np.ndarray:
-    """Solve ``trigamma(y) = x`` for ``y`` (limma's ``trigammaInverse``, vectorised)."""
-    x = np.asarray(x, dtype=float)
-    y = 0.5 + 1 / x
-    active = np.ones(x.shape, dtype=bool)
-    for _ in range(50):
-        tri = special.polygamma(1, y[active])
-        dif = tri * (1 - tri / x[active]) / special.polygamma(2, y[active])
-        y[active] += dif
-        done = -dif / y[active] < 1e-8
-        active[np.flatnonzero(active)[done]] = False
-        if not active.any():
-            break
-    y = np.where(x > 1e7, 1 / np.sqrt(np.maximum(x, 1e-300)), y)
-    return np.where(x < 1e-6, 1 / np.maximum(x, 1e-300), y)
-
-
-def _n_arrangements(values: np.ndarray) -> int:
-    """Number of distinct arrangements of ``values`` (a multinomial coefficient)."""
-    _, multiplicity = np.unique(values, return_counts=True)
-    n = math.factorial(len(values))
-    for m in multiplicity:
-        n //= math.factorial(int(m))
-    return n
-
-
-def _arrangements(values: np.ndarray) -> Iterator[np.ndarray]:
-    """Every distinct arrangement of ``values`` as index arrays ``order`` (``values[order]``).
-
-    Yields batches (rows = arrangements); the identity arrangement is among them.
-    """
-    uniq, inverse = np.unique(values, return_inverse=True)
-    n = len(values)
-    rows = np.full((1, n), -1, dtype=np.intp)
-    for k in range(len(uniq)):
-        members = np.flatnonzero(inverse == k)
-        free = np.nonzero(rows == -1)[1].reshape(len(rows), -1)  # sorted free positions
-        if k == len(uniq) - 1:
-            rows[np.arange(len(rows))[:, None], free] = members
-            break
-        choices = np.array(list(combinations(range(free.shape[1]), len(members))), dtype=np.intp)
-        positions = free[:, choices].reshape(-1, len(members))
-        rows = np.repeat(rows, len(choices), axis=0)
-        rows[np.arange(len(rows))[:, None], positions] = members
-    for start in range(0, len(rows), _BATCH):
-        yield rows[start : start + _BATCH]
-
-
-def _all_permutations(n: int) -> Iterator[np.ndarray]:
-    """All ``n!`` permutations of ``range(n)`` in batches."""
-    every = np.array(list(permutations(range(n))), dtype=np.intp).reshape(-1, n)
-    for start in range(0, len(every), _BATCH):
-        yield every[start : start + _BATCH]
-
-
-def _random_permutations(n: int, n_perm: int, seed: int) -> Iterator[np.ndarray]:
-    """``n_perm`` uniformly random permutations of ``range(n)`` in batches (seeded)."""
-    rng = np.random.default_rng(seed)
-    for start in range(0, n_perm, _BATCH):
-        size = min(_BATCH, n_perm - start)
-        yield rng.permuted(np.tile(np.arange(n), (size, 1)), axis=1)
