@@ -6,14 +6,8 @@ Every name in ``__all__`` is public API (scanpy's conventions).
 from sccohort.pp.doublets import DoubletResult, call_doublets
 from sccohort.pp.dsb import dsb, isotype_controls
 from sccohort.pp.normalize import clr, normalize_rna
-from sccohort.pp.qc import (
-    QCParams,
-    auto_min_genes,
-    protein_metrics,
-    qc_sample,
-    rna_metrics,
-    run_qc,
-)
+from sccohort.pp.qc import QCParams, auto_min_genes, qc_sample, run_qc
+from sccohort.pp.qc_metrics import protein_metrics, rna_metrics
 from sccohort.pp.sample import PreparedSample, prepare_sample
 from sccohort.pp.summary import summarise_sample, summary_table
 

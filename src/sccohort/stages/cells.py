@@ -30,7 +30,7 @@ from sccohort.pp import (
     prepare_sample,
     summary_table,
 )
-from sccohort.pp.qc import METRICS as QC_METRICS
+from sccohort.pp.qc_metrics import METRICS as QC_METRICS
 from sccohort.pp.store import RNA_STORE_FILE, STORE_KEY, RnaCollector
 from sccohort.stages.base import RunState
 from sccohort.stages.panel import check_panel
