@@ -18,9 +18,9 @@ within each training fold) and validates it by nested leave-one-out cross-valida
   DeLong 95% interval (DeLong et al. 1988, midranks for ties). Pooled leave-one-out AUROC
   is pessimistic when the features carry no signal (each held-out donor is scored by a
   model fitted without it, which shifts its score against its own class; Airola et al.
-  2011, Comput Stat Data Anal 55:1828): on null simulations (4-10 cases, 10-17 controls,
-  4-10 features) its mean was 0.40-0.45 and the DeLong interval covered 0.5 in 72-85% of
-  runs. The summary reports the mean AUROC of the permuted runs (``auroc_null_mean``), the
+  2011, Comput Stat Data Anal 55:1828): on null cohorts its mean lies below 0.5 and the
+  DeLong interval misses 0.5 more often than 5 % (``benchmarks/bench_predict.py``). The
+  summary reports the mean AUROC of the permuted runs (``auroc_null_mean``), the
   procedure's own chance level, and the permutation p-value is the calibrated test.
 - **permutation p-value**: the labels are permuted ``n_perm`` times and the whole nested
   procedure is repeated; ``p = (1 + #{AUROC_perm >= AUROC}) / (1 + n_perm)``.
