@@ -23,14 +23,13 @@ from sccohort.io.features import (
     gene_ids_of,
     gene_table,
     gene_var,
-    is_isotype,
     make_unique,
     plan_from_names,
-    protein_alias,
     strip_genome_prefix,
 )
 from sccohort.io.formats import detect_format
 from sccohort.io.h5 import looks_like_proteins
+from sccohort.io.protein_names import is_isotype, protein_alias
 from sccohort.io.read import read_raw_droplets, read_sample, read_samples
 from sccohort.io.stack import stack_rows
 from sccohort.io.tenx import write_10x_h5

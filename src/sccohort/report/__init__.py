@@ -12,10 +12,10 @@ from .build import (
     format_value,
 )
 from .characterisation import characterisation_section
+from .methods import methods_section
 from .sections import (
     cell_types_section,
     cohort_section,
-    methods_section,
     qc_section,
     umap_section,
 )

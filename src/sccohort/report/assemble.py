@@ -24,13 +24,13 @@ from ..io.tables import TABLES, read_table, table_files
 from ..stats.abundance import DEFAULT_METHOD, VALUES_METHOD
 from .build import Items, Note, Paragraph, Section, build_report
 from .characterisation import characterisation_section
+from .methods import methods_section
 from .sections import (
     SMALL_GROUP,
     cell_types_section,
     clinical_frame,
     cohort_section,
     contrast_sizes,
-    methods_section,
     qc_section,
     umap_section,
 )

@@ -47,7 +47,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from sccohort.errors import InputError
-from sccohort.io.features import protein_alias
+from sccohort.io.protein_names import protein_alias
 from sccohort.pp.store import rna_columns, store_of
 
 UNASSIGNED = "unassigned"
