@@ -118,8 +118,14 @@ def test_majority_parent_and_missing_parent_sample() -> None:
 
 def test_composition_errors() -> None:
     obs = _obs({"A": {"B naive": 2}}, {"A": "D1"})
-    with pytest.raises(InputError, match="lacks column"):
+    with pytest.raises(InputError, match="no column 'l2'"):
         composition(obs.drop(columns="l2"))
+    with pytest.raises(InputError, match=r"no column 'patient' \(donor_key\)"):
+        composition(obs, donor_key="patient")
+    renamed = obs.rename(columns={"donor_id": "patient", "sample_id": "run"})
+    pd.testing.assert_frame_equal(
+        composition(renamed, sample_key="run", donor_key="patient"), composition(obs)
+    )
     bad = obs.copy()
     bad.loc[bad.index[0], "donor_id"] = "D9"
     with pytest.raises(InputError, match="sample 'A'.*donor_id"):

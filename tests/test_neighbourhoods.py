@@ -97,6 +97,13 @@ def test_deterministic_and_subsampling(planted):
     res, (emb, obs, design, samples) = planted
     again = neighbourhoods(emb, obs, design, samples=samples, d=10, seed=1)
     pd.testing.assert_frame_equal(res, again)
+    renamed = obs.rename(columns={"donor_id": "patient", "sample_id": "run", "subset": "cluster"})
+    keyed = neighbourhoods(
+        emb, renamed, design, samples=samples, d=10, seed=1,
+        sample_key="run", donor_key="patient", label="cluster",
+    )  # fmt: skip
+    assert (keyed["level"] == "cluster").all()  # the level is the label column's name
+    pd.testing.assert_frame_equal(res, keyed.assign(level=res["level"]))
     small = neighbourhoods(emb, obs, design, samples=samples, d=10, cells_per_sample=60, k=10)
     # at most prop * 60 cells * 12 samples index cells; nhoods hold <= the kept cells
     assert len(small) <= round(0.1 * 60 * 12)

@@ -141,6 +141,14 @@ def test_pseudobulk_by_sample_and_errors(paper) -> None:
         pseudobulk(scaled, groupby="l2")
     with pytest.raises(InputError, match="no column 'subset'"):
         pseudobulk(adata, groupby="subset")
+    # the caller's column names: the same sums, under sccohort's names
+    renamed = adata.copy()
+    renamed.obs = renamed.obs.rename(columns={"donor_id": "patient", "sample_id": "run"})
+    again, meta_again = pseudobulk(
+        renamed, groupby="l2", min_cells=1, sample_key="run", donor_key="patient"
+    )
+    pd.testing.assert_frame_equal(meta_again, meta)
+    pd.testing.assert_frame_equal(again["CD14 Mono"], by_sample["CD14 Mono"])
 
 
 def test_planted_egr1_program_found_in_cd14_monocytes(paper) -> None:

@@ -142,6 +142,12 @@ def test_donor_scores_never_pools_timepoints_silently() -> None:
         donor_scores(scores, obs, samples=["D9_t0"])
     with pytest.raises(InputError, match="lacks the grouping"):
         donor_scores(scores, obs, by=("patient", "subset"))
+    # the caller's names: the same check and the same means, under the caller's columns
+    renamed = obs.rename(columns={"donor_id": "patient", "sample_id": "run"})
+    with pytest.raises(InputError, match="several samples: D1"):
+        donor_scores(scores, renamed, sample_key="run", donor_key="patient")
+    keyed = donor_scores(scores, renamed, samples=kept, sample_key="run", donor_key="patient")
+    pd.testing.assert_frame_equal(keyed.rename(columns={"patient": "donor_id"}), out)
 
 
 def test_signatures_on_the_simulated_cohort(simulated_run: Path) -> None:

@@ -113,14 +113,14 @@ def test_missing_annotation_is_an_input_error(run):
     with pytest.raises(InputError, match="two lineages|lineages"):
         subsets(mdata, lineages={"a": ["CD14 Mono"], "b": ["CD14 Mono", "NK"]})
     with pytest.raises(InputError, match="neighbour search"):
-        subsets(mdata, neighbours="annoy")
+        subsets(mdata, knn_method="annoy")
 
 
 def test_the_approximate_lineage_graph_finds_the_planted_subsets_too(run):
     """What large lineages get (`neighbours = "auto"` above 100,000 cells), forced here."""
     mdata, table, truth = run
     approx = mdata.copy()
-    table2 = subsets(approx, neighbours="approximate", seed=0, key_added="subset_ivf")
+    table2 = subsets(approx, knn_method="approximate", seed=0, key_added="subset_ivf")
     found = approx.obs["subset_ivf"].astype(str)
     for planted in ("CD14_EGR1", "CD8_TEM_T2ISG"):
         assert _best_f1(found, truth, planted)[1] >= 0.8

@@ -86,7 +86,7 @@ def test_leiden_on_wnn_recovers_clusters_no_single_modality_resolves(data):
 
 def test_deterministic_for_a_seed_also_with_the_approximate_search():
     a, b, _ = two_modalities(n_per=80, seed=3)
-    for method in ("exact", "ivf"):
+    for method in ("exact", "approximate"):
         r1 = wnn_graph({"a": a, "b": b}, knn_method=method, seed=7)
         r2 = wnn_graph({"a": a, "b": b}, knn_method=method, seed=7)
         np.testing.assert_array_equal(r1.weights, r2.weights)
@@ -97,7 +97,7 @@ def test_deterministic_for_a_seed_also_with_the_approximate_search():
 def test_approximate_search_agrees_with_exact():
     a, b, _ = two_modalities(n_per=150, seed=5)
     exact = wnn_graph({"a": a, "b": b}, knn_method="exact")
-    ivf = wnn_graph({"a": a, "b": b}, knn_method="ivf")
+    ivf = wnn_graph({"a": a, "b": b}, knn_method="approximate")
     assert np.corrcoef(exact.weights[:, 0], ivf.weights[:, 0])[0, 1] > 0.98
     pairs = zip(exact.knn_indices, ivf.knn_indices, strict=True)
     same = [len(set(x) & set(y)) / 20 for x, y in pairs]

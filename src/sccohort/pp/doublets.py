@@ -14,7 +14,7 @@ scanpy's `scanpy.pp.scrublet` on RNA only, with the same Otsu threshold.
 
 Neighbours are exact up to `EXACT_MAX_DROPLETS` droplets (observed + simulated) and come
 from an inverted file (k-means lists, the 16 lists nearest each list searched) above it
-(``neighbours="auto"``): on large samples the approximate neighbour shares agree with the
+(``knn_method="auto"``): on large samples the approximate neighbour shares agree with the
 exact ones almost call for call (``tests/test_qc.py`` checks the agreement) at a fraction
 of the search time.
 """
@@ -31,8 +31,8 @@ from sklearn.utils.extmath import randomized_svd, svd_flip
 from threadpoolctl import threadpool_limits
 
 METHODS = ("cite", "scrublet", "none")
-NEIGHBOURS = ("auto", "exact", "approximate")
-#: With ``neighbours="auto"``, more droplets (observed + simulated) than this use the
+KNN_METHODS = ("auto", "exact", "approximate")
+#: With ``knn_method="auto"``, more droplets (observed + simulated) than this use the
 #: approximate (inverted file) neighbour search.
 EXACT_MAX_DROPLETS = 20_000
 #: Lists the inverted file searches for the queries of each list.
@@ -419,7 +419,7 @@ def _cite_scores(
     n_pcs_prot: int,
     library_weight: float,
     seed: int,
-    neighbours: str = "auto",
+    knn_method: str = "auto",
     max_sim_queries: int = 3000,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Shares of simulated neighbours of observed (n,) and simulated (m,) droplets.
@@ -451,7 +451,7 @@ def _cite_scores(
     k = max(5, int(round(np.sqrt(n))))
     sim_queries = n + np.sort(rng.choice(m, size=min(m, max_sim_queries), replace=False))
     queries = np.concatenate([np.arange(n), sim_queries])
-    if neighbours == "approximate" or (neighbours == "auto" and emb.shape[0] > EXACT_MAX_DROPLETS):
+    if knn_method == "approximate" or (knn_method == "auto" and emb.shape[0] > EXACT_MAX_DROPLETS):
         share = _neighbour_share_ivf(emb, n, queries, k, seed)
     else:
         share = _neighbour_share(emb, n, queries, k)
@@ -470,7 +470,7 @@ def call_doublets(
     library_weight: float = 0.0,
     min_cells: int = MIN_CELLS_DOUBLETS,
     max_rate: float | None = None,
-    neighbours: str = "auto",
+    knn_method: str = "auto",
     seed: int = 0,
 ) -> DoubletResult:
     """Score and call doublets among one sample's cells.
@@ -503,7 +503,7 @@ def call_doublets(
         ``MIN_MAX_RATE``; Otsu's threshold on the simulated doublets alone over-calls on small
         real samples (16 % of the 500 real ECCITE cells), so the threshold is raised to the
         score quantile that keeps calls under this cap.
-    neighbours
+    knn_method
         ``"exact"``, ``"approximate"`` (inverted file) or ``"auto"`` (approximate above
         `EXACT_MAX_DROPLETS` droplets); method ``"cite"`` only.
     seed
@@ -525,8 +525,8 @@ def call_doublets(
     """
     if method not in METHODS:
         raise ValueError(f"unknown doublet method {method!r}; use one of {METHODS}")
-    if neighbours not in NEIGHBOURS:
-        raise ValueError(f"unknown neighbour search {neighbours!r}; use one of {NEIGHBOURS}")
+    if knn_method not in KNN_METHODS:
+        raise ValueError(f"unknown neighbour search {knn_method!r}; use one of {KNN_METHODS}")
     if rna_counts is None and prot_counts is None:
         raise ValueError("call_doublets needs RNA or antibody counts")
     rna = None if rna_counts is None else sp.csr_matrix(rna_counts, dtype=np.float32)
@@ -568,7 +568,7 @@ def call_doublets(
                 n_pcs_prot=n_pcs_prot,
                 library_weight=library_weight,
                 seed=seed,
-                neighbours=neighbours,
+                knn_method=knn_method,
             )
     threshold = otsu_threshold(sim_score)
     cap = expected_max_rate(n) if max_rate is None else max_rate

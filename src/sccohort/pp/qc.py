@@ -54,9 +54,9 @@ from mudata import MuData
 
 from sccohort.errors import InputError, SccohortWarning
 from sccohort.pp.doublets import (
+    KNN_METHODS,
     METHODS,
     MIN_CELLS_DOUBLETS,
-    NEIGHBOURS,
     DoubletResult,
     call_doublets,
 )
@@ -125,7 +125,7 @@ class QCParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        choices = {"mode": MODES, "doublet_method": METHODS, "doublet_neighbours": NEIGHBOURS}
+        choices = {"mode": MODES, "doublet_method": METHODS, "doublet_neighbours": KNN_METHODS}
         words = {
             "mode": "QC mode",
             "doublet_method": "doublet method",
@@ -533,7 +533,7 @@ def _doublet_part(
         None if rna_counts is None else _take_rows(rna_counts, rows),
         None if prot_counts is None else _take_rows(prot_counts, rows),
         method=p.doublet_method,
-        neighbours=p.doublet_neighbours,
+        knn_method=p.doublet_neighbours,
         min_cells=int(p.doublet_min_cells),
         seed=int(p.seed),
     )

@@ -291,7 +291,7 @@ def stage_embed(state: RunState) -> list[Path]:
             adata = mdata.mod[modality]
             adata.obs[cfg.harmony_key] = mdata.obs.loc[adata.obs_names, cfg.harmony_key].to_numpy()
             key = "X_harmony" if modality == "rna" else "X_harmony_prot"
-            harmony(adata, basis=basis, batch_key=cfg.harmony_key, key_added=key, seed=seed)
+            harmony(adata, use_rep=basis, batch_key=cfg.harmony_key, key_added=key, seed=seed)
             mdata.obsm[key] = adata.obsm[key]
             reps[modality] = key
     graph = ad.AnnData(obs=pd.DataFrame(index=mdata.obs_names))
@@ -464,7 +464,7 @@ def stage_subsets(state: RunState) -> list[Path]:
         mdata,
         use_rep=mdata.uns["embed"]["use_rep"],
         features="rna" if "rna" in mdata.mod else "prot",
-        neighbours=state.config.subsets.neighbours,
+        knn_method=state.config.subsets.neighbours,
         seed=state.config.seed,
     )
     return [write_table(state.out, "subsets", table)]

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..cohort import DEFAULT_TIMEPOINT, DEFAULT_TISSUE
+from ..cohort.keys import cell_columns
 from ..errors import InputError
 
 __all__ = ["COLUMNS", "composition", "donor_counts", "donor_shares", "label_order"]
@@ -154,20 +155,28 @@ def _block(
     )
 
 
-def composition(obs: pd.DataFrame, levels: Sequence[str] = ("l1", "l2", "subset")) -> pd.DataFrame:
+def composition(
+    obs: pd.DataFrame,
+    levels: Sequence[str] = ("l1", "l2", "subset"),
+    *,
+    sample_key: str = "sample_id",
+    donor_key: str = "donor_id",
+) -> pd.DataFrame:
     """Counts and shares of every label per sample, at every level and within parent lineages.
 
     Parameters
     ----------
     obs
-        Per-cell table (n_cells rows) with ``sample_id``, ``donor_id``, one column per entry
-        of ``levels`` and optionally ``timepoint``, ``tissue`` (missing: the sample sheet's
-        defaults ``baseline`` / ``blood``) and ``qc_pass`` (when present only passing cells
-        are counted; every sample still gets its rows). Cells with a missing label are left
-        out of that level.
+        Per-cell table (n_cells rows) with the ``sample_key`` and ``donor_key`` columns, one
+        column per entry of ``levels`` and optionally ``timepoint``, ``tissue`` (missing: the
+        sample sheet's defaults ``baseline`` / ``blood``) and ``qc_pass`` (when present only
+        passing cells are counted; every sample still gets its rows). Cells with a missing
+        label are left out of that level.
     levels
         Annotation columns, coarse to fine. When ``"l1"`` is among them every other column
         also gets a ``"<col>_in_l1"`` level (share of the parent l1 lineage).
+    sample_key, donor_key
+        The ``obs`` columns naming each cell's sample and donor.
 
     Returns
     -------
@@ -199,14 +208,12 @@ def composition(obs: pd.DataFrame, levels: Sequence[str] = ("l1", "l2", "subset"
     levels = list(dict.fromkeys(levels))
     if not levels:
         raise InputError("no annotation level given", key="levels", hint="e.g. ('l1', 'subset')")
-    missing = [c for c in ("sample_id", "donor_id", *levels) if c not in obs.columns]
-    if missing:
-        raise InputError(
-            f"cell table lacks column(s) {', '.join(missing)}",
-            column=missing[0],
-            hint="Run annotation first (l1, l2, subset) or choose levels among: "
-            + ", ".join(map(str, obs.columns)),
-        )
+    obs = cell_columns(
+        obs,
+        {"sample_id": sample_key, "donor_id": donor_key, **{c: c for c in levels}},
+        optional=("timepoint", "tissue", "qc_pass"),
+        hint="Run annotation first (l1, l2, subset) or choose levels among the columns",
+    )
     samples = _sample_order(obs)
     meta = _sample_meta(obs, samples)
     cells = obs

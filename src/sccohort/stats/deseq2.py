@@ -437,7 +437,7 @@ def deseq2_wald(counts: pd.DataFrame, matrix: pd.DataFrame, term: str) -> pd.Dat
     )
 
 
-def pydeseq2_wald(y: pd.DataFrame, matrix: pd.DataFrame, term: str, n_cpus: int) -> pd.DataFrame:
+def pydeseq2_wald(y: pd.DataFrame, matrix: pd.DataFrame, term: str, n_jobs: int) -> pd.DataFrame:
     """DESeq2 Wald test of ``term`` (pydeseq2); columns baseMean, log2FoldChange, lfcSE, ..."""
     from pydeseq2.dds import DeseqDataSet
     from pydeseq2.default_inference import DefaultInference
@@ -450,7 +450,7 @@ def pydeseq2_wald(y: pd.DataFrame, matrix: pd.DataFrame, term: str, n_cpus: int)
     )
     contrast = np.zeros(matrix.shape[1])
     contrast[list(matrix.columns).index(term)] = 1.0
-    inference = DefaultInference(n_cpus=n_cpus)
+    inference = DefaultInference(n_cpus=n_jobs)
     py_logger = logging.getLogger("pydeseq2")
     level = py_logger.level
     py_logger.setLevel(logging.ERROR)

@@ -34,6 +34,7 @@ from scipy import sparse, stats
 from sklearn.neighbors import NearestNeighbors
 
 from sccohort.cohort import ContrastDesign
+from sccohort.cohort.keys import cell_columns
 from sccohort.errors import InputError
 from sccohort.multitest import spatial_fdr
 
@@ -87,6 +88,8 @@ def neighbourhoods(
     label: str = "subset",
     normalisation: str = "tmm",
     seed: int = 0,
+    sample_key: str = "sample_id",
+    donor_key: str = "donor_id",
 ) -> pd.DataFrame:
     """Test every Milo neighbourhood for differential abundance in one contrast.
 
@@ -95,7 +98,7 @@ def neighbourhoods(
     embedding
         Cells x dims (e.g. ``obsm["X_harmony"]``), rows in the order of ``obs``.
     obs
-        Cells (same length as ``embedding``) with columns ``sample_id``, ``donor_id`` and
+        Cells (same length as ``embedding``) with columns ``sample_key``, ``donor_key`` and
         ``label``; its index gives the neighbourhood ids (the index cell's id).
     design
         The contrast's donor-level design (intercept, tested term, covariates).
@@ -112,6 +115,8 @@ def neighbourhoods(
         ``"tmm"`` (miloR's default) or ``"total"`` (see the module notes).
     seed
         Seed of the subsampling and of the index-cell draw.
+    sample_key, donor_key
+        The ``obs`` columns naming each cell's sample and donor.
 
     Returns
     -------
@@ -148,7 +153,12 @@ def neighbourhoods(
     name = design.contrast.name
     _check_groups(design)
     embedding = np.asarray(embedding, dtype=float)
-    sample_of_donor = _check_inputs(embedding, obs, design, samples, label)
+    obs = cell_columns(
+        obs,
+        {"sample_id": sample_key, "donor_id": donor_key, "label": label},
+        hint="Pass the cohort's obs (each cell's sample, donor and label)",
+    )
+    sample_of_donor = _check_inputs(embedding, obs, design, samples)
 
     rng = np.random.default_rng(seed)
     cell_sample = obs["sample_id"].astype(str).to_numpy()
@@ -177,7 +187,7 @@ def neighbourhoods(
     kth = knn_dist[index_cells, -1]
     padj = spatial_fdr(fit["pvalue"], np.where(kth > 0, 1.0 / np.maximum(kth, 1e-300), 0.0))
 
-    labels = obs[label].astype(str).to_numpy()[keep]
+    labels = obs["label"].astype(str).to_numpy()[keep]
     majority, fraction = _majority(members, labels)
     out = pd.DataFrame(
         {
@@ -252,17 +262,9 @@ def _check_inputs(
     obs: pd.DataFrame,
     design: ContrastDesign,
     samples: Sequence[str],
-    label: str,
 ) -> dict[str, str]:
     """Validate the inputs; return donor -> sample for the design's donors (design order)."""
     name = design.contrast.name
-    for column in ("sample_id", "donor_id", label):
-        if column not in obs.columns:
-            raise InputError(
-                f"the cell table has no column '{column}'",
-                column=column,
-                hint="Pass the cohort's obs (sample_id, donor_id and the label column).",
-            )
     if embedding.ndim != 2 or embedding.shape[0] != len(obs):
         raise InputError(
             f"the embedding has shape {embedding.shape} but there are {len(obs)} cells",

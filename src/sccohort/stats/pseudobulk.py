@@ -28,6 +28,7 @@ from anndata import AnnData
 from scipy import stats
 
 from sccohort.cohort import ContrastDesign
+from sccohort.cohort.keys import cell_columns
 from sccohort.errors import InputError
 from sccohort.io.tables import CORE_COLUMNS
 from sccohort.multitest import adjust_pvalues
@@ -160,8 +161,11 @@ def _chosen_samples(samples: Sequence[str], donor_of: pd.Series) -> list[str]:
 def pseudobulk(
     adata: AnnData,
     groupby: str = "subset",
+    *,
     samples: Sequence[str] | None = None,
     min_cells: int = 10,
+    sample_key: str = "sample_id",
+    donor_key: str = "donor_id",
 ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """Sum the raw counts of every sample x group combination.
 
@@ -169,7 +173,7 @@ def pseudobulk(
     ----------
     adata
         Cells x genes with ``layers["counts"]`` (raw integer counts, sparse or dense) and
-        ``obs`` columns ``sample_id``, ``donor_id`` and ``groupby`` (cells with a missing
+        ``obs`` columns ``sample_key``, ``donor_key`` and ``groupby`` (cells with a missing
         label are left out). A MuData is read as its ``"rna"`` modality with labels from
         the MuData's ``obs``.
     groupby
@@ -179,6 +183,8 @@ def pseudobulk(
         then indexed by ``donor_id``. ``None``: every sample, indexed by ``sample_id``.
     min_cells
         Combinations with fewer cells are dropped (listed in ``meta`` with ``kept=False``).
+    sample_key, donor_key
+        The ``obs`` columns naming each cell's sample and donor.
 
     Returns
     -------
@@ -200,27 +206,25 @@ def pseudobulk(
     ['group', 'sample_id', 'donor_id', 'n_cells', 'kept']
     """
     adata, obs = _rna_and_obs(adata)
-    for column in ("sample_id", "donor_id", groupby):
-        if column not in obs.columns:
-            raise InputError(
-                f"obs has no column '{column}'",
-                column=column,
-                hint="Pseudobulk needs sample_id, donor_id and the grouping column per cell",
-            )
+    obs = cell_columns(
+        obs,
+        {"sample_id": sample_key, "donor_id": donor_key, "group": groupby},
+        hint="Pseudobulk needs each cell's sample, donor and group",
+    )
     if min_cells < 1:
         raise InputError(f"min_cells must be >= 1, got {min_cells}", key="min_cells")
     store = store_of(adata)
     x = None if store is not None else _counts_matrix(adata)
     sample = obs["sample_id"].astype(str)
     donor_of = obs.groupby(sample.values, observed=True)["donor_id"].first().astype(str)
-    use = obs[groupby].notna().to_numpy()
+    use = obs["group"].notna().to_numpy()
     by_donor = samples is not None
     if by_donor:
         chosen = _chosen_samples(samples, donor_of)
         use &= sample.isin(chosen).to_numpy()
 
     cells = np.flatnonzero(use)
-    label_codes, label_names = pd.factorize(obs[groupby].to_numpy()[cells].astype(str), sort=True)
+    label_codes, label_names = pd.factorize(obs["group"].to_numpy()[cells].astype(str), sort=True)
     sample_codes, sample_names = pd.factorize(sample.to_numpy()[cells], sort=True)
     n_samples = max(len(sample_names), 1)
     combos, codes = np.unique(
@@ -378,7 +382,7 @@ def pseudobulk_de(
     min_count: float = 10,
     min_donors: int = 3,
     engine: str = "deseq2",
-    n_cpus: int = 1,
+    n_jobs: int = 1,
 ) -> pd.DataFrame:
     """Differential expression of one group's pseudobulk between the groups of a contrast.
 
@@ -413,7 +417,7 @@ def pseudobulk_de(
         Fewest donors per side (continuous variable: more than this many donors).
     engine
         ``"deseq2"`` (vectorised, default) or ``"pydeseq2"`` (the pydeseq2 package).
-    n_cpus
+    n_jobs
         Processes the pydeseq2 engine may use (1: deterministic and polite on shared
         machines); the ``"deseq2"`` engine runs in this process.
 
@@ -463,7 +467,7 @@ def pseudobulk_de(
     if engine == "deseq2":
         res = deseq2_wald(y, matrix, design.term)
     else:
-        res = pydeseq2_wald(y, matrix, design.term, n_cpus)
+        res = pydeseq2_wald(y, matrix, design.term, n_jobs)
     lfc = res["log2FoldChange"].to_numpy(dtype=float)
     se = res["lfcSE"].to_numpy(dtype=float)
     pvalue = res["pvalue"].to_numpy(dtype=float)
@@ -500,7 +504,7 @@ def pseudobulk_de_all(
     min_count: float = 10,
     min_donors: int = 3,
     engine: str = "deseq2",
-    n_cpus: int = 1,
+    n_jobs: int = 1,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`pseudobulk_de` for every group with enough donors per side.
 
@@ -514,7 +518,7 @@ def pseudobulk_de_all(
         ``"subset"`` or ``"l2"``.
     groups
         Groups to test (default: every key of ``counts``, sorted).
-    min_count, min_donors, engine, n_cpus
+    min_count, min_donors, engine, n_jobs
         As in `pseudobulk_de`.
 
     Returns
@@ -575,7 +579,7 @@ def pseudobulk_de_all(
                 min_count=min_count,
                 min_donors=min_donors,
                 engine=engine,
-                n_cpus=n_cpus,
+                n_jobs=n_jobs,
             )
         )
     results = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=DE_COLUMNS)

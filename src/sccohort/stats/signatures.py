@@ -259,10 +259,12 @@ def score_cells(
 def donor_scores(
     scores: pd.DataFrame,
     obs: pd.DataFrame,
-    by: Sequence[str] = ("donor_id", "subset"),
+    by: Sequence[str] | None = None,
     *,
     samples: Sequence[str] | None = None,
     min_cells: int = 5,
+    sample_key: str = "sample_id",
+    donor_key: str = "donor_id",
 ) -> pd.DataFrame:
     """Mean cell score per donor x subset (or any grouping) for donor-level comparisons.
 
@@ -272,15 +274,18 @@ def donor_scores(
         Cells x sets, from :func:`score_cells`; index cell ids.
     obs
         Cell metadata indexed by cell id (e.g. ``mdata.obs``) with the ``by`` columns and,
-        when ``samples`` is given or a donor has several samples, ``sample_id``.
+        when ``samples`` is given or a donor has several samples, the ``sample_key`` column.
     by
-        Grouping columns; the first is the unit (a donor, or a sample).
+        Grouping columns of ``obs``; the first is the unit (a donor, or a sample). Default
+        ``(donor_key, "subset")``.
     samples
         Sample ids to keep (e.g. ``SampleSheet.primary_samples(...).index``). Required when
         ``by`` groups by donor and a donor has cells from more than one sample, so that time
         points are never pooled silently.
     min_cells
         Groups with fewer cells are left out.
+    sample_key, donor_key
+        The ``obs`` columns naming each cell's sample and donor.
 
     Returns
     -------
@@ -298,7 +303,7 @@ def donor_scores(
     >>> table.columns.tolist()
     ['donor_id', 'l1', 'set', 'score', 'sd', 'n_cells']
     """
-    by = list(by)
+    by = [donor_key, "subset"] if by is None else list(by)
     if not by:
         raise InputError("no grouping columns given", hint="E.g. by=('donor_id', 'subset').")
     missing = [c for c in by if c not in obs.columns]
@@ -316,29 +321,30 @@ def donor_scores(
         )
     meta = obs.loc[scores.index]
     keep = np.ones(len(meta), dtype=bool)
-    if samples is not None or "donor_id" in by:
-        if "sample_id" not in meta.columns:
+    if samples is not None or donor_key in by:
+        if sample_key not in meta.columns:
             if samples is not None:
                 raise InputError(
-                    "samples were given but obs has no sample_id column", column="sample_id"
+                    f"samples were given but obs has no column '{sample_key}' (sample_key)",
+                    column=sample_key,
                 )
         elif samples is not None:
-            unknown = pd.Index(samples).difference(meta["sample_id"].unique())
+            unknown = pd.Index(samples).difference(meta[sample_key].unique())
             if len(unknown):
                 raise InputError(
                     f"sample(s) without scored cells: {', '.join(map(str, unknown))}",
                     sample=str(unknown[0]),
                 )
-            keep = meta["sample_id"].isin(list(samples)).to_numpy()
-        elif "donor_id" in by and "sample_id" not in by:
-            per_donor = meta.groupby("donor_id", observed=True)["sample_id"].nunique()
+            keep = meta[sample_key].isin(list(samples)).to_numpy()
+        elif donor_key in by and sample_key not in by:
+            per_donor = meta.groupby(donor_key, observed=True)[sample_key].nunique()
             multi = per_donor.index[per_donor > 1]
             if len(multi):
                 raise InputError(
                     f"donor(s) with cells from several samples: {', '.join(map(str, multi))}",
-                    column="donor_id",
+                    column=donor_key,
                     hint="Pass samples= (one per donor, e.g. SampleSheet.primary_samples(..."
-                    ").index) or group by sample_id.",
+                    ").index) or group by sample.",
                 )
     meta = meta.loc[keep, by]
     values = scores.loc[keep]

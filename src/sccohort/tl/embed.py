@@ -29,26 +29,26 @@ UMAP_MAX_CELLS = 100_000
 
 def harmony(
     adata: AnnData,
-    basis: str = "X_pca",
+    use_rep: str = "X_pca",
     *,
     batch_key: str | Sequence[str] = "sample_id",
     key_added: str = "X_harmony",
     theta: float | Sequence[float] = 2.0,
     max_iter: int = 20,
     seed: int = 0,
-    n_threads: int = 0,
+    n_jobs: int = 0,
 ) -> None:
     """Harmony integration (Korsunsky et al. 2019) of an embedding across batches.
 
-    Uses harmonypy 2.x (C++ backend; results do not depend on ``n_threads``). Harmony stops
+    Uses harmonypy 2.x (C++ backend; results do not depend on ``n_jobs``). Harmony stops
     when its objective converges, so ``max_iter`` is an upper bound (R's default is 10;
     20 lets large cohorts converge).
 
     Parameters
     ----------
     adata
-        Cells x anything, with ``obsm[basis]`` (``n_cells x n_dims``).
-    basis
+        Cells x anything, with ``obsm[use_rep]`` (``n_cells x n_dims``).
+    use_rep
         Embedding to integrate, e.g. ``"X_pca"`` or ``"X_pca_prot"``.
     batch_key
         ``obs`` column(s) with the batch of each cell.
@@ -60,7 +60,7 @@ def harmony(
         Maximum Harmony iterations.
     seed
         Random state of Harmony's k-means initialisation.
-    n_threads
+    n_jobs
         Threads for harmonypy (0: one per physical core).
 
     Returns
@@ -75,7 +75,7 @@ def harmony(
     >>> prot = mdata["prot"]
     >>> prot.obs["sample_id"] = mdata.obs["sample_id"].to_numpy()
     >>> pca_prot(prot, n_comps=10)
-    >>> harmony(prot, basis="X_pca_prot", batch_key="sample_id", key_added="X_harmony_prot")
+    >>> harmony(prot, use_rep="X_pca_prot", batch_key="sample_id", key_added="X_harmony_prot")
     >>> prot.obsm["X_harmony_prot"].shape
     (1200, 10)
     """
@@ -83,10 +83,10 @@ def harmony(
 
     import harmonypy
 
-    if basis not in adata.obsm:
+    if use_rep not in adata.obsm:
         raise InputError(
-            f"obsm has no '{basis}'",
-            key=basis,
+            f"obsm has no '{use_rep}'",
+            key=use_rep,
             hint="compute the embedding first (pca_rna / pca_prot)",
         )
     keys = [batch_key] if isinstance(batch_key, str) else list(batch_key)
@@ -97,11 +97,11 @@ def harmony(
             column=missing[0],
             hint=f"use one of {list(adata.obs.columns)}",
         )
-    emb = np.asarray(adata.obsm[basis], dtype=np.float64)
+    emb = np.asarray(adata.obsm[use_rep], dtype=np.float64)
     meta = pd.DataFrame({k: adata.obs[k].astype(str).to_numpy() for k in keys})
     if all(meta[k].nunique() < 2 for k in keys):
         warnings.warn(
-            f"only one batch in {keys}: '{key_added}' is a copy of '{basis}'", stacklevel=2
+            f"only one batch in {keys}: '{key_added}' is a copy of '{use_rep}'", stacklevel=2
         )
         adata.obsm[key_added] = emb.astype(np.float32)
         return
@@ -119,7 +119,7 @@ def harmony(
             max_iter_harmony=max_iter,
             random_state=seed,
             verbose=False,
-            ncores=n_threads,
+            ncores=n_jobs,
         )
     finally:
         log.setLevel(level)
@@ -128,7 +128,7 @@ def harmony(
         z = z.T
     adata.obsm[key_added] = z.astype(np.float32)
     adata.uns[key_added.removeprefix("X_")] = {
-        "basis": basis,
+        "use_rep": use_rep,
         "batch_key": keys,
         "theta": theta_arg,
         "max_iter": int(max_iter),

@@ -18,7 +18,7 @@ from sklearn.neighbors import NearestNeighbors
 from .clustering import leiden_membership
 from .knn import knn_ivf
 
-#: Lineages up to this many cells get the exact kNN graph under ``neighbours = "auto"``.
+#: Lineages up to this many cells get the exact kNN graph under ``knn_method = "auto"``.
 EXACT_MAX_CELLS = 70_000
 
 

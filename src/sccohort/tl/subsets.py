@@ -68,14 +68,15 @@ def _check(
     mdata,
     lineages: Mapping[str, Sequence[str]] | None,
     resolution: float | str,
-    neighbours: str,
+    knn_method: str,
     use_rep: str,
     features: str,
+    donor_key: str,
 ) -> None:
-    if neighbours not in ("auto", "exact", "approximate"):
+    if knn_method not in ("auto", "exact", "approximate"):
         raise InputError(
-            f"unknown neighbour search {neighbours!r}",
-            key="neighbours",
+            f"unknown neighbour search {knn_method!r}",
+            key="knn_method",
             hint='use "auto", "exact" or "approximate"',
         )
     if resolution != "auto" and (
@@ -86,7 +87,7 @@ def _check(
             key="resolution",
             hint='give a Leiden resolution such as 1.0, or "auto"',
         )
-    for column in ("l1", "l2", "donor_id"):
+    for column in ("l1", "l2", donor_key):
         if column not in mdata.obs:
             raise InputError(
                 f"the cohort object has no obs column '{column}'",
@@ -133,7 +134,7 @@ def subsets(
     resolution: float | str = "auto",
     min_cells: int = 50,
     n_neighbors: int = 15,
-    neighbours: str = "auto",
+    knn_method: str = "auto",
     stability: float = 0.8,
     n_resamples: int = 2,
     min_distinct_genes: int | None = None,
@@ -142,6 +143,7 @@ def subsets(
     seed: int = 0,
     key_added: str = "subset",
     n_jobs: int = 2,
+    donor_key: str = "donor_id",
 ) -> pd.DataFrame:
     """Subcluster each lineage, merge indistinct clusters and name the subsets.
 
@@ -173,9 +175,10 @@ def subsets(
         merged into their nearest sibling.
     n_neighbors
         Neighbours of each cell in the lineage's kNN graph.
-    neighbours
-        Its search: ``"exact"``, ``"approximate"`` (inverted file, :mod:`sccohort.tl.knn`) or
-        ``"auto"``: exact up to :data:`EXACT_MAX_CELLS` cells in the lineage.
+    knn_method
+        The kNN search: ``"exact"``, ``"approximate"`` (inverted file, :mod:`sccohort.tl.knn`)
+        or ``"auto"``: exact up to :data:`~sccohort.tl.lineage_graph.EXACT_MAX_CELLS` cells
+        in the lineage.
     stability
         ARI threshold of the automatic resolution.
     n_resamples
@@ -193,6 +196,8 @@ def subsets(
     n_jobs
         Lineages clustered at once, in forked worker processes where the platform has
         ``fork`` (the subsets do not depend on it).
+    donor_key
+        The ``obs`` column naming each cell's donor (the table's ``n_donors``).
 
     Returns
     -------
@@ -219,7 +224,7 @@ def subsets(
     17  CD14_EGR1  CD14 Mono       50
     18  CD16_Mono  CD16 Mono       56
     """
-    _check(mdata, lineages, resolution, neighbours, use_rep, features)
+    _check(mdata, lineages, resolution, knn_method, use_rep, features, donor_key)
     lineages = LINEAGES if lineages is None else lineages
     if min_distinct_genes is None:
         min_distinct_genes = 3 if features == "rna" else 1
@@ -242,7 +247,7 @@ def subsets(
             resolution=resolution,
             min_cells=min_cells,
             n_neighbors=n_neighbors,
-            neighbours=neighbours,
+            knn_method=knn_method,
             stability=stability,
             n_resamples=n_resamples,
             min_distinct_genes=min_distinct_genes,
@@ -261,7 +266,7 @@ def subsets(
     if features == "prot":
         table["protein_markers"], table["rna_markers"] = table["rna_markers"], ""
     subset_col = pd.Series(names, index=obs.index, dtype=object)
-    table = _describe_subsets(table, subset_col, obs)
+    table = _describe_subsets(table, subset_col, obs, donor_key)
     mdata.obs[key_added] = pd.Categorical(subset_col, categories=table["subset"].tolist())
     return table
 
@@ -323,14 +328,14 @@ def _named_subsets(
 
 
 def _describe_subsets(
-    table: pd.DataFrame, subset_col: pd.Series, obs: pd.DataFrame
+    table: pd.DataFrame, subset_col: pd.Series, obs: pd.DataFrame, donor_key: str
 ) -> pd.DataFrame:
     """The subsets table with l1, cells and donors, ordered by l1, l2 and size."""
     l1_of = obs.groupby(subset_col.to_numpy(), observed=True)["l1"].agg(
         lambda s: s.astype(str).value_counts().index[0]
     )
     counts = subset_col.value_counts()
-    donors = obs["donor_id"].groupby(subset_col.to_numpy(), observed=True).nunique()
+    donors = obs[donor_key].groupby(subset_col.to_numpy(), observed=True).nunique()
     table["l1"] = table["subset"].map(l1_of)
     table["n_cells"] = table["subset"].map(counts).astype(int)
     table["n_donors"] = table["subset"].map(donors).astype(int)
@@ -445,7 +450,7 @@ class _Settings:
     resolution: float | str
     min_cells: int
     n_neighbors: int
-    neighbours: str
+    knn_method: str
     stability: float
     n_resamples: int
     min_distinct_genes: int
@@ -572,7 +577,7 @@ def _cluster_lineages(
     def knn(rows: np.ndarray) -> np.ndarray | None:
         if rows.size < max(s.min_cells, 2 * s.n_neighbors):
             return None
-        return _knn(shared.emb[rows], s.n_neighbors, s.neighbours, s.seed)
+        return _knn(shared.emb[rows], s.n_neighbors, s.knn_method, s.seed)
 
     results: list[_Lineage | None] = [None] * len(tasks)
     n_workers = min(n_jobs, len(tasks))

@@ -216,7 +216,7 @@ def _align(
         )
     )
     both.obsm["X_proj"] = np.vstack([ref_emb, query_emb])
-    harmony(both, basis="X_proj", batch_key="batch", key_added="X_aligned", seed=seed)
+    harmony(both, use_rep="X_proj", batch_key="batch", key_added="X_aligned", seed=seed)
     return both.obsm["X_aligned"][:n_ref], both.obsm["X_aligned"][n_ref:]
 
 

@@ -238,8 +238,8 @@ def wnn_graph(
     sd_scale
         Scale of the kernel widths (``sd.scale``).
     knn_method
-        ``"exact"`` (blocked brute force), ``"ivf"`` (approximate: k-means inverted lists,
-        for many cells) or ``"auto"`` (exact up to 20,000 cells).
+        ``"exact"`` (blocked brute force), ``"approximate"`` (k-means inverted lists, for
+        many cells) or ``"auto"`` (exact up to 20,000 cells).
     seed
         Seed of the approximate search's k-means; the result is deterministic for a seed.
     n_jobs
@@ -261,9 +261,9 @@ def wnn_graph(
     """
     if n_neighbors < 2:
         raise WNNInputError(f"n_neighbors must be at least 2, got {n_neighbors}")
-    if knn_method not in {"auto", "exact", "ivf"}:
+    if knn_method not in {"auto", "exact", "approximate"}:
         raise WNNInputError(
-            f"unknown knn_method '{knn_method}'", hint="use 'auto', 'exact' or 'ivf'"
+            f"unknown knn_method '{knn_method}'", hint="use 'auto', 'exact' or 'approximate'"
         )
     if not 0 <= prune_snn < 1:
         raise WNNInputError(f"prune_snn must be in [0, 1), got {prune_snn}")
