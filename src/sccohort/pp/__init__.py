@@ -4,7 +4,7 @@ Every name in ``__all__`` is public API (scanpy's conventions).
 """
 
 from sccohort.pp.doublets import DoubletResult, call_doublets
-from sccohort.pp.dsb import dsb, isotype_controls
+from sccohort.pp.dsb import dsb, dsb_by_sample, isotype_controls
 from sccohort.pp.normalize import clr, normalize_rna
 from sccohort.pp.qc import QCParams, auto_min_genes, qc_sample, run_qc
 from sccohort.pp.qc_metrics import protein_metrics, rna_metrics
@@ -19,6 +19,7 @@ __all__ = [
     "call_doublets",
     "clr",
     "dsb",
+    "dsb_by_sample",
     "isotype_controls",
     "normalize_rna",
     "prepare_sample",

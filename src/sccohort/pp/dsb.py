@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -342,3 +342,72 @@ def _pc1(noise: np.ndarray, reference: np.ndarray) -> np.ndarray:
     if np.corrcoef(scores, reference)[0, 1] < 0:
         scores = -scores
     return scores
+
+
+def dsb_by_sample(
+    prot: AnnData,
+    empties: Mapping[str, AnnData],
+    *,
+    sample_key: str = "sample_id",
+    precomputed: Mapping[str, pd.DataFrame] | None = None,
+) -> None:
+    """Dsb of a cohort's proteins, each sample with its own empty droplets, in place.
+
+    Parameters
+    ----------
+    prot
+        Cells x antibodies of several samples (raw counts in ``layers["counts"]``), with
+        ``obs[sample_key]``.
+    empties
+        Sample -> that sample's empty droplets (droplets x antibodies, raw counts).
+    sample_key
+        The ``obs`` column naming each cell's sample.
+    precomputed
+        Sample -> its cells' dsb values (cells x antibodies), used where they cover this
+        panel (same antibodies, same order), e.g. from the per-sample task that read it;
+        other samples are computed here.
+
+    Returns
+    -------
+    None. Writes ``.X`` (dense float32) and ``uns["normalization"] = {"method": "dsb"}``.
+
+    Examples
+    --------
+    >>> from sccohort.datasets import toy_mudata
+    >>> from sccohort.pp import dsb_by_sample
+    >>> mdata = toy_mudata()
+    >>> healthy = (mdata.obs["donor_id"] == "HD1").to_numpy()
+    >>> prot = mdata["prot"][~healthy].copy()
+    >>> prot.obs["sample_id"] = mdata.obs["sample_id"].to_numpy()[~healthy]
+    >>> empty = mdata["prot"][healthy].copy()  # HD1's cells stand in for empty droplets
+    >>> dsb_by_sample(prot, {s: empty for s in prot.obs["sample_id"].unique()})
+    >>> prot.uns["normalization"]
+    {'method': 'dsb'}
+    """
+    if sample_key not in prot.obs:
+        raise InputError(
+            f"the proteins' obs has no column '{sample_key}' (sample_key)",
+            column=sample_key,
+            hint="Copy each cell's sample into prot.obs first",
+        )
+    precomputed = precomputed or {}
+    samples = prot.obs[sample_key].astype(str).to_numpy()
+    missing = [s for s in pd.unique(samples) if s not in empties and s not in precomputed]
+    if missing:
+        raise InputError(
+            f"no empty droplets for sample(s) {', '.join(missing)}",
+            sample=missing[0],
+            hint="Give each sample's raw droplets (the sample sheet's raw_path), or use CLR",
+        )
+    values = np.zeros(prot.shape, dtype=np.float32)
+    for sample_id in pd.unique(samples):
+        rows = np.flatnonzero(samples == sample_id)
+        own = precomputed.get(sample_id)
+        if own is not None and own.columns.equals(prot.var_names):
+            values[rows] = own.to_numpy()
+            continue
+        part = prot[rows].copy()
+        dsb(part, empties[sample_id][:, part.var_names].copy())
+        values[rows] = part.X
+    prot.X = values
+    prot.uns["normalization"] = {"method": "dsb"}

@@ -12,7 +12,6 @@ import dask
 import mudata as md
 import numpy as np
 import pandas as pd
-import scanpy as sc
 
 from sccohort.cluster import Background, compute
 from sccohort.cohort import SampleSheet
@@ -25,7 +24,7 @@ from sccohort.pp import (
     QCParams,
     auto_min_genes,
     clr,
-    dsb,
+    dsb_by_sample,
     normalize_rna,
     prepare_sample,
     summary_table,
@@ -44,10 +43,10 @@ from sccohort.tl import (
     umap,
 )
 from sccohort.tl.annotate import UNASSIGNED, annotate
+from sccohort.tl.cell_graph import cell_graph
 from sccohort.tl.markers import rank_markers
 from sccohort.tl.subsets import subsets
 from sccohort.tl.transfer import load_reference, transfer_labels
-from sccohort.tl.wnn import wnn
 
 
 def stage_preprocess(state: RunState) -> list[Path]:
@@ -132,41 +131,15 @@ def stage_preprocess(state: RunState) -> list[Path]:
         if state.config.qc.min_genes == "auto":
             state.resolved["qc.min_genes"] = auto_min_genes(rna.n_vars)
     if antibodies is not None:
-        _normalize_protein(
-            mdata.mod["prot"], mdata.obs["sample_id"], empties if use_dsb else None, own_dsb
-        )
+        prot = mdata.mod["prot"]
+        if use_dsb:
+            prot.obs["sample_id"] = mdata.obs.loc[prot.obs_names, "sample_id"].to_numpy()
+            dsb_by_sample(prot, empties, precomputed=own_dsb)
+        else:
+            clr(prot, margin="cell")
+            prot.uns["normalization"] = {"method": "clr"}
     state.mdata = mdata
     return written
-
-
-def _normalize_protein(
-    prot: ad.AnnData,
-    sample_of_cell: pd.Series,
-    empties: dict[str, ad.AnnData] | None,
-    own_dsb: dict[str, pd.DataFrame],
-) -> None:
-    """CLR per cell, or (``empties`` given) dsb per sample with the sample's empty droplets.
-
-    ``own_dsb``: ``sample -> cells x antibodies`` dsb values from the per-sample task; used
-    where that panel is the cohort's (same antibodies, same order), else dsb is recomputed.
-    """
-    if empties is None:
-        clr(prot, margin="cell")
-        method = "clr"
-    else:
-        prot.X = np.zeros(prot.shape, dtype=np.float32)
-        samples = sample_of_cell.loc[prot.obs_names].astype(str).to_numpy()
-        for sample_id in pd.unique(samples):
-            rows = np.flatnonzero(samples == sample_id)
-            own = own_dsb.get(sample_id)
-            if own is not None and own.columns.equals(prot.var_names):
-                prot.X[rows] = own.to_numpy()
-                continue
-            part = prot[rows].copy()
-            dsb(part, empties[sample_id][:, part.var_names].copy())
-            prot.X[rows] = part.X
-        method = "dsb"
-    prot.uns["normalization"] = {"method": method}
 
 
 def _protein_method(state: RunState) -> str:
@@ -255,10 +228,6 @@ def _check_annotation(config: Config) -> None:
         )
 
 
-#: Single-modality cohorts up to this many cells get an exact kNN graph (scikit-learn).
-EXACT_KNN_CELLS = 50_000
-
-
 def stage_embed(state: RunState) -> list[Path]:
     """HVG, PCA, protein PCA, Harmony, the WNN graph and Leiden; starts the UMAP layout.
 
@@ -297,28 +266,8 @@ def stage_embed(state: RunState) -> list[Path]:
     graph = ad.AnnData(obs=pd.DataFrame(index=mdata.obs_names))
     for modality, key in reps.items():
         graph.obsm[f"{modality}_{key}"] = mdata.obsm[key]
-    if len(reps) > 1:
-        wnn(
-            graph,
-            {m: f"{m}_{k}" for m, k in reps.items()},
-            n_neighbors=cfg.n_neighbors,
-            seed=seed,
-        )
-        # cluster the shared-nearest-neighbour graph, as Seurat's FindClusters on "wsnn":
-        # that is what agrees with Seurat (benchmarks/bench_wnn_seurat.py), the UMAP
-        # connectivities do not
-        cluster_key = "wnn_snn"
-    else:  # one modality: its kNN graph stands in for the WNN graph, under the same name
-        ((modality, key),) = reps.items()
-        sc.pp.neighbors(
-            graph, n_neighbors=cfg.n_neighbors, use_rep=f"{modality}_{key}", key_added="wnn",
-            random_state=seed,
-            # exact (scikit-learn) up to EXACT_KNN_CELLS: pynndescent's first call compiles
-            # for over a minute on 2 cores, longer than the exact search takes at that size
-            transformer="sklearn" if graph.n_obs <= EXACT_KNN_CELLS else None,
-        )  # fmt: skip
-        graph.obs[f"{modality}_weight"] = 1.0
-        cluster_key = "wnn"
+    graph_reps = {m: f"{m}_{k}" for m, k in reps.items()}
+    cluster_key = cell_graph(graph, graph_reps, n_neighbors=cfg.n_neighbors, seed=seed)
     # the main embedding: RNA's when there is RNA (subsets and neighbourhoods use it)
     use_rep = reps.get("rna", reps.get("prot"))
     # the layout needs only the graph: it runs on a worker while Leiden runs here

@@ -5,6 +5,7 @@ Every name in ``__all__`` is public API (scanpy's conventions: ``use_rep``, ``gr
 """
 
 from sccohort.tl.annotate import annotate, label_coverage, load_markers
+from sccohort.tl.cell_graph import cell_graph
 from sccohort.tl.clustering import leiden, leiden_membership
 from sccohort.tl.embed import harmony, umap
 from sccohort.tl.hvg import highly_variable_genes, hvg_count
@@ -20,6 +21,7 @@ __all__ = [
     "WNNResult",
     "annotate",
     "ari",
+    "cell_graph",
     "harmony",
     "highly_variable_genes",
     "hvg_count",
