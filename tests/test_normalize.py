@@ -371,8 +371,8 @@ def test_dsb_on_real_pbmc_reproduces_paper_properties():
 
 
 def test_cohort_dsb_uses_the_task_values_only_on_the_same_panel() -> None:
+    from sccohort.pp import dsb_by_sample
     from sccohort.pp.sample import _dsb_values
-    from sccohort.stages.cells import _normalize_protein
 
     rng = np.random.default_rng(7)
     names = ["CD3", "CD4", "CD14", "CD19", "CD8", "Mouse IgG1"]
@@ -393,17 +393,17 @@ def test_cohort_dsb_uses_the_task_values_only_on_the_same_panel() -> None:
         empties[sample] = empty
         sample_of += [sample] * 80
     prot = ad.concat(cells)
-    sample_of_cell = pd.Series(sample_of, index=prot.obs_names)
+    prot.obs["sample_id"] = sample_of
     expected = prot.copy()
-    _normalize_protein(expected, sample_of_cell, empties, {})
+    dsb_by_sample(expected, empties)
     own_a = _dsb_values(cells[0], empties["A"])
     np.testing.assert_array_equal(own_a.to_numpy(), expected.X[:80])
     # B's task values on another column order are not the cohort's panel: recomputed
     stale = pd.DataFrame(0.0, index=cells[1].obs_names, columns=names[::-1], dtype=np.float32)
     got = prot.copy()
-    _normalize_protein(got, sample_of_cell, empties, {"A": own_a, "B": stale})
+    dsb_by_sample(got, empties, precomputed={"A": own_a, "B": stale})
     np.testing.assert_array_equal(got.X, expected.X)
     # the task values are what the cohort takes when the panel matches
     marked = own_a + 1.0
-    _normalize_protein(got, sample_of_cell, empties, {"A": marked})
+    dsb_by_sample(got, empties, precomputed={"A": marked})
     np.testing.assert_array_equal(got.X[:80], marked.to_numpy())

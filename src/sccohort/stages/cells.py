@@ -30,7 +30,7 @@ from sccohort.pp import (
     summary_table,
 )
 from sccohort.pp.qc_metrics import METRICS as QC_METRICS
-from sccohort.pp.store import RNA_STORE_FILE, STORE_KEY, RnaCollector
+from sccohort.pp.store import RNA_STORE_FILE, STORE_KEY, RnaCollector, RnaStore
 from sccohort.stages.base import RunState
 from sccohort.stages.panel import check_panel
 from sccohort.tl import (
@@ -121,6 +121,19 @@ def stage_preprocess(state: RunState) -> list[Path]:
             file=table_path(state.out, "qc"),
             hint="check the QC table; for unusual data set [qc] mode or thresholds in the config",
         )
+    _normalize(state, mdata, store, empties if use_dsb else None, own_dsb)
+    state.mdata = mdata
+    return written
+
+
+def _normalize(
+    state: RunState,
+    mdata: md.MuData,
+    store: RnaStore | None,
+    empties: dict[str, ad.AnnData] | None,
+    own_dsb: dict[str, pd.DataFrame],
+) -> None:
+    """RNA log-normalised (in memory, or as read from ``store``); proteins by CLR or dsb."""
     if "rna" in mdata.mod:
         rna = mdata.mod["rna"]
         if store is None:
@@ -130,16 +143,15 @@ def stage_preprocess(state: RunState) -> list[Path]:
             rna.uns[STORE_KEY] = str(store.path)
         if state.config.qc.min_genes == "auto":
             state.resolved["qc.min_genes"] = auto_min_genes(rna.n_vars)
-    if antibodies is not None:
-        prot = mdata.mod["prot"]
-        if use_dsb:
-            prot.obs["sample_id"] = mdata.obs.loc[prot.obs_names, "sample_id"].to_numpy()
-            dsb_by_sample(prot, empties, precomputed=own_dsb)
-        else:
-            clr(prot, margin="cell")
-            prot.uns["normalization"] = {"method": "clr"}
-    state.mdata = mdata
-    return written
+    if "prot" not in mdata.mod:
+        return
+    prot = mdata.mod["prot"]
+    if empties is not None:
+        prot.obs["sample_id"] = mdata.obs.loc[prot.obs_names, "sample_id"].to_numpy()
+        dsb_by_sample(prot, empties, precomputed=own_dsb)
+    else:
+        clr(prot, margin="cell")
+        prot.uns["normalization"] = {"method": "clr"}
 
 
 def _protein_method(state: RunState) -> str:

@@ -143,13 +143,9 @@ def neighbourhoods(
     >>> result.columns.tolist()[:4], len(result) > 10
     (['contrast', 'level', 'subset', 'effect'], True)
     """
-    params = _resolve_params(preset, k=k, d=d, prop=prop, cells_per_sample=cells_per_sample)
-    if normalisation not in ("tmm", "total"):
-        raise InputError(
-            f"unknown normalisation '{normalisation}'",
-            key="neighbourhoods.normalisation",
-            hint="Use 'tmm' (miloR's default) or 'total'.",
-        )
+    params = _resolve_params(
+        preset, normalisation, k=k, d=d, prop=prop, cells_per_sample=cells_per_sample
+    )
     name = design.contrast.name
     _check_groups(design)
     embedding = np.asarray(embedding, dtype=float)
@@ -216,7 +212,16 @@ def neighbourhoods(
 # Inputs
 
 
-def _resolve_params(preset: str, **overrides: float | int | None) -> NhoodParams:
+def _resolve_params(
+    preset: str, normalisation: str, **overrides: float | int | None
+) -> NhoodParams:
+    """The preset's parameters with the given overrides, every value checked."""
+    if normalisation not in ("tmm", "total"):
+        raise InputError(
+            f"unknown normalisation '{normalisation}'",
+            key="neighbourhoods.normalisation",
+            hint="Use 'tmm' (miloR's default) or 'total'.",
+        )
     if preset not in PRESETS:
         raise InputError(
             f"unknown neighbourhood preset '{preset}'",

@@ -90,3 +90,17 @@ def _stable_resolution(
         if j == 0 or scores[r] >= threshold:
             return r, full, scores
     raise ValueError("no resolutions given")
+
+
+def _absorb_small(labels: np.ndarray, x: np.ndarray, min_cells: int) -> np.ndarray:
+    """Give clusters under ``min_cells`` to the nearest larger cluster (centroids); relabel 0..k."""
+    labels = labels.copy()
+    ids, sizes = np.unique(labels, return_counts=True)
+    big = ids[sizes >= min_cells]
+    if big.size == 0:
+        return np.zeros_like(labels)
+    cent = np.stack([x[labels == i].mean(axis=0) for i in big])
+    for i in ids[sizes < min_cells]:
+        c = x[labels == i].mean(axis=0)
+        labels[labels == i] = big[np.argmin(((cent - c) ** 2).sum(-1))]
+    return np.unique(labels, return_inverse=True)[1].astype(np.int64)

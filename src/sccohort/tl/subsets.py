@@ -45,7 +45,7 @@ import scipy.sparse as sp
 
 from ..errors import InputError
 from ..pp.store import CompactRows, store_of
-from .lineage_graph import _graph_from_knn, _knn, _stable_resolution
+from .lineage_graph import _absorb_small, _graph_from_knn, _knn, _stable_resolution
 from .lineage_sums import _LineageRNA, _merge_indistinct
 from .subset_names import _describe_lineage, _Genes, _informative
 
@@ -398,20 +398,6 @@ def _protein_features(prot: ad.AnnData, cells: pd.Index) -> tuple[sp.csr_matrix,
         linear=True,
     )
     return sp.csr_matrix(values).sorted_indices(), genes
-
-
-def _absorb_small(labels: np.ndarray, x: np.ndarray, min_cells: int) -> np.ndarray:
-    """Give clusters under ``min_cells`` to the nearest larger cluster (centroids); relabel 0..k."""
-    labels = labels.copy()
-    ids, sizes = np.unique(labels, return_counts=True)
-    big = ids[sizes >= min_cells]
-    if big.size == 0:
-        return np.zeros_like(labels)
-    cent = np.stack([x[labels == i].mean(axis=0) for i in big])
-    for i in ids[sizes < min_cells]:
-        c = x[labels == i].mean(axis=0)
-        labels[labels == i] = big[np.argmin(((cent - c) ** 2).sum(-1))]
-    return np.unique(labels, return_inverse=True)[1].astype(np.int64)
 
 
 def _proteins(prot, cells: pd.Index) -> tuple[np.ndarray, pd.DataFrame, pd.Series] | None:
