@@ -89,7 +89,7 @@ def _celltype_design(
     design = ContrastDesign(
         contrast=Contrast(f"{case}_vs_{control}", "celltype", case=case, control=control),
         kind="binary",
-        donors=frame.index,
+        units=frame.index,
         group=pd.Series(["control"] * n + ["case"] * n, index=frame.index),
         matrix=matrix,
         n_case=n,

@@ -560,7 +560,10 @@ def test_design_collinear_continuous_covariates(tmp_path: Path) -> None:
 def test_design_donor_table_is_what_the_report_reads(clinical: ClinicalTable) -> None:
     design = Contrast("SRC", "SRC", case="yes", within={"group": "SSc"}).design(clinical)
     table = design.donor_table()
-    assert list(table.columns) == ["contrast", "variable", "kind", "donor_id", "group", "arm"]
+    assert list(table.columns) == [
+        "contrast", "variable", "kind", "unit", "donor_id", "sample_id", "group", "arm"
+    ]  # fmt: skip
+    assert (table["unit"] == "donor").all() and (table["sample_id"] == "").all()
     assert list(table["donor_id"]) == list(design.donors.astype(str))
     assert (table["group"] == "case").sum() == design.n_case
     assert set(table.loc[table["group"] == "case", "arm"]) == {"yes"}

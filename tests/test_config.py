@@ -160,6 +160,7 @@ def test_to_dict_round_trip(tmp_path: Path) -> None:
         "control": None,
         "within": {"group": ["SSc"]},
         "covariates": [],
+        "paired": None,
     }
 
     def drop_none(x):
@@ -426,7 +427,7 @@ def test_load_inputs_contrasts_need_clinical_and_primary_visit(tmp_path: Path) -
     with pytest.raises(InputError) as info:
         load_inputs(cfg)
     msgs = messages(info.value)
-    assert sum("contrasts need a clinical table" in m for m in msgs) == 3
+    assert sum("need a clinical table" in m for m in msgs) == 3
     assert any("no sample has timepoint 'week0'" in m and "baseline/blood" in m for m in msgs)
 
 

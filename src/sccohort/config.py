@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -459,9 +460,13 @@ def load_config(path: str | Path) -> Config:
 
 
 def build_designs(
-    config: Config, sample_sheet: SampleSheet, clinical: ClinicalTable
+    config: Config, sample_sheet: SampleSheet, clinical: ClinicalTable | None
 ) -> dict[str, ContrastDesign]:
-    """Build every contrast's design on the donors of the primary samples.
+    """Build every contrast's design: on the donors of the primary samples, or on samples.
+
+    A contrast on a column of the sample sheet (timepoint, tissue, a sample-level variable)
+    is built on the samples of every donor (paired within donor where donors have both
+    sides); the others on the donors of the primary samples.
 
     Parameters
     ----------
@@ -481,12 +486,16 @@ def build_designs(
         Every contrast's problem, together.
     """
     primary = sample_sheet.primary_samples(config.primary_timepoint, config.primary_tissue)
-    donors = [d for d in primary["donor_id"].unique() if d in clinical.table.index]
+    known = clinical.table.index if clinical is not None else sample_sheet.donors
+    donors = [d for d in primary["donor_id"].unique() if d in known]
     designs: dict[str, ContrastDesign] = {}
     problems: list[InputError] = []
     for name, contrast in config.contrasts.items():
+        on_samples = contrast.variable in sample_sheet.table.columns
         try:
-            designs[name] = contrast.design(clinical, donors)
+            designs[name] = contrast.design(
+                clinical, None if on_samples else donors, samples=sample_sheet
+            )
         except InputError as exc:
             problems.append(exc)
     raise_all(problems)
@@ -517,7 +526,6 @@ def load_inputs(config: Config) -> tuple[SampleSheet, ClinicalTable | None]:
         problems.extend(getattr(exc, "problems", [exc]))
 
     sheet: SampleSheet | None = None
-    clinical: ClinicalTable | None = None
     if not config.samples.is_file():
         collect(
             InputError(
@@ -532,14 +540,47 @@ def load_inputs(config: Config) -> tuple[SampleSheet, ClinicalTable | None]:
             sheet = SampleSheet.from_csv(config.samples)
         except InputError as exc:
             collect(exc)
+    clinical = _read_clinical(config, sheet, collect)
+    if sheet is not None:
+        try:
+            sheet.primary_samples(config.primary_timepoint, config.primary_tissue)
+        except InputError as exc:
+            collect(exc)
+            sheet_ok = False
+        else:
+            sheet_ok = True
+        if clinical is not None:
+            try:
+                check_donors(sheet, clinical)
+            except InputError as exc:
+                collect(exc)
+        if sheet_ok and (clinical is not None or config.clinical is None):
+            try:
+                build_designs(config, sheet, clinical)
+            except InputError as exc:
+                collect(exc)
+    raise_all(problems)
+    return sheet, clinical  # type: ignore[return-value]
+
+
+def _read_clinical(
+    config: Config, sheet: SampleSheet | None, collect: Callable[[InputError], None]
+) -> ClinicalTable | None:
+    """The clinical table (None when not set, or broken: its problems go to ``collect``)."""
+    clinical = None
     if config.clinical is None:
-        for name in config.contrasts:
+        on_samples = set(sheet.table.columns) if sheet is not None else set()
+        for name, contrast in config.contrasts.items():
+            if contrast.variable in on_samples and not contrast.covariates:
+                continue  # a sample-level contrast needs no clinical table
             collect(
                 InputError(
-                    "contrasts need a clinical table, but inputs.clinical is not set",
+                    "contrasts on donor-level variables need a clinical table, but "
+                    "inputs.clinical is not set",
                     file=config.path,
                     key=f"contrasts.{name}",
-                    hint='Set clinical = "<file>.csv" in [inputs]',
+                    hint='Set clinical = "<file>.csv" in [inputs] (a contrast on a column of '
+                    "the sample sheet, such as timepoint, needs none)",
                 )
             )
     elif not config.clinical.is_file():
@@ -556,23 +597,4 @@ def load_inputs(config: Config) -> tuple[SampleSheet, ClinicalTable | None]:
             clinical = ClinicalTable.from_csv(config.clinical, types=config.variable_types)
         except InputError as exc:
             collect(exc)
-    if sheet is not None:
-        try:
-            sheet.primary_samples(config.primary_timepoint, config.primary_tissue)
-        except InputError as exc:
-            collect(exc)
-            sheet_ok = False
-        else:
-            sheet_ok = True
-        if clinical is not None:
-            try:
-                check_donors(sheet, clinical)
-            except InputError as exc:
-                collect(exc)
-            if sheet_ok:
-                try:
-                    build_designs(config, sheet, clinical)
-                except InputError as exc:
-                    collect(exc)
-    raise_all(problems)
-    return sheet, clinical  # type: ignore[return-value]
+    return clinical

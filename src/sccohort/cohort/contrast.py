@@ -12,6 +12,7 @@ import pandas as pd
 
 from sccohort.cohort._tables import INTERCEPT, Level, VariableType
 from sccohort.cohort.clinical import ClinicalTable, _parse_float
+from sccohort.cohort.samples import SampleSheet
 from sccohort.errors import InputError
 
 # ---------------------------------------------------------------------------------------
@@ -49,8 +50,10 @@ class ContrastDesign:
         The :class:`Contrast` it was built from.
     kind
         Type of the tested variable: ``"binary"``, ``"categorical"`` or ``"continuous"``.
-    donors
-        The donors in the design (``Index``, length n).
+    units
+        The design's rows (``Index``, length n): donor ids (``unit = "donor"``, a variable of
+        the clinical table) or sample ids (``unit = "sample"``, a variable of the sample
+        sheet such as ``timepoint``).
     group
         ``Series`` (n,): ``"case"`` / ``"control"``, or the continuous value (``float``).
     matrix
@@ -59,16 +62,24 @@ class ContrastDesign:
         float; categorical one-hot as ``"<covariate>[<level>]"`` without the reference level,
         the first of :meth:`ClinicalTable.levels`).
     n_case, n_control
-        Donors per group; for a continuous variable ``n_case`` is the number of donors and
-        ``n_control`` 0.
+        Units (donors, or samples) per group; for a continuous variable ``n_case`` is the
+        number of units and ``n_control`` 0.
     term
         Column of :attr:`matrix` whose coefficient is tested: ``"<variable>[<case>]"``, or
         ``"<variable>"`` (effect per unit) for a continuous variable.
     case_levels, control_levels
         The levels in each group (empty for a continuous variable).
     dropped
-        Donor -> why it left the design after the ``within`` restriction (missing phenotype,
-        or a level in neither group).
+        Unit -> why it left the design after the ``within`` restriction (missing phenotype,
+        a level in neither group, or no sample on the other side of a paired design).
+    unit
+        ``"donor"`` or ``"sample"``: what a row of the design is.
+    donor_of
+        Sample -> donor of every row (``unit = "sample"``); ``None`` for donor designs.
+    paired
+        Whether the comparison is within donor: each donor has samples on both sides, the
+        matrix has one column per donor but the first (``donor[<id>]``), and permutation
+        tests exchange labels only within a donor.
 
     Examples
     --------
@@ -82,7 +93,7 @@ class ContrastDesign:
 
     contrast: Contrast
     kind: VariableType
-    donors: pd.Index
+    units: pd.Index
     group: pd.Series
     matrix: pd.DataFrame
     n_case: int
@@ -91,6 +102,23 @@ class ContrastDesign:
     case_levels: list[str] = field(default_factory=list)
     control_levels: list[str] = field(default_factory=list)
     dropped: dict[str, str] = field(default_factory=dict)
+    unit: str = "donor"
+    donor_of: pd.Series | None = None
+    paired: bool = False
+
+    @property
+    def donors(self) -> pd.Index:
+        """The donors of the design (its rows for a donor design), in order of appearance."""
+        if self.donor_of is None:
+            return self.units
+        return pd.Index(pd.unique(self.donor_of.astype(str)), name="donor_id")
+
+    @property
+    def blocks(self) -> np.ndarray | None:
+        """The donor of each row as integer codes (paired designs), else None."""
+        if not self.paired or self.donor_of is None:
+            return None
+        return pd.factorize(self.donor_of.loc[self.units].astype(str))[0]
 
     @property
     def is_continuous(self) -> bool:
@@ -98,11 +126,12 @@ class ContrastDesign:
         return self.kind == "continuous"
 
     def donor_table(self) -> pd.DataFrame:
-        """One row per donor of the design: ``contrast, variable, kind, donor_id, group, arm``.
+        """One row per unit: ``contrast, variable, kind, unit, donor_id, sample_id, group, arm``.
 
         ``group``: ``"case"`` / ``"control"``, or the value of a continuous variable (as text);
-        ``arm``: the levels of the donor's group (``"yes"``, ``"SSc, HD"``), empty for a
-        continuous variable. The run writes it as ``tables/contrast_donors.csv``.
+        ``arm``: the levels of the unit's group (``"yes"``, ``"SSc, HD"``), empty for a
+        continuous variable; ``sample_id`` is empty for a donor design. The run writes it as
+        ``tables/contrast_donors.csv``.
         """
         if self.is_continuous:
             arm = pd.Series("", index=self.group.index)
@@ -112,14 +141,19 @@ class ContrastDesign:
                 "control": ", ".join(map(str, self.control_levels)) or "control",
             }
             arm = self.group.astype(str).map(labels)
+        by_sample = self.donor_of is not None
         return pd.DataFrame(
             {
                 "contrast": self.contrast.name,
                 "variable": self.contrast.variable,
                 "kind": self.kind,
-                "donor_id": self.donors.astype(str),
-                "group": self.group.astype(str).to_numpy(),
-                "arm": arm.to_numpy(),
+                "unit": self.unit,
+                "donor_id": (self.donor_of.loc[self.units] if by_sample else self.units)
+                .astype(str)
+                .to_numpy(),
+                "sample_id": self.units.astype(str) if by_sample else "",
+                "group": self.group.loc[self.units].astype(str).to_numpy(),
+                "arm": arm.loc[self.units].to_numpy(),
             }
         )
 
@@ -135,8 +169,10 @@ class ContrastDesign:
                 f"{c.name}: {c.variable} {'/'.join(self.case_levels)} (n={self.n_case}) vs "
                 f"{'/'.join(self.control_levels)} (n={self.n_control})"
             )
-        dropped = f", {len(self.dropped)} donor(s) dropped" if self.dropped else ""
-        return head + within + covs + dropped
+        what = "donor(s)" if self.unit == "donor" else "sample(s)"
+        dropped = f", {len(self.dropped)} {what} dropped" if self.dropped else ""
+        paired = f", paired within donor ({len(self.donors)} donors)" if self.paired else ""
+        return head + paired + within + covs + dropped
 
 
 @dataclass
@@ -157,7 +193,12 @@ class Contrast:
         Restriction to donors with these levels, e.g. ``{"group": "SSc"}``; a list value
         keeps donors with any of the levels.
     covariates
-        Clinical variables adjusted for (categorical ones are one-hot encoded).
+        Clinical variables adjusted for (categorical ones are one-hot encoded); for a
+        sample-level variable also columns of the sample sheet.
+    paired
+        For a variable of the sample sheet: ``None`` (default) pairs within donor when
+        donors have samples on both sides, ``False`` forces the unpaired comparison
+        (:func:`~sccohort.cohort.sample_design.sample_design`).
 
     Examples
     --------
@@ -176,6 +217,7 @@ class Contrast:
     control: Level | list[Level] | None = None
     within: dict[str, Level | list[Level]] = field(default_factory=dict)
     covariates: list[str] = field(default_factory=list)
+    paired: bool | None = None
 
     def to_dict(self) -> dict:
         """The contrast as plain data (config / ``run.json`` form, without the name)."""
@@ -186,32 +228,66 @@ class Contrast:
             "control": control,
             "within": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.within.items()},
             "covariates": list(self.covariates),
+            "paired": self.paired,
         }
 
     def design(
-        self, clinical: ClinicalTable, donors: Iterable[str] | None = None
+        self,
+        clinical: ClinicalTable | None,
+        donors: Iterable[str] | None = None,
+        *,
+        samples: SampleSheet | None = None,
     ) -> ContrastDesign:
-        """Build and validate the donor-level design of this contrast.
+        """Build and validate the design of this contrast.
 
         Parameters
         ----------
         clinical
-            The clinical table.
+            The clinical table (``None`` only for a contrast on a sample sheet column).
         donors
             The donors to use (those with a sample); ``None`` = every donor of the table.
+        samples
+            The sample sheet: a variable that is one of its columns (and not a clinical
+            variable) makes a design on samples, paired within donor where donors have
+            samples on both sides (:func:`~sccohort.cohort.sample_design.sample_design`).
 
         Returns
         -------
         ContrastDesign
-            Donors, groups and an n x p design matrix of full column rank.
+            Units (donors, or samples), groups and an n x p design matrix of full column
+            rank.
         """
+        if samples is not None and self.variable in samples.table.columns:
+            if clinical is None or self.variable not in clinical.table.columns:
+                from sccohort.cohort.sample_design import sample_design
+
+                return sample_design(self, samples, clinical, donors)
+        if clinical is None:
+            raise InputError(
+                f"contrast '{self.name}': '{self.variable}' is not a column of the sample "
+                "sheet, and there is no clinical table",
+                key=f"contrasts.{self.name}.variable",
+                hint="Give the clinical table, or compare by a sample sheet column",
+            )
         fail = self._failure(clinical)
         table = clinical.table
         if self.variable not in table.columns:
+            sheet = (
+                f"; of the sample sheet: {', '.join(samples.variables_and_visits)}"
+                if (samples is not None)
+                else ""
+            )
             raise fail(
                 f"unknown variable '{self.variable}'",
                 "variable",
-                hint=f"Variables of the clinical table: {', '.join(table.columns)}",
+                hint=f"Variables of the clinical table: {', '.join(table.columns)}{sheet}",
+            )
+        if self.paired is not None:
+            raise fail(
+                f"'{self.variable}' is a donor-level variable: each donor is on one side, so "
+                "there is nothing to pair",
+                "paired",
+                hint="Remove paired; it applies to sample-level variables (timepoint, ...)",
             )
         kind = clinical.types[self.variable]
         chosen, restriction = self._restrict(clinical, donors, fail)
@@ -247,7 +323,7 @@ class Contrast:
         return ContrastDesign(
             contrast=self,
             kind=kind,
-            donors=index,
+            units=index,
             group=group,
             matrix=matrix,
             n_case=n_case,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from sccohort.cohort._tables import (
+    CONTROL_CHARACTERS,
     DEFAULT_TIMEPOINT,
     DEFAULT_TISSUE,
     FORMATS,
@@ -40,7 +42,9 @@ class SampleSheet:
         ``tissue`` (default ``"blood"``), ``format`` (one of :data:`FORMATS`, or ``""`` to
         detect it from the path), ``modality`` (one of :data:`MODALITIES`, or ``""``: what a
         count file without feature types holds, or the one modality to read from a file
-        that declares several; see `sccohort.io.read.read_sample`).
+        that declares several; see `sccohort.io.read.read_sample`), then any further column
+        of the CSV (a sample-level variable such as ``condition`` or ``treatment``: text,
+        ``""`` where not given), listed in :attr:`variables`.
     path
         The CSV file it was read from (absolute), or ``None``.
     lines
@@ -78,8 +82,10 @@ class SampleSheet:
         Parameters
         ----------
         path
-            CSV with columns ``sample_id, donor_id, path`` and optionally ``raw_path, batch,
-            timepoint, tissue, format, modality``.
+            CSV with columns ``sample_id, donor_id, path``, optionally ``raw_path, batch,
+            timepoint, tissue, format, modality``, and any sample-level variables (a
+            column whose name is close to one of those, e.g. ``timpoint``, is refused as a
+            typo).
 
         Returns
         -------
@@ -100,7 +106,8 @@ class SampleSheet:
         path = Path(os.path.abspath(Path(path).expanduser()))
         data = _read_csv(path, "sample sheet")
         _check_sheet_header(data, path)
-        allowed = SAMPLE_REQUIRED + SAMPLE_OPTIONAL
+        extra = [c for c in data.header if c not in SAMPLE_REQUIRED + SAMPLE_OPTIONAL]
+        allowed = SAMPLE_REQUIRED + SAMPLE_OPTIONAL + tuple(extra)
         get = {c: (data.header.index(c) if c in data.header else None) for c in allowed}
         problems: list[InputError] = []
         records: list[dict] = []
@@ -126,10 +133,11 @@ class SampleSheet:
                 )
                 continue
             first_line[sid] = line
-            record = _sample_record(cells, path.parent)
+            record = _sample_record(cells, path.parent) | {c: cells[c] for c in extra}
             problems += _record_problems(cells, record, where)
             if record["donor_id"]:
                 visit = (record["donor_id"], record["timepoint"], record["tissue"])
+                visit += tuple(record[c] for c in extra)
                 if visit in seen_visit:
                     problems.append(_repeat_visit(visit, seen_visit[visit], sid, where))
                 else:
@@ -140,8 +148,19 @@ class SampleSheet:
         lines = table.pop("line").astype(int)
         table = table[
             ["donor_id", "path", "raw_path", "batch", "timepoint", "tissue", "format", "modality"]
+            + extra
         ]
         return cls(table, path, lines)
+
+    @property
+    def variables_and_visits(self) -> list[str]:
+        """The columns a contrast may compare samples by: timepoint, tissue, the variables."""
+        return ["timepoint", "tissue", *self.variables]
+
+    @property
+    def variables(self) -> list[str]:
+        """The sample-level variables: the sheet's columns beyond its own (e.g. condition)."""
+        return [c for c in self.table.columns if c not in SAMPLE_REQUIRED + SAMPLE_OPTIONAL]
 
     @property
     def sample_ids(self) -> pd.Index:
@@ -185,6 +204,19 @@ class SampleSheet:
             Rows of :attr:`table`, one per donor that has a sample at that visit.
         """
         rows = self.samples_at(timepoint, tissue)
+        repeated = rows["donor_id"].duplicated(keep=False)
+        if repeated.any():
+            donor = str(rows.loc[repeated, "donor_id"].iloc[0])
+            ids = list(rows.index[rows["donor_id"] == donor])
+            raise InputError(
+                f"donor '{donor}' has {len(ids)} samples at the primary visit "
+                f"({timepoint}/{tissue}): {', '.join(ids)}; donor-level analyses take one",
+                file=self.path,
+                sample=ids[1],
+                key="run.primary_timepoint",
+                hint="Give these samples different timepoints (e.g. ctrl / stim) and set "
+                "run.primary_timepoint to one of them",
+            )
         if rows.empty:
             visits = sorted(set(zip(self.table["timepoint"], self.table["tissue"], strict=True)))
             raise InputError(
@@ -199,19 +231,24 @@ class SampleSheet:
 
 
 def _check_sheet_header(data: _Csv, path: Path) -> None:
-    """The sample sheet has the required columns, no unknown one, and rows."""
+    """The required columns; no typo of a known one (other columns are variables); rows."""
     _require_columns(data, SAMPLE_REQUIRED, "the sample sheet")
     allowed = SAMPLE_REQUIRED + SAMPLE_OPTIONAL
-    unknown = [c for c in data.header if c not in allowed]
-    if unknown:
-        raise InputError(
-            f"unknown column(s) {', '.join(repr(c) for c in unknown)}",
-            file=path,
-            row=1,
-            column=unknown[0],
-            hint=f"Allowed columns: {', '.join(allowed)}; clinical variables belong in "
-            "the clinical table",
-        )
+    for column in data.header:
+        if column in allowed:
+            continue
+        close = difflib.get_close_matches(column.lower(), allowed, n=1, cutoff=0.8)
+        if close or not column.strip() or CONTROL_CHARACTERS.search(column):
+            guess = f"; did you mean '{close[0]}'?" if close else ""
+            raise InputError(
+                f"unknown column {column!r}{guess}",
+                file=path,
+                row=1,
+                column=column,
+                hint=f"Allowed columns: {', '.join(allowed)}, and sample-level variables "
+                "(e.g. condition, treatment) named unlike these; clinical variables belong "
+                "in the clinical table",
+            )
     if not data.rows:
         raise InputError(
             "the sample sheet has a header but no samples",

@@ -162,10 +162,10 @@ def compare_abundance(
     n_perm, max_exact = _checked_options(name, transform, n_perm, max_exact)
     count_values, total_values = _validated(counts, totals, design, level)
     subsets = list(counts.columns)
-    notes, share = _untested_notes(count_values, total_values, design.donors)
+    notes, share = _untested_notes(count_values, total_values, design.units, design.unit)
     tested = np.flatnonzero(notes == "")
 
-    x = design.matrix.loc[design.donors].to_numpy(dtype=float)
+    x = design.matrix.loc[design.units].to_numpy(dtype=float)
     term = list(design.matrix.columns).index(design.term)
     covariates = x.shape[1] > 2
     n_subsets = len(subsets)
@@ -187,7 +187,7 @@ def compare_abundance(
     for col in ("effect", "ci_low", "ci_high", "pvalue", "padj", "statistic", "se", "df_prior"):
         columns[col] = np.full(n_subsets, np.nan)
     if not design.is_continuous:
-        is_case = (design.group.loc[design.donors] == "case").to_numpy()
+        is_case = (design.group.loc[design.units] == "case").to_numpy()
         columns["mean_share_case"] = share[is_case].mean(axis=0)
         columns["mean_share_control"] = share[~is_case].mean(axis=0)
     if tested.size:
@@ -195,7 +195,16 @@ def compare_abundance(
         log2_share = np.log2((c + PSEUDOCOUNT) / (t + 2 * PSEUDOCOUNT))
         y_test = np.arcsin(np.sqrt(c / t)) if transform == "asin" else log2_share
         fit = _permutation_test(
-            y_test, log2_share, x, term, covariates, n_perm, max_exact, seed, moderate
+            y_test,
+            log2_share,
+            x,
+            term,
+            covariates,
+            n_perm,
+            max_exact,
+            seed,
+            moderate,
+            blocks=design.blocks,
         )
         fit["padj"] = adjust_pvalues(fit["pvalue"])
         for col, values in fit.items():
@@ -222,24 +231,24 @@ def _checked_options(name: str, transform: str, n_perm: int, max_exact: int) -> 
 
 
 def _untested_notes(
-    count_values: np.ndarray, total_values: np.ndarray, donors: pd.Index
+    count_values: np.ndarray, total_values: np.ndarray, donors: pd.Index, unit: str = "donor"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Why each subset is not tested ("" if it is), and the donors x subsets shares."""
+    """Why each subset is not tested ("" if it is), and the units x subsets shares."""
     n_donors = len(donors)
     notes = np.full(count_values.shape[1], "", dtype=object)
     absent = count_values.sum(axis=0) == 0
     zero_total = (total_values == 0).any(axis=0)
     for g in np.flatnonzero(absent):
-        notes[g] = f"not tested: no cells in any of the {n_donors} donors"
+        notes[g] = f"not tested: no cells in any of the {n_donors} {unit}s"
     for g in np.flatnonzero(zero_total & ~absent):
         zero = list(donors[total_values[:, g] == 0])
-        notes[g] = f"not tested: total is 0 (share undefined) in donor(s) {', '.join(zero)}"
+        notes[g] = f"not tested: total is 0 (share undefined) in {unit}(s) {', '.join(zero)}"
     share = np.divide(
         count_values, total_values, out=np.zeros_like(count_values), where=total_values > 0
     )
     constant = (share.max(axis=0) == share.min(axis=0)) & ~absent & ~zero_total
     for g in np.flatnonzero(constant):
-        notes[g] = f"not tested: the share is {share[0, g]:.4g} in every donor"
+        notes[g] = f"not tested: the share is {share[0, g]:.4g} in every {unit}"
     return notes, share
 
 
@@ -291,7 +300,7 @@ def compare_donor_values(
     >>> from sccohort.stats import compare_donor_values
     >>> from sccohort.datasets import toy
     >>> data = toy()
-    >>> values = pd.DataFrame({"score": np.linspace(0, 1, 8)}, index=data.design.donors)
+    >>> values = pd.DataFrame({"score": np.linspace(0, 1, 8)}, index=data.design.units)
     >>> compare_donor_values(values, data.design, level="signature", seed=0)[
     ...     ["subset", "effect", "pvalue"]
     ... ].round(3)
@@ -299,18 +308,18 @@ def compare_donor_values(
     0  score  -0.571   0.029
     """
     name = design.contrast.name
-    missing = [d for d in design.donors if d not in values.index]
+    missing = [d for d in design.units if d not in values.index]
     if missing:
         raise InputError(
             f"donor(s) {', '.join(map(str, missing))} of contrast '{name}' have no row in "
             f"the values of '{level}'",
             key=f"contrasts.{name}",
         )
-    y = values.loc[design.donors].to_numpy(dtype=float)
-    is_case = (design.group.loc[design.donors] == "case").to_numpy()
+    y = values.loc[design.units].to_numpy(dtype=float)
+    is_case = (design.group.loc[design.units] == "case").to_numpy()
     columns = _value_columns(name, level, list(values.columns))
     present = np.isfinite(y)
-    x_all = design.matrix.loc[design.donors].to_numpy(dtype=float)
+    x_all = design.matrix.loc[design.units].to_numpy(dtype=float)
     term = list(design.matrix.columns).index(design.term)
     patterns: dict[bytes, list[int]] = {}
     for g in range(y.shape[1]):
@@ -319,7 +328,7 @@ def compare_donor_values(
         rows = np.frombuffer(key, dtype=bool)
         n_case, n_control = _arm_summaries(columns, y, rows, cols, is_case, design.is_continuous)
         x = x_all[rows]
-        lacking = ", ".join(map(str, design.donors[~rows]))
+        lacking = ", ".join(map(str, design.units[~rows]))
         too_few = (n_case < 3) if design.is_continuous else min(n_case, n_control) < 2
         if too_few or np.linalg.matrix_rank(x) < x.shape[1] or rows.sum() <= x.shape[1]:
             columns["note"][cols] = f"not tested: too few donors with a value (none for {lacking})"  # type: ignore[index]
@@ -331,9 +340,10 @@ def compare_donor_values(
         use = [c for c, same in zip(cols, constant, strict=True) if not same]
         if not use:
             continue
+        blocks = None if design.blocks is None else design.blocks[rows]
         fit = _permutation_test(
             y[np.ix_(rows, use)], y[np.ix_(rows, use)], x, term, x.shape[1] > 2, n_perm,
-            max_exact, seed, True,
+            max_exact, seed, True, blocks=blocks,
         )  # fmt: skip
         for col in ("effect", "ci_low", "ci_high", "pvalue", "statistic"):
             columns[col][use] = fit[col]  # type: ignore[index]
@@ -420,18 +430,18 @@ def _validated(
             f"duplicated donor or subset label(s) at level '{level}': {', '.join(map(str, dup))}",
             key=key,
         )
-    missing = [d for d in design.donors if d not in counts.index]
+    missing = [d for d in design.units if d not in counts.index]
     if missing:
         raise InputError(
-            f"donor(s) {', '.join(map(str, missing))} of contrast '{name}' have no row in the "
-            f"cell counts of level '{level}'",
+            f"{design.unit}(s) {', '.join(map(str, missing))} of contrast '{name}' have no row "
+            f"in the cell counts of level '{level}'",
             key=key,
             hint="Every donor of the design needs a sample of the primary timepoint and tissue; "
             "add the samples or restrict the contrast",
         )
     arrays = []
     for what, frame in (("counts", counts), ("totals", totals)):
-        sub = frame.loc[design.donors]
+        sub = frame.loc[design.units]
         try:
             values = sub.to_numpy(dtype=float)
         except (TypeError, ValueError) as err:
@@ -443,7 +453,7 @@ def _validated(
             i, g = np.argwhere(bad)[0]
             value = "missing" if np.isnan(values[i, g]) else f"{values[i, g]:g}"
             raise InputError(
-                f"{what} of donor '{sub.index[i]}', subset '{sub.columns[g]}' at level "
+                f"{what} of {design.unit} '{sub.index[i]}', subset '{sub.columns[g]}' at level "
                 f"'{level}' is {value}; cell counts must be non-negative integers",
                 key=key,
                 hint=f"{int(bad.sum())} bad value(s) in all; fill missing counts with 0 if "
@@ -455,17 +465,18 @@ def _validated(
     if over.any():
         i, g = np.argwhere(over)[0]
         raise InputError(
-            f"donor '{design.donors[i]}', subset '{counts.columns[g]}' at level '{level}' has "
-            f"{int(count_values[i, g])} cells but a total of {int(total_values[i, g])}",
+            f"{design.unit} '{design.units[i]}', subset '{counts.columns[g]}' at level "
+            f"'{level}' has {int(count_values[i, g])} cells but a total of "
+            f"{int(total_values[i, g])}",
             key=key,
             hint="totals must count every cell of the share's denominator (all cells of the "
             "donor, or of the parent lineage)",
         )
     empty = (total_values == 0).all(axis=1)
     if empty.any():
-        donors = list(design.donors[empty])
+        donors = list(design.units[empty])
         raise InputError(
-            f"donor(s) {', '.join(map(str, donors))} have no cells at level '{level}' "
+            f"{design.unit}(s) {', '.join(map(str, donors))} have no cells at level '{level}' "
             f"(all totals 0)",
             key=key,
             hint="Check their samples' QC, or leave them out of the contrast",

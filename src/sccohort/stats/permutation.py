@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from itertools import combinations, permutations
+from itertools import combinations, permutations, product
 
 import numpy as np
 from scipy import special, stats
@@ -71,7 +71,14 @@ def attainable_significance(
     term = design.matrix.columns.get_loc(design.term)
     n = x.shape[0]
     covariates = x.shape[1] > 2
-    if covariates:
+    blocks = design.blocks
+    if blocks is not None:
+        count = _n_block_permutations(blocks)
+        exact = count <= max_exact
+        scheme = "within-donor-exact" if exact else "within-donor"
+        # every donor once on each side: swapping all its pairs flips t, |t| ties
+        mirrors = 2 if (np.unique(blocks, return_counts=True)[1] == 2).all() else 1
+    elif covariates:
         count = math.factorial(n)
         exact = count <= max_exact
         scheme = "freedman-lane-exact" if exact else "freedman-lane"
@@ -167,10 +174,23 @@ def _permutation_test(
     max_exact: int,
     seed: int,
     moderate: bool,
+    blocks: np.ndarray | None = None,
 ) -> dict[str, np.ndarray | str | int | bool | float]:
-    """Permutation p-values of the term's t on ``y_test`` and the effect fitted on ``y_effect``."""
+    """Permutation p-values of the term's t on ``y_test`` and the effect fitted on ``y_effect``.
+
+    ``blocks`` (n,) integer codes (a paired design's donors): rows are exchanged only within
+    a block (Freedman-Lane on the reduced model, which holds the blocks' columns).
+    """
     n, p = x.shape
-    if covariates:
+    if blocks is not None:
+        exact = _n_block_permutations(blocks) <= max_exact
+        scheme = "within-donor-exact" if exact else "within-donor"
+        batches = (
+            _block_permutations(blocks)
+            if exact
+            else _random_block_permutations(blocks, n_perm, seed)
+        )
+    elif covariates:
         exact = math.factorial(n) <= max_exact
         scheme = "freedman-lane-exact" if exact else "freedman-lane"
         batches = _all_permutations(n) if exact else _random_permutations(n, n_perm, seed)
@@ -296,3 +316,42 @@ def _random_permutations(n: int, n_perm: int, seed: int) -> Iterator[np.ndarray]
     for start in range(0, n_perm, _BATCH):
         size = min(_BATCH, n_perm - start)
         yield rng.permuted(np.tile(np.arange(n), (size, 1)), axis=1)
+
+
+def _n_block_permutations(blocks: np.ndarray) -> int:
+    """Number of permutations that keep every row in its block: the product of sizes!."""
+    count = 1
+    for size in np.unique(blocks, return_counts=True)[1]:
+        count *= math.factorial(int(size))
+    return count
+
+
+def _block_permutations(blocks: np.ndarray) -> Iterator[np.ndarray]:
+    """Every permutation of ``range(n)`` that keeps each row in its block, in batches."""
+    n = len(blocks)
+    members = [np.flatnonzero(blocks == b) for b in np.unique(blocks)]
+    choices = [list(permutations(m)) for m in members]
+    batch: list[np.ndarray] = []
+    for combo in product(*choices):
+        order = np.arange(n)
+        for m, perm in zip(members, combo, strict=True):
+            order[m] = perm
+        batch.append(order)
+        if len(batch) == _BATCH:
+            yield np.array(batch, dtype=np.intp)
+            batch = []
+    if batch:
+        yield np.array(batch, dtype=np.intp)
+
+
+def _random_block_permutations(blocks: np.ndarray, n_perm: int, seed: int) -> Iterator[np.ndarray]:
+    """``n_perm`` random permutations within blocks (each block shuffled on its own), seeded."""
+    rng = np.random.default_rng(seed)
+    n = len(blocks)
+    grouped = np.argsort(blocks, kind="stable")  # positions, block by block
+    for start in range(0, n_perm, _BATCH):
+        size = min(_BATCH, n_perm - start)
+        shuffled = np.argsort(blocks[None, :] + rng.random((size, n)), axis=1)
+        order = np.empty((size, n), dtype=np.intp)
+        order[:, grouped] = shuffled
+        yield order
