@@ -308,7 +308,13 @@ def _frame_table(frame: Any, title: str) -> Table:
 @app.command()
 def simulate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the simulated cohort.")],
-    design: Annotated[str, typer.Option(help="Cohort design: 'paper' or 'null'.")] = "paper",
+    design: Annotated[
+        str,
+        typer.Option(
+            help="Cohort design: 'paper', 'null' or 'stim' (healthy donors, a control and an "
+            "interferon-stimulated sample each)."
+        ),
+    ] = "paper",
     cells_per_donor: Annotated[int, typer.Option(help="Cells per sample (before QC).")] = 2000,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
     jobs: Annotated[int, typer.Option(help="Worker processes (0: one per core).")] = 0,
@@ -316,7 +322,7 @@ def simulate(
         int | None,
         typer.Option(
             help="Donors, drawn in the paper's proportions (22% HD; of SSc 4/21 SRC, 12/21 ILD) "
-            "with the same planted effects; default: the paper's 27 donors."
+            "with the same planted effects; default: the paper's 27 donors ('stim': 2)."
         ),
     ] = None,
 ) -> None:

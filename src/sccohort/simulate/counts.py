@@ -26,6 +26,7 @@ from sccohort.simulate.design import (
     share_folds,
 )
 from sccohort.simulate.proteins import ambient_levels, protein_levels, protein_targets
+from sccohort.simulate.stimulation import MYELOID_POWER, ifn_folds, ifn_genes
 
 _CHUNK = 2048  # rows per dense block of the highly expressed genes
 _LIBRARY_SD = 0.4  # per-cell log-library SD
@@ -203,9 +204,9 @@ def _sample_profiles(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Profiles of one sample, (n_subsets, n_genes), and its antibody multipliers.
 
-    The profiles carry the donor's and the lane's gene noise and the sample's EGR1 program
-    fold; the multipliers (n_antibodies,) are donor x lane protein noise and the lane's
-    ambient scale.
+    The profiles carry the donor's and the lane's gene noise, the sample's EGR1 program
+    fold and, in a stimulated sample of design ``stim``, the interferon response; the
+    multipliers (n_antibodies,) are donor x lane protein noise and the lane's ambient scale.
     """
     n_genes = bio.profiles.shape[1]
     d_rng = _rng(seed, 1, donor_idx)
@@ -222,6 +223,12 @@ def _sample_profiles(
         mono = [i for i, s in enumerate(SUBSETS) if s.l1 == "Mono"]
         prog = bio.idx(EGR1_PROGRAM)
         prof[np.ix_(mono, prog)] *= fold
+    if design == "stim" and spec.timepoint == "stim":
+        genes = [g for g in ifn_genes() if g in bio.symbol_index]
+        gene_folds = ifn_folds(genes, params.ifn_fold)
+        myeloid = np.array([s.l1 in ("Mono", "DC") for s in SUBSETS])
+        power = np.where(myeloid, MYELOID_POWER, 1.0)[:, None]
+        prof[:, bio.idx(genes)] *= gene_folds[None, :] ** power
     prof /= prof.sum(axis=1, keepdims=True)
     return prof, donor_prot * batch_prot, np.full(n_ab, batch_ambient)
 

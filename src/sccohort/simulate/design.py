@@ -20,8 +20,9 @@ import pandas as pd
 
 from sccohort.errors import InputError
 from sccohort.simulate.biology import EGR1_PROGRAM, SUBSETS
+from sccohort.simulate.stimulation import stim_effects
 
-DESIGNS = ("paper", "null")
+DESIGNS = ("paper", "null", "stim")
 
 _SRC = {1, 4, 19, 20}
 _ILD = {1, 3, 4, 6, 7, 8, 10, 11, 13, 14, 16, 17}
@@ -73,6 +74,9 @@ class SimParams:
         SD of the per-donor and per-lane log multiplicative gene (and protein) noise.
     library_scale
         Multiplies every cell's expected RNA library size.
+    ifn_fold
+        Typical fold of the interferon response genes in the stimulated samples of design
+        ``stim`` (:mod:`sccohort.simulate.stimulation`).
     """
 
     egr1_fold: float = 3.0
@@ -91,6 +95,7 @@ class SimParams:
     donor_noise: float = 0.1
     batch_noise: float = 0.15
     library_scale: float = 1.0
+    ifn_fold: float = 4.0
 
     @classmethod
     def from_kwargs(cls, **kwargs: object) -> SimParams:
@@ -104,7 +109,9 @@ class SimParams:
                     hint=f"use one of: {', '.join(sorted(known))}",
                 )
         p = cls(**kwargs)  # type: ignore[arg-type]
-        positive = ("egr1_fold", "t2isg_fold", "dirichlet_concentration", "library_scale")
+        positive = (
+            "egr1_fold", "t2isg_fold", "dirichlet_concentration", "library_scale", "ifn_fold"
+        )  # fmt: skip
         for key in positive:
             if not float(getattr(p, key)) > 0:
                 raise InputError("must be > 0", key=key, hint=f"got {getattr(p, key)!r}")
@@ -342,7 +349,7 @@ def _timepoint_pos(timepoint: str) -> int:
 def share_folds(design: str, params: SimParams, spec: SampleSpec, donor: pd.Series) -> dict:
     """Planted fold of each effect subset's share for one sample (subset -> fold)."""
     folds: dict[str, float] = {}
-    if design == "null":
+    if design in ("null", "stim"):
         return folds
     if donor["SRC"] == "yes":
         folds["CD14_EGR1"] = params.egr1_fold
@@ -539,7 +546,9 @@ def effects_table(design: str, params: SimParams) -> pd.DataFrame:
     base_share, donor, timepoints, program``; ``kind`` is ``composition`` (share fold of a
     subset between clinical groups), ``age_slope`` (log-share change per year),
     ``composition_timecourse`` or ``program_timecourse`` (SSc4's three samples; folds per
-    timepoint in ``timepoints`` as ``tp:fold;...``).
+    timepoint in ``timepoints`` as ``tp:fold;...``), ``expression_stimulation`` (design
+    ``stim``: one row per gene of the interferon response, its fold in ``fold``, its name in
+    ``program``).
     """
     cols = [
         "kind",
@@ -557,4 +566,6 @@ def effects_table(design: str, params: SimParams) -> pd.DataFrame:
     rows = [_age_slope_effect(params)]
     if design == "paper":
         rows += _clinical_effects(params) + _timecourse_effects(params)
+    if design == "stim":
+        rows += stim_effects(params.ifn_fold)
     return pd.DataFrame(rows, columns=cols)

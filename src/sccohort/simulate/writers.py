@@ -32,6 +32,12 @@ from sccohort.simulate.design import (
     sample_specs,
 )
 from sccohort.simulate.proteins import protein_panel
+from sccohort.simulate.stimulation import (
+    STIM_CONFIG,
+    STIM_DONORS,
+    STIM_TIMEPOINTS,
+    stim_clinical,
+)
 
 CONFIG_TEMPLATE = """\
 [inputs]
@@ -172,12 +178,19 @@ def _cohort_plan(
         )
     if int(cells_per_donor) < 10:
         raise InputError("too few cells per donor", key="cells_per_donor", hint="use at least 10")
-    if n_donors is not None:
+    if design == "stim":
+        n_donors = STIM_DONORS if n_donors is None else _stim_donors(n_donors)
+        params.setdefault("n_batches", max(1, n_donors // 4))
+    elif n_donors is not None:
         n_donors = check_n_donors(n_donors)
         params.setdefault("n_batches", default_batches(n_donors))
     p = SimParams.from_kwargs(**params)
-    clinical = clinical_table(n_donors)
-    specs = sample_specs(int(p.n_batches), n_donors)
+    if design == "stim":
+        clinical = stim_clinical(n_donors)
+        specs = _stim_specs(list(clinical["donor_id"]), int(p.n_batches))
+    else:
+        clinical = clinical_table(n_donors)
+        specs = sample_specs(int(p.n_batches), n_donors)
     donor_ids = list(clinical["donor_id"])
     if donors is not None:
         unknown = sorted(set(donors) - set(donor_ids))
@@ -189,6 +202,25 @@ def _cohort_plan(
             )
         specs = [s for s in specs if s.donor_id in set(donors)]
     return p, clinical, specs
+
+
+def _stim_donors(n_donors: object) -> int:
+    if isinstance(n_donors, bool) or not isinstance(n_donors, int | np.integer) or n_donors < 2:
+        raise InputError(
+            f"n_donors must be a whole number >= 2 for design 'stim', got {n_donors!r}",
+            key="n_donors",
+            hint="A paired control / stimulated comparison needs 2 donors or more",
+        )
+    return int(n_donors)
+
+
+def _stim_specs(donors: list[str], n_batches: int) -> list[SampleSpec]:
+    """A control and a stimulated sample per donor, both on the donor's lane."""
+    return [
+        SampleSpec(2 * i + j, f"{donor}_{suffix}", donor, timepoint, f"L{i % n_batches + 1}")
+        for i, donor in enumerate(donors)
+        for j, (suffix, timepoint) in enumerate(STIM_TIMEPOINTS)
+    ]
 
 
 def _sample_jobs(
@@ -282,7 +314,9 @@ def write_cohort(
         subset, the design's ``expected_share`` and the donor's realised ``donor_share``
         from which the sample's cells were drawn.
     design
-        One of `DESIGNS`: ``"paper"`` (planted clinical effects) or ``"null"`` (none).
+        One of `DESIGNS`: ``"paper"`` (planted clinical effects), ``"null"`` (none) or
+        ``"stim"`` (healthy donors, a control and an interferon-stimulated sample each, the
+        config comparing them: :mod:`sccohort.simulate.stimulation`).
     cells_per_donor
         Cell barcodes per sample (the longitudinal donor SSc4 has three samples).
     seed
@@ -299,7 +333,8 @@ def write_cohort(
         `~sccohort.simulate.design.MIN_DONORS`) drawn in the paper's proportions (see
         `~sccohort.simulate.design.clinical_table`; ``n_donors + 2`` samples) with the
         same planted effects, truth files and config; unless ``n_batches`` is given, lanes
-        scale with it (`~sccohort.simulate.design.default_batches`).
+        scale with it (`~sccohort.simulate.design.default_batches`). Design ``stim``: 2
+        donors by default, any number >= 2 (``2 * n_donors`` samples, a lane per 4 donors).
     **params
         Any field of `SimParams` (e.g. ``egr1_fold=5``, ``doublet_rate=0.08``).
 
@@ -318,5 +353,6 @@ def write_cohort(
     samples = _samples_table(specs)
     _atomic_csv(out / "samples.csv", samples)
     _atomic_csv(out / "clinical.csv", clinical[clinical["donor_id"].isin(samples["donor_id"])])
-    _atomic_text(out / "sccohort.toml", CONFIG_TEMPLATE.format(seed=int(seed)))
+    template = STIM_CONFIG if design == "stim" else CONFIG_TEMPLATE
+    _atomic_text(out / "sccohort.toml", template.format(seed=int(seed)))
     return out

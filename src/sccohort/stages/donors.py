@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sccohort.cohort import ContrastDesign
+from sccohort.cohort import ContrastDesign, SampleSheet
 from sccohort.errors import InputError
 from sccohort.io import hallmark, read_gmt, read_tf_targets
 from sccohort.io.atomic import read_csv
@@ -46,36 +46,60 @@ from sccohort.stats import (
 
 
 def _designs(state: RunState) -> dict[str, ContrastDesign]:
-    """Every contrast's design on the measured donors of the primary samples.
+    """Every contrast's design: on the measured donors of the primary samples, or on samples.
 
     Donors whose primary sample kept fewer than ``[association] min_cells`` cells
-    (`small_donors`) are left out; a contrast left without a valid design (e.g. one group
-    empty) is skipped, with the reason recorded. ``{}`` without contrasts.
+    (`small_donors`) are left out of donor designs, such samples out of sample designs
+    (contrasts on a sample sheet column); a contrast left without a valid design (e.g. one
+    group empty) is skipped, with the reason recorded. ``{}`` without contrasts.
     """
-    if state.clinical is None or not state.config.contrasts:
+    if not state.config.contrasts:
         return {}
     primary = state.samples.primary_samples(
         state.config.primary_timepoint, state.config.primary_tissue
     )
-    small = small_donors(state)
+    small, small_samples = small_donors(state), _small_samples(state)
+    known = state.clinical.table.index if state.clinical is not None else state.samples.donors
     donors = [
-        d for d in primary["donor_id"].astype(str).unique()
-        if d in state.clinical.table.index and d not in small
+        d for d in primary["donor_id"].astype(str).unique() if d in known and d not in small
     ]  # fmt: skip
+    table = state.samples.table
+    measured = SampleSheet(
+        table.drop(index=list(small_samples)), state.samples.path, state.samples.lines
+    )
     designs = {}
     for name, contrast in state.config.contrasts.items():
+        on_samples = contrast.variable in table.columns
+        left_out = small_samples if on_samples else small
         try:
-            designs[name] = contrast.design(state.clinical, donors)
+            designs[name] = contrast.design(
+                state.clinical, None if on_samples else donors, samples=measured
+            )
         except InputError as exc:
-            if not small:
+            if not left_out:
                 raise
             state.skip(
                 "association",
                 f"contrast {name}",
-                f"without the donors of fewer than {state.config.association.min_cells} cells "
-                f"({', '.join(small)}): {exc.problem}",
+                f"without the {'samples' if on_samples else 'donors'} of fewer than "
+                f"{state.config.association.min_cells} cells ({', '.join(left_out)}): "
+                f"{exc.problem}",
             )
     return designs
+
+
+def _small_samples(state: RunState) -> dict[str, int]:
+    """Sample -> cells it kept, for samples below ``[association] min_cells``."""
+    cells = state.mdata.obs["sample_id"].astype(str).value_counts()
+    kept = cells.reindex(state.samples.table.index.astype(str)).fillna(0).astype(int)
+    return kept[kept < state.config.association.min_cells].to_dict()
+
+
+def _rows(design: ContrastDesign, sample_of: pd.Series) -> list[str]:
+    """The samples of a design's rows: the primary sample of each donor, or its samples."""
+    if design.unit == "sample":
+        return list(design.units.astype(str))
+    return list(sample_of.loc[design.donors.astype(str)])
 
 
 def small_donors(state: RunState) -> dict[str, int]:
@@ -153,9 +177,9 @@ def stage_association(state: RunState) -> list[Path]:
     frames = []
     steps, done = len(designs) * len(levels), 0
     for design in designs.values():
-        samples = list(sample_of.loc[design.donors.astype(str)])
+        samples = _rows(design, sample_of)
         for level in levels:
-            counts, totals = donor_counts(table, level, samples)
+            counts, totals = donor_counts(table, level, samples, unit=design.unit)
             frames.append(
                 compare_abundance(
                     counts,
@@ -167,7 +191,7 @@ def stage_association(state: RunState) -> list[Path]:
                     seed=seed,
                 )
             )
-            if cfg.classic and not design.is_continuous:
+            if cfg.classic and not design.is_continuous and not design.paired:
                 shares = counts / totals.where(totals > 0)
                 frames.append(ks_test(shares, design, level, seed=seed))
             done += 1
@@ -269,7 +293,15 @@ def stage_neighbourhoods(state: RunState) -> list[Path]:
     embedding = np.asarray(mdata.obsm[key])
     sample_of = _primary_sample_of(state)
     frames = []
-    for i, design in enumerate(designs.values(), start=1):
+    for i, (name, design) in enumerate(designs.items(), start=1):
+        if design.unit != "donor":
+            state.skip(
+                "neighbourhoods",
+                f"contrast {name}",
+                "neighbourhood DA compares donors through one sample each; this contrast "
+                f"compares samples by {design.contrast.variable}",
+            )
+            continue
         frames.append(
             neighbourhoods(
                 embedding,
@@ -281,7 +313,7 @@ def stage_neighbourhoods(state: RunState) -> list[Path]:
             )
         )
         state.progress.advance(i, len(designs))
-    return [write_table(state.out, "neighbourhoods", frames)]
+    return [write_table(state.out, "neighbourhoods", frames)] if frames else []
 
 
 def _characterised(association: pd.DataFrame | None, alpha: float, limit: int) -> list[str]:
@@ -344,17 +376,12 @@ def stage_de(state: RunState) -> list[Path]:
         return []
     association = _read_table(state, "association")
     obs = state.mdata.obs
-    sample_of = _primary_sample_of(state)
-    counts = {
-        level: pseudobulk(state.mdata, level, samples=list(sample_of), min_cells=cfg.de_min_cells)[
-            0
-        ]
-        for level in ("subset", "l2")
-    }
+    by_unit = _pseudobulk_by_unit(state, {d.unit for d in designs.values()})
     written, skipped, gsea_tables = [], [], []
     genes = state.mdata.mod["rna"].var_names
     gene_sets = covered_sets(state, "de", "gsea", dict(hallmark()), genes)
     for i, (name, design) in enumerate(designs.items(), start=1):
+        counts = by_unit[design.unit]
         if cfg.de_groups == "all":
             groups = {level: sorted(counts[level]) for level in counts}
         else:
@@ -365,6 +392,8 @@ def stage_de(state: RunState) -> list[Path]:
                 for s in chosen
             ]
             groups = {"subset": chosen, "l2": list(dict.fromkeys(parents))}
+            if design.unit == "sample":  # a condition: what changes within every cell type
+                groups["l2"] = sorted(counts["l2"])
         frames = []
         for level, names in groups.items():
             if not names:
@@ -389,6 +418,22 @@ def stage_de(state: RunState) -> list[Path]:
     if gsea_tables:
         written.append(write_table(state.out, "enrichment_de", gsea_tables))
     return written
+
+
+def _pseudobulk_by_unit(state: RunState, units: set[str]) -> dict[str, dict]:
+    """Pseudobulk counts per level for the kinds of design rows the contrasts have.
+
+    ``"donor"``: each donor's primary sample, indexed by donor; ``"sample"``: every sample.
+    """
+    min_cells = state.config.characterise.de_min_cells
+    samples = {"donor": list(_primary_sample_of(state)), "sample": None}
+    return {
+        unit: {
+            level: pseudobulk(state.mdata, level, samples=samples[unit], min_cells=min_cells)[0]
+            for level in ("subset", "l2")
+        }
+        for unit in sorted(units)
+    }
 
 
 def stage_characterise(state: RunState) -> list[Path]:
@@ -478,7 +523,7 @@ def _prediction(state: RunState, subsets_: list[str]) -> list[Path]:
     table = _composition(state)
     summaries, predictions = [], []
     for design in _designs(state).values():
-        if design.is_continuous:
+        if design.is_continuous or design.unit != "donor":
             continue
         shares = donor_shares(table, "subset", list(sample_of.loc[design.donors.astype(str)]))
         logit = share_logits(shares, table["total"])
@@ -510,11 +555,16 @@ def _signatures(state: RunState, subsets_: list[str]) -> list[Path]:
     obs = state.mdata.obs.loc[rna.obs_names]
     donor = donor_scores(scores, obs, samples=list(_primary_sample_of(state)))
     written = [write_table(state.out, "signatures", donor)]
+    designs = _designs(state)
+    per_sample = None
+    if any(d.unit == "sample" for d in designs.values()):
+        per_sample = donor_scores(scores, obs, by=("sample_id", "subset"))
     tests = []
-    for design in _designs(state).values():
-        for name, rows in donor.groupby("set", sort=False):
-            values = rows.pivot(index="donor_id", columns="subset", values="score")
-            values = values.reindex(design.donors.astype(str))
+    for design in designs.values():
+        table = donor if design.unit == "donor" else per_sample
+        for name, rows in table.groupby("set", sort=False):
+            values = rows.pivot(index=f"{design.unit}_id", columns="subset", values="score")
+            values = values.reindex(design.units.astype(str))
             tests.append(
                 compare_donor_values(
                     values, design, level=f"signature:{name}", n_perm=cfg.signature_perm,

@@ -274,9 +274,9 @@ def level_rows(table: pd.DataFrame, level: str) -> pd.DataFrame:
 
 
 def donor_counts(
-    table: pd.DataFrame, level: str, samples: Sequence[str]
+    table: pd.DataFrame, level: str, samples: Sequence[str], *, unit: str = "donor"
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Donor x subset counts and totals of one level, one sample per donor.
+    """Donor x subset counts and totals of one level, one sample per donor (or per sample).
 
     Parameters
     ----------
@@ -286,12 +286,15 @@ def donor_counts(
         A value of its ``level`` column, e.g. ``"subset"`` or ``"subset_in_l1"``.
     samples
         The samples to use (e.g. ``SampleSheet.primary_samples().index``), at most one per
-        donor.
+        donor unless ``unit="sample"``.
+    unit
+        ``"donor"`` (rows indexed by ``donor_id``) or ``"sample"`` (by ``sample_id``, any
+        number of samples per donor: the rows of a sample-level design).
 
     Returns
     -------
     counts : pandas.DataFrame
-        Donors x subsets (index ``donor_id`` in the order of ``samples``, columns ``subset``
+        Donors (or samples) x subsets (index in the order of ``samples``, columns ``subset``
         in table order), integer cell counts.
     totals : pandas.DataFrame
         Same shape: the denominator of each count (cells of the donor's sample in the
@@ -332,7 +335,7 @@ def donor_counts(
     rows = rows[rows["sample_id"].astype(str).isin(samples)]
     donor_of = rows.drop_duplicates("sample_id").set_index("sample_id")["donor_id"].astype(str)
     donors = donor_of.loc[samples]
-    twice = donors[donors.duplicated(keep=False)]
+    twice = donors[donors.duplicated(keep=False)] if unit == "donor" else donors.iloc[:0]
     if len(twice):
         donor = twice.iloc[0]
         pair = list(twice[twice == donor].index)
@@ -347,7 +350,10 @@ def donor_counts(
     for value in ("count", "total"):
         wide = rows.pivot(index="sample_id", columns="subset", values=value)
         wide = wide.loc[samples, subsets].astype(np.int64)
-        wide.index = pd.Index(donors.to_numpy(), name="donor_id")
+        if unit == "donor":
+            wide.index = pd.Index(donors.to_numpy(), name="donor_id")
+        else:
+            wide.index = pd.Index(list(samples), name="sample_id")
         wide.columns = pd.Index(subsets, name="subset")
         out.append(wide)
     return out[0], out[1]

@@ -125,10 +125,13 @@ def describe_attainable(row: dict, alpha: float) -> str:
     data; add donors, or read its effects as descriptive
     """
     sizes = f"{row['n_case']} vs {row['n_control']}" if row["n_control"] else f"{row['n_case']}"
+    paired = str(row.get("scheme", "")).startswith("within-donor")
+    units = "samples" if paired else "donors"
+    how = "within-donor relabellings" if paired else "relabellings of the donors"
     return (
-        f"contrast '{row['contrast']}': with {sizes} donors the smallest p-value the "
+        f"contrast '{row['contrast']}': with {sizes} {units} the smallest p-value the "
         f"donor-level test can give is {row['min_pvalue']:.3g} "
-        f"({int(row['n_relabellings']):,} relabellings of the donors), so no subset can reach "
+        f"({int(row['n_relabellings']):,} {how}), so no subset can reach "
         f"padj < {alpha:g} whatever the data; add donors, or read its effects as descriptive"
     )
 

@@ -224,6 +224,13 @@ def _check(features: pd.DataFrame, design: ContrastDesign, use_covariates: bool)
             key=f"contrasts.{name}",
             hint="Pass donor-level subset shares (e.g. their logit), one row per donor",
         )
+    if design.unit != "donor":
+        raise InputError(
+            f"contrast '{design.contrast.name}' compares samples ({design.contrast.variable}); "
+            "prediction is of a donor's manifestation",
+            key=f"contrasts.{design.contrast.name}",
+            hint="Predict a donor-level (clinical) variable",
+        )
     missing = [d for d in design.donors if d not in features.index]
     if missing:
         raise InputError(

@@ -337,23 +337,31 @@ def _check_counts(counts: pd.DataFrame, group: str) -> None:
 def _align(
     counts: pd.DataFrame, design: ContrastDesign, group: str, min_donors: int
 ) -> tuple[pd.DataFrame, pd.DataFrame, int, int, str | None]:
-    """Donors of the design that have counts; the reason to skip, or None."""
+    """Units of the design that have counts; the reason to skip, or None.
+
+    A paired design needs ``min(min_donors, 2)`` donors with counts on both sides (each donor
+    is its own control); the others ``min_donors`` donors per side.
+    """
     name = design.contrast.name
-    donors = [d for d in design.donors if d in counts.index]
+    donors = [d for d in design.units if d in counts.index]
+    index = "sample_id" if design.unit == "sample" else "donor_id"
     if not donors:
+        how = "samples=None (every sample)" if design.unit == "sample" else "samples= one per donor"
         raise InputError(
-            f"no donor of contrast '{name}' has pseudobulk counts for '{group}' "
+            f"no {design.unit} of contrast '{name}' has pseudobulk counts for '{group}' "
             f"(the counts are indexed by {', '.join(map(str, counts.index[:3]))}, ...)",
             key=group,
-            hint="Index the counts by donor_id: call pseudobulk() with samples= one per donor",
+            hint=f"Index the counts by {index}: call pseudobulk() with {how}",
         )
     if counts.index.duplicated().any():
         raise InputError(
-            f"pseudobulk counts of '{group}' have several rows per donor",
+            f"pseudobulk counts of '{group}' have several rows per {design.unit}",
             key=group,
-            hint="Call pseudobulk() with samples= one per donor",
+            hint=f"Index the counts by {index}",
         )
     matrix = design.matrix.loc[donors]
+    if design.paired:
+        return _align_paired(counts, design, donors, matrix, min_donors)
     if design.is_continuous:
         n_case, n_control = len(donors), 0
         small = n_case < min_donors + 1
@@ -371,6 +379,38 @@ def _align(
     elif not _full_rank(matrix):
         reason = "the design restricted to the donors with counts is not of full rank"
     return counts.loc[donors], matrix, n_case, n_control, reason
+
+
+def _align_paired(
+    counts: pd.DataFrame,
+    design: ContrastDesign,
+    units: list[str],
+    matrix: pd.DataFrame,
+    min_donors: int,
+) -> tuple[pd.DataFrame, pd.DataFrame, int, int, str | None]:
+    """`_align` for a paired design: only donors with counts on both sides stay."""
+    is_case = design.group.loc[units] == "case"
+    donor_of = design.donor_of.loc[units].astype(str)
+    sides = pd.DataFrame({"donor": donor_of.to_numpy(), "case": is_case.to_numpy()})
+    both = sides.groupby("donor")["case"].nunique()
+    paired = set(both.index[both == 2])
+    units = [u for u in units if donor_of[u] in paired]
+    is_case = is_case.loc[units]
+    matrix = matrix.loc[units]
+    matrix = matrix.loc[:, (matrix != 0).any(axis=0)]  # donors without counts leave no column
+    donor_columns = [c for c in matrix.columns if c.startswith("donor[")]
+    if donor_columns and (matrix[donor_columns].sum(axis=1) == 1).all():
+        matrix = matrix.drop(columns=donor_columns[0])  # the reference donor had no counts
+    n_case, n_control = int(is_case.sum()), int((~is_case).sum())
+    need = min(min_donors, 2)
+    reason = None
+    if len(paired) < need:
+        reason = f"{len(paired)} donor(s) with counts on both sides; needs {need}"
+    elif len(units) <= matrix.shape[1]:
+        reason = f"{len(units)} samples for {matrix.shape[1]} design columns"
+    elif not _full_rank(matrix):
+        reason = "the design restricted to the samples with counts is not of full rank"
+    return counts.loc[units], matrix, n_case, n_control, reason
 
 
 def pseudobulk_de(
@@ -403,8 +443,9 @@ def pseudobulk_de(
     Parameters
     ----------
     counts
-        Donors x genes raw summed counts (``pseudobulk(..., samples=...)``); donors outside
-        the design are ignored, design donors without a row are left out.
+        Donors x genes raw summed counts (``pseudobulk(..., samples=...)``), or samples x
+        genes for a sample-level design (``pseudobulk(...)``); rows outside the design are
+        ignored, design rows without counts are left out.
     design
         The contrast's donor-level design.
     group
@@ -414,7 +455,8 @@ def pseudobulk_de(
     min_count
         ``filterByExpr``'s ``min.count``.
     min_donors
-        Fewest donors per side (continuous variable: more than this many donors).
+        Fewest donors per side (continuous variable: more than this many donors); a paired
+        design needs ``min(min_donors, 2)`` donors with counts on both sides.
     engine
         ``"deseq2"`` (vectorised, default) or ``"pydeseq2"`` (the pydeseq2 package).
     n_jobs
@@ -428,7 +470,7 @@ def pseudobulk_de(
         of case vs control (continuous variable: per unit), ``ci_low``/``ci_high`` its Wald
         95% interval, ``stat`` the Wald statistic, ``base_mean`` DESeq2's mean of normalised
         counts. ``pvalue``/``padj`` are NaN for genes DESeq2 flags as count outliers.
-        Sorted by p-value.
+        Sorted by p-value (ties, such as p-values that underflow to 0, by |stat|).
 
     Raises
     ------
@@ -491,8 +533,10 @@ def pseudobulk_de(
             "lfc_se": se,
         }
     )
-    out = out.sort_values(["pvalue", "gene"], na_position="last", kind="stable")
-    return out.reset_index(drop=True)[DE_COLUMNS]
+    # p-values that underflow to 0 are ordered by the size of their Wald statistic
+    order = np.lexsort((out["gene"].to_numpy(), -np.abs(out["stat"].fillna(0).to_numpy()),
+                        out["pvalue"].fillna(np.inf).to_numpy()))  # fmt: skip
+    return out.iloc[order].reset_index(drop=True)[DE_COLUMNS]
 
 
 def pseudobulk_de_all(
@@ -554,7 +598,7 @@ def pseudobulk_de_all(
             )
             continue
         frame = counts[group]
-        if not any(d in frame.index for d in design.donors):
+        if not any(d in frame.index for d in design.units):
             reason, n_case, n_control = "no donor of the design has counts", 0, 0
         else:
             _, _, n_case, n_control, reason = _align(frame, design, group, min_donors)

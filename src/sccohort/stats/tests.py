@@ -157,7 +157,8 @@ def ks_test(
         cells of the subset's parent) leaves that donor out of that subset.
     design
         A binary (or case-vs-rest categorical) contrast design; every donor of
-        ``design.donors`` must be in ``shares``.
+        ``design.units`` (donors, or the samples of an unpaired sample-level design) must
+        be in ``shares``.
     level
         Name of the level, copied into the ``level`` column.
     n_boot, seed, ci
@@ -193,7 +194,13 @@ def ks_test(
             hint="Use the regression-based association test for continuous variables",
         )
     _check_boot(n_boot, ci)
-    values = _donor_rows(_numeric_shares(shares), design.donors, f"contrast '{name}'")
+    if design.paired:
+        raise InputError(
+            f"contrast '{name}' is paired within donor; the KS test compares independent groups",
+            key=f"contrasts.{name}",
+            hint="Use the default test (compare_abundance), which pairs the samples",
+        )
+    values = _donor_rows(_numeric_shares(shares), design.units, f"contrast '{name}'")
     group = design.group.loc[values.index].astype(str)
     a = values[group == "case"].to_numpy()
     b = values[group == "control"].to_numpy()
