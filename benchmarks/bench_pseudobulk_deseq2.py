@@ -43,7 +43,8 @@ from scipy import stats
 
 from sccohort.cohort import Contrast, ContrastDesign
 from sccohort.config import build_designs, load_config, load_inputs
-from sccohort.stats.pseudobulk import _align, filter_by_expr, pseudobulk, pseudobulk_de
+from sccohort.stats.pseudobulk import pseudobulk
+from sccohort.stats.pseudobulk_de import _align, filter_by_expr, pseudobulk_de
 
 HERE = Path(__file__).resolve().parent
 #: (contrast, level, group) pairs compared.

@@ -17,10 +17,10 @@ from sccohort.cohort import ClinicalTable, Contrast
 from sccohort.errors import InputError
 from sccohort.simulate import EGR1_PROGRAM, simulate_cohort
 from sccohort.stats.deseq2 import _fit_dispersion, _Posterior, _SymStack
-from sccohort.stats.pseudobulk import (
+from sccohort.stats.pseudobulk import pseudobulk
+from sccohort.stats.pseudobulk_de import (
     DE_COLUMNS,
     filter_by_expr,
-    pseudobulk,
     pseudobulk_de,
     pseudobulk_de_all,
 )

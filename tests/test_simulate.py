@@ -144,7 +144,7 @@ def test_tables_for_later_code() -> None:
     panel = protein_panel().set_index("name")
     assert panel.loc["CD191", "target_genes"] == "CCR1" and not panel.loc["CD3", "isotype"]
     assert panel["isotype"].sum() >= 4 and (panel.loc[panel["isotype"], "target_genes"] == "").all()
-    assert DESIGNS == ("paper", "null")
+    assert DESIGNS == ("paper", "null", "stim")
 
 
 def test_barcodes_raw_and_empty_droplets(cohort: Path, data: dict) -> None:

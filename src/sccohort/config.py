@@ -278,11 +278,9 @@ class CharacteriseSection:
     (``prediction_perm`` permutations) and donor-level signature scores (tested with
     ``signature_perm`` permutations). Pseudobulk DE (samples x groups with at least
     ``de_min_cells`` cells) runs, per contrast, for its associated subsets and their parent
-    l2 (``de_groups = "associated"``; a contrast on a sample sheet column, such as a
-    stimulation, also for every l2 label: what changes within each cell type is its
-    question) or for every subset and l2 label (``"all"``: thorough, slower); each group's
-    Wald statistics, when at least ``gsea_min_genes`` genes were tested, get a preranked GSEA
-    with ``gsea_perm`` permutations.
+    l2 (``de_groups = "associated"``; a contrast on a sample sheet column also every l2) or
+    for every subset and l2 (``"all"``); each group's Wald statistics (``gsea_min_genes``
+    genes or more) get a preranked GSEA with ``gsea_perm`` permutations.
     """
 
     alpha: float = setting(PROBABILITY, default=0.05, why="A significance level: 0.05, say")

@@ -262,33 +262,9 @@ class Contrast:
                 from sccohort.cohort.sample_design import sample_design
 
                 return sample_design(self, samples, clinical, donors)
-        if clinical is None:
-            raise InputError(
-                f"contrast '{self.name}': '{self.variable}' is not a column of the sample "
-                "sheet, and there is no clinical table",
-                key=f"contrasts.{self.name}.variable",
-                hint="Give the clinical table, or compare by a sample sheet column",
-            )
+        self._check_donor_level(clinical, samples)
         fail = self._failure(clinical)
         table = clinical.table
-        if self.variable not in table.columns:
-            sheet = (
-                f"; of the sample sheet: {', '.join(samples.variables_and_visits)}"
-                if (samples is not None)
-                else ""
-            )
-            raise fail(
-                f"unknown variable '{self.variable}'",
-                "variable",
-                hint=f"Variables of the clinical table: {', '.join(table.columns)}{sheet}",
-            )
-        if self.paired is not None:
-            raise fail(
-                f"'{self.variable}' is a donor-level variable: each donor is on one side, so "
-                "there is nothing to pair",
-                "paired",
-                hint="Remove paired; it applies to sample-level variables (timepoint, ...)",
-            )
         kind = clinical.types[self.variable]
         chosen, restriction = self._restrict(clinical, donors, fail)
         values = table.loc[chosen, self.variable]
@@ -333,6 +309,38 @@ class Contrast:
             control_levels=control_levels,
             dropped=dropped,
         )
+
+    def _check_donor_level(
+        self, clinical: ClinicalTable | None, samples: SampleSheet | None
+    ) -> None:
+        """Refuse a donor-level contrast without its variable, or one asked to pair."""
+        if clinical is None:
+            raise InputError(
+                f"contrast '{self.name}': '{self.variable}' is not a column of the sample "
+                "sheet, and there is no clinical table",
+                key=f"contrasts.{self.name}.variable",
+                hint="Give the clinical table, or compare by a sample sheet column",
+            )
+        fail = self._failure(clinical)
+        table = clinical.table
+        if self.variable not in table.columns:
+            sheet = (
+                f"; of the sample sheet: {', '.join(samples.variables_and_visits)}"
+                if samples is not None
+                else ""
+            )
+            raise fail(
+                f"unknown variable '{self.variable}'",
+                "variable",
+                hint=f"Variables of the clinical table: {', '.join(table.columns)}{sheet}",
+            )
+        if self.paired is not None:
+            raise fail(
+                f"'{self.variable}' is a donor-level variable: each donor is on one side, so "
+                "there is nothing to pair",
+                "paired",
+                hint="Remove paired; it applies to sample-level variables (timepoint, ...)",
+            )
 
     def _failure(self, clinical: ClinicalTable) -> Callable[..., InputError]:
         """An `InputError` factory naming the clinical table and ``contrasts.<name>.<field>``."""

@@ -22,9 +22,9 @@ from sccohort.stages.cells import (
     stage_subsets,
     stage_umap,
 )
+from sccohort.stages.characterise import stage_characterise
 from sccohort.stages.donors import (
     stage_association,
-    stage_characterise,
     stage_composition,
     stage_de,
     stage_neighbourhoods,

@@ -18,7 +18,8 @@ from sccohort.stats.neighbourhoods import neighbourhoods
 from sccohort.stats.permutation import attainable_significance, describe_attainable
 from sccohort.stats.predict import PredictionResult, delong_ci, predict_phenotype, share_logits
 from sccohort.stats.protein_markers import protein_markers
-from sccohort.stats.pseudobulk import filter_by_expr, pseudobulk, pseudobulk_de, pseudobulk_de_all
+from sccohort.stats.pseudobulk import pseudobulk
+from sccohort.stats.pseudobulk_de import filter_by_expr, pseudobulk_de, pseudobulk_de_all
 from sccohort.stats.selection import associated_subsets, characterised_subsets
 from sccohort.stats.signatures import donor_scores, score_cells, signature_sets
 from sccohort.stats.tests import kruskal_dunn, ks_test, proportion_biplot

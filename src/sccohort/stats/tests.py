@@ -13,10 +13,8 @@ the largest sample; it keeps log 0 away and is negligible unless a group's mean 
 near 0), and a percentile confidence interval from a donor bootstrap (donors resampled with
 replacement within each group, seeded).
 
-Dunn's test is written here (a dozen lines): scipy has no Dunn test and scikit-posthocs
-would be a dependency for one formula; it is checked against a hand computation and
-against scikit-posthocs 0.17.1 in tests/test_stats_classic.py. Adjustments come from
-:mod:`sccohort.multitest`.
+Dunn's test is written here (a dozen lines): scipy has none and scikit-posthocs would be a
+dependency for one formula (checked against both in tests/test_stats_classic.py).
 """
 
 from __future__ import annotations
@@ -186,20 +184,16 @@ def ks_test(
     1     T_B  1.0000  1.0000
     """
     name = design.contrast.name
-    if design.is_continuous:
+    if design.is_continuous or design.paired:
+        why = "is continuous" if design.is_continuous else "is compared within donor (paired)"
         raise InputError(
-            f"the Kolmogorov-Smirnov test compares two groups; '{design.contrast.variable}' "
-            "is continuous",
+            f"the Kolmogorov-Smirnov test compares two independent groups; "
+            f"'{design.contrast.variable}' {why}",
             key=f"contrasts.{name}",
-            hint="Use the regression-based association test for continuous variables",
+            hint="Use the default test (compare_abundance): it fits continuous variables and "
+            "pairs samples",
         )
     _check_boot(n_boot, ci)
-    if design.paired:
-        raise InputError(
-            f"contrast '{name}' is paired within donor; the KS test compares independent groups",
-            key=f"contrasts.{name}",
-            hint="Use the default test (compare_abundance), which pairs the samples",
-        )
     values = _donor_rows(_numeric_shares(shares), design.units, f"contrast '{name}'")
     group = design.group.loc[values.index].astype(str)
     a = values[group == "case"].to_numpy()
