@@ -29,6 +29,11 @@ _BATCH = 2048
 _TIES = 1e-9
 
 
+#: Fewest within-donor relabellings a paired design is permuted with (10 donors in pairs:
+#: 1,024); below it the moderated t's own distribution gives the p-value.
+MIN_WITHIN_DONOR = 1000
+
+
 def attainable_significance(
     design: ContrastDesign, *, n_perm: int = 10_000, max_exact: int = 20_000, alpha: float = 0.05
 ) -> dict[str, object]:
@@ -72,6 +77,13 @@ def attainable_significance(
     n = x.shape[0]
     covariates = x.shape[1] > 2
     blocks = design.blocks
+    if blocks is not None and _n_block_permutations(blocks) < MIN_WITHIN_DONOR:
+        return {
+            "contrast": design.contrast.name, "n_case": design.n_case,
+            "n_control": design.n_control, "covariates": ";".join(design.contrast.covariates),
+            "scheme": "within-donor-t", "n_relabellings": _n_block_permutations(blocks),
+            "min_pvalue": 0.0, "min_padj": 0.0, "reachable": True,
+        }  # fmt: skip
     if blocks is not None:
         count = _n_block_permutations(blocks)
         exact = count <= max_exact
@@ -182,10 +194,16 @@ def _permutation_test(
     """Permutation p-values of the term's t on ``y_test`` and the effect fitted on ``y_effect``.
 
     ``blocks`` (n,) integer codes (a paired design's donors): rows are exchanged only within
-    a block (Freedman-Lane on the reduced model, which holds the blocks' columns).
+    a block (Freedman-Lane on the reduced model, which holds the blocks' columns). With fewer
+    than `MIN_WITHIN_DONOR` such relabellings (under 10 donors in pairs) a permutation
+    p-value is too coarse to test at all (4 donors: at least 1/8), and the moderated t is
+    referred to its t distribution instead (``scheme = "within-donor-t"``), as limma and
+    propeller do.
     """
     n, p = x.shape
-    if blocks is not None:
+    if blocks is not None and _n_block_permutations(blocks) < MIN_WITHIN_DONOR:
+        exact, scheme, batches = False, "within-donor-t", iter(())
+    elif blocks is not None:
         exact = _n_block_permutations(blocks) <= max_exact
         scheme = "within-donor-exact" if exact else "within-donor"
         batches = (
@@ -213,7 +231,10 @@ def _permutation_test(
         for order in batches:
             extreme += (np.abs(test(order)[1]) >= threshold).sum(axis=0)
             evaluated += len(order)
-    pvalue = extreme / evaluated if exact else (1 + extreme) / (1 + evaluated)
+    if scheme == "within-donor-t":
+        pvalue = 2 * stats.t.sf(np.abs(t_obs), n - p + d0_test)
+    else:
+        pvalue = extreme / evaluated if exact else (1 + extreme) / (1 + evaluated)
 
     se = np.sqrt(var)
     df = n - p + d0
