@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -119,6 +119,43 @@ class ContrastDesign:
         if not self.paired or self.donor_of is None:
             return None
         return pd.factorize(self.donor_of.loc[self.units].astype(str))[0]
+
+    def without(self, donors: Iterable[str]) -> ContrastDesign:
+        """The design without ``donors`` (their samples, in a sample design).
+
+        Design columns that become constant (a covariate level, a left-out donor's column)
+        are dropped. Raises `InputError` when what is left cannot be tested: a side with
+        fewer than 2 units (3 for a continuous variable), or a rank-deficient matrix.
+        """
+        drop = set(map(str, donors))
+        donor_of = (
+            self.donor_of
+            if self.donor_of is not None
+            else pd.Series(self.units.astype(str), index=self.units)
+        )
+        keep = [u for u in self.units if str(donor_of[u]) not in drop]
+        matrix = self.matrix.loc[keep]
+        fixed = (INTERCEPT, self.term)
+        matrix = matrix[[c for c in matrix.columns if c in fixed or matrix[c].nunique() > 1]]
+        group = self.group.loc[keep]
+        n_case = len(keep) if self.is_continuous else int((group == "case").sum())
+        n_control = 0 if self.is_continuous else len(keep) - n_case
+        if (n_case < 3) if self.is_continuous else min(n_case, n_control) < 2:
+            raise InputError(
+                f"contrast '{self.contrast.name}' without {', '.join(sorted(drop))}: "
+                f"{n_case} case / {n_control} control {self.unit}s left",
+                key=f"contrasts.{self.contrast.name}",
+            )
+        _check_rank(matrix, self.term, lambda problem, *_, **__: InputError(problem))
+        return replace(
+            self,
+            units=pd.Index(keep, name=self.units.name),
+            group=group,
+            matrix=matrix,
+            n_case=n_case,
+            n_control=n_control,
+            donor_of=None if self.donor_of is None else self.donor_of.loc[keep],
+        )
 
     @property
     def is_continuous(self) -> bool:

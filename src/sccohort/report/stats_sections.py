@@ -116,14 +116,20 @@ def _associated_block(table: pd.DataFrame, alpha: float) -> list[Any]:
                 for a, b in zip(table["mean_share_case"], table["mean_share_control"], strict=True)
             ],
             "significant": table["significant"].astype(bool),
+            "padj without one donor": [
+                f"{float(p):.2g} (without {d})" if pd.notna(p) else ""
+                for p, d in zip(table["loo_padj"], table["loo_donor"], strict=True)
+            ],
         }
     ).rename(columns={"ci": "95% CI", "ks_padj": "KS padj"})
     columns = [
         "subset", "contrast", "level", "fold change", "95% CI", "padj", "KS padj",
-        "donors (case / control)", "mean share % (case / control)",
+        "padj without one donor", "donors (case / control)", "mean share % (case / control)",
     ]  # fmt: skip
     if shown["KS padj"].isna().all():
         columns.remove("KS padj")
+    if shown["padj without one donor"].eq("").all():
+        columns.remove("padj without one donor")
     if shown["mean share % (case / control)"].eq("").all():
         columns.remove("mean share % (case / control)")
     if 0 < shown["significant"].sum() < len(shown):  # mixed: say which rows are which
@@ -131,7 +137,9 @@ def _associated_block(table: pd.DataFrame, alpha: float) -> list[Any]:
     blocks: list[Any] = []
     if n_sig:
         pairs = "; ".join(
-            f"{r.subset} with {r.contrast} ({r.fold_change:.2f}-fold, padj {r.padj:.2g})"
+            f"{r.subset} with {r.contrast} ({r.fold_change:.2f}-fold, padj {r.padj:.2g}"
+            + _one_donor(r.loo_padj, r.loo_donor, alpha)
+            + ")"
             for r in table[table["significant"].astype(bool)].itertuples(index=False)
         )
         blocks.append(
@@ -161,13 +169,21 @@ def _associated_block(table: pd.DataFrame, alpha: float) -> list[Any]:
                 "adjusted for the contrast's covariates) with its 95% CI, adjusted p-value of "
                 "the default test (linear model of arcsine-square-root shares, p-value from "
                 "permutations of the donors' labels, BH within contrast and level) and of the "
-                "study's KS test (Bonferroni); significant rows first.",
+                "study's KS test (Bonferroni), and the largest adjusted p-value of the default "
+                "test when any one donor is left out (and which donor); significant rows first.",
                 csv="tables/report_associated_subsets.csv",
                 columns=columns,
                 overwrite=True,
             )
         )
     return blocks
+
+
+def _one_donor(padj: float, donor: str, alpha: float) -> str:
+    """A warning when leaving one donor out loses the association (padj >= alpha)."""
+    if pd.isna(padj) or padj < alpha:
+        return ""
+    return f"; carried by one donor: without {donor} padj is {padj:.2g}"
 
 
 def associated_summary(out: str | Path, *, alpha: float = 0.05) -> list[Any]:

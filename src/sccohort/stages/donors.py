@@ -29,6 +29,7 @@ from sccohort.stats import (
     gsea,
     kruskal_dunn,
     ks_test,
+    leave_one_donor_out,
     neighbourhoods,
     pseudobulk,
     pseudobulk_de_all,
@@ -138,8 +139,9 @@ def stage_association(state: RunState) -> list[Path]:
     """Every contrast at every level: the default permutation test, and the study's KS.
 
     Writes ``tables/association.csv`` (one row per contrast x level x subset x method, the
-    DESIGN core columns first), ``tables/contrasts.csv`` (per contrast its design and the
-    smallest p-value the default test can reach, `attainable_significance`; a warning when
+    DESIGN core columns first; significant rows of the default test with ``loo_padj`` and
+    ``loo_donor``, `leave_one_donor_out`), ``tables/contrasts.csv`` (per contrast its design
+    and the smallest p-value the default test can reach, `attainable_significance`; a warning when
     nothing can reach ``[characterise] alpha``) and, for ``[association] groupings``,
     ``tables/subgroups.csv`` (Kruskal-Wallis per subset, then Dunn's pairs).
     """
@@ -171,17 +173,14 @@ def stage_association(state: RunState) -> list[Path]:
         samples = _rows(design, sample_of)
         for level in levels:
             counts, totals = donor_counts(table, level, samples, unit=design.unit)
+            options = {"level": level, "n_perm": cfg.n_perm, "max_exact": cfg.max_exact}
+            tests = compare_abundance(counts, totals, design, seed=seed, **options)
             frames.append(
-                compare_abundance(
-                    counts,
-                    totals,
-                    design,
-                    level=level,
-                    n_perm=cfg.n_perm,
-                    max_exact=cfg.max_exact,
-                    seed=seed,
+                leave_one_donor_out(
+                    counts, totals, design, tests, alpha=state.config.characterise.alpha,
+                    seed=seed, **options,
                 )
-            )
+            )  # fmt: skip
             if cfg.classic and not design.is_continuous and not design.paired:
                 shares = counts / totals.where(totals > 0)
                 frames.append(ks_test(shares, design, level, seed=seed))

@@ -13,6 +13,7 @@ from sccohort.stats.enrichment import enrich_markers, ora, sets_covered
 from sccohort.stats.gating import GatingOptions, gate_subsets, gating_strategy
 from sccohort.stats.gating_result import Gate, GatingResult
 from sccohort.stats.gsea import gsea
+from sccohort.stats.influence import leave_one_donor_out
 from sccohort.stats.longitudinal import expression_trajectory, paired_test, trajectories
 from sccohort.stats.neighbourhoods import neighbourhoods
 from sccohort.stats.permutation import attainable_significance, describe_attainable
@@ -51,6 +52,7 @@ __all__ = [
     "gating_strategy",
     "gsea",
     "kruskal_dunn",
+    "leave_one_donor_out",
     "ks_test",
     "neighbourhoods",
     "ora",

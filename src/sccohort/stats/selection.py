@@ -89,7 +89,8 @@ def associated_subsets(
     pandas.DataFrame
         Columns ``subset, contrast, level, significant, fold_change, fc_ci_low, fc_ci_high,
         ci`` (text), ``effect`` (log2), ``pvalue, padj, ks_padj`` (the classic test, when
-        run), ``n_case, n_control, mean_share_case, mean_share_control, method``.
+        run), ``n_case, n_control, mean_share_case, mean_share_control, method``, and
+        ``loo_padj, loo_donor`` (`leave_one_donor_out`, when the table has them).
 
     Examples
     --------
@@ -105,7 +106,7 @@ def associated_subsets(
     columns = [
         "subset", "contrast", "level", "significant", "fold_change", "fc_ci_low", "fc_ci_high",
         "ci", "effect", "pvalue", "padj", "ks_padj", "n_case", "n_control", "mean_share_case",
-        "mean_share_control", "method",
+        "mean_share_control", "method", "loo_padj", "loo_donor",
     ]  # fmt: skip
     need = ("contrast", "subset", "effect", "padj")
     if association is None or association.empty or any(c not in association for c in need):
