@@ -15,7 +15,12 @@ from sccohort.config import load_config
 from sccohort.errors import InputError
 from sccohort.pipeline import run_pipeline
 from sccohort.simulate import simulate_cohort
-from sccohort.stats import attainable_significance, compare_abundance, pseudobulk_de
+from sccohort.stats import (
+    attainable_significance,
+    compare_abundance,
+    leave_one_donor_out,
+    pseudobulk_de,
+)
 
 ISGS = ["ISG15", "IFI6", "MX1", "IFIT1", "IFIT3"]
 
@@ -181,3 +186,32 @@ def test_stimulation_is_compared_within_donor_without_any_api_call(stimulated: P
     association = pd.read_csv(tables / "association.csv")
     tested = association[association["note"].isna()]
     assert len(tested) and (tested["scheme"] == "within-donor-t").all()  # 4 relabellings only
+
+
+def test_without_a_donor_and_its_influence() -> None:
+    sheet = paired_sheet(3)
+    design = Contrast("post", "timepoint", case="post", control="pre").design(None, samples=sheet)
+    reduced = design.without(["D1"])
+    assert list(reduced.units) == ["D0_pre", "D0_post", "D2_pre", "D2_post"]
+    assert list(reduced.matrix.columns) == ["intercept", "timepoint[post]", "donor[D2]"]
+    assert reduced.n_case == 2 and list(reduced.donors) == ["D0", "D2"]
+    with pytest.raises(InputError, match="1 case / 1 control"):
+        design.without(["D1", "D2"])
+    # two cases carry subset A: without either one, the contrast cannot be tested
+    rng = np.random.default_rng(5)
+    donors = pd.Index([f"P{i}" for i in range(12)], name="donor_id")
+    table = pd.DataFrame({"SRC": ["yes"] * 2 + ["no"] * 10}, index=donors)
+    design = Contrast("SRC", "SRC", case="yes").design(ClinicalTable(table, {"SRC": "binary"}))
+    shares = np.tile([0.03, 0.2, 0.2, 0.2, 0.17, 0.2], (12, 1)) * np.exp(
+        rng.normal(0, 0.1, (12, 6))
+    )
+    shares[:2, 0] *= 3
+    counts = pd.DataFrame(
+        [rng.multinomial(2000, s / s.sum()) for s in shares], index=donors, columns=list("ABCDEF")
+    )
+    totals = pd.DataFrame(2000, index=donors, columns=counts.columns)
+    tests = compare_abundance(counts, totals, design, level="subset")
+    loo = leave_one_donor_out(counts, totals, design, tests, level="subset", alpha=0.1)
+    row = loo.set_index("subset").loc["A"]
+    assert row["padj"] < 0.1 and row["loo_padj"] == 1.0 and row["loo_donor"] == "P0"
+    assert loo.loc[loo["padj"] >= 0.1, "loo_padj"].isna().all()  # only significant rows

@@ -137,6 +137,9 @@ class ContrastDesign:
         matrix = self.matrix.loc[keep]
         fixed = (INTERCEPT, self.term)
         matrix = matrix[[c for c in matrix.columns if c in fixed or matrix[c].nunique() > 1]]
+        donor_columns = [c for c in matrix.columns if c.startswith("donor[")]
+        if donor_columns and (matrix[donor_columns].sum(axis=1) == 1).all():
+            matrix = matrix.drop(columns=donor_columns[0])  # the reference donor left
         group = self.group.loc[keep]
         n_case = len(keep) if self.is_continuous else int((group == "case").sum())
         n_control = 0 if self.is_continuous else len(keep) - n_case
