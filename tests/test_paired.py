@@ -215,3 +215,16 @@ def test_without_a_donor_and_its_influence() -> None:
     row = loo.set_index("subset").loc["A"]
     assert row["padj"] < 0.1 and row["loo_padj"] == 1.0 and row["loo_donor"] == "P0"
     assert loo.loc[loo["padj"] >= 0.1, "loo_padj"].isna().all()  # only significant rows
+
+
+def test_a_sample_contrast_stays_in_the_primary_tissue() -> None:
+    rows = [
+        (f"D{d}_{tp}_{t}", f"D{d}", tp) for d in range(2) for tp in ("pre", "post") for t in "bk"
+    ]
+    sheet = sheet_of(rows)
+    sheet.table["tissue"] = ["blood", "kidney"] * 4
+    contrast = Contrast("post", "timepoint", case="post", control="pre")
+    design = contrast.design(None, samples=sheet, tissue="blood")
+    assert list(design.units) == ["D0_pre_b", "D0_post_b", "D1_pre_b", "D1_post_b"]
+    both = Contrast("post", "timepoint", case="post", within={"tissue": ["blood", "kidney"]})
+    assert len(both.design(None, samples=sheet, tissue="blood").units) == 8

@@ -491,10 +491,10 @@ def build_designs(
     designs: dict[str, ContrastDesign] = {}
     problems: list[InputError] = []
     for name, contrast in config.contrasts.items():
-        on_samples = contrast.variable in sample_sheet.table.columns
+        chosen = None if contrast.variable in sample_sheet.table.columns else donors
         try:
             designs[name] = contrast.design(
-                clinical, None if on_samples else donors, samples=sample_sheet
+                clinical, chosen, samples=sample_sheet, tissue=config.primary_tissue
             )
         except InputError as exc:
             problems.append(exc)

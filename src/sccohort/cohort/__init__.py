@@ -29,7 +29,8 @@ from sccohort.cohort._tables import (
     special_file_kind,
 )
 from sccohort.cohort.clinical import ClinicalTable, check_donors
-from sccohort.cohort.contrast import Contrast, ContrastDesign
+from sccohort.cohort.contrast import Contrast
+from sccohort.cohort.design import ContrastDesign
 from sccohort.cohort.samples import SampleSheet
 
 __all__ = [

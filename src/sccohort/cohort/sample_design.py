@@ -18,13 +18,8 @@ import pandas as pd
 
 from sccohort.cohort._tables import INTERCEPT
 from sccohort.cohort.clinical import ClinicalTable
-from sccohort.cohort.contrast import (
-    Contrast,
-    ContrastDesign,
-    _check_rank,
-    _match_level,
-    _matched_levels,
-)
+from sccohort.cohort.contrast import Contrast, _match_level, _matched_levels
+from sccohort.cohort.design import ContrastDesign, _check_rank
 from sccohort.cohort.samples import SampleSheet
 from sccohort.errors import InputError
 
@@ -36,6 +31,8 @@ def sample_design(
     sheet: SampleSheet,
     clinical: ClinicalTable | None = None,
     donors: Iterable[str] | None = None,
+    *,
+    tissue: str | None = None,
 ) -> ContrastDesign:
     """The sample-level design of a contrast whose variable is a column of the sample sheet.
 
@@ -50,6 +47,9 @@ def sample_design(
         The clinical table, for ``within`` / covariates on donor-level variables.
     donors
         The donors whose samples may enter (e.g. those with enough cells); default all.
+    tissue
+        Only samples of this tissue (the run's primary tissue), unless the contrast compares
+        tissues or restricts them with ``within``; ``None``: every tissue.
 
     Returns
     -------
@@ -84,7 +84,7 @@ def sample_design(
     """
     fail = _failure(contrast, sheet)
     table = sheet.table
-    rows = _restricted(contrast, sheet, clinical, donors, fail)
+    rows = _restricted(contrast, sheet, clinical, donors, tissue, fail)
     values = table.loc[rows, contrast.variable].astype(str).str.strip()
     levels = sorted(v for v in values.unique() if v)
     case, controls = _levels(contrast, levels, fail)
@@ -151,12 +151,15 @@ def _restricted(
     sheet: SampleSheet,
     clinical: ClinicalTable | None,
     donors: Iterable[str] | None,
+    tissue: str | None,
     fail: Callable[..., InputError],
 ) -> list[str]:
-    """The samples of the given donors that pass ``within`` (sheet or clinical columns)."""
+    """The samples of the given donors (and tissue) that pass ``within``."""
     table = sheet.table
     allowed = None if donors is None else set(map(str, donors))
     rows = [s for s in table.index if allowed is None or str(table.at[s, "donor_id"]) in allowed]
+    if tissue is not None and "tissue" not in (contrast.variable, *contrast.within):
+        rows = [s for s in rows if table.at[s, "tissue"] == tissue]
     for column, wanted in contrast.within.items():
         if column in table.columns:
             levels = sorted(table[column].astype(str).unique())

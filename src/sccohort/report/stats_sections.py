@@ -181,9 +181,8 @@ def _associated_block(table: pd.DataFrame, alpha: float) -> list[Any]:
 
 def _one_donor(padj: float, donor: str, alpha: float) -> str:
     """A warning when leaving one donor out loses the association (padj >= alpha)."""
-    if pd.isna(padj) or padj < alpha:
-        return ""
-    return f"; carried by one donor: without {donor} padj is {padj:.2g}"
+    lost = pd.notna(padj) and padj >= alpha
+    return f"; carried by one donor: without {donor} padj is {padj:.2g}" if lost else ""
 
 
 def associated_summary(out: str | Path, *, alpha: float = 0.05) -> list[Any]:

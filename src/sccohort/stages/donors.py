@@ -65,7 +65,10 @@ def _designs(state: RunState) -> dict[str, ContrastDesign]:
         left_out = small_samples if on_samples else small
         try:
             designs[name] = contrast.design(
-                state.clinical, None if on_samples else donors, samples=measured
+                state.clinical,
+                None if on_samples else donors,
+                samples=measured,
+                tissue=state.config.primary_tissue,
             )
         except InputError as exc:
             if not left_out:
