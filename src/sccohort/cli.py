@@ -276,17 +276,19 @@ def validate(config: Annotated[Path, typer.Argument(help="The run's TOML config.
         if clinical is not None:
             types = ", ".join(f"{k} ({v})" for k, v in clinical.types.items())
             table.add_row("clinical variables", escape(types))
-            for name, design in build_designs(cfg, samples, clinical).items():
-                reach = attainable_significance(
-                    design, n_perm=cfg.association.n_perm, max_exact=cfg.association.max_exact,
-                    alpha=cfg.characterise.alpha,
-                )  # fmt: skip
-                table.add_row(
-                    escape(f"contrast {name}"),
-                    escape(f"{design.describe()}; smallest p-value {reach['min_pvalue']:.3g}"),
-                )
-                if not reach["reachable"]:
-                    unreachable.append(describe_attainable(reach, cfg.characterise.alpha))
+        for name, design in build_designs(cfg, samples, clinical).items():
+            reach = attainable_significance(
+                design, n_perm=cfg.association.n_perm, max_exact=cfg.association.max_exact,
+                alpha=cfg.characterise.alpha,
+            )  # fmt: skip
+            floor = (
+                "moderated t (no permutation floor)"
+                if reach["scheme"] == "within-donor-t"
+                else f"smallest p-value {reach['min_pvalue']:.3g}"
+            )
+            table.add_row(escape(f"contrast {name}"), escape(f"{design.describe()}; {floor}"))
+            if not reach["reachable"]:
+                unreachable.append(describe_attainable(reach, cfg.characterise.alpha))
         console.print(table)
         for text in unreachable:
             _warning(text)
