@@ -71,16 +71,16 @@ def contrast_groups(out: str | Path) -> dict[str, pd.Series]:
     Returns
     -------
     dict
-        Contrast name -> Series indexed by donor_id (e.g. ``"yes"`` / ``"no"``), named by the
-        contrast's variable, ``attrs["control"]`` the control arm's label; continuous
-        contrasts are left out. ``{}`` when the run tested no contrast.
+        Contrast name -> Series indexed by donor_id (``"yes"`` / ``"no"``), named by the
+        variable, ``attrs["control"]`` the control arm; no continuous or sample contrasts.
     """
     table = read_table(out, "contrast_donors")
     if table is None:
         return {}
     out_: dict[str, pd.Series] = {}
     for name, rows in table.groupby(table["contrast"].astype(str), sort=False):
-        if str(rows["kind"].iloc[0]) == "continuous":
+        by_sample = "unit" in rows and str(rows["unit"].iloc[0]) == "sample"
+        if str(rows["kind"].iloc[0]) == "continuous" or by_sample:
             continue
         group = pd.Series(
             rows["arm"].astype(str).to_numpy(),
