@@ -105,9 +105,14 @@ def contrast_sizes(contrasts: Mapping[str, Mapping[str, Any]], out: str | Path) 
             n_case = int((part["group"].astype(str) == "case").sum())
             n_control = int((part["group"].astype(str) == "control").sum())
         within = ", ".join(f"{k} = {v}" for k, v in dict(spec.get("within") or {}).items())
+        units = "donors"
+        if "unit" in part and (part["unit"].astype(str) == "sample").any():
+            sides = part.groupby(part["donor_id"].astype(str))["group"].nunique()
+            units = "samples, paired within donor" if (sides > 1).any() else "samples"
         rows.append(
             {
                 "contrast": name,
+                "compares": units,
                 "variable": variable,
                 "case": "per unit" if case is None else case,
                 "control": "" if case is None else control if control is not None else "others",
@@ -270,10 +275,10 @@ def cohort_section(
             blocks.append(block)
             warnings.extend(notes)
         blocks.append(_donor_table(samples, table, donors))
-        if contrasts:
-            block, notes = _contrast_arms(contrasts, out, small_group)
-            blocks.append(block)
-            warnings.extend(notes)
+    if contrasts:
+        block, notes = _contrast_arms(contrasts, out, small_group)
+        blocks.append(block)
+        warnings.extend(notes)
     blocks.extend(Note(w, "warning") for w in warnings)
     blocks.append(
         TableBlock(
