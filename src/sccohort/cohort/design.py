@@ -101,20 +101,20 @@ class ContrastDesign:
             return None
         return pd.factorize(self.donor_of.loc[self.units].astype(str))[0]
 
-    def without(self, donors: Iterable[str]) -> ContrastDesign:
-        """The design without ``donors`` (their samples, in a sample design).
+    def without(self, donors: Iterable[str] = (), *, units: Iterable[str] = ()) -> ContrastDesign:
+        """The design without ``donors`` (their samples, in a sample design) and ``units``.
 
         Design columns that become constant (a covariate level, a left-out donor's column)
         are dropped. Raises `InputError` when what is left cannot be tested: a side with
         fewer than 2 units (3 for a continuous variable), or a rank-deficient matrix.
         """
-        drop = set(map(str, donors))
+        drop, gone = set(map(str, donors)), set(map(str, units))
         donor_of = (
             self.donor_of
             if self.donor_of is not None
             else pd.Series(self.units.astype(str), index=self.units)
         )
-        keep = [u for u in self.units if str(donor_of[u]) not in drop]
+        keep = [u for u in self.units if str(donor_of[u]) not in drop and str(u) not in gone]
         matrix = self.matrix.loc[keep]
         fixed = (INTERCEPT, self.term)
         matrix = matrix[[c for c in matrix.columns if c in fixed or matrix[c].nunique() > 1]]
@@ -126,7 +126,7 @@ class ContrastDesign:
         n_control = 0 if self.is_continuous else len(keep) - n_case
         if (n_case < 3) if self.is_continuous else min(n_case, n_control) < 2:
             raise InputError(
-                f"contrast '{self.contrast.name}' without {', '.join(sorted(drop))}: "
+                f"contrast '{self.contrast.name}' without {', '.join(sorted(drop | gone))}: "
                 f"{n_case} case / {n_control} control {self.unit}s left",
                 key=f"contrasts.{self.contrast.name}",
             )

@@ -161,7 +161,7 @@ def _align(
         )
     matrix = design.matrix.loc[donors]
     if design.paired:
-        return _align_paired(counts, design, donors, matrix, min_donors)
+        return _align_paired(counts, design, donors, min_donors)
     if design.is_continuous:
         n_case, n_control = len(donors), 0
         small = n_case < min_donors + 1
@@ -185,32 +185,28 @@ def _align_paired(
     counts: pd.DataFrame,
     design: ContrastDesign,
     units: list[str],
-    matrix: pd.DataFrame,
     min_donors: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame, int, int, str | None]:
     """`_align` for a paired design: only donors with counts on both sides stay."""
-    is_case = design.group.loc[units] == "case"
-    donor_of = design.donor_of.loc[units].astype(str)
-    sides = pd.DataFrame({"donor": donor_of.to_numpy(), "case": is_case.to_numpy()})
+    sides = pd.DataFrame(
+        {"donor": design.donor_of.loc[units].astype(str), "case": design.group.loc[units]}
+    )
     both = sides.groupby("donor")["case"].nunique()
     paired = set(both.index[both == 2])
-    units = [u for u in units if donor_of[u] in paired]
-    is_case = is_case.loc[units]
-    matrix = matrix.loc[units]
-    matrix = matrix.loc[:, (matrix != 0).any(axis=0)]  # donors without counts leave no column
-    donor_columns = [c for c in matrix.columns if c.startswith("donor[")]
-    if donor_columns and (matrix[donor_columns].sum(axis=1) == 1).all():
-        matrix = matrix.drop(columns=donor_columns[0])  # the reference donor had no counts
-    n_case, n_control = int(is_case.sum()), int((~is_case).sum())
     need = min(min_donors, 2)
     reason = None
     if len(paired) < need:
         reason = f"{len(paired)} donor(s) with counts on both sides; needs {need}"
-    elif len(units) <= matrix.shape[1]:
-        reason = f"{len(units)} samples for {matrix.shape[1]} design columns"
-    elif not _full_rank(matrix):
-        reason = "the design restricted to the samples with counts is not of full rank"
-    return counts.loc[units], matrix, n_case, n_control, reason
+        return counts.iloc[:0], design.matrix.iloc[:0], 0, 0, reason
+    try:
+        missing = [u for u in design.units if u not in set(units)]
+        reduced = design.without(set(design.donors.astype(str)) - paired, units=missing)
+    except InputError as exc:
+        return counts.iloc[:0], design.matrix.iloc[:0], 0, 0, exc.problem
+    if len(reduced.units) <= reduced.matrix.shape[1]:
+        reason = f"{len(reduced.units)} samples for {reduced.matrix.shape[1]} design columns"
+    rows = list(reduced.units)
+    return counts.loc[rows], reduced.matrix, reduced.n_case, reduced.n_control, reason
 
 
 def pseudobulk_de(
