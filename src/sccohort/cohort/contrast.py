@@ -284,39 +284,7 @@ class Contrast:
                         hint="Remove case and control: the effect is per unit of the variable",
                     )
             return [], []
-        levels = clinical.levels(self.variable)
-        if self.case is None:
-            raise fail(
-                f"'{self.variable}' is {kind}; the contrast needs a case level",
-                "case",
-                column=self.variable,
-                hint=f"Set case to one of {', '.join(levels)}",
-            )
-        case = _match_level(self.case, levels)
-        if case is None:
-            raise fail(
-                f"case level '{self.case}' does not occur in column '{self.variable}'",
-                "case",
-                column=self.variable,
-                hint=f"Levels: {', '.join(levels)}",
-            )
-        if self.control is None:
-            return [case], [lv for lv in levels if lv != case]
-        controls = _matched_levels(
-            self.control, levels, lambda value, levels: fail(
-                f"control level '{value}' does not occur in column '{self.variable}'",
-                "control",
-                column=self.variable,
-                hint=f"Levels: {', '.join(levels)}",
-            ),
-        )  # fmt: skip
-        if case in controls:
-            raise fail(
-                f"level '{case}' is both case and control",
-                "control",
-                column=self.variable,
-                hint="The control must be other level(s) than the case",
-            )
+        case, controls = case_and_controls(self, clinical.levels(self.variable), kind, fail)
         return [case], controls
 
     def _tested(
@@ -404,6 +372,50 @@ class Contrast:
                     hint="Remove it from covariates",
                 )
         return columns
+
+
+def case_and_controls(
+    contrast: Contrast, levels: list[str], kind: str, fail: Callable[..., InputError]
+) -> tuple[str, list[str]]:
+    """The case level and the control levels (default: every other level) among ``levels``.
+
+    ``kind`` names the variable's kind in the message when no case is set (``"binary"``,
+    ``"a sample-level variable"``); ``fail(problem, field, column=, hint=)`` makes the errors.
+    """
+    variable = contrast.variable
+    if contrast.case is None:
+        raise fail(
+            f"'{variable}' is {kind}; the contrast needs a case level",
+            "case",
+            column=variable,
+            hint=f"Set case to one of {', '.join(levels)}",
+        )
+    case = _match_level(contrast.case, levels)
+    if case is None:
+        raise fail(
+            f"case level '{contrast.case}' does not occur in column '{variable}'",
+            "case",
+            column=variable,
+            hint=f"Levels: {', '.join(levels)}",
+        )
+    if contrast.control is None:
+        return case, [lv for lv in levels if lv != case]
+    controls = _matched_levels(
+        contrast.control, levels, lambda value, levels: fail(
+            f"control level '{value}' does not occur in column '{variable}'",
+            "control",
+            column=variable,
+            hint=f"Levels: {', '.join(levels)}",
+        ),
+    )  # fmt: skip
+    if case in controls:
+        raise fail(
+            f"level '{case}' is both case and control",
+            "control",
+            column=variable,
+            hint="The control must be other level(s) than the case",
+        )
+    return case, controls
 
 
 def _matched_levels(

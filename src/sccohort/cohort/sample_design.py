@@ -18,7 +18,7 @@ import pandas as pd
 
 from sccohort.cohort._tables import INTERCEPT
 from sccohort.cohort.clinical import ClinicalTable
-from sccohort.cohort.contrast import Contrast, _match_level, _matched_levels
+from sccohort.cohort.contrast import Contrast, _matched_levels, case_and_controls
 from sccohort.cohort.design import ContrastDesign, _check_rank
 from sccohort.cohort.samples import SampleSheet
 from sccohort.errors import InputError
@@ -87,7 +87,7 @@ def sample_design(
     rows = _restricted(contrast, sheet, clinical, donors, tissue, fail)
     values = table.loc[rows, contrast.variable].astype(str).str.strip()
     levels = sorted(v for v in values.unique() if v)
-    case, controls = _levels(contrast, levels, fail)
+    case, controls = case_and_controls(contrast, levels, "a sample-level variable", fail)
     dropped = {s: f"no {contrast.variable}" for s in rows if not values[s]}
     dropped |= {
         s: f"{contrast.variable} = {values[s]}, in neither group"
@@ -191,41 +191,6 @@ def _unknown_level(fail: Callable[..., InputError], field_: str, column: str) ->
         )
 
     return unknown
-
-
-def _levels(
-    contrast: Contrast, levels: list[str], fail: Callable[..., InputError]
-) -> tuple[str, list[str]]:
-    """The case level and the control levels (default: every other level)."""
-    if contrast.case is None:
-        raise fail(
-            f"'{contrast.variable}' is a sample-level variable; the contrast needs a case level",
-            "case",
-            column=contrast.variable,
-            hint=f"Set case to one of {', '.join(levels)}",
-        )
-    case = _match_level(contrast.case, levels)
-    if case is None:
-        raise fail(
-            f"case level '{contrast.case}' does not occur in column '{contrast.variable}' of "
-            "the samples in the contrast",
-            "case",
-            column=contrast.variable,
-            hint=f"Levels: {', '.join(levels)}",
-        )
-    if contrast.control is None:
-        return case, [lv for lv in levels if lv != case]
-    controls = _matched_levels(
-        contrast.control, levels, _unknown_level(fail, "control", contrast.variable)
-    )
-    if case in controls:
-        raise fail(
-            f"level '{case}' is both case and control",
-            "control",
-            column=contrast.variable,
-            hint="The control must be other level(s) than the case",
-        )
-    return case, controls
 
 
 def _donors_on_both_sides(donor_of: pd.Series, is_case: pd.Series) -> set[str]:
