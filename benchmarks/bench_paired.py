@@ -59,6 +59,16 @@ def sheets(n: int) -> tuple[SampleSheet, SampleSheet]:
     return sheet([i.split("_")[0] for i in ids]), sheet(ids)
 
 
+def both_designs(n: int) -> tuple[SampleSheet, dict]:
+    """The paired sheet, and the contrast's paired and unpaired designs on its samples."""
+    paired_sheet, unpaired_sheet = sheets(n)
+    designs = {
+        "paired": CONTRAST.design(None, samples=paired_sheet),
+        "unpaired": CONTRAST.design(None, samples=unpaired_sheet),
+    }
+    return paired_sheet, designs
+
+
 def composition(
     n: int, fold: float, args: argparse.Namespace, rng: np.random.Generator
 ) -> pd.DataFrame:
@@ -91,11 +101,7 @@ def composition_rows(args: argparse.Namespace, rng: np.random.Generator) -> list
     planted = SUBSETS[int(np.argmin(np.abs(base_shares(SimParams()) - 0.03)))].name
     rows = []
     for n in args.donors:
-        paired_sheet, unpaired_sheet = sheets(n)
-        designs = {
-            "paired": CONTRAST.design(None, samples=paired_sheet),
-            "unpaired": CONTRAST.design(None, samples=unpaired_sheet),
-        }
+        paired_sheet, designs = both_designs(n)
         for kind, fold, cohorts in (("null", 1.0, args.null), ("power", 2.0, args.power)):
             if kind == "power" and n not in args.power_donors:
                 continue
@@ -141,11 +147,7 @@ def pseudobulk(n: int, rng: np.random.Generator, genes: int = 2000) -> pd.DataFr
 def pseudobulk_rows(args: argparse.Namespace, rng: np.random.Generator) -> list[dict]:
     rows = []
     for n in args.donors:
-        paired_sheet, unpaired_sheet = sheets(n)
-        designs = {
-            "paired": CONTRAST.design(None, samples=paired_sheet),
-            "unpaired": CONTRAST.design(None, samples=unpaired_sheet),
-        }
+        paired_sheet, designs = both_designs(n)
         pvalues = {name: [] for name in designs}
         for _ in range(args.de_cohorts):
             counts = pseudobulk(n, rng)

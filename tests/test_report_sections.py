@@ -24,6 +24,7 @@ from sccohort.report.stats_sections import (
 )
 from sccohort.stats import associated_subsets
 from sccohort.stats.composition import composition
+from sccohort.stats.gating_result import GATING_COLUMNS
 
 EVIL_SUB = "<b>Sub&1</b>"
 EVIL_CONTRAST = "<script>alert(1)</script>"
@@ -228,21 +229,7 @@ def _write_tables(out: Path, mdata: md.MuData) -> None:
         )
     pd.DataFrame(
         gating,
-        columns=[
-            "subset",
-            "step",
-            "gate",
-            "protein",
-            "direction",
-            "threshold",
-            "quantile",
-            "split",
-            "n_gated",
-            "n_target",
-            "purity",
-            "recall",
-            "f1",
-        ],
+        columns=GATING_COLUMNS,
     ).to_csv(tables / "gating.csv", index=False)
     pd.DataFrame(
         {
