@@ -14,7 +14,9 @@ negative binomial counts (dispersion 0.05) per sample.
   column each, within-donor relabellings, or the moderated t below 10 donors) and, on the
   same counts, unpaired (each sample its own donor). Null: the fraction of subsets with
   p < 0.05 (38 subsets per cohort); power: the subset whose expected share is nearest 3 %
-  planted 2-fold in every ``post`` sample, found at p < 0.05.
+  planted 2-fold in every ``post`` sample, found at p < 0.05, at donor SDs ``--power-sd``
+  (0.3 / 0.46 / 0.6: the range of the log-share SD across donors of the Kotliarov subsets
+  of 0.5-3 % share, healthy donors; patient cohorts vary more).
 - **pseudobulk**: `pseudobulk_de` (DESeq2, donor blocking) paired and unpaired on null
   genes: the fraction of genes with p < 0.05.
 
@@ -70,14 +72,14 @@ def both_designs(n: int) -> tuple[SampleSheet, dict]:
 
 
 def composition(
-    n: int, fold: float, args: argparse.Namespace, rng: np.random.Generator
+    n: int, fold: float, donor_sd: float, args: argparse.Namespace, rng: np.random.Generator
 ) -> pd.DataFrame:
     """Samples x subsets counts; the planted subset ``fold``-fold in ``post`` samples."""
     expected = base_shares(SimParams())
     planted = int(np.argmin(np.abs(expected - 0.03)))
     rows = []
     for _ in range(n):
-        donor = expected * np.exp(rng.normal(0.0, args.donor_sd, len(expected)))
+        donor = expected * np.exp(rng.normal(0.0, donor_sd, len(expected)))
         for side_fold in (1.0, fold):
             shares = donor * np.exp(rng.normal(0.0, args.within_sd, len(expected)))
             shares[planted] *= side_fold
@@ -102,13 +104,14 @@ def composition_rows(args: argparse.Namespace, rng: np.random.Generator) -> list
     rows = []
     for n in args.donors:
         paired_sheet, designs = both_designs(n)
-        for kind, fold, cohorts in (("null", 1.0, args.null), ("power", 2.0, args.power)):
-            if kind == "power" and n not in args.power_donors:
-                continue
+        runs = [("null", 1.0, args.null, args.donor_sd)]
+        if n in args.power_donors:
+            runs += [("power", 2.0, args.power, sd) for sd in args.power_sd]
+        for kind, fold, cohorts, donor_sd in runs:
             hits = {name: [] for name in designs}
             start = time.perf_counter()
             for _ in range(cohorts):
-                counts = composition(n, fold, args, rng)
+                counts = composition(n, fold, donor_sd, args, rng)
                 counts.index = paired_sheet.table.index
                 totals = pd.DataFrame(CELLS, index=counts.index, columns=counts.columns)
                 for name, design in designs.items():
@@ -123,6 +126,7 @@ def composition_rows(args: argparse.Namespace, rng: np.random.Generator) -> list
                         "test": "composition",
                         "kind": kind,
                         "donors": n,
+                        "donor_sd": donor_sd,
                         "design": name,
                         "cohorts": cohorts,
                         "rate": round(float(np.mean(found)), 4),
@@ -164,6 +168,7 @@ def pseudobulk_rows(args: argparse.Namespace, rng: np.random.Generator) -> list[
                         "test": "pseudobulk",
                         "kind": "null",
                         "donors": n,
+                        "donor_sd": 0.3,
                         "design": name,
                         "cohorts": args.de_cohorts,
                         "rate": round(float(np.mean(np.array(values) < 0.05)), 4),
@@ -183,6 +188,7 @@ def main() -> None:
     parser.add_argument("--power", type=int, default=200)
     parser.add_argument("--de-cohorts", type=int, default=20)
     parser.add_argument("--donor-sd", type=float, default=0.46)
+    parser.add_argument("--power-sd", type=float, nargs="+", default=[0.3, 0.46, 0.6])
     parser.add_argument("--within-sd", type=float, default=0.1)
     parser.add_argument("--measure", action="store_true", help="print the Kotliarov CV")
     args = parser.parse_args()

@@ -3,9 +3,12 @@
 Writes the demo cohort (``sccohort demo --input-only``), keeps only 3 cells of the SRC
 donor SSc1, runs the pipeline and prints the significant rows of the default test with
 their leave-one-donor-out check (``loo_padj``, ``loo_donor``), and the contrasts' designs
-(the donor left out for its few cells). Writes ``benchmarks/results/small_donor.csv``.
+(the donor left out for its few cells). Run twice: with the default ``min_cells = 50`` (the
+donor leaves the tests) and with ``min_cells = 0`` (the donor stays in and only the precision
+weights keep its 3 cells from counting as much as another donor's thousands). Writes
+``benchmarks/results/small_donor.csv``.
 
-Run: ``python benchmarks/bench_small_donor.py --out /tmp/small_donor`` (about 2 minutes).
+Run: ``python benchmarks/bench_small_donor.py --out /tmp/small_donor`` (about 5 minutes).
 """
 
 from __future__ import annotations
@@ -49,16 +52,23 @@ def main() -> None:
     subprocess.run([*cli, "demo", "--input-only", "--out", str(args.out)], check=True)
     keep_cells(args.out / "input" / "SSc1" / "filtered_feature_bc_matrix.h5", args.cells)
     config = args.out / "input" / "sccohort.toml"
-    subprocess.run([*cli, "run", str(config), "--out", str(args.out / "run")], check=True)
-    tables = args.out / "run" / "tables"
-    association = pd.read_csv(tables / "association.csv")
-    hits = association[association["method"].str.startswith("perm") & (association["padj"] < 0.05)]
-    columns = ["contrast", "level", "subset", "effect", "padj", "n_case", "n_control"]
-    hits = hits[[*columns, "loo_padj", "loo_donor"]]
+    text = config.read_text()
+    rows = []
+    for min_cells in (50, 0):
+        config.write_text(text.replace("[association]", f"[association]\nmin_cells = {min_cells}"))
+        run = args.out / f"run_min_cells_{min_cells}"
+        subprocess.run([*cli, "run", str(config), "--out", str(run)], check=True)
+        association = pd.read_csv(run / "tables" / "association.csv")
+        default = association["method"].str.startswith("perm")
+        hits = association[default & (association["padj"] < 0.05)]
+        columns = ["contrast", "level", "subset", "effect", "padj", "n_case", "n_control"]
+        rows.append(hits[[*columns, "loo_padj", "loo_donor"]].assign(min_cells=min_cells))
+        contrasts = pd.read_csv(run / "tables" / "contrasts.csv")
+        print(f"min_cells = {min_cells}")
+        print(rows[-1].to_string(index=False))
+        print(contrasts[["contrast", "design", "left_out"]].to_string())
     RESULTS.parent.mkdir(exist_ok=True)
-    hits.to_csv(RESULTS, index=False)
-    print(hits.to_string(index=False))
-    print(pd.read_csv(tables / "contrasts.csv")[["contrast", "design", "left_out"]].to_string())
+    pd.concat(rows).to_csv(RESULTS, index=False)
 
 
 if __name__ == "__main__":

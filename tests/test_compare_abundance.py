@@ -12,6 +12,7 @@ import pytest
 from sccohort.cohort import ClinicalTable, Contrast
 from sccohort.errors import InputError
 from sccohort.stats.abundance import compare_abundance as abundance
+from sccohort.stats.permutation import precision_weights
 
 #: 20 subsets with realistic PBMC shares; S10 is the 3% subset that gets planted effects and S3
 #: the one whose share falls with age.
@@ -182,7 +183,9 @@ def _small_cohort(n: int, n_case: int, seed: int) -> tuple[pd.DataFrame, Clinica
 def test_exact_p_values_match_brute_force_enumeration() -> None:
     counts, clinical = _small_cohort(8, 3, seed=1)
     design = src_design(clinical, ())
-    result = abundance(counts, totals_of(counts), design, level="l2", moderate=False)
+    result = abundance(
+        counts, totals_of(counts), design, level="l2", moderate=False, weighted=False
+    )
     assert (result["scheme"] == "exact").all() and (result["n_perm"] == 56).all()
     y = np.arcsin(np.sqrt(counts.to_numpy() / totals_of(counts).to_numpy()))
     x = design.matrix.to_numpy()
@@ -203,7 +206,9 @@ def test_exact_p_values_match_brute_force_enumeration() -> None:
 def test_freedman_lane_exact_matches_brute_force() -> None:
     counts, clinical = _small_cohort(7, 3, seed=2)
     design = src_design(clinical)
-    result = abundance(counts, totals_of(counts), design, level="l2", moderate=False)
+    result = abundance(
+        counts, totals_of(counts), design, level="l2", moderate=False, weighted=False
+    )
     assert (result["scheme"] == "freedman-lane-exact").all()
     assert (result["n_perm"] == math.factorial(7)).all()
     y = np.arcsin(np.sqrt(counts.to_numpy() / totals_of(counts).to_numpy()))
@@ -216,6 +221,50 @@ def test_freedman_lane_exact_matches_brute_force() -> None:
     for order in permutations(range(7)):
         extreme += np.abs(_ols_t(fitted + resid[list(order)], x, 1)) >= observed * (1 - 1e-9)
     assert np.array_equal(result["pvalue"].to_numpy(), extreme / math.factorial(7))
+
+
+def _wls_t(y: np.ndarray, x: np.ndarray, term: int, w: np.ndarray) -> np.ndarray:
+    """Weighted least-squares t of column ``term`` for every column of ``y`` (weights ``w``)."""
+    out = []
+    for g in range(y.shape[1]):
+        root = np.sqrt(w[:, g])
+        out.append(_ols_t((root * y[:, g])[:, None], root[:, None] * x, term)[0])
+    return np.array(out)
+
+
+def _weighted_inputs(counts: pd.DataFrame, design) -> tuple[np.ndarray, ...]:
+    """Arcsine shares, design matrix and precision weights as the test computes them."""
+    totals = totals_of(counts).to_numpy()
+    y = np.arcsin(np.sqrt(counts.to_numpy() / totals))
+    x = design.matrix.to_numpy()
+    return y, x, precision_weights(y, 1 / (4 * totals), np.delete(x, 1, axis=1))
+
+
+@pytest.mark.parametrize("covariates", [(), ("age",)])
+def test_weighted_p_values_match_brute_force(covariates) -> None:
+    """Precision weights stay with their donors while the design's rows are rearranged."""
+    counts, clinical = _small_cohort(7, 3, seed=3)
+    counts.iloc[0] = np.maximum(counts.iloc[0] // 200, 1)  # a donor with a handful of cells
+    design = src_design(clinical, covariates)
+    result = abundance(counts, totals_of(counts), design, level="l2", moderate=False)
+    y, x, w = _weighted_inputs(counts, design)
+    assert (w[0] < 0.5 * w[1:].min(axis=0)).all()  # the small donor weighs least everywhere
+    reduced = np.delete(x, 1, axis=1)
+    resid = np.empty_like(y)
+    for g in range(y.shape[1]):
+        root = np.sqrt(w[:, g])
+        coef = np.linalg.lstsq(root[:, None] * reduced, root * y[:, g], rcond=None)[0]
+        resid[:, g] = y[:, g] - reduced @ coef
+    observed = np.abs(_wls_t(y, x, 1, w))
+    extreme = np.zeros(y.shape[1])
+    orders = list(permutations(range(7)))
+    if not covariates:  # the 35 distinct relabellings
+        orders = [order for order in orders if list(x[list(order), 1]).count(1) == 3]
+        orders = list({tuple(x[list(o), 1]): o for o in orders}.values())
+    for order in orders:
+        extreme += np.abs(_wls_t(resid, x[list(order)], 1, w)) >= observed * (1 - 1e-9)
+    assert np.allclose(result["statistic"].abs(), observed)
+    assert np.array_equal(result["pvalue"].to_numpy(), extreme / len(orders))
 
 
 # Reference values from R 4.2, limma 3.54.1, eBayes(lmFit(t(y), X)) coefficient 2 on LIMMA_COUNTS
@@ -246,7 +295,7 @@ def test_moderated_statistics_match_limma() -> None:
     status = np.array(["no"] * 4 + ["yes"] * 4, dtype=object)
     table = pd.DataFrame({"SRC": status}, index=pd.Index(donors, name="donor_id"))
     design = src_design(ClinicalTable(table, {"SRC": "binary"}), ())
-    result = abundance(counts, totals, design, level="l1")
+    result = abundance(counts, totals, design, level="l1", weighted=False)
     assert (result["method"] == "perm_lm_asin_log2share").all()
     assert np.allclose(result["statistic"], LIMMA_ASIN_T, atol=1e-4)
     assert np.isinf(result["df_prior"]).all()
@@ -255,6 +304,32 @@ def test_moderated_statistics_match_limma() -> None:
     assert np.allclose(result["ci_high"], LIMMA_LOG2_CI_HIGH, atol=1e-5)
     # 4 of 8: 70 relabellings; S3 is the most extreme of them in both directions
     assert (result["n_perm"] == 70).all() and result["pvalue"].iloc[3] == 2 / 70
+
+
+# R 4.2, limma 3.54.1: the same as above with the first donor cut to 150 cells (counts * 0.15,
+# rounded) and lmFit(..., weights = t(w)), w = precision_weights of each scale (the values this
+# test computes), eBayes; the reference checks the weighted moderated fit, not the weights.
+LIMMA_WEIGHTED_T = [0.5144, -0.0106, 0.0646, 3.7386, -0.2421]
+LIMMA_WEIGHTED_EFFECT = [0.06939, -0.03768, -0.05274, 1.25297, -0.02232]
+LIMMA_WEIGHTED_CI_LOW = [-0.30186, -0.48111, -0.68051, 0.78457, -0.24500]
+LIMMA_WEIGHTED_CI_HIGH = [0.44063, 0.40575, 0.57504, 1.72136, 0.20037]
+
+
+def test_weighted_moderated_statistics_match_limma() -> None:
+    donors = [f"D{i}" for i in range(8)]
+    values = LIMMA_COUNTS.copy()
+    values[0] = np.round(values[0] * 0.15)
+    counts = pd.DataFrame(values, index=donors, columns=[f"S{j}" for j in range(5)])
+    totals = pd.DataFrame(1000, index=donors, columns=counts.columns)
+    totals.iloc[0] = 150
+    status = np.array(["no"] * 4 + ["yes"] * 4, dtype=object)
+    table = pd.DataFrame({"SRC": status}, index=pd.Index(donors, name="donor_id"))
+    design = src_design(ClinicalTable(table, {"SRC": "binary"}), ())
+    result = abundance(counts, totals, design, level="l1")
+    assert np.allclose(result["statistic"], LIMMA_WEIGHTED_T, atol=1e-4)
+    assert np.allclose(result["effect"], LIMMA_WEIGHTED_EFFECT, atol=1e-5)
+    assert np.allclose(result["ci_low"], LIMMA_WEIGHTED_CI_LOW, atol=1e-5)
+    assert np.allclose(result["ci_high"], LIMMA_WEIGHTED_CI_HIGH, atol=1e-5)
 
 
 def test_deterministic_for_a_seed() -> None:

@@ -237,6 +237,7 @@ def _run_json() -> dict:
                 "doublet_method": "cite",
             },  # fmt: skip
             "normalize": {"target_sum": 10000.0, "protein": "auto"},
+            "association": {"n_perm": 10000, "max_exact": 20000, "min_cells": 50},
             "embedding": {
                 "n_top_genes": 2000,
                 "n_pcs": 30,
@@ -282,6 +283,8 @@ def test_methods_section_reports_tools_parameters_seeds_and_timings(tmp_path):
         "group = SSc",
         "sccohort run cfg.toml --out run",
         "2 input files",
+        "weighted by the precision of its share",
+        "fewer than 50 cells after QC",
     ):
         assert text in html, text
     assert "primary_timepoint" in html  # every parameter is listed

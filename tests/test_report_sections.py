@@ -472,3 +472,28 @@ def test_enrichment_bars_and_timecourse_checks() -> None:
     assert labels == ["B", "C"]  # the two smallest padj, most significant on top
     with pytest.raises(InputError):
         pl.timecourse_panels(None, None)
+
+
+def test_sample_contrasts_draw_each_donor_as_a_line(tmp_path: Path, cohort: md.MuData) -> None:
+    _write_tables(tmp_path, cohort)
+    samples = [*DONORS, "D1_post"]
+    pd.DataFrame(
+        {
+            "contrast": EVIL_CONTRAST,
+            "variable": "timepoint",
+            "kind": "binary",
+            "unit": "sample",
+            "sample_id": samples,
+            "donor_id": [*DONORS, "D1"],
+            "group": ["control"] * len(DONORS) + ["case"],
+            "arm": ["baseline"] * len(DONORS) + ["post"],
+        }
+    ).to_csv(tmp_path / "tables" / "contrast_donors.csv", index=False)
+    comp = composition_section(tmp_path, cohort, _clinical(), primary_timepoint="baseline")
+    figures = {b.name: b for b in _blocks(comp) if isinstance(b, FigureBlock)}
+    assert "composition_top_subsets" not in figures  # no two-arm grouping of donors
+    paired = figures["composition_paired_samples"]
+    first = paired.figure.axes[0]
+    assert [t.get_text() for t in first.get_xticklabels()] == ["baseline\n(n=8)", "post\n(n=1)"]
+    assert len(first.get_lines()) == 1  # D1 alone has samples on both sides
+    assert "one grey line per donor" in paired.caption

@@ -11,7 +11,13 @@ from .characterise import (
     signature_scores,
     timecourse_panels,
 )
-from .composition import composition_bars, group_comparison, label_shares, pca_biplot
+from .composition import (
+    composition_bars,
+    group_comparison,
+    label_shares,
+    paired_lines,
+    pca_biplot,
+)
 from .embedding import embedding
 from .markers import dot_values, marker_dotplot
 from .qc import qc_cells
@@ -29,6 +35,7 @@ __all__ = [
     "label_shares",
     "marker_dotplot",
     "nhood_beeswarm",
+    "paired_lines",
     "pca_biplot",
     "qc_cells",
     "roc",

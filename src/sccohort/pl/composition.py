@@ -450,3 +450,88 @@ def label_shares(table: pd.DataFrame, *, title: str | None = None) -> Figure:
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     return fig
+
+
+def paired_lines(
+    panels: Sequence[Mapping[str, object]],
+    *,
+    percent: bool = True,
+    title: str | None = None,
+) -> Figure:
+    """Samples of a sample-level contrast by arm, one line per donor joining its samples.
+
+    Parameters
+    ----------
+    panels
+        One dict per panel: ``values`` (Series sample -> value, e.g. a subset's share in
+        [0, 1]), ``arm`` (Series sample -> arm label), ``donor`` (Series sample -> donor),
+        ``title``, and optionally ``ylabel``, ``order`` (arm order) and ``pvalues`` (list of
+        ``(label, p)`` pairs, written under the title). A donor's line passes through the mean
+        of its samples in each arm; a donor sampled in one arm only is a point without a line.
+    percent
+        Show values x 100.
+    title
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Tick labels carry the number of samples per arm.
+
+    Examples
+    --------
+    >>> from sccohort import pl
+    >>> samples = ["D1_pre", "D1_post", "D2_pre", "D2_post", "D3_pre"]
+    >>> panel = {
+    ...     "values": pd.Series([0.02, 0.05, 0.03, 0.04, 0.025], index=samples),
+    ...     "arm": pd.Series(["pre", "post"] * 2 + ["pre"], index=samples),
+    ...     "donor": pd.Series([s.split("_")[0] for s in samples], index=samples),
+    ...     "title": "Mono_A", "order": ["pre", "post"],
+    ... }
+    >>> fig = pl.paired_lines([panel])
+    >>> [" ".join(t.get_text().split()) for t in fig.axes[0].get_xticklabels()]
+    ['pre (n=3)', 'post (n=2)']
+    """
+    if not panels:
+        raise InputError("no paired comparison to draw", key="panels")
+    scale = 100.0 if percent else 1.0
+    fig = new_figure(max(4.0, 3.3 * len(panels)), 4.6)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels, strict=True):
+        data = pd.DataFrame(
+            {key: pd.Series(panel[key]) for key in ("values", "arm", "donor")}
+        ).dropna()
+        if data.empty:
+            raise InputError(
+                f"no sample has a value, an arm and a donor in panel '{panel.get('title', '')}'",
+                key="panels",
+            )
+        data["arm"] = data["arm"].astype(str)
+        levels = ordered_levels(data["arm"], panel.get("order"))  # type: ignore[arg-type]
+        data["x"] = data["arm"].map({lv: i for i, lv in enumerate(levels)})
+        data["y"] = scale * data["values"].astype(float)
+        colours = category_colours(levels)
+        means = data.groupby(["donor", "x"])["y"].mean().reset_index()
+        for _, line in means.groupby("donor"):
+            if len(line) > 1:
+                ax.plot(line["x"], line["y"], color="0.6", lw=0.9, zorder=1)
+        ax.scatter(
+            data["x"], data["y"], c=[colours[a] for a in data["arm"]], s=26, zorder=2,
+            edgecolors="white", linewidths=0.5,
+        )  # fmt: skip
+        counts = data["arm"].value_counts()
+        ax.set_xticks(range(len(levels)))
+        ax.set_xticklabels([f"{lv}\n(n={counts.get(lv, 0)})" for lv in levels])
+        ax.set_xlim(-0.5, len(levels) - 0.5)
+        ax.tick_params(labelsize=FONT["tick"])
+        ax.set_ylabel(str(panel.get("ylabel", "share of cells (%)")), fontsize=FONT["label"])
+        pvalues = [(str(lab), float(p)) for lab, p in panel.get("pvalues", []) if np.isfinite(p)]  # type: ignore[union-attr]
+        head = str(panel.get("title", ""))
+        if pvalues:
+            head += "\n" + "\n".join(f"{lab} {format_p(p)}" for lab, p in pvalues)
+        ax.set_title(head, fontsize=FONT["label"])
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=FONT["title"])
+    return fig

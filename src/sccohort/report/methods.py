@@ -25,6 +25,15 @@ _PROSE = {
     "on {harmony_key}, a weighted-nearest-neighbour graph of RNA and protein (one modality: "
     "its kNN graph; {n_neighbors} neighbours), Leiden clustering (resolution {resolution}) "
     "and UMAP.",
+    "association": "Subset shares were tested per contrast by a moderated linear model on "
+    "arcsine-square-root shares, each donor (or sample) weighted by the precision of its "
+    "share (between-donor variance plus the sampling variance of its cell count), with "
+    "p-values from {n_perm} relabellings of the donors (all of them when at most {max_exact}; "
+    "Freedman-Lane with covariates). Contrasts on a column of the sample sheet with donors "
+    "sampled on both sides were paired within donor (donor as a blocking factor, samples "
+    "relabelled within donor; with fewer than 10 donors the moderated t). Donors with fewer "
+    "than {min_cells} cells after QC were left out; the contrasts table names each "
+    "contrast's design.",
 }
 
 

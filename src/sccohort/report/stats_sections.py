@@ -29,6 +29,7 @@ from ..stats.selection import (
 )
 from ..stats.tests import proportion_biplot
 from .build import FigureBlock, Note, Paragraph, Section, TableBlock
+from .paired_samples import LEVEL_WORDS, paired_comparisons
 from .sections import clinical_frame, group_column, skipped_notes
 
 __all__ = [
@@ -38,14 +39,6 @@ __all__ = [
     "contrast_groups",
     "missing_note",
 ]
-
-_LEVEL_WORDS = {
-    "subset": "share of all cells",
-    "subset_in_l1": "share of its lineage (l1)",
-    "l2": "share of all cells",
-    "l2_in_l1": "share of its lineage (l1)",
-    "l1": "share of all cells",
-}
 
 
 def missing_note(name: str, what: str) -> Note:
@@ -281,6 +274,7 @@ def composition_section(
     ]
     blocks += _composition_pca(shares, group)
     blocks += _top_comparisons(out, comp, samples, n_compare, alpha)
+    blocks += paired_comparisons(Path(out), comp, n_compare, alpha)
     return Section("Composition", "composition", blocks)
 
 
@@ -345,7 +339,7 @@ def _top_comparisons(
                 "values": values,
                 "group": arms.loc[values.index],
                 "title": f"{row.subset} by {row.contrast}",
-                "ylabel": f"{_LEVEL_WORDS.get(level, level)} (%)",
+                "ylabel": f"{LEVEL_WORDS.get(level, level)} (%)",
                 "order": arm_order(arms),
                 "pvalues": pvalues,
             }

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sccohort.errors import InputError
 from sccohort.io import hallmark, read_gmt, read_tf_targets
 from sccohort.io.tables import write_table
 from sccohort.stages.base import RunState
@@ -109,13 +110,22 @@ def _gating(state: RunState, subsets_: list[str]) -> list[Path]:
         # a subset that is its whole lineage (a panel that cannot split it) is gated
         # against all cells
         masks[subset] = (target, parent if (parent & ~target).any() else np.ones_like(parent))
-    results = gate_subsets(
-        prot, masks, cell_obs["donor_id"].astype(str).to_numpy(),
-        GatingOptions(
-            max_gates=cfg.gating_max_gates, test_donors=cfg.gating_test_fraction,
-            seed=state.config.seed,
-        ),
+    donors = cell_obs["donor_id"].astype(str).to_numpy()
+    options = GatingOptions(
+        max_gates=cfg.gating_max_gates, test_donors=cfg.gating_test_fraction,
+        seed=state.config.seed,
     )  # fmt: skip
+    try:
+        results = gate_subsets(prot, masks, donors, options)
+    except InputError:  # a subset without cells in the training donors: gate one by one
+        results = []
+        for subset, mask in masks.items():
+            try:
+                results += gate_subsets(prot, {subset: mask}, donors, options)
+            except InputError as err:
+                state.skip("characterise", f"gating of {subset}", err.problem)
+    if not results:
+        return []
     gates = pd.concat([result.to_frame() for result, _ in results], ignore_index=True)
     proteins = pd.concat([table for _, table in results], ignore_index=True)
     return [

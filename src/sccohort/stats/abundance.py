@@ -35,6 +35,7 @@ from sccohort.io.tables import CORE_COLUMNS
 from sccohort.multitest import adjust_pvalues
 from sccohort.stats.permutation import (
     _permutation_test,
+    precision_weights,
 )
 
 __all__ = ["DEFAULT_METHOD", "PSEUDOCOUNT", "compare_abundance", "compare_donor_values"]
@@ -70,6 +71,7 @@ def compare_abundance(
     seed: int = 0,
     transform: Literal["asin", "log2"] = "asin",
     moderate: bool = True,
+    weighted: bool = True,
 ) -> pd.DataFrame:
     """Test every subset's share for association with the contrast's clinical variable.
 
@@ -122,6 +124,13 @@ def compare_abundance(
         Scale of the test: ``"asin"`` (default) or ``"log2"``; the effect is log2 either way.
     moderate
         Squeeze the residual variances (default); ``False`` gives the ordinary t.
+    weighted
+        Precision weights (default): each unit's share weighs ``1 / (between-unit variance +
+        sampling variance)``, the sampling variance from its cell numbers (``1 / (4 total)`` on
+        the arcsine scale, ``(1 / (count + 0.5) - 1 / (total + 1)) / ln(2)^2`` on the log2
+        one), the between-unit variance estimated per subset from the model without the tested
+        term. A donor with 3 cells then weighs next to nothing against one with 3,000, while
+        donors with thousands of cells each weigh about equally. ``False``: equal weights.
 
     Returns
     -------
@@ -155,8 +164,8 @@ def compare_abundance(
     >>> result = compare_abundance(counts, totals, design, level="subset", seed=0)
     >>> result[["subset", "effect", "pvalue", "padj"]].round(4)
        subset  effect  pvalue    padj
-    0  Mono_A  1.3084  0.0286  0.0571
-    1     T_B  0.0048  0.9143  0.9143
+    0  Mono_A  1.3057  0.0286  0.0571
+    1     T_B  0.0063  0.9143  0.9143
     """
     name = design.contrast.name
     n_perm, max_exact = _checked_options(name, transform, n_perm, max_exact)
@@ -194,6 +203,7 @@ def compare_abundance(
         c, t = count_values[:, tested], total_values[:, tested]
         log2_share = np.log2((c + PSEUDOCOUNT) / (t + 2 * PSEUDOCOUNT))
         y_test = np.arcsin(np.sqrt(c / t)) if transform == "asin" else log2_share
+        weights = _share_weights(c, t, y_test, log2_share, x, term, transform) if weighted else None
         fit = _permutation_test(
             y_test,
             log2_share,
@@ -205,11 +215,31 @@ def compare_abundance(
             seed,
             moderate,
             blocks=design.blocks,
+            weights=weights,
         )
         fit["padj"] = adjust_pvalues(fit["pvalue"])
         for col, values in fit.items():
             columns[col][tested] = values  # type: ignore[index]
     return pd.DataFrame(columns)[_COLUMNS]
+
+
+def _share_weights(
+    c: np.ndarray,
+    t: np.ndarray,
+    y_test: np.ndarray,
+    log2_share: np.ndarray,
+    x: np.ndarray,
+    term: int,
+    transform: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Precision weights (units x subsets) of the test scale and of the log2 share."""
+    reduced = np.delete(x, term, axis=1)
+    log2_var = (1 / (c + PSEUDOCOUNT) - 1 / (t + 2 * PSEUDOCOUNT)) / np.log(2) ** 2
+    test_var = 1 / (4 * t) if transform == "asin" else log2_var
+    return (
+        precision_weights(y_test, test_var, reduced),
+        precision_weights(log2_share, log2_var, reduced),
+    )
 
 
 def _checked_options(name: str, transform: str, n_perm: int, max_exact: int) -> tuple[int, int]:

@@ -179,6 +179,62 @@ def _model(
     return statistics
 
 
+def _weighted_model(
+    y: np.ndarray, x: np.ndarray, term: int, moderate: bool, w: np.ndarray
+) -> Callable[[np.ndarray], tuple[np.ndarray, ...]]:
+    """`_model` with precision weights ``w`` (n x G, one column per column of ``y``).
+
+    Weighted least squares per column: the reduced model's weighted residuals stay with their
+    units and weights, and row b refits the full model with the design's rows rearranged by
+    ``order[b]`` (Freedman-Lane; with the intercept only, a plain relabelling of the units).
+    """
+    n, p = x.shape
+    resid_df = n - p
+    r = y - _wls_fitted(y, np.delete(x, term, axis=1), w)
+    wr = w * r
+    r_ss = (wr * r).sum(axis=0)
+    unit = np.zeros((p, 1))
+    unit[term] = 1.0
+
+    def statistics(order: np.ndarray) -> tuple[np.ndarray, ...]:
+        xb = x[order]  # B x n x p
+        gram = np.tensordot(xb[..., :, None] * xb[..., None, :], w, axes=([1], [0]))
+        rhs = np.tensordot(xb, wr, axes=([1], [0])).transpose(0, 2, 1)  # B x G x p
+        both = np.concatenate([rhs[..., None], np.broadcast_to(unit, (*rhs.shape, 1))], -1)
+        solved = np.linalg.solve(gram.transpose(0, 3, 1, 2), both)  # B x G x p x 2
+        coef, unscaled_var = solved[..., term, 0], solved[..., term, 1]
+        fitted_ss = (solved[..., 0] * rhs).sum(axis=-1)
+        s2 = np.maximum(r_ss - fitted_ss, 1e-12 * r_ss) / resid_df
+        s2_post, d0 = _squeeze(s2, resid_df) if moderate else (s2, np.zeros(len(order)))
+        return coef, coef / np.sqrt(s2_post * unscaled_var), s2_post * unscaled_var, d0
+
+    return statistics
+
+
+def _wls_fitted(y: np.ndarray, z: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted least-squares fit of every column of ``y`` (n x G) on ``z`` with weights ``w``."""
+    gram = np.einsum("ni,nj,ng->gij", z, z, w)
+    coef = np.linalg.solve(gram, np.einsum("ni,ng->gi", z, w * y)[..., None])[..., 0]
+    return z @ coef.T
+
+
+def precision_weights(y: np.ndarray, sampling_var: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Precision weights ``1 / (between-unit variance + sampling variance)``, n x G.
+
+    ``y`` (n x G) values on the test scale, ``sampling_var`` (n x G) each value's variance from
+    counting cells alone, ``z`` (n x q) the reduced design (every column but the tested one).
+    The between-unit variance of each column is the method-of-moments estimate (as in a
+    random-effects meta-analysis): the reduced model's residual variance less the mean sampling
+    variance, at least 0. The weights do not depend on the tested variable, so relabelling the
+    units keeps them; each column is scaled to mean 1.
+    """
+    n, q = z.shape
+    resid = y - z @ np.linalg.lstsq(z, y, rcond=None)[0]
+    between = np.maximum((resid**2).sum(axis=0) / max(n - q, 1) - sampling_var.mean(axis=0), 0)
+    w = 1 / (between + sampling_var)
+    return w / w.mean(axis=0)
+
+
 def _permutation_test(
     y_test: np.ndarray,
     y_effect: np.ndarray,
@@ -190,8 +246,12 @@ def _permutation_test(
     seed: int,
     moderate: bool,
     blocks: np.ndarray | None = None,
+    weights: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray | str | int | bool | float]:
     """Permutation p-values of the term's t on ``y_test`` and the effect fitted on ``y_effect``.
+
+    ``weights``: precision weights (n x G each) of ``y_test`` and ``y_effect``
+    (`precision_weights`); ``None`` fits ordinary least squares.
 
     ``blocks`` (n,) integer codes (a paired design's donors): rows are exchanged only within
     a block (Freedman-Lane on the reduced model, which holds the blocks' columns). With fewer
@@ -222,9 +282,14 @@ def _permutation_test(
     identity = np.arange(n)[None, :]
     # Small matrix products: BLAS threads only add overhead (and thrash on a busy machine).
     with threadpool_limits(1, user_api="blas"):
-        test = _model(y_test, x, term, moderate)
+        if weights is None:
+            test = _model(y_test, x, term, moderate)
+            effect = _model(y_effect, x, term, moderate)
+        else:
+            test = _weighted_model(y_test, x, term, moderate, weights[0])
+            effect = _weighted_model(y_effect, x, term, moderate, weights[1])
         t_obs, d0_test = (a[0] for a in test(identity)[1::2])
-        coef, _, var, d0 = (a[0] for a in _model(y_effect, x, term, moderate)(identity))
+        coef, _, var, d0 = (a[0] for a in effect(identity))
         threshold = np.abs(t_obs) * (1 - _TIES)
         extreme = np.zeros(y_test.shape[1])
         evaluated = 0

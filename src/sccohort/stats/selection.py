@@ -101,7 +101,7 @@ def associated_subsets(
     >>> tests = compare_abundance(counts, totals, design, level="subset", seed=0)
     >>> associated_subsets(tests, alpha=0.1)[["contrast", "subset", "fold_change", "padj"]].round(3)
       contrast  subset  fold_change   padj
-    0      SRC  Mono_A        2.477  0.057
+    0      SRC  Mono_A        2.472  0.057
     """
     columns = [
         "subset", "contrast", "level", "significant", "fold_change", "fc_ci_low", "fc_ci_high",
