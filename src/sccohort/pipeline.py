@@ -54,7 +54,7 @@ __all__ = ["STAGES", "Progress", "RunState", "Stage", "run_pipeline"]
 VERSIONED_PACKAGES = (
     "sccohort", "numpy", "scipy", "pandas", "anndata", "mudata", "scanpy", "h5py", "dask",
     "distributed", "scikit-learn", "statsmodels", "harmonypy", "leidenalg", "igraph",
-    "umap-learn", "pynndescent", "numba", "edgepython", "matplotlib", "jinja2",
+    "umap-learn", "pynndescent", "numba", "matplotlib", "jinja2",
 )  # fmt: skip
 
 

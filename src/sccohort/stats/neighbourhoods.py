@@ -3,8 +3,9 @@
 Cells are subsampled per sample, a kNN graph is built on an embedding, neighbourhoods are
 sampled on it with Milo's refinement, cells are counted per sample in each neighbourhood and a
 negative-binomial GLM with the contrast's design is fitted to each neighbourhood with edgeR's
-quasi-likelihood pipeline (through ``edgepython``, a Python port of edgeR checked against R in
-``benchmarks/bench_milo.py``). P-values are corrected with Milo's spatial FDR (weighted BH).
+quasi-likelihood pipeline (:mod:`sccohort.stats.nb_ql`, our implementation of edgeR 3.40's,
+equal to R edgeR in ``benchmarks/bench_nb_ql.py``). P-values are corrected with Milo's spatial
+FDR (weighted BH).
 
 Choices (measured in ``benchmarks/bench_milo.py`` and ``tests/test_neighbourhoods.py``):
 
@@ -24,7 +25,6 @@ Choices (measured in ``benchmarks/bench_milo.py`` and ``tests/test_neighbourhood
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -37,6 +37,7 @@ from sccohort.cohort import ContrastDesign
 from sccohort.cohort.keys import cell_columns
 from sccohort.errors import InputError
 from sccohort.multitest import spatial_fdr
+from sccohort.stats.nb_ql import ql_ftest, tmm_factors
 
 METHOD = "milo_nb_qlf"
 
@@ -395,7 +396,7 @@ def _majority(members: sparse.csc_matrix, labels: np.ndarray) -> tuple[np.ndarra
 
 
 # ---------------------------------------------------------------------------------------
-# Negative-binomial GLM (edgeR quasi-likelihood through edgepython)
+# Negative-binomial GLM (edgeR's quasi-likelihood F-test, sccohort.stats.nb_ql)
 
 
 def _ql_test(
@@ -406,30 +407,20 @@ def _ql_test(
     normalisation: str,
 ) -> dict[str, np.ndarray]:
     """Run edgeR's QL F-test of one coefficient on every row of ``counts`` (nhoods x samples)."""
-    import edgepython as ep
-
     counts = counts.astype(float)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # edgepython notes on convergence / zero rows
-        if normalisation == "tmm":
-            y = ep.make_dgelist(counts=counts, lib_size=counts.sum(axis=0))
-            y = ep.calc_norm_factors(y, method="TMM")
-        else:
-            y = ep.make_dgelist(counts=counts, lib_size=n_cells)
-        y = ep.estimate_disp(y, design=design, tagwise=False)
-        fit = ep.glm_ql_fit(y, design=design, robust=True, legacy=True)
-        res = ep.glm_ql_ftest(fit, coef=coef)
-    table = res["table"]
-    logfc = table["logFC"].to_numpy(dtype=float)
-    f = table["F"].to_numpy(dtype=float)
-    df_total = np.broadcast_to(np.asarray(res["df.total"], dtype=float), logfc.shape)
+    if normalisation == "tmm":
+        lib = counts.sum(axis=0)
+        res = ql_ftest(counts, design, coef, lib_size=lib, norm_factors=tmm_factors(counts, lib))
+    else:
+        res = ql_ftest(counts, design, coef, lib_size=n_cells)
+    logfc, f = res["logfc"], res["f"]
     with np.errstate(divide="ignore", invalid="ignore"):
         se = np.where(f > 0, np.abs(logfc) / np.sqrt(f), np.nan)
-    half = stats.t.ppf(0.975, df_total) * se
+    half = stats.t.ppf(0.975, res["df_total"]) * se
     return {
         "logfc": logfc,
-        "pvalue": table["PValue"].to_numpy(dtype=float),
+        "pvalue": res["pvalue"],
         "ci_low": logfc - half,
         "ci_high": logfc + half,
-        "logcpm": table["logCPM"].to_numpy(dtype=float),
+        "logcpm": res["logcpm"],
     }
