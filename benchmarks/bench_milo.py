@@ -18,7 +18,8 @@ Comparisons, for the contrasts SRC and ILD (``~ age + group``, within SSc), both
 
 pertpy and milopy run in a scratch venv (``/tmp/milo/venv``; they pull pynndescent 0.7 / jax);
 missing peers are reported as skipped. Also: null calibration of both presets (fraction of
-neighbourhoods with p < 0.05, runs with any spatial FDR < 0.1) and the speed of our edgeR QL test (`sccohort.stats.nb_ql`).
+neighbourhoods with p < 0.05, runs with any spatial FDR < 0.1) and the speed of our edgeR
+QL test (``sccohort.stats.nb_ql``).
 Writes ``benchmarks/results/milo_agreement.csv``.
 
 Run: ``python benchmarks/bench_milo.py [--null-runs 10]``
