@@ -570,3 +570,27 @@ def test_design_donor_table_is_what_the_report_reads(clinical: ClinicalTable) ->
     assert set(table.loc[table["group"] == "control", "arm"]) == {"no"}
     age = Contrast("age", "age").design(clinical).donor_table()
     assert (age["kind"] == "continuous").all() and (age["arm"] == "").all()
+
+
+def test_ordered_levels_make_a_trend_per_step() -> None:
+    donors = pd.Index([f"D{i}" for i in range(9)], name="donor_id")
+    table = pd.DataFrame(
+        {"stage": ["mild", "moderate", "severe"] * 3, "age": np.arange(9) * 3.0 + 40},
+        index=donors,
+    )
+    table.iloc[0, 0] = "unknown"
+    clinical = ClinicalTable(table, {"stage": "categorical", "age": "continuous"})
+    contrast = Contrast("stage", "stage", order=["mild", "moderate", "severe"], covariates=["age"])
+    with pytest.warns(UserWarning, match=r"D0 \(stage = unknown, not in order\)"):
+        design = contrast.design(clinical)
+    assert design.is_continuous and design.term == "stage"
+    assert list(design.group) == [1.0, 2.0, 0.0, 1.0, 2.0, 0.0, 1.0, 2.0]
+    assert design.describe().startswith("stage: stage per step of mild < moderate < severe (n=8)")
+    assert contrast.to_dict()["order"] == ["mild", "moderate", "severe"]
+    for bad, message in (
+        ({"order": ["mild", "severe"]}, "3 or more distinct levels"),
+        ({"order": ["mild", "moderate", "bad"]}, "unknown: bad"),
+        ({"order": ["mild", "moderate", "severe"], "case": "mild"}, "without case and control"),
+    ):
+        with pytest.raises(InputError, match=message):
+            Contrast("s", "stage", **bad).design(clinical)

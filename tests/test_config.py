@@ -161,6 +161,7 @@ def test_to_dict_round_trip(tmp_path: Path) -> None:
         "within": {"group": ["SSc"]},
         "covariates": [],
         "paired": None,
+        "order": None,
     }
 
     def drop_none(x):

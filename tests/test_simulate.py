@@ -144,7 +144,7 @@ def test_tables_for_later_code() -> None:
     panel = protein_panel().set_index("name")
     assert panel.loc["CD191", "target_genes"] == "CCR1" and not panel.loc["CD3", "isotype"]
     assert panel["isotype"].sum() >= 4 and (panel.loc[panel["isotype"], "target_genes"] == "").all()
-    assert DESIGNS == ("paper", "null", "stim")
+    assert DESIGNS == ("paper", "null", "stim", "prepost")
 
 
 def test_barcodes_raw_and_empty_droplets(cohort: Path, data: dict) -> None:
@@ -228,6 +228,29 @@ def test_null_design_has_no_clinical_effect(tmp_path: Path) -> None:
     effects = pd.read_csv(out / "truth" / "effects.csv")
     assert list(effects["kind"]) == ["age_slope"]
     assert len(pd.read_csv(out / "clinical.csv")) == len(NULL_DONORS)
+
+
+def test_prepost_design_has_uneven_samples_and_the_planted_shift(tmp_path: Path) -> None:
+    out = simulate_cohort(
+        tmp_path, "prepost", cells_per_donor=200, seed=2, n_empty=0, donors=["P1", "P2", "P3"]
+    )
+    samples = pd.read_csv(out / "samples.csv")
+    assert list(samples["sample_id"]) == ["P1_pre", "P1_post1", "P2_pre", "P2_post1", "P2_post2",
+                                          "P3_pre"]  # fmt: skip
+    assert list(samples["treated"]) == ["no", "yes", "no", "yes", "yes", "no"]
+    comp = pd.read_csv(out / "truth" / "donor_composition.csv")
+    expected = comp[comp["subset"] == "CD14_EGR1"].set_index("sample_id")["expected_share"]
+    treated = samples.set_index("sample_id")["treated"] == "yes"
+    assert np.allclose(expected[treated[treated].index], 0.04)  # 2-fold of 0.02
+    assert np.allclose(expected[treated[~treated].index], 0.02)
+    effects = pd.read_csv(out / "truth" / "effects.csv").set_index("kind")
+    assert effects.loc["composition", "variable"] == "treated"
+    assert effects.loc["composition", "fold"] == 2.0
+    config = load_config(out / "sccohort.toml")
+    design = build_designs(config, *load_inputs(config))["treated"]
+    assert design.mixed and "mixed model (3 donors, 2 on both sides)" in design.describe()
+    with pytest.raises(InputError, match="n_donors must be a whole number >= 3"):
+        simulate_cohort(tmp_path / "x", "prepost", n_donors=2)
 
 
 def test_artefact_rates_and_library_sizes(data: dict) -> None:

@@ -313,8 +313,9 @@ def simulate(
     design: Annotated[
         str,
         typer.Option(
-            help="Cohort design: 'paper', 'null' or 'stim' (healthy donors, a control and an "
-            "interferon-stimulated sample each)."
+            help="Cohort design: 'paper', 'null', 'stim' (healthy donors, a control and an "
+            "interferon-stimulated sample each) or 'prepost' (patients with 1-3 samples before "
+            "and after a treatment that doubles CD14_EGR1)."
         ),
     ] = "paper",
     cells_per_donor: Annotated[int, typer.Option(help="Cells per sample (before QC).")] = 2000,
@@ -324,7 +325,8 @@ def simulate(
         int | None,
         typer.Option(
             help="Donors, drawn in the paper's proportions (22% HD; of SSc 4/21 SRC, 12/21 ILD) "
-            "with the same planted effects; default: the paper's 27 donors ('stim': 2)."
+            "with the same planted effects; default: the paper's 27 donors ('stim': 2, "
+            "'prepost': 6)."
         ),
     ] = None,
 ) -> None:

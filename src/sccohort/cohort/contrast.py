@@ -61,9 +61,17 @@ class Contrast:
         Clinical variables adjusted for (categorical ones are one-hot encoded); for a
         sample-level variable also columns of the sample sheet.
     paired
-        For a variable of the sample sheet: ``None`` (default) pairs within donor when
-        donors have samples on both sides, ``False`` forces the unpaired comparison
+        For a variable of the sample sheet: ``None`` (default) pairs within donor when every
+        donor has samples on both sides and fits a mixed model (donor random intercept) to
+        unbalanced repeated samples; ``True`` forces the paired design (donors without both
+        sides leave it), ``False`` the unpaired one
         (:func:`~sccohort.cohort.sample_design.sample_design`).
+    order
+        For a categorical variable whose levels are ordered (disease stage, severity
+        grade): the levels in order, e.g. ``["mild", "moderate", "severe"]``. The contrast then
+        tests a trend: each donor is scored by the position of its level (0, 1, 2, ...) and
+        the variable is fitted as continuous, the effect being per step; donors at other
+        levels leave the design. ``case`` and ``control`` must not be set.
 
     Examples
     --------
@@ -83,6 +91,7 @@ class Contrast:
     within: dict[str, Level | list[Level]] = field(default_factory=dict)
     covariates: list[str] = field(default_factory=list)
     paired: bool | None = None
+    order: list[Level] | None = None
 
     def to_dict(self) -> dict:
         """The contrast as plain data (config / ``run.json`` form, without the name)."""
@@ -94,6 +103,7 @@ class Contrast:
             "within": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.within.items()},
             "covariates": list(self.covariates),
             "paired": self.paired,
+            "order": None if self.order is None else list(self.order),
         }
 
     def design(
@@ -114,8 +124,8 @@ class Contrast:
             The donors to use (those with a sample); ``None`` = every donor of the table.
         samples
             The sample sheet: a variable that is one of its columns (and not a clinical
-            variable) makes a design on samples, paired within donor where donors have
-            samples on both sides (:func:`~sccohort.cohort.sample_design.sample_design`).
+            variable) makes a design on samples: paired within donor, or a mixed model for
+            unbalanced repeats (:func:`~sccohort.cohort.sample_design.sample_design`).
         tissue
             A sample-level contrast compares the samples of this tissue (the primary one)
             unless it compares or restricts tissues itself; ``None``: every tissue.
@@ -138,6 +148,15 @@ class Contrast:
         chosen, restriction = self._restrict(clinical, donors, fail)
         values = table.loc[chosen, self.variable]
         dropped = {d: f"missing {self.variable}" for d in values.index[values.isna()]}
+        if self.order is not None:  # a trend over ordered levels: their positions, continuous
+            scores = self._order_scores(clinical, kind, fail)
+            dropped |= {
+                d: f"{self.variable} = {v}, not in order"
+                for d, v in values.items()
+                if d not in dropped and str(v) not in scores
+            }
+            table = table.assign(**{self.variable: table[self.variable].astype(str).map(scores)})
+            kind = "continuous"
         case_levels, control_levels = self._levels(clinical, kind, fail)
         if kind != "continuous":
             for d, v in values.items():
@@ -269,6 +288,30 @@ class Contrast:
             chosen = [d for d in chosen if table.at[d, col] in keep_levels]
             restriction.append(f"within {col} = {'/'.join(keep_levels)}: {len(chosen)} left")
         return chosen, restriction
+
+    def _order_scores(self, clinical: ClinicalTable, kind: str, fail: Callable) -> dict[str, float]:
+        """Level -> position of the ``order`` of an ordered categorical variable."""
+        order = [str(v) for v in self.order or []]
+        if kind == "continuous" or self.case is not None or self.control is not None:
+            raise fail(
+                f"order applies to a categorical variable without case and control; "
+                f"'{self.variable}' is {kind}"
+                + ("" if self.case is None and self.control is None else " and case is set"),
+                "order",
+                column=self.variable,
+                hint="Remove order, or remove case and control to test a trend over the levels",
+            )
+        levels = clinical.levels(self.variable)
+        unknown = [v for v in order if v not in levels]
+        if unknown or len(order) < 3 or len(set(order)) < len(order):
+            raise fail(
+                f"order {order} must name 3 or more distinct levels of '{self.variable}'"
+                + (f"; unknown: {', '.join(unknown)}" if unknown else ""),
+                "order",
+                column=self.variable,
+                hint=f"Levels: {', '.join(levels)} (two levels: use case and control)",
+            )
+        return {v: float(i) for i, v in enumerate(order)}
 
     def _levels(
         self, clinical: ClinicalTable, kind: str, fail: Callable

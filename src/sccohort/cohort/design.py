@@ -61,6 +61,10 @@ class ContrastDesign:
         Whether the comparison is within donor: each donor has samples on both sides, the
         matrix has one column per donor but the first (``donor[<id>]``), and permutation
         tests exchange labels only within a donor.
+    mixed
+        Whether the samples are unbalanced repeats (some donors sampled on one side only, or
+        several times on one side), tested with a donor random intercept (the donor of each
+        row in :attr:`donor_codes`) instead of donor columns.
 
     Examples
     --------
@@ -86,6 +90,7 @@ class ContrastDesign:
     unit: str = "donor"
     donor_of: pd.Series | None = None
     paired: bool = False
+    mixed: bool = False
 
     @property
     def donors(self) -> pd.Index:
@@ -97,7 +102,12 @@ class ContrastDesign:
     @property
     def blocks(self) -> np.ndarray | None:
         """The donor of each row as integer codes (paired designs), else None."""
-        if not self.paired or self.donor_of is None:
+        return self.donor_codes if self.paired else None
+
+    @property
+    def donor_codes(self) -> np.ndarray | None:
+        """The donor of each row as integer codes (sample designs), else None."""
+        if self.donor_of is None:
             return None
         return pd.factorize(self.donor_of.loc[self.units].astype(str))[0]
 
@@ -184,7 +194,8 @@ class ContrastDesign:
         within = "".join(f", within {k} = {v}" for k, v in c.within.items())
         covs = f", adjusted for {', '.join(c.covariates)}" if c.covariates else ""
         if self.is_continuous:
-            head = f"{c.name}: {c.variable} per unit (n={self.n_case})"
+            unit = "unit" if c.order is None else f"step of {' < '.join(map(str, c.order))}"
+            head = f"{c.name}: {c.variable} per {unit} (n={self.n_case})"
         else:
             head = (
                 f"{c.name}: {c.variable} {'/'.join(self.case_levels)} (n={self.n_case}) vs "
@@ -193,7 +204,19 @@ class ContrastDesign:
         what = "donor(s)" if self.unit == "donor" else "sample(s)"
         dropped = f", {len(self.dropped)} {what} dropped" if self.dropped else ""
         paired = f", paired within donor ({len(self.donors)} donors)" if self.paired else ""
+        if self.mixed:
+            paired = (
+                f", mixed model ({len(self.donors)} donors, {self.n_paired_donors} on both sides)"
+            )
         return head + paired + within + covs + dropped
+
+    @property
+    def n_paired_donors(self) -> int:
+        """Donors with units on both sides, or at 2+ values of a trend (0: a donor design)."""
+        if self.donor_of is None:
+            return 0
+        sides = self.group.loc[self.units].groupby(self.donor_of.loc[self.units].to_numpy())
+        return int((sides.nunique() > 1).sum())
 
 
 def _check_rank(matrix: pd.DataFrame, term: str, fail) -> None:

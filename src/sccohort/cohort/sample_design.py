@@ -1,12 +1,21 @@
 """Designs on samples: a contrast on a variable of the sample sheet (timepoint, condition...).
 
-The rows of such a design are samples. When donors have samples on both sides (before /
-after, control / stimulated) the comparison is **paired within donor** unless the contrast
-says ``paired = false``: donors without a sample on both sides leave the design (each donor
-is its own control), the matrix gets one column per donor but the first (``donor[<id>]``),
-and permutation tests exchange labels only within a donor. Covariates may be sample-level
-variables; a donor-level (clinical) covariate is constant within donor, so a paired design
-refuses it (the donor columns already adjust for every difference between donors).
+The rows of such a design are samples. Which comparison, by the shape of the samples:
+
+- every donor sampled once: **unpaired**, samples as independent units;
+- every donor sampled on both sides (before / after, control / stimulated): **paired within
+  donor**: the matrix gets one column per donor but the first (``donor[<id>]``), and
+  permutation tests exchange labels only within a donor (each donor is its own control);
+- otherwise (unbalanced repeated samples: some donors sampled on one side only, or several
+  times on one side): a **mixed model** with a donor random intercept, which uses every
+  sample (donors sampled once inform the between-donor variance) where a paired design
+  would drop them.
+
+``paired = true`` forces the paired design (donors without both sides leave it), ``paired =
+false`` the unpaired one (refused when a donor has several samples). Covariates may be
+sample-level variables; a donor-level (clinical) covariate is constant within donor, so a
+paired design refuses it (the donor columns already adjust for every difference between
+donors); the unpaired and mixed designs take it.
 """
 
 from __future__ import annotations
@@ -55,7 +64,7 @@ def sample_design(
     -------
     ContrastDesign
         ``unit = "sample"``; ``units`` the samples (donor by donor, in sheet order),
-        ``donor_of`` their donors, ``paired`` as decided.
+        ``donor_of`` their donors, ``paired`` and ``mixed`` as decided.
 
     Raises
     ------
@@ -76,6 +85,12 @@ def sample_design(
     >>> sheet = SampleSheet(table, None, pd.Series(range(2, 7), index=table.index))
     >>> design = sample_design(Contrast("stim", "timepoint", case="stim", control="ctrl"), sheet)
     >>> design.describe()
+    'stim: timepoint stim (n=2) vs ctrl (n=3), mixed model (3 donors, 2 on both sides)'
+    >>> design.matrix.columns.tolist()
+    ['intercept', 'timepoint[stim]']
+    >>> paired = Contrast("stim", "timepoint", case="stim", control="ctrl", paired=True)
+    >>> design = sample_design(paired, sheet)
+    >>> design.describe()
     'stim: timepoint stim (n=2) vs ctrl (n=2), paired within donor (2 donors), 1 sample(s) dropped'
     >>> design.dropped
     {'C1': 'donor D3 has no sample on the other side'}
@@ -87,50 +102,63 @@ def sample_design(
     rows = _restricted(contrast, sheet, clinical, donors, tissue, fail)
     values = table.loc[rows, contrast.variable].astype(str).str.strip()
     levels = sorted(v for v in values.unique() if v)
-    case, controls = case_and_controls(contrast, levels, "a sample-level variable", fail)
+    scores = _scores(contrast, levels, fail)
     dropped = {s: f"no {contrast.variable}" for s in rows if not values[s]}
     dropped |= {
-        s: f"{contrast.variable} = {values[s]}, in neither group"
+        s: f"{contrast.variable} = {values[s]}, "
+        + ("not in order" if contrast.order is not None else "in neither group")
         for s in rows
-        if values[s] and values[s] != case and values[s] not in controls
+        if values[s] and values[s] not in scores
     }
     kept = [s for s in rows if s not in dropped]
-    is_case = values.loc[kept] == case
+    score = values.loc[kept].map(scores)
     donor_of = table.loc[kept, "donor_id"].astype(str)
-    both = _donors_on_both_sides(donor_of, is_case)
-    paired = bool(both) if contrast.paired is None else bool(contrast.paired)
+    both = _donors_on_both_sides(donor_of, score)
+    repeated = bool(donor_of.duplicated().any())
+    if contrast.paired is None:
+        paired = repeated and set(donor_of) == both
+        mixed = repeated and not paired
+    else:
+        paired, mixed = bool(contrast.paired), False
     if paired:
         for s in kept:
             if donor_of[s] not in both:
                 dropped[s] = f"donor {donor_of[s]} has no sample on the other side"
         kept = [s for s in kept if s not in dropped]
-        is_case, donor_of = is_case.loc[kept], donor_of.loc[kept]
-    _check_sizes(contrast, case, controls, is_case, donor_of, paired, fail)
+        score, donor_of = score.loc[kept], donor_of.loc[kept]
+    _check_sizes(contrast, scores, score, donor_of, paired, mixed, fail)
     index = pd.Index(kept, name="sample_id")
-    term = f"{contrast.variable}[{case}]"
-    columns = {INTERCEPT: np.ones(len(kept)), term: is_case.to_numpy(dtype=float)}
+    trend = contrast.order is not None
+    case, controls = ([], []) if trend else _sides(scores)
+    term = contrast.variable if trend else f"{contrast.variable}[{case[0]}]"
+    columns = {INTERCEPT: np.ones(len(kept)), term: score.to_numpy(dtype=float)}
     if paired:
         for donor in list(dict.fromkeys(donor_of))[1:]:
             columns[f"donor[{donor}]"] = (donor_of == donor).to_numpy(dtype=float)
     columns |= _covariates(contrast, sheet, clinical, kept, paired, fail)
     matrix = pd.DataFrame(columns, index=index)
     _check_rank(matrix, term, fail)
-    group = pd.Series(np.where(is_case, "case", "control"), index=index, name="group")
+    if trend:
+        group = pd.Series(score.to_numpy(dtype=float), index=index, name=contrast.variable)
+    else:
+        group = pd.Series(np.where(score == 1, "case", "control"), index=index, name="group")
+    n_case = len(kept) if trend else int((score == 1).sum())
     return ContrastDesign(
         contrast=contrast,
-        kind="binary" if len(levels) == 2 else "categorical",
+        kind="continuous" if trend else "binary" if len(levels) == 2 else "categorical",
         units=index,
         group=group,
         matrix=matrix,
-        n_case=int(is_case.sum()),
-        n_control=int((~is_case).sum()),
+        n_case=n_case,
+        n_control=len(kept) - n_case,
         term=term,
-        case_levels=[case],
+        case_levels=case,
         control_levels=controls,
         dropped=dropped,
         unit="sample",
         donor_of=pd.Series(donor_of.to_numpy(), index=index, name="donor_id"),
         paired=paired,
+        mixed=mixed,
     )
 
 
@@ -193,43 +221,80 @@ def _unknown_level(fail: Callable[..., InputError], field_: str, column: str) ->
     return unknown
 
 
-def _donors_on_both_sides(donor_of: pd.Series, is_case: pd.Series) -> set[str]:
-    """Donors with at least one case and one control sample."""
-    sides = pd.DataFrame({"donor": donor_of.to_numpy(), "case": is_case.to_numpy()})
-    per_donor = sides.groupby("donor")["case"].agg(["min", "max"])
-    return set(per_donor.index[(per_donor["min"] == 0) & (per_donor["max"] == 1)])
+def _scores(contrast: Contrast, levels: list[str], fail: Callable) -> dict[str, float]:
+    """Level -> tested value: 1 / 0 for the case / control levels, or positions in ``order``.
+
+    With ``order`` the contrast is a trend over ordered levels (e.g. timepoints).
+    """
+    if contrast.order is None:
+        case, controls = case_and_controls(contrast, levels, "a sample-level variable", fail)
+        return {case: 1.0} | {c: 0.0 for c in controls}
+    order = [str(v) for v in contrast.order]
+    unknown = [v for v in order if v not in levels]
+    if contrast.case is not None or contrast.control is not None:
+        raise fail("order and case / control exclude each other", "order", contrast.variable,
+                   "Remove case and control to test a trend over the ordered levels")  # fmt: skip
+    if unknown or len(order) < 3 or len(set(order)) < len(order):
+        raise fail(
+            f"order {order} must name 3 or more distinct levels of '{contrast.variable}'"
+            + (f"; unknown: {', '.join(unknown)}" if unknown else ""),
+            "order",
+            column=contrast.variable,
+            hint=f"Levels: {', '.join(levels)} (two levels: use case and control)",
+        )
+    return {v: float(i) for i, v in enumerate(order)}
+
+
+def _sides(scores: dict[str, float]) -> tuple[list[str], list[str]]:
+    """The case level and the control levels of a two-sided contrast's scores."""
+    return [k for k, v in scores.items() if v == 1], [k for k, v in scores.items() if v == 0]
+
+
+def _donors_on_both_sides(donor_of: pd.Series, score: pd.Series) -> set[str]:
+    """Donors with samples at two or more values (a case and a control sample)."""
+    per_donor = score.groupby(donor_of.to_numpy()).nunique()
+    return set(per_donor.index[per_donor > 1])
 
 
 def _check_sizes(
     contrast: Contrast,
-    case: str,
-    controls: list[str],
-    is_case: pd.Series,
+    scores: dict[str, float],
+    score: pd.Series,
     donor_of: pd.Series,
     paired: bool,
+    mixed: bool,
     fail: Callable[..., InputError],
 ) -> None:
-    n_case, n_control = int(is_case.sum()), int((~is_case).sum())
+    trend = contrast.order is not None
+    case, controls = ([], []) if trend else _sides(scores)
+    sides = " < ".join(scores) if trend else f"both {case[0]} and {'/'.join(controls)}"
     if paired:
         n_donors = donor_of.nunique()
         if n_donors < 2:
             raise fail(
-                f"{n_donors} donor(s) have samples at both {case} and "
-                f"{'/'.join(controls)}; a paired comparison needs 2 or more",
+                f"{n_donors} donor(s) have samples at {sides}; a paired comparison needs 2 or more",
                 "variable",
                 column=contrast.variable,
                 hint="Add the other side's samples, or set paired = false",
             )
         return
-    if n_case < 2 or n_control < 2:
+    if trend and (len(score) < 3 or score.nunique() < 2):
         raise fail(
-            f"the case group ({case}) has {n_case} sample(s) and the control group "
+            f"{len(score)} sample(s) at {score.nunique()} of the levels {sides}",
+            "order",
+            column=contrast.variable,
+            hint="A trend needs at least 3 samples at 2 or more of the levels",
+        )
+    n_case, n_control = int((score == 1).sum()), int((score == 0).sum())
+    if not trend and (n_case < 2 or n_control < 2):
+        raise fail(
+            f"the case group ({case[0]}) has {n_case} sample(s) and the control group "
             f"({'/'.join(controls) or 'none'}) has {n_control}",
             "case" if n_case < 2 else "control",
             column=contrast.variable,
             hint="Each group needs at least 2 samples; check the levels and the within restriction",
         )
-    if donor_of.duplicated().any():
+    if donor_of.duplicated().any() and not mixed:
         twice = list(donor_of[donor_of.duplicated()].unique())
         raise fail(
             f"donor(s) {', '.join(twice)} have several samples in this unpaired comparison: "

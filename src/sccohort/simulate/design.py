@@ -20,9 +20,10 @@ import pandas as pd
 
 from sccohort.errors import InputError
 from sccohort.simulate.biology import EGR1_PROGRAM, SUBSETS
+from sccohort.simulate.prepost import PREPOST_SUBSET, prepost_effects, treated
 from sccohort.simulate.stimulation import stim_effects
 
-DESIGNS = ("paper", "null", "stim")
+DESIGNS = ("paper", "null", "stim", "prepost")
 
 _SRC = {1, 4, 19, 20}
 _ILD = {1, 3, 4, 6, 7, 8, 10, 11, 13, 14, 16, 17}
@@ -77,6 +78,9 @@ class SimParams:
     ifn_fold
         Typical fold of the interferon response genes in the stimulated samples of design
         ``stim`` (:mod:`sccohort.simulate.stimulation`).
+    prepost_fold
+        Fold of CD14_EGR1's share in the treated samples of design ``prepost``
+        (:mod:`sccohort.simulate.prepost`).
     """
 
     egr1_fold: float = 3.0
@@ -96,6 +100,7 @@ class SimParams:
     batch_noise: float = 0.15
     library_scale: float = 1.0
     ifn_fold: float = 4.0
+    prepost_fold: float = 2.0
 
     @classmethod
     def from_kwargs(cls, **kwargs: object) -> SimParams:
@@ -110,7 +115,8 @@ class SimParams:
                 )
         p = cls(**kwargs)  # type: ignore[arg-type]
         positive = (
-            "egr1_fold", "t2isg_fold", "dirichlet_concentration", "library_scale", "ifn_fold"
+            "egr1_fold", "t2isg_fold", "dirichlet_concentration", "library_scale", "ifn_fold",
+            "prepost_fold",
         )  # fmt: skip
         for key in positive:
             if not float(getattr(p, key)) > 0:
@@ -349,7 +355,9 @@ def _timepoint_pos(timepoint: str) -> int:
 def share_folds(design: str, params: SimParams, spec: SampleSpec, donor: pd.Series) -> dict:
     """Planted fold of each effect subset's share for one sample (subset -> fold)."""
     folds: dict[str, float] = {}
-    if design in ("null", "stim"):
+    if design == "prepost" and treated(spec.timepoint) == "yes":
+        folds[PREPOST_SUBSET] = params.prepost_fold
+    if design in ("null", "stim", "prepost"):
         return folds
     if donor["SRC"] == "yes":
         folds["CD14_EGR1"] = params.egr1_fold
@@ -548,7 +556,7 @@ def effects_table(design: str, params: SimParams) -> pd.DataFrame:
     ``composition_timecourse`` or ``program_timecourse`` (SSc4's three samples; folds per
     timepoint in ``timepoints`` as ``tp:fold;...``), ``expression_stimulation`` (design
     ``stim``: one row per gene of the interferon response, its fold in ``fold``, its name in
-    ``program``).
+    ``program``); design ``prepost`` has one ``composition`` row on ``treated``.
     """
     cols = [
         "kind",
@@ -568,4 +576,6 @@ def effects_table(design: str, params: SimParams) -> pd.DataFrame:
         rows += _clinical_effects(params) + _timecourse_effects(params)
     if design == "stim":
         rows += stim_effects(params.ifn_fold)
+    if design == "prepost":
+        rows += prepost_effects(params.prepost_fold, params.egr1_base_share)
     return pd.DataFrame(rows, columns=cols)

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,13 @@ from sccohort.simulate.design import (
     effects_table,
     sample_specs,
 )
+from sccohort.simulate.prepost import (
+    PREPOST_CONFIG,
+    PREPOST_DONORS,
+    prepost_clinical,
+    prepost_visits,
+    treated,
+)
 from sccohort.simulate.proteins import protein_panel
 from sccohort.simulate.stimulation import (
     STIM_CONFIG,
@@ -38,6 +46,22 @@ from sccohort.simulate.stimulation import (
     STIM_TIMEPOINTS,
     stim_clinical,
 )
+
+
+class _WithinDonor(NamedTuple):
+    """A design of several samples per donor: its donors, their samples and its config."""
+
+    default_donors: int
+    fewest_donors: int
+    clinical: Callable[[int], pd.DataFrame]
+    visits: Callable[[int], tuple[tuple[str, str], ...]]  # donor index -> (suffix, timepoint)
+    config: str
+
+
+_WITHIN_DONOR = {
+    "stim": _WithinDonor(STIM_DONORS, 2, stim_clinical, lambda _: STIM_TIMEPOINTS, STIM_CONFIG),
+    "prepost": _WithinDonor(PREPOST_DONORS, 3, prepost_clinical, prepost_visits, PREPOST_CONFIG),
+}
 
 CONFIG_TEMPLATE = """\
 [inputs]
@@ -178,16 +202,17 @@ def _cohort_plan(
         )
     if int(cells_per_donor) < 10:
         raise InputError("too few cells per donor", key="cells_per_donor", hint="use at least 10")
-    if design == "stim":
-        n_donors = STIM_DONORS if n_donors is None else _stim_donors(n_donors)
+    within = _WITHIN_DONOR.get(design)
+    if within is not None:
+        n_donors = _design_donors(design, within, n_donors)
         params.setdefault("n_batches", max(1, n_donors // 4))
     elif n_donors is not None:
         n_donors = check_n_donors(n_donors)
         params.setdefault("n_batches", default_batches(n_donors))
     p = SimParams.from_kwargs(**params)
-    if design == "stim":
-        clinical = stim_clinical(n_donors)
-        specs = _stim_specs(list(clinical["donor_id"]), int(p.n_batches))
+    if within is not None:
+        clinical = within.clinical(n_donors)
+        specs = _visit_specs(list(clinical["donor_id"]), within.visits, int(p.n_batches))
     else:
         clinical = clinical_table(n_donors)
         specs = sample_specs(int(p.n_batches), n_donors)
@@ -204,23 +229,34 @@ def _cohort_plan(
     return p, clinical, specs
 
 
-def _stim_donors(n_donors: object) -> int:
-    if isinstance(n_donors, bool) or not isinstance(n_donors, int | np.integer) or n_donors < 2:
+def _design_donors(design: str, within: _WithinDonor, n_donors: object) -> int:
+    """The checked number of donors of a within-donor design (its default if ``None``)."""
+    if n_donors is None:
+        return within.default_donors
+    fewest = within.fewest_donors
+    if (
+        isinstance(n_donors, bool)
+        or not isinstance(n_donors, int | np.integer)
+        or n_donors < fewest
+    ):
         raise InputError(
-            f"n_donors must be a whole number >= 2 for design 'stim', got {n_donors!r}",
+            f"n_donors must be a whole number >= {fewest} for design '{design}', got {n_donors!r}",
             key="n_donors",
-            hint="A paired control / stimulated comparison needs 2 donors or more",
+            hint=f"A within-donor comparison needs {fewest} donors or more",
         )
     return int(n_donors)
 
 
-def _stim_specs(donors: list[str], n_batches: int) -> list[SampleSpec]:
-    """A control and a stimulated sample per donor, both on the donor's lane."""
-    return [
-        SampleSpec(2 * i + j, f"{donor}_{suffix}", donor, timepoint, f"L{i % n_batches + 1}")
-        for i, donor in enumerate(donors)
-        for j, (suffix, timepoint) in enumerate(STIM_TIMEPOINTS)
-    ]
+def _visit_specs(
+    donors: list[str], visits: Callable[[int], tuple[tuple[str, str], ...]], n_batches: int
+) -> list[SampleSpec]:
+    """Every donor's samples (``<donor>_<suffix>``), all on the donor's lane."""
+    specs: list[SampleSpec] = []
+    for i, donor in enumerate(donors):
+        for suffix, timepoint in visits(i):
+            lane = f"L{i % n_batches + 1}"
+            specs.append(SampleSpec(len(specs), f"{donor}_{suffix}", donor, timepoint, lane))
+    return specs
 
 
 def _sample_jobs(
@@ -273,9 +309,9 @@ def _write_truth_cells(
     return compositions
 
 
-def _samples_table(specs: Sequence[SampleSpec]) -> pd.DataFrame:
-    """``samples.csv`` of the simulated samples: h5 paths, lane and timepoint."""
-    return pd.DataFrame(
+def _samples_table(specs: Sequence[SampleSpec], design: str) -> pd.DataFrame:
+    """``samples.csv`` of the simulated samples: h5 paths, lane, timepoint (and treatment)."""
+    table = pd.DataFrame(
         {
             "sample_id": [s.sample_id for s in specs],
             "donor_id": [s.donor_id for s in specs],
@@ -287,6 +323,9 @@ def _samples_table(specs: Sequence[SampleSpec]) -> pd.DataFrame:
             "format": "10x_h5",
         }
     )
+    if design == "prepost":
+        table["treated"] = table["timepoint"].map(treated)
+    return table
 
 
 def write_cohort(
@@ -314,9 +353,11 @@ def write_cohort(
         subset, the design's ``expected_share`` and the donor's realised ``donor_share``
         from which the sample's cells were drawn.
     design
-        One of `DESIGNS`: ``"paper"`` (planted clinical effects), ``"null"`` (none) or
+        One of `DESIGNS`: ``"paper"`` (planted clinical effects), ``"null"`` (none),
         ``"stim"`` (healthy donors, a control and an interferon-stimulated sample each, the
-        config comparing them: :mod:`sccohort.simulate.stimulation`).
+        config comparing them: :mod:`sccohort.simulate.stimulation`) or ``"prepost"``
+        (patients with 1 to 3 samples before and after a treatment that doubles CD14_EGR1:
+        :mod:`sccohort.simulate.prepost`).
     cells_per_donor
         Cell barcodes per sample (the longitudinal donor SSc4 has three samples).
     seed
@@ -334,7 +375,8 @@ def write_cohort(
         `~sccohort.simulate.design.clinical_table`; ``n_donors + 2`` samples) with the
         same planted effects, truth files and config; unless ``n_batches`` is given, lanes
         scale with it (`~sccohort.simulate.design.default_batches`). Design ``stim``: 2
-        donors by default, any number >= 2 (``2 * n_donors`` samples, a lane per 4 donors).
+        donors by default, any number >= 2 (``2 * n_donors`` samples, a lane per 4 donors);
+        ``prepost``: 6 by default, any number >= 3.
     **params
         Any field of `SimParams` (e.g. ``egr1_fold=5``, ``doublet_rate=0.08``).
 
@@ -350,9 +392,9 @@ def write_cohort(
     compositions = _write_truth_cells(out / "truth" / "cells.csv.gz", jobs, n_jobs, progress)
     _atomic_csv(out / "truth" / "donor_composition.csv", pd.concat(compositions))
     _atomic_csv(out / "truth" / "effects.csv", effects_table(design, p))
-    samples = _samples_table(specs)
+    samples = _samples_table(specs, design)
     _atomic_csv(out / "samples.csv", samples)
     _atomic_csv(out / "clinical.csv", clinical[clinical["donor_id"].isin(samples["donor_id"])])
-    template = STIM_CONFIG if design == "stim" else CONFIG_TEMPLATE
+    template = _WITHIN_DONOR[design].config if design in _WITHIN_DONOR else CONFIG_TEMPLATE
     _atomic_text(out / "sccohort.toml", template.format(seed=int(seed)))
     return out

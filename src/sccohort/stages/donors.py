@@ -184,7 +184,7 @@ def stage_association(state: RunState) -> list[Path]:
                     seed=seed, **options,
                 )
             )  # fmt: skip
-            if cfg.classic and not design.is_continuous and not design.paired:
+            if cfg.classic and not (design.is_continuous or design.paired or design.mixed):
                 shares = counts / totals.where(totals > 0)
                 frames.append(ks_test(shares, design, level, seed=seed))
             done += 1
@@ -287,20 +287,23 @@ def stage_neighbourhoods(state: RunState) -> list[Path]:
     sample_of = _primary_sample_of(state)
     frames = []
     for i, (name, design) in enumerate(designs.items(), start=1):
-        if design.unit != "donor":
+        if design.mixed:
             state.skip(
                 "neighbourhoods",
                 f"contrast {name}",
-                "neighbourhood DA compares donors through one sample each; this contrast "
-                f"compares samples by {design.contrast.variable}",
+                "its samples are unbalanced repeats (a mixed model), and the neighbourhood NB "
+                "GLM has no donor random effect; paired = true gives the paired design",
             )
             continue
+        samples = (
+            design.units if design.unit == "sample" else sample_of.loc[design.donors.astype(str)]
+        )
         frames.append(
             neighbourhoods(
                 embedding,
                 mdata.obs,
                 design,
-                samples=list(sample_of.loc[design.donors.astype(str)]),
+                samples=list(samples.astype(str)),
                 preset=cfg.milo_preset,
                 seed=state.config.seed,
             )

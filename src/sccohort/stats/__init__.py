@@ -15,8 +15,13 @@ from sccohort.stats.gating_result import Gate, GatingResult
 from sccohort.stats.gsea import gsea
 from sccohort.stats.influence import leave_one_donor_out
 from sccohort.stats.longitudinal import expression_trajectory, paired_test, trajectories
+from sccohort.stats.mixed_model import random_intercept, voom_weights
 from sccohort.stats.neighbourhoods import neighbourhoods
-from sccohort.stats.permutation import attainable_significance, describe_attainable
+from sccohort.stats.permutation import (
+    attainable_significance,
+    describe_attainable,
+    precision_weights,
+)
 from sccohort.stats.predict import PredictionResult, delong_ci, predict_phenotype, share_logits
 from sccohort.stats.protein_markers import protein_markers
 from sccohort.stats.pseudobulk import pseudobulk
@@ -57,16 +62,19 @@ __all__ = [
     "neighbourhoods",
     "ora",
     "paired_test",
+    "precision_weights",
     "predict_phenotype",
     "protein_markers",
     "proportion_biplot",
     "pseudobulk",
     "pseudobulk_de",
     "pseudobulk_de_all",
+    "random_intercept",
     "score_cells",
     "sets_covered",
     "share_logits",
     "signature_sets",
     "spatial_fdr",
     "trajectories",
+    "voom_weights",
 ]

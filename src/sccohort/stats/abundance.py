@@ -216,6 +216,7 @@ def compare_abundance(
             moderate,
             blocks=design.blocks,
             weights=weights,
+            groups=design.donor_codes if design.mixed else None,
         )
         fit["padj"] = adjust_pvalues(fit["pvalue"])
         for col, values in fit.items():
@@ -371,9 +372,10 @@ def compare_donor_values(
         if not use:
             continue
         blocks = None if design.blocks is None else design.blocks[rows]
+        groups = design.donor_codes[rows] if design.mixed else None  # type: ignore[index]
         fit = _permutation_test(
             y[np.ix_(rows, use)], y[np.ix_(rows, use)], x, term, x.shape[1] > 2, n_perm,
-            max_exact, seed, True, blocks=blocks,
+            max_exact, seed, True, blocks=blocks, groups=groups,
         )  # fmt: skip
         for col in ("effect", "ci_low", "ci_high", "pvalue", "statistic"):
             columns[col][use] = fit[col]  # type: ignore[index]

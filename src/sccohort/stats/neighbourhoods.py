@@ -105,7 +105,10 @@ def neighbourhoods(
         The contrast's donor-level design (intercept, tested term, covariates).
     samples
         One sample per donor of the design (e.g. the primary samples). Samples of donors outside
-        the design and cells of samples not listed are ignored.
+        the design and cells of samples not listed are ignored. A paired sample-level design
+        (``design.unit == "sample"``) counts its own samples (``design.units``, with the donor
+        columns in the GLM) and ignores this; a mixed design is refused (the NB GLM has no
+        random effect).
     preset
         Name in :data:`PRESETS`; ``k``, ``d``, ``prop``, ``cells_per_sample`` override it.
     k, d, prop, cells_per_sample
@@ -269,8 +272,15 @@ def _check_inputs(
     design: ContrastDesign,
     samples: Sequence[str],
 ) -> dict[str, str]:
-    """Validate the inputs; return donor -> sample for the design's donors (design order)."""
+    """Validate the inputs; return unit -> sample for the design's units (design order)."""
     name = design.contrast.name
+    if design.mixed:
+        raise InputError(
+            f"contrast '{name}': unbalanced repeated samples need a donor random effect, "
+            "which the neighbourhood NB GLM does not have",
+            key=f"contrasts.{name}.paired",
+            hint="Set paired = true for the paired design (donors sampled on one side leave it)",
+        )
     if embedding.ndim != 2 or embedding.shape[0] != len(obs):
         raise InputError(
             f"the embedding has shape {embedding.shape} but there are {len(obs)} cells",
@@ -282,6 +292,8 @@ def _check_inputs(
             hint="Recompute the embedding (e.g. X_harmony) without NaN.",
         )
     cell_sample = obs["sample_id"].astype(str)
+    if design.unit == "sample":
+        samples = list(design.units)
     first = ~cell_sample.duplicated().to_numpy()
     donor_of_sample = pd.Series(
         obs["donor_id"].astype(str).to_numpy()[first], index=cell_sample.to_numpy()[first]
@@ -297,8 +309,8 @@ def _check_inputs(
                 hint="Every listed sample needs cells that passed QC; drop the sample or its "
                 "donor from the contrast.",
             )
-        donor = donor_of_sample[sample]
-        if donor not in design.donors:
+        donor = donor_of_sample[sample] if design.unit == "donor" else sample
+        if donor not in design.units:
             continue
         if donor in sample_of_donor:
             raise InputError(
@@ -308,14 +320,14 @@ def _check_inputs(
                 hint="Pass one sample per donor (e.g. the primary timepoint).",
             )
         sample_of_donor[donor] = sample
-    missing = [str(x) for x in design.donors if str(x) not in sample_of_donor]
+    missing = [str(x) for x in design.units if str(x) not in sample_of_donor]
     if missing:
         raise InputError(
             f"contrast '{name}': no sample with cells for donor(s) {', '.join(missing)}",
             column="donor_id",
             hint="List one sample with cells per donor of the design.",
         )
-    return {str(donor): sample_of_donor[str(donor)] for donor in design.donors}
+    return {str(unit): sample_of_donor[str(unit)] for unit in design.units}
 
 
 def _subsample(

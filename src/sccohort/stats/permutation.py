@@ -14,12 +14,14 @@ from collections.abc import Callable, Iterator
 from itertools import combinations, permutations, product
 
 import numpy as np
+import pandas as pd
 from scipy import special, stats
 from threadpoolctl import threadpool_limits
 
 from sccohort.cohort import ContrastDesign
+from sccohort.stats.mixed_model import random_intercept
 
-__all__ = ["attainable_significance", "describe_attainable"]
+__all__ = ["attainable_significance", "describe_attainable", "precision_weights"]
 
 #: Permutations evaluated per matrix product (bounds memory to a few MB).
 _BATCH = 2048
@@ -77,11 +79,13 @@ def attainable_significance(
     n = x.shape[0]
     covariates = x.shape[1] > 2
     blocks = design.blocks
-    if blocks is not None and _n_block_permutations(blocks) < MIN_WITHIN_DONOR:
+    parametric = "mixed-model" if design.mixed else "within-donor-t"
+    if design.mixed or (blocks is not None and _n_block_permutations(blocks) < MIN_WITHIN_DONOR):
         return {
             "contrast": design.contrast.name, "n_case": design.n_case,
             "n_control": design.n_control, "covariates": ";".join(design.contrast.covariates),
-            "scheme": "within-donor-t", "n_relabellings": _n_block_permutations(blocks),
+            "scheme": parametric,
+            "n_relabellings": 0 if blocks is None else _n_block_permutations(blocks),
             "min_pvalue": 0.0, "min_padj": 0.0, "reachable": True,
         }  # fmt: skip
     if blocks is not None:
@@ -180,35 +184,60 @@ def _model(
 
 
 def _weighted_model(
-    y: np.ndarray, x: np.ndarray, term: int, moderate: bool, w: np.ndarray
+    y: np.ndarray,
+    x: np.ndarray,
+    term: int,
+    moderate: bool,
+    w: np.ndarray,
+    blocks: np.ndarray | None = None,
 ) -> Callable[[np.ndarray], tuple[np.ndarray, ...]]:
     """`_model` with precision weights ``w`` (n x G, one column per column of ``y``).
 
     Weighted least squares per column: the reduced model's weighted residuals stay with their
     units and weights, and row b refits the full model with the design's rows rearranged by
     ``order[b]`` (Freedman-Lane; with the intercept only, a plain relabelling of the units).
+    The columns that no rearrangement changes (the intercept, and a paired design's donor
+    columns, constant within the ``blocks``) span the block indicators and are absorbed
+    (Frisch-Waugh-Lovell: weighted block means subtracted), so each rearrangement solves only
+    for the columns that move (the term and sample-level covariates).
     """
     n, p = x.shape
     resid_df = n - p
+    codes = np.zeros(n, dtype=int) if blocks is None else pd.factorize(blocks)[0]
+    onehot = np.eye(codes.max() + 1)[codes]  # n x K
+    moving = [c for c in range(p) if not _constant_within(x[:, c], onehot)]
+    if term not in moving or np.linalg.matrix_rank(np.delete(x, moving, axis=1)) != onehot.shape[1]:
+        raise ValueError("the design's fixed columns must span its blocks (an intercept)")
+    at = moving.index(term)
     r = y - _wls_fitted(y, np.delete(x, term, axis=1), w)
     wr = w * r
     r_ss = (wr * r).sum(axis=0)
-    unit = np.zeros((p, 1))
-    unit[term] = 1.0
+    block_w = w.T @ onehot  # G x K
+    w_by_block = w[:, :, None] * onehot[:, None, :]  # n x G x K
 
     def statistics(order: np.ndarray) -> tuple[np.ndarray, ...]:
-        xb = x[order]  # B x n x p
-        gram = np.tensordot(xb[..., :, None] * xb[..., None, :], w, axes=([1], [0]))
-        rhs = np.tensordot(xb, wr, axes=([1], [0])).transpose(0, 2, 1)  # B x G x p
-        both = np.concatenate([rhs[..., None], np.broadcast_to(unit, (*rhs.shape, 1))], -1)
-        solved = np.linalg.solve(gram.transpose(0, 3, 1, 2), both)  # B x G x p x 2
-        coef, unscaled_var = solved[..., term, 0], solved[..., term, 1]
+        xv = x[order][:, :, moving]  # B x n x v
+        raw = np.tensordot(xv[..., :, None] * xv[..., None, :], w, axes=([1], [0]))
+        sums = np.tensordot(xv, w_by_block, axes=([1], [0]))  # B x v x G x K
+        within = np.einsum("bkgq,blgq->bgkl", sums / block_w, sums)
+        gram = raw.transpose(0, 3, 1, 2) - within  # B x G x v x v
+        rhs = np.tensordot(xv, wr, axes=([1], [0])).transpose(0, 2, 1)  # B x G x v
+        unit = np.zeros((*rhs.shape, 1))
+        unit[..., at, 0] = 1.0
+        solved = np.linalg.solve(gram, np.concatenate([rhs[..., None], unit], -1))
+        coef, unscaled_var = solved[..., at, 0], solved[..., at, 1]
         fitted_ss = (solved[..., 0] * rhs).sum(axis=-1)
         s2 = np.maximum(r_ss - fitted_ss, 1e-12 * r_ss) / resid_df
         s2_post, d0 = _squeeze(s2, resid_df) if moderate else (s2, np.zeros(len(order)))
         return coef, coef / np.sqrt(s2_post * unscaled_var), s2_post * unscaled_var, d0
 
     return statistics
+
+
+def _constant_within(column: np.ndarray, onehot: np.ndarray) -> bool:
+    """Whether ``column`` takes one value within each block (``onehot``: n x K indicators)."""
+    means = onehot @ ((onehot.T @ column) / onehot.sum(axis=0))
+    return bool(np.allclose(column, means))
 
 
 def _wls_fitted(y: np.ndarray, z: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -227,6 +256,16 @@ def precision_weights(y: np.ndarray, sampling_var: np.ndarray, z: np.ndarray) ->
     random-effects meta-analysis): the reduced model's residual variance less the mean sampling
     variance, at least 0. The weights do not depend on the tested variable, so relabelling the
     units keeps them; each column is scaled to mean 1.
+
+    Examples
+    --------
+    >>> from sccohort.stats import precision_weights
+    >>> cells = np.array([3, 2000, 2500, 1800, 3000])  # one donor with 3 cells
+    >>> share = np.array([[0.33], [0.05], [0.04], [0.06], [0.05]])
+    >>> y = np.arcsin(np.sqrt(share))
+    >>> w = precision_weights(y, 1 / (4 * cells[:, None]), np.ones((5, 1)))
+    >>> w.round(2).ravel().tolist()
+    [0.17, 1.21, 1.21, 1.21, 1.21]
     """
     n, q = z.shape
     resid = y - z @ np.linalg.lstsq(z, y, rcond=None)[0]
@@ -247,11 +286,14 @@ def _permutation_test(
     moderate: bool,
     blocks: np.ndarray | None = None,
     weights: tuple[np.ndarray, np.ndarray] | None = None,
+    groups: np.ndarray | None = None,
 ) -> dict[str, np.ndarray | str | int | bool | float]:
     """Permutation p-values of the term's t on ``y_test`` and the effect fitted on ``y_effect``.
 
     ``weights``: precision weights (n x G each) of ``y_test`` and ``y_effect``
-    (`precision_weights`); ``None`` fits ordinary least squares.
+    (`precision_weights`); ``None`` fits ordinary least squares. ``groups`` (n,) donor codes
+    of a mixed design: no permutations, the donor random-intercept model's Satterthwaite t
+    instead (`_mixed_test`).
 
     ``blocks`` (n,) integer codes (a paired design's donors): rows are exchanged only within
     a block (Freedman-Lane on the reduced model, which holds the blocks' columns). With fewer
@@ -261,6 +303,8 @@ def _permutation_test(
     propeller do.
     """
     n, p = x.shape
+    if groups is not None:
+        return _mixed_test(y_test, y_effect, x, term, groups, weights)
     if blocks is not None and _n_block_permutations(blocks) < MIN_WITHIN_DONOR:
         exact, scheme, batches = False, "within-donor-t", iter(())
     elif blocks is not None:
@@ -286,8 +330,8 @@ def _permutation_test(
             test = _model(y_test, x, term, moderate)
             effect = _model(y_effect, x, term, moderate)
         else:
-            test = _weighted_model(y_test, x, term, moderate, weights[0])
-            effect = _weighted_model(y_effect, x, term, moderate, weights[1])
+            test = _weighted_model(y_test, x, term, moderate, weights[0], blocks)
+            effect = _weighted_model(y_effect, x, term, moderate, weights[1], blocks)
         t_obs, d0_test = (a[0] for a in test(identity)[1::2])
         coef, _, var, d0 = (a[0] for a in effect(identity))
         threshold = np.abs(t_obs) * (1 - _TIES)
@@ -315,6 +359,36 @@ def _permutation_test(
         "scheme": scheme,
         "n_perm": evaluated,
         "exact": exact,
+    }
+
+
+def _mixed_test(
+    y_test: np.ndarray,
+    y_effect: np.ndarray,
+    x: np.ndarray,
+    term: int,
+    groups: np.ndarray,
+    weights: tuple[np.ndarray, np.ndarray] | None,
+) -> dict[str, np.ndarray | str | int | bool | float]:
+    """`_permutation_test`'s result from a donor random-intercept model (REML, Satterthwaite).
+
+    Unbalanced repeated samples have no exchangeable relabelling, so the p-value is the
+    parametric one of the term's t (as dream / lmerTest give it), without moderation.
+    """
+    w_test, w_effect = (None, None) if weights is None else weights
+    test = random_intercept(y_test, x, groups, term, weights=w_test)
+    effect = random_intercept(y_effect, x, groups, term, weights=w_effect)
+    return {
+        "effect": effect["effect"],
+        "ci_low": effect["ci_low"],
+        "ci_high": effect["ci_high"],
+        "pvalue": test["pvalue"],
+        "statistic": test["statistic"],
+        "se": effect["se"],
+        "df_prior": float("nan"),
+        "scheme": "mixed-model",
+        "n_perm": 0,
+        "exact": False,
     }
 
 

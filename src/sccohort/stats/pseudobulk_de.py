@@ -13,8 +13,9 @@ R's defaults, vectorised over genes (:mod:`sccohort.stats.deseq2`); ``"pydeseq2"
 pydeseq2 package, which fits genes one at a time in Python. Both reproduce R DESeq2 on the
 benchmark's pseudobulks; ``deseq2`` is one to two orders of magnitude faster than pydeseq2
 and than R (the README quotes the numbers). Written by hand because no maintained Python
-package runs DESeq2 at array speed; edgeR's quasi-likelihood port (edgepython) is fast but
-is a different test (measured in the benchmark).
+package runs DESeq2 at array speed; edgeR's quasi-likelihood F-test (our
+:mod:`sccohort.stats.nb_ql`, used for neighbourhoods) is a different test (its GPL Python port,
+edgepython, is measured in the benchmark as an optional peer).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from sccohort.errors import InputError
 from sccohort.io.tables import CORE_COLUMNS
 from sccohort.multitest import adjust_pvalues
 from sccohort.stats.deseq2 import deseq2_wald, pydeseq2_wald
+from sccohort.stats.mixed_model import random_intercept, voom_weights
+from sccohort.stats.nb_ql import tmm_factors
 
 __all__ = ["DE_COLUMNS", "ENGINES", "filter_by_expr", "pseudobulk_de", "pseudobulk_de_all"]
 
@@ -169,11 +172,15 @@ def _align(
     else:
         is_case = design.group.loc[donors] == "case"
         n_case, n_control = int(is_case.sum()), int((~is_case).sum())
-        small = min(n_case, n_control) < min_donors
+        per_side = [n_control, n_case]
+        if design.mixed:  # distinct donors per side
+            owners = design.donor_of.loc[donors].to_numpy()  # type: ignore[union-attr]
+            per_side = [len(set(owners[~is_case.to_numpy()])), len(set(owners[is_case.to_numpy()]))]
+        small = min(per_side) < min_donors
         need = f"{min_donors} donors per side"
     reason = None
     if small:
-        reason = f"{n_case} case / {n_control} control donors with counts; needs {need}"
+        reason = f"{per_side[1]} case / {per_side[0]} control donors with counts; needs {need}"
     elif len(donors) <= matrix.shape[1]:
         reason = f"{len(donors)} donors for {matrix.shape[1]} design columns"
     elif not _full_rank(matrix):
@@ -302,7 +309,10 @@ def pseudobulk_de(
     name = design.contrast.name
     if y.shape[1] == 0:
         return pd.DataFrame(columns=DE_COLUMNS)
-    if engine == "deseq2":
+    if design.mixed:
+        groups = design.donor_of.loc[y.index].astype(str).to_numpy()  # type: ignore[union-attr]
+        res, engine = _dream(y, matrix, groups, design.term), "dream"
+    elif engine == "deseq2":
         res = deseq2_wald(y, matrix, design.term)
     else:
         res = pydeseq2_wald(y, matrix, design.term, n_jobs)
@@ -320,7 +330,12 @@ def pseudobulk_de(
             "ci_high": lfc + _Z975 * se,
             "pvalue": pvalue,
             "padj": adjust_pvalues(pvalue),
-            "method": f"pseudobulk DESeq2 Wald ({engine}), log2 fold change"
+            "method": (
+                "pseudobulk dream (voom weights, donor random intercept, Satterthwaite t)"
+                if engine == "dream"
+                else f"pseudobulk DESeq2 Wald ({engine})"
+            )
+            + ", log2 fold change"
             + (" per unit" if design.is_continuous else ""),
             "n_case": n_case,
             "n_control": n_control,
@@ -333,6 +348,28 @@ def pseudobulk_de(
     order = np.lexsort((out["gene"].to_numpy(), -np.abs(out["stat"].fillna(0).to_numpy()),
                         out["pvalue"].fillna(np.inf).to_numpy()))  # fmt: skip
     return out.iloc[order].reset_index(drop=True)[DE_COLUMNS]
+
+
+def _dream(y: pd.DataFrame, matrix: pd.DataFrame, groups: np.ndarray, term: str) -> pd.DataFrame:
+    """The ``dream`` recipe (variancePartition) on samples x genes counts, DESeq2-like columns.
+
+    voom log-CPM and weights (TMM library sizes), a donor random intercept per gene (REML),
+    Satterthwaite t of the term; ``baseMean`` is the mean TMM-normalised count.
+    """
+    counts = y.to_numpy(dtype=float)
+    lib = counts.sum(axis=1) * tmm_factors(counts.T)
+    logcpm, weights = voom_weights(counts, matrix.to_numpy(dtype=float), lib)
+    fit = random_intercept(logcpm, matrix, groups, term, weights=weights)
+    return pd.DataFrame(
+        {
+            "baseMean": (counts / lib[:, None] * lib.mean()).mean(axis=0),
+            "log2FoldChange": fit["effect"],
+            "lfcSE": fit["se"],
+            "stat": fit["statistic"],
+            "pvalue": fit["pvalue"],
+        },
+        index=y.columns,
+    )
 
 
 def pseudobulk_de_all(

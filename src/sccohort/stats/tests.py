@@ -184,7 +184,7 @@ def ks_test(
     1     T_B  1.0000  1.0000
     """
     name = design.contrast.name
-    if design.is_continuous or design.paired:
+    if design.is_continuous or design.paired or design.mixed:
         why = "is continuous" if design.is_continuous else "is compared within donor (paired)"
         raise InputError(
             f"the Kolmogorov-Smirnov test compares two independent groups; "
