@@ -31,9 +31,11 @@ _PROSE = {
     "p-values from {n_perm} relabellings of the donors (all of them when at most {max_exact}; "
     "Freedman-Lane with covariates). Contrasts on a column of the sample sheet with donors "
     "sampled on both sides were paired within donor (donor as a blocking factor, samples "
-    "relabelled within donor; with fewer than 10 donors the moderated t). Donors with fewer "
-    "than {min_cells} cells after QC were left out; the contrasts table names each "
-    "contrast's design.",
+    "relabelled within donor; with fewer than 10 donors the moderated t); unbalanced "
+    "repeated samples by a mixed model with a donor random intercept (REML, Satterthwaite's "
+    "t; pseudobulk DE by voom weights and the same model, as dream), and ordered levels as "
+    "a trend per step. Donors with fewer than {min_cells} cells after QC were left out; the "
+    "contrasts table names each contrast's design.",
 }
 
 
