@@ -590,7 +590,7 @@ def test_ordered_levels_make_a_trend_per_step() -> None:
     for bad, message in (
         ({"order": ["mild", "severe"]}, "3 or more distinct levels"),
         ({"order": ["mild", "moderate", "bad"]}, "unknown: bad"),
-        ({"order": ["mild", "moderate", "severe"], "case": "mild"}, "without case and control"),
+        ({"order": ["mild", "moderate", "severe"], "case": "mild"}, "case and control must not"),
     ):
         with pytest.raises(InputError, match=message):
             Contrast("s", "stage", **bad).design(clinical)

@@ -291,27 +291,14 @@ class Contrast:
 
     def _order_scores(self, clinical: ClinicalTable, kind: str, fail: Callable) -> dict[str, float]:
         """Level -> position of the ``order`` of an ordered categorical variable."""
-        order = [str(v) for v in self.order or []]
-        if kind == "continuous" or self.case is not None or self.control is not None:
+        if kind == "continuous":
             raise fail(
-                f"order applies to a categorical variable without case and control; "
-                f"'{self.variable}' is {kind}"
-                + ("" if self.case is None and self.control is None else " and case is set"),
+                f"order applies to a categorical variable; '{self.variable}' is continuous",
                 "order",
                 column=self.variable,
-                hint="Remove order, or remove case and control to test a trend over the levels",
+                hint="Remove order: a continuous variable is tested per unit already",
             )
-        levels = clinical.levels(self.variable)
-        unknown = [v for v in order if v not in levels]
-        if unknown or len(order) < 3 or len(set(order)) < len(order):
-            raise fail(
-                f"order {order} must name 3 or more distinct levels of '{self.variable}'"
-                + (f"; unknown: {', '.join(unknown)}" if unknown else ""),
-                "order",
-                column=self.variable,
-                hint=f"Levels: {', '.join(levels)} (two levels: use case and control)",
-            )
-        return {v: float(i) for i, v in enumerate(order)}
+        return order_scores(self, clinical.levels(self.variable), fail)
 
     def _levels(
         self, clinical: ClinicalTable, kind: str, fail: Callable
@@ -415,6 +402,35 @@ class Contrast:
                     hint="Remove it from covariates",
                 )
         return columns
+
+
+def order_scores(
+    contrast: Contrast, levels: list[str], fail: Callable[..., InputError]
+) -> dict[str, float]:
+    """Level -> position (0, 1, 2, ...) of each level of ``contrast.order`` among ``levels``.
+
+    The one rule of ordered contrasts (donor- and sample-level): 3 or more distinct, known
+    levels, and no ``case`` / ``control``. ``fail`` makes the errors, as in
+    `case_and_controls`.
+    """
+    order = [str(v) for v in contrast.order or []]
+    if contrast.case is not None or contrast.control is not None:
+        raise fail(
+            "order tests a trend over the levels, so case and control must not be set",
+            "order",
+            column=contrast.variable,
+            hint="Remove case and control, or remove order to compare two groups",
+        )
+    unknown = [v for v in order if v not in levels]
+    if unknown or len(order) < 3 or len(set(order)) < len(order):
+        raise fail(
+            f"order {order} must name 3 or more distinct levels of '{contrast.variable}'"
+            + (f"; unknown: {', '.join(unknown)}" if unknown else ""),
+            "order",
+            column=contrast.variable,
+            hint=f"Levels: {', '.join(levels)} (two levels: use case and control)",
+        )
+    return {v: float(i) for i, v in enumerate(order)}
 
 
 def case_and_controls(

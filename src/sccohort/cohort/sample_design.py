@@ -27,7 +27,12 @@ import pandas as pd
 
 from sccohort.cohort._tables import INTERCEPT
 from sccohort.cohort.clinical import ClinicalTable
-from sccohort.cohort.contrast import Contrast, _matched_levels, case_and_controls
+from sccohort.cohort.contrast import (
+    Contrast,
+    _matched_levels,
+    case_and_controls,
+    order_scores,
+)
 from sccohort.cohort.design import ContrastDesign, _check_rank
 from sccohort.cohort.samples import SampleSheet
 from sccohort.errors import InputError
@@ -229,20 +234,7 @@ def _scores(contrast: Contrast, levels: list[str], fail: Callable) -> dict[str, 
     if contrast.order is None:
         case, controls = case_and_controls(contrast, levels, "a sample-level variable", fail)
         return {case: 1.0} | {c: 0.0 for c in controls}
-    order = [str(v) for v in contrast.order]
-    unknown = [v for v in order if v not in levels]
-    if contrast.case is not None or contrast.control is not None:
-        raise fail("order and case / control exclude each other", "order", contrast.variable,
-                   "Remove case and control to test a trend over the ordered levels")  # fmt: skip
-    if unknown or len(order) < 3 or len(set(order)) < len(order):
-        raise fail(
-            f"order {order} must name 3 or more distinct levels of '{contrast.variable}'"
-            + (f"; unknown: {', '.join(unknown)}" if unknown else ""),
-            "order",
-            column=contrast.variable,
-            hint=f"Levels: {', '.join(levels)} (two levels: use case and control)",
-        )
-    return {v: float(i) for i, v in enumerate(order)}
+    return order_scores(contrast, levels, fail)
 
 
 def _sides(scores: dict[str, float]) -> tuple[list[str], list[str]]:
