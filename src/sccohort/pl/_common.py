@@ -7,7 +7,8 @@ renders through Agg.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -121,3 +122,14 @@ def box_strip(
         [f"{level}\n(n={len(a)})" for level, a in zip(levels, arrays, strict=True)],
         fontsize=FONT["tick"],
     )
+
+
+def panel_title(ax, panel: Mapping[str, Any]) -> None:
+    """A comparison panel's title with its ``(label, p)`` pairs under it; open top and right."""
+    pvalues = [(str(lab), float(p)) for lab, p in panel.get("pvalues", []) if np.isfinite(p)]
+    head = str(panel.get("title", ""))
+    if pvalues:
+        head += "\n" + "\n".join(f"{lab} {format_p(p)}" for lab, p in pvalues)
+    ax.set_title(head, fontsize=FONT["label"])
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)

@@ -23,6 +23,7 @@ from ._common import (
     format_p,
     new_figure,
     ordered_levels,
+    panel_title,
     require_columns,
 )
 
@@ -167,13 +168,7 @@ def comparison_panels(
         box_strip(ax, arrays, levels, colours, rng)
         ax.tick_params(axis="y", labelsize=FONT["tick"])
         ax.set_ylabel(panel.get("ylabel", "share of cells (%)"), fontsize=FONT["label"])
-        pvalues = [(str(lab), float(p)) for lab, p in panel.get("pvalues", []) if np.isfinite(p)]
-        head = str(panel.get("title", ""))
-        if pvalues:
-            head += "\n" + "\n".join(f"{lab} {format_p(p)}" for lab, p in pvalues)
-        ax.set_title(head, fontsize=FONT["label"])
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
+        panel_title(ax, panel)
     if title:
         fig.suptitle(title, fontsize=FONT["title"])
     return fig

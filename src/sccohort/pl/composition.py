@@ -18,6 +18,7 @@ from ._common import (
     format_p,
     new_figure,
     ordered_levels,
+    panel_title,
     require_columns,
 )
 
@@ -525,13 +526,7 @@ def paired_lines(
         ax.set_xlim(-0.5, len(levels) - 0.5)
         ax.tick_params(labelsize=FONT["tick"])
         ax.set_ylabel(str(panel.get("ylabel", "share of cells (%)")), fontsize=FONT["label"])
-        pvalues = [(str(lab), float(p)) for lab, p in panel.get("pvalues", []) if np.isfinite(p)]  # type: ignore[union-attr]
-        head = str(panel.get("title", ""))
-        if pvalues:
-            head += "\n" + "\n".join(f"{lab} {format_p(p)}" for lab, p in pvalues)
-        ax.set_title(head, fontsize=FONT["label"])
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
+        panel_title(ax, panel)  # type: ignore[arg-type]
     if title:
         fig.suptitle(title, fontsize=FONT["title"])
     return fig
