@@ -410,6 +410,103 @@ def demo(
     _guard(go)
 
 
+def _numbers(text: str | None, option: str, kind: type = float) -> list | None:
+    """``"4,8,12"`` as a list of ``kind``; ``None`` stays ``None``."""
+    from sccohort.errors import InputError
+
+    if text is None:
+        return None
+    try:
+        values = [kind(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        what = "whole numbers" if kind is int else "numbers"
+        raise InputError(
+            f"'{text}' is not a list of {what}", key=option, hint=f"e.g. {option} 4,8,12"
+        ) from None
+    if not values:
+        raise InputError("the list is empty", key=option, hint=f"e.g. {option} 4,8,12")
+    return values
+
+
+@app.command()
+def power(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the results.")],
+    design: Annotated[
+        str | None, typer.Option(help="Built-in design instead of a pilot: 'paper'.")
+    ] = None,
+    from_run: Annotated[
+        Path | None,
+        typer.Option("--from", help="A finished run whose donors' variation to fit (pilot)."),
+    ] = None,
+    level: Annotated[str, typer.Option(help="The pilot's level (l1, l2, subset).")] = "subset",
+    n_case: Annotated[str, typer.Option(help="Cases per cohort, e.g. 4,8,12,20.")] = "4,8,12,20",
+    n_control: Annotated[
+        str | None, typer.Option(help="Controls, every pair with --n-case (default: as cases).")
+    ] = None,
+    control_ratio: Annotated[
+        float | None, typer.Option(help="Controls per case instead of --n-control.")
+    ] = None,
+    fold: Annotated[str, typer.Option(help="Folds of the share in cases.")] = "1.5,2,3,4",
+    base_share: Annotated[
+        str | None,
+        typer.Option(help="Baseline shares of the planted subset (default 0.01,0.03,0.1)."),
+    ] = None,
+    subset: Annotated[
+        str | None, typer.Option(help="Subsets to plant at their own share, e.g. CD14_EGR1.")
+    ] = None,
+    cells_per_sample: Annotated[
+        str | None, typer.Option(help="Cells per sample after QC (default: the source's).")
+    ] = None,
+    n_sim: Annotated[int, typer.Option(help="Simulated cohorts per design.")] = 200,
+    fdr: Annotated[float, typer.Option(help="Found: Benjamini-Hochberg padj below it.")] = 0.05,
+    n_perm: Annotated[int, typer.Option(help="Random permutations of large designs.")] = 10_000,
+    target_power: Annotated[float, typer.Option(help="Power the inverse questions aim at.")] = 0.8,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same numbers).")] = 0,
+    scheduler: Annotated[
+        str, typer.Option(help="'threads' (default), 'local' (a Dask cluster) or an address.")
+    ] = "threads",
+) -> None:
+    """Power and sample size for the next cohort, from a pilot run or the reference design.
+
+    Simulates donors x subsets cell counts from the donors' variation and tests each cohort
+    with the pipeline's default test. Writes power.csv, detectable_fold.csv,
+    donors_needed.csv, variation.csv, power.html and power.json to OUT.
+    """
+
+    def go() -> None:
+        from sccohort.cluster import dask_scheduler
+        from sccohort.power_plan import PowerRequest, plan_power
+
+        request = PowerRequest(
+            design=design,
+            pilot=None if from_run is None else str(from_run),
+            level=level,
+            n_case=_numbers(n_case, "--n-case", int),
+            n_control=_numbers(n_control, "--n-control", int),
+            control_ratio=control_ratio,
+            fold=_numbers(fold, "--fold"),
+            base_share=_numbers(base_share, "--base-share"),
+            subsets=None if subset is None else [s for s in subset.split(",") if s],
+            cells_per_sample=_numbers(cells_per_sample, "--cells-per-sample"),
+            n_sim=n_sim,
+            fdr=fdr,
+            n_perm=n_perm,
+            target_power=target_power,
+            seed=seed,
+        )
+        with _progress_bar() as bar, dask_scheduler(scheduler) as client:
+            task = bar.add_task("Simulating cohorts, design by design", total=None)
+            plan_power(
+                request,
+                out,
+                scheduler=client,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        console.print(escape(f"power analysis written to {out / 'power.html'}"))
+
+    _guard(go)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"sccohort {__version__}")

@@ -22,12 +22,10 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import sys
 import time
 import traceback
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -46,26 +44,10 @@ from sccohort.config import Config, load_inputs
 from sccohort.io.atomic import write_json
 from sccohort.io.cohort_file import read_h5mu
 from sccohort.out_folder import OutFolder
-from sccohort.run_log import PeakMemory, WarningLog
+from sccohort.run_log import PeakMemory, WarningLog, package_versions
 from sccohort.stages import STAGES, Progress, RunState, Silent, Stage, check_inputs
 
 __all__ = ["STAGES", "Progress", "RunState", "Stage", "run_pipeline"]
-
-VERSIONED_PACKAGES = (
-    "sccohort", "numpy", "scipy", "pandas", "anndata", "mudata", "scanpy", "h5py", "dask",
-    "distributed", "scikit-learn", "statsmodels", "harmonypy", "leidenalg", "igraph",
-    "umap-learn", "pynndescent", "numba", "matplotlib", "jinja2",
-)  # fmt: skip
-
-
-def _versions() -> dict[str, str]:
-    found = {"python": sys.version.split()[0]}
-    for name in VERSIONED_PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
 
 
 # ---------------------------------------------------------------------------------------
@@ -216,7 +198,7 @@ def _new_record(
         "config": config.to_dict(),
         "seeds": {"run": config.seed},
         "fingerprint": fingerprint,
-        "versions": _versions(),
+        "versions": package_versions(),
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),

@@ -9,16 +9,36 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import time
 import traceback
 import warnings
 from collections.abc import Iterator
+from importlib import metadata
 from typing import Any
 
 import psutil
 
 from sccohort.errors import SccohortWarning, is_own_warning
+
+#: Packages whose versions a run records.
+VERSIONED_PACKAGES = (
+    "sccohort", "numpy", "scipy", "pandas", "anndata", "mudata", "scanpy", "h5py", "dask",
+    "distributed", "scikit-learn", "statsmodels", "harmonypy", "leidenalg", "igraph",
+    "umap-learn", "pynndescent", "numba", "matplotlib", "jinja2",
+)  # fmt: skip
+
+
+def package_versions() -> dict[str, str]:
+    """Python's and the main packages' versions (``"not installed"`` where absent)."""
+    found = {"python": sys.version.split()[0]}
+    for name in VERSIONED_PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
 
 
 def tree_memory(root: psutil.Process) -> int | None:

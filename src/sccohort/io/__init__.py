@@ -9,6 +9,7 @@ from sccohort.io.atomic import read_csv, write_csv, write_h5mu
 from sccohort.io.features import gene_table
 from sccohort.io.genesets import hallmark, read_gmt, read_tf_targets
 from sccohort.io.mtx import read_10x_mtx
+from sccohort.io.pilot import Pilot, read_pilot
 from sccohort.io.probe import ModalityProbe, SampleProbe, probe_sample, probe_samples, probe_table
 from sccohort.io.read import read_raw_droplets, read_sample, read_samples
 from sccohort.io.read_cohort import read_cohort
@@ -25,11 +26,12 @@ from sccohort.io.tenx import read_10x_h5
 
 __all__ = [
     "CORE_COLUMNS",
-    "TABLES",
     "ClinicalTable",
     "ModalityProbe",
+    "Pilot",
     "SampleProbe",
     "SampleSheet",
+    "TABLES",
     "gene_table",
     "hallmark",
     "probe_sample",
@@ -40,6 +42,7 @@ __all__ = [
     "read_cohort",
     "read_csv",
     "read_gmt",
+    "read_pilot",
     "read_raw_droplets",
     "read_rhapsody_csv",
     "read_sample",

@@ -20,6 +20,7 @@ from .composition import (
 )
 from .embedding import embedding
 from .markers import dot_values, marker_dotplot
+from .power import power_curves
 from .qc import qc_cells
 from .roc import roc
 
@@ -37,6 +38,7 @@ __all__ = [
     "nhood_beeswarm",
     "paired_lines",
     "pca_biplot",
+    "power_curves",
     "qc_cells",
     "roc",
     "signature_scores",

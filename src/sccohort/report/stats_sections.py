@@ -29,6 +29,7 @@ from ..stats.selection import (
 )
 from ..stats.tests import proportion_biplot
 from .build import FigureBlock, Note, Paragraph, Section, TableBlock
+from .detectable import detectable_paragraph
 from .paired_samples import LEVEL_WORDS, paired_comparisons
 from .sections import clinical_frame, group_column, skipped_notes
 
@@ -390,7 +391,7 @@ def association_section(
     """
     out = Path(out)
     association = read_table(out, "association")
-    blocks: list[Any] = attainable_notes(out, alpha)
+    blocks: list[Any] = [*attainable_notes(out, alpha), *detectable_paragraph(out, alpha)]
     if association is None:
         blocks.append(missing_note("association", "association tests"))
     else:

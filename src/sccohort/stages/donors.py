@@ -21,6 +21,7 @@ from sccohort.stats import (
     associated_subsets,
     attainable_significance,
     characterised_subsets,
+    cohort_detectable_fold,
     compare_abundance,
     composition,
     describe_attainable,
@@ -167,6 +168,8 @@ def stage_association(state: RunState) -> list[Path]:
     if designs:
         reach = contrast_table(state, designs)
         reach["left_out"] = "; ".join(f"{d} ({n} cells)" for d, n in small.items())
+        kept = [s for d, s in sample_of.items() if d not in small]
+        reach = reach.merge(detectable_table(state, designs, table, kept), on="contrast")
         written.append(write_table(state.out, "contrasts", reach))
         donors = [design.donor_table() for design in designs.values()]
         written.append(write_table(state.out, "contrast_donors", donors))
@@ -208,6 +211,44 @@ def contrast_table(state: RunState, designs: dict[str, ContrastDesign]) -> pd.Da
         rows.append({"contrast": row.pop("contrast"), "design": design.describe(), **row})
         if not row["reachable"]:
             warnings.warn(describe_attainable(rows[-1], alpha), UserWarning, stacklevel=2)
+    return pd.DataFrame(rows)
+
+
+def detectable_table(
+    state: RunState, designs: dict[str, ContrastDesign], table: pd.DataFrame, samples: list[str]
+) -> pd.DataFrame:
+    """Per contrast, the folds its donors detect at 80% power (`cohort_detectable_fold`).
+
+    The variation is fitted from the primary samples' composition at the deepest level;
+    contrasts that are not two groups of donors (continuous, paired, repeated) get a note.
+    """
+    alpha, cfg = state.config.characterise.alpha, state.config.association
+    level = next(lv for lv in ("subset", "l2", "l1") if lv in set(table["level"]))
+    counts = donor_counts(table, level, samples)[0]
+    rows = []
+    for name, design in designs.items():
+        row = {"contrast": name, "detectable_subset": "", "detectable_share": np.nan,
+               "detectable_fold_up": np.nan, "detectable_fold_down": np.nan,
+               "detectable_note": ""}  # fmt: skip
+        if design.is_continuous or design.paired or design.mixed:
+            row["detectable_note"] = "power is simulated for two groups of donors only"
+        elif min(design.n_case, design.n_control) < 2:
+            row["detectable_note"] = "fewer than 2 donors in a group"
+        else:
+            try:
+                found = cohort_detectable_fold(
+                    counts, design.n_case, design.n_control, fdr=alpha, n_perm=cfg.n_perm,
+                    seed=state.config.seed,
+                )  # fmt: skip
+            except InputError as exc:
+                row["detectable_note"] = exc.problem
+            else:
+                row |= {"detectable_subset": found["subset"],
+                        "detectable_share": found["share"],
+                        "detectable_fold_up": found["fold_up"],
+                        "detectable_fold_down": found["fold_down"],
+                        "detectable_note": found["note"]}  # fmt: skip
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

@@ -9,6 +9,7 @@ from sccohort.multitest import adjust_pvalues, spatial_fdr
 from sccohort.stats.abundance import compare_abundance, compare_donor_values
 from sccohort.stats.composition import composition, donor_counts, donor_shares
 from sccohort.stats.deseq2 import deseq2_wald
+from sccohort.stats.donor_variation import DonorVariation, fit_donor_variation, reference_variation
 from sccohort.stats.enrichment import enrich_markers, ora, sets_covered
 from sccohort.stats.gating import GatingOptions, gate_subsets, gating_strategy
 from sccohort.stats.gating_result import Gate, GatingResult
@@ -22,6 +23,12 @@ from sccohort.stats.permutation import (
     describe_attainable,
     precision_weights,
 )
+from sccohort.stats.power import (
+    abundance_power,
+    cohort_detectable_fold,
+    detectable_fold,
+    donors_needed,
+)
 from sccohort.stats.predict import PredictionResult, delong_ci, predict_phenotype, share_logits
 from sccohort.stats.protein_markers import protein_markers
 from sccohort.stats.pseudobulk import pseudobulk
@@ -33,43 +40,50 @@ from sccohort.stats.tests import kruskal_dunn, ks_test, proportion_biplot
 __all__ = [
     "Contrast",
     "ContrastDesign",
+    "DonorVariation",
     "Gate",
     "GatingOptions",
     "GatingResult",
     "PredictionResult",
+    "abundance_power",
     "adjust_pvalues",
     "associated_subsets",
     "attainable_significance",
     "characterised_subsets",
+    "cohort_detectable_fold",
     "compare_abundance",
     "compare_donor_values",
     "composition",
     "delong_ci",
     "describe_attainable",
     "deseq2_wald",
+    "detectable_fold",
     "donor_counts",
     "donor_scores",
     "donor_shares",
+    "donors_needed",
     "enrich_markers",
     "expression_trajectory",
     "filter_by_expr",
+    "fit_donor_variation",
     "gate_subsets",
     "gating_strategy",
     "gsea",
     "kruskal_dunn",
-    "leave_one_donor_out",
     "ks_test",
+    "leave_one_donor_out",
     "neighbourhoods",
     "ora",
     "paired_test",
     "precision_weights",
     "predict_phenotype",
-    "protein_markers",
     "proportion_biplot",
+    "protein_markers",
     "pseudobulk",
     "pseudobulk_de",
     "pseudobulk_de_all",
     "random_intercept",
+    "reference_variation",
     "score_cells",
     "sets_covered",
     "share_logits",
