@@ -190,7 +190,6 @@ def _weighted_model(
     moderate: bool,
     w: np.ndarray,
     blocks: np.ndarray | None = None,
-    panels: int = 1,
 ) -> Callable[[np.ndarray], tuple[np.ndarray, ...]]:
     """`_model` with precision weights ``w`` (n x G, one column per column of ``y``).
 
@@ -202,9 +201,6 @@ def _weighted_model(
     (Frisch-Waugh-Lovell: weighted block means subtracted), so each rearrangement solves only
     for the columns that move (the term and sample-level covariates); with the term alone
     moving, every statistic is a ratio of weighted sums (two matrix products per batch).
-
-    ``panels``: the G columns are that many independent tables side by side (G / panels
-    columns each, e.g. simulated cohorts); the moderation is fitted within each.
     """
     n, p = x.shape
     resid_df = n - p
@@ -222,10 +218,7 @@ def _weighted_model(
 
     def moderated(coef, unscaled_var, fitted_ss) -> tuple[np.ndarray, ...]:
         s2 = np.maximum(r_ss - fitted_ss, 1e-12 * r_ss) / resid_df
-        if moderate:
-            s2_post, d0 = _squeeze(s2, resid_df, panels)
-        else:
-            s2_post, d0 = s2, np.zeros((len(s2), panels) if panels > 1 else len(s2))
+        s2_post, d0 = _squeeze(s2, resid_df) if moderate else (s2, np.zeros(len(s2)))
         return coef, coef / np.sqrt(s2_post * unscaled_var), s2_post * unscaled_var, d0
 
     binary = bool(np.isin(x[:, term], (0, 1)).all())
@@ -415,17 +408,12 @@ def _mixed_test(
     }
 
 
-def _squeeze(s2: np.ndarray, df: int, panels: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def _squeeze(s2: np.ndarray, df: int) -> tuple[np.ndarray, np.ndarray]:
     """Squeeze each row of ``s2`` (B x G) as limma's ``squeezeVar`` (not robust).
 
     Returns posterior variances (B x G) and prior degrees of freedom (B,); with fewer than 3
-    columns, no squeezing. ``panels > 1``: each row holds that many tables side by side,
-    squeezed one by one (prior df B x panels).
+    columns, no squeezing.
     """
-    if panels > 1:
-        b, g = s2.shape
-        post, d0 = _squeeze(s2.reshape(b * panels, g // panels), df)
-        return post.reshape(b, g), d0.reshape(b, panels)
     b, g = s2.shape
     if g < 3:
         return s2, np.zeros(b)

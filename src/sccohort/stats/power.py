@@ -11,10 +11,12 @@ are what the pipeline would see with perfect labels, so clustering errors (which
 subset) are not in it; `benchmarks/bench_power.py` measures how far the whole pipeline is.
 
 Why by hand: the test is ours (`compare_abundance`); running it 40,000 times one cohort at a
-time takes hours, so the simulated cohorts of one design go through the permutation engine
-side by side (`_weighted_model` with ``panels``: the moderation fitted per cohort), sharing
-each relabelling's two matrix products. The folds of a design use the same random draws
-(common random numbers), so a power curve is smooth in the fold.
+time takes about 100 minutes here, so the simulated cohorts of one design are tested side by
+side: each relabelling's weighted sums for all of them are two BLAS matrix products, and
+the moderated t (limma's squeeze fitted per cohort) is one fused numba pass
+(`sccohort.stats.power_kernel`); the p-values are `compare_abundance`'s to the last bit
+(`tests/test_power.py`). The folds of a design use the same random draws (common random
+numbers), so a power curve is smooth in the fold.
 
 `detectable_fold` and `donors_needed` answer the inverse questions on a finished grid.
 """
@@ -308,8 +310,9 @@ def _pvalues(
     y = np.arcsin(np.sqrt(c / total))
     w = precision_weights(y, 1 / (4 * total), np.ones((n, 1)))
     sw = w.sum(axis=0)
-    wr = w * (y - (w * y).sum(axis=0) / sw)  # weighted residuals of the intercept-only fit
-    rss = (wr * (y - (w * y).sum(axis=0) / sw)).sum(axis=0)
+    resid = y - (w * y).sum(axis=0) / sw  # residuals of the weighted intercept-only fit
+    wr = w * resid
+    rss = (wr * resid).sum(axis=0)
     half = (n - 2) / 2
     constants = (
         float(n - 2),
