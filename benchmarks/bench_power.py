@@ -29,6 +29,8 @@ the subset has padj < 0.05 at level ``subset`` in the default test. Writes
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import subprocess
 import sys
 import time
@@ -130,6 +132,15 @@ def _run(cohort: Path, out: Path) -> None:
         raise RuntimeError(done.stderr[-2000:])
 
 
+def _finished(root: Path) -> bool:
+    """Whether ``root/out`` holds a finished run; an unfinished one is removed."""
+    record = root / "out" / "run.json"
+    if record.is_file() and json.loads(record.read_text()).get("status") == "finished":
+        return True
+    shutil.rmtree(root, ignore_errors=True)
+    return False
+
+
 def _found(out: Path) -> dict[str, bool]:
     table = pd.read_csv(out / "tables" / "association.csv")
     table = table[(table["level"] == "subset") & (table["method"] == "perm_lm_asin_log2share")]
@@ -143,7 +154,7 @@ def _found(out: Path) -> dict[str, bool]:
 def pilot(work: Path, cells: int, concentration: float, cohorts: int) -> tuple[pd.DataFrame, ...]:
     work.mkdir(parents=True, exist_ok=True)
     root = work / "pilot"
-    if not (root / "out" / "run.json").is_file():
+    if not _finished(root):
         _run(_cohort(root, 7, cells, concentration), root / "out")
     pilot_run = read_pilot(root / "out")
     fitted = fit_donor_variation(pilot_run.counts, qc_loss=pilot_run.qc_loss)
@@ -173,7 +184,7 @@ def pilot(work: Path, cells: int, concentration: float, cohorts: int) -> tuple[p
     hits = {c: [] for c in PLANTED}
     for k in range(cohorts):
         root = work / f"cohort_{k}"
-        if not (root / "out" / "run.json").is_file():
+        if not _finished(root):
             _run(_cohort(root, 100 + k, cells, concentration), root / "out")
         for contrast, found in _found(root / "out").items():
             hits[contrast].append(found)
