@@ -49,11 +49,7 @@ VERIFIED: dict[str, tuple[str, str]] = {
 }
 
 #: GPL runtime dependencies known on 2026-12-04, awaiting a decision (replace or accept).
-KNOWN_GPL: dict[str, str] = {
-    "harmonypy": "Harmony integration in sccohort.tl.embed",
-    "igraph": "Leiden clustering and graphs (sccohort.tl.clustering, lineage_graph, metrics)",
-    "leidenalg": "in pyproject but imported nowhere in sccohort (Leiden runs on igraph)",
-}
+KNOWN_GPL: dict[str, str] = {}
 
 #: Exceptions that allow linking GPL code from non-GPL programs.
 LINKING_EXCEPTIONS = ("GCC-EXCEPTION", "CLASSPATH-EXCEPTION", "LLVM-EXCEPTION")

@@ -3,11 +3,11 @@ import mudata as md
 import numpy as np
 import pandas as pd
 import pytest
-import scanpy as sc
 from sklearn.metrics import adjusted_rand_score
 from sklearn.neighbors import kneighbors_graph
 
 from sccohort.errors import InputError
+from sccohort.tl.clustering import leiden
 from sccohort.tl.knn import knn_exact
 from sccohort.tl.wnn import WNNInputError, wnn, wnn_graph
 from sccohort.tl.wnn_kernels import _weighted_select, _wnn_steps
@@ -34,10 +34,9 @@ def data():
 
 def leiden_labels(graph, resolution=0.5):
     adata = ad.AnnData(np.zeros((graph.shape[0], 1), dtype=np.float32))
-    sc.tl.leiden(
-        adata, adjacency=graph, resolution=resolution, flavor="igraph", n_iterations=-1,
-        random_state=0,
-    )  # fmt: skip
+    adata.obsp["graph"] = graph
+    adata.uns["graph"] = {"connectivities_key": "graph"}
+    leiden(adata, neighbors_key="graph", resolution=resolution, n_iterations=-1, seed=0)
     return adata.obs["leiden"].to_numpy()
 
 
@@ -189,7 +188,7 @@ def test_wrapper_writes_scanpy_neighbours_that_leiden_uses(data):
     assert mdata.uns["wnn"]["connectivities_key"] == "wnn_connectivities"
     assert mdata.uns["wnn"]["params"]["n_neighbors"] == 20
     assert (mdata.obsp["wnn_distances"] != res.distances).nnz == 0
-    sc.tl.leiden(mdata, neighbors_key="wnn", resolution=0.5, flavor="igraph", n_iterations=-1)
+    leiden(mdata, neighbors_key="wnn", resolution=0.5, n_iterations=-1)
     assert adjusted_rand_score(truth, mdata.obs["leiden"]) >= 0.9
 
     with pytest.raises(InputError, match="no embedding 'X_missing'"):

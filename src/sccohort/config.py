@@ -62,7 +62,7 @@ from sccohort.config_checks import (
 from sccohort.errors import InputError
 
 _CONTRAST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-#: The largest seed every consumer accepts: harmonypy's C++ core takes a 32-bit signed int
+#: The largest seed accepted: a 32-bit signed int, as harmonypy (Harmony until 2026-12) took
 #: (``numpy.random.RandomState``, scikit-learn and UMAP take up to 2**32 - 1).
 MAX_SEED = 2**31 - 1
 #: Most principal components: more describe noise, and PCA's cost grows with them.

@@ -25,7 +25,7 @@ from sccohort.errors import SccohortWarning, is_own_warning
 #: Packages whose versions a run records.
 VERSIONED_PACKAGES = (
     "sccohort", "numpy", "scipy", "pandas", "anndata", "mudata", "scanpy", "h5py", "dask",
-    "distributed", "scikit-learn", "statsmodels", "harmonypy", "leidenalg", "igraph",
+    "distributed", "scikit-learn", "statsmodels", "graspologic-native",
     "umap-learn", "pynndescent", "numba", "matplotlib", "jinja2",
 )  # fmt: skip
 

@@ -1,13 +1,23 @@
-"""Leiden clustering: the one wrapper around igraph's Leiden that the library uses.
+"""Leiden clustering: the one wrapper around a Leiden implementation that the library uses.
 
-`leiden` clusters a named neighbour graph of an AnnData as ``sc.tl.leiden(flavor="igraph")``;
-`leiden_membership` is the kernel on an igraph graph (also used by `sccohort.tl.subsets`).
+The algorithm is graspologic-native's (Rust, MIT licence; Traag et al. 2019: local moving
+with a queue, refinement, aggregation), called on the CSR arrays of a scipy sparse matrix.
+`leiden` clusters a named neighbour graph of an AnnData with the objective of
+``sc.tl.leiden(flavor="igraph")`` (modularity with a resolution; its partitions agree with
+igraph's as well as igraph's own with another seed, ``benchmarks/results/leiden.csv``);
+`leiden_membership` is the kernel on a symmetric scipy sparse adjacency (also used by
+`sccohort.tl.subsets`); `modularity` scores a partition as igraph does.
+
+Loops (the diagonal of the WNN SNN graph) do not count in the optimised objective, as in
+igraph's Leiden: python-igraph weighs nodes by their strengths without loops and divides the
+resolution by their sum (the partitions equal those with loops left out), and graspologic
+leaves loops out of node weights; loops are taken off before the call, so that they do not
+count in its total weight either. `modularity` (igraph's ``Graph.modularity``) counts them.
 """
 
 from __future__ import annotations
 
-import random
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -16,11 +26,11 @@ from anndata import AnnData
 
 from sccohort.errors import InputError
 
-if TYPE_CHECKING:
-    import igraph
+#: Randomness of the refinement step (igraph's default ``beta``, the one scanpy uses).
+RANDOMNESS = 0.01
 
-#: Edges converted to Python objects at a time when building igraph graphs (~450 MB).
-_EDGE_CHUNK = 1 << 22
+#: Leiden iterations at most when asked to iterate until the partition is stable.
+MAX_ITERATIONS = 50
 
 
 def _neighbors_entry(adata: AnnData, neighbors_key: str | None) -> tuple[str, dict]:
@@ -38,103 +48,121 @@ def _neighbors_entry(adata: AnnData, neighbors_key: str | None) -> tuple[str, di
     return key, entry
 
 
-class _IgraphRandom:
-    """igraph's random number source drawn from ``np.random.RandomState(seed)``.
+def _undirected(adjacency: sp.spmatrix) -> sp.csr_matrix:
+    """Symmetric ``n x n`` CSR of the undirected graph that ``sc.tl.leiden`` makes of ``adjacency``.
 
-    The adapter scanpy's ``sc.tl.leiden`` installs (same draws, so the same clusters), so
-    that igraph's global generator is left as it was found.
+    scanpy makes one undirected edge per stored entry, so pair i != j weighs
+    ``A[i, j] + A[j, i]`` and each loop keeps ``A[i, i]`` (on the diagonal).
     """
-
-    def __init__(self, seed: int) -> None:
-        self._rng = np.random.RandomState(seed)
-
-    def getrandbits(self, k: int) -> int:
-        return self._rng.tomaxint() & ((1 << k) - 1)
-
-    def randint(self, a: int, b: int) -> int:
-        return self._rng.randint(a, b + 1)
-
-    def __getattr__(self, attr: str):
-        return getattr(self._rng, "normal" if attr == "gauss" else attr)
-
-
-def _igraph_undirected(adjacency: sp.spmatrix) -> igraph.Graph:
-    """Undirected weighted igraph graph of a sparse ``n x n`` adjacency, each pair once.
-
-    ``sc.tl.leiden(flavor="igraph")`` makes one undirected edge per stored entry, so a
-    symmetric graph gets every pair twice (and each loop once). Here each pair i < j is one
-    edge weighing ``A[i, j] + A[j, i]`` and each loop keeps ``A[i, i]``: the same node
-    strengths, total weight and modularity with half the edges (which igraph's Python
-    constructor converts at ~1 us each). Edges are listed row by row, loop first.
-    """
-    import igraph
-
     a = sp.csr_matrix(adjacency, dtype=np.float64)
     a.eliminate_zeros()
     both = (a + a.T - sp.diags(a.diagonal())).tocsr()  # 2 d - d == d exactly
-    upper = sp.triu(both, k=0, format="csr")
-    del both
-    upper.eliminate_zeros()
-    upper.sort_indices()
-    rows = np.repeat(np.arange(upper.shape[0]), np.diff(upper.indptr))
-    graph = igraph.Graph(n=upper.shape[0])
-    for s in range(0, rows.size, _EDGE_CHUNK):  # Python tuples for a chunk at a time
-        cut = slice(s, s + _EDGE_CHUNK)
-        graph.add_edges(list(zip(rows[cut].tolist(), upper.indices[cut].tolist(), strict=True)))
-    graph.es["weight"] = upper.data.tolist()
-    return graph
+    both.eliminate_zeros()
+    both.sort_indices()
+    return both
+
+
+def _leiden_csr(
+    graph: sp.csr_matrix, resolution: float, iterations: int, seed: int
+) -> tuple[float, np.ndarray]:
+    """Modularity and Leiden cluster ((n,) int64) of each node of symmetric loop-free ``graph``."""
+    import graspologic_native as gn
+
+    quality, clusters = gn.leiden_csr(
+        graph.indptr.astype(np.int64),
+        graph.indices.astype(np.int32),
+        graph.data.astype(np.float64),
+        graph.shape[0],
+        resolution=resolution,
+        randomness=RANDOMNESS,
+        iterations=iterations,
+        use_modularity=True,
+        seed=int(seed) % (1 << 64),
+    )
+    membership = np.full(graph.shape[0], -1, dtype=np.int64)
+    membership[np.fromiter(clusters.keys(), np.int64, len(clusters))] = np.fromiter(
+        clusters.values(), np.int64, len(clusters)
+    )
+    alone = membership < 0  # a node the result leaves out (none seen): a cluster of its own
+    membership[alone] = membership.max(initial=-1) + 1 + np.arange(alone.sum())
+    return quality, membership
+
+
+def _by_size(membership: np.ndarray) -> np.ndarray:
+    """``membership`` relabelled 0.. by decreasing cluster size (ties: first node first)."""
+    ids, first, inverse, sizes = np.unique(
+        membership, return_index=True, return_inverse=True, return_counts=True
+    )
+    rank = np.empty(ids.size, dtype=np.int64)
+    rank[np.lexsort((first, -sizes))] = np.arange(ids.size)
+    return rank[inverse.ravel()]
 
 
 def leiden_membership(
-    graph: igraph.Graph,
+    graph: sp.spmatrix,
     *,
     resolution: float,
     objective: Literal["modularity", "er"] = "modularity",
     n_iterations: int = 2,
-    generator: Any,
+    seed: int = 0,
 ) -> np.ndarray:
-    """Leiden cluster of each vertex of ``graph`` ((n,) int64), deterministic for ``generator``.
+    """Leiden cluster of each node of ``graph`` ((n,) int64, 0.. by size), deterministic for seed.
 
-    ``objective="modularity"`` maximises modularity on the edges' ``"weight"`` attribute (as
-    ``sc.tl.leiden(flavor="igraph")``); ``"er"`` is igraph's CPM with the resolution
-    normalised by the number of vertices (an Erdos-Renyi null model) on unweighted edges,
-    the objective of the subsets' stability search. ``generator`` is igraph's random source
-    for this call (``random.Random(seed)``, or the numpy adapter scanpy installs); igraph's
-    global source is restored afterwards.
+    ``graph`` is a symmetric ``n x n`` sparse adjacency: entry (i, j) = (j, i) = w is one
+    undirected edge of weight w; the diagonal (loops) is ignored, as igraph's Leiden ignores
+    it. ``objective="modularity"`` maximises modularity with ``resolution`` on the weights (as
+    ``sc.tl.leiden(flavor="igraph")``); ``"er"`` does the same with every edge weighing 1, the
+    objective of the subsets' stability search (what igraph's ``community_leiden(resolution,
+    normalize_resolution=True)`` optimised there: without node weights igraph takes the
+    degrees, which makes it modularity, not CPM). ``n_iterations`` Leiden iterations
+    (negative: until an iteration leaves the partition as it was, at most
+    :data:`MAX_ITERATIONS`).
 
     Examples
     --------
-    >>> import random
-    >>> import igraph
+    >>> import scipy.sparse as sp
     >>> from sccohort.tl import leiden_membership
-    >>> graph = igraph.Graph.Famous("Zachary")
-    >>> graph.es["weight"] = 1.0
-    >>> membership = leiden_membership(graph, resolution=1.0, generator=random.Random(0))
-    >>> membership.shape, len(set(membership))
-    ((34,), 4)
+    >>> clique = np.ones((5, 5)) - np.eye(5)
+    >>> two = np.kron(np.eye(2), clique)
+    >>> two[4, 5] = two[5, 4] = 1.0  # one edge between the two cliques
+    >>> leiden_membership(sp.csr_matrix(two), resolution=1.0, seed=0)
+    array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
     """
-    import igraph
+    graph = sp.csr_matrix(graph, dtype=np.float64)
+    graph = (graph - sp.diags(graph.diagonal())).tocsr()  # loops do not count (module doc)
+    if objective == "er":
+        graph.data[graph.data != 0] = 1.0
+    graph.eliminate_zeros()
+    graph.sort_indices()
+    if graph.nnz == 0:  # no edges (graspologic cannot score that): every node alone
+        return np.arange(graph.shape[0], dtype=np.int64)
+    if n_iterations >= 0:
+        return _by_size(_leiden_csr(graph, resolution, n_iterations, seed)[1])
+    before = _by_size(_leiden_csr(graph, resolution, 1, seed)[1])
+    for iterations in range(2, MAX_ITERATIONS + 1):  # the same seed repeats the first ones
+        after = _by_size(_leiden_csr(graph, resolution, iterations, seed)[1])
+        if np.array_equal(after, before):
+            break
+        before = after
+    return before
 
-    igraph.set_random_number_generator(generator)
-    try:
-        if objective == "modularity":
-            membership = graph.community_leiden(
-                objective_function="modularity",
-                weights="weight",
-                resolution=resolution,
-                n_iterations=n_iterations,
-            ).membership
-        else:
-            membership, _ = igraph.GraphBase.community_leiden(
-                graph,
-                resolution=resolution,
-                normalize_resolution=True,
-                beta=0.01,
-                n_iterations=n_iterations,
-            )
-    finally:
-        igraph.set_random_number_generator(random)
-    return np.asarray(membership, dtype=np.int64)
+
+def modularity(graph: sp.spmatrix, membership: np.ndarray, *, resolution: float = 1.0) -> float:
+    """Modularity of ``membership`` ((n,) labels) on symmetric ``graph`` (n x n), as igraph's.
+
+    ``graph`` as in `leiden_membership`, but a diagonal entry counts, as a loop (twice):
+    ``Q = sum_c (in_c - resolution * K_c ** 2 / 2m) / 2m`` with ``in_c`` twice the weight
+    inside cluster c and ``K_c`` its nodes' strengths.
+    """
+    graph = sp.csr_matrix(graph, dtype=np.float64)
+    labels = np.unique(np.asarray(membership), return_inverse=True)[1].ravel()
+    loops = graph.diagonal()
+    strength = np.asarray(graph.sum(axis=1)).ravel() + loops
+    total = strength.sum()
+    coo = graph.tocoo()
+    inside = coo.data[labels[coo.row] == labels[coo.col]].sum() + loops.sum()
+    k = np.bincount(labels, weights=strength)
+    return float((inside - resolution * (k**2).sum() / total) / total)
 
 
 def leiden(
@@ -146,12 +174,13 @@ def leiden(
     n_iterations: int = 2,
     seed: int = 0,
 ) -> None:
-    """Leiden clustering (igraph's implementation, modularity) of a neighbour graph.
+    """Leiden clustering (modularity with a resolution) of a neighbour graph.
 
-    As ``sc.tl.leiden(flavor="igraph", directed=False)`` (same objective, random draws and
-    outputs; the graph is handed to igraph with each pair once, see `_igraph_undirected`,
-    which halves its conversion and clustering time: the labels were identical on 53,000 and
-    230,000 cells).
+    The objective and graph of ``sc.tl.leiden(flavor="igraph", directed=False)`` (one
+    undirected edge per stored entry, see `_undirected`) with graspologic-native's Leiden:
+    not igraph's random draws, so not its labels, but partitions as close to igraph's as
+    igraph's with another seed, of the same modularity to 0.1 % and as close to the true cell
+    types (``benchmarks/results/leiden.csv``).
 
     Parameters
     ----------
@@ -182,16 +211,15 @@ def leiden(
     True
     """
     _, entry = _neighbors_entry(adata, neighbors_key)
-    graph = _igraph_undirected(adata.obsp[entry["connectivities_key"]])
     groups = leiden_membership(
-        graph,
+        _undirected(adata.obsp[entry["connectivities_key"]]),
         resolution=resolution,
         objective="modularity",
         n_iterations=n_iterations,
-        generator=_IgraphRandom(seed),
+        seed=seed,
     )
     adata.obs[key_added] = pd.Categorical(
-        groups.astype("U"), categories=[str(g) for g in np.unique(groups)]
+        groups.astype("U"), categories=[str(g) for g in range(groups.max(initial=-1) + 1)]
     )
     adata.uns[key_added] = {
         "params": {"resolution": resolution, "random_state": seed, "n_iterations": n_iterations}

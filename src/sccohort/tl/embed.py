@@ -3,7 +3,8 @@
 Functions follow scanpy's conventions: they take an AnnData, write named slots
 (``key_added=``) and return None.
 
-- `harmony`: harmonypy 2.x on any embedding, seeded.
+- `harmony`: Harmony (our implementation, :mod:`sccohort.tl.harmony_kernel`) on any
+  embedding, seeded.
 - `umap`: scanpy on a named neighbour graph; lays out a random subsample of very large
   cohorts and places the other cells from their neighbours.
 """
@@ -40,18 +41,22 @@ def harmony(
 ) -> None:
     """Harmony integration (Korsunsky et al. 2019) of an embedding across batches.
 
-    Uses harmonypy 2.x (C++ backend; results do not depend on ``n_jobs``). Harmony stops
-    when its objective converges, so ``max_iter`` is an upper bound (R's default is 10;
-    20 lets large cohorts converge).
+    Runs sccohort's own Harmony (:func:`sccohort.tl.harmony_kernel.run_harmony`, BSD like
+    the package), with harmonypy 2.x's defaults: ``min(round(n_cells / 30), 100)`` clusters,
+    ``sigma`` 0.1, ridge penalty estimated per cluster, 4 k-means rounds per iteration. It
+    agrees with harmonypy 2.1 to within harmonypy's own seed-to-seed spread (kNN overlap,
+    mixing and label purity: ``benchmarks/bench_harmony.py``), not to the bit. Harmony stops
+    when its objective converges, so ``max_iter`` is an upper bound (R's default is 10; 20
+    lets large cohorts converge).
 
     Parameters
     ----------
     adata
-        Cells x anything, with ``obsm[use_rep]`` (``n_cells x n_dims``).
+        Cells x anything, with ``obsm[use_rep]`` (``n_cells x n_dims``, finite).
     use_rep
         Embedding to integrate, e.g. ``"X_pca"`` or ``"X_pca_prot"``.
     batch_key
-        ``obs`` column(s) with the batch of each cell.
+        ``obs`` column(s) with the batch of each cell (several: one batch variable each).
     key_added
         ``obsm`` key of the ``n_cells x n_dims`` float32 result.
     theta
@@ -59,13 +64,21 @@ def harmony(
     max_iter
         Maximum Harmony iterations.
     seed
-        Random state of Harmony's k-means initialisation.
+        Random state of Harmony's k-means start and of its blocks of cells.
     n_jobs
-        Threads for harmonypy (0: one per physical core).
+        Unused since sccohort runs Harmony itself (kept for callers): it runs on one thread,
+        which on a busy 2-core machine beat threads that wait for each other.
 
     Returns
     -------
-    None.
+    None. Writes ``obsm[key_added]`` and ``uns[key_added without "X_"]`` (parameters,
+    ``n_iterations`` run and whether the objective ``converged``).
+
+    Raises
+    ------
+    InputError
+        ``obsm`` lacks ``use_rep``, ``obs`` lacks a batch column, the embedding has NaN or
+        infinite values, or ``theta`` has neither one value nor one per batch column.
 
     Examples
     --------
@@ -79,9 +92,7 @@ def harmony(
     >>> prot.obsm["X_harmony_prot"].shape
     (1200, 10)
     """
-    import logging
-
-    import harmonypy
+    from sccohort.tl.harmony_kernel import run_harmony
 
     if use_rep not in adata.obsm:
         raise InputError(
@@ -97,43 +108,43 @@ def harmony(
             column=missing[0],
             hint=f"use one of {list(adata.obs.columns)}",
         )
-    emb = np.asarray(adata.obsm[use_rep], dtype=np.float64)
+    emb = np.asarray(adata.obsm[use_rep], dtype=np.float32)
+    bad = int((~np.isfinite(emb)).any(axis=1).sum()) if emb.ndim == 2 else 0
+    if emb.ndim != 2 or bad:
+        raise InputError(
+            f"obsm['{use_rep}'] has {bad} cells with NaN or infinite values"
+            if bad
+            else f"obsm['{use_rep}'] is not a cells x dimensions matrix",
+            key=use_rep,
+            hint="recompute the embedding, or drop those cells first",
+        )
     meta = pd.DataFrame({k: adata.obs[k].astype(str).to_numpy() for k in keys})
     if all(meta[k].nunique() < 2 for k in keys):
         warnings.warn(
             f"only one batch in {keys}: '{key_added}' is a copy of '{use_rep}'", stacklevel=2
         )
-        adata.obsm[key_added] = emb.astype(np.float32)
+        adata.obsm[key_added] = emb.copy()
         return
     theta_arg = [float(theta)] * len(keys) if np.isscalar(theta) else [float(t) for t in theta]
-    log = logging.getLogger("harmonypy")
-    level = log.level
-    log.setLevel(logging.WARNING)
-    try:
-        # Pass dims x cells: harmonypy infers the orientation from the number of cells.
-        ho = harmonypy.run_harmony(
-            np.ascontiguousarray(emb.T),
-            meta,
-            keys,
-            theta=theta_arg,
-            max_iter_harmony=max_iter,
-            random_state=seed,
-            verbose=False,
-            ncores=n_jobs,
+    if len(theta_arg) != len(keys):
+        raise InputError(
+            f"theta has {len(theta_arg)} values for {len(keys)} batch columns",
+            key="theta",
+            hint="give one theta, or one per batch column",
         )
-    finally:
-        log.setLevel(level)
-    z = np.asarray(ho.Z_corr)
-    if z.shape != emb.shape:  # older harmonypy returns dims x cells
-        z = z.T
-    adata.obsm[key_added] = z.astype(np.float32)
+    res = run_harmony(
+        emb, [meta[k].to_numpy() for k in keys], theta=theta_arg, max_iter_harmony=max_iter,
+        seed=seed,
+    )  # fmt: skip
+    adata.obsm[key_added] = res.z_corr
     adata.uns[key_added.removeprefix("X_")] = {
         "use_rep": use_rep,
         "batch_key": keys,
         "theta": theta_arg,
         "max_iter": int(max_iter),
         "seed": int(seed),
-        "n_iterations": len(ho.objective_harmony),
+        "n_iterations": int(res.n_iterations),
+        "converged": bool(res.converged),
     }
 
 

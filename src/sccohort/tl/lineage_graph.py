@@ -1,15 +1,15 @@
 """The subclustering graph of one lineage and the most stable Leiden resolution on it.
 
-Exact kNN up to ``EXACT_MAX_CELLS`` cells, then an inverted-file search; resolutions are tried
-from the highest down and the first whose clusterings agree across resamples is kept.
+Exact kNN up to ``EXACT_MAX_CELLS`` cells, then an inverted-file search; the graph is the
+symmetric 0/1 scipy CSR adjacency of the union of the kNN edges, clustered by
+`sccohort.tl.clustering.leiden_membership` (objective ``"er"``). Resolutions are tried from the
+highest down and the first whose clusterings agree across resamples is kept.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
-import igraph as ig
 import numpy as np
 import scipy.sparse as sp
 from sklearn.metrics import adjusted_rand_score
@@ -41,24 +41,33 @@ def _knn(x: np.ndarray, n_neighbors: int, method: str, seed: int) -> np.ndarray:
     return nn.kneighbors(x, return_distance=False)[:, 1:]
 
 
-def _graph_from_knn(idx: np.ndarray) -> ig.Graph:
-    """Undirected, unweighted graph of kNN indices ``idx`` (cells x k): union of the edges."""
+def _graph_from_knn(idx: np.ndarray) -> sp.csr_matrix:
+    """Undirected, unweighted graph of kNN indices ``idx`` (cells x k): union of the edges.
+
+    Symmetric ``cells x cells`` CSR, 1.0 for each neighbour pair (both ways), no diagonal.
+    """
     n, k = idx.shape
-    rows = np.repeat(np.arange(n), k)
-    a = sp.coo_matrix((np.ones(rows.size), (rows, idx.ravel())), shape=(n, n))
-    a = sp.triu((a + a.T).tocsr(), k=1).tocoo()
-    return ig.Graph(n=n, edges=list(zip(a.row.tolist(), a.col.tolist(), strict=True)))
+    rows, cols = np.repeat(np.arange(n), k), idx.ravel()
+    keep = rows != cols
+    a = sp.csr_matrix((np.ones(keep.sum()), (rows[keep], cols[keep])), shape=(n, n))
+    a = (a + a.T).tocsr()
+    a.data[:] = 1.0
+    a.sort_indices()
+    return a
 
 
-def _leiden(g: ig.Graph, resolution: float, seed: int) -> np.ndarray:
+def _subgraph(g: sp.csr_matrix, nodes: np.ndarray) -> sp.csr_matrix:
+    """The graph induced by ``nodes`` (sorted indices) on ``g``, nodes renumbered 0.."""
+    return g[nodes][:, nodes].tocsr()
+
+
+def _leiden(g: sp.csr_matrix, resolution: float, seed: int) -> np.ndarray:
     """Leiden membership of ``g`` (`leiden_membership`, ``"er"``), deterministic for ``seed``."""
-    return leiden_membership(
-        g, resolution=resolution, objective="er", generator=random.Random(seed)
-    )
+    return leiden_membership(g, resolution=resolution, objective="er", seed=seed)
 
 
 def _stable_resolution(
-    g: ig.Graph, resolutions: Sequence[float], n_resamples: int, threshold: float, seed: int
+    g: sp.csr_matrix, resolutions: Sequence[float], n_resamples: int, threshold: float, seed: int
 ) -> tuple[float, np.ndarray, dict[float, float]]:
     """Highest resolution whose mean ARI against 80 % subsample reclusterings is >= threshold.
 
@@ -71,9 +80,9 @@ def _stable_resolution(
     threshold (the first resolution, chosen when none passes, is always scored in full).
     """
     rng = np.random.default_rng(seed)
-    n = g.vcount()
+    n = g.shape[0]
     subsamples = [np.sort(rng.choice(n, int(0.8 * n), replace=False)) for _ in range(n_resamples)]
-    subgraphs = [g.induced_subgraph(s.tolist()) for s in subsamples]
+    subgraphs = [_subgraph(g, s) for s in subsamples]
     scores: dict[float, float] = {}
     for j in range(len(resolutions) - 1, -1, -1):
         r = resolutions[j]
