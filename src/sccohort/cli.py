@@ -329,9 +329,20 @@ def simulate(
             "'prepost': 6)."
         ),
     ] = None,
+    tissue: Annotated[
+        str | None,
+        typer.Option(
+            help="Also write tissue samples: 'kidney' (RNA only, for every SRC donor and as "
+            "many SSc donors without SRC; truth/trajectory.csv, truth/interactions.csv)."
+        ),
+    ] = None,
 ) -> None:
     """Simulate a CITE-seq cohort with known truth (Cell Ranger h5 files, tables, config)."""
-    _guard(lambda: _simulate(out, design, cells_per_donor, seed, jobs, n_donors=n_donors))
+    _guard(
+        lambda: _simulate(
+            out, design, cells_per_donor, seed, jobs, n_donors=n_donors, tissue=tissue
+        )
+    )
 
 
 def _simulate(
@@ -341,14 +352,20 @@ def _simulate(
     seed: int,
     jobs: int = 0,
     n_donors: int | None = None,
+    tissue: str | None = None,
     **params: float,
 ) -> Path:
     from sccohort.errors import InputError
     from sccohort.simulate import DESIGNS, simulate_cohort
+    from sccohort.simulate.tissue import TISSUES
 
     if design not in DESIGNS:
         raise InputError(
             f"unknown design '{design}'", key="--design", hint=f"use one of {', '.join(DESIGNS)}"
+        )
+    if tissue is not None and tissue not in TISSUES:
+        raise InputError(
+            f"unknown tissue '{tissue}'", key="--tissue", hint=f"use one of {', '.join(TISSUES)}"
         )
     if cells_per_donor < 50:
         raise InputError(
@@ -364,6 +381,7 @@ def _simulate(
             n_jobs=jobs or os.cpu_count() or 1,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
             n_donors=n_donors,
+            tissue=tissue,
             **params,
         )
     toml = escape(str(path / "sccohort.toml"))

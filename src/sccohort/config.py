@@ -537,7 +537,7 @@ def load_inputs(config: Config) -> tuple[SampleSheet, ClinicalTable | None]:
         )
     else:
         try:
-            sheet = SampleSheet.from_csv(config.samples)
+            sheet = SampleSheet.from_csv(config.samples).of_tissue(config.primary_tissue)
         except InputError as exc:
             collect(exc)
     clinical = _read_clinical(config, sheet, collect)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,45 @@ class SampleSheet:
 
     def __len__(self) -> int:
         return len(self.table)
+
+    def of_tissue(self, tissue: str) -> SampleSheet:
+        """The samples of ``tissue`` only, with a warning naming the others set aside.
+
+        A run analyses one tissue, the primary one (``[run] primary_tissue``): cells of
+        kidney or lung would otherwise be clustered and counted with the blood. A sheet
+        with no sample of ``tissue`` comes back whole (`primary_samples` says what is wrong).
+
+        Examples
+        --------
+        >>> from sccohort.io import SampleSheet
+        >>> table = pd.DataFrame({"donor_id": ["D1", "D1", "D2"],
+        ...                       "tissue": ["blood", "kidney", "blood"]},
+        ...                      index=pd.Index(["D1", "D1_k", "D2"], name="sample_id"))
+        >>> sheet = SampleSheet(table, None, pd.Series([2, 3, 4], index=table.index))
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     blood = sheet.of_tissue("blood")
+        >>> list(blood.table.index), "D1_k" in str(caught[0].message)
+        (['D1', 'D2'], True)
+        """
+        other = (self.table["tissue"] != tissue).to_numpy()
+        if not other.any() or other.all():
+            return self
+        ids = list(self.table.index[other].astype(str))
+        kinds = ", ".join(sorted(set(self.table.loc[other, "tissue"].astype(str))))
+        warnings.warn(
+            f"{len(ids)} sample(s) of tissue {kinds} set aside ({', '.join(ids[:6])}"
+            f"{', ...' if len(ids) > 6 else ''}): the run analyses tissue '{tissue}' "
+            "([run] primary_tissue); analyses of other tissues with the blood (integration, "
+            "trajectories, cell-cell communication) are not built yet",
+            UserWarning,
+            stacklevel=2,
+        )
+        keep = ~other
+        return SampleSheet(
+            self.table[keep], self.path, self.lines[self.lines.index.isin(self.table.index[keep])]
+        )
 
     def __repr__(self) -> str:
         return (

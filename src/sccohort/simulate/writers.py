@@ -46,6 +46,16 @@ from sccohort.simulate.stimulation import (
     STIM_TIMEPOINTS,
     stim_clinical,
 )
+from sccohort.simulate.tissue import (
+    KidneyJob,
+    check_tissue,
+    interactions_table,
+    kidney_biology,
+    kidney_config,
+    kidney_jobs,
+    primary_timepoint,
+    run_kidney_job,
+)
 
 
 class _WithinDonor(NamedTuple):
@@ -159,8 +169,10 @@ def _write_sample_files(out: Path, sample_id: str, sc: SampleCounts) -> None:
 
 
 def _run_sample(
-    job: tuple[Path, SampleSpec, dict, str, SimParams, int, int, int, int],
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+    job: tuple[Path, SampleSpec, dict, str, SimParams, int, int, int, int] | KidneyJob,
+) -> tuple[pd.DataFrame, ...]:
+    if isinstance(job, KidneyJob):
+        return run_kidney_job(job)
     out, spec, donor, design, params, n_cells, seed, donor_idx, batch_idx = job
     sc = simulate_sample(
         spec, pd.Series(donor), design, params, n_cells, seed, donor_idx, batch_idx
@@ -170,7 +182,7 @@ def _run_sample(
     return sc.truth, comp[["sample_id", "donor_id", "subset", "expected_share", "donor_share"]]
 
 
-def _results(jobs: list, n_jobs: int) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+def _results(jobs: list, n_jobs: int) -> Iterator[tuple[pd.DataFrame, ...]]:
     if n_jobs <= 1:
         yield from map(_run_sample, jobs)
         return
@@ -292,21 +304,25 @@ def _write_truth_cells(
     jobs: list,
     n_jobs: int,
     progress: Callable[[int, int], None] | None,
-) -> list[pd.DataFrame]:
-    """Run the jobs, streaming each sample's truth to ``cells_path``; returns compositions."""
+) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
+    """Run the jobs, streaming each sample's truth to ``cells_path``.
+
+    Returns the samples' compositions and the trajectories of the kidney samples.
+    """
     tmp = cells_path.with_name(cells_path.name + ".tmp")
-    compositions = []
+    compositions, trajectories = [], []
     with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
         text = io.TextIOWrapper(gz, encoding="utf-8", newline="\n")
-        for done, (truth, comp) in enumerate(_results(jobs, n_jobs), start=1):
+        for done, (truth, comp, *trajectory) in enumerate(_results(jobs, n_jobs), start=1):
             truth.to_csv(text, index=False, header=done == 1, lineterminator="\n")
             compositions.append(comp)
+            trajectories += trajectory
             if progress is not None:
                 progress(done, len(jobs))
         text.flush()
         text.detach()
     os.replace(tmp, cells_path)
-    return compositions
+    return compositions, trajectories
 
 
 def _samples_table(specs: Sequence[SampleSpec], design: str) -> pd.DataFrame:
@@ -338,6 +354,7 @@ def write_cohort(
     n_jobs: int = 1,
     donors: Sequence[str] | None = None,
     n_donors: int | None = None,
+    tissue: str | None = None,
     **params: object,
 ) -> Path:
     """Simulate a CITE-seq cohort and write it as Cell Ranger outputs plus truth tables.
@@ -377,6 +394,13 @@ def write_cohort(
         scale with it (`~sccohort.simulate.design.default_batches`). Design ``stim``: 2
         donors by default, any number >= 2 (``2 * n_donors`` samples, a lane per 4 donors);
         ``prepost``: 6 by default, any number >= 3.
+    tissue
+        ``"kidney"``: also a kidney sample (``<donor>_kidney``, samples.csv ``tissue =
+        kidney``, RNA only) of every SRC donor and as many SSc donors without SRC, their
+        cells in ``truth/cells.csv.gz`` and ``donor_composition.csv``, and
+        ``truth/{trajectory.csv, trajectory_genes.csv, interactions.csv}``; the config
+        gets ``primary_tissue = "blood"`` and a comment (:mod:`sccohort.simulate.tissue`).
+        ``None``: blood only.
     **params
         Any field of `SimParams` (e.g. ``egr1_fold=5``, ``doublet_rate=0.08``).
 
@@ -385,16 +409,42 @@ def write_cohort(
     Path
         The output folder.
     """
+    check_tissue(tissue)
     p, clinical, specs = _cohort_plan(design, cells_per_donor, donors, n_donors, params)
+    template = _WITHIN_DONOR[design].config if design in _WITHIN_DONOR else CONFIG_TEMPLATE
+    config = template.format(seed=int(seed))
     out = Path(out_dir)
-    (out / "truth").mkdir(parents=True, exist_ok=True)
     jobs = _sample_jobs(out, specs, clinical, design, p, int(cells_per_donor), int(seed))
-    compositions = _write_truth_cells(out / "truth" / "cells.csv.gz", jobs, n_jobs, progress)
+    kidney = []
+    if tissue is not None:
+        selected = {s.donor_id for s in specs}
+        timepoint = primary_timepoint(config)
+        kidney = kidney_jobs(
+            out, clinical, design, selected, timepoint, p, int(cells_per_donor), int(seed)
+        )
+    (out / "truth").mkdir(parents=True, exist_ok=True)
+    compositions, trajectories = _write_truth_cells(
+        out / "truth" / "cells.csv.gz", [*jobs, *kidney], n_jobs, progress
+    )
     _atomic_csv(out / "truth" / "donor_composition.csv", pd.concat(compositions))
     _atomic_csv(out / "truth" / "effects.csv", effects_table(design, p))
     samples = _samples_table(specs, design)
+    if tissue is not None:
+        samples = pd.concat([samples, _kidney_outputs(out, design, kidney, trajectories)])
+        config = kidney_config(config, len(kidney))
     _atomic_csv(out / "samples.csv", samples)
     _atomic_csv(out / "clinical.csv", clinical[clinical["donor_id"].isin(samples["donor_id"])])
-    template = _WITHIN_DONOR[design].config if design in _WITHIN_DONOR else CONFIG_TEMPLATE
-    _atomic_text(out / "sccohort.toml", template.format(seed=int(seed)))
+    _atomic_text(out / "sccohort.toml", config)
     return out
+
+
+def _kidney_outputs(
+    out: Path, design: str, kidney: list[KidneyJob], trajectories: list[pd.DataFrame]
+) -> pd.DataFrame:
+    """Write the kidney truth tables; returns the kidney rows of ``samples.csv``."""
+    truth = out / "truth"
+    empty = pd.DataFrame(columns=["cell_id", "pseudotime", "state"])
+    _atomic_csv(truth / "trajectory.csv", pd.concat(trajectories) if trajectories else empty)
+    _atomic_csv(truth / "trajectory_genes.csv", kidney_biology().trajectory_genes)
+    _atomic_csv(truth / "interactions.csv", interactions_table(design))
+    return _samples_table([j.spec for j in kidney], design).assign(tissue="kidney")
