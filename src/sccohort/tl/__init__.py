@@ -14,6 +14,8 @@ from sccohort.tl.markers import rank_markers
 from sccohort.tl.metrics import ari, ilisi, kbet_acceptance, lisi, silhouette
 from sccohort.tl.pca import pca_prot, pca_rna, scaled_pca
 from sccohort.tl.subsets import subsets
+from sccohort.tl.trajectory import pseudotime
+from sccohort.tl.trajectory_genes import trajectory_genes
 from sccohort.tl.transfer import load_reference, transfer_labels
 from sccohort.tl.wnn import WNNResult, wnn, wnn_graph
 
@@ -37,10 +39,12 @@ __all__ = [
     "load_reference",
     "pca_prot",
     "pca_rna",
+    "pseudotime",
     "rank_markers",
     "scaled_pca",
     "silhouette",
     "subsets",
+    "trajectory_genes",
     "transfer_labels",
     "umap",
     "wnn",
