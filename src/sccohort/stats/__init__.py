@@ -15,6 +15,7 @@ from sccohort.stats.gating import GatingOptions, gate_subsets, gating_strategy
 from sccohort.stats.gating_result import Gate, GatingResult
 from sccohort.stats.gsea import gsea
 from sccohort.stats.influence import leave_one_donor_out
+from sccohort.stats.interactions import compare_interactions
 from sccohort.stats.longitudinal import expression_trajectory, paired_test, trajectories
 from sccohort.stats.mixed_model import random_intercept, voom_weights
 from sccohort.stats.neighbourhoods import neighbourhoods
@@ -53,6 +54,7 @@ __all__ = [
     "cohort_detectable_fold",
     "compare_abundance",
     "compare_donor_values",
+    "compare_interactions",
     "composition",
     "delong_ci",
     "describe_attainable",

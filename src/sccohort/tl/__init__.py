@@ -1,4 +1,4 @@
-"""Cohort-level cell work: HVGs, PCA, Harmony, WNN, Leiden, UMAP, annotation, subsets, markers.
+"""Cohort-level cell work: HVGs, PCA, Harmony, WNN, Leiden, UMAP, annotation, markers, interactions.
 
 Every name in ``__all__`` is public API (scanpy's conventions: ``use_rep``, ``groupby``,
 ``key_added``, ``seed``).
@@ -9,6 +9,7 @@ from sccohort.tl.cell_graph import cell_graph
 from sccohort.tl.clustering import leiden, leiden_membership
 from sccohort.tl.embed import harmony, umap
 from sccohort.tl.hvg import highly_variable_genes, hvg_count
+from sccohort.tl.interactions import ligand_receptor, load_ligand_receptor
 from sccohort.tl.knn import knn_exact, knn_ivf
 from sccohort.tl.markers import rank_markers
 from sccohort.tl.metrics import ari, ilisi, kbet_acceptance, lisi, silhouette
@@ -34,7 +35,9 @@ __all__ = [
     "label_coverage",
     "leiden",
     "leiden_membership",
+    "ligand_receptor",
     "lisi",
+    "load_ligand_receptor",
     "load_markers",
     "load_reference",
     "pca_prot",
