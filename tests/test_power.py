@@ -222,3 +222,13 @@ def test_power_from_a_pilot_run_and_the_runs_own_paragraph(simulated_run: Path) 
     assert np.isnan(row["detectable_fold_up"]) and "out of reach" in row["detectable_note"]
     report = (simulated_run / "out" / "report.html").read_text()
     assert "What this cohort could detect" in report
+
+
+def test_a_designs_numbers_do_not_depend_on_the_rest_of_the_grid() -> None:
+    ref = reference_variation(cells=800)
+    alone = abundance_power(ref, n_case=[6], fold=[2.0], base_share=[0.05], n_sim=30, seed=2)
+    grid = abundance_power(
+        ref, n_case=[4, 6], fold=[1.5, 2.0], base_share=[0.01, 0.05], n_sim=30, seed=2
+    )
+    same = grid[(grid["n_case"] == 6) & (grid["fold"] == 2.0) & (grid["base_share"] == 0.05)]
+    pd.testing.assert_frame_equal(same.reset_index(drop=True), alone)
