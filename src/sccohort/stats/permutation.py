@@ -20,6 +20,7 @@ from threadpoolctl import threadpool_limits
 
 from sccohort.cohort import ContrastDesign
 from sccohort.stats.mixed_model import random_intercept
+from sccohort.stats.special_functions import trigamma_inverse
 
 __all__ = ["attainable_significance", "describe_attainable", "precision_weights"]
 
@@ -439,52 +440,11 @@ def _prior(s2: np.ndarray, df: float | np.ndarray) -> tuple[np.ndarray, np.ndarr
     e_var = e.var(axis=1, ddof=1) - np.mean(special.polygamma(1, half))
     finite = e_var > 0
     d0 = np.full(len(s2), np.inf)
-    d0[finite] = 2 * _trigamma_inverse(e_var[finite])
+    d0[finite] = 2 * trigamma_inverse(e_var[finite])
     s0 = np.exp(e.mean(axis=1))
     s0[finite] *= np.exp(special.digamma(d0[finite] / 2) - np.log(d0[finite] / 2))
     s0[~finite] = s2[~finite].mean(axis=1)
     return s0, d0
-
-
-def _trigamma_inverse(x: np.ndarray) -> np.ndarray:
-    """Solve ``trigamma(y) = x`` for ``y`` (limma's ``trigammaInverse``, vectorised)."""
-    x = np.asarray(x, dtype=float)
-    y = 0.5 + 1 / x
-    active = np.ones(x.shape, dtype=bool)
-    for _ in range(50):
-        tri, tetra = _trigamma_tetragamma(y[active])
-        dif = tri * (1 - tri / x[active]) / tetra
-        y[active] += dif
-        done = -dif / y[active] < 1e-8
-        active[np.flatnonzero(active)[done]] = False
-        if not active.any():
-            break
-    y = np.where(x > 1e7, 1 / np.sqrt(np.maximum(x, 1e-300)), y)
-    return np.where(x < 1e-6, 1 / np.maximum(x, 1e-300), y)
-
-
-def _trigamma_tetragamma(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``polygamma(1, y)`` and ``polygamma(2, y)`` for ``y > 0`` (relative error < 1e-12).
-
-    The recurrence up to ``y >= 10``, then the asymptotic series; four times faster than
-    ``scipy.special.polygamma``, which dominated the permutations' moderation.
-    """
-    tri, tetra = np.zeros_like(y), np.zeros_like(y)
-    y = y.copy()
-    while (small := y < 10).any():
-        ys = y[small]
-        tri[small] += 1 / ys**2
-        tetra[small] -= 2 / ys**3
-        y[small] += 1
-    i = 1 / y
-    i2 = i * i
-    tri += (
-        i + i2 / 2 + i * i2 * (1 / 6 - i2 * (1 / 30 - i2 * (1 / 42 - i2 * (1 / 30 - i2 * 5 / 66))))
-    )
-    tetra -= (
-        i2 + i2 * i + i2 * i2 * (1 / 2 - i2 * (1 / 6 - i2 * (1 / 6 - i2 * (3 / 10 - i2 * 5 / 6))))
-    )
-    return tri, tetra
 
 
 def _n_arrangements(values: np.ndarray) -> int:

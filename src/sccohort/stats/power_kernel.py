@@ -17,51 +17,7 @@ import math
 import numba
 import numpy as np
 
-
-@numba.njit(cache=True, nogil=True)
-def _digamma(x: float) -> float:
-    out = 0.0
-    while x < 10.0:
-        out -= 1.0 / x
-        x += 1.0
-    i2 = 1.0 / (x * x)
-    series = i2 * (1 / 12 - i2 * (1 / 120 - i2 * (1 / 252 - i2 * (1 / 240 - i2 / 132))))
-    return out + math.log(x) - 0.5 / x - series
-
-
-@numba.njit(cache=True, nogil=True)
-def _trigamma_tetragamma(y: float) -> tuple[float, float]:
-    tri, tetra = 0.0, 0.0
-    while y < 7.0:
-        inv = 1.0 / y
-        tri += inv * inv
-        tetra -= 2.0 * inv * inv * inv
-        y += 1.0
-    i = 1.0 / y
-    i2 = i * i
-    tri += (
-        i + i2 / 2 + i * i2 * (1 / 6 - i2 * (1 / 30 - i2 * (1 / 42 - i2 * (1 / 30 - i2 * 5 / 66))))
-    )
-    tetra -= (
-        i2 + i2 * i + i2 * i2 * (1 / 2 - i2 * (1 / 6 - i2 * (1 / 6 - i2 * (3 / 10 - i2 * 5 / 6))))
-    )
-    return tri, tetra
-
-
-@numba.njit(cache=True, nogil=True)
-def _trigamma_inverse(x: float) -> float:
-    if x > 1e7:
-        return 1.0 / math.sqrt(x)
-    if x < 1e-6:
-        return 1.0 / x
-    y = 0.5 + 1.0 / x
-    for _ in range(50):
-        tri, tetra = _trigamma_tetragamma(y)
-        dif = tri * (1.0 - tri / x) / tetra
-        y += dif
-        if -dif / y < 1e-8:
-            break
-    return y
+from sccohort.stats.special_functions import digamma, trigamma_inverse_scalar
 
 
 @numba.njit(cache=True, nogil=True)
@@ -118,8 +74,8 @@ def squared_t(
                 e_ss += d * d
             e_var = e_ss / (n_sub - 1) - trigamma_half
             if e_var > 0:
-                d0 = 2.0 * _trigamma_inverse(e_var)
-                s0 = math.exp(e_mean + _digamma(d0 / 2) - math.log(d0 / 2))
+                d0 = 2.0 * trigamma_inverse_scalar(e_var)
+                s0 = math.exp(e_mean + digamma(d0 / 2) - math.log(d0 / 2))
                 for k in range(n_sub):
                     out[b, base + k] = fitted[k] * (d0 + df) / (d0 * s0 + df * s2[k])
             else:

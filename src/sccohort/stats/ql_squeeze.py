@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import optimize, special, stats
 
+from sccohort.stats.special_functions import trigamma_inverse
+
 __all__ = ["lowess", "squeeze_var"]
 
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(128)
@@ -120,22 +122,6 @@ def _natural_spline(x: np.ndarray, knots: np.ndarray) -> np.ndarray:
     return np.column_stack(cols)
 
 
-def _trigamma_inverse(x: float) -> float:
-    """Solve ``trigamma(y) = x`` for one positive x (limma's ``trigammaInverse``)."""
-    if x > 1e7:
-        return 1 / np.sqrt(x)
-    if x < 1e-6:
-        return 1 / x
-    y = 0.5 + 1 / x
-    for _ in range(50):
-        tri = special.polygamma(1, y)
-        dif = tri * (1 - tri / x) / special.polygamma(2, y)
-        y += dif
-        if -dif / y < 1e-8:
-            break
-    return float(y)
-
-
 def fit_f_dist(x: np.ndarray, df1: np.ndarray, covariate: np.ndarray) -> tuple[np.ndarray, float]:
     """Prior scale (n,) and prior df as limma's ``fitFDist(x, df1, covariate)``.
 
@@ -164,7 +150,7 @@ def fit_f_dist(x: np.ndarray, df1: np.ndarray, covariate: np.ndarray) -> tuple[n
         evar = float(resid @ resid / (nok - rank))
     evar -= float(np.mean(special.polygamma(1, d1 / 2)))
     if evar > 0:
-        df2 = 2 * _trigamma_inverse(evar)
+        df2 = 2 * float(trigamma_inverse(evar))
         return np.exp(emean + special.digamma(df2 / 2) - np.log(df2 / 2)), df2
     return (np.full(n, xo.mean()) if spline_df < 2 else np.exp(emean)), np.inf
 
