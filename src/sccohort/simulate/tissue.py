@@ -43,10 +43,9 @@ from sccohort.errors import InputError
 from sccohort.io.tenx import write_10x_h5
 from sccohort.simulate.biology import (
     HOUSEKEEPING,
-    L1_PROGRAMS,
-    L2_PROGRAMS,
     SUBSETS,
     Biology,
+    _named_genes,
     load_genes,
 )
 from sccohort.simulate.counts import _barcodes, _empty_counts, _rna_counts, _rng, biology
@@ -172,15 +171,6 @@ def _ramp(t: np.ndarray, midpoint: float) -> np.ndarray:
     return (f(t) - f(0.0)) / (f(1.0) - f(0.0))
 
 
-def _blood_named() -> set[str]:
-    named = set(HOUSEKEEPING)
-    for prog in (*L1_PROGRAMS.values(), *L2_PROGRAMS.values()):
-        named |= set(prog)
-    for s in SUBSETS:
-        named |= set(s.markers)
-    return named
-
-
 def _background(bio: Biology) -> tuple[np.ndarray, np.ndarray]:
     """Tissue background (cp10k, (n_genes,)) and the pool of genes for random programs.
 
@@ -192,10 +182,10 @@ def _background(bio: Biology) -> tuple[np.ndarray, np.ndarray]:
     sym = bio.genes["symbol"].to_numpy()
     ribo = np.char.startswith(sym.astype(str), "RPL") | np.char.startswith(sym.astype(str), "RPS")
     bg[ribo] *= 0.5
-    immune = (_blood_named() - set(HOUSEKEEPING)) | set(_IMMUNE_HOUSEKEEPING)
+    immune = (_named_genes() - set(HOUSEKEEPING)) | set(_IMMUNE_HOUSEKEEPING)
     bg[bio.idx(sorted(immune))] = 0.05
     bg[bio.mt_index] = 0.0
-    named = _blood_named() | set(RISING) | set(FALLING) | {g for p in PAIRS for g in p[:2]}
+    named = _named_genes() | set(RISING) | set(FALLING) | {g for p in PAIRS for g in p[:2]}
     for t in KIDNEY_TYPES:
         named |= set(t.markers)
     kind = bio.genes["kind"].to_numpy()
