@@ -1,4 +1,4 @@
-"""Trajectories on the simulated kidney continuum (issue 23): `tl.pseudotime`, `tl.trajectory_genes`.
+"""Trajectories on the simulated kidney continuum: `tl.pseudotime`, `tl.trajectory_genes`.
 
     python benchmarks/bench_trajectory.py --seeds 1 2 3 4 5 6
 
