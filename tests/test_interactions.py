@@ -33,7 +33,7 @@ from sccohort.simulate.tissue import kidney_donors
 from sccohort.stats import Contrast, attainable_significance, compare_interactions
 from sccohort.tl import ligand_receptor, load_ligand_receptor
 
-CELLS = 300
+CELLS = 600  # blood cells per donor; a kidney sample has half (300)
 N_EMPTY = 100
 SEED = 3
 DONORS_8 = ["SSc1", "SSc4", "SSc19", "SSc20", "SSc2", "SSc3", "SSc5", "SSc6"]
@@ -101,7 +101,11 @@ def null8(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _donors_18() -> list[str]:
-    return kidney_donors(clinical_table(N_DONORS_18), "paper")
+    """The 9 SRC donors of the drawn cohort and its first 9 SSc donors without SRC."""
+    clinical = clinical_table(N_DONORS_18)
+    ssc = kidney_donors(clinical, "paper")
+    src = set(clinical.loc[clinical["SRC"] == "yes", "donor_id"])
+    return [d for d in ssc if d in src] + [d for d in ssc if d not in src][: len(src)]
 
 
 @pytest.fixture(scope="module")

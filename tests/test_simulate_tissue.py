@@ -25,9 +25,9 @@ from sccohort.simulate.writers import CONFIG_TEMPLATE
 CELLS = 300
 N_EMPTY = 100
 SEED = 3
-# SSc1, SSc19: SRC; SSc2, SSc3: without SRC, chosen; SSc7 (not chosen) and HD1: no kidney.
+# SSc1, SSc19: SRC; SSc2, SSc3, SSc7: without SRC; HD1: healthy, no kidney.
 DONORS = ["SSc1", "SSc19", "SSc2", "SSc3", "SSc7", "HD1"]
-KIDNEY = {"SSc1_kidney", "SSc19_kidney", "SSc2_kidney", "SSc3_kidney"}
+KIDNEY = {"SSc1_kidney", "SSc19_kidney", "SSc2_kidney", "SSc3_kidney", "SSc7_kidney"}
 SRC = {"SSc1", "SSc19"}
 KW = {"cells_per_donor": CELLS, "seed": SEED, "n_empty": N_EMPTY}
 
@@ -63,14 +63,14 @@ def _gene(k: dict, symbol: str) -> np.ndarray:
 
 
 def test_kidney_samples_only_for_chosen_donors(cohort: Path) -> None:
-    assert kidney_donors(clinical_table(), "paper") == [
-        "SSc1", "SSc2", "SSc3", "SSc4", "SSc5", "SSc6", "SSc19", "SSc20"
-    ]  # fmt: skip
+    clinical = clinical_table()
+    ssc = clinical.loc[clinical["group"] == "SSc", "donor_id"].tolist()
+    assert kidney_donors(clinical, "paper") == ssc and len(ssc) == 21
     samples = pd.read_csv(cohort / "samples.csv")
     kid = samples[samples["tissue"] == "kidney"]
     assert set(kid["sample_id"]) == KIDNEY
     assert (kid["sample_id"] == kid["donor_id"] + "_kidney").all()
-    assert set(kid["timepoint"]) == {"baseline"} and set(kid["batch"]) == {"K1"}
+    assert set(kid["timepoint"]) == {"baseline"} and set(kid["batch"]) == {"K1", "K3"}  # SSc19: K3
     blood = samples[samples["tissue"] == "blood"]
     assert set(blood["sample_id"]) == set(DONORS)
     text = (cohort / "sccohort.toml").read_text()
@@ -78,7 +78,7 @@ def test_kidney_samples_only_for_chosen_donors(cohort: Path) -> None:
     expected["run"]["primary_tissue"] = "blood"
     assert tomllib.loads(text) == expected
     added = text.split(CONFIG_TEMPLATE.format(seed=SEED).split("[contrasts")[-1])[-1]
-    assert "sets the kidney ones aside" in " ".join(added.split()) and all(
+    assert "the kidney samples go to the tissue stages" in " ".join(added.split()) and all(
         line.startswith("#") for line in added.split("\n") if line
     )
     assert load_config(cohort / "sccohort.toml").primary_tissue == "blood"
@@ -87,9 +87,9 @@ def test_kidney_samples_only_for_chosen_donors(cohort: Path) -> None:
 def test_kidney_h5_files_hold_rna_only(cohort: Path, kidney: dict) -> None:
     for sid in sorted(KIDNEY):
         mdata = read_sample(cohort / sid / "filtered_feature_bc_matrix.h5", sid)
-        assert list(mdata.mod) == ["rna"] and mdata.n_obs == CELLS
+        assert list(mdata.mod) == ["rna"] and mdata.n_obs == CELLS // 2  # half the cells
         with h5py.File(cohort / sid / "raw_feature_bc_matrix.h5", "r") as fh:
-            assert fh["matrix"]["shape"][1] == CELLS + N_EMPTY
+            assert fh["matrix"]["shape"][1] == CELLS // 2 + N_EMPTY
             assert set(fh["matrix"]["features"]["feature_type"][:]) == {b"Gene Expression"}
     t = kidney["truth"]
     assert set(t["l1"]) == {"Epithelial", "Endothelial", "Stromal", "Mono", "CD8 T", "CD4 T", "NK"}
@@ -188,7 +188,7 @@ def test_a_run_sets_the_kidney_samples_aside(cohort: Path, tmp_path: Path) -> No
     )
     result = CliRunner().invoke(app, ["validate", str(config)])
     assert result.exit_code == 0, result.output
-    assert "4 sample(s) of tissue kidney set aside" in " ".join(result.output.split())
+    assert "5 sample(s) of tissue kidney set aside" in " ".join(result.output.split())
     with pytest.warns(UserWarning, match="set aside"):
         sheet, _ = load_inputs(load_config(config))
     assert set(sheet.table["tissue"]) == {"blood"} and not KIDNEY & set(sheet.table.index)

@@ -29,7 +29,7 @@ ROOT = "CD14_EGR1"
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("kidney_traj")
     return simulate_cohort(
-        out, "paper", donors=DONORS, tissue="kidney", cells_per_donor=400, seed=3, n_empty=100
+        out, "paper", donors=DONORS, tissue="kidney", cells_per_donor=800, seed=3, n_empty=100
     )
 
 

@@ -332,8 +332,8 @@ def simulate(
     tissue: Annotated[
         str | None,
         typer.Option(
-            help="Also write tissue samples: 'kidney' (RNA only, for every SRC donor and as "
-            "many SSc donors without SRC; truth/trajectory.csv, truth/interactions.csv)."
+            help="Also write tissue samples: 'kidney' (RNA only, half the cells, for every SSc "
+            "donor; truth/trajectory.csv, truth/interactions.csv)."
         ),
     ] = None,
 ) -> None:

@@ -59,6 +59,7 @@ from sccohort.config_checks import (
     config_section,
     setting,
 )
+from sccohort.config_tissue import TissueSection  # noqa: F401  (registers [tissue])
 from sccohort.errors import InputError
 
 _CONTRAST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -74,10 +75,6 @@ MAX_NEIGHBOURS = 1000
 MAX_PERMUTATIONS = 10_000_000
 #: Most relabellings enumerated by an exact test: they are held in memory at once.
 MAX_EXACT = 1_000_000
-
-
-# ---------------------------------------------------------------------------------------
-# Ranges: what a key accepts beyond its type, declared once beside its default
 
 
 @config_section("inputs")

@@ -40,6 +40,7 @@ from sccohort.checkpoints import (
     input_checksums,
 )
 from sccohort.cluster import dask_scheduler, describe_scheduler, resolve_scheduler
+from sccohort.cohort import SampleSheet
 from sccohort.config import Config, load_inputs
 from sccohort.io.atomic import write_json
 from sccohort.io.cohort_file import read_h5mu
@@ -114,8 +115,11 @@ def run_pipeline(
     log = WarningLog()
     with log.capture("inputs"):
         samples, clinical = load_inputs(config)  # validates everything before writing anything
-        check_inputs(config, samples)
+        tissue_samples = SampleSheet.from_csv(config.samples).other_tissues(config.primary_tissue)
+        check_inputs(config, samples, tissue_samples)
         checksums = input_checksums(config, samples)
+        if tissue_samples is not None:
+            checksums |= input_checksums(config, tissue_samples)
     fingerprint = _fingerprint(config, checksums)
     stages = STAGES
     folder = OutFolder.prepare(out, stages=stages, resume=resume, overwrite=overwrite)
@@ -124,6 +128,7 @@ def run_pipeline(
         _drop_checkpoints_after(out, stages, len(good))
 
     state = RunState(config, out, samples, clinical, progress, scheduler=scheduler)
+    state.tissue_samples = tissue_samples
     cohort_checkpoint = next((r["cohort"] for r in reversed(good) if r.get("cohort")), None)
     if cohort_checkpoint is not None:
         state.mdata = read_h5mu(out / cohort_checkpoint)

@@ -70,6 +70,24 @@ class SampleSheet:
     def __len__(self) -> int:
         return len(self.table)
 
+    def other_tissues(self, tissue: str) -> SampleSheet | None:
+        """The samples of other tissues than ``tissue`` (None when there are none).
+
+        Examples
+        --------
+        >>> from sccohort.io import SampleSheet
+        >>> table = pd.DataFrame({"donor_id": ["D1", "D1"], "tissue": ["blood", "kidney"]},
+        ...                      index=pd.Index(["D1", "D1_k"], name="sample_id"))
+        >>> list(SampleSheet(table, None, pd.Series([2, 3], index=table.index))
+        ...      .other_tissues("blood").table.index)
+        ['D1_k']
+        """
+        other = (self.table["tissue"] != tissue).to_numpy()
+        if not other.any() or other.all():
+            return None
+        keep = self.table.index[other]
+        return SampleSheet(self.table[other], self.path, self.lines[self.lines.index.isin(keep)])
+
     def of_tissue(self, tissue: str) -> SampleSheet:
         """The samples of ``tissue`` only, with a warning naming the others set aside.
 
@@ -99,8 +117,8 @@ class SampleSheet:
         warnings.warn(
             f"{len(ids)} sample(s) of tissue {kinds} set aside ({', '.join(ids[:6])}"
             f"{', ...' if len(ids) > 6 else ''}): the run analyses tissue '{tissue}' "
-            "([run] primary_tissue); analyses of other tissues with the blood (integration, "
-            "trajectories, cell-cell communication) are not built yet",
+            "([run] primary_tissue) in the donor-level tests; the others go to the tissue "
+            "stages (integration, trajectory, cell-cell communication; [tissue] analyse)",
             UserWarning,
             stacklevel=2,
         )

@@ -82,6 +82,14 @@ TABLES: dict[str, TableSpec] = {
     "timecourse": TableSpec("timecourse.csv", "per donor x subset x timepoint: share"),
     "timecourse_tests": TableSpec("timecourse_tests.csv", "paired timepoint tests", core=True),
     "timecourse_expression": TableSpec("timecourse_expression.csv", "gene means per timepoint"),
+    "tissue_qc": TableSpec("tissue_qc.csv", "per tissue sample: cells in, removed, out"),
+    "tissue_cell_types": TableSpec("tissue_cell_types.csv", "tissue cells per type and subset"),
+    "trajectory_cells": TableSpec("trajectory_cells.csv.gz", "per trajectory cell: pseudotime"),
+    "trajectory_genes": TableSpec("trajectory_genes.csv", "genes along pseudotime: F test"),
+    "trajectory_donors": TableSpec("trajectory_donors.csv", "per donor: progression"),
+    "trajectory_tests": TableSpec("trajectory_tests.csv", "progression tests", core=True),
+    "interaction_scores": TableSpec("interaction_scores.csv", "pooled ligand-receptor scores"),
+    "interactions": TableSpec("interactions.csv", "per-donor interaction tests", core=True),
 }
 
 

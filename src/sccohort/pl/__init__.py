@@ -23,6 +23,7 @@ from .markers import dot_values, marker_dotplot
 from .power import power_curves
 from .qc import qc_cells
 from .roc import roc
+from .tissue import interaction_dots, trajectory_heatmap
 
 __all__ = [
     "association_heatmap",
@@ -33,6 +34,7 @@ __all__ = [
     "enrichment_bars",
     "gating_plot",
     "group_comparison",
+    "interaction_dots",
     "label_shares",
     "marker_dotplot",
     "nhood_beeswarm",
@@ -43,5 +45,6 @@ __all__ = [
     "roc",
     "signature_scores",
     "timecourse_panels",
+    "trajectory_heatmap",
     "volcano",
 ]

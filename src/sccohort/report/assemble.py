@@ -22,6 +22,7 @@ from ..cohort import ClinicalTable
 from ..errors import SccohortWarning
 from ..io.tables import TABLES, read_table, table_files
 from ..stats.abundance import DEFAULT_METHOD, VALUES_METHOD
+from ..stats.interactions import METHOD as INTERACTION_METHOD
 from .build import Items, Note, Paragraph, Section, build_report
 from .characterisation import characterisation_section
 from .methods import methods_section
@@ -39,6 +40,7 @@ from .stats_sections import (
     association_section,
     composition_section,
 )
+from .tissue import tissue_section
 
 __all__ = ["TEST_DESCRIPTIONS", "ReportWarning", "assemble_report", "finished_record"]
 
@@ -53,8 +55,12 @@ TEST_DESCRIPTIONS = {
     "share on the contrast plus covariates, variances moderated across subsets (limma), "
     "permutation p-value (all relabellings of the donors, or Freedman-Lane with covariates), "
     "Benjamini-Hochberg within contrast x level; effect = log2 fold change of the share",
-    VALUES_METHOD: "donor-level signature scores: the default test's model and permutations "
-    "on mean scores per donor; effect = difference of means",
+    VALUES_METHOD: "donor-level values (signature scores, trajectory progression): the "
+    "default test's model and permutations on one value per donor; effect = difference of "
+    "means",
+    INTERACTION_METHOD: "per-donor ligand-receptor scores (linear scale): the default test's "
+    "model and permutations on log2(score + pseudocount), BH within contrast x compartment; "
+    "effect = log2 fold change of the score",
     "ks_bonferroni": "the study's test: two-sample Kolmogorov-Smirnov of shares, Bonferroni "
     "over the subsets of a level",
     "kruskal_wallis_bonferroni": "Kruskal-Wallis across the levels of a grouping, Bonferroni",
@@ -165,7 +171,8 @@ def _summary(out: Path, mdata: Any, clinical: pd.DataFrame | None, alpha: float)
 def _tests_used(out: Path) -> list[str]:
     methods: dict[str, str] = {}
     sources = [(name, {}) for name in ("association", "neighbourhoods", "subgroups",
-                                       "signature_tests", "prediction")]  # fmt: skip
+                                       "signature_tests", "prediction", "trajectory_tests",
+                                       "interactions")]  # fmt: skip
     sources += [("de", {"contrast": contrast}) for contrast in table_files(out, "de")]
     for name, fields in sources:
         table = read_table(out, name, **fields)
@@ -213,7 +220,8 @@ def assemble_report(
     """Build ``OUT/report.html`` (and ``OUT/figures/``) from a finished (or partial) run.
 
     Order: summary (cohort size, the associated-subsets table), cohort overview, quality
-    control, UMAPs, cell types, composition, association, characterisation, methods.
+    control, UMAPs, cell types, composition, association, characterisation, tissue (when
+    the run has tissue samples), methods.
 
     Parameters
     ----------
@@ -300,6 +308,7 @@ def assemble_report(
             "characterisation",
             lambda: characterisation_section(out, mdata, alpha=alpha, max_subsets=max_subsets),
         ),
+        ("Tissue", "tissue", lambda: tissue_section(out, alpha=alpha)),
         ("Methods", "methods", methods),
     ]
     meta: dict[str, Any] = {"title": title}

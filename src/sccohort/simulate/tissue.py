@@ -1,11 +1,12 @@
 """Kidney samples of a simulated cohort (issue 23): tissue cells, a trajectory, interactions.
 
 ``write_cohort(..., tissue="kidney")`` adds one sample ``<donor>_kidney`` for every SSc
-donor with SRC and as many SSc donors without SRC (the first in the clinical table; in a
-design without an SRC column, the first half of the SSc donors); healthy donors have none
-(`kidney_donors`). A kidney sample has samples.csv ``tissue = kidney``, the design's
-primary timepoint, a kidney lane (``K1``, ``K2``, ... of `KIDNEY_PER_LANE` samples) and
-is single-nucleus RNA: its h5 files hold Gene Expression features only.
+donor (healthy donors have none, `kidney_donors`): in design ``paper`` 4 with SRC and 17
+without, so that a difference between them can pass a donor-level test (4 vs 4 would allow
+p >= 1/35). A kidney sample has half the blood samples' cells (`kidney_cells`), samples.csv
+``tissue = kidney``, the design's primary timepoint, a kidney lane (``K1``, ``K2``, ... of
+`KIDNEY_PER_LANE` samples) and is single-nucleus RNA: its h5 files hold Gene Expression
+features only.
 
 Cell types (expected shares; each donor's drawn from a Dirichlet of concentration
 `DIRICHLET`): proximal tubule ``PT`` 0.30, distal tubule / collecting duct ``DCT`` 0.12
@@ -19,13 +20,14 @@ Continuum: pseudotime uniform on [0, 1]; states by quarter, ``CD14_EGR1`` (the b
 profile) [0, .25), ``Mac_int1``, ``Mac_int2``, ``Mac_THBS1`` [.75, 1]. Only the planted
 genes change along it: named (`RISING`, `FALLING`: level in cp10k at pseudotime 1) and
 random ones, ``log level(t) = log level(0) + ramp(t) * log fold`` with a logistic ramp
-from 0 at t = 0 to 1 at t = 1 (its midpoint per gene); a cell takes the profile of the
-nearest of `N_GRID` pseudotime points. Tissue artefacts: mitochondrial fraction
-Beta(12, 108) (mean 10 %; blood 4.5 %), ambient RNA 8 % of each droplet (blood 3 %) from
-the sample's own mean profile (mostly tubule), doublets and low-quality cells at the blood
-rates. Interactions (`PAIRS`): in design ``paper`` each ligand is `LR_FOLD` times higher in
-the source cells of SRC donors (in SRC donors this adds to the trajectory of THBS1 and
-CXCL10 in Mac_THBS1); the other designs plant none.
+from 0 at t = 0 to 1 at t = 1 (its midpoint per gene: 0.35, 0.5 or 0.65 in turn, width
+0.12; for THBS1, which names the terminal state, midpoint 0.72 and width 0.04: it switches
+on there); a cell takes the profile of the nearest of `N_GRID` pseudotime points. Tissue
+artefacts: mitochondrial fraction Beta(12, 108) (mean 10 %; blood 4.5 %), ambient RNA 8 % of
+each droplet (blood 3 %) from the sample's own mean profile (mostly tubule), doublets and
+low-quality cells at the blood rates. Interactions (`PAIRS`): in design ``paper`` each
+ligand is `LR_FOLD` times higher in the source cells of SRC donors (in SRC donors this adds
+to the trajectory of THBS1 and CXCL10 in Mac_THBS1); the other designs plant none.
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ LR_FOLD = 3.0
 _SEED = 20250623  # the fixed (cohort-seed independent) random parts of the kidney biology
 _RAMP_WIDTH = 0.12
 _MIDPOINTS = (0.35, 0.5, 0.65)
+#: Genes that define the terminal state by their name (``Mac_THBS1``): they switch on at its
+#: start (midpoint, ramp width), so that they are its most distinctive markers.
+_LATE = {"THBS1": (0.72, 0.04)}
 _N_LINEAGE, _N_TYPE, _N_TRAJ_UP, _N_TRAJ_DOWN = 150, 40, 25, 15
 
 
@@ -113,7 +118,7 @@ _STATE_L2 = {"CD14_EGR1": "CD14 Mono"}  # the other states: "Macrophage"
 #: Named genes rising along pseudotime: their level (cp10k) at pseudotime 1 (Mac_THBS1).
 RISING = {
     "C1QA": 60, "C1QB": 60, "C1QC": 40, "APOE": 80, "APOC1": 40, "CD163": 25, "MRC1": 15,
-    "SELENOP": 20, "FOLR2": 10, "THBS1": 30, "TREM2": 10, "GPNMB": 20, "CTSB": 60,
+    "SELENOP": 20, "FOLR2": 10, "THBS1": 60, "TREM2": 10, "GPNMB": 20, "CTSB": 60,
     "CTSD": 60, "MSR1": 8, "MAF": 10, "CD68": 40, "F13A1": 10, "STAB1": 8, "SLC40A1": 8,
     "HMOX1": 20, "CXCL10": 8, "CCR5": 8,
 }  # fmt: skip
@@ -162,11 +167,11 @@ def state_of(pseudotime: np.ndarray) -> np.ndarray:
     return np.array(STATES, dtype=object)[q]
 
 
-def _ramp(t: np.ndarray, midpoint: float) -> np.ndarray:
+def _ramp(t: np.ndarray, midpoint: float, width: float = _RAMP_WIDTH) -> np.ndarray:
     """Logistic ramp from 0 at t = 0 to 1 at t = 1, steepest at ``midpoint``."""
 
     def f(x: np.ndarray | float) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-(np.asarray(x) - midpoint) / _RAMP_WIDTH))
+        return 1.0 / (1.0 + np.exp(-(np.asarray(x) - midpoint) / width))
 
     return (f(t) - f(0.0)) / (f(1.0) - f(0.0))
 
@@ -246,6 +251,11 @@ def _trajectory_ends(bio: Biology, pool: np.ndarray) -> tuple[np.ndarray, pd.Dat
     )
     table["gene"] = bio.genes["symbol"].to_numpy()[table["gene_index"]]
     table["midpoint"] = [_MIDPOINTS[i % len(_MIDPOINTS)] for i in range(len(table))]
+    late = [_LATE.get(g) for g in table["gene"]]
+    table["midpoint"] = [
+        m if v is None else v[0] for m, v in zip(table["midpoint"], late, strict=True)
+    ]
+    table["width"] = [_RAMP_WIDTH if v is None else v[1] for v in late]
     wrong = np.sign(table["log_fold"]) != np.where(table["direction"] == "rising", 1, -1)
     if wrong.any():  # a named level that does not move its gene the documented way
         raise ValueError(f"trajectory genes against their direction: {list(table['gene'][wrong])}")
@@ -255,8 +265,9 @@ def _trajectory_ends(bio: Biology, pool: np.ndarray) -> tuple[np.ndarray, pd.Dat
 def _continuum(start: np.ndarray, genes: pd.DataFrame, t: np.ndarray) -> np.ndarray:
     """Normalised profiles (len(t), n_genes) of the continuum at pseudotimes ``t``."""
     out = np.repeat(start[None, :], t.size, axis=0)
-    for g, lf, mid in genes[["gene_index", "log_fold", "midpoint"]].itertuples(index=False):
-        out[:, g] = start[g] * np.exp(lf * _ramp(t, mid))
+    cols = ["gene_index", "log_fold", "midpoint", "width"]
+    for g, lf, mid, width in genes[cols].itertuples(index=False):
+        out[:, g] = start[g] * np.exp(lf * _ramp(t, mid, width))
     return out / out.sum(axis=1, keepdims=True)
 
 
@@ -291,11 +302,9 @@ def check_tissue(tissue: str | None) -> None:
 
 
 def kidney_donors(clinical: pd.DataFrame, design: str) -> list[str]:
-    """Donors with a kidney sample, in clinical-table order.
+    """Donors with a kidney sample, in clinical-table order: every SSc donor.
 
-    Every SSc donor with SRC plus as many SSc donors without SRC (the first ones); without
-    an SRC column, the first half (rounded up) of the SSc donors. `InputError` when the
-    design has no SSc donor (design ``stim``).
+    `InputError` when the design has no SSc donor (design ``stim``).
     """
     ssc = clinical.loc[clinical["group"] == "SSc", "donor_id"].astype(str).tolist()
     if not ssc:
@@ -304,11 +313,12 @@ def kidney_donors(clinical: pd.DataFrame, design: str) -> list[str]:
             key="tissue",
             hint="kidney samples come from SSc donors: use design paper, null or prepost",
         )
-    if "SRC" not in clinical.columns:
-        return ssc[: (len(ssc) + 1) // 2]
-    src = set(clinical.loc[clinical["SRC"] == "yes", "donor_id"].astype(str)) & set(ssc)
-    others = [d for d in ssc if d not in src][: len(src)]
-    return [d for d in ssc if d in src or d in others]
+    return ssc
+
+
+def kidney_cells(cells_per_donor: int) -> int:
+    """Nuclei per kidney sample: half a blood sample's cells (a biopsy yields fewer), >= 1."""
+    return max(int(cells_per_donor) // 2, 1)
 
 
 @dataclass(frozen=True)
@@ -562,8 +572,7 @@ def kidney_config(config: str, n_samples: int) -> str:
         f'# {n_samples} kidney samples (samples.csv tissue = "kidney", single-nucleus RNA only)\n'
         "# carry the tissue side's truth: the monocyte-to-macrophage trajectory\n"
         "# (truth/trajectory.csv, truth/trajectory_genes.csv) and the ligand-receptor pairs\n"
-        '# (truth/interactions.csv). With [run] primary_tissue = "blood" a run analyses the\n'
-        "# blood samples and sets the kidney ones aside with a warning: the analyses of\n"
-        "# tissue with blood (integration, trajectories, cell-cell communication) are not\n"
-        "# built yet.\n"
+        '# (truth/interactions.csv). With [run] primary_tissue = "blood" the blood samples\n'
+        "# represent the donors; the kidney samples go to the tissue stages (integration\n"
+        "# of shared lineages, trajectory, cell-cell communication; see [tissue]).\n"
     )

@@ -51,6 +51,7 @@ from sccohort.simulate.tissue import (
     check_tissue,
     interactions_table,
     kidney_biology,
+    kidney_cells,
     kidney_config,
     kidney_jobs,
     primary_timepoint,
@@ -396,7 +397,7 @@ def write_cohort(
         ``prepost``: 6 by default, any number >= 3.
     tissue
         ``"kidney"``: also a kidney sample (``<donor>_kidney``, samples.csv ``tissue =
-        kidney``, RNA only) of every SRC donor and as many SSc donors without SRC, their
+        kidney``, RNA only, half the cells) of every SSc donor, their
         cells in ``truth/cells.csv.gz`` and ``donor_composition.csv``, and
         ``truth/{trajectory.csv, trajectory_genes.csv, interactions.csv}``; the config
         gets ``primary_tissue = "blood"`` and a comment (:mod:`sccohort.simulate.tissue`).
@@ -420,7 +421,7 @@ def write_cohort(
         selected = {s.donor_id for s in specs}
         timepoint = primary_timepoint(config)
         kidney = kidney_jobs(
-            out, clinical, design, selected, timepoint, p, int(cells_per_donor), int(seed)
+            out, clinical, design, selected, timepoint, p, kidney_cells(cells_per_donor), int(seed)
         )
     (out / "truth").mkdir(parents=True, exist_ok=True)
     compositions, trajectories = _write_truth_cells(

@@ -29,6 +29,8 @@ from sccohort.stages.donors import (
     stage_de,
     stage_neighbourhoods,
 )
+from sccohort.stages.interactions import stage_interactions
+from sccohort.stages.tissue import stage_tissue, stage_trajectory
 
 __all__ = [
     "CORE_COLUMNS",
@@ -106,6 +108,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("neighbourhoods", "Neighbourhood differential abundance", stage_neighbourhoods),
     Stage("de", "Pseudobulk differential expression", stage_de),
     Stage("characterise", "Characterising associated subsets", stage_characterise),
+    Stage("tissue", "Tissue cells: QC, cell types, integration with the blood", stage_tissue),
+    Stage("trajectory", "Trajectory from the root subset into the tissue", stage_trajectory),
+    Stage("interactions", "Ligand-receptor interactions and their tests", stage_interactions),
     Stage("umap", "UMAP layout (laid out beside the statistics)", stage_umap, changes_cohort=True),
     Stage("report", "Writing the report", stage_report),
 )

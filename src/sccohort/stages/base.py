@@ -46,7 +46,8 @@ class RunState:
     ``resolved``: settings a stage resolved from the data (``"embedding.n_top_genes"`` ->
     1000 for a 1,000-gene panel set to ``"auto"``); ``skipped``: analyses that could not run
     on these data, each ``{"stage", "analysis", "reason"}``. Both go to ``run.json`` and
-    the report's methods.
+    the report's methods. ``tissue_samples``: the sheet's samples of other tissues than
+    the primary one (None: none); ``tissue``: their cells (`sccohort.stages.tissue`).
     """
 
     config: Config
@@ -59,6 +60,8 @@ class RunState:
     background: dict[str, Any] = field(default_factory=dict)
     resolved: dict[str, Any] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    tissue_samples: SampleSheet | None = None
+    tissue: Any = None
 
     def skip(self, stage: str, analysis: str, reason: str) -> None:
         """Record that ``analysis`` of ``stage`` did not run on these data, and why."""

@@ -162,12 +162,15 @@ def _protein_method(state: RunState) -> str:
     return "dsb" if raw is not None and raw.notna().all() else "clr"
 
 
-def check_inputs(config: Config, samples: SampleSheet) -> dict[str, SampleProbe]:
+def check_inputs(
+    config: Config, samples: SampleSheet, tissue_samples: SampleSheet | None = None
+) -> dict[str, SampleProbe]:
     """Stage-specific input checks, run before anything is written.
 
     Every sample's count file is checked (`sccohort.io.probe.probe_samples`: headers,
     shapes and values, without loading a matrix), then the settings that depend on its
-    panel (`sccohort.stages.panel.check_panel`).
+    panel (`sccohort.stages.panel.check_panel`); so are the files of ``tissue_samples``
+    (samples of other tissues, probed among themselves) when the tissue stages use them.
 
     Returns
     -------
@@ -185,6 +188,8 @@ def check_inputs(config: Config, samples: SampleSheet) -> dict[str, SampleProbe]
     _check_annotation(config)
     probes = probe_samples(samples)
     check_panel(config, probes)
+    if tissue_samples is not None and config.tissue.analyse:
+        probe_samples(tissue_samples)
     for key in ("gene_sets", "tf_targets"):
         path = getattr(config.characterise, key)
         if path is not None and not path.is_file():

@@ -1,4 +1,4 @@
-"""Cohort-level cell work: HVGs, PCA, Harmony, WNN, Leiden, UMAP, annotation, markers, interactions.
+"""Cohort-level cell work: embeddings, clusters, annotation, markers, tissue, trajectories.
 
 Every name in ``__all__`` is public API (scanpy's conventions: ``use_rep``, ``groupby``,
 ``key_added``, ``seed``).
@@ -15,6 +15,7 @@ from sccohort.tl.markers import rank_markers
 from sccohort.tl.metrics import ari, ilisi, kbet_acceptance, lisi, silhouette
 from sccohort.tl.pca import pca_prot, pca_rna, scaled_pca
 from sccohort.tl.subsets import subsets
+from sccohort.tl.tissue import annotate_tissue, integrate_lineages, tissue_markers
 from sccohort.tl.trajectory import pseudotime
 from sccohort.tl.trajectory_genes import trajectory_genes
 from sccohort.tl.transfer import load_reference, transfer_labels
@@ -23,12 +24,14 @@ from sccohort.tl.wnn import WNNResult, wnn, wnn_graph
 __all__ = [
     "WNNResult",
     "annotate",
+    "annotate_tissue",
     "ari",
     "cell_graph",
     "harmony",
     "highly_variable_genes",
     "hvg_count",
     "ilisi",
+    "integrate_lineages",
     "kbet_acceptance",
     "knn_exact",
     "knn_ivf",
@@ -47,6 +50,7 @@ __all__ = [
     "scaled_pca",
     "silhouette",
     "subsets",
+    "tissue_markers",
     "trajectory_genes",
     "transfer_labels",
     "umap",

@@ -23,6 +23,7 @@ and ``receptor`` columns can replace it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -260,6 +261,7 @@ def _score_cells(
     min_fraction: float,
     n_perm: int,
     rng: np.random.Generator,
+    involving: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """The rows of one set of cells (all cells, or one sample's), without ranks."""
     counts = labels.value_counts()
@@ -281,6 +283,11 @@ def _score_cells(
     n_pairs = len(ent.pairs)
     src, tgt, pair = np.meshgrid(np.arange(k), np.arange(k), np.arange(n_pairs), indexing="ij")
     src, tgt, pair = src.ravel(), tgt.ravel(), pair.ravel()
+    flat = np.arange(src.size)
+    if involving is not None:
+        wanted = np.isin(np.array(groups, dtype=object), list(involving))
+        flat = np.flatnonzero(wanted[src] | wanted[tgt])
+        src, tgt, pair = src[flat], tgt[flat], pair[flat]
     lig_mean = _molecule(means, ent.ligand)[src, ent.pair_ligand[pair]]
     rec_mean = _molecule(means, ent.receptor)[tgt, ent.pair_receptor[pair]]
     lig_frac = _molecule(fractions, ent.ligand)[src, ent.pair_ligand[pair]]
@@ -296,8 +303,8 @@ def _score_cells(
             "receptor_mean": rec_mean,
             "ligand_fraction": lig_frac,
             "receptor_fraction": rec_frac,
-            "score": score.ravel(),
-            "specificity_pvalue": pvalue.ravel(),
+            "score": score.ravel()[flat],
+            "specificity_pvalue": pvalue.ravel()[flat],
             "n_source": sizes[src].astype(int),
             "n_target": sizes[tgt].astype(int),
         }
@@ -334,6 +341,7 @@ def ligand_receptor(
     seed: int = 0,
     sample_key: str | None = None,
     scale: Literal["log", "linear"] = "log",
+    involving: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Score every ligand-receptor pair between every two groups of cells (CellPhoneDB-style).
 
@@ -386,6 +394,10 @@ def ligand_receptor(
         4 vs 4 and 9 vs 9 donors, a ligand raised 3-fold gives a 1.1-1.6-fold score on the
         log scale, 2.6-3.7-fold on the linear one). ``expressed`` and the fractions do not
         depend on it.
+    involving
+        Keep only the rows whose source or target is one of these groups (e.g. the subsets a
+        contrast found); ``None``: every pair of groups. Permutations still relabel all cells,
+        so the p-values are those of the full table.
 
     Returns
     -------
@@ -429,7 +441,9 @@ def ligand_receptor(
     if samples is None:
         rng = np.random.default_rng(seed)
         cells = np.flatnonzero(labels.notna().to_numpy())
-        out = _score_cells(x[cells], labels.iloc[cells], ent, min_cells, min_fraction, n_perm, rng)
+        out = _score_cells(
+            x[cells], labels.iloc[cells], ent, min_cells, min_fraction, n_perm, rng, involving
+        )
         order = ["source", "target"]
     else:
         parts = []
@@ -437,7 +451,7 @@ def ligand_receptor(
             cells = np.flatnonzero((samples == sample).to_numpy() & labels.notna().to_numpy())
             rng = np.random.default_rng([seed, i])
             part = _score_cells(
-                x[cells], labels.iloc[cells], ent, min_cells, min_fraction, n_perm, rng
+                x[cells], labels.iloc[cells], ent, min_cells, min_fraction, n_perm, rng, involving
             )
             parts.append(part.assign(**{sample_key: sample}))
         out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=_COLUMNS)

@@ -1,0 +1,120 @@
+"""The tissue stages of a run (issue 23) on a simulated cohort with kidney samples."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from scipy.stats import spearmanr
+
+from sccohort import pipeline
+from sccohort.config import load_config
+from sccohort.io.tables import CORE_COLUMNS
+from sccohort.simulate import simulate_cohort
+
+# 4 SSc donors with SRC, 4 without (each with a kidney sample), 2 healthy donors
+DONORS = ["SSc1", "SSc4", "SSc19", "SSc20", "SSc2", "SSc3", "SSc5", "SSc6", "HD1", "HD2"]
+TISSUE_TABLES = (
+    "tissue_qc.csv", "tissue_cell_types.csv", "trajectory_cells.csv.gz", "trajectory_genes.csv",
+    "trajectory_donors.csv", "interaction_scores.csv", "interactions.csv",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The cohort (600 blood cells, 300 kidney nuclei per donor) and its run (root set)."""
+    root = tmp_path_factory.mktemp("tissue_run")
+    cohort = simulate_cohort(
+        root / "cohort", "paper", donors=DONORS, tissue="kidney", cells_per_donor=600, seed=4,
+        n_empty=200,
+    )  # fmt: skip
+    config = cohort / "sccohort.toml"
+    config.write_text(config.read_text() + '\n[tissue]\nroot = "CD14_EGR1"\n')
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the kidney samples set aside from the blood's tests
+        pipeline.run_pipeline(load_config(config), root / "out")
+    return cohort, root / "out"
+
+
+def test_tissue_tables_and_report(run: tuple[Path, Path]) -> None:
+    cohort, out = run
+    for name in TISSUE_TABLES:
+        assert (out / "tables" / name).is_file(), name
+    assert (out / "tissue.h5mu").is_file()
+    record = json.loads((out / "run.json").read_text())
+    assert record["resolved"]["tissue.root"] == "CD14_EGR1"
+    assert record["resolved"]["tissue.terminal"].startswith("Mac_")
+    assert "tissue.h5mu" in record["files"]
+    types = pd.read_csv(out / "tables" / "tissue_cell_types.csv")
+    assert set(types["tissue"]) == {"kidney"}
+    found = set(types["subset"])
+    assert {"PT", "DCT", "Podocyte", "Endothelial", "Fibroblast"} <= found
+    assert {"CD8_TEM_T2ISG", "NK"} <= found  # tissue T and NK cells join blood subsets
+    qc = pd.read_csv(out / "tables" / "tissue_qc.csv")
+    assert set(qc["sample_id"]) == {f"{d}_kidney" for d in DONORS if d.startswith("SSc")}
+    html = (out / "report.html").read_text()
+    assert 'id="tissue"' in html and "Cell-cell communication" in html
+    assert (out / "figures" / "tissue_pseudotime.png").is_file()
+    assert (out / "figures" / "tissue_trajectory_genes.png").is_file()
+
+
+def test_trajectory_follows_the_planted_one(run: tuple[Path, Path]) -> None:
+    cohort, out = run
+    cells = pd.read_csv(out / "tables" / "trajectory_cells.csv.gz")
+    truth = pd.read_csv(cohort / "truth" / "trajectory.csv").set_index("cell_id")
+    on = cells[cells["cell_id"].isin(truth.index)]
+    assert len(on) > 0.8 * len(truth)  # the continuum's cells are on the trajectory
+    rho = spearmanr(on["pseudotime"], truth.loc[on["cell_id"], "pseudotime"])[0]
+    assert rho >= 0.8
+    order = cells.groupby("subset")["pseudotime"].median()
+    terminal = cells.loc[cells["terminal"], "subset"].iloc[0]
+    assert order.idxmin() == "CD14_EGR1" and order.idxmax() == terminal
+    # the trajectory ends where the planted one does: its terminal state holds the planted
+    # Mac_THBS1 cells (named by its top marker, Mac_THBS1 in larger cohorts, see
+    # benchmarks/bench_tissue.py)
+    planted_end = truth.index[truth["state"] == "Mac_THBS1"]
+    assert (
+        on.set_index("cell_id").loc[on["cell_id"].isin(planted_end).to_numpy(), "terminal"].mean()
+        >= 0.8
+    )
+    genes = pd.read_csv(out / "tables" / "trajectory_genes.csv")
+    planted = set(pd.read_csv(cohort / "truth" / "trajectory_genes.csv")["gene"])
+    top = genes.head(len(planted))
+    assert top["gene"].isin(planted).mean() >= 0.8
+    donors = pd.read_csv(out / "tables" / "trajectory_donors.csv")
+    assert len(donors) == 8 and donors["median_pseudotime"].between(0, 1).all()
+
+
+def test_interactions_find_the_planted_pairs(run: tuple[Path, Path]) -> None:
+    cohort, out = run
+    keys = ["source", "target", "ligand", "receptor"]
+    terminal = json.loads((out / "run.json").read_text())["resolved"]["tissue.terminal"]
+    names = {"Endo": "Endothelial", "Mac_THBS1": terminal}  # the run's names of the groups
+    truth = pd.read_csv(cohort / "truth" / "interactions.csv").replace(names)
+    scores = pd.read_csv(out / "tables" / "interaction_scores.csv")
+    kidney = truth[keys].merge(scores[scores["tissue"] == "kidney"], on=keys, how="left")
+    assert kidney["rank"].le(10).all(), kidney
+    tests = pd.read_csv(out / "tables" / "interactions.csv")
+    assert list(tests.columns[: len(CORE_COLUMNS)]) == list(CORE_COLUMNS)
+    assert {"tissue", *keys} <= set(tests.columns)
+    src = tests[(tests["contrast"] == "SRC") & (tests["tissue"] == "kidney")]
+    planted = truth[keys].merge(src, on=keys)
+    assert len(planted) == len(truth)
+    # 4 vs 4 donors: the smallest p-value the design allows is 2/70; the planted ligands are
+    # raised in every SRC donor, so most planted pairs reach it
+    assert (planted["pvalue"] <= 2 / 70 + 1e-9).mean() >= 0.5
+    assert (planted["effect"] > 0).all()
+
+
+def test_a_cohort_without_tissue_skips_with_a_note(simulated_run: Path) -> None:
+    out = simulated_run / "out"
+    record = json.loads((out / "run.json").read_text())
+    skipped = {(s["stage"], s["analysis"]): s["reason"] for s in record["skipped"]}
+    for stage in ("tissue", "trajectory", "interactions"):
+        reasons = [r for (st, _), r in skipped.items() if st == stage]
+        assert reasons and "no samples of another tissue" in reasons[0], stage
+    assert not any((out / "tables" / name).exists() for name in TISSUE_TABLES)
+    assert "No tissue samples were analysed" in (out / "report.html").read_text()
