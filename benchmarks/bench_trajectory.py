@@ -2,16 +2,16 @@
 
     python benchmarks/bench_trajectory.py --seeds 1 2 3 4 5 6
 
-Per seed: kidney samples of 4 SSc donors (`simulate_cohort(..., tissue="kidney")`, 400 cells
-per sample), the continuum's cells (truth states; no doublets or low-quality cells),
-log-normalised, 1,000 HVGs, 20 PCs. Diffusion pseudotime rooted at CD14_EGR1 against the
-planted pseudotime (Spearman), beside two simple alternatives on the same PCs (the first
-diffusion component and the first principal component, oriented with the root low); whether
-the states' medians come in the planted order; `trajectory_genes` on the DPT pseudotime (and
-on the planted one): AUPRC of the planted genes among all tested genes (score: F), the
-planted genes at padj < 0.05 and the share of them with the planted direction; the null
-rate (p < 0.05) with the pseudotime shuffled across cells (5 shuffles). Writes
-``benchmarks/results/trajectory.csv``.
+Per seed: kidney samples of 4 SSc donors (`simulate_cohort(..., tissue="kidney")`, 800 blood
+cells per donor, so 400 nuclei per kidney sample), the continuum's cells (truth states; no
+doublets or low-quality cells), log-normalised, 1,000 HVGs, 20 PCs. Diffusion pseudotime
+rooted at CD14_EGR1 against the planted pseudotime (Spearman), beside two simple
+alternatives on the same PCs (the first diffusion component and the first principal
+component, oriented with the root low); whether the states' medians come in the planted
+order; `trajectory_genes` on the DPT pseudotime (and on the planted one): AUPRC of the
+planted genes among all tested genes (score: F), the planted genes at padj < 0.05 and the
+share of them with the planted direction; the null rate (p < 0.05) with the pseudotime
+shuffled across cells (5 shuffles). Writes ``benchmarks/results/trajectory.csv``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ STATES = ["CD14_EGR1", "Mac_int1", "Mac_int2", "Mac_THBS1"]
 
 def continuum(out: Path, seed: int) -> tuple[ad.AnnData, pd.DataFrame]:
     """The continuum cells of a fresh kidney cohort, log-normalised with PCs, and the truth."""
-    simulate_cohort(out, "paper", donors=DONORS, tissue="kidney", cells_per_donor=400,
+    simulate_cohort(out, "paper", donors=DONORS, tissue="kidney", cells_per_donor=800,
                     seed=seed, n_empty=100)  # fmt: skip
     samples = pd.read_csv(out / "samples.csv")
     truth = pd.read_csv(out / "truth" / "cells.csv.gz", keep_default_na=False)

@@ -130,6 +130,7 @@ def test_defaults_filled_in_and_paths_relative_to_toml(tmp_path: Path) -> None:
         "annotation": d["annotation"],
         "association": d["association"],
         "characterise": d["characterise"],
+        "tissue": d["tissue"],
         "contrasts": {},
     }
     assert d["qc"]["mode"] == "adaptive" and d["embedding"]["n_neighbors"] == 20

@@ -258,6 +258,7 @@ def validate(config: Annotated[Path, typer.Argument(help="The run's TOML config.
     format, cells, modalities with their feature counts, how genes are named, and how
     features were assigned to modalities (feature types, the rule, or the modality column).
     """
+    from sccohort.cohort import SampleSheet
     from sccohort.config import build_designs, load_config, load_inputs
     from sccohort.io.probe import probe_table
     from sccohort.stages import check_inputs
@@ -266,12 +267,17 @@ def validate(config: Annotated[Path, typer.Argument(help="The run's TOML config.
     def check() -> None:
         cfg = load_config(config)
         samples, clinical = load_inputs(cfg)
-        probes = check_inputs(cfg, samples)
+        tissue = SampleSheet.from_csv(cfg.samples).other_tissues(cfg.primary_tissue)
+        probes = check_inputs(cfg, samples, tissue)
         unreachable: list[str] = []
         table = Table(title=escape(f"{config}: valid"))
         table.add_column("what")
         table.add_column("count / design")
         table.add_row("samples", str(len(samples.table)))
+        if tissue is not None:
+            kinds = ", ".join(sorted(set(tissue.table["tissue"].astype(str))))
+            use = "tissue stages" if cfg.tissue.analyse else "left out: [tissue] analyse = false"
+            table.add_row(escape(f"samples of {kinds}"), escape(f"{len(tissue)} ({use})"))
         table.add_row("donors", str(samples.table["donor_id"].nunique()))
         if clinical is not None:
             types = ", ".join(f"{k} ({v})" for k, v in clinical.types.items())
@@ -407,17 +413,25 @@ def demo(
             help="Only write the cohort's input files (OUT/input), e.g. for the API tutorial."
         ),
     ] = False,
+    tissue: Annotated[
+        str | None,
+        typer.Option(
+            help="Also simulate and analyse tissue samples: 'kidney' (a sample of half the "
+            "cells for every SSc donor; the tissue, trajectory and interactions stages)."
+        ),
+    ] = None,
 ) -> None:
     """Simulate the reference study's cohort into OUT/input and run the whole pipeline on it.
 
     The demo plants 4-fold expansions of CD14_EGR1 (SRC) and CD8_TEM_T2ISG (ILD), not the
     simulator's default 3-fold: with the donors' own variation, 27 donors find both far more
-    often at 4-fold (benchmarks/bench_demo_power.py; numbers in the README).
+    often at 4-fold (benchmarks/bench_demo_power.py; numbers in the README). With
+    ``--tissue kidney`` the cohort has kidney samples too and the run its tissue side.
     """
 
     def go() -> None:
         cohort = _simulate(
-            out / "input", "paper", cells_per_donor, seed, egr1_fold=DEMO_FOLD,
+            out / "input", "paper", cells_per_donor, seed, tissue=tissue, egr1_fold=DEMO_FOLD,
             t2isg_fold=DEMO_FOLD,
         )  # fmt: skip
         if input_only:

@@ -59,7 +59,6 @@ from sccohort.config_checks import (
     config_section,
     setting,
 )
-from sccohort.config_tissue import TissueSection  # noqa: F401  (registers [tissue])
 from sccohort.errors import InputError
 
 _CONTRAST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -595,3 +594,7 @@ def _read_clinical(
         except InputError as exc:
             collect(exc)
     return clinical
+
+
+# registered last: [tissue] comes after [characterise] in messages and run.json
+from sccohort.config_tissue import TissueSection  # noqa: E402, F401

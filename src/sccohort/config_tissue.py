@@ -24,7 +24,7 @@ class TissueSection:
     cell-cell communication); ``false`` sets them aside. ``max_blood_per_subset``: blood
     cells drawn per subset into the joint embedding; ``resolution``: Leiden resolution of
     the tissue's and the joint clusters. ``root``: the subset the trajectory starts from
-    (``""``: the blood subset most associated with a contrast whose lineage has tissue
+    (unset: the blood subset most associated with a contrast whose lineage has tissue
     states); ``spline_df``: degrees of freedom of the genes' pseudotime splines.
     ``interaction_perm``: label permutations of the specificity p-values (pooled cells of a
     tissue, at most ``interaction_max_cells`` drawn); ``interaction_min_cells``: cells a
@@ -36,7 +36,7 @@ class TissueSection:
     analyse: bool = True
     max_blood_per_subset: int = setting(at_least(10), default=500)
     resolution: float = setting(between(0.01, 50), default=1.0)
-    root: str = ""
+    root: str | None = None
     spline_df: int = setting(between(1, 20), default=4)
     interaction_perm: int = setting(between(0, MAX_INTERACTION_PERM), default=500)
     interaction_max_cells: int = setting(at_least(100), default=20_000)

@@ -19,15 +19,16 @@ profile without immune genes, random lineage and type programs and named markers
 Continuum: pseudotime uniform on [0, 1]; states by quarter, ``CD14_EGR1`` (the blood
 profile) [0, .25), ``Mac_int1``, ``Mac_int2``, ``Mac_THBS1`` [.75, 1]. Only the planted
 genes change along it: named (`RISING`, `FALLING`: level in cp10k at pseudotime 1) and
-random ones, ``log level(t) = log level(0) + ramp(t) * log fold`` with a logistic ramp
-from 0 at t = 0 to 1 at t = 1 (its midpoint per gene: 0.35, 0.5 or 0.65 in turn, width
-0.12; for THBS1, which names the terminal state, midpoint 0.72 and width 0.04: it switches
-on there); a cell takes the profile of the nearest of `N_GRID` pseudotime points. Tissue
-artefacts: mitochondrial fraction Beta(12, 108) (mean 10 %; blood 4.5 %), ambient RNA 8 % of
-each droplet (blood 3 %) from the sample's own mean profile (mostly tubule), doublets and
-low-quality cells at the blood rates. Interactions (`PAIRS`): in design ``paper`` each
-ligand is `LR_FOLD` times higher in the source cells of SRC donors (in SRC donors this adds
-to the trajectory of THBS1 and CXCL10 in Mac_THBS1); the other designs plant none.
+random ones, ``log level(t) = log level(0) + ramp(t) * log fold`` with a logistic ramp from
+0 at t = 0 to 1 at t = 1 (its midpoint per gene: 0.35, 0.5 or 0.65 in turn, width 0.12; for
+THBS1, which names the terminal state, midpoint 0.65 and width 0.04: it switches on as the
+cells approach that state); a cell takes the profile of the nearest of `N_GRID` pseudotime
+points. Tissue artefacts: mitochondrial fraction Beta(12, 108) (mean 10 %; blood 4.5 %),
+ambient RNA 8 % of each droplet (blood 3 %) from the sample's own mean profile (mostly
+tubule), doublets and low-quality cells at the blood rates. Interactions (`PAIRS`): in
+design ``paper`` each ligand is `LR_FOLD` times higher in the source cells of SRC donors (in
+SRC donors this adds to the trajectory of THBS1 and CXCL10 in Mac_THBS1); the other designs
+plant none.
 """
 
 from __future__ import annotations
@@ -67,9 +68,9 @@ LR_FOLD = 3.0
 _SEED = 20250623  # the fixed (cohort-seed independent) random parts of the kidney biology
 _RAMP_WIDTH = 0.12
 _MIDPOINTS = (0.35, 0.5, 0.65)
-#: Genes that define the terminal state by their name (``Mac_THBS1``): they switch on at its
-#: start (midpoint, ramp width), so that they are its most distinctive markers.
-_LATE = {"THBS1": (0.72, 0.04)}
+#: Genes that define the terminal state by their name (``Mac_THBS1``): they switch on as the
+#: cells approach it (midpoint, ramp width), so that they are its most distinctive markers.
+_LATE = {"THBS1": (0.65, 0.04)}
 _N_LINEAGE, _N_TYPE, _N_TRAJ_UP, _N_TRAJ_DOWN = 150, 40, 25, 15
 
 

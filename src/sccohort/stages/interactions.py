@@ -159,18 +159,19 @@ def _tests(
     donor_of = pd.concat(
         [state.samples.table["donor_id"], state.tissue_samples.table["donor_id"]]
     ).astype(str)
-    present = set(per_sample["sample_id"].map(donor_of))
     keys = ["source", "target", "ligand", "receptor"]
     frames = []
     for name, design in _designs(state).items():
         subsets = by_contrast.get(name, [])
         if design.donor_of is not None or not subsets:
             continue
-        mine = per_sample["source"].isin(subsets) | per_sample["target"].isin(subsets)
+        mine = per_sample[per_sample["source"].isin(subsets) | per_sample["target"].isin(subsets)]
+        # donors without a sample here, or whose samples lack every group of interest
+        present = set(mine["sample_id"].map(donor_of))
         try:
             sub = design.without([d for d in design.donors if d not in present])
             res = compare_interactions(
-                per_sample[mine & per_sample["sample_id"].map(donor_of).isin(sub.donors)],
+                mine[mine["sample_id"].map(donor_of).isin(sub.donors)],
                 sub,
                 sample_to_donor=donor_of,
                 n_perm=state.config.association.n_perm,

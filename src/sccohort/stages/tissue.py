@@ -163,9 +163,14 @@ def stage_trajectory(state: RunState) -> list[Path]:
         (joint.obs["source"] != "blood") & (joint.obs["l1"] == l1)
     )
     lineage = joint[keep.to_numpy()].copy()
-    order = pseudotime(
-        lineage, "subset", root, use_rep="X_lineage", n_neighbors=30, seed=state.config.seed
-    )
+    try:
+        order = pseudotime(
+            lineage, "subset", root, use_rep="X_lineage", n_neighbors=30, seed=state.config.seed
+        )
+    except InputError as exc:  # e.g. cells the kNN graph does not connect to the root
+        warnings.warn(f"no trajectory from {root}: {exc.problem}", UserWarning, stacklevel=2)
+        state.skip("trajectory", "trajectory", exc.problem)
+        return []
     states = set(lineage.obs.loc[lineage.obs["state"], "subset"].astype(str))
     terminal = str(order.loc[order["group"].isin(states), "group"].iloc[-1])
     state.resolved |= {"tissue.root": root, "tissue.terminal": terminal}
