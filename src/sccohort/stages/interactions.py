@@ -23,6 +23,7 @@ from sccohort.errors import InputError
 from sccohort.io.tables import table_path, write_table
 from sccohort.pp.store import rna_columns
 from sccohort.stages.base import RunState
+from sccohort.stages.donors import _designs
 from sccohort.stages.tissue import no_tissue_reason, tissue_cells
 from sccohort.stats import associated_subsets, compare_interactions
 from sccohort.tl.interactions import _entities, ligand_receptor, load_ligand_receptor
@@ -154,8 +155,6 @@ def _tests(
     by_contrast: dict[str, list[str]],
 ) -> list[pd.DataFrame]:
     """``compare_interactions`` per donor contrast on its pairs and the donors with samples."""
-    from sccohort.stages.donors import _designs
-
     donor_of = pd.concat(
         [state.samples.table["donor_id"], state.tissue_samples.table["donor_id"]]
     ).astype(str)

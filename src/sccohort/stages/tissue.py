@@ -27,6 +27,7 @@ from sccohort.io.read import combine_samples
 from sccohort.io.tables import table_path, write_table
 from sccohort.pp import QCParams, normalize_rna, prepare_sample
 from sccohort.stages.base import RunState
+from sccohort.stages.donors import _designs  # the run's designs, small donors left out
 from sccohort.stats import associated_subsets, compare_donor_values
 from sccohort.tl import pseudotime, trajectory_genes, umap
 from sccohort.tl.tissue import annotate_tissue, integrate_lineages
@@ -100,6 +101,9 @@ def _read_tissue(state: RunState):
         for i, s in enumerate(table.index)
     ]
     prepared = compute(tasks, state.scheduler, state.progress.advance)
+    for sample in prepared:  # the samples' own warnings (a QC reason removing many cells)
+        for category, message, filename, lineno in sample.warnings:
+            warnings.warn_explicit(message, category, filename, lineno)
     qc_rows = pd.DataFrame([p.qc_row for p in prepared])
     mdata = combine_samples({p.sample_id: p.mods for p in prepared}, table)
     if "rna" not in mdata.mod or mdata.n_obs < 10:
@@ -257,8 +261,6 @@ def _donor_progress(cells: pd.DataFrame, terminal: str) -> pd.DataFrame:
 
 def _progress_tests(state: RunState, donors: pd.DataFrame) -> pd.DataFrame:
     """Each donor contrast on the donors' median pseudotime and terminal share, per tissue."""
-    from sccohort.stages.donors import _designs  # the run's designs, small donors left out
-
     frames = []
     for name, design in _designs(state).items():
         if design.donor_of is not None:
