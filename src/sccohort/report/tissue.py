@@ -15,7 +15,7 @@ import pandas as pd
 from .. import pl
 from ..io.cohort_file import read_h5mu
 from ..io.tables import read_table
-from .build import FigureBlock, Paragraph, Section, TableBlock
+from .build import FigureBlock, Note, Paragraph, Section, TableBlock
 from .sections import skipped_notes
 
 __all__ = ["tissue_section"]
@@ -231,6 +231,15 @@ def _interactions_part(out: Path, alpha: float) -> Section | None:
                     caption=f"Top interactions per source and target in {tissue}.",
                 )
             )
+    blocks.append(
+        Note(
+            "Ambient RNA is not removed from tissue cells: a ligand raised in one cell type "
+            "reaches every nucleus of the sample, so a differential pair whose source does not "
+            "itself make the ligand (tubule cells 'sending' CCL5) is likely ambient. Read "
+            "differential pairs from their main source.",
+            "warning",
+        )
+    )
     if tests is not None and len(tests):
         found = tests[tests["padj"] < alpha]
         blocks.append(
