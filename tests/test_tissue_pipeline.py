@@ -15,8 +15,8 @@ from sccohort.config import load_config
 from sccohort.io.tables import CORE_COLUMNS
 from sccohort.simulate import simulate_cohort
 
-# 4 SSc donors with SRC, 4 without (each with a kidney sample), 2 healthy donors
-DONORS = ["SSc1", "SSc4", "SSc19", "SSc20", "SSc2", "SSc3", "SSc5", "SSc6", "HD1", "HD2"]
+# 3 SSc donors with SRC, 3 without (each with a kidney sample), 2 healthy donors
+DONORS = ["SSc1", "SSc4", "SSc19", "SSc2", "SSc3", "SSc5", "HD1", "HD2"]
 TISSUE_TABLES = (
     "tissue_qc.csv", "tissue_cell_types.csv", "trajectory_cells.csv.gz", "trajectory_genes.csv",
     "trajectory_donors.csv", "interaction_scores.csv", "interactions.csv",
@@ -25,14 +25,16 @@ TISSUE_TABLES = (
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The cohort (600 blood cells, 300 kidney nuclei per donor) and its run (root set)."""
+    """The cohort (500 blood cells, 250 kidney nuclei per donor) and its run (root set)."""
     root = tmp_path_factory.mktemp("tissue_run")
     cohort = simulate_cohort(
-        root / "cohort", "paper", donors=DONORS, tissue="kidney", cells_per_donor=600, seed=4,
+        root / "cohort", "paper", donors=DONORS, tissue="kidney", cells_per_donor=500, seed=4,
         n_empty=200,
     )  # fmt: skip
     config = cohort / "sccohort.toml"
-    config.write_text(config.read_text() + '\n[tissue]\nroot = "CD14_EGR1"\n')
+    # groups of 5 cells per sample are scored (250 nuclei: 6-20 per immune type and state)
+    extra = '\n[tissue]\nroot = "CD14_EGR1"\ninteraction_min_cells = 5\n'
+    config.write_text(config.read_text() + extra)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the kidney samples set aside from the blood's tests
         pipeline.run_pipeline(load_config(config), root / "out")
@@ -85,7 +87,7 @@ def test_trajectory_follows_the_planted_one(run: tuple[Path, Path]) -> None:
     top = genes.head(len(planted))
     assert top["gene"].isin(planted).mean() >= 0.8
     donors = pd.read_csv(out / "tables" / "trajectory_donors.csv")
-    assert len(donors) == 8 and donors["median_pseudotime"].between(0, 1).all()
+    assert len(donors) == 6 and donors["median_pseudotime"].between(0, 1).all()
 
 
 def test_interactions_find_the_planted_pairs(run: tuple[Path, Path]) -> None:
@@ -103,10 +105,10 @@ def test_interactions_find_the_planted_pairs(run: tuple[Path, Path]) -> None:
     src = tests[(tests["contrast"] == "SRC") & (tests["tissue"] == "kidney")]
     planted = truth[keys].merge(src, on=keys)
     assert len(planted) == len(truth)
-    # 4 vs 4 donors (with age, Freedman-Lane): the planted ligands are raised in every SRC
-    # donor, so most planted pairs reach the order of 2/70, the two-group floor
-    assert (planted["pvalue"] <= 2 / 70 + 1e-9).mean() >= 0.5
+    # 3 vs 3 donors, with age: too few for padj < 0.05 (bench_tissue.py measures that on
+    # larger cohorts), but the planted pairs are raised and among the smaller p-values
     assert (planted["effect"] > 0).all()
+    assert (planted["pvalue"] < src["pvalue"].median()).all()
 
 
 def test_a_cohort_without_tissue_skips_with_a_note(simulated_run: Path) -> None:
