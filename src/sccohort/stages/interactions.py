@@ -4,11 +4,12 @@ In every compartment (the blood, each tissue) the cells of each sample are score
 (`sccohort.tl.ligand_receptor`, linear scale, so that a ligand's fold change is the score's)
 for the pairs that involve a subset of interest. A contrast's subsets of interest are those
 associated with it (``padj < [characterise] alpha``) and, when the trajectory's root is one
-of them, the trajectory's terminal tissue state; a root set in the config (``[tissue] root``)
-and its terminal state are of interest to every contrast. Per donor the scores of the pairs that
-involve them are tested between the contrast's groups (`sccohort.stats.compare_interactions`,
-BH within the contrast and compartment). The pooled cells of each compartment (at most
-``[tissue] interaction_max_cells`` drawn) give the ranks and specificity p-values.
+of them, the trajectory's terminal tissue state; a root set in the config (``[tissue]
+root``) and its terminal state are of interest to every contrast. Per donor the scores of the
+pairs that involve them are tested between the contrast's groups
+(`sccohort.stats.compare_interactions`, BH within the contrast and compartment). The pooled
+cells of each compartment (at most ``[tissue] interaction_max_cells`` drawn) give the ranks
+and specificity p-values.
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ def stage_interactions(state: RunState) -> list[Path]:
 
     Writes ``tables/interaction_scores.csv`` (pooled per compartment: every expressed pair
     that involves a subset of interest, with its rank within its source and target and its
-    specificity p-value) and ``tables/interactions.csv`` (core columns; per contrast,
-    compartment (``tissue``) and interaction of its subsets of interest: ``source, target,
-    ligand, receptor``,
-    the pooled ``score``, ``specificity_pvalue``, ``rank``, the test's extras).
+    specificity p-value) and ``tables/interactions.csv`` (core columns; one row per contrast,
+    compartment (``tissue``) and interaction of the contrast's subsets of interest, with
+    ``source, target, ligand, receptor``, the pooled ``score``, ``specificity_pvalue`` and
+    ``rank``, and the test's extras).
     """
     reason = no_tissue_reason(state)
     if reason is not None:
@@ -117,14 +118,14 @@ def _compartments(state: RunState, resource: pd.DataFrame) -> dict[str, ad.AnnDa
     tissue = tissue_cells(state).mod["rna"]
     for name in pd.unique(tissue.obs["tissue"].astype(str)):
         cells = tissue[(tissue.obs["tissue"].astype(str) == name).to_numpy()]
-        keep = cells.var_names.isin(resource_genes(resource))
+        keep = cells.var_names.isin(_resource_genes(resource))
         part = cells[:, keep].copy()
         part.obs = part.obs[["sample_id", "subset"]].astype(str)
         parts[name] = part
     return parts
 
 
-def resource_genes(resource: pd.DataFrame) -> set[str]:
+def _resource_genes(resource: pd.DataFrame) -> set[str]:
     """Every gene of the resource (subunits of complexes split)."""
     names = pd.concat([resource["ligand"], resource["receptor"]]).astype(str)
     return {g for name in names for g in name.split("_")}
