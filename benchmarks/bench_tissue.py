@@ -6,8 +6,8 @@
 
 Per cohort: `sccohort simulate --tissue kidney` (``--cells-per-donor``, default 800: kidney
 samples of 400 nuclei) and `sccohort run` with the simulator's config, then, against the
-truth files: the trajectory's root and terminal state, the share of the planted Mac_THBS1
-cells in the terminal state, Spearman of pseudotime with the planted one on the continuum's
+truth files: the trajectory's root and terminal states (the main one last), the share of the
+planted Mac_THBS1 cells in the main terminal state and of those whose likeliest fate it is, Spearman of pseudotime with the planted one on the continuum's
 cells, AUPRC of the planted trajectory genes; how well tissue T, NK and CD14_EGR1 cells take
 their blood subsets (share of the planted subset's cells labelled with it); the planted
 ligand-receptor pairs' rank within their source and target and their padj for SRC in the
@@ -66,10 +66,14 @@ def trajectory_scores(inp: Path, out: Path) -> dict:
     end = on.index.isin(truth.index[truth["state"] == "Mac_THBS1"])
     genes = pd.read_csv(out / "tables" / "trajectory_genes.csv")
     planted = genes["gene"].isin(pd.read_csv(inp / "truth" / "trajectory_genes.csv")["gene"])
+    terminal = resolved.get("tissue.terminal")
+    likeliest = on.filter(like="fate_").idxmax(axis=1) == f"fate_{terminal}"
     return {
         "root": resolved.get("tissue.root"),
-        "terminal": resolved.get("tissue.terminal"),
+        "terminal": terminal,
+        "terminal_states": ";".join(resolved.get("tissue.terminal_states", [])),
         "terminal_holds_planted_end": round(float(on.loc[end, "terminal"].mean()), 3),
+        "fate_planted_end": round(float(likeliest[end].mean()), 3),
         "continuum_on_trajectory": round(len(on) / len(truth), 3),
         "spearman": round(
             float(spearmanr(on["pseudotime"], truth.loc[on.index, "pseudotime"])[0]), 3

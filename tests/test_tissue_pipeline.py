@@ -86,8 +86,19 @@ def test_trajectory_follows_the_planted_one(run: tuple[Path, Path]) -> None:
     planted = set(pd.read_csv(cohort / "truth" / "trajectory_genes.csv")["gene"])
     top = genes.head(len(planted))
     assert top["gene"].isin(planted).mean() >= 0.8
+    # fate probabilities: one per terminal state, summing to 1; the main terminal state is
+    # the likeliest fate of the planted end's cells
+    ends = json.loads((out / "run.json").read_text())["resolved"]["tissue.terminal_states"]
+    assert terminal == ends[-1]
+    fates = cells[[f"fate_{name}" for name in ends]]
+    assert ((fates.sum(axis=1) - 1).abs() < 1e-6).all()
+    end_cells = cells["cell_id"].isin(planted_end).to_numpy()
+    assert (fates[end_cells].idxmax(axis=1) == f"fate_{terminal}").mean() >= 0.8
     donors = pd.read_csv(out / "tables" / "trajectory_donors.csv")
-    assert len(donors) == 6 and donors["median_pseudotime"].between(0, 1).all()
+    assert len(donors) == 6 * len(ends) and donors["median_pseudotime"].between(0, 1).all()
+    assert set(donors["terminal"]) == set(ends) and donors["fate_probability"].between(0, 1).all()
+    tests = pd.read_csv(out / "tables" / "trajectory_tests.csv")
+    assert f"terminal_share:{terminal}" in set(tests["subset"])
 
 
 def test_interactions_find_the_planted_pairs(run: tuple[Path, Path]) -> None:

@@ -19,7 +19,7 @@ from sccohort.errors import InputError
 from sccohort.io import read_sample
 from sccohort.simulate import simulate_cohort
 from sccohort.simulate.tissue import STATES
-from sccohort.tl import pseudotime, trajectory_genes
+from sccohort.tl import fate_probabilities, pseudotime, trajectory_genes
 
 DONORS = ["SSc1", "SSc19", "SSc2", "SSc3"]
 ROOT = "CD14_EGR1"
@@ -167,3 +167,14 @@ def test_disconnected_cells_are_counted() -> None:
     with pytest.raises(InputError, match="40 of 100 cells are not connected to the root"):
         pseudotime(adata, "g", "a", n_neighbors=10)
     assert "pseudotime" not in adata.obs
+
+
+def test_fate_probabilities_on_the_continuum(continuum: ad.AnnData) -> None:
+    """One continuum: one terminal state, its last; every cell reaches it."""
+    again = continuum.copy()
+    table = fate_probabilities(again, "state")
+    assert again.uns["fate"]["terminal_states"] == ["Mac_THBS1"]
+    fate = again.obsm["fate"]
+    assert list(fate.columns) == ["Mac_THBS1"] and np.allclose(fate["Mac_THBS1"], 1.0)
+    assert table["group"].tolist() == list(STATES)
+    assert table["is_terminal"].tolist() == [False, False, False, True]

@@ -121,24 +121,31 @@ def _trajectory_part(out: Path, joint: Any, alpha: float) -> Section | None:
     if cells is None or genes is None:
         return None
     root = str(genes["root"].iloc[0]) if "root" in genes and len(genes) else "?"
-    terminal = (
-        str(cells.loc[cells["terminal"].astype(bool), "subset"].iloc[0])
-        if cells["terminal"].any()
-        else "?"
-    )
+    fates = [c for c in cells.columns if c.startswith("fate_")]
+    ends = ", ".join(c.removeprefix("fate_") for c in fates) or "?"
     n_sig = int((genes["padj"] < alpha).sum())
     blocks: list[Any] = [
         Paragraph(
             f"Diffusion pseudotime from {root} (the blood subset most associated with a contrast "
             f"whose lineage has tissue states, or the config's root) through the tissue cells of "
-            f"its lineage; it ends in {terminal}. {len(cells):,} cells; {n_sig:,} of "
+            f"its lineage; terminal states (tissue states that send no net flow onwards in the "
+            f"pseudotime-directed cell graph): {ends}; each cell's fate probabilities are its "
+            f"absorption probabilities in them. {len(cells):,} cells; {n_sig:,} of "
             f"{len(genes):,} genes change along it (spline F test on the tissue cells, "
             f"BH padj < {alpha})."
         )
     ]
-    order = cells.groupby("subset")["pseudotime"].median().sort_values().rename("median_pseudotime")
+    by_state = cells.groupby("subset")
+    order = pd.concat(
+        [by_state["pseudotime"].median().rename("median_pseudotime"), by_state[fates].mean()],
+        axis=1,
+    ).sort_values("median_pseudotime")
     blocks.append(
-        TableBlock(order.reset_index(), "States in the order of their median pseudotime.", None)
+        TableBlock(
+            order.reset_index(),
+            "States in the order of their median pseudotime, with their mean fate probabilities.",
+            None,
+        )
     )
     if joint is not None and "X_umap" in joint.obsm:
         pt = pd.Series(cells["pseudotime"].to_numpy(), index=cells["cell_id"].astype(str))
@@ -176,7 +183,7 @@ def _trajectory_part(out: Path, joint: Any, alpha: float) -> Section | None:
         blocks.append(
             TableBlock(
                 tests,
-                "Progression (median pseudotime, terminal share) between groups.",
+                "Progression (median pseudotime, terminal share, fate) between groups.",
                 "tables/trajectory_tests.csv",
             )
         )

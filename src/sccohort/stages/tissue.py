@@ -5,8 +5,9 @@ Tissue samples are the sample sheet's rows of another tissue than ``[run] primar
 `sccohort.pp.qc` for tissue), annotates them (`sccohort.tl.annotate_tissue`) and puts the
 shared lineages in one embedding with the blood (`sccohort.tl.integrate_lineages`); the
 cells go to ``OUT/tissue.h5mu`` (``mod["rna"]`` every tissue cell, ``mod["joint"]`` the joint
-embedding). `stage_trajectory` orders the root subset's lineage by diffusion pseudotime. A
-cohort without tissue samples skips both with a note.
+embedding). `stage_trajectory` orders the root subset's lineage by diffusion pseudotime and
+finds its terminal states and each cell's fate probabilities. A cohort without tissue
+samples skips both with a note.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from sccohort.pp import QCParams, normalize_rna, prepare_sample
 from sccohort.stages.base import RunState
 from sccohort.stages.donors import _designs  # the run's designs, small donors left out
 from sccohort.stats import associated_subsets, compare_donor_values
-from sccohort.tl import pseudotime, trajectory_genes, umap
+from sccohort.tl import fate_probabilities, pseudotime, trajectory_genes, umap
 from sccohort.tl.tissue import annotate_tissue, integrate_lineages
 
 TISSUE_FILE = "tissue.h5mu"
@@ -146,11 +147,15 @@ def tissue_cells(state: RunState) -> md.MuData | None:
 def stage_trajectory(state: RunState) -> list[Path]:
     """Pseudotime from the root subset through its lineage's tissue states; genes; donors.
 
+    Terminal states and fate probabilities: `sccohort.tl.fate_probabilities` among the tissue
+    states; the main terminal state is the one with the highest median pseudotime.
     Writes ``tables/trajectory_cells.csv.gz`` (per cell of the trajectory: source, sample,
-    donor, tissue, subset, pseudotime), ``tables/trajectory_genes.csv`` (spline F test on
-    the tissue cells of the trajectory), ``tables/trajectory_donors.csv`` (per donor:
-    cells, median pseudotime, share in the terminal state) and, with contrasts,
-    ``tables/trajectory_tests.csv`` (those two per donor tested with the default test).
+    donor, tissue, subset, pseudotime, ``terminal`` (in the main terminal state),
+    ``fate_<state>`` per terminal state), ``tables/trajectory_genes.csv`` (spline F test on
+    the tissue cells of the trajectory), ``tables/trajectory_donors.csv`` (per donor and
+    terminal state: cells, median pseudotime, share in the state, mean fate probability)
+    and, with contrasts, ``tables/trajectory_tests.csv`` (those per donor tested with the
+    default test).
     """
     tissue = tissue_cells(state) if no_tissue_reason(state) is None else None
     if tissue is None:
@@ -175,14 +180,19 @@ def stage_trajectory(state: RunState) -> list[Path]:
         warnings.warn(f"no trajectory from {root}: {exc.problem}", UserWarning, stacklevel=2)
         state.skip("trajectory", "trajectory", exc.problem)
         return []
-    states = set(lineage.obs.loc[lineage.obs["state"], "subset"].astype(str))
-    terminal = str(order.loc[order["group"].isin(states), "group"].iloc[-1])
-    state.resolved |= {"tissue.root": root, "tissue.terminal": terminal}
+    states = sorted(set(lineage.obs.loc[lineage.obs["state"], "subset"].astype(str)))
+    fate_probabilities(lineage, "subset", candidates=states, use_rep="X_lineage",
+                       n_neighbors=30, seed=state.config.seed)  # fmt: skip
+    terminals = list(lineage.uns["fate"]["terminal_states"])  # by median pseudotime
+    terminal = terminals[-1]
+    state.resolved |= {
+        "tissue.root": root, "tissue.terminal": terminal, "tissue.terminal_states": terminals
+    }  # fmt: skip
     cells = _trajectory_cells(state, lineage, terminal)
     in_tissue = lineage[(lineage.obs["source"] != "blood").to_numpy()].copy()
     genes = trajectory_genes(in_tissue, df=state.config.tissue.spline_df)
     genes.insert(0, "root", root)
-    donors = _donor_progress(cells, terminal)
+    donors = _donor_progress(cells, terminals)
     written = [
         write_table(state.out, "trajectory_cells", cells),
         write_table(state.out, "trajectory_genes", genes),
@@ -241,22 +251,31 @@ def _trajectory_cells(state: RunState, lineage, terminal: str) -> pd.DataFrame:
     )
     cells.insert(3, "donor_id", cells["sample_id"].map(donor_of).to_numpy())
     cells["terminal"] = cells["subset"] == terminal
+    fate = lineage.obsm["fate"]
+    for name in fate.columns:
+        cells[f"fate_{name}"] = fate[name].to_numpy()
     return cells.sort_values("pseudotime", kind="stable").reset_index(drop=True)
 
 
-def _donor_progress(cells: pd.DataFrame, terminal: str) -> pd.DataFrame:
-    """Per donor and tissue: cells on the trajectory, median pseudotime, terminal share."""
+def _donor_progress(cells: pd.DataFrame, terminals: list[str]) -> pd.DataFrame:
+    """Per donor, tissue and terminal state: cells on the trajectory, median pseudotime, the
+    share of them in the terminal state and their mean fate probability towards it."""
     tissue = cells[cells["source"] != "blood"]
-    return (
-        tissue.groupby(["donor_id", "tissue"], observed=True)
-        .agg(
-            n_cells=("pseudotime", "size"),
-            median_pseudotime=("pseudotime", "median"),
-            terminal_share=("terminal", "mean"),
+    frames = []
+    for name in terminals:
+        frames.append(
+            tissue.assign(_in=tissue["subset"] == name)
+            .groupby(["donor_id", "tissue"], observed=True)
+            .agg(
+                n_cells=("pseudotime", "size"),
+                median_pseudotime=("pseudotime", "median"),
+                terminal_share=("_in", "mean"),
+                fate_probability=(f"fate_{name}", "mean"),
+            )
+            .reset_index()
+            .assign(terminal=name)
         )
-        .reset_index()
-        .assign(terminal=terminal)
-    )
+    return pd.concat(frames, ignore_index=True).sort_values(["tissue", "donor_id", "terminal"])
 
 
 def _progress_tests(state: RunState, donors: pd.DataFrame) -> pd.DataFrame:
@@ -266,8 +285,7 @@ def _progress_tests(state: RunState, donors: pd.DataFrame) -> pd.DataFrame:
         if design.donor_of is not None:
             continue  # a design on samples (timepoints): the tissue samples are one visit
         for tissue, rows in donors.groupby("tissue", observed=True):
-            rows = rows[rows["n_cells"] >= MIN_TRAJECTORY_CELLS].set_index("donor_id")
-            values = rows[["median_pseudotime", "terminal_share"]]
+            values = _progress_values(rows[rows["n_cells"] >= MIN_TRAJECTORY_CELLS])
             missing = [d for d in design.donors if d not in values.index]
             try:
                 sub = design.without(missing)
@@ -284,3 +302,14 @@ def _progress_tests(state: RunState, donors: pd.DataFrame) -> pd.DataFrame:
             )
             frames.append(res.assign(contrast=name, tissue=tissue))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _progress_values(rows: pd.DataFrame) -> pd.DataFrame:
+    """Donors x tested values: median pseudotime, ``terminal_share:<state>`` per terminal
+    state and, with several terminal states, ``fate:<state>`` (with one it is 1 for all)."""
+    wide = rows.pivot(index="donor_id", columns="terminal")
+    values = wide["median_pseudotime"].iloc[:, [0]].set_axis(["median_pseudotime"], axis=1)
+    parts = [values, wide["terminal_share"].add_prefix("terminal_share:")]
+    if wide["terminal_share"].shape[1] > 1:
+        parts.append(wide["fate_probability"].add_prefix("fate:"))
+    return pd.concat(parts, axis=1)

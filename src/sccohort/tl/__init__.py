@@ -8,6 +8,7 @@ from sccohort.tl.annotate import annotate, label_coverage, load_markers
 from sccohort.tl.cell_graph import cell_graph
 from sccohort.tl.clustering import leiden, leiden_membership
 from sccohort.tl.embed import harmony, umap
+from sccohort.tl.fate import fate_probabilities
 from sccohort.tl.hvg import highly_variable_genes, hvg_count
 from sccohort.tl.interactions import ligand_receptor, load_ligand_receptor
 from sccohort.tl.knn import knn_exact, knn_ivf
@@ -27,6 +28,7 @@ __all__ = [
     "annotate_tissue",
     "ari",
     "cell_graph",
+    "fate_probabilities",
     "harmony",
     "highly_variable_genes",
     "hvg_count",
