@@ -5,16 +5,17 @@
     python benchmarks/bench_tissue.py --part large --seeds 1   # 60 donors (9 with SRC)
 
 Per cohort: `sccohort simulate --tissue kidney` (``--cells-per-donor``, default 800: kidney
-samples of 400 nuclei) and `sccohort run` with the simulator's config, then, against the
-truth files: the trajectory's root and terminal states (the main one last), the share of the
-planted Mac_THBS1 cells in the main terminal state and of those whose likeliest fate it is, Spearman of pseudotime with the planted one on the continuum's
-cells, AUPRC of the planted trajectory genes; how well tissue T, NK and CD14_EGR1 cells take
-their blood subsets (share of the planted subset's cells labelled with it); the planted
-ligand-receptor pairs' rank within their source and target and their padj for SRC in the
-kidney; the rate of p < 0.05 and the count of padj < 0.05 among the other interactions (in
-the null design: all of them). The null and large cohorts set ``[tissue] root =
-"CD14_EGR1"``, so the trajectory's interactions are tested whatever the blood's association
-finds (nothing in the null design). Appends to ``benchmarks/results/tissue.csv``.
+samples of 400 nuclei) and `sccohort run` with the simulator's config, then, against the truth
+files: the trajectory's root and terminal states (the main one last), the share of the planted
+Mac_THBS1 cells in the main terminal state and of those whose likeliest fate it is, Spearman of
+pseudotime with the planted one on the continuum's cells, AUPRC of the planted trajectory
+genes; how well tissue T, NK and CD14_EGR1 cells take their blood subsets (share of the planted
+subset's cells labelled with it); the planted ligand-receptor pairs' rank within their source
+and target and their padj for SRC in the kidney; the rate of p < 0.05 and the count of padj <
+0.05 among the other interactions (in the null design: all of them). The null and large cohorts
+set ``[tissue] root = "CD14_EGR1"``, so the trajectory's interactions are tested whatever the
+blood's association finds (nothing in the null design). Appends to
+``benchmarks/results/tissue.csv``.
 """
 
 from __future__ import annotations

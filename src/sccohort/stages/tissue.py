@@ -173,7 +173,7 @@ def stage_trajectory(state: RunState) -> list[Path]:
     )
     lineage = joint[keep.to_numpy()].copy()
     try:
-        order = pseudotime(
+        pseudotime(
             lineage, "subset", root, use_rep="X_lineage", n_neighbors=30, seed=state.config.seed
         )
     except InputError as exc:  # e.g. cells the kNN graph does not connect to the root
@@ -258,8 +258,11 @@ def _trajectory_cells(state: RunState, lineage, terminal: str) -> pd.DataFrame:
 
 
 def _donor_progress(cells: pd.DataFrame, terminals: list[str]) -> pd.DataFrame:
-    """Per donor, tissue and terminal state: cells on the trajectory, median pseudotime, the
-    share of them in the terminal state and their mean fate probability towards it."""
+    """Per donor, tissue and terminal state: cells, median pseudotime, share, fate.
+
+    The share of the donor's tissue cells on the trajectory in the terminal state and their
+    mean fate probability towards it.
+    """
     tissue = cells[cells["source"] != "blood"]
     frames = []
     for name in terminals:
@@ -305,8 +308,11 @@ def _progress_tests(state: RunState, donors: pd.DataFrame) -> pd.DataFrame:
 
 
 def _progress_values(rows: pd.DataFrame) -> pd.DataFrame:
-    """Donors x tested values: median pseudotime, ``terminal_share:<state>`` per terminal
-    state and, with several terminal states, ``fate:<state>`` (with one it is 1 for all)."""
+    """Donors x tested values: median pseudotime, terminal shares, fates.
+
+    ``terminal_share:<state>`` per terminal state and, with several terminal states,
+    ``fate:<state>`` (with one it is 1 for all).
+    """
     wide = rows.pivot(index="donor_id", columns="terminal")
     values = wide["median_pseudotime"].iloc[:, [0]].set_axis(["median_pseudotime"], axis=1)
     parts = [values, wide["terminal_share"].add_prefix("terminal_share:")]

@@ -2,9 +2,9 @@
 
 `fate_probabilities` turns an undirected kNN graph into a Markov chain that moves forward in
 pseudotime (CellRank 2's pseudotime kernel, soft scheme: an edge to a cell ``d`` earlier in
-pseudotime keeps the weight ``2 / (1 + exp(b d))^(1 / nu)``, ``b = 10``, ``nu = 0.5``, at
-most half its own; edges forward keep theirs), finds its terminal states and solves for each cell the
-probability of being absorbed in each of them (Lange et al. 2022; the linear system
+pseudotime keeps the weight ``2 / (1 + exp(b d))^(1 / nu)``, ``b = 10``, ``nu = 0.5``, at most
+half its own; edges forward keep theirs), finds its terminal states and solves for each cell
+the probability of being absorbed in each of them (Lange et al. 2022; the linear system
 ``(I - Q) X = R`` of the transient cells, Q the transitions among them, R into the terminal
 states' cells).
 
