@@ -57,6 +57,9 @@ def test_tissue_tables_and_report(run: tuple[Path, Path]) -> None:
     assert {"CD8_TEM_T2ISG", "NK"} <= found  # tissue T and NK cells join blood subsets
     qc = pd.read_csv(out / "tables" / "tissue_qc.csv")
     assert set(qc["sample_id"]) == {f"{d}_kidney" for d in DONORS if d.startswith("SSc")}
+    # the soup (8 % of each nucleus in the simulator) estimated and removed per sample
+    assert qc["ambient_contamination"].between(0.05, 0.12).all()
+    assert (qc["ambient_removed"] == qc["ambient_contamination"]).all()
     html = (out / "report.html").read_text()
     assert 'id="tissue"' in html and "Cell-cell communication" in html
     assert (out / "figures" / "tissue_pseudotime.png").is_file()

@@ -21,7 +21,10 @@ class TissueSection:
 
     ``analyse``: run the tissue stages when the sample sheet has such samples (tissue QC
     and annotation, integration of the lineages blood and tissue share, trajectory,
-    cell-cell communication); ``false`` sets them aside. ``max_blood_per_subset``: blood
+    cell-cell communication); ``false`` sets them aside. ``ambient``: remove the ambient
+    RNA (SoupX's method, `sccohort.pp.remove_ambient`) from tissue samples whose raw
+    droplets the sample sheet gives (``raw_path``); ``contamination``: its share of each
+    cell's UMIs (unset: estimated per sample). ``max_blood_per_subset``: blood
     cells drawn per subset into the joint embedding; ``resolution``: Leiden resolution of
     the tissue's and the joint clusters. ``root``: the subset the trajectory starts from
     (unset: the blood subset most associated with a contrast whose lineage has tissue
@@ -34,6 +37,8 @@ class TissueSection:
     """
 
     analyse: bool = True
+    ambient: bool = True
+    contamination: float | None = setting(between(0, 0.8), default=None)
     max_blood_per_subset: int = setting(at_least(10), default=500)
     resolution: float = setting(between(0.01, 50), default=1.0)
     root: str | None = None

@@ -3,6 +3,7 @@
 Every name in ``__all__`` is public API (scanpy's conventions).
 """
 
+from sccohort.pp.ambient import estimate_contamination, remove_ambient, soup_profile
 from sccohort.pp.doublets import DoubletResult, call_doublets
 from sccohort.pp.dsb import dsb, dsb_by_sample, isotype_controls
 from sccohort.pp.normalize import clr, normalize_rna
@@ -19,13 +20,16 @@ __all__ = [
     "call_doublets",
     "clr",
     "dsb",
+    "estimate_contamination",
     "dsb_by_sample",
     "isotype_controls",
     "normalize_rna",
     "prepare_sample",
     "protein_metrics",
     "qc_sample",
+    "remove_ambient",
     "rna_metrics",
+    "soup_profile",
     "run_qc",
     "summarise_sample",
     "summary_table",

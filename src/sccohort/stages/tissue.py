@@ -18,7 +18,9 @@ from pathlib import Path
 
 import dask
 import mudata as md
+import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from sccohort.cluster import compute
 from sccohort.errors import InputError
@@ -26,7 +28,14 @@ from sccohort.io.atomic import write_h5mu
 from sccohort.io.cohort_file import read_h5mu
 from sccohort.io.read import combine_samples
 from sccohort.io.tables import table_path, write_table
-from sccohort.pp import QCParams, normalize_rna, prepare_sample
+from sccohort.pp import (
+    QCParams,
+    estimate_contamination,
+    normalize_rna,
+    prepare_sample,
+    remove_ambient,
+    soup_profile,
+)
 from sccohort.stages.base import RunState
 from sccohort.stages.donors import _designs  # the run's designs, small donors left out
 from sccohort.stats import associated_subsets, compare_donor_values
@@ -61,8 +70,9 @@ def stage_tissue(state: RunState) -> list[Path]:
         state.skip("tissue", "tissue analyses", reason)
         return []
     cfg, seed = state.config.tissue, state.config.seed
-    tissue, qc_rows = _read_tissue(state)
+    tissue, qc_rows, soups = _read_tissue(state)
     annotate_tissue(tissue, resolution=cfg.resolution, seed=seed)
+    qc_rows = _remove_ambient(state, tissue, soups, qc_rows)
     blood = state.mdata.mod["rna"]
     for column in ("sample_id", "tissue", "l1", "l2", "subset"):
         blood.obs[column] = state.mdata.obs.loc[blood.obs_names, column].to_numpy()
@@ -89,10 +99,13 @@ def _read_tissue(state: RunState):
     table = state.tissue_samples.table
     params = QCParams(**dataclasses.asdict(state.config.qc), seed=state.config.seed)
     formats = table["format"] if "format" in table else pd.Series(None, index=table.index)
+    raws = table["raw_path"] if "raw_path" in table else pd.Series(None, index=table.index)
+    ambient = state.config.tissue.ambient
     tasks = [
-        dask.delayed(prepare_sample, pure=False)(
+        dask.delayed(_prepare_tissue_sample, pure=False)(
             str(table.at[s, "path"]),
             s,
+            raw_path=str(raws[s]) if ambient and not pd.isna(raws[s]) else None,
             format=None if pd.isna(formats[s]) else str(formats[s]),
             modality=table.at[s, "modality"] if "modality" in table else None,
             tissue=str(table.at[s, "tissue"]),
@@ -101,7 +114,13 @@ def _read_tissue(state: RunState):
         )
         for i, s in enumerate(table.index)
     ]
-    prepared = compute(tasks, state.scheduler, state.progress.advance)
+    results = compute(tasks, state.scheduler, state.progress.advance)
+    prepared = [r[0] for r in results]
+    soups = {p.sample_id: soup for p, soup in results if isinstance(soup, pd.Series)}
+    for p, problem in results:
+        if isinstance(problem, str):
+            warnings.warn(f"tissue sample {p.sample_id}: ambient RNA not removed: {problem}",
+                          UserWarning, stacklevel=2)  # fmt: skip
     for sample in prepared:  # the samples' own warnings (a QC reason removing many cells)
         for category, message, filename, lineno in sample.warnings:
             warnings.warn_explicit(message, category, filename, lineno)
@@ -118,7 +137,68 @@ def _read_tissue(state: RunState):
     for column in ("sample_id", "donor_id", "tissue"):
         tissue.obs[column] = mdata.obs.loc[tissue.obs_names, column].astype(str).to_numpy()
     normalize_rna(tissue, target_sum=state.config.normalize.target_sum)
-    return tissue, qc_rows
+    return tissue, qc_rows, soups
+
+
+def _prepare_tissue_sample(path: str, sample_id: str, *, raw_path: str | None, **kwargs):
+    """`prepare_sample` of a tissue sample and, with raw droplets, its soup (one task)."""
+    prepared = prepare_sample(path, sample_id, **kwargs)
+    if raw_path is None:
+        return prepared, None
+    try:
+        return prepared, soup_profile(raw_path, prepared.qc_cells.index, sample_id)
+    except InputError as exc:  # e.g. too few empty droplets: the run goes on without
+        return prepared, exc.problem
+
+
+def _remove_ambient(state: RunState, tissue, soups: dict, qc_rows: pd.DataFrame) -> pd.DataFrame:
+    """SoupX per tissue sample with raw droplets (`sccohort.pp.remove_ambient`, per cluster).
+
+    ``tissue.layers["decontaminated"]`` (the counts of samples without raw droplets as they
+    are), ``.X`` log-normalised from it; the QC rows get ``ambient_contamination`` and
+    ``ambient_removed`` (NaN: not removed).
+    """
+    layer = tissue.layers["counts"].astype(np.float32).tocsr()
+    parts, done = {}, {}
+    for sample_id, soup in soups.items():
+        cells = np.flatnonzero((tissue.obs["sample_id"] == sample_id).to_numpy())
+        one = tissue[cells].copy()
+        rho = state.config.tissue.contamination
+        try:
+            if rho is None:
+                rho, _ = estimate_contamination(one, soup, "leiden")
+        except InputError as exc:
+            warnings.warn(f"tissue sample {sample_id}: ambient RNA not removed: {exc.problem}",
+                          UserWarning, stacklevel=2)  # fmt: skip
+            continue
+        done[sample_id] = (rho, remove_ambient(one, soup, rho, groupby="leiden"))
+        parts[sample_id] = (cells, one.layers["decontaminated"])
+    for cells, values in parts.values():
+        layer = _replace_rows(layer, cells, values)
+    tissue.layers["decontaminated"] = layer
+    table = state.tissue_samples.table
+    raws = table["raw_path"] if "raw_path" in table else pd.Series(None, index=table.index)
+    missing = sorted(raws.index[raws.isna()].astype(str))
+    if missing and state.config.tissue.ambient:
+        warnings.warn(
+            f"ambient RNA not removed from {len(missing)} tissue sample(s) without raw droplets "
+            f"(raw_path): {', '.join(missing[:5])}", UserWarning, stacklevel=2,
+        )  # fmt: skip
+    if done:
+        normalize_rna(tissue, target_sum=state.config.normalize.target_sum, layer="decontaminated")
+    ids = qc_rows["sample_id"].astype(str)
+    return qc_rows.assign(
+        ambient_contamination=ids.map({s: v[0] for s, v in done.items()}),
+        ambient_removed=ids.map({s: round(v[1], 4) for s, v in done.items()}),
+    )
+
+
+def _replace_rows(matrix, rows: np.ndarray, values):
+    """``matrix`` (CSR) with ``rows`` replaced by ``values`` (CSR, same width)."""
+    keep = np.ones(matrix.shape[0], dtype=bool)
+    keep[rows] = False
+    order = np.argsort(np.r_[np.flatnonzero(keep), rows], kind="stable")
+    return sp.vstack([matrix[keep], values.astype(np.float32)], format="csr")[order]
 
 
 def _cell_types(tissue) -> pd.DataFrame:
