@@ -98,9 +98,10 @@ def test_kidney_soup_is_estimated_and_removed(kidney) -> None:
         assert after < 0.5 * before, (gene, cells, before, after)
     j = rna.var_names.get_loc("CCL5")  # the T cells' own chemokine is kept
     mask = (truth["subset"] == "CD8_TEM_T2ISG").to_numpy()
-    assert rna.layers["decontaminated"][mask][:, j].sum() > 0.9 * rna.layers["counts"][mask][
-        :, j
-    ].sum()
+    assert (
+        rna.layers["decontaminated"][mask][:, j].sum()
+        > 0.9 * rna.layers["counts"][mask][:, j].sum()
+    )
 
 
 def test_bad_input_is_named(kidney) -> None:

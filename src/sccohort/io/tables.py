@@ -86,7 +86,7 @@ TABLES: dict[str, TableSpec] = {
     "tissue_cell_types": TableSpec("tissue_cell_types.csv", "tissue cells per type and subset"),
     "trajectory_cells": TableSpec("trajectory_cells.csv.gz", "per trajectory cell: pseudotime"),
     "trajectory_genes": TableSpec("trajectory_genes.csv", "genes along pseudotime: F test"),
-    "trajectory_donors": TableSpec("trajectory_donors.csv", "per donor: progression"),
+    "trajectory_donors": TableSpec("trajectory_donors.csv", "per donor and terminal state"),
     "trajectory_tests": TableSpec("trajectory_tests.csv", "progression tests", core=True),
     "interaction_scores": TableSpec("interaction_scores.csv", "pooled ligand-receptor scores"),
     "interactions": TableSpec("interactions.csv", "per-donor interaction tests", core=True),

@@ -88,6 +88,7 @@ def _cells_part(types: pd.DataFrame, out: Path, joint: Any) -> Section:
         blocks.append(
             TableBlock(qc, "Tissue QC per sample (tissue thresholds).", "tables/tissue_qc.csv")
         )
+        blocks.append(Paragraph(_ambient_sentence(qc)))
     blocks.append(
         TableBlock(
             types.sort_values("n_cells", ascending=False),
@@ -212,6 +213,20 @@ def _heatmap(
     )
 
 
+def _ambient_sentence(qc: pd.DataFrame) -> str:
+    rho = qc.get("ambient_contamination", pd.Series(dtype=float)).dropna()
+    kept = len(qc) - len(rho)
+    if not len(rho):
+        return "Ambient RNA was not removed (no tissue sample has raw droplets, raw_path)."
+    return (
+        f"Ambient RNA removed from {len(rho)} of {len(qc)} tissue samples (SoupX's method: "
+        f"the soup from each sample's empty droplets, its share estimated from genes a cluster "
+        f"does not express, subtracted per cluster): contamination median "
+        f"{rho.median():.1%} (range {rho.min():.1%}-{rho.max():.1%})"
+        + (f"; {kept} sample(s) without raw droplets kept as they are." if kept else ".")
+    )
+
+
 def _interactions_part(out: Path, alpha: float) -> Section | None:
     scores = read_table(out, "interaction_scores")
     tests = read_table(out, "interactions")
@@ -238,13 +253,20 @@ def _interactions_part(out: Path, alpha: float) -> Section | None:
                     caption=f"Top interactions per source and target in {tissue}.",
                 )
             )
+    qc = read_table(out, "tissue_qc")
+    rho = qc.get("ambient_contamination") if qc is not None else None
+    removed = rho is not None and rho.notna().all()
     blocks.append(
         Note(
-            "Ambient RNA is not removed from tissue cells: a ligand raised in one cell type "
-            "reaches every nucleus of the sample, so a differential pair whose source does not "
-            "itself make the ligand (tubule cells 'sending' CCL5) is likely ambient. Read "
-            "differential pairs from their main source.",
-            "warning",
+            (
+                "Ambient RNA was removed before scoring, but not exactly (per cluster): "
+                if removed
+                else "Ambient RNA was not removed from every tissue sample: "
+            )
+            + "a ligand raised in one cell type reaches every nucleus of the sample, so a "
+            "differential pair whose source does not itself make the ligand (tubule cells "
+            "'sending' CCL5) may be ambient. Read differential pairs from their main source.",
+            "note" if removed else "warning",
         )
     )
     if tests is not None and len(tests):
