@@ -14,7 +14,11 @@ from typing import Literal
 
 from sccohort.errors import InputError
 
-FORMATS = ("10x_h5", "10x_mtx", "h5ad", "h5mu", "rhapsody_csv")
+FORMATS = ("10x_h5", "10x_mtx", "h5ad", "h5mu", "rhapsody_csv", "cosmx", "xenium", "spatial")
+#: Formats of imaging-based spatial panels (`sccohort.io.spatial`): slides, not suspensions.
+SPATIAL_FORMATS = ("cosmx", "xenium", "spatial")
+#: Formats whose ``path`` is a folder.
+FOLDER_FORMATS = ("10x_mtx", "cosmx", "xenium")
 SAMPLE_REQUIRED = ("sample_id", "donor_id", "path")
 SAMPLE_OPTIONAL = ("raw_path", "batch", "timepoint", "tissue", "format", "modality")
 #: Values of the sample sheet's ``modality`` column (see `sccohort.io.read.read_sample`).

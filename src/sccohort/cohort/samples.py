@@ -8,16 +8,19 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from sccohort.cohort._tables import (
     CONTROL_CHARACTERS,
     DEFAULT_TIMEPOINT,
     DEFAULT_TISSUE,
+    FOLDER_FORMATS,
     FORMATS,
     MODALITIES,
     SAMPLE_OPTIONAL,
     SAMPLE_REQUIRED,
+    SPATIAL_FORMATS,
     _absolute,
     _Csv,
     _read_csv,
@@ -82,11 +85,35 @@ class SampleSheet:
         ...      .other_tissues("blood").table.index)
         ['D1_k']
         """
-        other = (self.table["tissue"] != tissue).to_numpy()
+        other = (self.table["tissue"] != tissue).to_numpy() & ~self._is_spatial()
         if not other.any() or other.all():
             return None
         keep = self.table.index[other]
         return SampleSheet(self.table[other], self.path, self.lines[self.lines.index.isin(keep)])
+
+    def _is_spatial(self) -> np.ndarray:
+        if "format" not in self.table:
+            return np.zeros(len(self.table), dtype=bool)
+        return self.table["format"].astype(str).isin(SPATIAL_FORMATS).to_numpy()
+
+    def slides(self) -> SampleSheet | None:
+        """The spatial slides (rows of a format in `SPATIAL_FORMATS`; None when none).
+
+        Examples
+        --------
+        >>> from sccohort.io import SampleSheet
+        >>> table = pd.DataFrame({"donor_id": ["D1", "D1"], "tissue": ["blood", "kidney"],
+        ...                       "format": ["10x_h5", "cosmx"]},
+        ...                      index=pd.Index(["D1", "D1_s"], name="sample_id"))
+        >>> list(SampleSheet(table, None, pd.Series([2, 3], index=table.index))
+        ...      .slides().table.index)
+        ['D1_s']
+        """
+        spatial = self._is_spatial()
+        if not spatial.any():
+            return None
+        keep = self.table.index[spatial]
+        return SampleSheet(self.table[spatial], self.path, self.lines[self.lines.index.isin(keep)])
 
     def of_tissue(self, tissue: str) -> SampleSheet:
         """The samples of ``tissue`` only, with a warning naming the others set aside.
@@ -109,16 +136,17 @@ class SampleSheet:
         >>> list(blood.table.index), "D1_k" in str(caught[0].message)
         (['D1', 'D2'], True)
         """
-        other = (self.table["tissue"] != tissue).to_numpy()
+        other = (self.table["tissue"] != tissue).to_numpy() | self._is_spatial()
         if not other.any() or other.all():
             return self
         ids = list(self.table.index[other].astype(str))
         kinds = ", ".join(sorted(set(self.table.loc[other, "tissue"].astype(str))))
         warnings.warn(
-            f"{len(ids)} sample(s) of tissue {kinds} set aside ({', '.join(ids[:6])}"
-            f"{', ...' if len(ids) > 6 else ''}): the run analyses tissue '{tissue}' "
-            "([run] primary_tissue) in the donor-level tests; the others go to the tissue "
-            "stages (integration, trajectory, cell-cell communication; [tissue] analyse)",
+            f"{len(ids)} sample(s) of tissue {kinds} or spatial slides set aside "
+            f"({', '.join(ids[:6])}{', ...' if len(ids) > 6 else ''}): the run analyses "
+            f"tissue '{tissue}' ([run] primary_tissue) in the donor-level tests; the others "
+            "go to the tissue stages (integration, trajectory, cell-cell communication; "
+            "[tissue] analyse) and slides to the spatial stage ([spatial] analyse)",
             UserWarning,
             stacklevel=2,
         )
@@ -193,7 +221,7 @@ class SampleSheet:
             first_line[sid] = line
             record = _sample_record(cells, path.parent) | {c: cells[c] for c in extra}
             problems += _record_problems(cells, record, where)
-            if record["donor_id"]:
+            if record["donor_id"] and record["format"] not in SPATIAL_FORMATS:  # slides: many
                 visit = (record["donor_id"], record["timepoint"], record["tissue"])
                 visit += tuple(record[c] for c in extra)
                 if visit in seen_visit:
@@ -417,14 +445,14 @@ def _path_problems(
                 **where,
             )
         ]
-    if col == "path" and fmt in FORMATS and p.is_dir() != (fmt == "10x_mtx"):
+    if col == "path" and fmt in FORMATS and p.is_dir() != (fmt in FOLDER_FORMATS):
         kind = "a folder" if p.is_dir() else "a file"
         return [
             InputError(
                 f"path {p} is {kind}, which does not fit format '{fmt}'",
                 column=col,
                 sample=sid,
-                hint="10x_mtx is a folder, the other formats are files",
+                hint=f"{', '.join(FOLDER_FORMATS)} are folders, the other formats are files",
                 **where,
             )
         ]
@@ -434,7 +462,7 @@ def _path_problems(
 def _repeat_visit(
     visit: tuple[str, str, str], first: tuple[str, int], sid: str, where: dict[str, Any]
 ) -> InputError:
-    (donor, timepoint, tissue), (other, other_line) = visit, first
+    (donor, timepoint, tissue), (other, other_line) = visit[:3], first
     return InputError(
         f"donor '{donor}' has two samples at timepoint '{timepoint}' in "
         f"tissue '{tissue}': '{other}' (line {other_line}) and '{sid}'",

@@ -14,6 +14,7 @@ from sccohort.io.probe import ModalityProbe, SampleProbe, probe_sample, probe_sa
 from sccohort.io.read import read_raw_droplets, read_sample, read_samples
 from sccohort.io.read_cohort import read_cohort
 from sccohort.io.rhapsody import read_rhapsody_csv
+from sccohort.io.spatial import read_cosmx, read_spatial_h5ad, read_xenium
 from sccohort.io.tables import (
     CORE_COLUMNS,
     TABLES,
@@ -40,6 +41,7 @@ __all__ = [
     "read_10x_h5",
     "read_10x_mtx",
     "read_cohort",
+    "read_cosmx",
     "read_csv",
     "read_gmt",
     "read_pilot",
@@ -47,8 +49,10 @@ __all__ = [
     "read_rhapsody_csv",
     "read_sample",
     "read_samples",
+    "read_spatial_h5ad",
     "read_table",
     "read_tf_targets",
+    "read_xenium",
     "table_files",
     "table_path",
     "write_csv",

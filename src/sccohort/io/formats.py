@@ -96,6 +96,7 @@ def detect_format(path: str | Path, *, raw: bool = False) -> tuple[str, Path]:  
         )
         if len(csvs) == 1:
             return "rhapsody_csv", csvs[0]
+        _refuse_slide(path)
         raise InputError("no count matrix recognised in this folder", file=path, hint=_FORMAT_HINT)
     name = path.name.lower()
     if name.endswith(".h5"):
@@ -109,6 +110,22 @@ def detect_format(path: str | Path, *, raw: bool = False) -> tuple[str, Path]:  
     if name.endswith((".mtx", ".mtx.gz")):
         return "10x_mtx", path.parent
     raise InputError("unrecognised file type", file=path, hint=_FORMAT_HINT)
+
+
+def _refuse_slide(folder: Path) -> None:
+    """A slide's folder needs its format declared: slides go to other stages than cells."""
+    if any(folder.glob("*_exprMat_file.csv*")):
+        kind = "cosmx"
+    elif (folder / "cell_feature_matrix.h5").is_file():
+        kind = "xenium"
+    else:
+        return
+    raise InputError(
+        f"this folder holds a {kind} slide",
+        file=folder,
+        column="format",
+        hint=f"set the sample sheet's format to {kind}: slides are analysed apart from cells",
+    )
 
 
 def _refuse_special(path: str | Path) -> None:

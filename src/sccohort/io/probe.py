@@ -16,7 +16,11 @@ a sample with cells, and the stored arrays of its counts read in bounded slices:
   (``layers/counts``, else ``X``, else ``raw/X``: the first whose every value is a raw
   count, as the reader chooses), the ``obsm/protein_expression`` columns, and for an h5mu
   each modality's ``obs`` index (the reader keeps the cells present in every modality);
-- BD Rhapsody csv: the header line and every row, in blocks.
+- BD Rhapsody csv: the header line and every row, in blocks;
+- spatial slides (CosMx, Xenium, h5ad with coordinates): read whole by their readers
+  (`sccohort.io.spatial`; a second for 50,000 cells), which check them as they read.
+
+Long: one probe per count format, each checking its own layout.
 
 A feature is its name and, where the file gives one, its id (Cell Ranger's id column,
 ``var["gene_ids"]``): genes that share a symbol but not an id are accepted (the reader makes
@@ -42,7 +46,13 @@ import pandas as pd
 
 from sccohort.cohort import SampleSheet, raise_all
 from sccohort.errors import InputError
-from sccohort.io.features import GeneIds, check_modality, gene_ids_of, modality_var
+from sccohort.io.features import (
+    MODALITY_RULE_KEY,
+    GeneIds,
+    check_modality,
+    gene_ids_of,
+    modality_var,
+)
 from sccohort.io.formats import _resolve
 from sccohort.io.h5 import OBSM_PROTEINS, h5mu_modalities, plan_h5ad
 from sccohort.io.mtx import (
@@ -56,6 +66,7 @@ from sccohort.io.mtx import (
 from sccohort.io.probe_anndata import _anndata_counts, _cells_of, _obsm_proteins
 from sccohort.io.read import _call_reader, _check_sample_id, _with_sample, check_rna_present
 from sccohort.io.rhapsody import check_rhapsody_csv, rhapsody_modalities
+from sccohort.io.spatial import read_cosmx, read_spatial_h5ad, read_xenium
 from sccohort.io.stack import gene_list_mismatches
 from sccohort.io.tenx import check_10x_h5, plan_10x
 from sccohort.io.verify import (
@@ -319,7 +330,26 @@ def _probe_rhapsody(path: Path, modality: str | None, declared: bool) -> Found:
     return pd.Index(cells), mods, rule
 
 
+def _probe_spatial(reader):
+    """A probe of a spatial format: the slide is read whole (a second for 50,000 cells)."""
+
+    def probe(path: Path, modality: str | None, declared: bool) -> Found:
+        rna = reader(path, modality=modality)["rna"]
+        check_has_cells(rna.n_obs, file=path)
+        names = [str(n) for n in rna.var["feature_name_raw"]]
+        return (
+            rna.obs_names,
+            {"rna": _modality("rna", names, None, path)},
+            rna.uns[MODALITY_RULE_KEY],
+        )
+
+    return probe
+
+
 _PROBES = {
+    "cosmx": _probe_spatial(read_cosmx),
+    "xenium": _probe_spatial(read_xenium),
+    "spatial": _probe_spatial(read_spatial_h5ad),
     "10x_h5": _probe_10x_h5,
     "10x_mtx": _probe_10x_mtx,
     "h5ad": _probe_h5ad,

@@ -42,6 +42,7 @@ from sccohort.io.formats import _resolve
 from sccohort.io.h5 import mudata_options, read_h5ad_modalities, read_h5mu_modalities
 from sccohort.io.mtx import read_10x_mtx
 from sccohort.io.rhapsody import read_rhapsody_csv
+from sccohort.io.spatial import read_cosmx, read_spatial_h5ad, read_xenium
 from sccohort.io.stack import _INT32_MAX, _concat_hto, _concat_prot, _concat_rna
 from sccohort.io.tenx import read_10x_h5, read_10x_h5_droplets
 
@@ -58,6 +59,9 @@ _READERS: dict[str, Callable[..., dict[str, ad.AnnData]]] = {
     "h5ad": read_h5ad_modalities,
     "h5mu": read_h5mu_modalities,
     "rhapsody_csv": read_rhapsody_csv,
+    "cosmx": read_cosmx,
+    "xenium": read_xenium,
+    "spatial": read_spatial_h5ad,
 }
 
 
@@ -181,6 +185,8 @@ def _finalise(
             X=counts.astype(np.float32), obs=obs, var=adata.var.copy(), uns=dict(adata.uns)
         )
         new.layers["counts"] = counts
+        if "spatial" in adata.obsm:  # a slide's cell centres (sccohort.io.spatial)
+            new.obsm["spatial"] = np.asarray(adata.obsm["spatial"])
         if modality == "rna" and "feature_name_raw" in new.var:
             new.uns[GENE_IDS_KEY] = gene_ids_of(new.var["feature_name_raw"].tolist()).describe()
         out[modality] = new

@@ -40,6 +40,7 @@ from sccohort.simulate.prepost import (
     treated,
 )
 from sccohort.simulate.proteins import protein_panel
+from sccohort.simulate.spatial import check_spatial, run_slide_job, slide_jobs, spatial_samples
 from sccohort.simulate.stimulation import (
     STIM_CONFIG,
     STIM_DONORS,
@@ -356,6 +357,8 @@ def write_cohort(
     donors: Sequence[str] | None = None,
     n_donors: int | None = None,
     tissue: str | None = None,
+    spatial: str | None = None,
+    cells_per_slide: int = 5000,
     **params: object,
 ) -> Path:
     """Simulate a CITE-seq cohort and write it as Cell Ranger outputs plus truth tables.
@@ -402,6 +405,13 @@ def write_cohort(
         ``truth/{trajectory.csv, trajectory_genes.csv, interactions.csv}``; the config
         gets ``primary_tissue = "blood"`` and a comment (:mod:`sccohort.simulate.tissue`).
         ``None``: blood only.
+    spatial
+        ``"cosmx"`` or ``"xenium"``: also a kidney slide (``<donor>_slide``, ``cells_per_slide``
+        cells on a ~1,000-gene panel) of every SSc donor, written in both layouts
+        (``<slide>/cosmx/``, ``<slide>/xenium/``), samples.csv naming the one asked for, and
+        ``truth/spatial.csv`` (:mod:`sccohort.simulate.spatial`).
+    cells_per_slide
+        Cells per slide (``spatial``).
     **params
         Any field of `SimParams` (e.g. ``egr1_fold=5``, ``doublet_rate=0.08``).
 
@@ -411,6 +421,7 @@ def write_cohort(
         The output folder.
     """
     check_tissue(tissue)
+    check_spatial(spatial)
     p, clinical, specs = _cohort_plan(design, cells_per_donor, donors, n_donors, params)
     template = _WITHIN_DONOR[design].config if design in _WITHIN_DONOR else CONFIG_TEMPLATE
     config = template.format(seed=int(seed))
@@ -433,6 +444,12 @@ def write_cohort(
     if tissue is not None:
         samples = pd.concat([samples, _kidney_outputs(out, design, kidney, trajectories)])
         config = kidney_config(config, len(kidney))
+    if spatial is not None:
+        selected = {s.donor_id for s in specs}
+        slides = slide_jobs(out, clinical, design, selected, cells_per_slide, int(seed))
+        truth = [run_slide_job(job) for job in slides]
+        _atomic_csv(out / "truth" / "spatial.csv", pd.concat(truth, ignore_index=True))
+        samples = pd.concat([samples, spatial_samples(slides, spatial, primary_timepoint(config))])
     _atomic_csv(out / "samples.csv", samples)
     _atomic_csv(out / "clinical.csv", clinical[clinical["donor_id"].isin(samples["donor_id"])])
     _atomic_text(out / "sccohort.toml", config)
