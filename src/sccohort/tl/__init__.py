@@ -14,6 +14,12 @@ from sccohort.tl.interactions import ligand_receptor, load_ligand_receptor
 from sccohort.tl.knn import knn_exact, knn_ivf
 from sccohort.tl.markers import rank_markers
 from sccohort.tl.metrics import ari, ilisi, kbet_acceptance, lisi, silhouette
+from sccohort.tl.niches import (
+    neighbourhood_composition,
+    neighbourhood_enrichment,
+    niches,
+    spatial_neighbors,
+)
 from sccohort.tl.pca import pca_prot, pca_rna, scaled_pca
 from sccohort.tl.subsets import subsets
 from sccohort.tl.tissue import annotate_tissue, integrate_lineages, tissue_markers
@@ -45,12 +51,16 @@ __all__ = [
     "load_ligand_receptor",
     "load_markers",
     "load_reference",
+    "neighbourhood_composition",
+    "neighbourhood_enrichment",
+    "niches",
     "pca_prot",
     "pca_rna",
     "pseudotime",
     "rank_markers",
     "scaled_pca",
     "silhouette",
+    "spatial_neighbors",
     "subsets",
     "tissue_markers",
     "trajectory_genes",
