@@ -267,8 +267,9 @@ def validate(config: Annotated[Path, typer.Argument(help="The run's TOML config.
     def check() -> None:
         cfg = load_config(config)
         samples, clinical = load_inputs(cfg)
-        tissue = SampleSheet.from_csv(cfg.samples).other_tissues(cfg.primary_tissue)
-        probes = check_inputs(cfg, samples, tissue)
+        sheet = SampleSheet.from_csv(cfg.samples)
+        tissue, slides = sheet.other_tissues(cfg.primary_tissue), sheet.slides()
+        probes = check_inputs(cfg, samples, tissue, slides)
         unreachable: list[str] = []
         table = Table(title=escape(f"{config}: valid"))
         table.add_column("what")
@@ -278,6 +279,9 @@ def validate(config: Annotated[Path, typer.Argument(help="The run's TOML config.
             kinds = ", ".join(sorted(set(tissue.table["tissue"].astype(str))))
             use = "tissue stages" if cfg.tissue.analyse else "left out: [tissue] analyse = false"
             table.add_row(escape(f"samples of {kinds}"), escape(f"{len(tissue)} ({use})"))
+        if slides is not None:
+            use = "spatial stage" if cfg.spatial.analyse else "left out: [spatial] analyse = false"
+            table.add_row("spatial slides", escape(f"{len(slides)} ({use})"))
         table.add_row("donors", str(samples.table["donor_id"].nunique()))
         if clinical is not None:
             types = ", ".join(f"{k} ({v})" for k, v in clinical.types.items())

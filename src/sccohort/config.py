@@ -596,5 +596,5 @@ def _read_clinical(
     return clinical
 
 
-# registered last: [tissue] comes after [characterise] in messages and run.json
-from sccohort.config_tissue import TissueSection  # noqa: E402, F401
+# registered last: [spatial] and [tissue] come after [characterise] in messages and run.json
+from sccohort import config_spatial, config_tissue  # noqa: E402, F401

@@ -22,8 +22,8 @@ from sccohort.stages import Stage
 #: Names a run writes inside OUT; nothing else there is ever touched, and of these a run
 #: removes only the files an earlier run wrote (`OutFolder`).
 OWNED = (
-    "run.json", "cohort.h5mu", "tissue.h5mu", RNA_STORE_FILE, "report.html", "checkpoints",
-    "tables", "figures",
+    "run.json", "cohort.h5mu", "tissue.h5mu", "spatial.h5mu", RNA_STORE_FILE, "report.html",
+    "checkpoints", "tables", "figures",
 )  # fmt: skip
 
 

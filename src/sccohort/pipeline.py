@@ -55,6 +55,18 @@ __all__ = ["STAGES", "Progress", "RunState", "Stage", "run_pipeline"]
 # The output folder: a run owns only what it wrote
 
 
+def _other_samples(config: Config, samples: SampleSheet) -> tuple:
+    """Tissue samples and slides of the sheet, every input checked; the inputs' checksums."""
+    sheet = SampleSheet.from_csv(config.samples)
+    tissue_samples, slides = sheet.other_tissues(config.primary_tissue), sheet.slides()
+    check_inputs(config, samples, tissue_samples, slides)
+    checksums = input_checksums(config, samples)
+    for other in (tissue_samples, slides):
+        if other is not None:
+            checksums |= input_checksums(config, other)
+    return tissue_samples, slides, checksums
+
+
 def run_pipeline(
     config: Config,
     out: str | Path,
@@ -115,11 +127,7 @@ def run_pipeline(
     log = WarningLog()
     with log.capture("inputs"):
         samples, clinical = load_inputs(config)  # validates everything before writing anything
-        tissue_samples = SampleSheet.from_csv(config.samples).other_tissues(config.primary_tissue)
-        check_inputs(config, samples, tissue_samples)
-        checksums = input_checksums(config, samples)
-        if tissue_samples is not None:
-            checksums |= input_checksums(config, tissue_samples)
+        tissue_samples, slides, checksums = _other_samples(config, samples)
     fingerprint = _fingerprint(config, checksums)
     stages = STAGES
     folder = OutFolder.prepare(out, stages=stages, resume=resume, overwrite=overwrite)
@@ -128,7 +136,7 @@ def run_pipeline(
         _drop_checkpoints_after(out, stages, len(good))
 
     state = RunState(config, out, samples, clinical, progress, scheduler=scheduler)
-    state.tissue_samples = tissue_samples
+    state.tissue_samples, state.slides = tissue_samples, slides
     cohort_checkpoint = next((r["cohort"] for r in reversed(good) if r.get("cohort")), None)
     if cohort_checkpoint is not None:
         state.mdata = read_h5mu(out / cohort_checkpoint)

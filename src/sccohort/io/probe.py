@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sccohort.cohort import SampleSheet, raise_all
+from sccohort.cohort import SPATIAL_FORMATS, SampleSheet, raise_all
 from sccohort.errors import InputError
 from sccohort.io.features import (
     MODALITY_RULE_KEY,
@@ -411,9 +411,9 @@ def probe_sample(
     declared = format is not None and str(format) != ""
     cells, mods, rule = _call_reader(_PROBES[fmt], resolved, sample, modality, declared)
     check_rna_present(fmt, list(mods), rule, modality, resolved, sample)
-    return SampleProbe(
-        fmt, resolved, len(cells), _ordered(mods), rule, sample_id, _barcode_digest(cells)
-    )
+    # a slide's barcodes (<fov>_<cell_ID>) repeat from slide to slide: not a copied file
+    digest = None if fmt in SPATIAL_FORMATS else _barcode_digest(cells)
+    return SampleProbe(fmt, resolved, len(cells), _ordered(mods), rule, sample_id, digest)
 
 
 def _barcode_digest(cells: pd.Index) -> np.ndarray | None:

@@ -90,6 +90,12 @@ TABLES: dict[str, TableSpec] = {
     "trajectory_tests": TableSpec("trajectory_tests.csv", "progression tests", core=True),
     "interaction_scores": TableSpec("interaction_scores.csv", "pooled ligand-receptor scores"),
     "interactions": TableSpec("interactions.csv", "per-donor interaction tests", core=True),
+    "spatial_qc": TableSpec("spatial_qc.csv", "per slide: cells in, removed, out"),
+    "spatial_cell_types": TableSpec("spatial_cell_types.csv", "slide cells per label transferred"),
+    "niche_composition": TableSpec("niche_composition.csv", "per niche x cell type: share"),
+    "niche_shares": TableSpec("niche_shares.csv", "per donor x niche: share of its cells"),
+    "niches": TableSpec("niches.csv", "per-donor niche share tests", core=True),
+    "cooccurrence": TableSpec("cooccurrence.csv", "neighbourhood enrichment per slide x pair"),
 }
 
 

@@ -30,6 +30,7 @@ from sccohort.stages.donors import (
     stage_neighbourhoods,
 )
 from sccohort.stages.interactions import stage_interactions
+from sccohort.stages.spatial import stage_spatial
 from sccohort.stages.tissue import stage_tissue, stage_trajectory
 
 __all__ = [
@@ -111,6 +112,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("tissue", "Tissue cells: QC, cell types, integration with the blood", stage_tissue),
     Stage("trajectory", "Trajectory from the root subset into the tissue", stage_trajectory),
     Stage("interactions", "Ligand-receptor interactions and their tests", stage_interactions),
+    Stage("spatial", "Slides: cell types, niches and their tests", stage_spatial),
     Stage("umap", "UMAP layout (laid out beside the statistics)", stage_umap, changes_cohort=True),
     Stage("report", "Writing the report", stage_report),
 )

@@ -47,7 +47,8 @@ class RunState:
     1000 for a 1,000-gene panel set to ``"auto"``); ``skipped``: analyses that could not run
     on these data, each ``{"stage", "analysis", "reason"}``. Both go to ``run.json`` and
     the report's methods. ``tissue_samples``: the sheet's samples of other tissues than
-    the primary one (None: none); ``tissue``: their cells (`sccohort.stages.tissue`).
+    the primary one (None: none); ``tissue``: their cells (`sccohort.stages.tissue`);
+    ``slides``: the sheet's spatial slides (None: none; `sccohort.stages.spatial`).
     """
 
     config: Config
@@ -62,6 +63,7 @@ class RunState:
     skipped: list[dict[str, str]] = field(default_factory=list)
     tissue_samples: SampleSheet | None = None
     tissue: Any = None
+    slides: SampleSheet | None = None
 
     def skip(self, stage: str, analysis: str, reason: str) -> None:
         """Record that ``analysis`` of ``stage`` did not run on these data, and why."""

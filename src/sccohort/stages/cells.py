@@ -163,14 +163,18 @@ def _protein_method(state: RunState) -> str:
 
 
 def check_inputs(
-    config: Config, samples: SampleSheet, tissue_samples: SampleSheet | None = None
+    config: Config,
+    samples: SampleSheet,
+    tissue_samples: SampleSheet | None = None,
+    slides: SampleSheet | None = None,
 ) -> dict[str, SampleProbe]:
     """Stage-specific input checks, run before anything is written.
 
     Every sample's count file is checked (`sccohort.io.probe.probe_samples`: headers,
     shapes and values, without loading a matrix), then the settings that depend on its
     panel (`sccohort.stages.panel.check_panel`); so are the files of ``tissue_samples``
-    (samples of other tissues, probed among themselves) when the tissue stages use them.
+    (samples of other tissues, probed among themselves) when the tissue stages use them, and
+    of ``slides`` (spatial slides) when the spatial stage does.
 
     Returns
     -------
@@ -190,6 +194,8 @@ def check_inputs(
     check_panel(config, probes)
     if tissue_samples is not None and config.tissue.analyse:
         probe_samples(tissue_samples)
+    if slides is not None and config.spatial.analyse:
+        probe_samples(slides)
     for key in ("gene_sets", "tf_targets"):
         path = getattr(config.characterise, key)
         if path is not None and not path.is_file():
