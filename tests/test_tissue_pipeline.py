@@ -1,4 +1,5 @@
-"""The tissue stages of a run (issue 23) on a simulated cohort with kidney samples."""
+"""The tissue and spatial stages of a run (issues 23, 25) on a simulated cohort with kidney
+samples and kidney slides (one run: the slides add about 10 s)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import json
 import warnings
 from pathlib import Path
 
+import mudata as md
 import pandas as pd
 import pytest
 from scipy.stats import spearmanr
+from sklearn.metrics import f1_score
 
 from sccohort import pipeline
 from sccohort.config import load_config
@@ -21,15 +24,20 @@ TISSUE_TABLES = (
     "tissue_qc.csv", "tissue_cell_types.csv", "trajectory_cells.csv.gz", "trajectory_genes.csv",
     "trajectory_donors.csv", "interaction_scores.csv", "interactions.csv",
 )  # fmt: skip
+SPATIAL_TABLES = (
+    "spatial_qc.csv", "spatial_cell_types.csv", "niche_composition.csv", "cooccurrence.csv",
+    "niche_shares.csv", "niches.csv",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The cohort (500 blood cells, 250 kidney nuclei per donor) and its run (root set)."""
+    """The cohort (500 blood cells, 250 kidney nuclei, a 2,000-cell CosMx slide per SSc
+    donor) and its run (root set)."""
     root = tmp_path_factory.mktemp("tissue_run")
     cohort = simulate_cohort(
         root / "cohort", "paper", donors=DONORS, tissue="kidney", cells_per_donor=500, seed=4,
-        n_empty=200,
+        n_empty=200, spatial="cosmx", cells_per_slide=2000,
     )  # fmt: skip
     config = cohort / "sccohort.toml"
     # groups of 5 cells per sample are scored (250 nuclei: 6-20 per immune type and state)
@@ -125,6 +133,31 @@ def test_interactions_find_the_planted_pairs(run: tuple[Path, Path]) -> None:
     assert (planted["pvalue"] < src["pvalue"].median()).all()
 
 
+def test_slides_give_cell_types_and_the_planted_niche(run: tuple[Path, Path]) -> None:
+    cohort, out = run
+    for name in SPATIAL_TABLES:
+        assert (out / "tables" / name).is_file(), name
+    record = json.loads((out / "run.json").read_text())
+    assert record["resolved"]["spatial.annotation"] == "label transfer"
+    cells = md.read_h5mu(out / "spatial.h5mu").mod["rna"]
+    truth = pd.read_csv(cohort / "truth" / "spatial.csv").set_index("cell_id").loc[cells.obs_names]
+    classes = sorted(truth["l1"].unique())  # labels from the blood and kidney cells
+    assert (
+        f1_score(truth["l1"], cells.obs["l1"].astype(str), average="macro", labels=classes) >= 0.9
+    )
+    planted = (truth["niche"] == "inflammatory").to_numpy()
+    best = max(
+        2 * (found & planted).sum() / (found.sum() + planted.sum())
+        for found in (cells.obs["niche"] == n for n in cells.obs["niche"].cat.categories)
+    )
+    assert best >= 0.75  # 6 slides of 2,000 cells (bench_spatial.py: larger slides)
+    tests = pd.read_csv(out / "tables" / "niches.csv")
+    assert list(tests.columns[: len(CORE_COLUMNS)]) == list(CORE_COLUMNS)
+    assert {"SRC", "ILD"} <= set(tests["contrast"])
+    html = (out / "report.html").read_text()
+    assert 'id="spatial"' in html and (out / "figures" / "spatial_enrichment.png").is_file()
+
+
 def test_a_cohort_without_tissue_skips_with_a_note(simulated_run: Path) -> None:
     out = simulated_run / "out"
     record = json.loads((out / "run.json").read_text())
@@ -132,5 +165,7 @@ def test_a_cohort_without_tissue_skips_with_a_note(simulated_run: Path) -> None:
     for stage in ("tissue", "trajectory", "interactions"):
         reasons = [r for (st, _), r in skipped.items() if st == stage]
         assert reasons and "no samples of another tissue" in reasons[0], stage
-    assert not any((out / "tables" / name).exists() for name in TISSUE_TABLES)
-    assert "No tissue samples were analysed" in (out / "report.html").read_text()
+    assert "no spatial slides" in skipped[("spatial", "spatial niches")]
+    assert not any((out / "tables" / name).exists() for name in TISSUE_TABLES + SPATIAL_TABLES)
+    html = (out / "report.html").read_text()
+    assert "No tissue samples were analysed" in html and "No spatial slides" in html

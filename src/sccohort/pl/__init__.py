@@ -23,6 +23,7 @@ from .markers import dot_values, marker_dotplot
 from .power import power_curves
 from .qc import qc_cells
 from .roc import roc
+from .spatial import enrichment_heatmap
 from .tissue import interaction_dots, trajectory_heatmap
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "dot_values",
     "embedding",
     "enrichment_bars",
+    "enrichment_heatmap",
     "gating_plot",
     "group_comparison",
     "interaction_dots",

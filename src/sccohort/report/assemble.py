@@ -35,6 +35,7 @@ from .sections import (
     qc_section,
     umap_section,
 )
+from .spatial import spatial_section
 from .stats_sections import (
     associated_summary,
     association_section,
@@ -309,6 +310,7 @@ def assemble_report(
             lambda: characterisation_section(out, mdata, alpha=alpha, max_subsets=max_subsets),
         ),
         ("Tissue", "tissue", lambda: tissue_section(out, alpha=alpha)),
+        ("Spatial niches", "spatial", lambda: spatial_section(out, alpha=alpha)),
         ("Methods", "methods", methods),
     ]
     meta: dict[str, Any] = {"title": title}

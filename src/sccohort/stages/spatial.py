@@ -79,8 +79,9 @@ def stage_spatial(state: RunState) -> list[Path]:
     types = _label(state, cells)
     spatial_neighbors(cells, n_neighbors=cfg.n_neighbors)
     neighbourhood_composition(cells, "subset")
-    composition = niches(cells, "subset", n_niches=cfg.n_niches or None,
-                         max_niches=cfg.max_niches, seed=seed)  # fmt: skip
+    composition = niches(
+        cells, "subset", n_niches=cfg.n_niches or None, max_niches=cfg.max_niches, seed=seed
+    )
     state.resolved["spatial.n_niches"] = int(cells.obs["niche"].nunique())
     enrichment = neighbourhood_enrichment(cells, "subset", n_perm=cfg.enrichment_perm, seed=seed)
     shares = _niche_shares(state, cells)
@@ -111,13 +112,17 @@ def _read_slide(path: str, sample_id: str, fmt: str, cfg) -> tuple[ad.AnnData, d
     merged = ~low & ~noisy & (area > cfg.max_area_fold * median_area)
     keep = ~(low | noisy | merged)
     row = {
-        "sample_id": sample_id, "format": fmt, "cells_in": rna.n_obs,
-        "removed_low_counts": int(low.sum()), "removed_negative_probes": int(noisy.sum()),
-        "removed_large_area": int(merged.sum()), "cells_out": int(keep.sum()),
+        "sample_id": sample_id,
+        "format": fmt,
+        "cells_in": rna.n_obs,
+        "removed_low_counts": int(low.sum()),
+        "removed_negative_probes": int(noisy.sum()),
+        "removed_large_area": int(merged.sum()),
+        "cells_out": int(keep.sum()),
         "median_counts": float(np.median(counts[keep])) if keep.any() else 0.0,
         "negative_per_cell": float(negative.mean()) if negative.size else 0.0,
         "n_genes": rna.n_vars,
-    }  # fmt: skip
+    }
     return rna[keep].copy(), row
 
 
@@ -130,7 +135,7 @@ def _read_slides(state: RunState) -> tuple[ad.AnnData, pd.DataFrame]:
             str(table.at[s, "format"]),
             state.config.spatial,
             dask_key_name=f"read-slide-{i}-{s}",
-        )  # fmt: skip
+        )
         for i, s in enumerate(table.index)
     ]
     results = compute(tasks, state.scheduler, state.progress.advance)
@@ -208,8 +213,12 @@ def _label(state: RunState, cells: ad.AnnData) -> pd.DataFrame:
     cfg = state.config.spatial
     if tissue is None:
         state.resolved["spatial.annotation"] = "markers"
-        annotate_tissue(cells, resolution=state.config.tissue.resolution,
-                        min_confidence=cfg.min_confidence, seed=state.config.seed)  # fmt: skip
+        annotate_tissue(
+            cells,
+            resolution=state.config.tissue.resolution,
+            min_confidence=cfg.min_confidence,
+            seed=state.config.seed,
+        )
         cells.obs["subset"] = cells.obs["l2"].astype(str)
         table = _label_table(cells)
     else:
@@ -217,10 +226,15 @@ def _label(state: RunState, cells: ad.AnnData) -> pd.DataFrame:
         reference = _reference(state, tissue)
         shared = cells.var_names.intersection(reference.var_names)
         table = transfer_labels(
-            cells, reference, keys=("l1", "subset"), batch_key="sample_id",
-            n_top_genes=min(2000, len(shared)), min_confidence=cfg.min_confidence,
-            key_prefix="", seed=state.config.seed,
-        )  # fmt: skip
+            cells,
+            reference,
+            keys=("l1", "subset"),
+            batch_key="sample_id",
+            n_top_genes=min(2000, len(shared)),
+            min_confidence=cfg.min_confidence,
+            key_prefix="",
+            seed=state.config.seed,
+        )
     coverage = label_coverage({"rna": load_markers("rna")}, {"rna": cells})
     coverage = coverage.rename(columns={"level": "key"})[
         ["key", "label", "callable", "marker_coverage", "missing_markers"]
@@ -254,9 +268,12 @@ def _niche_tests(state: RunState, shares: pd.DataFrame) -> pd.DataFrame:
             state.skip("spatial", f"niche shares for {name}", exc.problem)
             continue
         res = compare_donor_values(
-            values.loc[list(sub.donors)], sub, level="niche",
+            values.loc[list(sub.donors)],
+            sub,
+            level="niche",
             n_perm=state.config.association.n_perm,
-            max_exact=state.config.association.max_exact, seed=state.config.seed,
-        )  # fmt: skip
+            max_exact=state.config.association.max_exact,
+            seed=state.config.seed,
+        )
         frames.append(res.assign(contrast=name))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
