@@ -346,12 +346,33 @@ def simulate(
             "donor; truth/trajectory.csv, truth/interactions.csv)."
         ),
     ] = None,
+    spatial: Annotated[
+        str | None,
+        typer.Option(
+            help="Also write a kidney slide per SSc donor, as CosMx flat files and Xenium "
+            "outputs; samples.csv names this format: 'cosmx' or 'xenium' (truth/spatial.csv)."
+        ),
+    ] = None,
+    cells_per_slide: Annotated[int, typer.Option(help="Cells per slide (--spatial).")] = 5000,
+    donors: Annotated[
+        str | None, typer.Option(help="Only these donors, comma-separated (e.g. SSc1,SSc2,HD1).")
+    ] = None,
 ) -> None:
     """Simulate a CITE-seq cohort with known truth (Cell Ranger h5 files, tables, config)."""
+    chosen = [d.strip() for d in donors.split(",") if d.strip()] if donors else None
     _guard(
         lambda: _simulate(
-            out, design, cells_per_donor, seed, jobs, n_donors=n_donors, tissue=tissue
-        )
+            out,
+            design,
+            cells_per_donor,
+            seed,
+            jobs,
+            n_donors=n_donors,
+            tissue=tissue,
+            spatial=spatial,
+            cells_per_slide=cells_per_slide,
+            donors=chosen,
+        )  # fmt: skip
     )
 
 
@@ -363,6 +384,9 @@ def _simulate(
     jobs: int = 0,
     n_donors: int | None = None,
     tissue: str | None = None,
+    spatial: str | None = None,
+    cells_per_slide: int = 5000,
+    donors: list[str] | None = None,
     **params: float,
 ) -> Path:
     from sccohort.errors import InputError
@@ -381,6 +405,9 @@ def _simulate(
         raise InputError(
             f"--cells-per-donor is {cells_per_donor}", hint="simulate at least 50 cells per donor"
         )
+    if spatial is not None and cells_per_slide < 100:
+        raise InputError(f"--cells-per-slide is {cells_per_slide}",
+                         hint="simulate at least 100 cells per slide")  # fmt: skip
     with _progress_bar() as bar:
         task = bar.add_task(f"Simulating the '{design}' cohort", total=None)
         path = simulate_cohort(
@@ -392,6 +419,9 @@ def _simulate(
             progress=lambda done, total: bar.update(task, completed=done, total=total),
             n_donors=n_donors,
             tissue=tissue,
+            spatial=spatial,
+            cells_per_slide=cells_per_slide,
+            donors=donors,
             **params,
         )
     toml = escape(str(path / "sccohort.toml"))
