@@ -130,9 +130,11 @@ def test_defaults_filled_in_and_paths_relative_to_toml(tmp_path: Path) -> None:
         "annotation": d["annotation"],
         "association": d["association"],
         "characterise": d["characterise"],
+        "spatial": d["spatial"],
         "tissue": d["tissue"],
         "contrasts": {},
     }
+    assert d["spatial"]["n_neighbors"] == 20 and d["tissue"]["ambient"] is True
     assert d["qc"]["mode"] == "adaptive" and d["embedding"]["n_neighbors"] == 20
     assert d["annotation"]["reference"] is None and d["annotation"]["labels"] == "markers"
     assert d["association"]["levels"] == ["l1", "l2", "subset", "subset_in_l1"]

@@ -460,7 +460,7 @@ import sccohort.pipeline
 from sccohort.cli import app
 
 # the probe is skipped, so that the broken file reaches a worker of the local cluster
-sccohort.pipeline.check_inputs = lambda config, samples, tissue=None: {}
+sccohort.pipeline.check_inputs = lambda config, samples, tissue=None, slides=None: {}
 app(["run", sys.argv[1], "--out", sys.argv[2], "--scheduler", "local"])
 """
 

@@ -65,7 +65,7 @@ def test_sample_sheet_routes_slides(cohort: Path) -> None:
     assert list(sheet.slides().table.index) == [f"{d}_slide" for d in DONORS]
     assert set(sheet.slides().table["format"]) == {"cosmx"}
     assert sheet.other_tissues("blood") is None  # slides are not dissociated tissue samples
-    with pytest.warns(UserWarning, match="spatial slides set aside"):
+    with pytest.warns(UserWarning, match="3 spatial slide\\(s\\) set aside"):
         blood = sheet.of_tissue("blood")
     assert list(blood.table.index) == DONORS
     probe = probe_sample(cohort / "SSc1_slide" / "cosmx", format="cosmx", sample_id="SSc1_slide")

@@ -136,17 +136,20 @@ class SampleSheet:
         >>> list(blood.table.index), "D1_k" in str(caught[0].message)
         (['D1', 'D2'], True)
         """
-        other = (self.table["tissue"] != tissue).to_numpy() | self._is_spatial()
+        slides = self._is_spatial()
+        other = (self.table["tissue"] != tissue).to_numpy() | slides
         if not other.any() or other.all():
             return self
         ids = list(self.table.index[other].astype(str))
-        kinds = ", ".join(sorted(set(self.table.loc[other, "tissue"].astype(str))))
+        kinds = ", ".join(sorted(set(self.table.loc[other & ~slides, "tissue"].astype(str))))
+        what = f"{int((other & ~slides).sum())} sample(s) of tissue {kinds}" if kinds else ""
+        if slides.any():
+            what += f"{' and ' if what else ''}{int(slides.sum())} spatial slide(s)"
         warnings.warn(
-            f"{len(ids)} sample(s) of tissue {kinds} or spatial slides set aside "
-            f"({', '.join(ids[:6])}{', ...' if len(ids) > 6 else ''}): the run analyses "
-            f"tissue '{tissue}' ([run] primary_tissue) in the donor-level tests; the others "
-            "go to the tissue stages (integration, trajectory, cell-cell communication; "
-            "[tissue] analyse) and slides to the spatial stage ([spatial] analyse)",
+            f"{what} set aside ({', '.join(ids[:6])}{', ...' if len(ids) > 6 else ''}): the "
+            f"run analyses tissue '{tissue}' ([run] primary_tissue) in the donor-level tests; "
+            "the others go to the tissue stages (integration, trajectory, cell-cell "
+            "communication; [tissue] analyse), slides to the spatial stage",
             UserWarning,
             stacklevel=2,
         )

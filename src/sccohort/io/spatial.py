@@ -251,6 +251,9 @@ def read_spatial_h5ad(path: str | Path, *, modality: str | None = None) -> dict[
     Examples
     --------
     >>> import tempfile
+    >>> from pathlib import Path
+    >>> import anndata as ad
+    >>> import scipy.sparse as sp
     >>> from sccohort.io import read_spatial_h5ad
     >>> adata = ad.AnnData(sp.csr_matrix(np.ones((3, 2), dtype=np.float32)))
     >>> adata.obsm["spatial"] = np.arange(6.0).reshape(3, 2)

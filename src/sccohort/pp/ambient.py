@@ -163,6 +163,8 @@ def estimate_contamination(
 
     Examples
     --------
+    >>> import scipy.sparse as sp
+    >>> from anndata import AnnData
     >>> from sccohort.pp import estimate_contamination
     >>> rng = np.random.default_rng(0)
     >>> markers = np.c_[np.ones((4, 800)), np.kron(np.eye(4), np.ones((1, 50))) * 20]
@@ -293,6 +295,8 @@ def remove_ambient(
 
     Examples
     --------
+    >>> import scipy.sparse as sp
+    >>> from anndata import AnnData
     >>> from sccohort.pp import remove_ambient
     >>> counts = sp.csr_matrix(np.array([[8, 2, 0], [0, 5, 5]]))
     >>> adata = AnnData(counts.astype(np.float32))

@@ -75,6 +75,7 @@ def spatial_neighbors(
 
     Examples
     --------
+    >>> from anndata import AnnData
     >>> from sccohort.tl import spatial_neighbors
     >>> adata = AnnData(obs=pd.DataFrame({"sample_id": ["a"] * 3 + ["b"] * 2},
     ...                                  index=[f"c{i}" for i in range(5)]))
@@ -145,6 +146,7 @@ def neighbourhood_composition(
 
     Examples
     --------
+    >>> from anndata import AnnData
     >>> from sccohort.tl import neighbourhood_composition, spatial_neighbors
     >>> adata = AnnData(obs=pd.DataFrame({"type": ["T", "T", "B"]}, index=["a", "b", "c"]))
     >>> adata.obsm["spatial"] = np.array([[0, 0], [1, 0], [2, 0]], float)
@@ -236,6 +238,7 @@ def niches(
 
     Examples
     --------
+    >>> from anndata import AnnData
     >>> from sccohort.tl import neighbourhood_composition, niches, spatial_neighbors
     >>> rng = np.random.default_rng(0)
     >>> xy = rng.uniform(0, 100, (600, 2))
@@ -298,6 +301,7 @@ def neighbourhood_enrichment(
 
     Examples
     --------
+    >>> from anndata import AnnData
     >>> from sccohort.tl import neighbourhood_enrichment, spatial_neighbors
     >>> xy = np.c_[np.arange(40.0), np.zeros(40)]
     >>> kind = np.repeat(["A", "B"], 20)  # A on the left, B on the right
