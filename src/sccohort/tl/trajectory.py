@@ -20,9 +20,11 @@ pseudotime is 0.955-0.976, the first diffusion component's 0.954-0.975 and the f
 principal component's 0.971-0.984: on one straight continuum a linear axis does as well;
 DPT's geodesic distances matter once a lineage curves or other cells sit beside it.
 Palantir (1.4.5 ships an MIT licence, 1.0-1.3 a GPL-2 one; needs mellon, hence jax),
-CellRank 2 (BSD-3; needs scvelo, pygpcca, pygam) and scFates (BSD-3; needs elpigraph,
-simpleppt and leidenalg, GPL-3) are on PyPI but bring heavy dependency trees for branch
-probabilities a single continuum does not need.
+CellRank 2 (BSD-3; needs scvelo, pygpcca, pygam; pygpcca pins jinja2 3.0.3, which sccohort's
+report cannot use) and scFates (BSD-3; needs elpigraph, simpleppt and leidenalg, GPL-3) are
+on PyPI but bring heavy dependency trees; branches and their probabilities are
+`sccohort.tl.fate_probabilities` (CellRank's pseudotime kernel and absorption
+probabilities on this pseudotime; `benchmarks/bench_fate.py` compares them).
 """
 
 from __future__ import annotations
