@@ -142,14 +142,18 @@ class SampleSheet:
             return self
         ids = list(self.table.index[other].astype(str))
         kinds = ", ".join(sorted(set(self.table.loc[other & ~slides, "tissue"].astype(str))))
-        what = f"{int((other & ~slides).sum())} sample(s) of tissue {kinds}" if kinds else ""
+        what, where = [], []
+        if kinds:
+            what.append(f"{int((other & ~slides).sum())} sample(s) of tissue {kinds}")
+            where.append("those go to the tissue stages (integration, trajectory, cell-cell "
+                         "communication; [tissue] analyse)")  # fmt: skip
         if slides.any():
-            what += f"{' and ' if what else ''}{int(slides.sum())} spatial slide(s)"
+            what.append(f"{int(slides.sum())} spatial slide(s)")
+            where.append("slides go to the spatial stage ([spatial] analyse)")
         warnings.warn(
-            f"{what} set aside ({', '.join(ids[:6])}{', ...' if len(ids) > 6 else ''}): the "
-            f"run analyses tissue '{tissue}' ([run] primary_tissue) in the donor-level tests; "
-            "the others go to the tissue stages (integration, trajectory, cell-cell "
-            "communication; [tissue] analyse), slides to the spatial stage",
+            f"{' and '.join(what)} set aside ({', '.join(ids[:6])}"
+            f"{', ...' if len(ids) > 6 else ''}): the run analyses tissue '{tissue}' ([run] "
+            f"primary_tissue) in the donor-level tests; {'; '.join(where)}",
             UserWarning,
             stacklevel=2,
         )
