@@ -84,7 +84,7 @@ def stage_spatial(state: RunState) -> list[Path]:
     )
     state.resolved["spatial.n_niches"] = int(cells.obs["niche"].nunique())
     enrichment = neighbourhood_enrichment(cells, "subset", n_perm=cfg.enrichment_perm, seed=seed)
-    shares = _niche_shares(state, cells)
+    shares = _niche_shares(cells)
     written = [
         write_table(state.out, "spatial_qc", qc_rows),
         write_table(state.out, "spatial_cell_types", types),
@@ -235,16 +235,15 @@ def _label(state: RunState, cells: ad.AnnData) -> pd.DataFrame:
             key_prefix="",
             seed=state.config.seed,
         )
+        state.resolved["spatial.panel_genes_shared"] = int(len(shared))
     coverage = label_coverage({"rna": load_markers("rna")}, {"rna": cells})
     coverage = coverage.rename(columns={"level": "key"})[
         ["key", "label", "callable", "marker_coverage", "missing_markers"]
     ]
-    table = table.merge(coverage, on=["key", "label"], how="left")
-    state.resolved["spatial.panel_genes_shared"] = int(len(shared))
-    return table
+    return table.merge(coverage, on=["key", "label"], how="left")
 
 
-def _niche_shares(state: RunState, cells: ad.AnnData) -> pd.DataFrame:
+def _niche_shares(cells: ad.AnnData) -> pd.DataFrame:
     """Per donor and niche: its cells on the donor's slides, their share."""
     counts = pd.crosstab(cells.obs["donor_id"].astype(str), cells.obs["niche"].astype(str))
     share = counts.div(counts.sum(axis=1), axis=0)

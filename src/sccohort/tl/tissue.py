@@ -39,7 +39,7 @@ from .annotate import UNASSIGNED, annotate, load_markers
 from .cell_graph import cell_graph
 from .clustering import leiden
 from .embed import harmony
-from .hvg import highly_variable_genes
+from .hvg import highly_variable_genes, qc_gene_mask
 from .markers import rank_markers
 from .pca import pca_rna
 from .subset_names import _plain_name, _short_name, _signature, _top_features
@@ -75,6 +75,11 @@ def tissue_markers() -> dict[str, pd.DataFrame]:
     with resources.as_file(ref) as path:
         tissue = load_markers("rna", path)
     return {"rna": pd.concat([load_markers("rna"), tissue], ignore_index=True)}
+
+
+def _n_hvg(n: int, var_names) -> int:
+    """``n`` HVGs, or every gene a panel has that HVG selection does not exclude."""
+    return int(min(n, np.count_nonzero(~qc_gene_mask(var_names, ("mito", "ribo", "hb")))))
 
 
 def annotate_tissue(
@@ -121,7 +126,9 @@ def annotate_tissue(
     True
     """
     _check_genes(adata)
-    highly_variable_genes(adata, n_top_genes=min(n_top_genes, adata.n_vars), batch_key=batch_key)
+    highly_variable_genes(
+        adata, n_top_genes=_n_hvg(n_top_genes, adata.var_names), batch_key=batch_key
+    )
     pca_rna(adata, n_comps=min(n_pcs, adata.n_obs - 1, int(adata.var["highly_variable"].sum()) - 1))
     graph = ad.AnnData(obs=pd.DataFrame(index=adata.obs_names))
     graph.obsm["rna_pca"] = adata.obsm["X_pca"]
@@ -232,7 +239,7 @@ def integrate_lineages(
     b_rows = _drawn_rows(blood.obs, shared, subset_key, max_per_subset, rng)
     t_rows = np.flatnonzero(tissue.obs["l1"].astype(str).isin(shared).to_numpy())
     joint = _joint(blood, tissue, b_rows, t_rows, genes, subset_key, tissue_key, sample_key)
-    highly_variable_genes(joint, n_top_genes=min(n_top_genes, len(genes)), batch_key=sample_key)
+    highly_variable_genes(joint, n_top_genes=_n_hvg(n_top_genes, genes), batch_key=sample_key)
     n_hvg = int(joint.var["highly_variable"].sum())
     pca_rna(joint, n_comps=max(2, min(n_pcs, joint.n_obs - 1, n_hvg - 1)))
     harmony(joint, "X_pca", batch_key=[tissue_key, sample_key], key_added="X_harmony", seed=seed)
@@ -323,7 +330,7 @@ def _lineage_embedding(joint: ad.AnnData, rows: np.ndarray, seed: int) -> np.nda
         width = min(LINEAGE_DIMS, joint.obsm["X_harmony"].shape[1])
         out[:, :width] = np.asarray(sub.obsm["X_harmony"])[:, :width]
         return out
-    highly_variable_genes(sub, n_top_genes=min(1000, sub.n_vars), batch_key="source")
+    highly_variable_genes(sub, n_top_genes=_n_hvg(1000, sub.var_names), batch_key="source")
     n_hvg = int(sub.var["highly_variable"].sum())
     pca_rna(sub, n_comps=max(2, min(LINEAGE_DIMS, sub.n_obs - 1, n_hvg - 1)))
     # tissue (source) as the only batch: correcting each sample too pulls a continuum's
