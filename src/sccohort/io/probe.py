@@ -506,9 +506,14 @@ def _compare_samples(probes: Mapping[str, SampleProbe], sheet: SampleSheet | Non
     """Raise for samples read twice (one file, or most barcodes) or with odd genes."""
     raise_all(_same_files(probes, sheet), "the samples' count files")
     raise_all(_shared_barcodes(probes), "the samples' count files")
-    genes = {s: p.modalities["rna"].features for s, p in probes.items() if "rna" in p.modalities}
     files = {s: p.path for s, p in probes.items()}
-    raise_all(gene_list_mismatches(genes, files), "the samples' genes")
+    for slides in (False, True):  # a panel's genes are compared with the other slides' only
+        genes = {
+            s: p.modalities["rna"].features
+            for s, p in probes.items()
+            if "rna" in p.modalities and (p.format in SPATIAL_FORMATS) == slides
+        }
+        raise_all(gene_list_mismatches(genes, files), "the samples' genes")
 
 
 def _probe_raw(path: str, sample: str) -> None:
