@@ -14,10 +14,10 @@ the other niches in the other contrasts (in the null design: all tests). The pla
 in ILD (2 of the 4 SRC donors have ILD) and the other niches in SRC (shares sum to 1: they
 shrink as it grows) follow from the planted effect and are not counted.
 
-Scale: 10 SSc donors (200 blood cells, 100 kidney nuclei each) and 10 Xenium slides of
-50,000 cells (500,000 panel cells); the spatial stage's seconds and the run's peak memory
-(the largest resident set of the run's processes, sampled every second). Appends to
-``benchmarks/results/spatial.csv``.
+Scale: 10 SSc donors and 2 healthy ones (200 blood cells, 100 kidney nuclei per SSc donor)
+and 10 Xenium slides of 50,000 cells (500,000 panel cells); the spatial stage's seconds and
+the run's peak memory (the largest resident set of the run's processes, sampled every
+second). Appends to ``benchmarks/results/spatial.csv``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ import psutil
 from sklearn.metrics import f1_score
 
 RESULTS = Path(__file__).parent / "results" / "spatial.csv"
-SCALE_DONORS = ["SSc1", "SSc2", "SSc3", "SSc4", "SSc5", "SSc6", "SSc7", "SSc8", "SSc9", "SSc10"]
+SCALE_DONORS = ["SSc1", "SSc2", "SSc3", "SSc4", "SSc5", "SSc6", "SSc7", "SSc8", "SSc9", "SSc10",
+                "HD1", "HD2"]  # fmt: skip
 
 
 def peak_rss(process: subprocess.Popen, peak: list[float]) -> None:
