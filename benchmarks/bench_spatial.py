@@ -135,7 +135,7 @@ def main() -> None:
             rows.append(row)
             print(row, flush=True)
     RESULTS.parent.mkdir(exist_ok=True)
-    old = pd.read_csv(RESULTS) if RESULTS.is_file() else pd.DataFrame()
+    old = pd.read_csv(RESULTS, keep_default_na=False) if RESULTS.is_file() else pd.DataFrame()
     if len(old):
         old = old[~((old["part"] == args.part) & old["seed"].isin(args.seeds))]
     pd.concat([old, pd.DataFrame(rows)], ignore_index=True).to_csv(RESULTS, index=False)
