@@ -17,13 +17,11 @@ RUN_DONORS = ["SSc1", "SSc2", "SSc3", "SSc5", "HD1", "HD2", "HD3", "HD4"]
 
 @pytest.fixture(scope="session")
 def simulated_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``root/cohort`` (simulated, 8 donors x 400 cells, seed 11; a 1,000-cell kidney slide
-    per SSc donor, no tissue samples: the slides are annotated by markers) and ``root/out``
-    (its run)."""
+    """``root/cohort`` (simulated, 8 donors x 400 cells, seed 11) and ``root/out`` (its run)."""
     root = tmp_path_factory.mktemp("simulated_run")
     cohort = simulate_cohort(
         root / "cohort", design="paper", cells_per_donor=400, seed=11, donors=RUN_DONORS,
-        n_empty=300, spatial="xenium", cells_per_slide=1000,
+        n_empty=300,
     )  # fmt: skip
     (cohort / "sccohort.toml").write_text(
         '[inputs]\nsamples = "samples.csv"\nclinical = "clinical.csv"\n\n[run]\nseed = 5\n\n'

@@ -8,11 +8,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from anndata import AnnData
+from mudata import MuData
+from sklearn.metrics import f1_score
 
+from sccohort.config import load_config
 from sccohort.errors import InputError
 from sccohort.io import SampleSheet, probe_sample, read_cosmx, read_sample
+from sccohort.io.cohort_file import read_h5mu
 from sccohort.simulate import simulate_cohort
 from sccohort.simulate.spatial import PANEL_SIZE
+from sccohort.stages import RunState, Silent
+from sccohort.stages.spatial import stage_spatial
 
 DONORS = ["SSc1", "SSc2", "SSc3"]
 
@@ -88,3 +95,27 @@ def test_bad_slides_are_named(cohort: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="holds RNA, not 'prot'"):
         read_sample(cohort / "SSc1_slide" / "xenium", "SSc1_slide", format="xenium",
                     modality="prot")  # fmt: skip
+
+
+def test_the_stage_annotates_slides_by_markers_without_tissue(cohort: Path, tmp_path: Path) -> None:
+    """No tissue cells in the run: the blood cannot label tubule cells, the markers do."""
+    toml = cohort / "slides_only.toml"
+    toml.write_text('[inputs]\nsamples = "samples.csv"\n\n[spatial]\nenrichment_perm = 50\n')
+    with pytest.warns(UserWarning, match="set aside"):
+        blood = SampleSheet.from_csv(cohort / "samples.csv").of_tissue("blood")
+    blood_rna = AnnData(np.zeros((1, 1), dtype=np.float32))  # the blood is not used here
+    state = RunState(load_config(toml), tmp_path, blood, None, Silent(),
+                     mdata=MuData({"rna": blood_rna}))  # fmt: skip
+    state.slides = SampleSheet.from_csv(cohort / "samples.csv").slides()
+    written = {p.name for p in stage_spatial(state)}
+    assert {"spatial_qc.csv", "spatial_cell_types.csv", "niche_composition.csv",
+            "cooccurrence.csv", "niche_shares.csv", "spatial.h5mu"} <= written  # fmt: skip
+    assert "niches.csv" not in written  # no contrasts
+    assert state.resolved["spatial.annotation"] == "markers"
+    cells = read_h5mu(tmp_path / "spatial.h5mu").mod["rna"]
+    truth = pd.read_csv(cohort / "truth" / "spatial.csv").set_index("cell_id")
+    truth = truth.loc[cells.obs_names]
+    classes = sorted(truth["l1"].unique())
+    labels = cells.obs["l1"].astype(str)
+    assert f1_score(truth["l1"], labels, average="macro", labels=classes) >= 0.8
+    assert cells.obs["niche"].nunique() >= 3 and "spatial_connectivities" in cells.obsp

@@ -13,8 +13,9 @@ Layouts (documented by NanoString / 10x Genomics; the simulator writes exactly t
   ``cell_ID`` and one column per target (``NegPrb*`` / ``Negative*`` are negative probes,
   ``SystemControl*`` / ``FalseCode*`` control codes; ``cell_ID`` 0 holds transcripts outside
   any cell, dropped); ``*_metadata_file.csv(.gz)`` with ``fov``, ``cell_ID``, ``Area`` (px²)
-  and ``CenterX_global_px`` / ``CenterY_global_px``; ``*_fov_positions_file.csv(.gz)`` is
-  optional. Pixels are 0.12028 µm (`COSMX_PIXEL_UM`). Barcodes ``<fov>_<cell_ID>``.
+  and ``CenterX_global_px`` / ``CenterY_global_px``; ``*_fov_positions_file.csv(.gz)`` is not
+  needed (the global coordinates already place each cell). Pixels are 0.12028 µm
+  (`COSMX_PIXEL_UM`). Barcodes ``<fov>_<cell_ID>``.
 - Xenium (``format = "xenium"``, a folder): ``cell_feature_matrix.h5`` (Cell Ranger's h5
   layout; ``feature_type`` "Gene Expression" are the genes, "Negative Control Probe" the
   negative probes, other codeword types are left out) and ``cells.csv(.gz)`` with
@@ -50,8 +51,10 @@ _RULE = "spatial panel: every target gene is RNA (negative probes left out)"
 
 
 def _check_rna(modality: str | None, file: Path) -> None:
-    if modality is not None and not (isinstance(modality, float) and np.isnan(modality)) and \
-            str(modality) not in ("", "rna"):  # fmt: skip
+    """A sample sheet's ``modality`` for a slide: empty or ``rna``."""
+    if modality is None or (isinstance(modality, float) and np.isnan(modality)):
+        return
+    if str(modality) not in ("", "rna"):
         raise InputError(
             f"a spatial panel holds RNA, not '{modality}'",
             file=file,
@@ -60,12 +63,10 @@ def _check_rna(modality: str | None, file: Path) -> None:
         )
 
 
-def _one(folder: Path, pattern: str, what: str, *, required: bool = True) -> Path | None:
+def _one(folder: Path, pattern: str, what: str) -> Path:
     found = sorted(folder.glob(f"*{pattern}.csv")) + sorted(folder.glob(f"*{pattern}.csv.gz"))
     if len(found) == 1:
         return found[0]
-    if not found and not required:
-        return None
     many = f"{len(found)} files" if found else "no file"
     raise InputError(
         f"{many} named *{pattern}.csv(.gz) in the CosMx folder ({what})",

@@ -158,7 +158,6 @@ def _remove_ambient(state: RunState, tissue, soups: dict, qc_rows: pd.DataFrame)
     are), ``.X`` log-normalised from it; the QC rows get ``ambient_contamination`` and
     ``ambient_removed`` (NaN: not removed).
     """
-    layer = tissue.layers["counts"].astype(np.float32).tocsr()
     parts, done = {}, {}
     for sample_id, soup in soups.items():
         cells = np.flatnonzero((tissue.obs["sample_id"] == sample_id).to_numpy())
@@ -173,8 +172,10 @@ def _remove_ambient(state: RunState, tissue, soups: dict, qc_rows: pd.DataFrame)
             continue
         done[sample_id] = (rho, remove_ambient(one, soup, rho, groupby="leiden"))
         parts[sample_id] = (cells, one.layers["decontaminated"])
-    for cells, values in parts.values():
-        layer = _replace_rows(layer, cells, values)
+    layer = tissue.layers["counts"].astype(np.float32).tocsr()
+    if parts:
+        rows = np.concatenate([cells for cells, _ in parts.values()])
+        layer = _replace_rows(layer, rows, sp.vstack([v for _, v in parts.values()]))
     tissue.layers["decontaminated"] = layer
     table = state.tissue_samples.table
     raws = table["raw_path"] if "raw_path" in table else pd.Series(None, index=table.index)
